@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+# portbroker: plain make. `make` builds into $(BUILD)/, `make check` sets up a
+# fresh Debian machine's packages, builds, runs every test, then runs them all
+# again under SANITIZE=address,undefined. See README.md.
+
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DESTDIR    ?=
+
+VERSION    := 0.1.0
+SOVERSION  := 0
+BUILD      ?= build
+SANITIZE   ?=
+PYTEST     ?= /usr/bin/python3 -m pytest
+
+CC         ?= cc
+PKG_CONFIG ?= pkg-config
+DEPS_CFLAGS := $(shell $(PKG_CONFIG) --cflags libsystemd sqlite3 2>/dev/null)
+DEPS_LIBS   := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+            -Wsign-compare -Wpointer-arith -Wformat=2 -Wundef -Wno-unused-parameter
+HARDEN   := -fstack-protector-strong -fPIC -D_FORTIFY_SOURCE=2
+OPT      ?= -O2 -g
+CFLAGS   ?=
+CPPFLAGS += -Iproto -Iclient -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"'
+ALL_CFLAGS = -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(DEPS_CFLAGS) -MMD -MP $(CFLAGS)
+LDHARDEN := -pie -Wl,-z,relro,-z,now,-z,noexecstack -Wl,--as-needed
+
+ifneq ($(SANITIZE),)
+  OPT      := -O1 -g -fno-omit-frame-pointer
+  HARDEN   := -fPIC
+  ALL_CFLAGS += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+  LDHARDEN += -fsanitize=$(SANITIZE)
+endif
+
+PROTO_SRC   := proto/proto.c proto/endpoint.c proto/fdpass.c
+BROKERD_SRC := brokerd/broker.c brokerd/peer.c brokerd/policy.c brokerd/store.c \
+               brokerd/lease.c brokerd/log.c
+LIB_SRC     := client/libportbroker.c
+PORTCTL_SRC := client/portctl.c
+UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.c))
+HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/%,$(wildcard tests/helpers/*.c))
+FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+PROTO_OBJ   := $(call obj,$(PROTO_SRC))
+BROKERD_OBJ := $(call obj,$(BROKERD_SRC))
+LIB_OBJ     := $(call obj,$(LIB_SRC))
+
+TARGETS := $(BUILD)/brokerd $(BUILD)/portctl $(BUILD)/libportbroker.so \
+           $(BUILD)/libportbroker.a $(BUILD)/portbroker.pc $(BUILD)/portbroker.h
+
+.PHONY: all check check-deps check-unit check-integration check-sanitize test run install \
+        clean helpers unit-tests fuzzers
+all: $(TARGETS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/brokerd: $(BUILD)/obj/brokerd/main.o $(BROKERD_OBJ) $(PROTO_OBJ)
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -o $@
+
+$(BUILD)/libportbroker.a: $(LIB_OBJ) $(PROTO_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libportbroker.so: $(LIB_OBJ) $(PROTO_OBJ)
+	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libportbroker.so.$(SOVERSION) \
+		-Wl,--version-script=client/libportbroker.sym -Wl,-z,relro,-z,now $^ -lpthread -o $@
+
+$(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
+	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
+
+$(BUILD)/portbroker.h: client/portbroker.h
+	@mkdir -p $(BUILD)
+	cp $< $@
+
+$(BUILD)/portbroker.pc: client/portbroker.pc.in Makefile
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# Unit tests link every object but main.o.
+$(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(LIB_OBJ)
+	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -lcmocka -lpthread -o $@
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $^ -o $@
+
+$(BUILD)/%: tests/helpers/%.c $(BUILD)/libportbroker.a
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -lpthread -lm -o $@
+
+helpers: $(HELPERS)
+unit-tests: $(UNIT_TESTS)
+fuzzers: $(FUZZERS)
+
+# --- tests --------------------------------------------------------------------
+
+check-deps:
+	@tests/setup-deps.sh
+
+check: check-deps
+	$(MAKE) test
+	$(MAKE) test BUILD=build-sanitize SANITIZE=address,undefined
+	@echo "make check: all suites passed (plain and SANITIZE=address,undefined)"
+
+test: all unit-tests helpers fuzzers
+	$(MAKE) check-unit check-integration
+
+check-unit: unit-tests fuzzers
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
+	@set -e; for f in $(FUZZERS); do echo "== $$f"; $$f; done
+
+check-integration: all helpers
+	PB_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -ra tests/integration
+
+# --- run and install ----------------------------------------------------------
+
+run: all
+	@mkdir -p .portbroker
+	@echo "export PORTBROKER_SOCKET=$(CURDIR)/.portbroker/control.sock"
+	exec $(BUILD)/brokerd --foreground --control $(CURDIR)/.portbroker/control.sock \
+		--db $(CURDIR)/.portbroker/portbroker.db --admin-group "$$(id -gn)"
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BUILD)/brokerd $(DESTDIR)$(SBINDIR)/brokerd
+	install -m 0755 $(BUILD)/portctl $(DESTDIR)$(BINDIR)/portctl
+	install -m 0755 $(BUILD)/libportbroker.so $(DESTDIR)$(LIBDIR)/libportbroker.so.$(VERSION)
+	ln -sf libportbroker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so.$(SOVERSION)
+	ln -sf libportbroker.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so
+	install -m 0644 $(BUILD)/libportbroker.a $(DESTDIR)$(LIBDIR)/libportbroker.a
+	install -m 0644 $(BUILD)/portbroker.pc $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
+	install -m 0644 client/portbroker.h $(DESTDIR)$(INCLUDEDIR)/portbroker.h
+	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1
+	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8
+	sed 's|@SBINDIR@|$(SBINDIR)|' systemd/portbrokerd.service.in > $(DESTDIR)$(UNITDIR)/portbrokerd.service
+	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket
+
+clean:
+	rm -rf build build-sanitize
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Log output: the journal with fields PORTBROKER_EVENT, ENDPOINT, PORT,
+ * PEER_UID and PEER_PID when stderr is connected to it, stderr otherwise.
+ */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <systemd/sd-journal.h>
+
+static bool log_to_journal;
+
+/* True when stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:ino). */
+static bool stderr_is_journal(void) {
+        const char *e = getenv("JOURNAL_STREAM");
+        unsigned long long dev, ino;
+        struct stat st;
+
+        if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+                return false;
+        return st.st_dev == dev && st.st_ino == ino;
+}
+
+void log_setup(void) {
+        log_to_journal = stderr_is_journal();
+}
+
+void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...) {
+        char text[512], fields[256] = "";
+        int n = 0;
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+
+        if (log_to_journal) {
+                char buf[7][600];
+                struct iovec iov[7];
+                int k = 0;
+
+                snprintf(buf[k++], sizeof(buf[0]), "MESSAGE=%s: %s", event, text);
+                snprintf(buf[k++], sizeof(buf[0]), "PRIORITY=%d", priority);
+                snprintf(buf[k++], sizeof(buf[0]), "PORTBROKER_EVENT=%s", event);
+                if (f->endpoint)
+                        snprintf(buf[k++], sizeof(buf[0]), "ENDPOINT=%s", f->endpoint);
+                if (f->port)
+                        snprintf(buf[k++], sizeof(buf[0]), "PORT=%u", f->port);
+                if (f->uid >= 0)
+                        snprintf(buf[k++], sizeof(buf[0]), "PEER_UID=%ld", f->uid);
+                if (f->pid >= 0)
+                        snprintf(buf[k++], sizeof(buf[0]), "PEER_PID=%ld", f->pid);
+                for (int i = 0; i < k; i++)
+                        iov[i] = (struct iovec) { .iov_base = buf[i], .iov_len = strlen(buf[i]) };
+                sd_journal_sendv(iov, k);
+                return;
+        }
+
+        if (f->endpoint)
+                n += snprintf(fields + n, sizeof(fields) - (size_t) n, " endpoint=%s", f->endpoint);
+        if (f->uid >= 0 && n < (int) sizeof(fields))
+                n += snprintf(fields + n, sizeof(fields) - (size_t) n, " uid=%ld", f->uid);
+        if (f->pid >= 0 && n < (int) sizeof(fields))
+                snprintf(fields + n, sizeof(fields) - (size_t) n, " pid=%ld", f->pid);
+        fprintf(stderr, "brokerd: event=%s%s: %s\n", event, fields, text);
+}
+
+void log_msg(int priority, const char *fmt, ...) {
+        char text[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+
+        if (log_to_journal)
+                sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority, NULL);
+        else
+                fprintf(stderr, "brokerd: %s\n", text);
+}

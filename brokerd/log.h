@@ -1,0 +1,30 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Logging: one line per event. Under systemd (JOURNAL_STREAM names our
+ * stderr) lines go to the journal with structured fields; otherwise to
+ * stderr as `brokerd: event=NAME key=value...: text`.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <syslog.h>
+#include <sys/types.h>
+
+struct log_fields {
+        const char *endpoint;           /* canonical endpoint text or NULL */
+        unsigned port;                  /* 0: none */
+        long uid;                       /* peer uid, -1: none */
+        long pid;                       /* peer pid, -1: none */
+};
+
+#define LOG_FIELDS_NONE ((struct log_fields) { .uid = -1, .pid = -1 })
+
+/* Picks journal or stderr; call once at start. */
+void log_setup(void);
+
+/* Logs event with fields and a printf-style message at priority. */
+void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Logs a line that is not an event (start-up errors, notices). */
+void log_msg(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

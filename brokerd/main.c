@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * brokerd: parse options, build one broker, run its loop. Without
+ * --foreground and outside systemd it detaches, and the parent exits only
+ * once the child is ready (or with the child's failure).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "broker.h"
+#include "log.h"
+
+static struct broker_options arg_opt = {
+        .control_path = BROKER_DEFAULT_CONTROL,
+        .db_path = BROKER_DEFAULT_DB,
+        .backlog = 4096,
+        .max_connections = 256,
+        .idle_timeout_sec = 10,
+        .max_leases_per_user = 64,
+};
+static int arg_foreground;
+
+static void usage(FILE *out) {
+        fprintf(out,
+                "Usage: brokerd [OPTION]...\n"
+                "Bind ports on request, hold them, and hand the same socket back to\n"
+                "authorized clients over a Unix control socket.\n\n"
+                "  -c, --control PATH            control socket (default %s);\n"
+                "                                ignored under systemd socket activation\n"
+                "  -d, --db PATH                 SQLite database (default %s)\n"
+                "  -g, --admin-group NAME|GID    members may change policy and release any lease\n"
+                "  -f, --foreground              do not detach (implied under systemd)\n"
+                "      --backlog N               TCP listen backlog (default 4096)\n"
+                "      --max-connections N       open control connections (default 256)\n"
+                "      --idle-timeout SECONDS    close idle control connections (default 10)\n"
+                "      --max-leases-per-user N   leases one uid may own (default 64)\n"
+                "  -h, --help                    show this help\n"
+                "  -V, --version                 show the version\n\n"
+                "Admins are root, brokerd's own uid and members of --admin-group.\n"
+                "See brokerd(8) and portctl(1).\n",
+                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB);
+}
+
+static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(s, &end, 10);
+        if (errno || end == s || *end || s[0] == '-' || v < min || v > max)
+                return -EINVAL;
+        *ret = (unsigned) v;
+        return 0;
+}
+
+static int parse_group(const char *s) {
+        unsigned gid;
+        struct group *gr;
+
+        if (parse_unsigned(s, 0, UINT_MAX - 1, &gid) == 0) {
+                arg_opt.admin_gid = gid;
+        } else {
+                gr = getgrnam(s);
+                if (!gr)
+                        return -ENOENT;
+                arg_opt.admin_gid = gr->gr_gid;
+        }
+        arg_opt.has_admin_gid = true;
+        arg_opt.admin_group = s;
+        return 0;
+}
+
+/* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
+static int parse_argv(int argc, char **argv) {
+        enum { ARG_BACKLOG = 0x100, ARG_MAX_CONN, ARG_IDLE, ARG_MAX_LEASES };
+        static const struct option options[] = {
+                { "control", required_argument, NULL, 'c' },
+                { "db", required_argument, NULL, 'd' },
+                { "admin-group", required_argument, NULL, 'g' },
+                { "foreground", no_argument, NULL, 'f' },
+                { "backlog", required_argument, NULL, ARG_BACKLOG },
+                { "max-connections", required_argument, NULL, ARG_MAX_CONN },
+                { "idle-timeout", required_argument, NULL, ARG_IDLE },
+                { "max-leases-per-user", required_argument, NULL, ARG_MAX_LEASES },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {},
+        };
+        const char *number_option = NULL;
+        int c, r = 0;
+
+        while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        arg_opt.control_path = optarg;
+                        break;
+                case 'd':
+                        arg_opt.db_path = optarg;
+                        break;
+                case 'g':
+                        if (parse_group(optarg) < 0) {
+                                fprintf(stderr, "brokerd: --admin-group: no such group '%s'\n", optarg);
+                                return -1;
+                        }
+                        break;
+                case 'f':
+                        arg_foreground = 1;
+                        break;
+                case ARG_BACKLOG:
+                        number_option = "backlog";
+                        r = parse_unsigned(optarg, 1, 65535, &arg_opt.backlog);
+                        break;
+                case ARG_MAX_CONN:
+                        number_option = "max-connections";
+                        r = parse_unsigned(optarg, 1, 100000, &arg_opt.max_connections);
+                        break;
+                case ARG_IDLE:
+                        number_option = "idle-timeout";
+                        r = parse_unsigned(optarg, 1, 86400, &arg_opt.idle_timeout_sec);
+                        break;
+                case ARG_MAX_LEASES:
+                        number_option = "max-leases-per-user";
+                        r = parse_unsigned(optarg, 1, 1000000, &arg_opt.max_leases_per_user);
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return 1;
+                case 'V':
+                        printf("brokerd %s\n", PB_VERSION);
+                        return 1;
+                default:
+                        fprintf(stderr, "Try 'brokerd --help'.\n");
+                        return -1;
+                }
+                if (r < 0) {
+                        fprintf(stderr, "brokerd: invalid number '%s' for --%s\nTry 'brokerd --help'.\n", optarg,
+                                number_option);
+                        return -1;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "brokerd: unexpected argument '%s'\nTry 'brokerd --help'.\n", argv[optind]);
+                return -1;
+        }
+        if (arg_opt.control_path[0] != '/' || arg_opt.db_path[0] != '/') {
+                fprintf(stderr, "brokerd: --control and --db need absolute paths\n");
+                return -1;
+        }
+        return 0;
+}
+
+/* Forks; the parent waits for the child's ready byte and exits. Returns the
+ * write end of the pipe in the child. */
+static int detach(void) {
+        int pipefd[2], devnull;
+        char byte;
+        pid_t pid;
+
+        if (pipe2(pipefd, O_CLOEXEC) < 0)
+                return -errno;
+        pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid > 0) {
+                close(pipefd[1]);
+                _exit(read(pipefd[0], &byte, 1) == 1 ? EXIT_SUCCESS : EXIT_FAILURE);
+        }
+        close(pipefd[0]);
+        setsid();
+        if (chdir("/") < 0)
+                return -errno;
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull >= 0) {
+                dup2(devnull, STDIN_FILENO);
+                dup2(devnull, STDOUT_FILENO);
+                close(devnull);
+        }
+        return pipefd[1];
+}
+
+int main(int argc, char **argv) {
+        struct broker *b = NULL;
+        struct rlimit rl;
+        int r, ready_fd = -1;
+
+        r = parse_argv(argc, argv);
+        if (r != 0)
+                return r > 0 ? EXIT_SUCCESS : 2;
+
+        umask(0077);
+        log_setup();
+        /* Every lease is an fd: use the whole hard limit. */
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
+
+        if (!arg_foreground && !getenv("NOTIFY_SOCKET") && !getenv("LISTEN_FDS")) {
+                ready_fd = detach();
+                if (ready_fd < 0) {
+                        fprintf(stderr, "brokerd: cannot detach: %s\n", strerror(-ready_fd));
+                        return EXIT_FAILURE;
+                }
+        }
+
+        r = broker_new(&arg_opt, &b);
+        if (r < 0)
+                return EXIT_FAILURE;
+        r = broker_run(b, ready_fd);
+        broker_free(b);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

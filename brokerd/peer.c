@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Peer identification from kernel credentials only. SCM_CREDENTIALS are
+ * never asked for. The pid from SO_PEERCRED is only trusted together with
+ * the pidfd from SO_PEERPIDFD: after reading /proc/PID (cgroup, namespaces)
+ * we check through the pidfd that the same process is still alive, so a
+ * recycled pid cannot lend its identity.
+ */
+#include "peer.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <systemd/sd-login.h>
+#include <unistd.h>
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+static int ns_inode(const char *pid, const char *ns, ino_t *ret) {
+        char path[64];
+        struct stat st;
+
+        snprintf(path, sizeof(path), "/proc/%s/ns/%s", pid, ns);
+        if (stat(path, &st) < 0)
+                return -errno;
+        *ret = st.st_ino;
+        return 0;
+}
+
+int peer_self_init(struct peer_self *self) {
+        int r = ns_inode("self", "user", &self->userns);
+        return r < 0 ? r : ns_inode("self", "net", &self->netns);
+}
+
+static int read_groups(int fd, struct peer *p) {
+        gid_t small[64];
+        socklen_t len = sizeof(small);
+        gid_t *groups;
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, small, &len) == 0) {
+                p->n_groups = len / sizeof(gid_t);
+                p->groups = malloc(len ? len : 1);
+                if (!p->groups)
+                        return -ENOMEM;
+                memcpy(p->groups, small, len);
+                return 0;
+        }
+        if (errno != ERANGE || len > PEER_GROUPS_MAX * sizeof(gid_t))
+                return -errno;
+        groups = malloc(len);
+        if (!groups)
+                return -ENOMEM;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0) {
+                free(groups);
+                return -errno;
+        }
+        p->groups = groups;
+        p->n_groups = len / sizeof(gid_t);
+        return 0;
+}
+
+static bool pidfd_alive(int pidfd) {
+        return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0;
+}
+
+int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret) {
+        struct peer p = { .pidfd = -1 };
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        char pid[16];
+        ino_t userns, netns;
+        char *unit = NULL;
+        int r;
+
+        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        p.pid = cred.pid;
+        p.uid = cred.uid;
+        p.gid = cred.gid;
+
+        len = sizeof(p.pidfd);
+        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &p.pidfd, &len) < 0) {
+                p.pidfd = -1;
+                p.doubt = "the kernel gave no pidfd for the peer";
+        }
+        r = read_groups(conn_fd, &p);
+        if (r < 0 && !p.doubt)
+                p.doubt = "cannot read the peer's groups";
+
+        if (p.pid <= 0 && !p.doubt)
+                p.doubt = "the peer's pid is not visible from the broker's pid namespace";
+        if (!p.doubt) {
+                snprintf(pid, sizeof(pid), "%d", (int) p.pid);
+                if (ns_inode(pid, "user", &userns) < 0 || ns_inode(pid, "net", &netns) < 0)
+                        p.doubt = "cannot read the peer's namespaces";
+                else if (userns != self->userns)
+                        p.doubt = "the peer is in another user namespace";
+                else if (netns != self->netns)
+                        p.doubt = "the peer is in another network namespace";
+        }
+        if (!p.doubt) {
+                /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
+                r = sd_pid_get_unit(p.pid, &unit);
+                if (r >= 0)
+                        snprintf(p.unit, sizeof(p.unit), "%s", unit);
+                free(unit);
+                if (r < 0 && r != -ENODATA && r != -ENOENT && r != -ENXIO)
+                        p.doubt = "cannot read the peer's cgroup";
+        }
+        if (!p.doubt && !pidfd_alive(p.pidfd))
+                p.doubt = "the peer exited while being identified";
+
+        *ret = p;
+        return 0;
+}
+
+bool peer_in_group(const struct peer *p, gid_t gid) {
+        if (p->gid == gid)
+                return true;
+        for (size_t i = 0; i < p->n_groups; i++)
+                if (p->groups[i] == gid)
+                        return true;
+        return false;
+}
+
+void peer_done(struct peer *p) {
+        free(p->groups);
+        p->groups = NULL;
+        p->n_groups = 0;
+        if (p->pidfd >= 0)
+                close(p->pidfd);
+        p->pidfd = -1;
+}

@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Who is on the other end of a control connection, read once from the
+ * kernel at accept: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, the systemd
+ * unit of the peer's cgroup path, and whether it shares our user and
+ * network namespaces. Anything we cannot establish becomes a doubt, and a
+ * doubtful peer is denied everything.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define PEER_UNIT_MAX 256
+#define PEER_GROUPS_MAX 65536
+
+struct peer {
+        pid_t pid;
+        uid_t uid;
+        gid_t gid;
+        gid_t *groups;                  /* supplementary groups (SO_PEERGROUPS), owned */
+        size_t n_groups;
+        char unit[PEER_UNIT_MAX];       /* system unit from the cgroup path, "" if none */
+        int pidfd;                      /* SO_PEERPIDFD, -1 if none */
+        const char *doubt;              /* NULL when identity is certain, else why not */
+};
+
+/* Namespace inodes of the broker itself, compared against each peer's. */
+struct peer_self {
+        ino_t userns, netns;
+};
+
+/* Reads the broker's own namespaces. Returns 0 or -errno. */
+int peer_self_init(struct peer_self *self);
+
+/* Identifies the peer of connected socket conn_fd into *ret. Returns 0 (check
+ * ret->doubt) or -errno when the socket itself fails. Free with peer_done(). */
+int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret);
+
+/* True when gid is the peer's primary or a supplementary group. */
+bool peer_in_group(const struct peer *p, gid_t gid);
+
+/* Releases the peer's groups and pidfd. */
+void peer_done(struct peer *p);

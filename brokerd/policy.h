@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Policy: the rules in memory (the store keeps them durable), who is an
+ * admin, and which rule, if any, lets a peer get an endpoint. Default deny.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "peer.h"
+#include "store.h"
+
+#define POLICY_RULES_MAX 10000
+
+struct policy {
+        struct store_rule *rules;       /* in id order */
+        size_t n_rules, cap;
+        uid_t self_uid;                 /* brokerd's own uid: always admin */
+        bool has_admin_gid;
+        gid_t admin_gid;                /* --admin-group */
+};
+
+/* True when the peer may change rules and release any lease. */
+bool policy_is_admin(const struct policy *p, const struct peer *peer);
+
+/* True when the rule's principal describes the peer. */
+bool policy_principal_matches(const struct pb_principal *principal, const struct peer *peer);
+
+/* The first rule letting peer get endpoint e, or NULL. */
+const struct store_rule *policy_find(const struct policy *p, const struct peer *peer, const struct pb_endpoint *e);
+
+/* Adds a copy of rule (id assigned by the store). Returns 0, -ENOSPC or -ENOMEM. */
+int policy_add(struct policy *p, const struct store_rule *rule);
+
+/* Removes rule id. Returns 0 or -ENOENT. */
+int policy_remove(struct policy *p, uint64_t id);
+
+/* The rule with id, or NULL. */
+const struct store_rule *policy_get(const struct policy *p, uint64_t id);
+
+void policy_done(struct policy *p);

@@ -1,0 +1,488 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The SQLite store: schema and migrations (user_version), prepared
+ * statements only, WAL, BEGIN IMMEDIATE for every write, synchronous=FULL
+ * for rules and leases, batched audit events. The only file that includes
+ * sqlite3.h.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sqlite3.h>
+#include <time.h>
+
+struct pending {
+        int64_t time_us;
+        char event[24];
+        long uid, pid;
+        char endpoint[PB_ENDPOINT_STRLEN];
+        char detail[160];
+        bool has_endpoint, has_detail;
+};
+
+enum stmt {
+        ST_BEGIN,
+        ST_COMMIT,
+        ST_ROLLBACK,
+        ST_SYNC_FULL,
+        ST_SYNC_NORMAL,
+        ST_RULE_ADD,
+        ST_RULE_REMOVE,
+        ST_RULES,
+        ST_LEASE_ADD,
+        ST_LEASE_REMOVE,
+        ST_LEASES,
+        ST_EVENT_ADD,
+        ST_EVENT_PRUNE,
+        _ST_MAX,
+};
+
+static const char *const stmt_sql[_ST_MAX] = {
+        [ST_BEGIN] = "BEGIN IMMEDIATE",
+        [ST_COMMIT] = "COMMIT",
+        [ST_ROLLBACK] = "ROLLBACK",
+        [ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
+        [ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
+        [ST_RULE_ADD] = "INSERT INTO rules (principal_kind, principal_id, principal_unit, pattern, "
+                        "pattern_text, created, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
+        [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created "
+                     "FROM rules ORDER BY id",
+        [ST_LEASE_ADD] = "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created) VALUES (?, ?, ?, ?)",
+        [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
+        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created FROM leases ORDER BY id",
+        [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+        [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+};
+
+static const char schema_v1[] =
+        "CREATE TABLE rules ("
+        "  id INTEGER PRIMARY KEY,"
+        "  principal_kind INTEGER NOT NULL CHECK (principal_kind IN (1, 2, 3)),"
+        "  principal_id INTEGER NOT NULL,"
+        "  principal_unit TEXT NOT NULL DEFAULT '',"
+        "  pattern BLOB NOT NULL CHECK (length(pattern) = 24),"
+        "  pattern_text TEXT NOT NULL,"
+        "  created INTEGER NOT NULL,"
+        "  created_by INTEGER NOT NULL);"
+        "CREATE TABLE leases ("
+        "  id INTEGER PRIMARY KEY,"
+        "  endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) = 24),"
+        "  endpoint_text TEXT NOT NULL,"
+        "  owner_uid INTEGER NOT NULL,"
+        "  created INTEGER NOT NULL);"
+        "CREATE TABLE events ("
+        "  id INTEGER PRIMARY KEY,"
+        "  time_us INTEGER NOT NULL,"
+        "  event TEXT NOT NULL,"
+        "  peer_uid INTEGER,"
+        "  peer_pid INTEGER,"
+        "  endpoint TEXT,"
+        "  detail TEXT);"
+        "PRAGMA user_version = 1;";
+
+struct store {
+        sqlite3 *db;
+        sqlite3_stmt *stmt[_ST_MAX];
+        struct pending pending[STORE_PENDING_MAX];
+        unsigned n_pending;
+        unsigned since_prune;           /* events written since the last prune */
+};
+
+static int64_t now_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int sqlite_errno(int rc) {
+        switch (rc & 0xff) {
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+                return -EBUSY;
+        case SQLITE_NOMEM:
+                return -ENOMEM;
+        case SQLITE_FULL:
+                return -ENOSPC;
+        case SQLITE_READONLY:
+        case SQLITE_PERM:
+        case SQLITE_AUTH:
+                return -EACCES;
+        case SQLITE_CONSTRAINT:
+                return -EEXIST;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+                return -EBADMSG;
+        case SQLITE_CANTOPEN:
+                return -ENOENT;
+        default:
+                return -EIO;
+        }
+}
+
+/* Runs a prepared statement that returns no rows, then resets it. */
+static int run(struct store *s, enum stmt k) {
+        sqlite3_stmt *st = s->stmt[k];
+        int rc = sqlite3_step(st);
+
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : sqlite_errno(rc);
+}
+
+static int insert_event(struct store *s, const struct pending *p) {
+        sqlite3_stmt *st = s->stmt[ST_EVENT_ADD];
+
+        sqlite3_bind_int64(st, 1, p->time_us);
+        sqlite3_bind_text(st, 2, p->event, -1, SQLITE_STATIC);
+        if (p->uid >= 0)
+                sqlite3_bind_int64(st, 3, p->uid);
+        if (p->pid >= 0)
+                sqlite3_bind_int64(st, 4, p->pid);
+        if (p->has_endpoint)
+                sqlite3_bind_text(st, 5, p->endpoint, -1, SQLITE_STATIC);
+        if (p->has_detail)
+                sqlite3_bind_text(st, 6, p->detail, -1, SQLITE_STATIC);
+        s->since_prune++;
+        return run(s, ST_EVENT_ADD);
+}
+
+static void pending_fill(struct pending *p, const struct store_event *ev) {
+        p->time_us = now_us();
+        snprintf(p->event, sizeof(p->event), "%s", ev->event);
+        p->uid = ev->uid;
+        p->pid = ev->pid;
+        p->has_endpoint = ev->endpoint != NULL;
+        p->has_detail = ev->detail != NULL;
+        snprintf(p->endpoint, sizeof(p->endpoint), "%s", ev->endpoint ? ev->endpoint : "");
+        snprintf(p->detail, sizeof(p->detail), "%s", ev->detail ? ev->detail : "");
+}
+
+/* Inside a transaction: writes the queued events, then prunes old ones now and then. */
+static int write_pending(struct store *s) {
+        int r;
+
+        for (unsigned i = 0; i < s->n_pending; i++) {
+                r = insert_event(s, &s->pending[i]);
+                if (r < 0)
+                        return r;
+        }
+        s->n_pending = 0;
+        if (s->since_prune >= 1000) {
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE], 1, STORE_EVENTS_KEEP);
+                r = run(s, ST_EVENT_PRUNE);
+                if (r < 0)
+                        return r;
+                s->since_prune = 0;
+        }
+        return 0;
+}
+
+static int tx_begin(struct store *s) {
+        return run(s, ST_BEGIN);
+}
+
+/* Commits (or on r < 0 rolls back) and returns r or the commit's error. */
+static int tx_end(struct store *s, int r) {
+        if (r >= 0) {
+                int k = run(s, ST_COMMIT);
+                if (k >= 0)
+                        return r;
+                r = k;
+        }
+        run(s, ST_ROLLBACK);
+        return r;
+}
+
+/* A durable change: queued events, then the change and its event, one FULL commit. */
+static int durable_event(struct store *s, const struct store_event *ev) {
+        struct pending p;
+        int r = write_pending(s);
+
+        if (r < 0)
+                return r;
+        pending_fill(&p, ev);
+        return insert_event(s, &p);
+}
+
+int store_flush(struct store *s) {
+        int r;
+
+        if (s->n_pending == 0)
+                return 0;
+        r = run(s, ST_SYNC_NORMAL);
+        if (r < 0)
+                return r;
+        r = tx_begin(s);
+        if (r >= 0)
+                r = tx_end(s, write_pending(s));
+        run(s, ST_SYNC_FULL);
+        return r;
+}
+
+int store_event_queue(struct store *s, const struct store_event *ev) {
+        if (s->n_pending == STORE_PENDING_MAX) {
+                int r = store_flush(s);
+                if (r < 0)
+                        s->n_pending = 0;       /* drop the batch rather than grow without bound */
+        }
+        pending_fill(&s->pending[s->n_pending++], ev);
+        return 0;
+}
+
+unsigned store_pending(const struct store *s) {
+        return s->n_pending;
+}
+
+int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *ev) {
+        sqlite3_stmt *st = s->stmt[ST_RULE_ADD];
+        char text[PB_ENDPOINT_STRLEN];
+        uint8_t blob[PB_ENDPOINT_WIRE_SIZE];
+        int r;
+
+        rule->created = now_us() / 1000000;
+        endpoint_encode(&rule->pattern, blob);
+        r = tx_begin(s);
+        if (r < 0)
+                return r;
+        sqlite3_bind_int(st, 1, rule->principal.kind);
+        sqlite3_bind_int64(st, 2, rule->principal.id);
+        sqlite3_bind_text(st, 3, rule->principal.unit, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, blob, sizeof(blob), SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, endpoint_format_pattern(&rule->pattern, text), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, rule->created);
+        sqlite3_bind_int64(st, 7, ev->uid);
+        r = run(s, ST_RULE_ADD);
+        if (r >= 0) {
+                rule->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
+                r = durable_event(s, ev);
+        }
+        return tx_end(s, r);
+}
+
+static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(s->stmt[k], 1, (sqlite3_int64) id);
+        r = run(s, k);
+        if (r >= 0 && sqlite3_changes(s->db) == 0)
+                r = -ENOENT;
+        if (r >= 0)
+                r = durable_event(s, ev);
+        return tx_end(s, r);
+}
+
+int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev) {
+        return remove_by_id(s, ST_RULE_REMOVE, id, ev);
+}
+
+int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev) {
+        sqlite3_stmt *st = s->stmt[ST_LEASE_ADD];
+        char text[PB_ENDPOINT_STRLEN];
+        uint8_t blob[PB_ENDPOINT_WIRE_SIZE];
+        int r;
+
+        l->created = now_us() / 1000000;
+        endpoint_encode(&l->endpoint, blob);
+        r = tx_begin(s);
+        if (r < 0)
+                return r;
+        sqlite3_bind_blob(st, 1, blob, sizeof(blob), SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, endpoint_format(&l->endpoint, text), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, l->owner_uid);
+        sqlite3_bind_int64(st, 4, l->created);
+        r = run(s, ST_LEASE_ADD);
+        if (r >= 0) {
+                l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
+                r = durable_event(s, ev);
+        }
+        return tx_end(s, r);
+}
+
+int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev) {
+        return remove_by_id(s, ST_LEASE_REMOVE, id, ev);
+}
+
+/* Reads an endpoint blob column; a malformed one is corruption. */
+static int column_endpoint(sqlite3_stmt *st, int col, bool pattern, struct pb_endpoint *ret) {
+        if (sqlite3_column_bytes(st, col) != PB_ENDPOINT_WIRE_SIZE)
+                return -EBADMSG;
+        return endpoint_decode(sqlite3_column_blob(st, col), pattern, ret);
+}
+
+int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void *userdata), void *userdata) {
+        sqlite3_stmt *st = s->stmt[ST_RULES];
+        int rc, r = 0;
+
+        while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                struct store_rule rule = { .id = (uint64_t) sqlite3_column_int64(st, 0) };
+                const unsigned char *unit = sqlite3_column_text(st, 3);
+
+                rule.principal.kind = (uint8_t) sqlite3_column_int(st, 1);
+                rule.principal.id = (uint32_t) sqlite3_column_int64(st, 2);
+                snprintf(rule.principal.unit, sizeof(rule.principal.unit), "%s", unit ? (const char *) unit : "");
+                rule.created = sqlite3_column_int64(st, 5);
+                r = column_endpoint(st, 4, true, &rule.pattern);
+                if (r >= 0)
+                        r = proto_principal_validate(&rule.principal) < 0 ? -EBADMSG : 0;
+                if (r >= 0)
+                        r = fn(&rule, userdata);
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, void *userdata), void *userdata) {
+        sqlite3_stmt *st = s->stmt[ST_LEASES];
+        int rc, r = 0;
+
+        while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                struct store_lease l = {
+                        .id = (uint64_t) sqlite3_column_int64(st, 0),
+                        .owner_uid = (uid_t) sqlite3_column_int64(st, 2),
+                        .created = sqlite3_column_int64(st, 3),
+                };
+
+                r = column_endpoint(st, 1, false, &l.endpoint);
+                if (r >= 0)
+                        r = fn(&l, userdata);
+        }
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+/* Runs one statement and returns its first integer column. */
+static int query_int(sqlite3 *db, const char *sql, int64_t *ret) {
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+        if (rc != SQLITE_OK)
+                return sqlite_errno(rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW && ret)
+                *ret = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : sqlite_errno(rc);
+}
+
+static int check_integrity(sqlite3 *db, char *errbuf, size_t errlen) {
+        sqlite3_stmt *st;
+        int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, NULL);
+        int r = 0;
+
+        if (rc != SQLITE_OK) {
+                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(db));
+                return sqlite_errno(rc);
+        }
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW) {
+                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(db));
+                r = sqlite_errno(rc);
+        } else if (strcmp((const char *) sqlite3_column_text(st, 0), "ok") != 0) {
+                snprintf(errbuf, errlen, "integrity check failed: %s", sqlite3_column_text(st, 0));
+                r = -EBADMSG;
+        }
+        sqlite3_finalize(st);
+        return r;
+}
+
+static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
+        int64_t version = 0;
+        char *msg = NULL;
+        int r = query_int(db, "PRAGMA user_version", &version);
+
+        if (r < 0) {
+                snprintf(errbuf, errlen, "cannot read schema version: %s", sqlite3_errmsg(db));
+                return r;
+        }
+        if (version > STORE_SCHEMA_VERSION) {
+                snprintf(errbuf, errlen, "schema version %lld is newer than this brokerd knows (%d)",
+                         (long long) version, STORE_SCHEMA_VERSION);
+                return -EPROTO;
+        }
+        if (version == STORE_SCHEMA_VERSION)
+                return 0;
+
+        /* version 0: a new database. Later migrations go here, one step each. */
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
+                snprintf(errbuf, errlen, "cannot create schema: %s", msg ? msg : sqlite3_errmsg(db));
+                sqlite3_free(msg);
+                sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+                return -EIO;
+        }
+        return 0;
+}
+
+int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen) {
+        struct store *s = calloc(1, sizeof(*s));
+        int rc, r;
+
+        if (!s)
+                return -ENOMEM;
+        rc = sqlite3_open_v2(path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW |
+                                     SQLITE_OPEN_FULLMUTEX, NULL);
+        if (rc != SQLITE_OK) {
+                snprintf(errbuf, errlen, "%s", s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+                r = sqlite_errno(rc);
+                goto fail;
+        }
+        sqlite3_extended_result_codes(s->db, 1);
+        sqlite3_busy_timeout(s->db, 5000);
+
+        r = check_integrity(s->db, errbuf, errlen);
+        if (r < 0)
+                goto fail;
+        r = query_int(s->db, "PRAGMA journal_mode=WAL", NULL);
+        if (r >= 0)
+                r = query_int(s->db, "PRAGMA synchronous=FULL", NULL);
+        if (r >= 0)
+                r = query_int(s->db, "PRAGMA foreign_keys=ON", NULL);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(s->db));
+                goto fail;
+        }
+        r = migrate(s->db, errbuf, errlen);
+        if (r < 0)
+                goto fail;
+
+        for (int k = 0; k < _ST_MAX; k++) {
+                rc = sqlite3_prepare_v3(s->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[k], NULL);
+                if (rc != SQLITE_OK) {
+                        snprintf(errbuf, errlen, "unexpected schema: %s", sqlite3_errmsg(s->db));
+                        r = -EBADMSG;
+                        goto fail;
+                }
+        }
+        *ret = s;
+        return 0;
+
+fail:
+        for (int k = 0; k < _ST_MAX; k++)
+                sqlite3_finalize(s->stmt[k]);
+        sqlite3_close_v2(s->db);
+        free(s);
+        return r;
+}
+
+void store_close(struct store *s) {
+        if (!s)
+                return;
+        store_flush(s);
+        for (int k = 0; k < _ST_MAX; k++)
+                sqlite3_finalize(s->stmt[k]);
+        sqlite3_close_v2(s->db);
+        free(s);
+}

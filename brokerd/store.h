@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Persistence of rules, leases and audit events in SQLite. Rule changes and
+ * lease creation/removal commit durably (synchronous=FULL) together with
+ * their audit event; high-rate events (grants, denials) are queued and
+ * written in batches (group commit, synchronous=NORMAL) by store_flush().
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto.h"
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
+#define STORE_PENDING_MAX 256           /* queued events before a forced flush */
+
+struct store;
+
+struct store_event {
+        const char *event;              /* grant, deny, create, release, policy-add, ... */
+        long uid, pid;                  /* peer, -1: none */
+        const char *endpoint;           /* text or NULL */
+        const char *detail;             /* text or NULL */
+};
+
+struct store_rule {
+        uint64_t id;
+        struct pb_principal principal;
+        struct pb_endpoint pattern;
+        int64_t created;
+};
+
+struct store_lease {
+        uint64_t id;
+        struct pb_endpoint endpoint;
+        uid_t owner_uid;
+        int64_t created;
+};
+
+/* Opens (creating and migrating) the database at path and checks it with
+ * quick_check. Returns 0, or -errno with a reason in errbuf. */
+int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen);
+
+/* Flushes pending events and closes; NULL is fine. */
+void store_close(struct store *s);
+
+/* Durable: adds rule r (id and created filled in) with its event. */
+int store_rule_add(struct store *s, struct store_rule *r, const struct store_event *ev);
+
+/* Durable: removes rule id with its event. Returns 0 or -ENOENT. */
+int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev);
+
+/* Durable: records lease l (id and created filled in) with its event. */
+int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev);
+
+/* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
+int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);
+
+/* Calls fn for every rule / lease in id order; a negative return stops and is returned. */
+int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void *userdata), void *userdata);
+int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, void *userdata), void *userdata);
+
+/* Queues an event for the next batch; flushes when the queue is full. */
+int store_event_queue(struct store *s, const struct store_event *ev);
+
+/* Number of queued events. */
+unsigned store_pending(const struct store *s);
+
+/* Writes queued events in one transaction. */
+int store_flush(struct store *s);

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libportbroker: get listening sockets from brokerd and manage its policy.
+ *
+ * Every function returns >= 0 on success and -errno on failure; when err is
+ * not NULL it then holds the broker's (or the library's) one-line message.
+ * The library has no global state, never prints and never exits. A pb_conn
+ * may be shared between threads (calls on it are serialized); the
+ * connection-less calls open and close their own. Every fd the library
+ * returns is close-on-exec and owned by the caller.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PB_DEFAULT_SOCKET "/run/portbroker/control.sock"
+#define PB_SOCKET_ENV "PORTBROKER_SOCKET"
+
+typedef struct pb_conn pb_conn;
+
+typedef struct pb_error {
+        int code;                       /* positive errno value, 0 if none */
+        char message[256];              /* one line, no trailing newline */
+} pb_error;
+
+enum {
+        PB_GET_NONBLOCK = 1 << 0,       /* set O_NONBLOCK (shared by every holder) */
+        PB_GET_BLOCKING = 1 << 1,       /* clear O_NONBLOCK; neither flag: leave as is */
+};
+
+typedef struct pb_lease {
+        uint64_t id;
+        char endpoint[64];              /* canonical text, e.g. "tcp:[::]:8080" */
+        int transport;                  /* IPPROTO_TCP or IPPROTO_UDP */
+        uid_t owner_uid;
+        int64_t since;                  /* unix seconds */
+        uint64_t handouts;              /* gets served since the broker started */
+        unsigned holders;               /* live processes that got the socket */
+        int queued;                     /* connections waiting in the accept queue, -1 unknown */
+        unsigned backlog;               /* accept queue limit, 0 for UDP */
+        bool bound;                     /* the broker holds a socket for it */
+        bool created;                   /* pb_get only: this call created the lease */
+} pb_lease;
+
+typedef enum pb_principal_kind {
+        PB_USER = 1,
+        PB_GROUP = 2,
+        PB_UNIT = 3,
+} pb_principal_kind;
+
+typedef struct pb_rule {
+        uint64_t id;
+        pb_principal_kind kind;
+        uint32_t id_value;              /* uid or gid */
+        char unit[256];                 /* unit name for PB_UNIT */
+        char pattern[64];               /* canonical endpoint pattern text */
+        int64_t created;                /* unix seconds */
+} pb_rule;
+
+/* The control socket path: $PORTBROKER_SOCKET if set and non-empty, else PB_DEFAULT_SOCKET. */
+const char *pb_socket_path(void);
+
+/* Connects to the broker at path (NULL: pb_socket_path()). Returns 0 and *ret. */
+int pb_connect(const char *path, pb_conn **ret, pb_error *err);
+
+/* Closes the connection; NULL is fine. */
+void pb_disconnect(pb_conn *c);
+
+/* Gets the listening socket for endpoint text (`8080`, `udp:5353`, `tcp:[::1]:8443`),
+ * creating the lease if needed. Returns a new CLOEXEC fd owned by the caller.
+ * ret_lease (may be NULL) is filled with id, endpoint, created. */
+int pb_conn_get(pb_conn *c, const char *endpoint, unsigned flags, pb_lease *ret_lease, pb_error *err);
+
+/* pb_conn_get on a connection of its own to pb_socket_path(). */
+int pb_get(const char *endpoint, unsigned flags, pb_error *err);
+
+/* Ends a lease (owner or admin): the broker closes its socket. Returns 0. */
+int pb_conn_release(pb_conn *c, const char *endpoint, pb_error *err);
+int pb_release(const char *endpoint, pb_error *err);
+
+/* Calls fn for each lease (all when endpoint is NULL). fn returning non-zero
+ * stops the walk and that value is returned. Returns 0 when all were seen. */
+int pb_conn_status(pb_conn *c, const char *endpoint,
+                   int (*fn)(const pb_lease *lease, void *userdata), void *userdata, pb_error *err);
+
+/* Adds a rule letting principal (kind, id_value or unit) get endpoints
+ * matching pattern text (port may be a range). Admin only. Returns the rule id (>= 1). */
+int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
+                           const char *pattern, pb_error *err);
+
+/* Removes rule id. Admin only. Returns 0. */
+int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);
+
+/* Calls fn for each rule, like pb_conn_status. */
+int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdata), void *userdata,
+                        pb_error *err);
+
+#ifdef __cplusplus
+}
+#endif

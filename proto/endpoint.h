@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Endpoints: `[proto:][address:]port`, parsed from and formatted to text,
+ * and encoded in 24 bytes on the wire. An omitted address and `[::]` both
+ * mean the dual-stack wildcard (PB_FAMILY_ANY). Policy patterns may give a
+ * port range `lo-hi`; a pattern with no address matches any address.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PB_ENDPOINT_WIRE_SIZE 24
+#define PB_ENDPOINT_STRLEN 64           /* buffer for endpoint_format() */
+
+enum pb_transport {
+        PB_TCP = 6,
+        PB_UDP = 17,
+};
+
+enum pb_family {
+        PB_FAMILY_ANY = 0,              /* [::] dual-stack wildcard (IPV6_V6ONLY=0) */
+        PB_FAMILY_INET = 4,             /* an IPv4 address, 0.0.0.0 included */
+        PB_FAMILY_INET6 = 6,            /* a specific IPv6 address (IPV6_V6ONLY=1) */
+};
+
+struct pb_endpoint {
+        uint8_t transport;              /* enum pb_transport */
+        uint8_t family;                 /* enum pb_family */
+        uint16_t port_lo;               /* 1..65535 */
+        uint16_t port_hi;               /* == port_lo except in policy patterns */
+        uint8_t addr[16];               /* network order; 4 bytes used for INET, zero for ANY */
+};
+
+/* Parses one endpoint; ranges are refused. Returns 0 or -EINVAL. */
+int endpoint_parse(const char *s, struct pb_endpoint *ret);
+
+/* Parses a policy pattern: like an endpoint, but the port may be `lo-hi`. */
+int endpoint_parse_pattern(const char *s, struct pb_endpoint *ret);
+
+/* Formats endpoint e as canonical text (`tcp:[::]:8080`, `udp:127.0.0.1:53`,
+ * `tcp:[::1]:8443`) into buf. Returns buf. */
+char *endpoint_format(const struct pb_endpoint *e, char buf[static PB_ENDPOINT_STRLEN]);
+
+/* Formats pattern p (`tcp:8000-8099` when it matches any address). Returns buf. */
+char *endpoint_format_pattern(const struct pb_endpoint *p, char buf[static PB_ENDPOINT_STRLEN]);
+
+/* Checks fields: known transport/family, 1 <= port_lo <= port_hi, zero
+ * padding, no v4-mapped IPv6. pattern=false also requires port_lo == port_hi. */
+int endpoint_validate(const struct pb_endpoint *e, bool pattern);
+
+bool endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b);
+
+/* True when endpoint e (not a pattern) falls inside pattern p. */
+bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e);
+
+void endpoint_encode(const struct pb_endpoint *e, uint8_t out[static PB_ENDPOINT_WIRE_SIZE]);
+/* Decodes and validates (see endpoint_validate). Returns 0 or -EBADMSG. */
+int endpoint_decode(const uint8_t in[static PB_ENDPOINT_WIRE_SIZE], bool pattern, struct pb_endpoint *ret);

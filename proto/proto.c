@@ -1,0 +1,386 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Encoding and decoding of control messages. Every field is written and
+ * read explicitly, big-endian, through a bounds-checked cursor; a decoder
+ * consumes exactly the message's length or rejects it. See PROTOCOL.md.
+ */
+#include "proto.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+struct wcur {
+        uint8_t *buf;
+        size_t size, off;
+        bool overflow;
+};
+
+struct rcur {
+        const uint8_t *buf;
+        size_t len, off;
+        bool bad;
+};
+
+static uint8_t *wtake(struct wcur *w, size_t n) {
+        if (w->overflow || n > w->size - w->off) {
+                w->overflow = true;
+                return NULL;
+        }
+        w->off += n;
+        return w->buf + w->off - n;
+}
+
+static void put_u8(struct wcur *w, uint8_t v) {
+        uint8_t *p = wtake(w, 1);
+        if (p)
+                p[0] = v;
+}
+
+static void put_be(struct wcur *w, uint64_t v, size_t n) {
+        uint8_t *p = wtake(w, n);
+        if (p)
+                for (size_t i = 0; i < n; i++)
+                        p[i] = (uint8_t) (v >> (8 * (n - 1 - i)));
+}
+
+static void put_text(struct wcur *w, const char *s) {
+        size_t n = strnlen(s, PB_TEXT_MAX + 1);
+        uint8_t *p;
+
+        if (n > PB_TEXT_MAX) {
+                w->overflow = true;
+                return;
+        }
+        put_u8(w, (uint8_t) n);
+        p = wtake(w, n);
+        if (p)
+                memcpy(p, s, n);
+}
+
+static void put_endpoint(struct wcur *w, const struct pb_endpoint *e) {
+        uint8_t *p = wtake(w, PB_ENDPOINT_WIRE_SIZE);
+        if (p)
+                endpoint_encode(e, p);
+}
+
+static void put_principal(struct wcur *w, const struct pb_principal *p) {
+        put_u8(w, p->kind);
+        put_be(w, p->id, 4);
+        put_text(w, p->unit);
+}
+
+static const uint8_t *rtake(struct rcur *r, size_t n) {
+        if (r->bad || n > r->len - r->off) {
+                r->bad = true;
+                return NULL;
+        }
+        r->off += n;
+        return r->buf + r->off - n;
+}
+
+static uint8_t get_u8(struct rcur *r) {
+        const uint8_t *p = rtake(r, 1);
+        return p ? p[0] : 0;
+}
+
+static uint64_t get_be(struct rcur *r, size_t n) {
+        const uint8_t *p = rtake(r, n);
+        uint64_t v = 0;
+
+        if (p)
+                for (size_t i = 0; i < n; i++)
+                        v = v << 8 | p[i];
+        return v;
+}
+
+static uint8_t get_bool(struct rcur *r) {
+        uint8_t v = get_u8(r);
+        if (v > 1)
+                r->bad = true;
+        return v;
+}
+
+/* Text: a length byte, then that many bytes, none NUL or control characters. */
+static void get_text(struct rcur *r, char out[static PB_TEXT_MAX + 1]) {
+        size_t n = get_u8(r);
+        const uint8_t *p = rtake(r, n);
+
+        out[0] = '\0';
+        if (!p)
+                return;
+        for (size_t i = 0; i < n; i++)
+                if (p[i] < 0x20 || p[i] == 0x7f)
+                        r->bad = true;
+        memcpy(out, p, n);
+        out[n] = '\0';
+}
+
+static void get_endpoint(struct rcur *r, bool pattern, struct pb_endpoint *ret) {
+        const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
+        if (p && endpoint_decode(p, pattern, ret) < 0)
+                r->bad = true;
+}
+
+static void get_principal(struct rcur *r, struct pb_principal *ret) {
+        ret->kind = get_u8(r);
+        ret->id = (uint32_t) get_be(r, 4);
+        get_text(r, ret->unit);
+        if (!r->bad && proto_principal_validate(ret) < 0)
+                r->bad = true;
+}
+
+static void encode_body(struct wcur *w, const struct pb_msg *m) {
+        switch (m->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+                put_endpoint(w, &m->get.endpoint);
+                break;
+        case PB_MSG_GET | PB_MSG_REPLY:
+                put_endpoint(w, &m->got.endpoint);
+                put_be(w, m->got.lease_id, 8);
+                put_u8(w, m->got.created);
+                break;
+        case PB_MSG_STATUS:
+                put_u8(w, m->status.has_endpoint);
+                put_endpoint(w, &m->status.endpoint);
+                put_be(w, m->status.after_id, 8);
+                break;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                if (m->leases.count > PB_LIST_MAX) {
+                        w->overflow = true;
+                        break;
+                }
+                put_u8(w, m->leases.count);
+                put_u8(w, m->leases.more);
+                for (unsigned i = 0; i < m->leases.count; i++) {
+                        const struct pb_lease_entry *l = &m->leases.leases[i];
+                        put_be(w, l->id, 8);
+                        put_endpoint(w, &l->endpoint);
+                        put_be(w, l->owner_uid, 4);
+                        put_be(w, l->since, 8);
+                        put_be(w, l->handouts, 8);
+                        put_be(w, l->holders, 4);
+                        put_be(w, (uint32_t) l->queued, 4);
+                        put_be(w, l->backlog, 4);
+                        put_u8(w, l->bound);
+                }
+                break;
+        case PB_MSG_POLICY_ADD:
+                put_principal(w, &m->policy_add.principal);
+                put_endpoint(w, &m->policy_add.pattern);
+                break;
+        case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE:
+                put_be(w, m->rule_id.rule_id, 8);
+                break;
+        case PB_MSG_POLICY_LIST:
+                put_be(w, m->policy_list.after_id, 8);
+                break;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                if (m->rules.count > PB_RULES_MAX) {
+                        w->overflow = true;
+                        break;
+                }
+                put_u8(w, m->rules.count);
+                put_u8(w, m->rules.more);
+                for (unsigned i = 0; i < m->rules.count; i++) {
+                        const struct pb_rule_entry *e = &m->rules.rules[i];
+                        put_be(w, e->id, 8);
+                        put_principal(w, &e->principal);
+                        put_endpoint(w, &e->pattern);
+                        put_be(w, e->created, 8);
+                }
+                break;
+        case PB_MSG_RELEASE | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+                break;
+        case PB_MSG_ERROR:
+                put_be(w, (uint32_t) m->error.code, 4);
+                put_text(w, m->error.message);
+                break;
+        default:
+                w->overflow = true;
+        }
+}
+
+int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size) {
+        struct wcur w = { .buf = buf, .size = size < PB_MSG_MAX ? size : PB_MSG_MAX };
+
+        if (!wtake(&w, PB_HEADER_SIZE))
+                return -EMSGSIZE;
+        encode_body(&w, msg);
+        if (w.overflow)
+                return -EMSGSIZE;
+
+        struct wcur h = { .buf = buf, .size = PB_HEADER_SIZE };
+        put_be(&h, w.off, 4);
+        put_be(&h, PB_PROTO_VERSION, 2);
+        put_be(&h, msg->hdr.type, 2);
+        put_be(&h, msg->hdr.id, 4);
+        put_be(&h, 0, 4);
+        return (int) w.off;
+}
+
+int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hdr) {
+        struct rcur r = { .buf = buf, .len = len };
+        struct pb_header h;
+
+        if (len < PB_HEADER_SIZE || len > PB_MSG_MAX)
+                return -EBADMSG;
+        h.length = (uint32_t) get_be(&r, 4);
+        h.version = (uint16_t) get_be(&r, 2);
+        h.type = (uint16_t) get_be(&r, 2);
+        h.id = (uint32_t) get_be(&r, 4);
+        h.reserved = (uint32_t) get_be(&r, 4);
+        if (h.length != len || h.reserved != 0)
+                return -EBADMSG;
+        *ret_hdr = h;
+        return 0;
+}
+
+static void decode_body(struct rcur *r, struct pb_msg *m) {
+        switch (m->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+                get_endpoint(r, false, &m->get.endpoint);
+                break;
+        case PB_MSG_GET | PB_MSG_REPLY:
+                get_endpoint(r, false, &m->got.endpoint);
+                m->got.lease_id = get_be(r, 8);
+                m->got.created = get_bool(r);
+                break;
+        case PB_MSG_STATUS:
+                m->status.has_endpoint = get_bool(r);
+                if (m->status.has_endpoint)
+                        get_endpoint(r, false, &m->status.endpoint);
+                else if (rtake(r, PB_ENDPOINT_WIRE_SIZE))
+                        memset(&m->status.endpoint, 0, sizeof(m->status.endpoint));
+                m->status.after_id = get_be(r, 8);
+                break;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                m->leases.count = get_u8(r);
+                m->leases.more = get_bool(r);
+                if (m->leases.count > PB_LIST_MAX) {
+                        r->bad = true;
+                        break;
+                }
+                for (unsigned i = 0; i < m->leases.count && !r->bad; i++) {
+                        struct pb_lease_entry *l = &m->leases.leases[i];
+                        l->id = get_be(r, 8);
+                        get_endpoint(r, false, &l->endpoint);
+                        l->owner_uid = (uint32_t) get_be(r, 4);
+                        l->since = get_be(r, 8);
+                        l->handouts = get_be(r, 8);
+                        l->holders = (uint32_t) get_be(r, 4);
+                        l->queued = (int32_t) (uint32_t) get_be(r, 4);
+                        l->backlog = (uint32_t) get_be(r, 4);
+                        l->bound = get_bool(r);
+                }
+                break;
+        case PB_MSG_POLICY_ADD:
+                get_principal(r, &m->policy_add.principal);
+                get_endpoint(r, true, &m->policy_add.pattern);
+                break;
+        case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE:
+                m->rule_id.rule_id = get_be(r, 8);
+                break;
+        case PB_MSG_POLICY_LIST:
+                m->policy_list.after_id = get_be(r, 8);
+                break;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                m->rules.count = get_u8(r);
+                m->rules.more = get_bool(r);
+                if (m->rules.count > PB_RULES_MAX) {
+                        r->bad = true;
+                        break;
+                }
+                for (unsigned i = 0; i < m->rules.count && !r->bad; i++) {
+                        struct pb_rule_entry *e = &m->rules.rules[i];
+                        e->id = get_be(r, 8);
+                        get_principal(r, &e->principal);
+                        get_endpoint(r, true, &e->pattern);
+                        e->created = get_be(r, 8);
+                }
+                break;
+        case PB_MSG_RELEASE | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+                break;
+        case PB_MSG_ERROR:
+                m->error.code = (int32_t) (uint32_t) get_be(r, 4);
+                get_text(r, m->error.message);
+                if (m->error.code <= 0)
+                        r->bad = true;
+                break;
+        default:
+                r->bad = true;
+        }
+}
+
+int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg) {
+        struct pb_msg m;
+        int k;
+
+        memset(&m, 0, sizeof(m));
+        k = proto_decode_header(buf, len, &m.hdr);
+        if (k < 0)
+                return k;
+        if (m.hdr.version != PB_PROTO_VERSION)
+                return -EPROTO;
+
+        struct rcur r = { .buf = buf, .len = len, .off = PB_HEADER_SIZE };
+        decode_body(&r, &m);
+        if (r.bad || r.off != len)
+                return -EBADMSG;
+        *ret_msg = m;
+        return 0;
+}
+
+bool proto_type_carries_fd(uint16_t type) {
+        return type == (PB_MSG_GET | PB_MSG_REPLY);
+}
+
+void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt, ...) {
+        va_list ap;
+
+        memset(msg, 0, sizeof(*msg));
+        msg->hdr.type = PB_MSG_ERROR;
+        msg->hdr.id = id;
+        msg->error.code = code > 0 ? code : -code;
+        va_start(ap, fmt);
+        vsnprintf(msg->error.message, sizeof(msg->error.message), fmt, ap);
+        va_end(ap);
+        /* Keep the message printable, one line. */
+        for (char *p = msg->error.message; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        *p = '?';
+}
+
+/* Unit names as systemd allows them: [A-Za-z0-9:_.\\@-], a '.', at most 255 bytes. */
+static bool unit_name_valid(const char *s) {
+        size_t n = strlen(s);
+
+        if (n == 0 || n > PB_TEXT_MAX || !strchr(s, '.') || s[0] == '.')
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      strchr(":_.\\@-", c)))
+                        return false;
+        }
+        return true;
+}
+
+int proto_principal_validate(const struct pb_principal *p) {
+        switch (p->kind) {
+        case PB_PRINCIPAL_USER:
+        case PB_PRINCIPAL_GROUP:
+                return p->unit[0] == '\0' && p->id != UINT32_MAX ? 0 : -EINVAL;
+        case PB_PRINCIPAL_UNIT:
+                return p->id == 0 && unit_name_valid(p->unit) ? 0 : -EINVAL;
+        default:
+                return -EINVAL;
+        }
+}

@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The portbroker control protocol: message layout, encoders and decoders
+ * shared by brokerd and libportbroker. Messages travel over AF_UNIX
+ * SOCK_SEQPACKET, one message per packet, each at most PB_MSG_MAX bytes:
+ * a 16-byte header followed by a per-type body, every field encoded
+ * explicitly in network byte order. Nothing here logs, exits or keeps
+ * state: functions write into caller buffers and return 0 / -errno.
+ * The wire format is specified in proto/PROTOCOL.md.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "endpoint.h"
+
+#define PB_PROTO_VERSION 1
+#define PB_MSG_MAX 4096
+#define PB_HEADER_SIZE 16
+#define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
+#define PB_LIST_MAX 32                  /* most leases in one status reply */
+#define PB_RULES_MAX 12                 /* most rules in one policy list reply (fits 4 KiB) */
+
+enum pb_msg_type {
+        PB_MSG_GET = 1,
+        PB_MSG_RELEASE = 2,
+        PB_MSG_STATUS = 3,
+        PB_MSG_POLICY_ADD = 4,
+        PB_MSG_POLICY_REMOVE = 5,
+        PB_MSG_POLICY_LIST = 6,
+        PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
+        PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
+};
+
+struct pb_header {
+        uint32_t length;                /* whole message, header included */
+        uint16_t version;               /* PB_PROTO_VERSION */
+        uint16_t type;                  /* enum pb_msg_type */
+        uint32_t id;                    /* request id, echoed in the reply */
+        uint32_t reserved;              /* must be 0 */
+};
+
+enum pb_principal_kind {
+        PB_PRINCIPAL_USER = 1,
+        PB_PRINCIPAL_GROUP = 2,
+        PB_PRINCIPAL_UNIT = 3,
+};
+
+struct pb_principal {
+        uint8_t kind;                   /* enum pb_principal_kind */
+        uint32_t id;                    /* uid or gid; 0 for units */
+        char unit[PB_TEXT_MAX + 1];     /* unit name for PB_PRINCIPAL_UNIT, else "" */
+};
+
+/* One message body; which member is valid follows from the header's type. */
+struct pb_msg {
+        struct pb_header hdr;
+        union {
+                struct {                        /* PB_MSG_GET, PB_MSG_RELEASE */
+                        struct pb_endpoint endpoint;
+                } get;
+                struct {                        /* PB_MSG_GET | PB_MSG_REPLY; one fd attached */
+                        struct pb_endpoint endpoint;
+                        uint64_t lease_id;
+                        uint8_t created;        /* 1 when this get created the lease */
+                } got;
+                struct {                        /* PB_MSG_STATUS */
+                        uint8_t has_endpoint;   /* 0: all leases */
+                        struct pb_endpoint endpoint;
+                        uint64_t after_id;      /* list leases with id > after_id */
+                } status;
+                struct {                        /* PB_MSG_STATUS | PB_MSG_REPLY */
+                        uint8_t count;
+                        uint8_t more;           /* 1: ask again with after_id = last id */
+                        struct pb_lease_entry {
+                                uint64_t id;
+                                struct pb_endpoint endpoint;
+                                uint32_t owner_uid;
+                                uint64_t since;         /* unix seconds */
+                                uint64_t handouts;      /* gets served since broker start */
+                                uint32_t holders;       /* live processes that got it */
+                                int32_t queued;         /* connections in accept queue, -1 unknown */
+                                uint32_t backlog;       /* accept queue limit, 0 for UDP */
+                                uint8_t bound;          /* 1 when the broker holds a socket */
+                        } leases[PB_LIST_MAX];
+                } leases;
+                struct {                        /* PB_MSG_POLICY_ADD */
+                        struct pb_principal principal;
+                        struct pb_endpoint pattern;     /* port_lo..port_hi range allowed */
+                } policy_add;
+                struct {                        /* PB_MSG_POLICY_ADD | PB_MSG_REPLY, _REMOVE request */
+                        uint64_t rule_id;
+                } rule_id;
+                struct {                        /* PB_MSG_POLICY_LIST */
+                        uint64_t after_id;
+                } policy_list;
+                struct {                        /* PB_MSG_POLICY_LIST | PB_MSG_REPLY */
+                        uint8_t count;
+                        uint8_t more;
+                        struct pb_rule_entry {
+                                uint64_t id;
+                                struct pb_principal principal;
+                                struct pb_endpoint pattern;
+                                uint64_t created;       /* unix seconds */
+                        } rules[PB_RULES_MAX];
+                } rules;
+                struct {                        /* PB_MSG_ERROR */
+                        int32_t code;           /* positive errno value */
+                        char message[PB_TEXT_MAX + 1];
+                } error;
+        };
+};
+
+/* Encodes msg into buf (at least PB_MSG_MAX bytes); returns the length or -errno. */
+int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size);
+
+/* Decodes one received message of len bytes into ret_msg: checks size, header,
+ * version, type and the exact per-type length. Returns 0 or -EBADMSG/-EPROTO. */
+int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg);
+
+/* Decodes only the header (for error replies to undecodable requests). */
+int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hdr);
+
+/* True when a message of this type may carry an fd (only the GET reply). */
+bool proto_type_carries_fd(uint16_t type);
+
+/* Sets msg up as an error reply to request id with code and printf-style text. */
+void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Validates a principal (kind known, unit name well-formed). Returns 0 or -EINVAL. */
+int proto_principal_validate(const struct pb_principal *p);
