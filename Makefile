@@ -48,6 +48,9 @@ UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*
 HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/%,$(wildcard tests/helpers/*.c))
 FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 
+PC_SED = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	     -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|'
+
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 PROTO_OBJ   := $(call obj,$(PROTO_SRC))
 BROKERD_OBJ := $(call obj,$(BROKERD_SRC))
@@ -84,8 +87,7 @@ $(BUILD)/portbroker.h: client/portbroker.h
 
 $(BUILD)/portbroker.pc: client/portbroker.pc.in Makefile
 	@mkdir -p $(BUILD)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
-	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+	$(PC_SED) $< > $@
 
 # Unit tests link every object but main.o.
 $(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(LIB_OBJ)
@@ -104,7 +106,7 @@ fuzzers: $(FUZZERS)
 # --- tests --------------------------------------------------------------------
 
 check-deps:
-	@tests/setup-deps.sh
+	@bash tests/setup-deps.sh
 
 check: check-deps
 	$(MAKE) test
@@ -124,10 +126,11 @@ check-integration: all helpers
 # --- run and install ----------------------------------------------------------
 
 run: all
-	@mkdir -p .portbroker
-	@echo "export PORTBROKER_SOCKET=$(CURDIR)/.portbroker/control.sock"
+	@install -d -m 0755 .portbroker
+	@echo "brokerd: state in $(CURDIR)/.portbroker; you are its admin. In another shell:"
+	@echo "  export PORTBROKER_SOCKET=$(CURDIR)/.portbroker/control.sock"
 	exec $(BUILD)/brokerd --foreground --control $(CURDIR)/.portbroker/control.sock \
-		--db $(CURDIR)/.portbroker/portbroker.db --admin-group "$$(id -gn)"
+		--db $(CURDIR)/.portbroker/portbroker.db
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
@@ -138,7 +141,7 @@ install: all
 	ln -sf libportbroker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so.$(SOVERSION)
 	ln -sf libportbroker.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so
 	install -m 0644 $(BUILD)/libportbroker.a $(DESTDIR)$(LIBDIR)/libportbroker.a
-	install -m 0644 $(BUILD)/portbroker.pc $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
+	$(PC_SED) client/portbroker.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
 	install -m 0644 client/portbroker.h $(DESTDIR)$(INCLUDEDIR)/portbroker.h
 	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1
 	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8

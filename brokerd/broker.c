@@ -710,7 +710,7 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
 /* --- control socket -------------------------------------------------------- */
 
 /* Creates dir (one level) or checks an existing one: a real directory,
- * ours or root's, writable by nobody else. */
+ * ours or root's, writable by nobody else unless sticky. */
 static int ensure_private_dir(const char *dir, mode_t mode) {
         struct stat st;
 
@@ -728,7 +728,8 @@ static int ensure_private_dir(const char *dir, mode_t mode) {
                 log_msg(LOG_ERR, "%s is not a directory (a symlink?); refusing to use it", dir);
                 return -ENOTDIR;
         }
-        if ((st.st_uid != geteuid() && st.st_uid != 0) || (st.st_mode & 022)) {
+        /* A sticky directory (like /tmp) keeps others from replacing our files. */
+        if ((st.st_uid != geteuid() && st.st_uid != 0) || ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
                 log_msg(LOG_ERR, "%s must be owned by uid %u or root and not writable by group or others",
                         dir, (unsigned) geteuid());
                 return -EPERM;

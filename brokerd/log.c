@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <systemd/sd-journal.h>
 
-static bool log_to_journal;
+static bool log_to_journal, log_to_syslog;
 
 /* True when stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:ino). */
 static bool stderr_is_journal(void) {
@@ -29,6 +29,13 @@ static bool stderr_is_journal(void) {
 
 void log_setup(void) {
         log_to_journal = stderr_is_journal();
+}
+
+void log_setup_detached(void) {
+        log_to_journal = access("/run/systemd/journal/socket", F_OK) == 0;
+        log_to_syslog = !log_to_journal;
+        if (log_to_syslog)
+                openlog("brokerd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
 void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...) {
@@ -61,13 +68,17 @@ void log_event(int priority, const char *event, const struct log_fields *f, cons
                 sd_journal_sendv(iov, k);
                 return;
         }
-
         if (f->endpoint)
                 n += snprintf(fields + n, sizeof(fields) - (size_t) n, " endpoint=%s", f->endpoint);
         if (f->uid >= 0 && n < (int) sizeof(fields))
                 n += snprintf(fields + n, sizeof(fields) - (size_t) n, " uid=%ld", f->uid);
         if (f->pid >= 0 && n < (int) sizeof(fields))
                 snprintf(fields + n, sizeof(fields) - (size_t) n, " pid=%ld", f->pid);
+        if (log_to_syslog) {
+                syslog(priority, "event=%s%s: %s", event, fields, text);
+                return;
+        }
+
         fprintf(stderr, "brokerd: event=%s%s: %s\n", event, fields, text);
 }
 
@@ -81,6 +92,8 @@ void log_msg(int priority, const char *fmt, ...) {
 
         if (log_to_journal)
                 sd_journal_send("MESSAGE=%s", text, "PRIORITY=%d", priority, NULL);
+        else if (log_to_syslog)
+                syslog(priority, "%s", text);
         else
                 fprintf(stderr, "brokerd: %s\n", text);
 }

@@ -2,7 +2,8 @@
 /*
  * Logging: one line per event. Under systemd (JOURNAL_STREAM names our
  * stderr) lines go to the journal with structured fields; otherwise to
- * stderr as `brokerd: event=NAME key=value...: text`.
+ * stderr as `brokerd: event=NAME key=value...: text`, or, once detached,
+ * to the journal or syslog.
  */
 #pragma once
 
@@ -21,6 +22,9 @@ struct log_fields {
 
 /* Picks journal or stderr; call once at start. */
 void log_setup(void);
+
+/* After detaching from the terminal: the journal if it runs, else syslog. */
+void log_setup_detached(void);
 
 /* Logs event with fields and a printf-style message at priority. */
 void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...)

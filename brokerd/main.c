@@ -185,6 +185,7 @@ static int detach(void) {
                 dup2(devnull, STDOUT_FILENO);
                 close(devnull);
         }
+        /* stderr stays the terminal until ready, so start-up errors are seen. */
         return pipefd[1];
 }
 
@@ -216,6 +217,15 @@ int main(int argc, char **argv) {
         r = broker_new(&arg_opt, &b);
         if (r < 0)
                 return EXIT_FAILURE;
+        if (ready_fd >= 0) {
+                int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+                log_setup_detached();
+                if (devnull >= 0) {
+                        dup2(devnull, STDERR_FILENO);
+                        close(devnull);
+                }
+        }
         r = broker_run(b, ready_fd);
         broker_free(b);
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;

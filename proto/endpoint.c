@@ -95,7 +95,7 @@ static int parse(const char *s, bool pattern, struct pb_endpoint *ret) {
                 port = s;
 
         /* `[::]` is the dual-stack wildcard, the same as no address. */
-        if (e.family == PB_FAMILY_INET6 && IN6_IS_ADDR_UNSPECIFIED((struct in6_addr *) e.addr))
+        if (e.family == PB_FAMILY_INET6 && memcmp(e.addr, &in6addr_any, sizeof(e.addr)) == 0)
                 e.family = PB_FAMILY_ANY;
 
         r = parse_ports(port, pattern, &e);
@@ -119,7 +119,7 @@ int endpoint_parse_pattern(const char *s, struct pb_endpoint *ret) {
 static char *format(const struct pb_endpoint *e, bool pattern, char buf[static PB_ENDPOINT_STRLEN]) {
         const char *transport = e->transport == PB_UDP ? "udp" : "tcp";
         char host[INET6_ADDRSTRLEN] = "";
-        char ports[16];
+        char ports[sizeof("65535-65535")];
 
         if (e->port_lo == e->port_hi)
                 snprintf(ports, sizeof(ports), "%u", e->port_lo);
@@ -171,11 +171,13 @@ int endpoint_validate(const struct pb_endpoint *e, bool pattern) {
                 return all_zero(e->addr, 16) ? 0 : -EINVAL;
         case PB_FAMILY_INET:
                 return all_zero(e->addr + 4, 12) ? 0 : -EINVAL;
-        case PB_FAMILY_INET6:
-                if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *) e->addr) ||
-                    IN6_IS_ADDR_UNSPECIFIED((const struct in6_addr *) e->addr))
-                        return -EINVAL;
-                return 0;
+        case PB_FAMILY_INET6: {
+                struct in6_addr a;
+
+                /* e->addr is not aligned for struct in6_addr: test a copy. */
+                memcpy(&a, e->addr, sizeof(a));
+                return IN6_IS_ADDR_V4MAPPED(&a) || IN6_IS_ADDR_UNSPECIFIED(&a) ? -EINVAL : 0;
+        }
         default:
                 return -EINVAL;
         }

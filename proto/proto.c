@@ -142,11 +142,14 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 put_be(w, m->got.lease_id, 8);
                 put_u8(w, m->got.created);
                 break;
-        case PB_MSG_STATUS:
+        case PB_MSG_STATUS: {
+                static const struct pb_endpoint none;   /* encodes as 24 zero bytes */
+
                 put_u8(w, m->status.has_endpoint);
-                put_endpoint(w, &m->status.endpoint);
+                put_endpoint(w, m->status.has_endpoint ? &m->status.endpoint : &none);
                 put_be(w, m->status.after_id, 8);
                 break;
+        }
         case PB_MSG_STATUS | PB_MSG_REPLY:
                 if (m->leases.count > PB_LIST_MAX) {
                         w->overflow = true;
@@ -255,8 +258,13 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->status.has_endpoint = get_bool(r);
                 if (m->status.has_endpoint)
                         get_endpoint(r, false, &m->status.endpoint);
-                else if (rtake(r, PB_ENDPOINT_WIRE_SIZE))
-                        memset(&m->status.endpoint, 0, sizeof(m->status.endpoint));
+                else {
+                        /* No endpoint: its 24 bytes are reserved and must be zero. */
+                        const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
+                        for (size_t i = 0; p && i < PB_ENDPOINT_WIRE_SIZE; i++)
+                                if (p[i])
+                                        r->bad = true;
+                }
                 m->status.after_id = get_be(r, 8);
                 break;
         case PB_MSG_STATUS | PB_MSG_REPLY:

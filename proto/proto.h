@@ -42,14 +42,14 @@ struct pb_header {
         uint32_t reserved;              /* must be 0 */
 };
 
-enum pb_principal_kind {
+enum pb_wire_principal_kind {
         PB_PRINCIPAL_USER = 1,
         PB_PRINCIPAL_GROUP = 2,
         PB_PRINCIPAL_UNIT = 3,
 };
 
 struct pb_principal {
-        uint8_t kind;                   /* enum pb_principal_kind */
+        uint8_t kind;                   /* enum pb_wire_principal_kind */
         uint32_t id;                    /* uid or gid; 0 for units */
         char unit[PB_TEXT_MAX + 1];     /* unit name for PB_PRINCIPAL_UNIT, else "" */
 };

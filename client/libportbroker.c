@@ -1,0 +1,712 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libportbroker: the client side of the control protocol. A pb_conn is one
+ * AF_UNIX SOCK_SEQPACKET connection to brokerd, guarded by a mutex; each call
+ * sends one request with a fresh id and reads exactly one reply, which must
+ * echo that id and answer that type (or be an error). Anything else -- bad
+ * framing, a stray fd, a reply to another request -- is rejected, every fd
+ * that came with it is closed, and the connection is dropped; the next call
+ * reconnects. Endpoint text is parsed here so that typos fail without a
+ * round trip. Nothing here prints, exits or keeps global state.
+ */
+#include "portbroker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "endpoint.h"
+#include "fdpass.h"
+#include "proto.h"
+
+#define ENDPOINT_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT"
+#define PATTERN_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT[-PORT]"
+#define SUN_PATH_MAX (sizeof(((struct sockaddr_un *) NULL)->sun_path))
+
+struct pb_conn {
+        pthread_mutex_t lock;           /* serializes requests on this connection */
+        int sock_fd;                    /* control connection; -1 after an error, reopened on demand */
+        uint32_t next_id;               /* id of the next request, never 0 */
+        char path[SUN_PATH_MAX];        /* control socket path, for reconnecting */
+};
+
+/* One request and its reply; big (the rule list), so kept off the stack. */
+struct exchange {
+        struct pb_msg req;
+        struct pb_msg reply;
+};
+
+static void clear_error(pb_error *err) {
+        if (err) {
+                err->code = 0;
+                err->message[0] = '\0';
+        }
+}
+
+/* Stores code and a one-line message in err (fmt may use %m for code). Returns -code. */
+__attribute__((format(printf, 3, 4)))
+static int fail(pb_error *err, int code, const char *fmt, ...) {
+        va_list ap;
+
+        if (err) {
+                err->code = code;
+                va_start(ap, fmt);
+                errno = code;
+                vsnprintf(err->message, sizeof(err->message), fmt, ap);
+                va_end(ap);
+                for (char *p = err->message; *p; p++)
+                        if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                                *p = '?';
+        }
+        return -code;
+}
+
+static void close_fd(int *fd) {
+        if (*fd >= 0) {
+                close(*fd);
+                *fd = -1;
+        }
+}
+
+const char *pb_socket_path(void) {
+        const char *p = secure_getenv(PB_SOCKET_ENV);
+
+        return p && p[0] ? p : PB_DEFAULT_SOCKET;
+}
+
+static int open_socket(const char *path, int *ret_fd, pb_error *err) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        size_t len = strlen(path);
+        int fd, r;
+
+        if (len == 0)
+                return fail(err, EINVAL, "cannot connect to brokerd: empty control socket path");
+        if (len >= SUN_PATH_MAX)
+                return fail(err, ENAMETOOLONG, "cannot connect to brokerd at %.64s...: path longer than %zu bytes",
+                            path, SUN_PATH_MAX - 1);
+        memcpy(sa.sun_path, path, len);
+
+        for (;;) {
+                fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        return fail(err, errno, "cannot create a socket for brokerd: %m");
+                if (connect(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len + 1)) >= 0)
+                        break;
+                r = errno;
+                close(fd);
+                if (r == EINTR)
+                        continue;
+                if (r == ENOENT || r == ECONNREFUSED)
+                        return fail(err, r, "cannot connect to brokerd at %s: %m (is brokerd running? set "
+                                    PB_SOCKET_ENV ")", path);
+                return fail(err, r, "cannot connect to brokerd at %s: %m", path);
+        }
+        *ret_fd = fd;
+        return 0;
+}
+
+int pb_connect(const char *path, pb_conn **ret, pb_error *err) {
+        pb_conn *c;
+        int r;
+
+        clear_error(err);
+        if (!ret)
+                return fail(err, EINVAL, "pb_connect: no place to store the connection");
+        if (!path)
+                path = pb_socket_path();
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return fail(err, ENOMEM, "cannot connect to brokerd: %m");
+        c->sock_fd = -1;
+        c->next_id = 1;
+        r = open_socket(path, &c->sock_fd, err);
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+        memcpy(c->path, path, strlen(path) + 1);        /* fits: open_socket checked */
+        r = pthread_mutex_init(&c->lock, NULL);
+        if (r != 0) {
+                close_fd(&c->sock_fd);
+                free(c);
+                return fail(err, r, "cannot connect to brokerd: %m");
+        }
+        *ret = c;
+        return 0;
+}
+
+void pb_disconnect(pb_conn *c) {
+        if (!c)
+                return;
+        close_fd(&c->sock_fd);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+}
+
+static int parse_endpoint(const char *text, struct pb_endpoint *ret, pb_error *err) {
+        if (!text)
+                return fail(err, EINVAL, "no endpoint given: " ENDPOINT_SYNTAX);
+        if (endpoint_parse(text, ret) < 0)
+                return fail(err, EINVAL, "invalid endpoint '%.100s': " ENDPOINT_SYNTAX, text);
+        return 0;
+}
+
+static int parse_pattern(const char *text, struct pb_endpoint *ret, pb_error *err) {
+        if (!text)
+                return fail(err, EINVAL, "no endpoint pattern given: " PATTERN_SYNTAX);
+        if (endpoint_parse_pattern(text, ret) < 0)
+                return fail(err, EINVAL, "invalid endpoint pattern '%.100s': " PATTERN_SYNTAX, text);
+        return 0;
+}
+
+/* Copies the broker's error reply into err; returns -code. */
+static int broker_error(const struct pb_msg *reply, pb_error *err) {
+        int code = reply->error.code;
+
+        if (code <= 0 || code > 4095)
+                code = EPROTO;
+        if (reply->error.message[0])
+                return fail(err, code, "%s", reply->error.message);
+        return fail(err, code, "brokerd: %m");
+}
+
+/* After a failed send on sock_fd: returns the -code of a connection-level error reply
+ * (id 0) that brokerd left before it closed, or 0 when there is none. */
+static int closed_reason(int sock_fd, struct pb_msg *scratch, pb_error *err) {
+        uint8_t buf[PB_MSG_MAX];
+        int len;
+
+        len = fdpass_recv(sock_fd, buf, sizeof(buf), NULL, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (len > 0 && proto_decode(buf, (size_t) len, scratch) == 0 &&
+            scratch->hdr.type == PB_MSG_ERROR && scratch->hdr.id == 0)
+                return broker_error(scratch, err);
+        return 0;
+}
+
+/*
+ * Sends x->req (its id is assigned here) and reads the reply into x->reply.
+ * When ret_fd is non-NULL the reply may carry one fd, stored there (-1 if
+ * none) and owned by the caller. Called with c->lock held. An error reply
+ * returns its -code; any transport or protocol failure also drops the
+ * connection, so that a late or stray reply can never answer a later request.
+ */
+static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
+        uint8_t buf[PB_MSG_MAX];
+        bool fresh = false;
+        int fd = -1, len, r;
+        uint32_t id;
+
+        if (c->sock_fd < 0) {
+                r = open_socket(c->path, &c->sock_fd, err);
+                if (r < 0)
+                        return r;
+                fresh = true;
+        }
+
+        id = c->next_id++;
+        if (c->next_id == 0)
+                c->next_id = 1;
+        x->req.hdr.id = id;
+        len = proto_encode(&x->req, buf, sizeof(buf));
+        if (len < 0)
+                return fail(err, -len, "cannot encode the request: %m");
+
+        for (;;) {
+                r = fdpass_send(c->sock_fd, buf, (size_t) len, -1, 0);
+                if (r >= 0)
+                        break;
+                if (r == -EPIPE || r == -ECONNRESET) {
+                        /* brokerd may have said why it hung up (e.g. its connection limit). */
+                        int k = closed_reason(c->sock_fd, &x->reply, err);
+                        if (k < 0) {
+                                close_fd(&c->sock_fd);
+                                return k;
+                        }
+                }
+                close_fd(&c->sock_fd);
+                if (fresh || (r != -EPIPE && r != -ECONNRESET && r != -ENOTCONN))
+                        return fail(err, -r, "cannot send the request to brokerd: %m");
+                /* brokerd closed an idle connection before seeing the request: resend on a new one. */
+                r = open_socket(c->path, &c->sock_fd, err);
+                if (r < 0)
+                        return r;
+                fresh = true;
+        }
+
+        len = fdpass_recv(c->sock_fd, buf, sizeof(buf), ret_fd ? &fd : NULL, MSG_CMSG_CLOEXEC);
+        if (len < 0) {
+                close_fd(&c->sock_fd);
+                if (len == -EMSGSIZE)
+                        return fail(err, EBADMSG, "invalid reply from brokerd: longer than %d bytes", PB_MSG_MAX);
+                if (len == -EBADMSG)
+                        return fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptors "
+                                    "or control data (closed)");
+                return fail(err, -len, "cannot receive the reply from brokerd: %m");
+        }
+        if (len == 0) {
+                close_fd(&c->sock_fd);
+                return fail(err, ECONNRESET, "brokerd closed the connection without replying");
+        }
+
+        r = proto_decode(buf, (size_t) len, &x->reply);
+        if (r < 0) {
+                r = fail(err, EBADMSG, "invalid reply from brokerd: malformed message (%d bytes)", len);
+                goto drop;
+        }
+        if (fd >= 0 && !proto_type_carries_fd(x->reply.hdr.type)) {
+                r = fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptor (closed)");
+                goto drop;
+        }
+        if (x->reply.hdr.type == PB_MSG_ERROR && x->reply.hdr.id == 0) {
+                /* An error about the connection itself (e.g. too many connections): it ends here. */
+                close_fd(&c->sock_fd);
+                return broker_error(&x->reply, err);
+        }
+        if (x->reply.hdr.id != id) {
+                r = fail(err, EPROTO, "invalid reply from brokerd: answers request %u, expected %u",
+                         x->reply.hdr.id, id);
+                goto drop;
+        }
+        if (x->reply.hdr.type == PB_MSG_ERROR)
+                return broker_error(&x->reply, err);
+        if (x->reply.hdr.type != (x->req.hdr.type | PB_MSG_REPLY)) {
+                r = fail(err, EPROTO, "invalid reply from brokerd: type 0x%x to a request of type %u",
+                         x->reply.hdr.type, x->req.hdr.type);
+                goto drop;
+        }
+        if (ret_fd)
+                *ret_fd = fd;
+        return 0;
+
+drop:
+        close_fd(&fd);
+        close_fd(&c->sock_fd);
+        return r;
+}
+
+/* Runs one request on c under its lock. */
+static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
+        int r;
+
+        pthread_mutex_lock(&c->lock);
+        r = transact(c, x, ret_fd, err);
+        pthread_mutex_unlock(&c->lock);
+        return r;
+}
+
+static struct exchange *exchange_new(uint16_t type, pb_error *err) {
+        struct exchange *x = calloc(1, sizeof(*x));
+
+        if (!x) {
+                fail(err, ENOMEM, "cannot allocate a request: %m");
+                return NULL;
+        }
+        x->req.hdr.type = type;
+        return x;
+}
+
+/* Checks that fd is the socket brokerd should have sent for e: family, type, protocol and port. */
+static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
+        int want_domain = e->family == PB_FAMILY_INET ? AF_INET : AF_INET6;
+        int want_type = e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM;
+        int domain = -1, type = -1, protocol = -1;
+        socklen_t len = sizeof(int);
+        struct sockaddr_storage ss;
+        uint16_t port = 0;
+        struct stat st;
+
+        if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+                return fail(err, EPROTO, "invalid reply from brokerd: the file descriptor is not a socket");
+        len = sizeof(int);
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
+                domain = -1;
+        len = sizeof(int);
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+                type = -1;
+        len = sizeof(int);
+        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) < 0)
+                protocol = -1;
+        len = sizeof(ss);
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) == 0) {
+                if (ss.ss_family == AF_INET)
+                        port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
+                else if (ss.ss_family == AF_INET6)
+                        port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
+        }
+        if (domain != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
+                return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for "
+                            "(domain %d, type %d, protocol %d, port %u)", domain, type, protocol, port);
+        return 0;
+}
+
+static int set_blocking_mode(int fd, unsigned flags, pb_error *err) {
+        int fl = fcntl(fd, F_GETFL);
+
+        if (fl < 0)
+                return fail(err, errno, "cannot read the socket's file status flags: %m");
+        if (flags & PB_GET_NONBLOCK)
+                fl |= O_NONBLOCK;
+        else
+                fl &= ~O_NONBLOCK;
+        if (fcntl(fd, F_SETFL, fl) < 0)
+                return fail(err, errno, "cannot set the socket's O_NONBLOCK flag: %m");
+        return 0;
+}
+
+static int conn_get(pb_conn *c, const struct pb_endpoint *e, unsigned flags, pb_lease *ret_lease,
+                    pb_error *err) {
+        char want[PB_ENDPOINT_STRLEN], got[PB_ENDPOINT_STRLEN];
+        struct exchange *x;
+        int fd = -1, r;
+
+        x = exchange_new(PB_MSG_GET, err);
+        if (!x)
+                return -ENOMEM;
+        x->req.get.endpoint = *e;
+        r = request(c, x, &fd, err);
+        if (r < 0)
+                goto out;
+        endpoint_format(e, want);
+        if (fd < 0) {
+                r = fail(err, EPROTO, "invalid reply from brokerd: no socket for %s", want);
+                goto out;
+        }
+        if (!endpoint_equal(&x->reply.got.endpoint, e)) {
+                r = fail(err, EPROTO, "invalid reply from brokerd: a socket for %s instead of %s",
+                         endpoint_format(&x->reply.got.endpoint, got), want);
+                goto out;
+        }
+        r = check_socket(fd, e, err);
+        if (r < 0)
+                goto out;
+        if (flags & (PB_GET_NONBLOCK | PB_GET_BLOCKING)) {
+                r = set_blocking_mode(fd, flags, err);
+                if (r < 0)
+                        goto out;
+        }
+        if (ret_lease) {
+                *ret_lease = (pb_lease) {
+                        .id = x->reply.got.lease_id,
+                        .transport = e->transport,
+                        .owner_uid = (uid_t) -1,
+                        .queued = -1,
+                        .created = x->reply.got.created,
+                };
+                memcpy(ret_lease->endpoint, want, sizeof(want));
+        }
+        r = fd;
+        fd = -1;
+out:
+        close_fd(&fd);
+        free(x);
+        return r;
+}
+
+static int check_get_flags(unsigned flags, pb_error *err) {
+        if ((flags & ~(unsigned) (PB_GET_NONBLOCK | PB_GET_BLOCKING)) ||
+            ((flags & PB_GET_NONBLOCK) && (flags & PB_GET_BLOCKING)))
+                return fail(err, EINVAL, "invalid flags 0x%x: give at most one of PB_GET_NONBLOCK and "
+                            "PB_GET_BLOCKING", flags);
+        return 0;
+}
+
+int pb_conn_get(pb_conn *c, const char *endpoint, unsigned flags, pb_lease *ret_lease, pb_error *err) {
+        struct pb_endpoint e;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_get: no connection");
+        r = check_get_flags(flags, err);
+        if (r < 0)
+                return r;
+        r = parse_endpoint(endpoint, &e, err);
+        if (r < 0)
+                return r;
+        return conn_get(c, &e, flags, ret_lease, err);
+}
+
+int pb_get(const char *endpoint, unsigned flags, pb_error *err) {
+        struct pb_endpoint e;
+        pb_conn *c;
+        int r;
+
+        clear_error(err);
+        r = check_get_flags(flags, err);
+        if (r < 0)
+                return r;
+        r = parse_endpoint(endpoint, &e, err);
+        if (r < 0)
+                return r;
+        r = pb_connect(NULL, &c, err);
+        if (r < 0)
+                return r;
+        r = conn_get(c, &e, flags, NULL, err);
+        pb_disconnect(c);
+        return r;
+}
+
+static int conn_release(pb_conn *c, const struct pb_endpoint *e, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        x = exchange_new(PB_MSG_RELEASE, err);
+        if (!x)
+                return -ENOMEM;
+        x->req.get.endpoint = *e;
+        r = request(c, x, NULL, err);
+        free(x);
+        return r < 0 ? r : 0;
+}
+
+int pb_conn_release(pb_conn *c, const char *endpoint, pb_error *err) {
+        struct pb_endpoint e;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_release: no connection");
+        r = parse_endpoint(endpoint, &e, err);
+        if (r < 0)
+                return r;
+        return conn_release(c, &e, err);
+}
+
+int pb_release(const char *endpoint, pb_error *err) {
+        struct pb_endpoint e;
+        pb_conn *c;
+        int r;
+
+        clear_error(err);
+        r = parse_endpoint(endpoint, &e, err);
+        if (r < 0)
+                return r;
+        r = pb_connect(NULL, &c, err);
+        if (r < 0)
+                return r;
+        r = conn_release(c, &e, err);
+        pb_disconnect(c);
+        return r;
+}
+
+int pb_conn_status(pb_conn *c, const char *endpoint,
+                   int (*fn)(const pb_lease *lease, void *userdata), void *userdata, pb_error *err) {
+        struct exchange *x;
+        uint64_t after = 0;
+        int r;
+
+        clear_error(err);
+        if (!c || !fn)
+                return fail(err, EINVAL, "pb_conn_status: no connection or no callback");
+        x = exchange_new(PB_MSG_STATUS, err);
+        if (!x)
+                return -ENOMEM;
+        if (endpoint) {
+                r = parse_endpoint(endpoint, &x->req.status.endpoint, err);
+                if (r < 0)
+                        goto out;
+                x->req.status.has_endpoint = 1;
+        }
+
+        for (;;) {
+                unsigned count;
+
+                x->req.status.after_id = after;
+                r = request(c, x, NULL, err);
+                if (r < 0)
+                        goto out;
+                count = x->reply.leases.count;
+                /* Ids must grow, or a hostile or broken broker could keep us paging forever. */
+                for (unsigned i = 0; i < count; i++) {
+                        if (x->reply.leases.leases[i].id <= (i ? x->reply.leases.leases[i - 1].id : after)) {
+                                r = fail(err, EPROTO, "invalid reply from brokerd: lease list out of order");
+                                goto out;
+                        }
+                }
+                if (x->reply.leases.more && count == 0) {
+                        r = fail(err, EPROTO, "invalid reply from brokerd: empty lease page with more to come");
+                        goto out;
+                }
+                for (unsigned i = 0; i < count; i++) {
+                        const struct pb_lease_entry *l = &x->reply.leases.leases[i];
+                        pb_lease lease = {
+                                .id = l->id,
+                                .transport = l->endpoint.transport,
+                                .owner_uid = (uid_t) l->owner_uid,
+                                .since = l->since > INT64_MAX ? INT64_MAX : (int64_t) l->since,
+                                .handouts = l->handouts,
+                                .holders = l->holders,
+                                .queued = l->queued < 0 ? -1 : l->queued,
+                                .backlog = l->backlog,
+                                .bound = l->bound,
+                        };
+
+                        endpoint_format(&l->endpoint, lease.endpoint);
+                        r = fn(&lease, userdata);
+                        if (r != 0)
+                                goto out;
+                }
+                if (!x->reply.leases.more)
+                        break;
+                after = x->reply.leases.leases[count - 1].id;
+        }
+        r = 0;
+out:
+        free(x);
+        return r;
+}
+
+int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
+                           const char *pattern, pb_error *err) {
+        struct exchange *x;
+        int64_t r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_policy_add: no connection");
+        x = exchange_new(PB_MSG_POLICY_ADD, err);
+        if (!x)
+                return -ENOMEM;
+
+        switch (kind) {
+        case PB_USER:
+        case PB_GROUP:
+                if (unit && unit[0]) {
+                        r = fail(err, EINVAL, "a user or group rule takes no unit name");
+                        goto out;
+                }
+                if (id_value == UINT32_MAX) {
+                        r = fail(err, EINVAL, "invalid %s id %u", kind == PB_USER ? "user" : "group", id_value);
+                        goto out;
+                }
+                x->req.policy_add.principal.kind = kind == PB_USER ? PB_PRINCIPAL_USER : PB_PRINCIPAL_GROUP;
+                x->req.policy_add.principal.id = id_value;
+                break;
+        case PB_UNIT:
+                if (!unit || strlen(unit) > PB_TEXT_MAX) {
+                        r = fail(err, EINVAL, "invalid unit name: expected e.g. 'web.service'");
+                        goto out;
+                }
+                x->req.policy_add.principal.kind = PB_PRINCIPAL_UNIT;
+                memcpy(x->req.policy_add.principal.unit, unit, strlen(unit) + 1);
+                break;
+        default:
+                r = fail(err, EINVAL, "invalid principal kind %d", (int) kind);
+                goto out;
+        }
+        if (proto_principal_validate(&x->req.policy_add.principal) < 0) {
+                r = fail(err, EINVAL, "invalid unit name '%.100s': expected e.g. 'web.service'", unit);
+                goto out;
+        }
+        r = parse_pattern(pattern, &x->req.policy_add.pattern, err);
+        if (r < 0)
+                goto out;
+
+        r = request(c, x, NULL, err);
+        if (r < 0)
+                goto out;
+        if (x->reply.rule_id.rule_id == 0 || x->reply.rule_id.rule_id > INT64_MAX) {
+                r = fail(err, EPROTO, "invalid reply from brokerd: rule id %llu",
+                         (unsigned long long) x->reply.rule_id.rule_id);
+                goto out;
+        }
+        r = (int64_t) x->reply.rule_id.rule_id;
+out:
+        free(x);
+        return r;
+}
+
+int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_policy_remove: no connection");
+        if (id == 0 || id > INT64_MAX)
+                return fail(err, EINVAL, "invalid rule id %llu", (unsigned long long) id);
+        x = exchange_new(PB_MSG_POLICY_REMOVE, err);
+        if (!x)
+                return -ENOMEM;
+        x->req.rule_id.rule_id = id;
+        r = request(c, x, NULL, err);
+        free(x);
+        return r < 0 ? r : 0;
+}
+
+int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdata), void *userdata,
+                        pb_error *err) {
+        struct exchange *x;
+        uint64_t after = 0;
+        int r;
+
+        clear_error(err);
+        if (!c || !fn)
+                return fail(err, EINVAL, "pb_conn_policy_list: no connection or no callback");
+        x = exchange_new(PB_MSG_POLICY_LIST, err);
+        if (!x)
+                return -ENOMEM;
+
+        for (;;) {
+                unsigned count;
+
+                x->req.policy_list.after_id = after;
+                r = request(c, x, NULL, err);
+                if (r < 0)
+                        goto out;
+                count = x->reply.rules.count;
+                for (unsigned i = 0; i < count; i++) {
+                        if (x->reply.rules.rules[i].id <= (i ? x->reply.rules.rules[i - 1].id : after)) {
+                                r = fail(err, EPROTO, "invalid reply from brokerd: rule list out of order");
+                                goto out;
+                        }
+                }
+                if (x->reply.rules.more && count == 0) {
+                        r = fail(err, EPROTO, "invalid reply from brokerd: empty rule page with more to come");
+                        goto out;
+                }
+                for (unsigned i = 0; i < count; i++) {
+                        const struct pb_rule_entry *e = &x->reply.rules.rules[i];
+                        pb_rule rule = {
+                                .id = e->id,
+                                .id_value = e->principal.id,
+                                .created = e->created > INT64_MAX ? INT64_MAX : (int64_t) e->created,
+                        };
+
+                        switch (e->principal.kind) {
+                        case PB_PRINCIPAL_USER:
+                                rule.kind = PB_USER;
+                                break;
+                        case PB_PRINCIPAL_GROUP:
+                                rule.kind = PB_GROUP;
+                                break;
+                        default:
+                                rule.kind = PB_UNIT;
+                                rule.id_value = 0;
+                                snprintf(rule.unit, sizeof(rule.unit), "%s", e->principal.unit);
+                        }
+                        endpoint_format_pattern(&e->pattern, rule.pattern);
+                        r = fn(&rule, userdata);
+                        if (r != 0)
+                                goto out;
+                }
+                if (!x->reply.rules.more)
+                        break;
+                after = x->reply.rules.rules[count - 1].id;
+        }
+        r = 0;
+out:
+        free(x);
+        return r;
+}

@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: MIT
+"""brokerd's command line and start-up: usage errors, refusal of a corrupt
+or newer database, a live broker's socket never stolen, a stale one
+replaced, and `make install` laying out every file."""
+
+import os
+import socket
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("PB_BUILD", ROOT / "build"))
+BROKERD = str(BUILD / "brokerd")
+
+
+def run_brokerd(*args, timeout=10):
+    return subprocess.run([BROKERD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_usage_errors():
+    r = run_brokerd("--help")
+    assert r.returncode == 0
+    assert "--admin-group" in r.stdout and "--max-leases-per-user" in r.stdout
+    for bad in (["--backlog", "0"], ["--idle-timeout", "x"], ["--no-such-flag"],
+                ["--control", "relative.sock"], ["extra-arg"], ["--admin-group", "no-such-group-xyz"]):
+        r = run_brokerd("--foreground", *bad)
+        assert r.returncode == 2, (bad, r.stderr)
+        assert r.stderr.strip(), bad
+        assert len(r.stderr.strip().splitlines()) <= 2, r.stderr
+
+
+def test_corrupt_database_is_fatal(tmp_path):
+    db = tmp_path / "pb.db"
+    db.write_bytes(b"this is not a database" * 500)
+    r = run_brokerd("--foreground", "--control", str(tmp_path / "c.sock"), "--db", str(db))
+    assert r.returncode == 1
+    assert "cannot use database" in r.stderr and str(db) in r.stderr
+    assert not (tmp_path / "c.sock").exists()
+
+
+def test_newer_schema_is_fatal(tmp_path):
+    db = tmp_path / "pb.db"
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA user_version = 7")
+    r = run_brokerd("--foreground", "--control", str(tmp_path / "c.sock"), "--db", str(db))
+    assert r.returncode == 1
+    assert "newer" in r.stderr
+
+
+def test_unsafe_state_directory_refused(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    r = run_brokerd("--foreground", "--control", str(state / "c.sock"), "--db", str(tmp_path / "pb.db"))
+    assert r.returncode == 1
+    assert "not writable by group or others" in r.stderr
+
+
+def test_live_socket_kept_stale_socket_replaced(tmp_path):
+    sock_path = tmp_path / "c.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    live.bind(str(sock_path))
+    live.listen()
+    r = run_brokerd("--foreground", "--control", str(sock_path), "--db", str(tmp_path / "pb.db"))
+    assert r.returncode == 1 and "another brokerd is listening" in r.stderr
+    live.close()                                    # now a stale socket file remains
+    assert sock_path.exists()
+
+    not_socket = tmp_path / "file.sock"
+    not_socket.write_text("x")
+    r = run_brokerd("--foreground", "--control", str(not_socket), "--db", str(tmp_path / "pb.db"))
+    assert r.returncode == 1 and "not a socket" in r.stderr
+
+    # The stale socket is replaced: brokerd starts and answers on it.
+    env = dict(os.environ, PORTBROKER_SOCKET=str(sock_path))
+    p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
+                          str(tmp_path / "pb.db")], stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        assert "event=ready" in line, line
+        assert oct(sock_path.stat().st_mode & 0o777) == oct(0o666)
+        r = subprocess.run([str(BUILD / "portctl"), "status"], env=env, capture_output=True, text=True,
+                           timeout=10)
+        assert r.returncode == 0, r.stderr
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+    assert not sock_path.exists()                   # removed at a clean stop
+
+
+def test_detaches_only_when_ready(tmp_path):
+    """Without --foreground brokerd detaches; the parent exits 0 only once the child serves."""
+    sock_path = tmp_path / "c.sock"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
+    r = subprocess.run([BROKERD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
+                       env=env, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(str(sock_path))                       # serving already: no wait needed
+    s.close()
+    pid = None
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0] == BROKERD.encode() and str(sock_path).encode() in cmd:
+                pid = int(p.name)
+    assert pid, "detached brokerd not found"
+    os.kill(pid, 15)
+    # Failure to start is reported by the parent's exit status.
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 1000)
+    r = subprocess.run([BROKERD, "--control", str(tmp_path / "d.sock"), "--db", str(bad)],
+                       env=env, capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1
+
+
+def test_make_install(tmp_path):
+    dest = tmp_path / "dest"
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"BUILD={BUILD}", f"DESTDIR={dest}",
+                        "PREFIX=/usr"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for f in ("usr/sbin/brokerd", "usr/bin/portctl", "usr/lib/libportbroker.so", "usr/lib/libportbroker.a",
+              "usr/lib/pkgconfig/portbroker.pc", "usr/include/portbroker.h", "usr/share/man/man1/portctl.1",
+              "usr/share/man/man8/brokerd.8", "usr/lib/systemd/system/portbrokerd.service",
+              "usr/lib/systemd/system/portbrokerd.socket"):
+        assert (dest / f).exists(), f
+    assert "ExecStart=/usr/sbin/brokerd" in (dest / "usr/lib/systemd/system/portbrokerd.service").read_text()
+    pc = (dest / "usr/lib/pkgconfig/portbroker.pc").read_text()
+    assert "-lportbroker" in pc and "includedir=/usr/include" in pc and "libdir=/usr/lib" in pc
+    # The installed library and header build a client.
+    src = tmp_path / "client.c"
+    src.write_text('#include <portbroker.h>\nint main(void) { pb_error e; return pb_get("x", 0, &e) == -22 ? 0 : 1; }\n')
+    r = subprocess.run(["cc", str(src), "-I", str(dest / "usr/include"), "-L", str(dest / "usr/lib"),
+                        "-lportbroker", "-o", str(tmp_path / "client")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # Under SANITIZE the library pulls in the ASan runtime after the plain executable.
+    env = dict(os.environ, LD_LIBRARY_PATH=str(dest / "usr/lib"), ASAN_OPTIONS="verify_asan_link_order=0")
+    r = subprocess.run([str(tmp_path / "client")], env=env)
+    assert r.returncode == 0

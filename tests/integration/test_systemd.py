@@ -1,0 +1,432 @@
+# SPDX-License-Identifier: MIT
+"""The systemd units in systemd/: `systemd-analyze verify` accepts them, and a
+real systemd, run as PID 1 of private PID, mount, network, UTS, IPC and cgroup
+namespaces, socket-activates brokerd through them, sees it become ready
+(Type=notify), restarts it after a crash and stops it cleanly at poweroff.
+
+How the PID-1 harness works (the host's PID 1 need not be systemd):
+  * `unshare --pid --fork --mount-proc --mount --net --uts --ipc --cgroup`,
+    started from a fresh cgroup of the host's cgroup2 hierarchy, so the cgroup
+    namespace (and all systemd creates) is rooted there and removed afterwards.
+  * Inside, before exec'ing /lib/systemd/systemd: tmpfs on /run, /var/lib,
+    /tmp and /var/tmp (brokerd and portctl are copied to /run first), a fresh
+    read-only sysfs, cgroup2 on /sys/fs/cgroup, /proc/sys read-only (PID 1
+    writes global sysctls such as kernel.core_pattern otherwise), and a pty
+    of ours bind-mounted over /dev/console, which carries systemd's log.
+  * `container=` in the environment makes systemd behave as in a container;
+    SYSTEMD_UNIT_PATH holds only our units plus minimal targets, and the
+    generator paths point at an empty directory.
+  * The test talks to it with `nsenter -t PID -a systemctl ...` (private bus
+    /run/systemd/private) and runs portctl the same way; it powers off with
+    SIGRTMIN+4. Everything is bounded by timeouts; cleanup kills the cgroup.
+"""
+
+import json
+import os
+import pty
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("PB_BUILD", REPO / "build"))
+UNITS = REPO / "systemd"
+SYSTEMD = Path("/lib/systemd/systemd")
+CONTROL = "/run/portbroker/control.sock"
+# Where brokerd is copied inside the namespace: out of reach of the unit's
+# PrivateTmp= and ProtectHome=, wherever the build tree is.
+NS_SBINDIR = "/run/portbroker-test"
+
+
+def render_service(sbindir):
+    """The .service text as `make install` writes it, for SBINDIR."""
+    return (UNITS / "portbrokerd.service.in").read_text().replace("@SBINDIR@", str(sbindir))
+
+
+def need(path):
+    if not Path(path).exists():
+        pytest.fail(f"{path} is missing: run `make` first (PB_BUILD={BUILD})")
+
+
+def wait_for(cond, timeout, what, interval=0.02):
+    """Polls cond() until it returns a true value; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def unit_settings(text):
+    """(section, key) -> [values] of a unit file; no continuation lines."""
+    out, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault((section, key.strip()), []).append(value.strip())
+    return out
+
+
+# --- static checks ------------------------------------------------------------
+
+
+def test_units_match_the_contract():
+    sock = unit_settings((UNITS / "portbrokerd.socket").read_text())
+    svc = unit_settings(render_service("/usr/sbin"))
+    assert sock[("Socket", "ListenSequentialPacket")] == [CONTROL]
+    assert sock[("Socket", "Accept")] == ["no"]
+    assert svc[("Service", "Type")] == ["notify"]
+    assert svc[("Service", "ExecStart")] == ["/usr/sbin/brokerd"]
+    # A service RuntimeDirectory= would be removed, control socket and all,
+    # whenever brokerd stops, unless preserved.
+    if ("Service", "RuntimeDirectory") in svc:
+        assert svc.get(("Service", "RuntimeDirectoryPreserve")) == ["yes"]
+    caps = " ".join(svc[("Service", "CapabilityBoundingSet")]).split()
+    assert "CAP_NET_BIND_SERVICE" in caps
+
+
+def test_systemd_analyze_verify(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    need(BUILD / "brokerd")
+    shutil.copy(UNITS / "portbrokerd.socket", tmp_path)
+    (tmp_path / "portbrokerd.service").write_text(render_service(BUILD))
+    # --man=no: the man pages named in Documentation= are not installed here.
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", "./portbrokerd.socket", "./portbrokerd.service"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    ours = [l for l in (r.stdout + r.stderr).splitlines() if "portbrokerd" in l]
+    assert r.returncode == 0 and not ours, f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+
+
+# --- systemd as PID 1 -----------------------------------------------------------
+
+# Just enough of the boot and shutdown transaction for our two units.
+MINIMAL_UNITS = {
+    "default.target": "[Unit]\nRequires=sysinit.target sockets.target\nAfter=sysinit.target sockets.target\n",
+    "sysinit.target": "[Unit]\nDefaultDependencies=no\n",
+    "basic.target": "[Unit]\nRequires=sysinit.target\nAfter=sysinit.target sockets.target\n",
+    "sockets.target": "[Unit]\nWants=portbrokerd.socket\n",
+    "multi-user.target": "[Unit]\nRequires=basic.target\nAfter=basic.target\n",
+    "system.slice": "[Unit]\nDefaultDependencies=no\n",
+    "shutdown.target": "[Unit]\nDefaultDependencies=no\nRefuseManualStart=yes\n",
+    "umount.target": "[Unit]\nDefaultDependencies=no\nRefuseManualStart=yes\n",
+    "final.target": "[Unit]\nDefaultDependencies=no\nRefuseManualStart=yes\nAfter=shutdown.target umount.target\n",
+    "poweroff.target": (
+        "[Unit]\nDefaultDependencies=no\nRequires=systemd-poweroff.service\n"
+        "After=systemd-poweroff.service\nAllowIsolate=yes\n"
+        "JobTimeoutSec=30s\nJobTimeoutAction=poweroff-force\n"
+    ),
+    "systemd-poweroff.service": (
+        "[Unit]\nDefaultDependencies=no\nRequires=shutdown.target umount.target final.target\n"
+        "After=shutdown.target umount.target final.target\nSuccessAction=poweroff-force\n"
+    ),
+}
+
+INNER = r"""
+set -eu
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /var/lib
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro /proc/sys
+if [ -e /proc/sysrq-trigger ]; then
+    mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
+    mount -o remount,bind,ro /proc/sysrq-trigger
+fi
+mount --bind {console} /dev/console
+mkdir -p {sbindir}/empty
+cp -r {units} {sbindir}/units
+cp {brokerd} {portctl} {sbindir}/
+# After the copies: the build tree may be under /tmp. PrivateTmp= dirs stay in here.
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+export container=portbroker-test SYSTEMD_COLORS=0
+export SYSTEMD_UNIT_PATH={sbindir}/units
+export SYSTEMD_GENERATOR_PATH={sbindir}/empty SYSTEMD_ENVIRONMENT_GENERATOR_PATH={sbindir}/empty
+exec {systemd} --system --log-target=console --log-level=debug --show-status=no \
+    --default-standard-output=tty --default-standard-error=tty
+"""
+
+
+def cgroup2_root():
+    for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if os.path.exists(os.path.join(d, "cgroup.controllers")):
+            return Path(d)
+    return None
+
+
+class Pid1:
+    """A systemd running as PID 1 of fresh namespaces, with our units."""
+
+    def __init__(self, tmp_path, build):
+        self.tmp = tmp_path
+        self.build = build
+        self.proc = None  # the unshare process
+        self.pid = None  # host pid of the namespace's PID 1
+        self.cgroup = None
+        self.master_fd = self.slave_fd = -1
+        self.console = bytearray()
+        self.lock = threading.Lock()
+        self.stop_reader = threading.Event()
+        self.reader = None
+
+    # - start and stop -
+
+    def start(self):
+        root = cgroup2_root()
+        if root is None:
+            pytest.skip("no cgroup2 hierarchy to run systemd in")
+        units = self.tmp / "units"
+        units.mkdir()
+        for name, text in MINIMAL_UNITS.items():
+            (units / name).write_text(text)
+        shutil.copy(UNITS / "portbrokerd.socket", units)
+        (units / "portbrokerd.service").write_text(render_service(NS_SBINDIR))
+        dropin = units / "portbrokerd.service.d"
+        dropin.mkdir()
+        # LeakSanitizer needs ptrace(), which SystemCallFilter= forbids; leaks
+        # are checked by the tests that run brokerd directly.
+        (dropin / "sanitizer.conf").write_text(
+            "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\n")
+
+        self.master_fd, self.slave_fd = pty.openpty()
+        tty.setraw(self.slave_fd)
+        self.reader = threading.Thread(target=self._read_console, daemon=True)
+        self.reader.start()
+
+        inner = self.tmp / "inner.sh"
+        inner.write_text(INNER.format(
+            console=shlex.quote(os.ttyname(self.slave_fd)), sbindir=NS_SBINDIR,
+            units=shlex.quote(str(units)), brokerd=shlex.quote(str(self.build / "brokerd")),
+            portctl=shlex.quote(str(self.build / "portctl")),
+            systemd=SYSTEMD))
+        self.cgroup = root / f"portbroker-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.cgroup.mkdir()
+        launch = (f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare "
+                  f"--pid --fork --mount-proc --mount --net --uts --ipc --cgroup -- /bin/sh {shlex.quote(str(inner))}")
+        self.out = open(self.tmp / "unshare.log", "wb")
+        self.proc = subprocess.Popen(["/bin/sh", "-c", launch], stdin=subprocess.DEVNULL,
+                                     stdout=self.out, stderr=subprocess.STDOUT)
+        self.pid = wait_for(self._ns_init, 10, "the namespace's PID 1")
+        wait_for(lambda: self._exe_is_systemd() or self.proc.poll() is not None, 20,
+                 "systemd to be exec'd")
+        assert self.proc.poll() is None, f"namespace setup failed\n{self.diagnostics()}"
+
+    def _ns_init(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"unshare exited with {self.proc.returncode}\n{self.diagnostics()}")
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(kids[0]) if kids else None
+
+    def _exe_is_systemd(self):
+        try:
+            return os.readlink(f"/proc/{self.pid}/exe") == str(SYSTEMD.resolve())
+        except OSError:
+            return False
+
+    def _read_console(self):
+        while not self.stop_reader.is_set():
+            r, _, _ = select.select([self.master_fd], [], [], 0.1)
+            if not r:
+                continue
+            try:
+                data = os.read(self.master_fd, 65536)
+            except OSError:
+                return
+            with self.lock:
+                self.console += data
+
+    def log(self):
+        with self.lock:
+            return self.console.decode(errors="replace").replace("\r", "")
+
+    def diagnostics(self, lines=120):
+        self.out.flush()
+        tail = "\n".join(self.log().splitlines()[-lines:])
+        return (f"--- unshare output\n{(self.tmp / 'unshare.log').read_text(errors='replace')}"
+                f"--- systemd console (last {lines} lines)\n{tail}")
+
+    def poweroff(self, timeout=30):
+        """SIGRTMIN+4 to PID 1; returns once the namespace is gone."""
+        os.kill(self.pid, signal.SIGRTMIN + 4)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"systemd did not power off in {timeout}s\n{self.diagnostics()}")
+
+    def cleanup(self):
+        """Kills whatever is left, removes the cgroup tree, stops the reader."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._kill_cgroup()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.cgroup is not None and self.cgroup.exists():
+            self._kill_cgroup()
+            wait_for(lambda: "populated 0" in (self.cgroup / "cgroup.events").read_text(), 10,
+                     "the test cgroup to empty")
+            for d in sorted((p for p in self.cgroup.rglob("*") if p.is_dir()),
+                            key=lambda p: len(p.parts), reverse=True):
+                d.rmdir()
+            self.cgroup.rmdir()
+        self.stop_reader.set()
+        if self.reader is not None:
+            self.reader.join(5)
+        for fd in (self.master_fd, self.slave_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.master_fd = self.slave_fd = -1
+        if getattr(self, "out", None):
+            self.out.close()
+
+    def _kill_cgroup(self):
+        kill = self.cgroup / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")
+        elif self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)  # the kernel kills the rest of the PID namespace
+            except ProcessLookupError:
+                pass
+
+    # - inside the namespaces -
+
+    def run(self, *argv, timeout=20, check=True):
+        env = {k: v for k, v in os.environ.items() if k != "PORTBROKER_SOCKET"}
+        try:
+            r = subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", *map(str, argv)],
+                               capture_output=True, text=True, timeout=timeout,
+                               stdin=subprocess.DEVNULL, env=env)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{' '.join(map(str, argv))}: no exit in {timeout}s\n"
+                                 f"{self.diagnostics()}") from None
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(map(str, argv))}: exit {r.returncode}\n"
+                                 f"{r.stdout}{r.stderr}\n{self.diagnostics()}")
+        return r
+
+    def systemctl(self, *args, check=False):
+        return self.run("systemctl", "--no-pager", *args, check=check)
+
+    def prop(self, unit, name):
+        return self.systemctl("show", "--value", "-p", name, unit).stdout.strip()
+
+    def wait_state(self, unit, state, timeout=20):
+        try:
+            wait_for(lambda: self.prop(unit, "ActiveState") == state, timeout,
+                     f"{unit} to be {state}", interval=0.05)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.systemctl('status', unit).stdout}\n{self.diagnostics()}")
+
+
+@pytest.fixture
+def pid1(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("running systemd as PID 1 of new namespaces needs root")
+    if not SYSTEMD.exists() or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("needs /lib/systemd/systemd, unshare and nsenter")
+    need(BUILD / "brokerd")
+    need(BUILD / "portctl")
+    p = Pid1(tmp_path, BUILD)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.cleanup()
+
+
+def listening_tcp_ports(pid):
+    """Ports in LISTEN in the network namespace of pid."""
+    ports = set()
+    for f in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{f}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def lease_of(pid1, portctl, endpoint):
+    """(id, since) of the one lease `portctl status ENDPOINT --json` shows."""
+    leases = json.loads(pid1.run(portctl, "status", endpoint, "--json").stdout)
+    assert len(leases) == 1, leases
+    return leases[0]["id"], leases[0]["since"]
+
+
+def test_socket_activation_under_systemd_pid1(pid1):
+    host_core_pattern = Path("/proc/sys/kernel/core_pattern").read_text()
+    host_run_existed = Path("/run/portbroker").exists()
+    portctl = f"{NS_SBINDIR}/portctl"
+
+    # Boot: the socket listens, brokerd is not started yet.
+    pid1.wait_state("portbrokerd.socket", "active")
+    assert pid1.prop("portbrokerd.service", "ActiveState") == "inactive"
+    assert Path(f"/proc/{pid1.pid}/root{CONTROL}").is_socket()
+
+    # The first client activates brokerd, which reports READY=1.
+    pid1.run(portctl, "policy", "add", "tcp:8080", "--user", "root")
+    pid1.wait_state("portbrokerd.service", "active")
+    assert pid1.prop("portbrokerd.service", "Type") == "notify"
+    pid1.run(portctl, "get", "tcp:8080", "--", "/bin/sh", "-c",
+             'test "$LISTEN_FDS" = 1 && test "$LISTEN_PID" = $$')
+    assert 8080 in listening_tcp_ports(pid1.pid)
+    assert pid1.prop("portbrokerd.service", "NRestarts") == "0"
+    lease = lease_of(pid1, portctl, "tcp:8080")
+
+    # Hardening left brokerd what it needs and nothing else.
+    main = pid1.prop("portbrokerd.service", "MainPID")
+    status = pid1.run("cat", f"/proc/{main}/status").stdout
+    capbnd = int(next(l for l in status.splitlines() if l.startswith("CapBnd:")).split()[1], 16)
+    assert capbnd == (1 << 10) | (1 << 19), hex(capbnd)  # CAP_NET_BIND_SERVICE | CAP_SYS_PTRACE
+    assert "NoNewPrivs:\t1" in status
+
+    # A crash: systemd restarts brokerd on the same control socket, and the
+    # rule and lease are still there.
+    pid1.run("/bin/sh", "-c", f"kill -KILL {main}")
+    wait_for(lambda: pid1.prop("portbrokerd.service", "NRestarts") == "1", 20, "a restart")
+    pid1.wait_state("portbrokerd.service", "active")
+    assert lease_of(pid1, portctl, "tcp:8080") == lease
+    pid1.run(portctl, "get", "tcp:8080", "--", "/bin/true")
+    assert 8080 in listening_tcp_ports(pid1.pid)
+
+    # Poweroff stops brokerd cleanly and the namespaces go away.
+    before = len(pid1.log())
+    pid1.poweroff()
+    log = pid1.log()[before:]
+    if ("portbrokerd.service: Deactivated successfully" not in log
+            or "portbrokerd.service: Failed with result" in log):
+        pytest.fail(f"brokerd did not stop cleanly\n{pid1.diagnostics()}")
+    wait_for(lambda: "populated 0" in (pid1.cgroup / "cgroup.events").read_text(), 10,
+             "every process of the test to exit")
+
+    # Nothing leaked to the host.
+    assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core_pattern
+    assert Path("/run/portbroker").exists() == host_run_existed

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of brokerd/lease.c with real kernel sockets on loopback: the
+ * options every bind sets (and never sets), the repair of a listener a
+ * holder shut down, the accept-queue reading, holder counting, and the
+ * lease table at 10,000 entries.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "lease.h"
+
+static int getopt_int(int fd, int level, int name) {
+        int v = -1;
+        socklen_t len = sizeof(v);
+        assert_int_equal(getsockopt(fd, level, name, &v, &len), 0);
+        return v;
+}
+
+/* A port the kernel just called free on both loopback families. */
+static uint16_t free_port(int type) {
+        struct sockaddr_in6 sa = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT };
+        socklen_t len = sizeof(sa);
+        int fd = socket(AF_INET6, type | SOCK_CLOEXEC, 0);
+
+        assert_true(fd >= 0);
+        assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_equal(getsockname(fd, (struct sockaddr *) &sa, &len), 0);
+        close(fd);
+        return ntohs(sa.sin6_port);
+}
+
+static int plain_bind(int family, int type, const char *addr, uint16_t port, bool reuseaddr) {
+        struct sockaddr_storage ss = { 0 };
+        int one = 1, r, fd = socket(family, type | SOCK_CLOEXEC, 0);
+
+        assert_true(fd >= 0);
+        if (reuseaddr)
+                assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)), 0);
+        if (family == AF_INET) {
+                struct sockaddr_in *sin = (struct sockaddr_in *) &ss;
+                sin->sin_family = AF_INET;
+                sin->sin_port = htons(port);
+                inet_pton(AF_INET, addr, &sin->sin_addr);
+        } else {
+                struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) &ss;
+                sin6->sin6_family = AF_INET6;
+                sin6->sin6_port = htons(port);
+                inet_pton(AF_INET6, addr, &sin6->sin6_addr);
+        }
+        r = bind(fd, (struct sockaddr *) &ss, family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+        r = r < 0 ? -errno : 0;
+        close(fd);
+        return r;
+}
+
+static int connect_v4(uint16_t port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+        assert_true(fd >= 0);
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                close(fd);
+                return -errno;
+        }
+        return fd;
+}
+
+static void test_tcp_wildcard_options(void **state) {
+        struct pb_endpoint e;
+        char text[32];
+        uint16_t port = free_port(SOCK_STREAM);
+        int fd;
+
+        snprintf(text, sizeof(text), "tcp:%u", port);
+        assert_int_equal(endpoint_parse(text, &e), 0);
+        assert_int_equal(lease_bind(&e, 128, &fd), 0);
+        assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEADDR), 1);
+        assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEPORT), 0);
+        assert_int_equal(getopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY), 0);
+        assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN), 1);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        /* Dual-stack: nobody binds the port on either family, SO_REUSEADDR or not. */
+        assert_int_equal(plain_bind(AF_INET6, SOCK_STREAM, "::", port, true), -EADDRINUSE);
+        assert_int_equal(plain_bind(AF_INET, SOCK_STREAM, "0.0.0.0", port, true), -EADDRINUSE);
+        assert_int_equal(plain_bind(AF_INET, SOCK_STREAM, "127.0.0.1", port, false), -EADDRINUSE);
+        close(fd);
+}
+
+static void test_tcp_specific_v6_is_v6only(void **state) {
+        struct pb_endpoint e;
+        char text[32];
+        int fd;
+
+        snprintf(text, sizeof(text), "tcp:[::1]:%u", free_port(SOCK_STREAM));
+        assert_int_equal(endpoint_parse(text, &e), 0);
+        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(getopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY), 1);
+        close(fd);
+}
+
+static void test_udp_never_shared(void **state) {
+        struct pb_endpoint e;
+        char text[32];
+        uint16_t port = free_port(SOCK_DGRAM);
+        int fd;
+
+        snprintf(text, sizeof(text), "udp:%u", port);
+        assert_int_equal(endpoint_parse(text, &e), 0);
+        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEADDR), 0);
+        assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEPORT), 0);
+        /* Were SO_REUSEADDR set on ours, this bind would share the port. */
+        assert_int_equal(plain_bind(AF_INET6, SOCK_DGRAM, "::", port, true), -EADDRINUSE);
+        close(fd);
+}
+
+static void test_shutdown_repaired(void **state) {
+        struct lease l = { .backlog = 16 };
+        char text[32];
+        uint16_t port = free_port(SOCK_STREAM);
+        int holder_fd, c;
+
+        snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", port);
+        assert_int_equal(endpoint_parse(text, &l.endpoint), 0);
+        assert_int_equal(lease_bind(&l.endpoint, l.backlog, &l.sock_fd), 0);
+        assert_int_equal(lease_ensure_listening(&l), 0);
+
+        holder_fd = dup(l.sock_fd);
+        assert_int_equal(shutdown(holder_fd, SHUT_RDWR), 0);
+        assert_int_equal(getopt_int(l.sock_fd, SOL_SOCKET, SO_ACCEPTCONN), 0);
+        assert_int_equal(connect_v4(port), -ECONNREFUSED);
+
+        assert_int_equal(lease_ensure_listening(&l), 1);
+        assert_int_equal(lease_ensure_listening(&l), 0);
+        c = connect_v4(port);
+        assert_true(c >= 0);
+        assert_int_equal(lease_queued(&l), 1);
+        close(c);
+        close(holder_fd);
+        lease_close_socket(&l);
+        assert_int_equal(l.sock_fd, -1);
+}
+
+static void test_queued_and_holders(void **state) {
+        struct lease l = { .backlog = 16 };
+        char text[32];
+        int c[3], pipefd[2];
+        pid_t child;
+        char byte;
+
+        snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", free_port(SOCK_STREAM));
+        assert_int_equal(endpoint_parse(text, &l.endpoint), 0);
+        assert_int_equal(lease_bind(&l.endpoint, l.backlog, &l.sock_fd), 0);
+        assert_int_equal(lease_queued(&l), 0);
+        for (int i = 0; i < 3; i++)
+                assert_true((c[i] = connect_v4(l.endpoint.port_lo)) >= 0);
+        assert_int_equal(lease_queued(&l), 3);
+
+        /* The broker itself never counts; a child holding the socket does until it exits. */
+        lease_note_holder(&l, getpid());
+        assert_int_equal(lease_live_holders(&l), 0);
+        assert_int_equal(pipe(pipefd), 0);
+        child = fork();
+        assert_true(child >= 0);
+        if (child == 0) {
+                close(pipefd[1]);
+                (void) !read(pipefd[0], &byte, 1);
+                _exit(0);
+        }
+        close(pipefd[0]);
+        lease_note_holder(&l, child);
+        lease_note_holder(&l, child);
+        assert_int_equal(lease_live_holders(&l), 1);
+        close(pipefd[1]);
+        assert_int_equal(waitpid(child, NULL, 0), child);
+        assert_int_equal(lease_live_holders(&l), 0);
+
+        for (int i = 0; i < 3; i++)
+                close(c[i]);
+        lease_close_socket(&l);
+}
+
+static void test_table_10000(void **state) {
+        enum { N = 10000 };
+        struct lease_table t = { 0 };
+        struct lease *leases = calloc(N, sizeof(*leases));
+        struct pb_endpoint e;
+
+        assert_non_null(leases);
+        for (int i = 0; i < N; i++) {
+                leases[i].id = (uint64_t) i + 1;
+                leases[i].sock_fd = -1;
+                leases[i].owner_uid = (uid_t) (i % 7);
+                leases[i].endpoint = (struct pb_endpoint) {
+                        .transport = i % 2 ? PB_UDP : PB_TCP,
+                        .family = PB_FAMILY_ANY,
+                        .port_lo = (uint16_t) (1 + i / 2),
+                        .port_hi = (uint16_t) (1 + i / 2),
+                };
+                assert_int_equal(lease_table_add(&t, &leases[i]), 0);
+        }
+        assert_int_equal(t.n, N);
+        assert_int_equal(lease_table_add(&t, &leases[5]), -EEXIST);
+        for (int i = 0; i < N; i++)
+                assert_ptr_equal(lease_table_find(&t, &leases[i].endpoint), &leases[i]);
+        assert_int_equal(lease_table_count_owner(&t, 3), N / 7 + (N % 7 > 3));
+        assert_int_equal(lease_table_after(&t, 0), 0);
+        assert_int_equal(lease_table_after(&t, 500), 500);
+        assert_int_equal(lease_table_after(&t, N), N);
+
+        /* Remove every other lease; the rest stay findable, removed ones are gone. */
+        for (int i = 0; i < N; i += 2)
+                lease_table_remove(&t, &leases[i]);
+        assert_int_equal(t.n, N / 2);
+        for (int i = 0; i < N; i++)
+                assert_ptr_equal(lease_table_find(&t, &leases[i].endpoint), i % 2 ? &leases[i] : NULL);
+        assert_int_equal(t.by_id[lease_table_after(&t, 1)]->id, 2);
+        assert_int_equal(t.by_id[lease_table_after(&t, 2)]->id, 4);
+
+        /* Re-adding after tombstones works and ids stay sorted. */
+        for (int i = 0; i < N; i += 2) {
+                leases[i].id = (uint64_t) (N + i + 1);
+                assert_int_equal(lease_table_add(&t, &leases[i]), 0);
+        }
+        for (size_t i = 1; i < t.n; i++)
+                assert_true(t.by_id[i - 1]->id < t.by_id[i]->id);
+        assert_int_equal(endpoint_parse("tcp:65000", &e), 0);
+        assert_null(lease_table_find(&t, &e));
+        lease_table_done(&t);
+        free(leases);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_tcp_wildcard_options),
+                cmocka_unit_test(test_tcp_specific_v6_is_v6only),
+                cmocka_unit_test(test_udp_never_shared),
+                cmocka_unit_test(test_shutdown_repaired),
+                cmocka_unit_test(test_queued_and_holders),
+                cmocka_unit_test(test_table_10000),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

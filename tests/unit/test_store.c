@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of brokerd/store.c against real SQLite files in a temporary
+ * directory: schema creation, rules and leases surviving a reopen, the
+ * batched audit events, and refusal of corrupt or newer databases.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store.h"
+
+static char dir[64], path[128];
+
+static int setup(void **state) {
+        snprintf(dir, sizeof(dir), "/tmp/pb-test-store-XXXXXX");
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/pb.db", dir);
+        return 0;
+}
+
+static int teardown(void **state) {
+        char cmd[160];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        return system(cmd) == 0 ? 0 : -1;
+}
+
+static int64_t sql_int(const char *sql) {
+        sqlite3 *db;
+        sqlite3_stmt *st;
+        int64_t v = -1;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+        if (sqlite3_step(st) == SQLITE_ROW)
+                v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        return v;
+}
+
+static struct store *open_ok(void) {
+        struct store *s = NULL;
+        char err[256] = "";
+
+        assert_int_equal(store_open(path, &s, err, sizeof(err)), 0);
+        assert_non_null(s);
+        return s;
+}
+
+static int count_rule(const struct store_rule *r, void *userdata) {
+        struct store_rule *last = userdata;
+        *last = *r;
+        last->created++;                /* used as a counter below */
+        return 0;
+}
+
+static int collect_lease(const struct store_lease *l, void *userdata) {
+        struct store_lease *out = userdata;
+        out[out[0].id == 0 ? 0 : 1] = *l;
+        return 0;
+}
+
+static void test_new_database_schema(void **state) {
+        struct store *s = open_ok();
+
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+        assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE name IN ('rules','leases','events')"), 3);
+}
+
+static void test_rules_and_leases_survive_reopen(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "policy-add", .uid = 0, .pid = 1 };
+        struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 4242 } };
+        struct store_rule r2 = { .principal = { .kind = PB_PRINCIPAL_UNIT } };
+        struct store_lease l = { .owner_uid = 4242 }, loaded[2] = { { 0 } };
+        struct store_rule last = { 0 };
+
+        assert_int_equal(endpoint_parse_pattern("tcp:8000-8099", &r.pattern), 0);
+        assert_int_equal(store_rule_add(s, &r, &ev), 0);
+        assert_true(r.id >= 1);
+        strcpy(r2.principal.unit, "nginx.service");
+        assert_int_equal(endpoint_parse_pattern("udp:[::1]:53", &r2.pattern), 0);
+        assert_int_equal(store_rule_add(s, &r2, &ev), 0);
+        assert_int_equal(endpoint_parse("tcp:127.0.0.1:8080", &l.endpoint), 0);
+        ev.event = "create";
+        assert_int_equal(store_lease_add(s, &l, &ev), 0);
+        assert_true(l.id >= 1);
+        /* The same endpoint twice is a constraint violation, not a second row. */
+        assert_int_equal(store_lease_add(s, &l, &ev), -EEXIST);
+        store_close(s);
+
+        s = open_ok();
+        assert_int_equal(store_rules_load(s, count_rule, &last), 0);
+        assert_int_equal(last.id, r2.id);
+        assert_string_equal(last.principal.unit, "nginx.service");
+        assert_true(endpoint_equal(&last.pattern, &r2.pattern));
+        assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
+        assert_int_equal(loaded[0].id, l.id);
+        assert_int_equal(loaded[0].owner_uid, 4242);
+        assert_true(endpoint_equal(&loaded[0].endpoint, &l.endpoint));
+
+        ev.event = "release";
+        assert_int_equal(store_lease_remove(s, l.id, &ev), 0);
+        assert_int_equal(store_lease_remove(s, l.id, &ev), -ENOENT);
+        assert_int_equal(store_rule_remove(s, r.id, &ev), 0);
+        assert_int_equal(store_rule_remove(s, 9999, &ev), -ENOENT);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM leases"), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM rules"), 1);
+        /* Every durable change carries its audit row. */
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-add'"), 2);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='release'"), 2);
+}
+
+static void test_events_batched_until_flush(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
+
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_int_equal(store_pending(s), 10);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 0);
+        assert_int_equal(store_flush(s), 0);
+        assert_int_equal(store_pending(s), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='grant' AND peer_uid=7"), 10);
+
+        /* A full queue flushes by itself instead of growing. */
+        for (int i = 0; i < STORE_PENDING_MAX + 5; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_true(store_pending(s) <= STORE_PENDING_MAX);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 10 + STORE_PENDING_MAX + 5);
+}
+
+static void test_corrupt_database_refused(void **state) {
+        struct store *s = NULL;
+        char err[256] = "";
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        char junk[8192];
+
+        assert_true(fd >= 0);
+        memset(junk, 'x', sizeof(junk));
+        assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t) sizeof(junk));
+        close(fd);
+        assert_true(store_open(path, &s, err, sizeof(err)) < 0);
+        assert_null(s);
+        assert_true(strlen(err) > 0);
+}
+
+static void test_newer_schema_refused(void **state) {
+        struct store *s = open_ok();
+        char err[256] = "";
+        sqlite3 *db;
+
+        store_close(s);
+        s = NULL;
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+        assert_int_equal(store_open(path, &s, err, sizeof(err)), -EPROTO);
+        assert_non_null(strstr(err, "newer"));
+}
+
+static void test_wal_journal(void **state) {
+        struct store *s = open_ok();
+
+        sqlite3 *db;
+        sqlite3_stmt *st;
+
+        store_close(s);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_string_equal((const char *) sqlite3_column_text(st, 0), "wal");
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_rules_and_leases_survive_reopen, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_events_batched_until_flush, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
