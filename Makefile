@@ -51,6 +51,9 @@ FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/%,$(wildcard tests/fuzz/fuzz_*
 PC_SED = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	     -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|'
 
+# What a link line takes from $^ (the .d files add headers to it).
+SOURCES = $(filter %.c %.o %.a,$^)
+
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 PROTO_OBJ   := $(call obj,$(PROTO_SRC))
 BROKERD_OBJ := $(call obj,$(BROKERD_SRC))
@@ -91,13 +94,13 @@ $(BUILD)/portbroker.pc: client/portbroker.pc.in Makefile
 
 # Unit tests link every object but main.o.
 $(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(LIB_OBJ)
-	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -lcmocka -lpthread -o $@
+	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -lcmocka -lpthread -o $@
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $^ -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@
 
 $(BUILD)/%: tests/helpers/%.c $(BUILD)/libportbroker.a
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -lpthread -lm -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -lpthread -lm -o $@
 
 helpers: $(HELPERS)
 unit-tests: $(UNIT_TESTS)
@@ -151,4 +154,4 @@ install: all
 clean:
 	rm -rf build build-sanitize
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

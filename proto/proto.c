@@ -356,7 +356,7 @@ void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt,
         memset(msg, 0, sizeof(*msg));
         msg->hdr.type = PB_MSG_ERROR;
         msg->hdr.id = id;
-        msg->error.code = code > 0 ? code : -code;
+        msg->error.code = code > 0 ? code : code > -INT32_MAX ? -code : EINVAL;
         va_start(ap, fmt);
         vsnprintf(msg->error.message, sizeof(msg->error.message), fmt, ap);
         va_end(ap);

@@ -1,0 +1,466 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fuzz target for every parser in proto/: proto_decode() and
+ * proto_decode_header() on the raw bytes, endpoint_parse() and
+ * endpoint_parse_pattern() on the bytes as a NUL-terminated string, and
+ * endpoint_decode() on 24-byte windows. Whatever is accepted must be valid,
+ * must re-encode to exactly the same bytes (the wire form is canonical) and
+ * must decode again to the same fields; text must format and parse back to
+ * the same endpoint. Any mismatch abort()s.
+ *
+ * Standalone (gcc, no libFuzzer): `make build/fuzz_proto`, linked with
+ * tests/fuzz/driver.c. With libFuzzer, if clang is installed:
+ *
+ *   clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Iproto -fsanitize=fuzzer,address,undefined \
+ *         tests/fuzz/fuzz_proto.c proto/proto.c proto/endpoint.c -o build/libfuzzer_proto
+ *   mkdir -p build/corpus && build/fuzz_proto --write-seeds build/corpus
+ *   build/libfuzzer_proto -max_len=4200 build/corpus
+ *
+ * A crash file from libFuzzer replays with `build/fuzz_proto FILE`.
+ */
+#include "fuzz.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endpoint.h"
+#include "proto.h"
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Counters for the driver's summary and corpus only. */
+static size_t n_decoded, n_endpoints, n_patterns, n_wire, n_accepted;
+
+#define CHECK(cond)                                                                             \
+        do {                                                                                    \
+                if (!(cond)) {                                                                  \
+                        fprintf(stderr, "fuzz_proto: check failed at %s:%d: %s\n", __FILE__,    \
+                                __LINE__, #cond);                                               \
+                        abort();                                                                \
+                }                                                                               \
+        } while (0)
+
+/* --- messages -------------------------------------------------------------- */
+
+static bool text_ok(const char *s) {
+        size_t n = strnlen(s, PB_TEXT_MAX + 1);
+
+        if (n > PB_TEXT_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
+                        return false;
+        return true;
+}
+
+static bool principal_equal(const struct pb_principal *a, const struct pb_principal *b) {
+        return a->kind == b->kind && a->id == b->id && strcmp(a->unit, b->unit) == 0;
+}
+
+/* Field-wise equality of the members the type selects. */
+static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
+        if (a->hdr.type != b->hdr.type || a->hdr.id != b->hdr.id)
+                return false;
+
+        switch (a->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+                return endpoint_equal(&a->get.endpoint, &b->get.endpoint);
+        case PB_MSG_GET | PB_MSG_REPLY:
+                return endpoint_equal(&a->got.endpoint, &b->got.endpoint) && a->got.lease_id == b->got.lease_id &&
+                       a->got.created == b->got.created;
+        case PB_MSG_STATUS:
+                return a->status.has_endpoint == b->status.has_endpoint &&
+                       (!a->status.has_endpoint || endpoint_equal(&a->status.endpoint, &b->status.endpoint)) &&
+                       a->status.after_id == b->status.after_id;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                if (a->leases.count != b->leases.count || a->leases.more != b->leases.more)
+                        return false;
+                for (unsigned i = 0; i < a->leases.count; i++) {
+                        const struct pb_lease_entry *x = &a->leases.leases[i], *y = &b->leases.leases[i];
+                        if (x->id != y->id || !endpoint_equal(&x->endpoint, &y->endpoint) ||
+                            x->owner_uid != y->owner_uid || x->since != y->since || x->handouts != y->handouts ||
+                            x->holders != y->holders || x->queued != y->queued || x->backlog != y->backlog ||
+                            x->bound != y->bound)
+                                return false;
+                }
+                return true;
+        case PB_MSG_POLICY_ADD:
+                return principal_equal(&a->policy_add.principal, &b->policy_add.principal) &&
+                       endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern);
+        case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE:
+                return a->rule_id.rule_id == b->rule_id.rule_id;
+        case PB_MSG_POLICY_LIST:
+                return a->policy_list.after_id == b->policy_list.after_id;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                if (a->rules.count != b->rules.count || a->rules.more != b->rules.more)
+                        return false;
+                for (unsigned i = 0; i < a->rules.count; i++) {
+                        const struct pb_rule_entry *x = &a->rules.rules[i], *y = &b->rules.rules[i];
+                        if (x->id != y->id || !principal_equal(&x->principal, &y->principal) ||
+                            !endpoint_equal(&x->pattern, &y->pattern) || x->created != y->created)
+                                return false;
+                }
+                return true;
+        case PB_MSG_RELEASE | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+                return true;
+        case PB_MSG_ERROR:
+                return a->error.code == b->error.code && strcmp(a->error.message, b->error.message) == 0;
+        default:
+                return false;
+        }
+}
+
+/* What a successful decode promises about the fields. */
+static void check_valid(const struct pb_msg *m, size_t size) {
+        CHECK(m->hdr.length == size);
+        CHECK(m->hdr.version == PB_PROTO_VERSION);
+        CHECK(m->hdr.reserved == 0);
+
+        switch (m->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+                CHECK(endpoint_validate(&m->get.endpoint, false) == 0);
+                break;
+        case PB_MSG_GET | PB_MSG_REPLY:
+                CHECK(endpoint_validate(&m->got.endpoint, false) == 0);
+                CHECK(m->got.created <= 1);
+                break;
+        case PB_MSG_STATUS:
+                CHECK(m->status.has_endpoint <= 1);
+                if (m->status.has_endpoint)
+                        CHECK(endpoint_validate(&m->status.endpoint, false) == 0);
+                break;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                CHECK(m->leases.count <= PB_LIST_MAX);
+                CHECK(m->leases.more <= 1);
+                for (unsigned i = 0; i < m->leases.count; i++) {
+                        CHECK(endpoint_validate(&m->leases.leases[i].endpoint, false) == 0);
+                        CHECK(m->leases.leases[i].bound <= 1);
+                }
+                break;
+        case PB_MSG_POLICY_ADD:
+                CHECK(proto_principal_validate(&m->policy_add.principal) == 0);
+                CHECK(endpoint_validate(&m->policy_add.pattern, true) == 0);
+                break;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                CHECK(m->rules.count <= PB_RULES_MAX);
+                CHECK(m->rules.more <= 1);
+                for (unsigned i = 0; i < m->rules.count; i++) {
+                        CHECK(proto_principal_validate(&m->rules.rules[i].principal) == 0);
+                        CHECK(endpoint_validate(&m->rules.rules[i].pattern, true) == 0);
+                }
+                break;
+        case PB_MSG_ERROR:
+                CHECK(m->error.code > 0);
+                CHECK(text_ok(m->error.message));
+                break;
+        case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE:
+        case PB_MSG_POLICY_LIST:
+        case PB_MSG_RELEASE | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+                break;
+        default:
+                CHECK(!"decoded an unknown type");
+        }
+}
+
+static void check_message(const uint8_t *data, size_t size) {
+        static struct pb_msg m, again, untouched;
+        static uint8_t buf[PB_MSG_MAX];
+        struct pb_header h;
+        int r, rh, n;
+
+        memset(&m, 0x5c, sizeof(m));
+        untouched = m;
+        r = proto_decode(data, size, &m);
+        rh = proto_decode_header(data, size, &h);
+
+        /* The header decoder agrees with the full decoder. */
+        CHECK(rh == 0 || rh == -EBADMSG);
+        if (rh < 0)
+                CHECK(r == -EBADMSG);
+        else {
+                CHECK(h.length == size && h.reserved == 0);
+                CHECK(size >= PB_HEADER_SIZE && size <= PB_MSG_MAX);
+                CHECK((r == -EPROTO) == (h.version != PB_PROTO_VERSION));
+        }
+        if (r < 0) {
+                CHECK(r == -EBADMSG || r == -EPROTO);
+                CHECK(memcmp(&m, &untouched, sizeof(m)) == 0);  /* written only on success */
+                return;
+        }
+        CHECK(r == 0);
+        n_decoded++;
+        CHECK(m.hdr.type == h.type && m.hdr.id == h.id);
+        check_valid(&m, size);
+
+        /* encode(decode(x)) == x, byte for byte... */
+        n = proto_encode(&m, buf, sizeof(buf));
+        CHECK(n >= 0);
+        CHECK((size_t) n == size);
+        CHECK(memcmp(buf, data, size) == 0);
+        /* ...and decode(encode(m)) == m, field by field. */
+        CHECK(proto_decode(buf, (size_t) n, &again) == 0);
+        CHECK(msg_equal(&m, &again));
+        CHECK(proto_type_carries_fd(m.hdr.type) == (m.hdr.type == (PB_MSG_GET | PB_MSG_REPLY)));
+}
+
+/* --- endpoints ------------------------------------------------------------- */
+
+static void check_endpoint_text(const uint8_t *data, size_t size) {
+        char *s = malloc(size + 1), text[PB_ENDPOINT_STRLEN], text2[PB_ENDPOINT_STRLEN];
+        struct pb_endpoint e, p, again;
+        int re, rp;
+
+        CHECK(s);
+        memcpy(s, data, size);
+        s[size] = '\0';
+
+        re = endpoint_parse(s, &e);
+        rp = endpoint_parse_pattern(s, &p);
+        CHECK(re == 0 || re == -EINVAL);
+        CHECK(rp == 0 || rp == -EINVAL);
+
+        if (re == 0) {
+                n_endpoints++;
+                CHECK(strlen(s) < PB_ENDPOINT_STRLEN);
+                CHECK(endpoint_validate(&e, false) == 0);
+                endpoint_format(&e, text);
+                CHECK(endpoint_parse(text, &again) == 0);
+                CHECK(endpoint_equal(&e, &again));
+                CHECK(strcmp(endpoint_format(&again, text2), text) == 0);
+                /* Every endpoint is a pattern of itself, matching itself. */
+                CHECK(rp == 0 && endpoint_equal(&e, &p));
+                CHECK(endpoint_matches(&p, &e));
+        }
+        if (rp == 0) {
+                n_patterns++;
+                CHECK(endpoint_validate(&p, true) == 0);
+                endpoint_format_pattern(&p, text);
+                CHECK(endpoint_parse_pattern(text, &again) == 0);
+                CHECK(endpoint_equal(&p, &again));
+                CHECK(strcmp(endpoint_format_pattern(&again, text2), text) == 0);
+                /* Only a range makes a pattern that is not an endpoint. */
+                if (re < 0)
+                        CHECK(strchr(s, '-'));
+        }
+        free(s);
+}
+
+static void check_endpoint_wire(const uint8_t in[static PB_ENDPOINT_WIRE_SIZE]) {
+        for (int pattern = 0; pattern <= 1; pattern++) {
+                uint8_t out[PB_ENDPOINT_WIRE_SIZE];
+                char text[PB_ENDPOINT_STRLEN];
+                struct pb_endpoint e, again;
+                int r = endpoint_decode(in, pattern, &e);
+
+                CHECK(r == 0 || r == -EBADMSG);
+                if (r < 0)
+                        continue;
+                n_wire++;
+                CHECK(endpoint_validate(&e, pattern) == 0);
+                endpoint_encode(&e, out);
+                CHECK(memcmp(in, out, sizeof(out)) == 0);
+                /* Whatever the wire carries can be written as text and read back. */
+                if (pattern) {
+                        endpoint_format_pattern(&e, text);
+                        CHECK(endpoint_parse_pattern(text, &again) == 0);
+                } else {
+                        endpoint_format(&e, text);
+                        CHECK(endpoint_parse(text, &again) == 0);
+                }
+                CHECK(endpoint_equal(&e, &again));
+                CHECK(endpoint_matches(&e, &e));
+        }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+        size_t before = n_decoded + n_endpoints + n_patterns;
+
+        check_message(data, size);
+        check_endpoint_text(data, size);
+        if (n_decoded + n_endpoints + n_patterns != before)
+                n_accepted++;
+        /* The first 24 bytes, and where a GET or RELEASE carries its endpoint. */
+        if (size >= PB_ENDPOINT_WIRE_SIZE)
+                check_endpoint_wire(data);
+        if (size >= PB_HEADER_SIZE + PB_ENDPOINT_WIRE_SIZE)
+                check_endpoint_wire(data + PB_HEADER_SIZE);
+        return 0;
+}
+
+/* --- driver hooks ---------------------------------------------------------- */
+
+size_t fuzz_accepted(void) {
+        return n_accepted;
+}
+
+const char *fuzz_summary(void) {
+        static char buf[160];
+
+        snprintf(buf, sizeof(buf), "%zu messages decoded, %zu endpoints and %zu patterns parsed, %zu wire endpoints",
+                 n_decoded, n_endpoints, n_patterns, n_wire);
+        return buf;
+}
+
+void fuzz_fixup(uint8_t *data, size_t size) {
+        if (size >= 4) {
+                data[0] = (uint8_t) (size >> 24);
+                data[1] = (uint8_t) (size >> 16);
+                data[2] = (uint8_t) (size >> 8);
+                data[3] = (uint8_t) size;
+        }
+        if (size >= PB_HEADER_SIZE) {
+                data[4] = 0;
+                data[5] = PB_PROTO_VERSION;
+                memset(data + 12, 0, 4);
+        }
+}
+
+static struct pb_endpoint seed_endpoint(const char *s, bool pattern) {
+        struct pb_endpoint e;
+        int r = pattern ? endpoint_parse_pattern(s, &e) : endpoint_parse(s, &e);
+
+        CHECK(r == 0);
+        return e;
+}
+
+/* A valid unit name of len bytes. */
+static void seed_unit(char *out, size_t len, unsigned seed) {
+        static const char chars[] = "abcdefghijklmnopqrstuvwxyz0123456789:_\\@-";
+        size_t body = len - strlen(".service");
+
+        for (size_t i = 0; i < body; i++)
+                out[i] = chars[(i + seed) % (sizeof(chars) - 1)];
+        out[0] = 'u';
+        strcpy(out + body, ".service");
+}
+
+void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, void *userdata), void *userdata) {
+        static const char *const texts[] = {
+                "8080", "udp:5353", "tcp:127.0.0.1:8080", "tcp:[::1]:8443", "tcp:[::]:80", "tcp:0.0.0.0:80",
+                "udp:[2001:db8::1]:65535", "tcp:8000-8099", "udp:127.0.0.1:53-54", "tcp:[fe80::1]:1-65535",
+                "[::ffff:1.2.3.4]:80", "tcp:[::1.2.3.4]:80", "080", "65536", "tcp:", "[::1]8080",
+        };
+        static struct pb_msg m;
+        static uint8_t buf[PB_MSG_MAX];
+        int n;
+
+        for (size_t i = 0; i < ELEMENTSOF(texts); i++)
+                add((const uint8_t *) texts[i], strlen(texts[i]), 0, userdata);
+
+        for (unsigned k = 0;; k++) {
+                memset(&m, 0, sizeof(m));
+                m.hdr.id = k * 0x01010101u;
+                switch (k) {
+                case 0:
+                        m.hdr.type = PB_MSG_GET;
+                        m.get.endpoint = seed_endpoint("tcp:127.0.0.1:8080", false);
+                        break;
+                case 1:
+                        m.hdr.type = PB_MSG_RELEASE;
+                        m.get.endpoint = seed_endpoint("udp:[::1]:53", false);
+                        break;
+                case 2:
+                        m.hdr.type = PB_MSG_GET | PB_MSG_REPLY;
+                        m.got.endpoint = seed_endpoint("8080", false);
+                        m.got.lease_id = 7;
+                        m.got.created = 1;
+                        break;
+                case 3:
+                        m.hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;
+                        break;
+                case 4:
+                        m.hdr.type = PB_MSG_STATUS;
+                        m.status.after_id = 3;
+                        break;
+                case 5:
+                        m.hdr.type = PB_MSG_STATUS;
+                        m.status.has_endpoint = 1;
+                        m.status.endpoint = seed_endpoint("tcp:0.0.0.0:80", false);
+                        break;
+                case 6:
+                case 7:
+                        m.hdr.type = PB_MSG_STATUS | PB_MSG_REPLY;
+                        m.leases.count = k == 6 ? 2 : PB_LIST_MAX;
+                        m.leases.more = k == 7;
+                        for (unsigned i = 0; i < m.leases.count; i++)
+                                m.leases.leases[i] = (struct pb_lease_entry) {
+                                        .id = i + 1,
+                                        .endpoint = seed_endpoint(i % 2 ? "udp:[2001:db8::1]:53" : "9000", false),
+                                        .owner_uid = 1000,
+                                        .since = 1700000000,
+                                        .handouts = i,
+                                        .holders = 1,
+                                        .queued = i ? (int32_t) i : -1,
+                                        .backlog = 4096,
+                                        .bound = 1,
+                                };
+                        break;
+                case 8:
+                        m.hdr.type = PB_MSG_POLICY_ADD;
+                        m.policy_add.principal.kind = PB_PRINCIPAL_USER;
+                        m.policy_add.principal.id = 1000;
+                        m.policy_add.pattern = seed_endpoint("tcp:8000-8099", true);
+                        break;
+                case 9:
+                        m.hdr.type = PB_MSG_POLICY_ADD;
+                        m.policy_add.principal.kind = PB_PRINCIPAL_UNIT;
+                        strcpy(m.policy_add.principal.unit, "web@1.service");
+                        m.policy_add.pattern = seed_endpoint("udp:127.0.0.1:53", true);
+                        break;
+                case 10:
+                        m.hdr.type = PB_MSG_POLICY_ADD | PB_MSG_REPLY;
+                        m.rule_id.rule_id = 12;
+                        break;
+                case 11:
+                        m.hdr.type = PB_MSG_POLICY_REMOVE;
+                        m.rule_id.rule_id = 12;
+                        break;
+                case 12:
+                        m.hdr.type = PB_MSG_POLICY_REMOVE | PB_MSG_REPLY;
+                        break;
+                case 13:
+                        m.hdr.type = PB_MSG_POLICY_LIST;
+                        m.policy_list.after_id = 1;
+                        break;
+                case 14:
+                case 15:
+                        m.hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
+                        m.rules.count = k == 14 ? 2 : PB_RULES_MAX;
+                        m.rules.more = k == 15;
+                        for (unsigned i = 0; i < m.rules.count; i++) {
+                                struct pb_rule_entry *r = &m.rules.rules[i];
+
+                                r->id = 100 + i;
+                                r->created = 1700000000 + i;
+                                r->pattern = seed_endpoint(i % 2 ? "tcp:[::1]:1-1024" : "udp:5000", true);
+                                if (i % 3 == 0) {
+                                        r->principal.kind = PB_PRINCIPAL_UNIT;
+                                        seed_unit(r->principal.unit, k == 15 ? PB_TEXT_MAX : 20, i);
+                                } else {
+                                        r->principal.kind = i % 3 == 1 ? PB_PRINCIPAL_USER : PB_PRINCIPAL_GROUP;
+                                        r->principal.id = 1000 + i;
+                                }
+                        }
+                        break;
+                case 16:
+                        proto_set_error(&m, 9, EBUSY, "tcp:[::]:80 is held by uid 1000 (alice)");
+                        break;
+                case 17:
+                        proto_set_error(&m, 0, EUSERS, "%s", "");
+                        break;
+                default:
+                        return;
+                }
+                n = proto_encode(&m, buf, sizeof(buf));
+                CHECK(n > 0);
+                add(buf, (size_t) n, FUZZ_SEED_MESSAGE, userdata);
+        }
+}

@@ -1,0 +1,1226 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of proto/proto.c and proto/fdpass.c: the exact header layout,
+ * an encode/decode round trip of every message type (full lists included),
+ * rejection of truncated, padded, oversized and malformed messages field by
+ * field, and fd passing over a real SOCK_SEQPACKET socketpair: the one fd
+ * the GET reply carries arrives close-on-exec, every other fd is closed.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fdpass.h"
+#include "proto.h"
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+#define LEASE_ENTRY_SIZE 65             /* id 8, endpoint 24, uid 4, since 8, handouts 8, holders 4, queued 4, backlog 4, bound 1 */
+#define RULE_ENTRY_SIZE(unit_len) (8 + 1 + 4 + 1 + (unit_len) + PB_ENDPOINT_WIRE_SIZE + 8)
+
+/* --- helpers ------------------------------------------------------------- */
+
+static void put_be32(uint8_t *p, uint32_t v) {
+        p[0] = (uint8_t) (v >> 24);
+        p[1] = (uint8_t) (v >> 16);
+        p[2] = (uint8_t) (v >> 8);
+        p[3] = (uint8_t) v;
+}
+
+/* Sets the header's length field to len, as a sender would. */
+static void fix_length(uint8_t *buf, size_t len) {
+        put_be32(buf, (uint32_t) len);
+}
+
+static size_t encode_ok(const struct pb_msg *m, uint8_t buf[static PB_MSG_MAX]) {
+        int n = proto_encode(m, buf, PB_MSG_MAX);
+
+        if (n < 0)
+                fail_msg("proto_encode(type 0x%x) failed: %d", m->hdr.type, n);
+        assert_true(n >= PB_HEADER_SIZE && n <= PB_MSG_MAX);
+        return (size_t) n;
+}
+
+static int decode(const uint8_t *buf, size_t len) {
+        struct pb_msg m;
+        return proto_decode(buf, len, &m);
+}
+
+static void assert_endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b) {
+        assert_true(endpoint_equal(a, b));
+}
+
+static void assert_principal_equal(const struct pb_principal *a, const struct pb_principal *b) {
+        assert_int_equal(a->kind, b->kind);
+        assert_int_equal(a->id, b->id);
+        assert_string_equal(a->unit, b->unit);
+}
+
+/* Field-wise comparison of the members the header's type selects. */
+static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
+        assert_int_equal(a->hdr.type, b->hdr.type);
+        assert_int_equal(a->hdr.id, b->hdr.id);
+
+        switch (a->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+                assert_endpoint_equal(&a->get.endpoint, &b->get.endpoint);
+                break;
+        case PB_MSG_GET | PB_MSG_REPLY:
+                assert_endpoint_equal(&a->got.endpoint, &b->got.endpoint);
+                assert_int_equal(a->got.lease_id, b->got.lease_id);
+                assert_int_equal(a->got.created, b->got.created);
+                break;
+        case PB_MSG_STATUS:
+                assert_int_equal(a->status.has_endpoint, b->status.has_endpoint);
+                if (a->status.has_endpoint)
+                        assert_endpoint_equal(&a->status.endpoint, &b->status.endpoint);
+                assert_int_equal(a->status.after_id, b->status.after_id);
+                break;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                assert_int_equal(a->leases.count, b->leases.count);
+                assert_int_equal(a->leases.more, b->leases.more);
+                for (unsigned i = 0; i < a->leases.count; i++) {
+                        const struct pb_lease_entry *x = &a->leases.leases[i], *y = &b->leases.leases[i];
+                        assert_int_equal(x->id, y->id);
+                        assert_endpoint_equal(&x->endpoint, &y->endpoint);
+                        assert_int_equal(x->owner_uid, y->owner_uid);
+                        assert_int_equal(x->since, y->since);
+                        assert_int_equal(x->handouts, y->handouts);
+                        assert_int_equal(x->holders, y->holders);
+                        assert_int_equal(x->queued, y->queued);
+                        assert_int_equal(x->backlog, y->backlog);
+                        assert_int_equal(x->bound, y->bound);
+                }
+                break;
+        case PB_MSG_POLICY_ADD:
+                assert_principal_equal(&a->policy_add.principal, &b->policy_add.principal);
+                assert_endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern);
+                break;
+        case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE:
+                assert_int_equal(a->rule_id.rule_id, b->rule_id.rule_id);
+                break;
+        case PB_MSG_POLICY_LIST:
+                assert_int_equal(a->policy_list.after_id, b->policy_list.after_id);
+                break;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                assert_int_equal(a->rules.count, b->rules.count);
+                assert_int_equal(a->rules.more, b->rules.more);
+                for (unsigned i = 0; i < a->rules.count; i++) {
+                        const struct pb_rule_entry *x = &a->rules.rules[i], *y = &b->rules.rules[i];
+                        assert_int_equal(x->id, y->id);
+                        assert_principal_equal(&x->principal, &y->principal);
+                        assert_endpoint_equal(&x->pattern, &y->pattern);
+                        assert_int_equal(x->created, y->created);
+                }
+                break;
+        case PB_MSG_RELEASE | PB_MSG_REPLY:
+        case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+                break;
+        case PB_MSG_ERROR:
+                assert_int_equal(a->error.code, b->error.code);
+                assert_string_equal(a->error.message, b->error.message);
+                break;
+        default:
+                fail_msg("unexpected type 0x%x", a->hdr.type);
+        }
+}
+
+static struct pb_endpoint ep(const char *s) {
+        struct pb_endpoint e;
+        if (endpoint_parse(s, &e) < 0)
+                fail_msg("bad test endpoint %s", s);
+        return e;
+}
+
+static struct pb_endpoint pat(const char *s) {
+        struct pb_endpoint e;
+        if (endpoint_parse_pattern(s, &e) < 0)
+                fail_msg("bad test pattern %s", s);
+        return e;
+}
+
+/* A valid unit name of exactly len bytes (len >= 9), distinct per seed. */
+static void unit_name(char *out, size_t len, unsigned seed) {
+        static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_\\@-";
+        size_t body = len - strlen(".service");
+
+        for (size_t i = 0; i < body; i++)
+                out[i] = chars[(i * 7 + seed * 13) % (sizeof(chars) - 1)];
+        out[0] = (char) ('a' + seed % 26);
+        strcpy(out + body, ".service");
+        assert_int_equal(strlen(out), len);
+}
+
+static void fill_leases(struct pb_msg *m, unsigned count, bool more) {
+        static const char *const eps[] = { "80", "udp:127.0.0.1:53", "tcp:[::1]:8443", "tcp:0.0.0.0:65535" };
+
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = PB_MSG_STATUS | PB_MSG_REPLY;
+        m->hdr.id = 77;
+        m->leases.count = (uint8_t) count;
+        m->leases.more = more;
+        for (unsigned i = 0; i < count; i++)
+                m->leases.leases[i] = (struct pb_lease_entry) {
+                        .id = 0x0100000000000000ull + i,
+                        .endpoint = ep(eps[i % ELEMENTSOF(eps)]),
+                        .owner_uid = i == 0 ? UINT32_MAX : 1000 + i,
+                        .since = 1700000000ull + i,
+                        .handouts = i == 1 ? UINT64_MAX : i * 3,
+                        .holders = i,
+                        .queued = i == 0 ? -1 : (i == 1 ? INT32_MIN : (int32_t) i),
+                        .backlog = i % 2 ? 0 : 4096,
+                        .bound = i % 3 != 0,
+                };
+}
+
+static void fill_rules(struct pb_msg *m, unsigned count, bool more, size_t unit_len) {
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
+        m->hdr.id = 78;
+        m->rules.count = (uint8_t) count;
+        m->rules.more = more;
+        for (unsigned i = 0; i < count; i++) {
+                struct pb_rule_entry *r = &m->rules.rules[i];
+
+                r->id = 1000 + i;
+                r->principal.kind = PB_PRINCIPAL_UNIT;
+                unit_name(r->principal.unit, unit_len, i);
+                r->pattern = pat(i % 2 ? "udp:127.0.0.1:5000-5999" : "tcp:[::1]:1-65535");
+                r->created = 1700000000ull + i;
+        }
+}
+
+static struct pb_msg *next_sample(struct pb_msg *out, size_t *n, size_t max, uint16_t type, uint32_t id) {
+        struct pb_msg *m;
+
+        assert_true(*n < max);
+        m = &out[(*n)++];
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = type;
+        m->hdr.id = id;
+        return m;
+}
+
+/* Builds one valid sample of every message type (some types twice). */
+static size_t samples(struct pb_msg *out, size_t max) {
+        size_t n = 0;
+        struct pb_msg *m;
+
+#define NEXT(t, i) (m = next_sample(out, &n, max, (t), (i)))
+
+        NEXT(PB_MSG_GET, 1)->get.endpoint = ep("tcp:127.0.0.1:8080");
+        NEXT(PB_MSG_GET, UINT32_MAX)->get.endpoint = ep("udp:[2001:db8::1]:5353");
+        NEXT(PB_MSG_RELEASE, 0)->get.endpoint = ep("8080");
+        NEXT(PB_MSG_GET | PB_MSG_REPLY, 3);
+        m->got.endpoint = ep("tcp:[::1]:8443");
+        m->got.lease_id = 0x0102030405060708ull;
+        m->got.created = 1;
+        NEXT(PB_MSG_GET | PB_MSG_REPLY, 4);
+        m->got.endpoint = ep("udp:5353");
+        m->got.lease_id = UINT64_MAX;
+        m->got.created = 0;
+        NEXT(PB_MSG_RELEASE | PB_MSG_REPLY, 5);
+        NEXT(PB_MSG_STATUS, 6)->status.after_id = 0x1122334455667788ull;
+        NEXT(PB_MSG_STATUS, 7);
+        m->status.has_endpoint = 1;
+        m->status.endpoint = ep("tcp:0.0.0.0:80");
+        fill_leases(NEXT(0, 0), 0, false);
+        fill_leases(NEXT(0, 0), 1, false);
+        fill_leases(NEXT(0, 0), PB_LIST_MAX, true);
+        NEXT(PB_MSG_POLICY_ADD, 8);
+        m->policy_add.principal = (struct pb_principal) { .kind = PB_PRINCIPAL_USER, .id = 1000 };
+        m->policy_add.pattern = pat("tcp:8000-8099");
+        NEXT(PB_MSG_POLICY_ADD, 9);
+        m->policy_add.principal = (struct pb_principal) { .kind = PB_PRINCIPAL_GROUP, .id = 0 };
+        m->policy_add.pattern = pat("udp:127.0.0.1:53");
+        NEXT(PB_MSG_POLICY_ADD, 10);
+        m->policy_add.principal.kind = PB_PRINCIPAL_UNIT;
+        unit_name(m->policy_add.principal.unit, PB_TEXT_MAX, 1);
+        m->policy_add.pattern = pat("tcp:[::1]:443");
+        NEXT(PB_MSG_POLICY_ADD | PB_MSG_REPLY, 11)->rule_id.rule_id = 42;
+        NEXT(PB_MSG_POLICY_REMOVE, 12)->rule_id.rule_id = UINT64_MAX;
+        NEXT(PB_MSG_POLICY_REMOVE | PB_MSG_REPLY, 13);
+        NEXT(PB_MSG_POLICY_LIST, 14)->policy_list.after_id = 7;
+        fill_rules(NEXT(0, 0), 0, false, 9);
+        fill_rules(NEXT(0, 0), 3, true, 20);
+        fill_rules(NEXT(0, 0), PB_RULES_MAX, true, PB_TEXT_MAX);
+        NEXT(PB_MSG_ERROR, 15);
+        m->error.code = EBUSY;
+        strcpy(m->error.message, "tcp:[::]:80 is held by uid 1000 (alice) \xc3\xa9");
+        NEXT(PB_MSG_ERROR, 0);
+        m->error.code = INT32_MAX;
+        NEXT(PB_MSG_ERROR, 16);
+        m->error.code = EUSERS;
+        memset(m->error.message, 'x', PB_TEXT_MAX);
+#undef NEXT
+        return n;
+}
+
+/* --- header -------------------------------------------------------------- */
+
+static void test_header_layout(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_GET, .id = 0x11223344, .version = 99, .reserved = 5 } };
+        uint8_t buf[PB_MSG_MAX];
+        static const uint8_t want[] = {
+                0, 0, 0, 40,                    /* length */
+                0, 1,                           /* version */
+                0, 1,                           /* type */
+                0x11, 0x22, 0x33, 0x44,         /* id */
+                0, 0, 0, 0,                     /* reserved */
+                6, 0, 0x1f, 0x90, 0x1f, 0x90, 0, 0, /* tcp:[::]:8080 */
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        };
+        struct pb_header h;
+
+        /* The encoder fills in length, version and reserved itself. */
+        m.get.endpoint = ep("8080");
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), (int) sizeof(want));
+        assert_memory_equal(buf, want, sizeof(want));
+
+        assert_int_equal(proto_decode_header(buf, sizeof(want), &h), 0);
+        assert_int_equal(h.length, 40);
+        assert_int_equal(h.version, PB_PROTO_VERSION);
+        assert_int_equal(h.type, PB_MSG_GET);
+        assert_int_equal(h.id, 0x11223344);
+        assert_int_equal(h.reserved, 0);
+}
+
+static void test_encoded_sizes(void **state) {
+        static struct pb_msg m[32];
+        static const struct {
+                uint16_t type;
+                size_t len;
+        } fixed[] = {
+                { PB_MSG_GET, 40 },
+                { PB_MSG_RELEASE, 40 },
+                { PB_MSG_GET | PB_MSG_REPLY, 49 },
+                { PB_MSG_RELEASE | PB_MSG_REPLY, 16 },
+                { PB_MSG_STATUS, 49 },
+                { PB_MSG_POLICY_ADD | PB_MSG_REPLY, 24 },
+                { PB_MSG_POLICY_REMOVE, 24 },
+                { PB_MSG_POLICY_REMOVE | PB_MSG_REPLY, 16 },
+                { PB_MSG_POLICY_LIST, 24 },
+        };
+        uint8_t buf[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf), want = 0;
+
+                for (size_t j = 0; j < ELEMENTSOF(fixed); j++)
+                        if (fixed[j].type == m[i].hdr.type)
+                                want = fixed[j].len;
+                switch (m[i].hdr.type) {
+                case PB_MSG_STATUS | PB_MSG_REPLY:
+                        want = 16 + 2 + (size_t) m[i].leases.count * LEASE_ENTRY_SIZE;
+                        break;
+                case PB_MSG_POLICY_ADD:
+                        want = 16 + 6 + strlen(m[i].policy_add.principal.unit) + PB_ENDPOINT_WIRE_SIZE;
+                        break;
+                case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                        want = 16 + 2;
+                        for (unsigned k = 0; k < m[i].rules.count; k++)
+                                want += RULE_ENTRY_SIZE(strlen(m[i].rules.rules[k].principal.unit));
+                        break;
+                case PB_MSG_ERROR:
+                        want = 16 + 4 + 1 + strlen(m[i].error.message);
+                        break;
+                }
+                assert_int_equal(len, want);
+        }
+}
+
+/* The largest lists fit one packet. */
+static void test_full_lists_fit(void **state) {
+        static struct pb_msg m, d;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        fill_leases(&m, PB_LIST_MAX, true);
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + 2 + PB_LIST_MAX * LEASE_ENTRY_SIZE);
+        assert_true(len <= PB_MSG_MAX);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_msg_equal(&m, &d);
+
+        fill_rules(&m, PB_RULES_MAX, true, PB_TEXT_MAX);
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + 2 + PB_RULES_MAX * RULE_ENTRY_SIZE(PB_TEXT_MAX));
+        assert_true(len <= PB_MSG_MAX);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_msg_equal(&m, &d);
+        for (unsigned i = 0; i < PB_RULES_MAX; i++)
+                assert_int_equal(strlen(d.rules.rules[i].principal.unit), PB_TEXT_MAX);
+}
+
+/* --- round trips --------------------------------------------------------- */
+
+static void test_round_trip_every_type(void **state) {
+        static struct pb_msg m[32], d;
+        uint8_t buf[PB_MSG_MAX], again[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+        unsigned seen[7][2] = { { 0 } };
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                memset(&d, 0xA5, sizeof(d));
+                assert_int_equal(proto_decode(buf, len, &d), 0);
+                assert_int_equal(d.hdr.length, len);
+                assert_int_equal(d.hdr.version, PB_PROTO_VERSION);
+                assert_int_equal(d.hdr.reserved, 0);
+                assert_msg_equal(&m[i], &d);
+                /* The encoding is canonical: re-encoding gives the same bytes. */
+                assert_int_equal(encode_ok(&d, again), len);
+                assert_memory_equal(buf, again, len);
+
+                if (m[i].hdr.type == PB_MSG_ERROR)
+                        seen[0][0]++;
+                else
+                        seen[m[i].hdr.type & 7][!!(m[i].hdr.type & PB_MSG_REPLY)]++;
+        }
+        for (unsigned t = PB_MSG_GET; t <= PB_MSG_POLICY_LIST; t++) {
+                assert_true(seen[t][0] > 0);
+                assert_true(seen[t][1] > 0);
+        }
+        assert_true(seen[0][0] > 0);
+}
+
+/* The encoder needs room for the whole message and never writes past size. */
+static void test_encode_small_buffer(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX + 16];
+        size_t n = samples(m, ELEMENTSOF(m));
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                for (size_t size = 0; size < len; size++) {
+                        memset(buf, 0xEE, sizeof(buf));
+                        assert_int_equal(proto_encode(&m[i], buf, size), -EMSGSIZE);
+                        for (size_t k = size; k < sizeof(buf); k++)
+                                assert_int_equal(buf[k], 0xEE);
+                }
+                assert_int_equal(proto_encode(&m[i], buf, len), (int) len);
+                assert_int_equal(proto_encode(&m[i], buf, sizeof(buf)), (int) len);
+        }
+}
+
+static void test_encode_refuses(void **state) {
+        static struct pb_msg m;
+        uint8_t buf[PB_MSG_MAX];
+
+        fill_leases(&m, PB_LIST_MAX, false);
+        m.leases.count = PB_LIST_MAX + 1;
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+
+        fill_rules(&m, PB_RULES_MAX, false, 10);
+        m.rules.count = PB_RULES_MAX + 1;
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_ERROR;
+        m.error.code = EIO;
+        memset(m.error.message, 'x', sizeof(m.error.message));  /* no terminator: 256 bytes */
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+
+        static const uint16_t unknown[] = { 0, 7, 0x8000, 0x8007, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
+        for (size_t i = 0; i < ELEMENTSOF(unknown); i++) {
+                memset(&m, 0, sizeof(m));
+                m.hdr.type = unknown[i];
+                assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+        }
+}
+
+/* A STATUS request without an endpoint sends 24 zero bytes whatever the struct holds. */
+static void test_status_without_endpoint(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_STATUS, .id = 1 } }, d;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        m.status.endpoint = ep("tcp:127.0.0.1:80");
+        m.status.after_id = 9;
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 49);
+        assert_int_equal(buf[16], 0);
+        for (size_t i = 17; i < 17 + PB_ENDPOINT_WIRE_SIZE; i++)
+                assert_int_equal(buf[i], 0);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.status.has_endpoint, 0);
+        assert_int_equal(d.status.after_id, 9);
+
+        /* Any non-zero byte there is refused. */
+        for (size_t i = 17; i < 17 + PB_ENDPOINT_WIRE_SIZE; i++) {
+                buf[i] = 1;
+                assert_int_equal(decode(buf, len), -EBADMSG);
+                buf[i] = 0;
+        }
+        assert_int_equal(decode(buf, len), 0);
+}
+
+/* --- rejections of every sample ------------------------------------------ */
+
+static void test_truncated_every_length(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX], cut[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                for (size_t k = 0; k < len; k++) {
+                        struct pb_msg d, before;
+
+                        memset(&d, 0x3C, sizeof(d));
+                        before = d;
+                        /* As received: the length field no longer matches. */
+                        assert_int_equal(proto_decode(buf, k, &d), -EBADMSG);
+                        /* And with the length field fixed up, so only the body is short. */
+                        memcpy(cut, buf, k);
+                        if (k >= 4)
+                                fix_length(cut, k);
+                        assert_int_equal(proto_decode(cut, k, &d), -EBADMSG);
+                        assert_memory_equal(&d, &before, sizeof(d));     /* written only on success */
+                }
+        }
+}
+
+static void test_trailing_byte(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX + 1];
+        size_t n = samples(m, ELEMENTSOF(m));
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                for (unsigned v = 0; v < 256; v += 51) {
+                        buf[len] = (uint8_t) v;
+                        assert_int_equal(decode(buf, len + 1), -EBADMSG);
+                        fix_length(buf, len + 1);
+                        assert_int_equal(decode(buf, len + 1), -EBADMSG);
+                        fix_length(buf, len);
+                }
+                assert_int_equal(decode(buf, len), 0);
+        }
+}
+
+static void test_oversized(void **state) {
+        static uint8_t buf[PB_MSG_MAX * 2];
+        struct pb_msg m = { .hdr = { .type = PB_MSG_ERROR, .id = 1 }, .error = { .code = EIO } };
+        struct pb_header h;
+        size_t len = encode_ok(&m, buf);
+
+        assert_int_equal(decode(buf, len), 0);
+        static const size_t sizes[] = { PB_MSG_MAX + 1, PB_MSG_MAX + 2, 5000, sizeof(buf) };
+        for (size_t i = 0; i < ELEMENTSOF(sizes); i++) {
+                fix_length(buf, sizes[i]);
+                assert_int_equal(decode(buf, sizes[i]), -EBADMSG);
+                assert_int_equal(proto_decode_header(buf, sizes[i], &h), -EBADMSG);
+        }
+
+        /* PB_MSG_MAX itself is allowed by the header check (the body decides). */
+        fix_length(buf, PB_MSG_MAX);
+        assert_int_equal(proto_decode_header(buf, PB_MSG_MAX, &h), 0);
+        assert_int_equal(decode(buf, PB_MSG_MAX), -EBADMSG);
+}
+
+static void test_wrong_length_field(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+        struct pb_header h;
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+                const uint32_t wrong[] = { 0, 1, PB_HEADER_SIZE, (uint32_t) len - 1, (uint32_t) len + 1,
+                                           PB_MSG_MAX, PB_MSG_MAX + 1, 0x01000000u | (uint32_t) len, UINT32_MAX };
+
+                for (size_t k = 0; k < ELEMENTSOF(wrong); k++) {
+                        if (wrong[k] == len)
+                                continue;
+                        fix_length(buf, wrong[k]);
+                        assert_int_equal(decode(buf, len), -EBADMSG);
+                        assert_int_equal(proto_decode_header(buf, len, &h), -EBADMSG);
+                }
+                fix_length(buf, len);
+                assert_int_equal(decode(buf, len), 0);
+        }
+}
+
+static void test_reserved_nonzero(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+        struct pb_header h;
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                for (size_t byte = 12; byte < 16; byte++)
+                        for (unsigned bit = 0; bit < 8; bit++) {
+                                buf[byte] = (uint8_t) (1u << bit);
+                                assert_int_equal(decode(buf, len), -EBADMSG);
+                                assert_int_equal(proto_decode_header(buf, len, &h), -EBADMSG);
+                                buf[byte] = 0;
+                        }
+                assert_int_equal(decode(buf, len), 0);
+        }
+}
+
+static void test_wrong_version(void **state) {
+        static struct pb_msg m[32];
+        uint8_t buf[PB_MSG_MAX];
+        size_t n = samples(m, ELEMENTSOF(m));
+        static const uint16_t versions[] = { 0, 2, 3, 0x0100, 0x8001, 0xffff };
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+
+                for (size_t k = 0; k < ELEMENTSOF(versions); k++) {
+                        struct pb_header h;
+
+                        buf[4] = (uint8_t) (versions[k] >> 8);
+                        buf[5] = (uint8_t) versions[k];
+                        assert_int_equal(decode(buf, len), -EPROTO);
+                        /* The header alone still decodes, so the id can be echoed in the error. */
+                        assert_int_equal(proto_decode_header(buf, len, &h), 0);
+                        assert_int_equal(h.version, versions[k]);
+                        assert_int_equal(h.id, m[i].hdr.id);
+                }
+        }
+
+        /* A wrong version with a bad header is a bad header. */
+        size_t len = encode_ok(&m[0], buf);
+        buf[5] = 2;
+        buf[15] = 1;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        /* A wrong version wins over a bad body: the body is not looked at. */
+        buf[15] = 0;
+        fix_length(buf, len - 1);
+        assert_int_equal(decode(buf, len - 1), -EPROTO);
+}
+
+static void test_unknown_type(void **state) {
+        static const uint16_t types[] = {
+                0, 7, 8, 0x00ff, 0x7fff, 0x8000, 0x8007, 0x80ff, 0xc001, 0xfffe,
+        };
+        uint8_t buf[PB_MSG_MAX];
+        struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };
+        size_t len = encode_ok(&m, buf);
+
+        for (size_t i = 0; i < ELEMENTSOF(types); i++) {
+                struct pb_header h;
+
+                buf[6] = (uint8_t) (types[i] >> 8);
+                buf[7] = (uint8_t) types[i];
+                assert_int_equal(decode(buf, len), -EBADMSG);
+                assert_int_equal(proto_decode_header(buf, len, &h), 0);
+                assert_int_equal(h.type, types[i]);
+        }
+
+        /* Unknown types with a body that would fit a known type are refused too. */
+        m = (struct pb_msg) { .hdr = { .type = PB_MSG_POLICY_LIST, .id = 3 } };
+        len = encode_ok(&m, buf);
+        buf[7] = 9;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+}
+
+/* --- rejections of particular fields ------------------------------------- */
+
+static void test_bool_fields(void **state) {
+        static struct pb_msg m;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+#define CHECK_BOOL(off)                                                                 \
+        do {                                                                            \
+                assert_int_equal(decode(buf, len), 0);                                  \
+                for (unsigned v = 2; v < 256; v++) {                                    \
+                        uint8_t keep = buf[off];                                        \
+                        buf[off] = (uint8_t) v;                                         \
+                        assert_int_equal(decode(buf, len), -EBADMSG);                   \
+                        buf[off] = keep;                                                \
+                }                                                                       \
+                buf[off] ^= 1;  /* the other boolean value is fine (if the rest is) */  \
+        } while (0)
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_GET | PB_MSG_REPLY;
+        m.got.endpoint = ep("80");
+        len = encode_ok(&m, buf);
+        CHECK_BOOL(16 + 24 + 8);                        /* created */
+        assert_int_equal(decode(buf, len), 0);
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_STATUS;
+        m.status.has_endpoint = 1;
+        m.status.endpoint = ep("80");
+        len = encode_ok(&m, buf);
+        CHECK_BOOL(16);                                 /* has_endpoint */
+        /* has_endpoint 0 with an endpoint present is refused (reserved bytes). */
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        fill_leases(&m, 2, false);
+        len = encode_ok(&m, buf);
+        CHECK_BOOL(17);                                 /* more */
+        assert_int_equal(decode(buf, len), 0);
+        CHECK_BOOL(18 + LEASE_ENTRY_SIZE - 1);          /* leases[0].bound */
+        CHECK_BOOL(18 + 2 * LEASE_ENTRY_SIZE - 1);      /* leases[1].bound */
+
+        fill_rules(&m, 1, false, 12);
+        len = encode_ok(&m, buf);
+        CHECK_BOOL(17);                                 /* more */
+        assert_int_equal(decode(buf, len), 0);
+#undef CHECK_BOOL
+}
+
+static void test_counts_above_max(void **state) {
+        static struct pb_msg m;
+        static uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        /* 33 well-formed lease entries still fit a packet: only the count check refuses them. */
+        fill_leases(&m, PB_LIST_MAX, false);
+        len = encode_ok(&m, buf);
+        memcpy(buf + len, buf + 18, LEASE_ENTRY_SIZE);
+        len += LEASE_ENTRY_SIZE;
+        assert_true(len <= PB_MSG_MAX);
+        buf[16] = PB_LIST_MAX + 1;
+        fix_length(buf, len);
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        for (unsigned c = PB_LIST_MAX + 2; c < 256; c++) {
+                buf[16] = (uint8_t) c;
+                assert_int_equal(decode(buf, len), -EBADMSG);
+        }
+
+        /* 13 rules with long unit names fit too. */
+        fill_rules(&m, PB_RULES_MAX, false, PB_TEXT_MAX);
+        len = encode_ok(&m, buf);
+        memcpy(buf + len, buf + 18, RULE_ENTRY_SIZE(PB_TEXT_MAX));
+        len += RULE_ENTRY_SIZE(PB_TEXT_MAX);
+        assert_true(len <= PB_MSG_MAX);
+        buf[16] = PB_RULES_MAX + 1;
+        fix_length(buf, len);
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 255;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* A count that disagrees with the entries present. */
+        fill_leases(&m, 2, false);
+        len = encode_ok(&m, buf);
+        buf[16] = 1;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 3;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 0;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 2;
+        assert_int_equal(decode(buf, len), 0);
+}
+
+static void test_text_control_bytes(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_ERROR, .id = 2 }, .error = { .code = EACCES } }, d;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        strcpy(m.error.message, "permission denied");
+        len = encode_ok(&m, buf);
+        for (unsigned pos = 21; pos < len; pos++) {
+                uint8_t keep = buf[pos];
+
+                for (unsigned c = 0; c < 0x20; c++) {
+                        buf[pos] = (uint8_t) c;
+                        assert_int_equal(decode(buf, len), -EBADMSG);
+                }
+                buf[pos] = 0x7f;
+                assert_int_equal(decode(buf, len), -EBADMSG);
+                /* Bytes 0x80..0xff (UTF-8) and printable ASCII are fine. */
+                buf[pos] = 0x80;
+                assert_int_equal(decode(buf, len), 0);
+                buf[pos] = 0xff;
+                assert_int_equal(decode(buf, len), 0);
+                buf[pos] = ' ';
+                assert_int_equal(decode(buf, len), 0);
+                buf[pos] = keep;
+        }
+
+        /* Text length byte past the end, or short of it. */
+        buf[20]++;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[20] -= 2;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[20]++;
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_string_equal(d.error.message, "permission denied");
+
+        /* A unit name with a control byte. */
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_POLICY_ADD;
+        m.policy_add.principal.kind = PB_PRINCIPAL_UNIT;
+        strcpy(m.policy_add.principal.unit, "web.service");
+        m.policy_add.pattern = pat("80");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        buf[22 + 3] = '\n';
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[22 + 3] = '\0';
+        assert_int_equal(decode(buf, len), -EBADMSG);
+}
+
+static void test_error_code(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_ERROR, .id = 2 }, .error = { .code = 1 } }, d;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len = encode_ok(&m, buf);
+        static const uint32_t bad[] = { 0, 0xffffffffu, 0x80000000u, 0xfffff000u };
+
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.error.code, 1);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                put_be32(buf + 16, bad[i]);
+                assert_int_equal(decode(buf, len), -EBADMSG);
+        }
+        put_be32(buf + 16, 0x7fffffffu);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.error.code, INT32_MAX);
+}
+
+static void test_invalid_principals(void **state) {
+        static const struct pb_principal bad[] = {
+                { .kind = 0, .id = 1000 },
+                { .kind = 4, .id = 1000 },
+                { .kind = 0xff },
+                { .kind = PB_PRINCIPAL_USER, .id = UINT32_MAX },
+                { .kind = PB_PRINCIPAL_GROUP, .id = UINT32_MAX },
+                { .kind = PB_PRINCIPAL_USER, .id = 1000, .unit = "web.service" },
+                { .kind = PB_PRINCIPAL_GROUP, .id = 0, .unit = "x.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 1, .unit = "web.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "webservice" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = ".service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "web service.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "a/b.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "web.service\x7f" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "w\xc3\xa9.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .id = 0, .unit = "web.service;" },
+        };
+        static const struct pb_principal good[] = {
+                { .kind = PB_PRINCIPAL_USER, .id = 0 },
+                { .kind = PB_PRINCIPAL_USER, .id = UINT32_MAX - 1 },
+                { .kind = PB_PRINCIPAL_GROUP, .id = 100 },
+                { .kind = PB_PRINCIPAL_UNIT, .unit = "web.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .unit = "getty@tty1.service" },
+                { .kind = PB_PRINCIPAL_UNIT, .unit = "user-1000.slice" },
+                { .kind = PB_PRINCIPAL_UNIT, .unit = "a:b_c\\x2d.d" },
+        };
+        static struct pb_msg m, rm;
+        uint8_t buf[PB_MSG_MAX];
+
+        for (size_t i = 0; i < ELEMENTSOF(good); i++) {
+                assert_int_equal(proto_principal_validate(&good[i]), 0);
+                memset(&m, 0, sizeof(m));
+                m.hdr.type = PB_MSG_POLICY_ADD;
+                m.policy_add.principal = good[i];
+                m.policy_add.pattern = pat("80");
+                assert_int_equal(decode(buf, encode_ok(&m, buf)), 0);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                if (proto_principal_validate(&bad[i]) != -EINVAL)
+                        fail_msg("principal %zu (kind %u, id %u, unit '%s') was accepted", i, bad[i].kind,
+                                 bad[i].id, bad[i].unit);
+                /* In a policy-add request... */
+                memset(&m, 0, sizeof(m));
+                m.hdr.type = PB_MSG_POLICY_ADD;
+                m.policy_add.principal = bad[i];
+                m.policy_add.pattern = pat("80");
+                assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+                /* ...and in a rule list reply. */
+                fill_rules(&rm, 2, false, 30);
+                rm.rules.rules[1].principal = bad[i];
+                assert_int_equal(decode(buf, encode_ok(&rm, buf)), -EBADMSG);
+        }
+}
+
+static void test_endpoints_in_messages(void **state) {
+        static struct pb_msg m;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        /* A GET carries an endpoint, never a range. */
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_GET;
+        m.get.endpoint = pat("tcp:8000-8001");
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+        m.hdr.type = PB_MSG_RELEASE;
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+
+        /* ...but a policy-add pattern may be one. */
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_POLICY_ADD;
+        m.policy_add.principal.kind = PB_PRINCIPAL_USER;
+        m.policy_add.pattern = pat("tcp:8000-8001");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        /* Its endpoint's reserved bytes are checked. */
+        buf[len - PB_ENDPOINT_WIRE_SIZE + 6] = 1;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_GET;
+        m.get.endpoint = ep("80");
+        len = encode_ok(&m, buf);
+        buf[16 + 7] = 0x80;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16 + 7] = 0;
+        buf[16] = 0;                            /* transport */
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = PB_TCP;
+        buf[18] = buf[19] = 0;                  /* port 0 */
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* A STATUS that has an endpoint must have a valid one. */
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_STATUS;
+        m.status.has_endpoint = 1;
+        m.status.endpoint = pat("tcp:8000-8001");
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+
+        /* A lease entry's endpoint too. */
+        fill_leases(&m, 3, false);
+        m.leases.leases[2].endpoint.family = 5;
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+}
+
+static void test_decode_writes_only_on_success(void **state) {
+        static struct pb_msg m, d, before;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        fill_rules(&m, 2, false, 20);
+        len = encode_ok(&m, buf);
+        buf[len - 1] ^= 0x40;           /* still decodes to something: the created time */
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        buf[18 + 8] = 9;                /* first rule's principal kind */
+        memset(&d, 0x61, sizeof(d));
+        before = d;
+        assert_int_equal(proto_decode(buf, len, &d), -EBADMSG);
+        assert_memory_equal(&d, &before, sizeof(d));
+}
+
+/* --- small helpers --------------------------------------------------------- */
+
+static void test_carries_fd(void **state) {
+        for (unsigned t = 0; t <= 0xffff; t++)
+                assert_int_equal(proto_type_carries_fd((uint16_t) t), t == (PB_MSG_GET | PB_MSG_REPLY));
+}
+
+static void test_set_error(void **state) {
+        static struct pb_msg m, d;
+        uint8_t buf[PB_MSG_MAX];
+        char long_text[1000];
+
+        memset(&m, 0x55, sizeof(m));
+        proto_set_error(&m, 9, -EBUSY, "held by %s\nsecond line\t%c", "uid 1000", 0x7f);
+        assert_int_equal(m.hdr.type, PB_MSG_ERROR);
+        assert_int_equal(m.hdr.id, 9);
+        assert_int_equal(m.error.code, EBUSY);
+        assert_string_equal(m.error.message, "held by uid 1000?second line??");
+        assert_int_equal(proto_decode(buf, encode_ok(&m, buf), &d), 0);
+        assert_msg_equal(&m, &d);
+
+        proto_set_error(&m, 0, EUSERS, "x");
+        assert_int_equal(m.error.code, EUSERS);
+        assert_int_equal(m.hdr.id, 0);
+
+        /* Long text is cut to PB_TEXT_MAX and still encodes. */
+        memset(long_text, 'y', sizeof(long_text) - 1);
+        long_text[sizeof(long_text) - 1] = '\0';
+        proto_set_error(&m, 1, EIO, "%s", long_text);
+        assert_int_equal(strlen(m.error.message), PB_TEXT_MAX);
+        assert_int_equal(encode_ok(&m, buf), 16 + 4 + 1 + PB_TEXT_MAX);
+        assert_int_equal(proto_decode(buf, 16 + 4 + 1 + PB_TEXT_MAX, &d), 0);
+}
+
+/* --- fdpass ---------------------------------------------------------------- */
+
+static int count_fds(void) {
+        DIR *d = opendir("/proc/self/fd");
+        int n = 0;
+
+        assert_non_null(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
+}
+
+static void make_pair(int sv[2]) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+}
+
+static int open_null(void) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        return fd;
+}
+
+static bool same_file(int a, int b) {
+        struct stat sa, sb;
+        assert_int_equal(fstat(a, &sa), 0);
+        assert_int_equal(fstat(b, &sb), 0);
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Sends buf with the given fds in one SCM_RIGHTS message. */
+static void send_fds(int sock_fd, const void *buf, size_t len, const int *fds, size_t n_fds) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 16)];
+        } control;
+        struct iovec iov = { .iov_base = (void *) buf, .iov_len = len };
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = control.buf,
+                .msg_controllen = CMSG_SPACE(sizeof(int) * n_fds),
+        };
+        struct cmsghdr *c;
+
+        assert_true(n_fds >= 1 && n_fds <= 16);
+        memset(&control, 0, sizeof(control));
+        c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+        assert_int_equal(sendmsg(sock_fd, &mh, MSG_NOSIGNAL), (ssize_t) len);
+}
+
+static void test_fdpass_one_fd(void **state) {
+        int sv[2], null_fd = open_null(), got_fd = -2;
+        char buf[64];
+
+        make_pair(sv);
+        assert_int_equal(fdpass_send(sv[0], "hello", 5, null_fd, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), 5);
+        assert_memory_equal(buf, "hello", 5);
+        assert_true(got_fd >= 0);
+        assert_int_not_equal(got_fd, null_fd);
+        assert_true(fcntl(got_fd, F_GETFD) & FD_CLOEXEC);
+        assert_true(same_file(got_fd, null_fd));
+        /* fdpass_send does not consume the fd. */
+        assert_true(fcntl(null_fd, F_GETFD) >= 0);
+        close(got_fd);
+
+        /* No fd sent, one allowed: -1. */
+        assert_int_equal(fdpass_send(sv[0], "x", 1, -1, 0), 0);
+        got_fd = -2;
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), 1);
+        assert_int_equal(got_fd, -1);
+
+        /* A buffer exactly the message's size is enough. */
+        assert_int_equal(fdpass_send(sv[0], "abcd", 4, null_fd, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, 4, &got_fd, 0), 4);
+        assert_true(got_fd >= 0);
+        close(got_fd);
+
+        close(null_fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void test_fdpass_unexpected_fd(void **state) {
+        int sv[2], null_fd = open_null(), before, got_fd = -2;
+        char buf[64];
+
+        make_pair(sv);
+        before = count_fds();
+        assert_int_equal(fdpass_send(sv[0], "hello", 5, null_fd, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), NULL, 0), -EBADMSG);
+        assert_int_equal(count_fds(), before);
+
+        /* The socket still works for the next message. */
+        assert_int_equal(fdpass_send(sv[0], "again", 5, -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), 5);
+        assert_int_equal(got_fd, -1);
+
+        close(null_fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void test_fdpass_two_fds(void **state) {
+        int sv[2], fds[2] = { open_null(), open_null() }, before, got_fd = -2;
+        char buf[64];
+
+        make_pair(sv);
+        before = count_fds();
+        send_fds(sv[0], "two", 3, fds, 2);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EBADMSG);
+        assert_int_equal(got_fd, -2);           /* not written on failure */
+        assert_int_equal(count_fds(), before);
+
+        send_fds(sv[0], "two", 3, fds, 2);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), NULL, 0), -EBADMSG);
+        assert_int_equal(count_fds(), before);
+
+        /* Four fds, and twelve: more than fdpass makes room for, so the
+         * kernel truncates the control data (MSG_CTRUNC). All are closed. */
+        {
+                int many[12];
+
+                for (size_t i = 0; i < ELEMENTSOF(many); i++)
+                        many[i] = fds[i % 2];
+                send_fds(sv[0], "four", 4, many, 4);
+                assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EBADMSG);
+                assert_int_equal(count_fds(), before);
+                send_fds(sv[0], "twelve", 6, many, 12);
+                assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EBADMSG);
+                assert_int_equal(got_fd, -2);
+                assert_int_equal(count_fds(), before);
+        }
+
+        close(fds[0]);
+        close(fds[1]);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void test_fdpass_too_large(void **state) {
+        int sv[2], null_fd = open_null(), before, got_fd = -2;
+        static uint8_t big[PB_MSG_MAX + 1];
+        static uint8_t buf[PB_MSG_MAX];
+
+        make_pair(sv);
+        memset(big, 'z', sizeof(big));
+        assert_int_equal(fdpass_send(sv[0], big, sizeof(big), -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EMSGSIZE);
+        assert_int_equal(got_fd, -2);
+
+        /* Too large and carrying an fd: the fd is closed as well. */
+        before = count_fds();
+        assert_int_equal(fdpass_send(sv[0], big, sizeof(big), null_fd, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EMSGSIZE);
+        assert_int_equal(count_fds(), before);
+
+        /* A too-large packet is consumed whole: the next one reads normally. */
+        assert_int_equal(fdpass_send(sv[0], "ok", 2, -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), NULL, 0), 2);
+
+        close(null_fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void test_fdpass_credentials(void **state) {
+        int sv[2], one = 1, got_fd = -2, null_fd = open_null(), before;
+        char buf[64];
+
+        make_pair(sv);
+        assert_int_equal(setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)), 0);
+        assert_int_equal(fdpass_send(sv[0], "cred", 4, -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EBADMSG);
+        assert_int_equal(got_fd, -2);
+
+        /* Credentials and an fd: the fd is closed. */
+        before = count_fds();
+        assert_int_equal(fdpass_send(sv[0], "cred", 4, null_fd, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), -EBADMSG);
+        assert_int_equal(count_fds(), before);
+
+        close(null_fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+static void test_fdpass_eof_and_errors(void **state) {
+        int sv[2], got_fd = -2;
+        char buf[64];
+
+        make_pair(sv);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, MSG_DONTWAIT), -EAGAIN);
+        close(sv[0]);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, 0), 0);
+        assert_int_equal(got_fd, -1);
+        /* MSG_NOSIGNAL: a closed peer is -EPIPE, not SIGPIPE. */
+        assert_int_equal(fdpass_send(sv[1], "x", 1, -1, 0), -EPIPE);
+        close(sv[1]);
+
+        assert_int_equal(fdpass_send(-1, "x", 1, -1, 0), -EBADF);
+        assert_int_equal(fdpass_recv(-1, buf, sizeof(buf), NULL, 0), -EBADF);
+}
+
+/* A real message through the socketpair, as brokerd answers a GET. */
+static void test_fdpass_get_reply(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_GET | PB_MSG_REPLY, .id = 5 } }, d;
+        uint8_t buf[PB_MSG_MAX], rbuf[PB_MSG_MAX];
+        int sv[2], null_fd = open_null(), got_fd = -1, n;
+        size_t len;
+
+        m.got.endpoint = ep("tcp:[::1]:8443");
+        m.got.lease_id = 12;
+        m.got.created = 1;
+        len = encode_ok(&m, buf);
+        make_pair(sv);
+        assert_int_equal(fdpass_send(sv[0], buf, len, null_fd, 0), 0);
+        n = fdpass_recv(sv[1], rbuf, sizeof(rbuf), &got_fd, 0);
+        assert_int_equal(n, (int) len);
+        assert_int_equal(proto_decode(rbuf, (size_t) n, &d), 0);
+        assert_msg_equal(&m, &d);
+        assert_true(proto_type_carries_fd(d.hdr.type));
+        assert_true(got_fd >= 0 && same_file(got_fd, null_fd));
+        close(got_fd);
+        close(null_fd);
+        close(sv[0]);
+        close(sv[1]);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_header_layout),
+                cmocka_unit_test(test_encoded_sizes),
+                cmocka_unit_test(test_full_lists_fit),
+                cmocka_unit_test(test_round_trip_every_type),
+                cmocka_unit_test(test_encode_small_buffer),
+                cmocka_unit_test(test_encode_refuses),
+                cmocka_unit_test(test_status_without_endpoint),
+                cmocka_unit_test(test_truncated_every_length),
+                cmocka_unit_test(test_trailing_byte),
+                cmocka_unit_test(test_oversized),
+                cmocka_unit_test(test_wrong_length_field),
+                cmocka_unit_test(test_reserved_nonzero),
+                cmocka_unit_test(test_wrong_version),
+                cmocka_unit_test(test_unknown_type),
+                cmocka_unit_test(test_bool_fields),
+                cmocka_unit_test(test_counts_above_max),
+                cmocka_unit_test(test_text_control_bytes),
+                cmocka_unit_test(test_error_code),
+                cmocka_unit_test(test_invalid_principals),
+                cmocka_unit_test(test_endpoints_in_messages),
+                cmocka_unit_test(test_decode_writes_only_on_success),
+                cmocka_unit_test(test_carries_fd),
+                cmocka_unit_test(test_set_error),
+                cmocka_unit_test(test_fdpass_one_fd),
+                cmocka_unit_test(test_fdpass_unexpected_fd),
+                cmocka_unit_test(test_fdpass_two_fds),
+                cmocka_unit_test(test_fdpass_too_large),
+                cmocka_unit_test(test_fdpass_credentials),
+                cmocka_unit_test(test_fdpass_eof_and_errors),
+                cmocka_unit_test(test_fdpass_get_reply),
+        };
+
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
