@@ -42,6 +42,7 @@
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
 #define ACCEPT_PAUSE_USEC (100 * 1000)  /* back-off when out of fds */
 #define ACCEPT_BURST 64                 /* accepts per wake-up */
+#define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
 
 struct conn {
         struct broker *broker;
@@ -60,6 +61,7 @@ struct broker {
         sd_event_source *control_source;
         sd_event_source *accept_pause_source;
         sd_event_source *flush_source;
+        sd_event_source *rebind_source; /* retries unbound leases */
         struct conn *conns;
         unsigned n_conns;
         uint64_t refused_conns;         /* over --max-connections, since start */
@@ -89,6 +91,17 @@ static struct log_fields peer_fields(const struct peer *p, const char *endpoint,
         };
 }
 
+/* Arms timer s to fire once, delay from now, unless it is armed already. */
+static void arm_oneshot(struct broker *b, sd_event_source *s, uint64_t delay) {
+        uint64_t now;
+
+        if (sd_event_source_get_enabled(s, NULL) > 0)
+                return;
+        sd_event_now(b->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(s, now + delay);
+        sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
+}
+
 static void audit(struct broker *b, const char *event, const struct peer *p, const char *endpoint,
                   const char *detail) {
         struct store_event ev = {
@@ -98,14 +111,9 @@ static void audit(struct broker *b, const char *event, const struct peer *p, con
                 .endpoint = endpoint,
                 .detail = detail,
         };
-        uint64_t now;
 
         store_event_queue(b->store, &ev);
-        if (sd_event_source_get_enabled(b->flush_source, NULL) > 0)
-                return;
-        sd_event_now(b->event, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(b->flush_source, now + FLUSH_DELAY_USEC);
-        sd_event_source_set_enabled(b->flush_source, SD_EVENT_ONESHOT);
+        arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
 }
 
 static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -167,6 +175,46 @@ static void lease_free(struct lease *l) {
         l->hup_source = sd_event_source_disable_unref(l->hup_source);
         lease_close_socket(l);
         free(l);
+}
+
+/* Binds an unbound lease, or adopts the socket a holder kept from an earlier
+ * broker, and watches it. Returns 0 or -errno; logs success only (the
+ * failure was logged when the lease came back). */
+static int lease_try_bind(struct broker *b, struct lease *l) {
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo,
+                                .uid = (long) l->owner_uid, .pid = -1 };
+        int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
+        pid_t from;
+
+        if (r == -EADDRINUSE && lease_adopt(&l->endpoint, geteuid(), &l->sock_fd, &from) >= 0) {
+                log_event(LOG_INFO, "adopt", &f, "lease %llu: took its socket back from pid %d, which still held it",
+                          (unsigned long long) l->id, (int) from);
+                r = 0;
+        } else if (r < 0)
+                return r;
+        else
+                log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
+        if (lease_watch(b, l) < 0)
+                log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
+        return 0;
+}
+
+/* Retries every unbound lease, so a port is taken back soon after whatever
+ * held it (say a holder that outlived a broker crash) lets go. */
+static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct broker *b = userdata;
+        bool pending = false;
+
+        for (size_t i = 0; i < b->leases.n; i++) {
+                struct lease *l = b->leases.by_id[i];
+
+                if (l->sock_fd < 0 && lease_try_bind(b, l) < 0)
+                        pending = true;
+        }
+        if (pending)
+                arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        return 0;
 }
 
 /* --- request handlers ------------------------------------------------------ */
@@ -253,14 +301,13 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
 
         if (l->sock_fd < 0) {
                 /* Not re-bound at start (the port was busy): try again now. */
-                r = lease_bind(e, l->backlog, &l->sock_fd);
+                r = lease_try_bind(b, l);
                 if (r < 0) {
-                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s again: %s", text, strerror(-r));
+                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s again: %s%s", text, strerror(-r),
+                                        r == -EADDRINUSE ? " (another socket holds the port; brokerd retries)" : "");
                         log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
                         return;
                 }
-                log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
-                lease_watch(b, l);
         }
 
         r = lease_ensure_listening(l);
@@ -669,14 +716,10 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
 
                 if (conn_fd < 0) {
                         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-                                uint64_t now;
-
                                 log_msg(LOG_WARNING, "cannot accept: %s; pausing new connections for 100 ms",
                                         strerror(errno));
                                 sd_event_source_set_enabled(b->control_source, SD_EVENT_OFF);
-                                sd_event_now(b->event, CLOCK_MONOTONIC, &now);
-                                sd_event_source_set_time(b->accept_pause_source, now + ACCEPT_PAUSE_USEC);
-                                sd_event_source_set_enabled(b->accept_pause_source, SD_EVENT_ONESHOT);
+                                arm_oneshot(b, b->accept_pause_source, ACCEPT_PAUSE_USEC);
                         }
                         return 0;
                 }
@@ -864,19 +907,17 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
                 .sock_fd = -1,
                 .backlog = b->opt.backlog,
         };
-        r = lease_bind(&sl->endpoint, l->backlog, &l->sock_fd);
-        if (r < 0)
-                log_event(LOG_ERR, "rebind", &f, "cannot bind lease %llu again: %s; will retry at the next get",
-                          (unsigned long long) sl->id, strerror(-r));
-        else
-                log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) sl->id);
         r = lease_table_add(&b->leases, l);
         if (r < 0) {
                 lease_free(l);
                 return r;
         }
-        if (lease_watch(b, l) < 0)
-                log_event(LOG_WARNING, "error", &f, "cannot watch the listener");
+        r = lease_try_bind(b, l);
+        if (r < 0) {
+                log_event(LOG_ERR, "rebind", &f, "cannot bind lease %llu again: %s; retrying until it is free",
+                          (unsigned long long) sl->id, strerror(-r));
+                arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        }
         return 0;
 }
 
@@ -919,10 +960,12 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
             (r = sd_event_add_signal(b->event, NULL, SIGINT, on_signal, b)) < 0 ||
             (r = sd_event_add_time(b->event, &b->flush_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_flush, b)) < 0 ||
             (r = sd_event_add_time(b->event, &b->accept_pause_source, CLOCK_MONOTONIC, 0, 10 * 1000,
-                                   on_accept_resume, b)) < 0)
+                                   on_accept_resume, b)) < 0 ||
+            (r = sd_event_add_time(b->event, &b->rebind_source, CLOCK_MONOTONIC, 0, 50 * 1000, on_rebind, b)) < 0)
                 goto fail;
         sd_event_source_set_enabled(b->flush_source, SD_EVENT_OFF);
         sd_event_source_set_enabled(b->accept_pause_source, SD_EVENT_OFF);
+        sd_event_source_set_enabled(b->rebind_source, SD_EVENT_OFF);
         (void) sd_event_set_watchdog(b->event, true);
 
         r = parent_dir(opt->db_path, dir, sizeof(dir));
@@ -981,6 +1024,7 @@ void broker_free(struct broker *b) {
         b->control_source = sd_event_source_disable_unref(b->control_source);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->accept_pause_source = sd_event_source_disable_unref(b->accept_pause_source);
+        b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
         if (b->control_fd >= 0)
                 close(b->control_fd);
         if (b->control_created)

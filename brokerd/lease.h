@@ -44,6 +44,13 @@ struct lease_table {
  * Returns 0 and *ret_fd, or -errno. */
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
+/* Takes back a socket for e that outlived an earlier broker in some other
+ * process (a holder still running after a broker crash): finds a socket on
+ * e's port created by sock_uid (the broker's uid) in /proc/net, finds a
+ * process holding it, and copies it with pidfd_getfd(). Returns 0, *ret_fd
+ * and *ret_pid (the process it came from), or -ENOENT when there is none. */
+int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, int *ret_fd, pid_t *ret_pid);
+
 /* For a bound TCP lease, listens again if a holder's shutdown() stopped it.
  * Returns 1 when it repaired, 0 when nothing was wrong, -errno on failure. */
 int lease_ensure_listening(struct lease *l);

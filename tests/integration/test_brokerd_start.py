@@ -92,17 +92,7 @@ def test_live_socket_kept_stale_socket_replaced(tmp_path):
     assert not sock_path.exists()                   # removed at a clean stop
 
 
-def test_detaches_only_when_ready(tmp_path):
-    """Without --foreground brokerd detaches; the parent exits 0 only once the child serves."""
-    sock_path = tmp_path / "c.sock"
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
-    r = subprocess.run([BROKERD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
-                       env=env, capture_output=True, text=True, timeout=10)
-    assert r.returncode == 0, r.stderr
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    s.connect(str(sock_path))                       # serving already: no wait needed
-    s.close()
-    pid = None
+def detached_pid(sock_path):
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
@@ -110,9 +100,30 @@ def test_detaches_only_when_ready(tmp_path):
             except OSError:
                 continue
             if cmd and cmd[0] == BROKERD.encode() and str(sock_path).encode() in cmd:
-                pid = int(p.name)
-    assert pid, "detached brokerd not found"
-    os.kill(pid, 15)
+                return int(p.name)
+    return None
+
+
+def test_detaches_only_when_ready(tmp_path):
+    """Without --foreground brokerd detaches; the parent exits 0 only once the child serves."""
+    sock_path = tmp_path / "c.sock"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
+    # stderr to a file, not a pipe: the parent's exit is what is awaited, not the daemon's EOF.
+    with open(tmp_path / "stderr", "w+") as err:
+        r = subprocess.run([BROKERD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
+                           env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=10)
+        err.seek(0)
+        stderr = err.read()
+    pid = detached_pid(sock_path)
+    try:
+        assert r.returncode == 0, stderr
+        assert pid, "detached brokerd not found"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(str(sock_path))                   # serving already: no wait needed
+        s.close()
+    finally:
+        if pid:
+            os.kill(pid, 15)
     # Failure to start is reported by the parent's exit status.
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"garbage" * 1000)

@@ -196,6 +196,49 @@ static void test_queued_and_holders(void **state) {
         lease_close_socket(&l);
 }
 
+static void test_adopt_from_surviving_holder(void **state) {
+        struct pb_endpoint e;
+        char text[32];
+        int fd, adopted_fd, pipefd[2];
+        pid_t child, from = 0;
+        char byte;
+
+        snprintf(text, sizeof(text), "tcp:%u", free_port(SOCK_STREAM));
+        assert_int_equal(endpoint_parse(text, &e), 0);
+        assert_int_equal(lease_adopt(&e, geteuid(), &adopted_fd, &from), -ENOENT);
+        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(pipe(pipefd), 0);
+        child = fork();
+        assert_true(child >= 0);
+        if (child == 0) {                       /* the holder that outlives the "broker" */
+                close(pipefd[1]);
+                (void) !read(pipefd[0], &byte, 1);
+                _exit(0);
+        }
+        close(pipefd[0]);
+        close(fd);                              /* the "broker" is gone; only the child holds it */
+        assert_int_equal(lease_bind(&e, 16, &fd), -EADDRINUSE);
+
+        /* Not for another uid's sockets, nor for another address on the port. */
+        assert_int_equal(lease_adopt(&e, geteuid() + 1, &adopted_fd, &from), -ENOENT);
+        snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", e.port_lo);
+        {
+                struct pb_endpoint other;
+                assert_int_equal(endpoint_parse(text, &other), 0);
+                assert_int_equal(lease_adopt(&other, geteuid(), &adopted_fd, &from), -ENOENT);
+        }
+
+        assert_int_equal(lease_adopt(&e, geteuid(), &adopted_fd, &from), 0);
+        assert_int_equal(from, child);
+        assert_true(fcntl(adopted_fd, F_GETFD) & FD_CLOEXEC);
+        assert_int_equal(getopt_int(adopted_fd, SOL_SOCKET, SO_ACCEPTCONN), 1);
+        close(pipefd[1]);
+        assert_int_equal(waitpid(child, NULL, 0), child);
+        /* The holder is gone and the port is still held: by the adopted copy. */
+        assert_int_equal(plain_bind(AF_INET6, SOCK_STREAM, "::", e.port_lo, true), -EADDRINUSE);
+        close(adopted_fd);
+}
+
 static void test_table_10000(void **state) {
         enum { N = 10000 };
         struct lease_table t = { 0 };
@@ -253,6 +296,7 @@ int main(void) {
                 cmocka_unit_test(test_udp_never_shared),
                 cmocka_unit_test(test_shutdown_repaired),
                 cmocka_unit_test(test_queued_and_holders),
+                cmocka_unit_test(test_adopt_from_surviving_holder),
                 cmocka_unit_test(test_table_10000),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,537 @@
+# SPDX-License-Identifier: MIT
+"""Harness of the integration tests: the real brokerd in a temp dir and a
+private network namespace, portctl run as other uids, and the C helpers
+pb-testserver and pb-load.
+
+Fixtures:
+  netns        a fresh network namespace (loopback up) for the test; the
+               pytest process enters it, so every process it starts inherits
+               it; restored afterwards. Skips the test when not root.
+  procs        spawns processes (servers, load) that are killed at teardown.
+  make_broker  factory: make_broker(*extra_args) -> a started Broker.
+  broker       a Broker with the default options.
+  portctl      broker.portctl: portctl(*args, uid=None, check=True, json=False).
+  scratch      a directory every uid may write (server output files).
+
+Nothing sleeps blindly: readiness comes from NOTIFY_SOCKET (brokerd) or the
+"ready PID" line (pb-testserver), and conditions are polled with timeouts.
+Helpers other modules import: wait_for, try_bind, Load, PYTHON, TESTSERVER...
+"""
+
+import ctypes
+import errno
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("PB_BUILD", ROOT / "build"))
+BROKERD = str(BUILD / "brokerd")
+PORTCTL = str(BUILD / "portctl")
+TESTSERVER = str(BUILD / "pb-testserver")
+LOAD = str(BUILD / "pb-load")
+PYTHON = "/usr/bin/python3"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+CLONE_NEWNET = 0x40000000
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "ERROR: UndefinedBehaviorSanitizer")
+NOBODY = 65534
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def need(path):
+    if not Path(path).exists():
+        pytest.fail(f"{path} is missing: run `make all helpers` first (PB_BUILD={BUILD})")
+
+
+def wait_for(cond, timeout, what, interval=0.01):
+    """Polls cond() until it returns a true value, which is returned; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(**extra):
+    """A small, predictable environment for the processes we start."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    for k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    env.update({k: str(v) for k, v in extra.items() if v is not None})
+    return env
+
+
+def as_user(uid, gid=None, groups=None):
+    """argv prefix running a command as uid (no passwd entry needed); [] for None."""
+    if uid is None:
+        return []
+    prefix = ["setpriv", "--reuid", str(uid), "--regid", str(uid if gid is None else gid)]
+    if groups:
+        prefix += ["--groups", ",".join(str(g) for g in groups)]
+    else:
+        prefix += ["--clear-groups"]
+    return prefix
+
+
+def check_sanitizers(text, who):
+    for mark in SANITIZER_MARKS:
+        assert mark not in text, f"{who} reported a sanitizer error:\n{text[-4000:]}"
+
+
+def try_bind(port, proto="tcp", addr="::", reuseaddr=True, reuseport=False):
+    """Binds addr:port in this process (root) and closes it; returns 0 or the errno."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if reuseaddr:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            s.bind((addr, port))
+            if proto == "tcp":
+                s.listen(1)
+        except OSError as e:
+            return e.errno
+        return 0
+    finally:
+        s.close()
+
+
+def fetch(port, addr="127.0.0.1", timeout=5.0):
+    """Connects to addr:port and returns the server's whole reply (str)."""
+    with socket.create_connection((addr, port), timeout=timeout) as s:
+        data = b""
+        while True:
+            chunk = s.recv(256)
+            if not chunk:
+                return data.decode()
+            data += chunk
+
+
+def save_results(name, data):
+    """Merges data under key name into results/restart-<build dir>.json (one
+    file per build, so a sanitizer run does not overwrite plain numbers) and
+    prints it (visible with pytest -s)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"restart-{BUILD.name}.json"
+    data = dict(data, kernel=os.uname().release, build=str(BUILD),
+                measured=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    try:
+        allr = json.loads(path.read_text())
+    except (OSError, ValueError):
+        allr = {}
+    allr[name] = data
+    path.write_text(json.dumps(allr, indent=2, sort_keys=True) + "\n")
+    print(f"\n[{name}] {json.dumps(data, sort_keys=True)}")
+
+
+class Result:
+    """What a finished command left: returncode, stdout, stderr, and .json of stdout."""
+
+    def __init__(self, argv, cp):
+        self.argv, self.returncode, self.stdout, self.stderr = argv, cp.returncode, cp.stdout, cp.stderr
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.stdout)
+        except ValueError as e:
+            raise AssertionError(f"{self.argv}: stdout is not JSON ({e}): {self.stdout!r}") from None
+
+    def __repr__(self):
+        return (f"<{' '.join(self.argv)}: rc={self.returncode} stdout={self.stdout!r} "
+                f"stderr={self.stderr!r}>")
+
+
+class Proc:
+    """A long-running child; stdout is a pipe we scan for "ready PID"."""
+
+    def __init__(self, argv, env, stderr_path, name):
+        self.argv, self.name, self.stderr_path = argv, name, stderr_path
+        self._buf = b""
+        with open(stderr_path, "ab") as err:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=err, env=env, close_fds=True)
+        self.pid = self.popen.pid
+        os.set_blocking(self.popen.stdout.fileno(), False)
+
+    def _read_some(self, timeout):
+        r, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        if not r:
+            return False
+        try:
+            chunk = os.read(self.popen.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return False
+        self._buf += chunk
+        return bool(chunk)
+
+    def output(self):
+        """stdout so far (non-blocking)."""
+        while self._read_some(0):
+            pass
+        return self._buf.decode(errors="replace")
+
+    def stderr(self):
+        return Path(self.stderr_path).read_text(errors="replace")
+
+    def wait_ready(self, timeout=10.0):
+        """Waits for the "ready PID" line; returns the pid it names."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self._buf.decode(errors="replace").splitlines():
+                if line.startswith("ready "):
+                    return int(line.split()[1])
+            left = deadline - time.monotonic()
+            if self.popen.poll() is not None and not self._read_some(0):
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode} before ready: "
+                                     f"{self.stderr()[-2000:]}")
+            if left <= 0:
+                raise AssertionError(f"{self.name} not ready after {timeout}s: {self.stderr()[-2000:]}")
+            self._read_some(min(left, 0.1))
+
+    def kill9(self):
+        """SIGKILL and reap; returns the time of the kill (monotonic)."""
+        t = time.monotonic()
+        self.popen.kill()
+        self.popen.wait(timeout=10)
+        return t
+
+    def wait(self, timeout):
+        return self.popen.wait(timeout=timeout)
+
+    def alive(self):
+        return self.popen.poll() is None
+
+
+class Procs:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.all = []
+
+    def spawn(self, argv, uid=None, gid=None, groups=None, env=None, name=None):
+        name = name or Path(argv[0]).name
+        full = as_user(uid, gid, groups) + [str(a) for a in argv]
+        p = Proc(full, env or child_env(), self.workdir / f"{name}-{len(self.all)}.stderr", name)
+        self.all.append(p)
+        return p
+
+    def cleanup(self):
+        for p in self.all:
+            if p.popen.poll() is None:
+                p.popen.kill()
+        for p in self.all:
+            try:
+                p.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            p.popen.stdout.close()
+        for p in self.all:
+            check_sanitizers(p.stderr(), p.name)
+
+
+class Broker:
+    """One brokerd process (restartable) over a control socket and database in dir."""
+
+    def __init__(self, path, args):
+        self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
+        self.control = str(self.dir / "control.sock")
+        self.db = str(self.dir / "portbroker.db")
+        self.logpath = self.dir / "brokerd.log"
+        self.notify_path = str(self.dir / "notify.sock")
+        self.args = [str(a) for a in args]
+        self.proc = None
+        self.pid = None
+        self.runs = 0
+
+    # --- life cycle -----------------------------------------------------
+
+    def start(self, timeout=10.0):
+        need(BROKERD)
+        assert self.proc is None or self.proc.poll() is not None
+        if os.path.exists(self.notify_path):
+            os.unlink(self.notify_path)
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            ns.bind(self.notify_path)
+            argv = [BROKERD, "--foreground", "--control", self.control, "--db", self.db, *self.args]
+            with open(self.logpath, "ab") as log:
+                log.write(f"--- run {self.runs}: {' '.join(argv)}\n".encode())
+                log.flush()
+                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             env=child_env(NOTIFY_SOCKET=self.notify_path), close_fds=True)
+            self.runs += 1
+            self.pid = self.proc.pid
+            deadline = time.monotonic() + timeout
+            got = b""
+            while b"READY=1" not in got.split(b"\n"):
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"brokerd exited with {self.proc.returncode} before READY=1:\n"
+                                         f"{self.log()[-3000:]}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"brokerd sent no READY=1 within {timeout}s:\n{self.log()[-3000:]}")
+                r, _, _ = select.select([ns], [], [], min(left, 0.1))
+                if r:
+                    got += b"\n" + ns.recv(4096)
+        finally:
+            ns.close()
+        return self
+
+    def stop(self, timeout=10.0):
+        """SIGTERM, wait; returns the exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"brokerd did not stop within {timeout}s of SIGTERM:\n{self.log()[-3000:]}")
+
+    def restart(self):
+        rc = self.stop()
+        assert rc == 0, f"brokerd exited with {rc} on SIGTERM:\n{self.log()[-3000:]}"
+        return self.start()
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # --- observation ----------------------------------------------------
+
+    def log(self):
+        return self.logpath.read_text(errors="replace")
+
+    def events(self, name):
+        """Log lines of event=name."""
+        pat = re.compile(rf"(^|\s)event={re.escape(name)}(?![\w-])")
+        return [l for l in self.log().splitlines() if pat.search(l)]
+
+    def wait_event(self, name, count=1, timeout=10.0):
+        return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout,
+                        f"{count}x event={name} in brokerd's log")
+
+    def fds(self):
+        out = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                out.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+            except OSError:
+                pass
+        return out
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def connections(self):
+        """Control connections the broker has open: its accepted sockets, which
+        /proc/net/unix lists, connected (St 03), under the path the listener
+        was bound to (the control path, or a temporary name renamed to it)."""
+        n = 0
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[5] == "03" and \
+                        (fields[7] == self.control or fields[7].startswith(self.control + ".")):
+                    n += 1
+        return n
+
+    def quiet_fd_count(self, timeout=10.0):
+        """The fd count once no control connection is open and it is steady
+        (a client that just exited may still be in the broker's hands)."""
+        def steady():
+            if self.connections() != 0:
+                return None
+            a = self.fd_count()
+            time.sleep(0.02)
+            return a if self.connections() == 0 and self.fd_count() == a else None
+        return wait_for(steady, timeout, "brokerd to close every control connection")
+
+    def wait_fd_count(self, expected, timeout=10.0):
+        try:
+            wait_for(lambda: self.fd_count() == expected, timeout, f"brokerd fd count == {expected}")
+        except AssertionError:
+            raise AssertionError(f"brokerd holds {self.fd_count()} fds, expected {expected}: "
+                                 f"{sorted(self.fds())}") from None
+
+    # --- clients ---------------------------------------------------------
+
+    def portctl(self, *args, uid=None, gid=None, groups=None, check=True, json=False, timeout=20,
+                env_socket=False, prefix=()):
+        """Runs portctl (as uid, when given; after the argv prefix, e.g.
+        unshare) against this broker. check: True (exit 0), an int (that exit
+        status) or False. Returns a Result."""
+        need(PORTCTL)
+        opts = ["--json"] if json else []
+        head = list(prefix) + as_user(uid, gid, groups)
+        if env_socket:
+            argv = head + [PORTCTL, *opts, *map(str, args)]
+            env = child_env(PORTBROKER_SOCKET=self.control)
+        else:
+            argv = head + [PORTCTL, "--socket", self.control, *opts, *map(str, args)]
+            env = child_env()
+        cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                            timeout=timeout)
+        res = Result(argv, cp)
+        check_sanitizers(res.stderr, "portctl")
+        want = 0 if check is True else check
+        if check is not False and res.returncode != want:
+            raise AssertionError(f"expected exit {want}: {res!r}\nbrokerd log tail:\n{self.log()[-2000:]}")
+        if res.returncode == 1:
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("portctl: "), \
+                f"failure must be one 'portctl: ...' line on stderr: {res!r}"
+        return res
+
+    def serve(self, procs, endpoints, uid=None, gid=None, groups=None, server_args=(), cmd=None,
+              name="server"):
+        """Starts `portctl get ENDPOINTS -- pb-testserver ARGS` (or -- CMD) as uid."""
+        need(PORTCTL)
+        need(TESTSERVER)
+        if isinstance(endpoints, (str, int)):
+            endpoints = [endpoints]
+        cmd = cmd or [TESTSERVER, "--die-with-parent", *server_args]
+        argv = [PORTCTL, "--socket", self.control, "get", *map(str, endpoints), "--", *cmd]
+        return procs.spawn(argv, uid=uid, gid=gid, groups=groups, name=name)
+
+    def raw(self, timeout=5.0):
+        """A raw SOCK_SEQPACKET connection to the control socket."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.settimeout(timeout)
+        s.connect(self.control)
+        return s
+
+    # --- teardown --------------------------------------------------------
+
+    def finish(self):
+        rc = self.stop()
+        text = self.log()
+        check_sanitizers(text, "brokerd")
+        assert rc == 0, f"brokerd exited with {rc} (expected 0 on SIGTERM):\n{text[-3000:]}"
+
+
+class Load:
+    """pb-load running in the background; .result() waits for its JSON."""
+
+    def __init__(self, procs, port, rate, duration, addr="127.0.0.1", timeout_ms=5000):
+        need(LOAD)
+        self.duration, self.timeout_ms = duration, timeout_ms
+        self.proc = procs.spawn([LOAD, "--port", port, "--addr", addr, "--rate", rate, "--duration",
+                                 duration, "--timeout-ms", timeout_ms, "--json"], name="pb-load")
+        self.t0 = time.monotonic()
+
+    def result(self):
+        rc = self.proc.wait(timeout=self.duration + self.timeout_ms / 1000 + 30)
+        out = self.proc.output()
+        assert rc == 0, f"pb-load failed ({rc}): {self.proc.stderr()}"
+        return json.loads(out.strip().splitlines()[-1])
+
+
+# --- fixtures ---------------------------------------------------------------
+
+
+@pytest.fixture
+def netns():
+    """Runs the test in a fresh network namespace with loopback up."""
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root (network namespaces, sockets handed to other uids)")
+    orig = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"unshare(CLONE_NEWNET): {os.strerror(e)}")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+        yield
+    finally:
+        if _libc.setns(orig, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns back to the original netns: {os.strerror(e)}")
+        os.close(orig)
+
+
+@pytest.fixture
+def workdir(netns):
+    d = Path(tempfile.mkdtemp(prefix="pb-it-"))
+    d.chmod(0o755)
+    scratch = d / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o1777)               # other uids write server output here
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def procs(workdir):
+    p = Procs(workdir / "scratch")
+    yield p
+    p.cleanup()
+
+
+@pytest.fixture
+def make_broker(workdir, procs):
+    brokers = []
+
+    def make(*args, start=True):
+        d = workdir / f"broker{len(brokers)}"
+        d.mkdir()
+        d.chmod(0o755)
+        b = Broker(d, args)
+        brokers.append(b)
+        return b.start() if start else b
+
+    yield make
+    procs.cleanup()                     # holders first: the broker outlives its clients
+    failures = []
+    for b in brokers:                   # stop every broker, then report the first failure
+        try:
+            b.finish()
+        except AssertionError as e:
+            failures.append(e)
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture
+def broker(make_broker):
+    return make_broker()
+
+
+@pytest.fixture
+def portctl(broker):
+    """portctl(*args, uid=None, check=True, json=False, ...) against the default broker."""
+    return broker.portctl
+
+
+@pytest.fixture
+def scratch(workdir):
+    return workdir / "scratch"
+
+
+def errno_name(e):
+    return errno.errorcode.get(e, str(e))

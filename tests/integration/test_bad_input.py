@@ -1,0 +1,353 @@
+# SPDX-License-Identifier: MIT
+"""Bad input on the control socket, from raw SOCK_SEQPACKET clients: garbage,
+oversized and truncated messages, lengths that lie, unknown types and
+versions, file descriptors attached, peers that vanish or never read, a
+flood of idle connections, the connection limit and the idle timeout.
+Each gets an error reply or a closed connection (never silence); the
+daemon keeps answering everyone else and its fd count returns to the
+baseline once the clients are gone."""
+
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+HDR = struct.Struct("!IHHII")           # length, version, type, id, reserved
+GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
+REPLY, ERROR = 0x8000, 0xFFFF
+
+
+def msg(mtype, body=b"", version=1, mid=7, length=None, reserved=0):
+    return HDR.pack(16 + len(body) if length is None else length, version, mtype, mid, reserved) + body
+
+
+def endpoint(port, transport=6, family=0):
+    return struct.pack("!BBHHH", transport, family, port, port, 0) + bytes(16)
+
+
+STATUS_BODY = b"\x00" + bytes(24) + struct.pack("!Q", 0)
+
+
+def answer(s, timeout=5.0):
+    """What the broker did with our last message: ("reply", header, data),
+    ("closed", None, b"") or ("silent", None, b"") after timeout."""
+    s.settimeout(timeout)
+    try:
+        data = s.recv(8192)
+    except (ConnectionResetError, BrokenPipeError):
+        return "closed", None, b""
+    except socket.timeout:
+        return "silent", None, b""
+    if not data:
+        return "closed", None, b""
+    return "reply", HDR.unpack(data[:16]), data
+
+
+def check_error_reply(hdr, data):
+    length, version, mtype, _, reserved = hdr
+    assert length == len(data) and version == 1 and mtype == ERROR and reserved == 0, (hdr, data)
+    code = struct.unpack("!i", data[16:20])[0]
+    text = data[21:21 + data[20]].decode()
+    assert code > 0 and text and text.isprintable(), (code, text)
+    return code, text
+
+
+def assert_rejected(s, what):
+    """The broker answered with an error and/or closed the connection."""
+    kind, hdr, data = answer(s)
+    assert kind != "silent", f"{what}: no error reply and the connection stayed open"
+    if kind == "reply":
+        check_error_reply(hdr, data)
+        kind, hdr, data = answer(s)                         # then it closes
+        assert kind == "closed", f"{what}: connection kept open after an error reply ({kind})"
+
+
+def baseline(broker):
+    """The broker's fd count once it has served one request (lazily opened fds counted)."""
+    broker.portctl("status")
+    broker.portctl("policy", "list")
+    return broker.quiet_fd_count()
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= n, "RLIMIT_NOFILE hard limit too low"
+
+
+def test_raw_status_request_works(broker):
+    """Positive control: the raw encoding the other cases corrupt is valid."""
+    with broker.raw() as s:
+        s.send(msg(STATUS, STATUS_BODY, mid=99))
+        kind, hdr, data = answer(s)
+        assert kind == "reply" and hdr[2] == STATUS | REPLY and hdr[3] == 99 and hdr[0] == len(data), (hdr, data)
+        s.send(msg(GET, endpoint(8080), mid=100))
+        kind, hdr, data = answer(s)
+        assert kind == "reply" and hdr[2] == GET | REPLY and hdr[3] == 100, hdr
+
+
+BAD = {
+    "garbage": os.urandom(37),
+    "zeros": bytes(64),
+    "oversized-8KiB": msg(STATUS, bytes(8192 - 16)),
+    "oversized-exact-length-field": HDR.pack(5000, 1, STATUS, 1, 0) + bytes(4984),
+    "truncated-header": msg(STATUS, STATUS_BODY)[:7],
+    "header-only-get": msg(GET),
+    "length-field-too-big": msg(STATUS, STATUS_BODY, length=16 + len(STATUS_BODY) + 8),
+    "length-field-too-small": msg(STATUS, STATUS_BODY, length=16),
+    "get-body-truncated": msg(GET, endpoint(8080)[:20]),
+    "get-body-too-long": msg(GET, endpoint(8080) + b"x"),
+    "version-0": msg(STATUS, STATUS_BODY, version=0),
+    "version-2": msg(STATUS, STATUS_BODY, version=2),
+    "unknown-type": msg(99, STATUS_BODY),
+    "reply-type-from-client": msg(STATUS | REPLY, b"\x00\x00"),
+    "error-type-from-client": msg(ERROR, struct.pack("!i", 5) + b"\x02hi"),
+    "reserved-nonzero": msg(STATUS, STATUS_BODY, reserved=1),
+    "bad-transport": msg(GET, endpoint(8080, transport=99)),
+    "port-zero": msg(GET, endpoint(0)),
+    "range-in-get": msg(GET, struct.pack("!BBHHH", 6, 0, 8000, 8099, 0) + bytes(16)),
+    "bad-family": msg(GET, endpoint(8080, family=9)),
+    "status-reserved-endpoint-bytes": msg(STATUS, b"\x00" + b"\x01" * 24 + bytes(8)),
+    "bad-bool": msg(STATUS, b"\x07" + bytes(32)),
+    "policy-add-unit-control-chars": msg(POLICY_ADD, struct.pack("!BI", 3, 0) + b"\x05a\nb.s" + endpoint(80)),
+    "policy-add-text-overrun": msg(POLICY_ADD, struct.pack("!BI", 3, 0) + b"\xff" + b"a" * 10),
+    "policy-list-short": msg(POLICY_LIST, b"\x00" * 4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_message_rejected(broker, case):
+    base = baseline(broker)
+    with broker.raw() as s:
+        s.send(BAD[case])
+        assert_rejected(s, case)
+    assert broker.alive()
+    broker.portctl("status")
+    broker.wait_fd_count(base)
+
+
+def test_empty_message(broker):
+    base = baseline(broker)
+    with broker.raw() as s:
+        s.send(b"")
+        kind, _, _ = answer(s)
+        assert kind in ("closed", "reply", "silent")        # a zero-length packet reads as EOF: any is fine
+    broker.portctl("status")
+    broker.wait_fd_count(base)
+
+
+def test_many_bad_messages_one_connection_each_and_vanishing_peers(broker):
+    base = baseline(broker)
+    for i in range(100):                                    # send, then vanish before the reply
+        s = broker.raw()
+        s.send(BAD[sorted(BAD)[i % len(BAD)]])
+        s.close()
+    for i in range(100):                                    # send a valid request, vanish
+        s = broker.raw()
+        s.send(msg(STATUS, STATUS_BODY))
+        s.close()
+    broker.portctl("status")
+    assert broker.alive()
+    broker.wait_fd_count(base)
+    assert broker.events("bad-message")
+
+
+def pipe_closed_everywhere(r):
+    """True once every copy of the pipe's write end is closed (EOF on r)."""
+    os.set_blocking(r, False)
+    try:
+        return os.read(r, 1) == b""
+    except BlockingIOError:
+        return False
+
+
+@pytest.mark.parametrize("body", ["valid-status", "header-only"])
+@pytest.mark.parametrize("nfds", [1, 3])
+def test_fds_attached_are_closed(broker, body, nfds):
+    """fds sent to the broker are refused by the kernel (SO_PASSRIGHTS off)
+    or closed by the broker, and the request is rejected either way. The
+    broker is stopped while we connect and send, so the message (and its
+    fds) is queued before it even accepts the connection."""
+    base = baseline(broker)
+    payload = msg(STATUS, STATUS_BODY) if body == "valid-status" else msg(GET)
+    pipes = [os.pipe() for _ in range(nfds)]
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        s = broker.raw()
+        try:
+            socket.send_fds(s, [payload], [w for _, w in pipes])
+            sent = True
+        except PermissionError:                             # the kernel refused: SO_PASSRIGHTS is off
+            sent = False
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    for _, w in pipes:
+        os.close(w)
+    if sent:
+        assert_rejected(s, f"{nfds} fd(s) attached")
+    s.close()
+    for r, _ in pipes:
+        wait_for(lambda: pipe_closed_everywhere(r), 5, "the broker to close the fds we sent")
+        os.close(r)
+    broker.portctl("status")
+    broker.wait_fd_count(base)
+
+
+def test_fds_attached_after_accept(broker):
+    """The same on an established connection (after a good request)."""
+    base = baseline(broker)
+    r, w = os.pipe()
+    with broker.raw() as s:
+        s.send(msg(STATUS, STATUS_BODY))
+        assert answer(s)[0] == "reply"
+        try:
+            socket.send_fds(s, [msg(STATUS, STATUS_BODY)], [w])
+            sent = True
+        except PermissionError:
+            sent = False
+        os.close(w)
+        if sent:
+            assert_rejected(s, "fd attached after accept")
+    wait_for(lambda: pipe_closed_everywhere(r), 5, "the broker to close the fd we sent")
+    os.close(r)
+    broker.wait_fd_count(base)
+
+
+def test_forged_credentials_are_ignored(broker):
+    """SCM_CREDENTIALS claiming another uid change nothing: root stays root
+    (a GET succeeds without any rule) and a non-root uid cannot send them."""
+    base = baseline(broker)
+    creds = struct.pack("iII", os.getpid(), 4242, 4242)
+    with broker.raw() as s:
+        try:
+            s.sendmsg([msg(GET, endpoint(8080))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+        except OSError:
+            return
+        kind, hdr, data = answer(s)
+        assert kind != "silent"
+        leases = 0
+        if kind == "reply" and hdr[2] == GET | REPLY:
+            st = broker.portctl("status", "8080", json=True).json
+            assert st[0]["owner_uid"] == 0, st             # identity from SO_PEERCRED, not the forged creds
+            leases = 1
+    broker.portctl("status")
+    broker.wait_fd_count(base + leases)                     # the broker holds the lease's socket
+
+
+def test_reader_that_never_reads(broker):
+    """A peer that floods requests and never reads its replies loses its
+    connection; the broker never blocks on it and serves others meanwhile."""
+    base = baseline(broker)
+    s = broker.raw()
+    s.setblocking(False)
+    sent, closed, checked = 0, False, False
+    deadline = time.monotonic() + 15
+    while sent < 50000 and time.monotonic() < deadline:
+        try:
+            s.send(msg(STATUS, STATUS_BODY, mid=sent))
+            sent += 1
+        except BlockingIOError:
+            select.select([], [s], [], 0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        if sent == 200 and not checked:
+            t = time.monotonic()
+            broker.portctl("status", timeout=5)
+            assert time.monotonic() - t < 5
+            checked = True
+    if not closed:                                          # drain what was answered: then EOF
+        s.setblocking(True)
+        s.settimeout(5)
+        try:
+            while s.recv(8192):
+                pass
+        except ConnectionResetError:
+            pass
+        except socket.timeout:
+            raise AssertionError(f"after {sent} unread requests the broker still keeps the connection open")
+    s.close()
+    broker.portctl("status", timeout=5)
+    broker.wait_fd_count(base)
+
+
+def test_500_idle_connections(make_broker):
+    raise_nofile(4096)
+    broker = make_broker("--max-connections", "1000", "--idle-timeout", "60")
+    base = baseline(broker)
+    conns = [broker.raw() for _ in range(500)]
+    wait_for(lambda: broker.connections() >= 500, 10, "the broker to accept 500 connections")
+    # Others are served meanwhile.
+    broker.portctl("get", "8080")
+    broker.portctl("status")
+    # So are requests on the idle connections themselves.
+    conns[250].send(msg(STATUS, STATUS_BODY, mid=5))
+    kind, hdr, _ = answer(conns[250])
+    assert kind == "reply" and hdr[2] == STATUS | REPLY
+    for s in conns:
+        s.close()
+    broker.wait_fd_count(base + 1)                          # + the socket of the lease on 8080
+
+
+def test_connection_limit(make_broker):
+    broker = make_broker("--max-connections", "8", "--idle-timeout", "60")
+    base = baseline(broker)
+    conns = [broker.raw() for _ in range(8)]
+    wait_for(lambda: broker.connections() >= 8, 10, "the broker to accept 8 connections")
+    extra = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.settimeout(5)
+        s.connect(broker.control)
+        extra.append(s)
+    for s in extra:
+        kind, hdr, data = answer(s)
+        assert kind != "silent", "a connection above the limit must be answered or closed"
+        if kind == "reply":
+            _, text = check_error_reply(hdr, data)
+            assert "limit" in text, text
+            assert answer(s)[0] == "closed"
+        s.close()
+    broker.wait_event("conn-limit")
+    # The connections inside the limit still work.
+    conns[0].send(msg(STATUS, STATUS_BODY))
+    assert answer(conns[0])[0] == "reply"
+    for s in conns:
+        s.close()
+    broker.wait_fd_count(base)
+    broker.portctl("status")
+
+
+def test_idle_timeout(make_broker):
+    broker = make_broker("--idle-timeout", "1")
+    base = baseline(broker)
+    busy = broker.raw()
+    t0 = time.monotonic()
+    idle = [broker.raw() for _ in range(5)]
+    # An active connection's timer restarts with every request.
+    while time.monotonic() - t0 < 1.6:
+        busy.send(msg(STATUS, STATUS_BODY))
+        assert answer(busy)[0] == "reply"
+        time.sleep(0.2)                                     # pacing the active client, not waiting on a condition
+    for s in idle:
+        kind, _, _ = answer(s, timeout=5)
+        assert kind == "closed", kind
+    elapsed = time.monotonic() - t0
+    assert 0.8 <= elapsed < 5, elapsed
+    broker.wait_event("idle-timeout", count=5)
+    busy.send(msg(STATUS, STATUS_BODY))
+    assert answer(busy)[0] == "reply", "an active connection must not be timed out"
+    busy.close()
+    for s in idle:
+        s.close()
+    broker.wait_fd_count(base)

@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: MIT
+"""brokerd's tuning options seen from clients (--backlog,
+--max-leases-per-user), portctl's human output, and a clean stop."""
+
+import pytest
+
+from conftest import fetch
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1 = 4242
+
+
+def test_backlog_option(make_broker):
+    b = make_broker("--backlog", "64")
+    b.portctl("get", "8080")
+    b.portctl("get", "udp:8080")
+    st = {x["endpoint"]: x for x in b.portctl("status", json=True).json}
+    assert st["tcp:[::]:8080"]["backlog"] == 64, st
+    assert st["udp:[::]:8080"]["backlog"] == 0, st
+
+
+def test_default_backlog_is_somaxconn(broker):
+    with open("/proc/sys/net/core/somaxconn") as f:
+        somaxconn = int(f.read())
+    broker.portctl("get", "8080")
+    assert broker.portctl("status", "8080", json=True).json[0]["backlog"] == somaxconn
+
+
+def test_max_leases_per_user(make_broker):
+    b = make_broker("--max-leases-per-user", "2")
+    b.portctl("policy", "add", "tcp:9000-9009", "--user", U1)
+    b.portctl("get", "9000", uid=U1)
+    b.portctl("get", "9001", uid=U1)
+    b.portctl("get", "9001", uid=U1)                        # an existing lease is no new one
+    r = b.portctl("get", "9002", uid=U1, check=1)
+    assert r.stderr.startswith("portctl: ")
+    assert len(b.portctl("status", json=True).json) == 2
+    b.portctl("release", "9000", uid=U1)
+    b.portctl("get", "9002", uid=U1)
+
+
+def test_human_output(broker, procs):
+    rule = broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    assert rule.stdout.strip()
+    lst = broker.portctl("policy", "list").stdout
+    assert "8080" in lst and str(U1) in lst, lst
+    broker.portctl("get", "8080", uid=U1)
+    st = broker.portctl("status").stdout
+    assert "tcp:[::]:8080" in st and str(U1) in st, st
+    srv = broker.serve(procs, "8080", uid=U1)
+    pid = srv.wait_ready()
+    assert fetch(8080) == f"ok {pid}\n"
+
+
+def test_clean_stop_and_restart(broker):
+    broker.portctl("get", "8080")
+    broker.restart()                                        # asserts exit 0 on SIGTERM
+    assert broker.events("stop")
+    assert len(broker.events("ready")) == 2
+    assert broker.portctl("status", "8080", json=True).json[0]["bound"] is True
