@@ -12,8 +12,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +64,7 @@ struct broker {
         unsigned n_conns;
         uint64_t refused_conns;         /* over --max-connections, since start */
         struct peer_self self;
+        char boot_id[STORE_BOOT_ID_MAX]; /* this boot's id: socket cookies are unique within it */
         struct policy policy;
         struct store *store;
         struct lease_table leases;
@@ -125,17 +124,6 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static const char *uid_name(uid_t uid, char *buf, size_t len) {
-        struct passwd pw, *res = NULL;
-        char tmp[1024];
-
-        if (getpwuid_r(uid, &pw, tmp, sizeof(tmp), &res) == 0 && res)
-                snprintf(buf, len, "uid %u (%s)", (unsigned) uid, res->pw_name);
-        else
-                snprintf(buf, len, "uid %u", (unsigned) uid);
-        return buf;
-}
-
 static void notify_status(struct broker *b) {
         sd_notifyf(false, "STATUS=%zu leases, %zu rules, %u connections", b->leases.n, b->policy.n_rules,
                    b->n_conns);
@@ -169,32 +157,92 @@ static int lease_watch(struct broker *b, struct lease *l) {
         return sd_event_add_io(b->event, &l->hup_source, l->sock_fd, 0, on_listener_hup, l);
 }
 
+/* --- holders: processes that got a lease's socket, until they exit -------- */
+
+static void holder_clear(struct lease_holder *h) {
+        h->exit_source = sd_event_source_disable_unref(h->exit_source);
+        if (h->pidfd >= 0)
+                close(h->pidfd);
+        h->pidfd = -1;
+        h->pid = 0;
+}
+
+static int on_holder_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        holder_clear(userdata);
+        return 0;
+}
+
+/* Watches the peer as a holder of l: distinct pids, the oldest forgotten past LEASE_HOLDERS_MAX. */
+static void holder_add(struct broker *b, struct lease *l, const struct peer *p) {
+        struct lease_holder *h = &l->holders[l->holders_next];
+
+        if (p->pidfd < 0)
+                return;
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                if (l->holders[i].pid == p->pid)
+                        return;
+        holder_clear(h);
+        h->pidfd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3);
+        if (h->pidfd < 0)
+                return;
+        h->pid = p->pid;
+        /* A pidfd turns readable when its process exits. */
+        if (sd_event_add_io(b->event, &h->exit_source, h->pidfd, EPOLLIN, on_holder_exit, h) < 0) {
+                holder_clear(h);
+                return;
+        }
+        l->holders_next = (l->holders_next + 1) % LEASE_HOLDERS_MAX;
+}
+
+static unsigned holders_live(const struct lease *l) {
+        unsigned n = 0;
+
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                n += l->holders[i].pidfd >= 0;
+        return n;
+}
+
 static void lease_free(struct lease *l) {
         if (!l)
                 return;
         l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                holder_clear(&l->holders[i]);
         lease_close_socket(l);
         free(l);
+}
+
+static struct lease *lease_new(void) {
+        struct lease *l = malloc(sizeof(*l));
+
+        if (l)
+                lease_init(l);
+        return l;
 }
 
 /* Binds an unbound lease, or adopts the socket a holder kept from an earlier
  * broker, and watches it. Returns 0 or -errno; logs success only (the
  * failure was logged when the lease came back). */
-static int lease_try_bind(struct broker *b, struct lease *l) {
+static int lease_try_bind(struct broker *b, struct lease *l, uint64_t adopt_cookie) {
         char text[PB_ENDPOINT_STRLEN];
         struct log_fields f = { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo,
                                 .uid = (long) l->owner_uid, .pid = -1 };
         int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
         pid_t from;
 
-        if (r == -EADDRINUSE && lease_adopt(&l->endpoint, geteuid(), &l->sock_fd, &from) >= 0) {
+        if (r == -EADDRINUSE && adopt_cookie &&
+            lease_adopt(&l->endpoint, geteuid(), adopt_cookie, &l->sock_fd, &from) >= 0) {
                 log_event(LOG_INFO, "adopt", &f, "lease %llu: took its socket back from pid %d, which still held it",
                           (unsigned long long) l->id, (int) from);
-                r = 0;
         } else if (r < 0)
                 return r;
-        else
+        else {
                 log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
+                r = store_lease_set_socket(b->store, l->id, lease_socket_cookie(l->sock_fd), b->boot_id);
+                if (r < 0)
+                        log_event(LOG_WARNING, "error", &f, "cannot record the new socket: %s; a holder that "
+                                  "outlives a broker crash will not be taken back", strerror(-r));
+        }
         if (lease_watch(b, l) < 0)
                 log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
         return 0;
@@ -209,7 +257,7 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
         for (size_t i = 0; i < b->leases.n; i++) {
                 struct lease *l = b->leases.by_id[i];
 
-                if (l->sock_fd < 0 && lease_try_bind(b, l) < 0)
+                if (l->sock_fd < 0 && lease_try_bind(b, l, 0) < 0)
                         pending = true;
         }
         if (pending)
@@ -223,7 +271,7 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         const struct peer *p = &c->peer;
-        char text[PB_ENDPOINT_STRLEN], owner[128];
+        char text[PB_ENDPOINT_STRLEN];
         struct log_fields f = peer_fields(p, endpoint_format(e, text), e);
         struct lease *l;
         bool created = false;
@@ -239,8 +287,7 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
 
         l = lease_table_find(&b->leases, e);
         if (l && l->owner_uid != p->uid) {
-                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by %s", text,
-                                uid_name(l->owner_uid, owner, sizeof(owner)));
+                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u", text, (unsigned) l->owner_uid);
                 log_event(LOG_NOTICE, "deny", &f, "%s", reply->error.message);
                 audit(b, "deny", p, text, "held by another");
                 return;
@@ -266,13 +313,15 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
                         log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
                         return;
                 }
-                l = calloc(1, sizeof(*l));
+                l = lease_new();
                 if (!l) {
                         close(sock_fd);
                         proto_set_error(reply, req->hdr.id, ENOMEM, "out of memory");
                         return;
                 }
                 l->sock_fd = sock_fd;
+                sl.socket_cookie = lease_socket_cookie(sock_fd);
+                snprintf(sl.boot_id, sizeof(sl.boot_id), "%s", b->boot_id);
                 r = store_lease_add(b->store, &sl, &ev);
                 if (r >= 0) {
                         l->id = sl.id;
@@ -281,8 +330,8 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
                         l->since = sl.created;
                         l->backlog = b->opt.backlog;
                         r = lease_table_add(&b->leases, l);
-                        /* The table refusing after a durable insert would leave a
-                         * row without a socket; the next start binds it again. */
+                        if (r < 0)      /* out of memory: keep store and table alike */
+                                (void) store_lease_remove(b->store, sl.id, &ev);
                 }
                 if (r < 0) {
                         lease_free(l);
@@ -294,14 +343,14 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
                 if (lease_watch(b, l) < 0)
                         log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
                 created = true;
-                log_event(LOG_INFO, "create", &f, "lease %llu created for %s", (unsigned long long) l->id,
-                          uid_name(p->uid, owner, sizeof(owner)));
+                log_event(LOG_INFO, "create", &f, "lease %llu created for uid %u", (unsigned long long) l->id,
+                          (unsigned) p->uid);
                 notify_status(b);
         }
 
         if (l->sock_fd < 0) {
                 /* Not re-bound at start (the port was busy): try again now. */
-                r = lease_try_bind(b, l);
+                r = lease_try_bind(b, l, 0);
                 if (r < 0) {
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s again: %s%s", text, strerror(-r),
                                         r == -EADDRINUSE ? " (another socket holds the port; brokerd retries)" : "");
@@ -311,9 +360,10 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         }
 
         r = lease_ensure_listening(l);
-        if (r > 0)
+        if (r > 0) {
                 log_event(LOG_WARNING, "repair", &f, "a holder had shut the listener down; listening again");
-        else if (r < 0) {
+                sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
+        } else if (r < 0) {
                 proto_set_error(reply, req->hdr.id, -r, "cannot listen on %s again: %s", text, strerror(-r));
                 log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
                 return;
@@ -325,7 +375,7 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         reply->got.created = created;
         *ret_fd = l->sock_fd;
         l->handouts++;
-        lease_note_holder(l, p->pid);
+        holder_add(b, l, p);
         log_event(LOG_INFO, "grant", &f, "lease %llu handed out", (unsigned long long) l->id);
         audit(b, "grant", p, text, created ? "created" : NULL);
 }
@@ -334,7 +384,7 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         const struct peer *p = &c->peer;
-        char text[PB_ENDPOINT_STRLEN], owner[128];
+        char text[PB_ENDPOINT_STRLEN];
         struct log_fields f = peer_fields(p, endpoint_format(e, text), e);
         struct store_event ev = { .event = "release", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_table_find(&b->leases, e);
@@ -346,8 +396,8 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         }
         if (l->owner_uid != p->uid && !policy_is_admin(&b->policy, p)) {
                 proto_set_error(reply, req->hdr.id, EPERM,
-                                "%s is held by %s; only its owner or an admin may release it", text,
-                                uid_name(l->owner_uid, owner, sizeof(owner)));
+                                "%s is held by uid %u; only its owner or an admin may release it", text,
+                                (unsigned) l->owner_uid);
                 log_event(LOG_NOTICE, "deny", &f, "%s", reply->error.message);
                 audit(b, "deny", p, text, "release by non-owner");
                 return;
@@ -372,7 +422,7 @@ static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
                 .owner_uid = l->owner_uid,
                 .since = (uint64_t) l->since,
                 .handouts = l->handouts,
-                .holders = lease_live_holders(l),
+                .holders = holders_live(l),
                 .queued = lease_queued(l),
                 .backlog = l->endpoint.transport == PB_TCP ? l->backlog : 0,
                 .bound = l->sock_fd >= 0,
@@ -662,6 +712,27 @@ static void conn_free(struct conn *c) {
         free(c);
 }
 
+/* Refuses a connection with an error reply. Consumes fd. */
+static void refuse(int fd, int code, const char *why) {
+        struct pb_msg reply;
+        uint8_t buf[PB_MSG_MAX];
+        int n;
+
+        proto_set_error(&reply, 0, code, "%s", why);
+        n = proto_encode(&reply, buf, sizeof(buf));
+        if (n > 0)
+                (void) fdpass_send(fd, buf, (size_t) n, -1, MSG_DONTWAIT);
+        close(fd);
+}
+
+static unsigned conns_of_uid(const struct broker *b, uid_t uid) {
+        unsigned n = 0;
+
+        for (const struct conn *c = b->conns; c; c = c->next)
+                n += c->peer.uid == uid;
+        return n;
+}
+
 /* Takes ownership of fd (consumes it). */
 static void conn_new(struct broker *b, int fd) {
         struct conn *c = calloc(1, sizeof(*c));
@@ -675,17 +746,31 @@ static void conn_new(struct broker *b, int fd) {
         c->broker = b;
         c->fd = fd;
         c->peer.pidfd = -1;
+        r = peer_identify(fd, &b->self, &c->peer);
+        if (r < 0) {
+                c->peer.pidfd = -1;
+                c->peer.doubt = "cannot read the peer's credentials";
+        }
+        /* One uid cannot take every slot; admins are trusted. */
+        if (!policy_is_admin(&b->policy, &c->peer) &&
+            conns_of_uid(b, c->peer.uid) >= b->opt.max_connections_per_user) {
+                struct log_fields f = peer_fields(&c->peer, NULL, NULL);
+                char why[128];
+
+                snprintf(why, sizeof(why), "uid %u already has %u connections to brokerd, the most allowed",
+                         (unsigned) c->peer.uid, b->opt.max_connections_per_user);
+                log_event(LOG_WARNING, "conn-limit", &f, "%s", why);
+                refuse(fd, EUSERS, why);
+                peer_done(&c->peer);
+                free(c);
+                return;
+        }
         c->next = b->conns;
         if (b->conns)
                 b->conns->prev = c;
         b->conns = c;
         b->n_conns++;
 
-        r = peer_identify(fd, &b->self, &c->peer);
-        if (r < 0) {
-                c->peer.pidfd = -1;
-                c->peer.doubt = "cannot read the peer's credentials";
-        }
         sd_event_now(b->event, CLOCK_MONOTONIC, &now);
         r = sd_event_add_io(b->event, &c->io_source, fd, EPOLLIN, on_conn_io, c);
         if (r >= 0)
@@ -727,16 +812,11 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                 (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
 
                 if (b->n_conns >= b->opt.max_connections) {
-                        struct pb_msg reply;
-                        uint8_t buf[PB_MSG_MAX];
-                        int n;
+                        char why[128];
 
-                        proto_set_error(&reply, 0, EUSERS, "brokerd is at its limit of %u connections; try again",
-                                        b->opt.max_connections);
-                        n = proto_encode(&reply, buf, sizeof(buf));
-                        if (n > 0)
-                                (void) fdpass_send(conn_fd, buf, (size_t) n, -1, MSG_DONTWAIT);
-                        close(conn_fd);
+                        snprintf(why, sizeof(why), "brokerd is at its limit of %u connections; try again",
+                                 b->opt.max_connections);
+                        refuse(conn_fd, EUSERS, why);
                         /* One line per power of two: a flood does not flood the log. */
                         b->refused_conns++;
                         if ((b->refused_conns & (b->refused_conns - 1)) == 0)
@@ -757,7 +837,9 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
 static int ensure_private_dir(const char *dir, mode_t mode) {
         struct stat st;
 
-        if (mkdir(dir, mode) < 0 && errno != EEXIST) {
+        if (mkdir(dir, mode) == 0)
+                (void) chmod(dir, mode);        /* not narrowed by our umask */
+        else if (errno != EEXIST) {
                 int r = -errno;
                 log_msg(LOG_ERR, "cannot create directory %s: %s", dir, strerror(errno));
                 return r;
@@ -894,31 +976,39 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         char text[PB_ENDPOINT_STRLEN];
         struct log_fields f = { .endpoint = endpoint_format(&sl->endpoint, text), .port = sl->endpoint.port_lo,
                                 .uid = (long) sl->owner_uid, .pid = -1 };
-        struct lease *l = calloc(1, sizeof(*l));
+        struct lease *l = lease_new();
         int r;
 
         if (!l)
                 return -ENOMEM;
-        *l = (struct lease) {
-                .id = sl->id,
-                .endpoint = sl->endpoint,
-                .owner_uid = sl->owner_uid,
-                .since = sl->created,
-                .sock_fd = -1,
-                .backlog = b->opt.backlog,
-        };
+        l->id = sl->id;
+        l->endpoint = sl->endpoint;
+        l->owner_uid = sl->owner_uid;
+        l->since = sl->created;
+        l->backlog = b->opt.backlog;
         r = lease_table_add(&b->leases, l);
         if (r < 0) {
                 lease_free(l);
                 return r;
         }
-        r = lease_try_bind(b, l);
+        /* Only a socket of this boot can still be held somewhere. */
+        r = lease_try_bind(b, l, strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0);
         if (r < 0) {
                 log_event(LOG_ERR, "rebind", &f, "cannot bind lease %llu again: %s; retrying until it is free",
                           (unsigned long long) sl->id, strerror(-r));
                 arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
         }
         return 0;
+}
+
+static int read_boot_id(char *buf, size_t len) {
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        int r = f && fgets(buf, (int) len, f) ? 0 : -EIO;
+
+        if (f)
+                fclose(f);
+        buf[strcspn(buf, "\n")] = '\0';
+        return r;
 }
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -942,7 +1032,9 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
         b->policy.has_admin_gid = opt->has_admin_gid;
         b->policy.admin_gid = opt->admin_gid;
 
-        r = peer_self_init(&b->self);
+        r = read_boot_id(b->boot_id, sizeof(b->boot_id));
+        if (r >= 0)
+                r = peer_self_init(&b->self);
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot read the broker's own namespaces: %s", strerror(-r));
                 goto fail;

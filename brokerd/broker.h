@@ -19,6 +19,7 @@ struct broker_options {
         const char *admin_group;        /* as given, for messages */
         unsigned backlog;               /* TCP listen() backlog */
         unsigned max_connections;       /* open control connections */
+        unsigned max_connections_per_user; /* of one non-admin uid */
         unsigned idle_timeout_sec;      /* per connection */
         unsigned max_leases_per_user;
 };

@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -101,6 +102,15 @@ static size_t proc_net_inodes(const struct pb_endpoint *e, uid_t uid, unsigned l
         return n;
 }
 
+uint64_t lease_socket_cookie(int fd) {
+        uint64_t cookie = 0;
+        socklen_t len = sizeof(cookie);
+
+        if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0)
+                return 0;
+        return cookie;
+}
+
 /* True when fd is a socket bound exactly to e, of e's transport. */
 static bool socket_is(int fd, const struct pb_endpoint *e) {
         struct sockaddr_storage ss;
@@ -138,9 +148,9 @@ static int steal_fd(pid_t pid, int target_fd) {
         return fd;
 }
 
-int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, int *ret_fd, pid_t *ret_pid) {
+int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, uint64_t cookie, int *ret_fd, pid_t *ret_pid) {
         unsigned long inodes[ADOPT_CANDIDATES];
-        size_t n = proc_net_inodes(e, sock_uid, inodes);
+        size_t n = cookie ? proc_net_inodes(e, sock_uid, inodes) : 0;
         struct dirent *pde;
         int r = -ENOENT;
         DIR *proc;
@@ -179,7 +189,7 @@ int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, int *ret_fd, pid_t 
                                 fd = steal_fd(pid, atoi(fde->d_name));
                                 if (fd < 0)
                                         break;
-                                if (!socket_is(fd, e)) {
+                                if (lease_socket_cookie(fd) != cookie || !socket_is(fd, e)) {
                                         close(fd);
                                         break;
                                 }
@@ -199,7 +209,14 @@ int lease_ensure_listening(struct lease *l) {
         int listening = 0;
         socklen_t len = sizeof(listening);
 
-        if (l->sock_fd < 0 || l->endpoint.transport != PB_TCP)
+        if (l->sock_fd < 0)
+                return 0;
+        /* Undo what a holder may have set on the shared socket that would let
+         * others share the port: SO_REUSEPORT ever, SO_REUSEADDR on UDP. */
+        if (setopt_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0) < 0 ||
+            (l->endpoint.transport == PB_UDP && setopt_int(l->sock_fd, SOL_SOCKET, SO_REUSEADDR, 0) < 0))
+                return -errno;
+        if (l->endpoint.transport != PB_TCP)
                 return 0;
         if (getsockopt(l->sock_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
                 return -errno;
@@ -220,50 +237,10 @@ int lease_queued(const struct lease *l) {
         return (int) ti.tcpi_unacked;
 }
 
-void lease_note_holder(struct lease *l, pid_t pid) {
+void lease_init(struct lease *l) {
+        *l = (struct lease) { .sock_fd = -1 };
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
-                if (l->holders[i] == pid)
-                        return;
-        l->holders[l->holders_next] = pid;
-        l->holders_next = (l->holders_next + 1) % LEASE_HOLDERS_MAX;
-}
-
-static bool pid_holds_inode(pid_t pid, ino_t ino) {
-        char dir[64], want[64], link[64];
-        struct dirent *de;
-        bool found = false;
-        DIR *d;
-
-        snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) pid);
-        snprintf(want, sizeof(want), "socket:[%lu]", (unsigned long) ino);
-        d = opendir(dir);
-        if (!d)
-                return false;
-        while (!found && (de = readdir(d))) {
-                ssize_t n;
-
-                if (de->d_name[0] == '.')
-                        continue;
-                n = readlinkat(dirfd(d), de->d_name, link, sizeof(link) - 1);
-                if (n > 0) {
-                        link[n] = '\0';
-                        found = strcmp(link, want) == 0;
-                }
-        }
-        closedir(d);
-        return found;
-}
-
-unsigned lease_live_holders(const struct lease *l) {
-        struct stat st;
-        unsigned n = 0;
-
-        if (l->sock_fd < 0 || fstat(l->sock_fd, &st) < 0)
-                return 0;
-        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
-                if (l->holders[i] > 0 && l->holders[i] != getpid() && pid_holds_inode(l->holders[i], st.st_ino))
-                        n++;
-        return n;
+                l->holders[i].pidfd = -1;
 }
 
 void lease_close_socket(struct lease *l) {

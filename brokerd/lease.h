@@ -14,9 +14,16 @@
 
 #include "endpoint.h"
 
-#define LEASE_HOLDERS_MAX 8             /* recipients remembered per lease */
+#define LEASE_HOLDERS_MAX 4             /* recipients watched per lease */
 
 struct sd_event_source;
+
+/* A process that got the socket, watched through its pidfd until it exits. */
+struct lease_holder {
+        pid_t pid;                      /* 0: empty */
+        int pidfd;                      /* -1: empty */
+        struct sd_event_source *exit_source; /* the broker's watch on pidfd */
+};
 
 struct lease {
         uint64_t id;
@@ -26,7 +33,7 @@ struct lease {
         int sock_fd;                    /* the broker's copy, -1 when not bound */
         unsigned backlog;               /* TCP listen() backlog */
         uint64_t handouts;              /* gets served since the broker started */
-        pid_t holders[LEASE_HOLDERS_MAX]; /* recent distinct recipients */
+        struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
         unsigned holders_next;          /* ring position */
         struct sd_event_source *hup_source; /* the broker's watch on the listener */
 };
@@ -44,25 +51,28 @@ struct lease_table {
  * Returns 0 and *ret_fd, or -errno. */
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
-/* Takes back a socket for e that outlived an earlier broker in some other
- * process (a holder still running after a broker crash): finds a socket on
- * e's port created by sock_uid (the broker's uid) in /proc/net, finds a
- * process holding it, and copies it with pidfd_getfd(). Returns 0, *ret_fd
- * and *ret_pid (the process it came from), or -ENOENT when there is none. */
-int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, int *ret_fd, pid_t *ret_pid);
+/* SO_COOKIE of socket fd (unique for the boot), 0 if unknown. */
+uint64_t lease_socket_cookie(int fd);
 
-/* For a bound TCP lease, listens again if a holder's shutdown() stopped it.
- * Returns 1 when it repaired, 0 when nothing was wrong, -errno on failure. */
+/* Takes back the socket for e that outlived an earlier broker in some other
+ * process (a holder still running after a broker crash): finds sockets on
+ * e's port created by sock_uid (the broker's uid) in /proc/net, a process
+ * holding one, copies it with pidfd_getfd() and keeps it only if its
+ * SO_COOKIE is cookie, the socket the lease had. Start-up only: it reads
+ * all of /proc. Returns 0, *ret_fd and *ret_pid, or -ENOENT. */
+int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, uint64_t cookie, int *ret_fd, pid_t *ret_pid);
+
+/* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
+ * holder may have set, and for TCP listens again if a holder's shutdown()
+ * stopped it. Returns 1 when it re-listened, 0 when nothing was wrong,
+ * -errno on failure. */
 int lease_ensure_listening(struct lease *l);
 
 /* Connections waiting to be accepted (TCP) or -1 when unknown. */
 int lease_queued(const struct lease *l);
 
-/* Remembers pid as a recipient (distinct, bounded ring). */
-void lease_note_holder(struct lease *l, pid_t pid);
-
-/* Recipients that still hold the socket (read from /proc/PID/fd). */
-unsigned lease_live_holders(const struct lease *l);
+/* An empty lease: no socket, no holders. */
+void lease_init(struct lease *l);
 
 /* Closes the broker's socket (the hup_source is the caller's). */
 void lease_close_socket(struct lease *l);

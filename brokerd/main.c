@@ -25,6 +25,7 @@ static struct broker_options arg_opt = {
         .db_path = BROKER_DEFAULT_DB,
         .backlog = 4096,
         .max_connections = 256,
+        .max_connections_per_user = 32,
         .idle_timeout_sec = 10,
         .max_leases_per_user = 64,
 };
@@ -42,6 +43,7 @@ static void usage(FILE *out) {
                 "  -f, --foreground              do not detach (implied under systemd)\n"
                 "      --backlog N               TCP listen backlog (default 4096)\n"
                 "      --max-connections N       open control connections (default 256)\n"
+                "      --max-connections-per-user N  of one uid; admins exempt (default 32)\n"
                 "      --idle-timeout SECONDS    close idle control connections (default 10)\n"
                 "      --max-leases-per-user N   leases one uid may own (default 64)\n"
                 "  -h, --help                    show this help\n"
@@ -82,7 +84,7 @@ static int parse_group(const char *s) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        enum { ARG_BACKLOG = 0x100, ARG_MAX_CONN, ARG_IDLE, ARG_MAX_LEASES };
+        enum { ARG_BACKLOG = 0x100, ARG_MAX_CONN, ARG_MAX_CONN_USER, ARG_IDLE, ARG_MAX_LEASES };
         static const struct option options[] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
@@ -90,6 +92,7 @@ static int parse_argv(int argc, char **argv) {
                 { "foreground", no_argument, NULL, 'f' },
                 { "backlog", required_argument, NULL, ARG_BACKLOG },
                 { "max-connections", required_argument, NULL, ARG_MAX_CONN },
+                { "max-connections-per-user", required_argument, NULL, ARG_MAX_CONN_USER },
                 { "idle-timeout", required_argument, NULL, ARG_IDLE },
                 { "max-leases-per-user", required_argument, NULL, ARG_MAX_LEASES },
                 { "help", no_argument, NULL, 'h' },
@@ -123,6 +126,10 @@ static int parse_argv(int argc, char **argv) {
                 case ARG_MAX_CONN:
                         number_option = "max-connections";
                         r = parse_unsigned(optarg, 1, 100000, &arg_opt.max_connections);
+                        break;
+                case ARG_MAX_CONN_USER:
+                        number_option = "max-connections-per-user";
+                        r = parse_unsigned(optarg, 1, 100000, &arg_opt.max_connections_per_user);
                         break;
                 case ARG_IDLE:
                         number_option = "idle-timeout";

@@ -4,12 +4,13 @@
  * never asked for. The pid from SO_PEERCRED is only trusted together with
  * the pidfd from SO_PEERPIDFD: after reading /proc/PID (cgroup, namespaces)
  * we check through the pidfd that the same process is still alive, so a
- * recycled pid cannot lend its identity.
+ * recycled pid cannot lend its identity. Kernels without SO_PEERPIDFD
+ * (before 6.5) get a pidfd from pidfd_open() checked against the uid.
  */
 #include "peer.h"
 
 #include <errno.h>
-#include <signal.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,8 +67,37 @@ static int read_groups(int fd, struct peer *p) {
         return 0;
 }
 
+/* A pidfd turns readable when its process exits. (Not kill(0): that needs
+ * permission to signal, which a broker without CAP_KILL lacks.) */
 static bool pidfd_alive(int pidfd) {
-        return syscall(SYS_pidfd_send_signal, pidfd, 0, NULL, 0) == 0;
+        struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+        return poll(&pfd, 1, 0) == 0;
+}
+
+/* Kernels before 6.5 have no SO_PEERPIDFD: open a pidfd for the pid and make
+ * sure it is still a process of the peer's uid (a recycled pid of another
+ * user is refused; the same user gains nothing by it). */
+static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
+        char path[64], line[256];
+        unsigned real_uid = (unsigned) -1;
+        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
+        FILE *f;
+
+        if (fd < 0)
+                return -errno;
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        while (f && fgets(line, sizeof(line), f))
+                if (sscanf(line, "Uid: %u", &real_uid) == 1)
+                        break;
+        if (f)
+                fclose(f);
+        if (real_uid != uid) {
+                close(fd);
+                return -ESRCH;
+        }
+        *ret = fd;
+        return 0;
 }
 
 int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret) {
@@ -88,7 +118,9 @@ int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret) {
         len = sizeof(p.pidfd);
         if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &p.pidfd, &len) < 0) {
                 p.pidfd = -1;
-                p.doubt = "the kernel gave no pidfd for the peer";
+                if ((errno != ENOPROTOOPT && errno != EINVAL) || p.pid <= 0 ||
+                    pidfd_for_peer(p.pid, p.uid, &p.pidfd) < 0)
+                        p.doubt = "cannot get a pidfd for the peer";
         }
         r = read_groups(conn_fd, &p);
         if (r < 0 && !p.doubt)

@@ -34,6 +34,7 @@ enum stmt {
         ST_RULES,
         ST_LEASE_ADD,
         ST_LEASE_REMOVE,
+        ST_LEASE_SOCKET,
         ST_LEASES,
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
@@ -51,9 +52,11 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
         [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created "
                      "FROM rules ORDER BY id",
-        [ST_LEASE_ADD] = "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created) VALUES (?, ?, ?, ?)",
+        [ST_LEASE_ADD] = "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
-        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created FROM leases ORDER BY id",
+        [ST_LEASE_SOCKET] = "UPDATE leases SET socket_cookie = ?, boot_id = ? WHERE id = ?",
+        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
@@ -61,7 +64,7 @@ static const char *const stmt_sql[_ST_MAX] = {
 
 static const char schema_v1[] =
         "CREATE TABLE rules ("
-        "  id INTEGER PRIMARY KEY,"
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
         "  principal_kind INTEGER NOT NULL CHECK (principal_kind IN (1, 2, 3)),"
         "  principal_id INTEGER NOT NULL,"
         "  principal_unit TEXT NOT NULL DEFAULT '',"
@@ -70,11 +73,13 @@ static const char schema_v1[] =
         "  created INTEGER NOT NULL,"
         "  created_by INTEGER NOT NULL);"
         "CREATE TABLE leases ("
-        "  id INTEGER PRIMARY KEY,"
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
         "  endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) = 24),"
         "  endpoint_text TEXT NOT NULL,"
         "  owner_uid INTEGER NOT NULL,"
-        "  created INTEGER NOT NULL);"
+        "  created INTEGER NOT NULL,"
+        "  socket_cookie INTEGER NOT NULL DEFAULT 0,"
+        "  boot_id TEXT NOT NULL DEFAULT '');"
         "CREATE TABLE events ("
         "  id INTEGER PRIMARY KEY,"
         "  time_us INTEGER NOT NULL,"
@@ -171,7 +176,6 @@ static int write_pending(struct store *s) {
                 if (r < 0)
                         return r;
         }
-        s->n_pending = 0;
         if (s->since_prune >= 1000) {
                 sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE], 1, STORE_EVENTS_KEEP);
                 r = run(s, ST_EVENT_PRUNE);
@@ -186,12 +190,15 @@ static int tx_begin(struct store *s) {
         return run(s, ST_BEGIN);
 }
 
-/* Commits (or on r < 0 rolls back) and returns r or the commit's error. */
+/* Commits (or on r < 0 rolls back) and returns r or the commit's error.
+ * Queued events are written by every transaction, so a commit empties the queue. */
 static int tx_end(struct store *s, int r) {
         if (r >= 0) {
                 int k = run(s, ST_COMMIT);
-                if (k >= 0)
+                if (k >= 0) {
+                        s->n_pending = 0;
                         return r;
+                }
                 r = k;
         }
         run(s, ST_ROLLBACK);
@@ -297,11 +304,30 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
         sqlite3_bind_text(st, 2, endpoint_format(&l->endpoint, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, l->owner_uid);
         sqlite3_bind_int64(st, 4, l->created);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64) l->socket_cookie);
+        sqlite3_bind_text(st, 6, l->boot_id, -1, SQLITE_STATIC);
         r = run(s, ST_LEASE_ADD);
         if (r >= 0) {
                 l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
+        return tx_end(s, r);
+}
+
+int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id) {
+        sqlite3_stmt *st = s->stmt[ST_LEASE_SOCKET];
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) cookie);
+        sqlite3_bind_text(st, 2, boot_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) id);
+        r = write_pending(s);
+        if (r >= 0)
+                r = run(s, ST_LEASE_SOCKET);
+        if (r >= 0 && sqlite3_changes(s->db) == 0)
+                r = -ENOENT;
         return tx_end(s, r);
 }
 
@@ -349,8 +375,11 @@ int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, vo
                         .id = (uint64_t) sqlite3_column_int64(st, 0),
                         .owner_uid = (uid_t) sqlite3_column_int64(st, 2),
                         .created = sqlite3_column_int64(st, 3),
+                        .socket_cookie = (uint64_t) sqlite3_column_int64(st, 4),
                 };
+                const unsigned char *boot_id = sqlite3_column_text(st, 5);
 
+                snprintf(l.boot_id, sizeof(l.boot_id), "%s", boot_id ? (const char *) boot_id : "");
                 r = column_endpoint(st, 1, false, &l.endpoint);
                 if (r >= 0)
                         r = fn(&l, userdata);

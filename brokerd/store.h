@@ -33,11 +33,15 @@ struct store_rule {
         int64_t created;
 };
 
+#define STORE_BOOT_ID_MAX 37
+
 struct store_lease {
         uint64_t id;
         struct pb_endpoint endpoint;
         uid_t owner_uid;
         int64_t created;
+        uint64_t socket_cookie;         /* SO_COOKIE of the broker's socket, 0: none */
+        char boot_id[STORE_BOOT_ID_MAX]; /* boot the cookie belongs to */
 };
 
 /* Opens (creating and migrating) the database at path and checks it with
@@ -55,6 +59,9 @@ int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev
 
 /* Durable: records lease l (id and created filled in) with its event. */
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev);
+
+/* Durable: records which socket (cookie, boot) lease id now has. */
+int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id);
 
 /* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);

@@ -253,13 +253,14 @@ class Procs:
 class Broker:
     """One brokerd process (restartable) over a control socket and database in dir."""
 
-    def __init__(self, path, args):
+    def __init__(self, path, args, wrapper=()):
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
         self.control = str(self.dir / "control.sock")
         self.db = str(self.dir / "portbroker.db")
         self.logpath = self.dir / "brokerd.log"
         self.notify_path = str(self.dir / "notify.sock")
         self.args = [str(a) for a in args]
+        self.wrapper = list(wrapper)    # e.g. setpriv with a smaller capability bounding set
         self.proc = None
         self.pid = None
         self.runs = 0
@@ -274,7 +275,8 @@ class Broker:
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             ns.bind(self.notify_path)
-            argv = [BROKERD, "--foreground", "--control", self.control, "--db", self.db, *self.args]
+            argv = [*self.wrapper, BROKERD, "--foreground", "--control", self.control, "--db", self.db,
+                    *self.args]
             with open(self.logpath, "ab") as log:
                 log.write(f"--- run {self.runs}: {' '.join(argv)}\n".encode())
                 log.flush()
@@ -497,11 +499,11 @@ def procs(workdir):
 def make_broker(workdir, procs):
     brokers = []
 
-    def make(*args, start=True):
+    def make(*args, start=True, wrapper=()):
         d = workdir / f"broker{len(brokers)}"
         d.mkdir()
         d.chmod(0o755)
-        b = Broker(d, args)
+        b = Broker(d, args, wrapper)
         brokers.append(b)
         return b.start() if start else b
 

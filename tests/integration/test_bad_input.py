@@ -241,7 +241,8 @@ def test_forged_credentials_are_ignored(broker):
             assert st[0]["owner_uid"] == 0, st             # identity from SO_PEERCRED, not the forged creds
             leases = 1
     broker.portctl("status")
-    broker.wait_fd_count(base + leases)                     # the broker holds the lease's socket
+    # The lease's socket, and the pidfd watching its holder (this process, alive).
+    broker.wait_fd_count(base + 2 * leases)
 
 
 def test_reader_that_never_reads(broker):

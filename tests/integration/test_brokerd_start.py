@@ -60,6 +60,21 @@ def test_unsafe_state_directory_refused(tmp_path):
     assert "not writable by group or others" in r.stderr
 
 
+def test_created_control_directory_is_reachable(tmp_path):
+    """brokerd runs with umask 077; the directory it creates for its socket is still 0755."""
+    sock_path = tmp_path / "run" / "c.sock"
+    p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
+                          str(tmp_path / "state" / "pb.db")], stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline()
+        assert "event=ready" in line, line
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
+        assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    finally:
+        p.terminate()
+        assert p.wait(timeout=10) == 0
+
+
 def test_live_socket_kept_stale_socket_replaced(tmp_path):
     sock_path = tmp_path / "c.sock"
     live = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)

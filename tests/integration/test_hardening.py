@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: MIT
+"""What a hostile or careless peer must not achieve: a socket adopted back
+at start that was never the lease's, a broker with only the capabilities
+its unit grants refusing everyone, a holder opening a UDP lease to others,
+one uid taking every control connection; and holders counted until they
+exit."""
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PORTCTL, as_user, child_env, try_bind, wait_for
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1, U2 = 4242, 4343
+
+
+def test_foreign_root_socket_is_not_adopted(make_broker, procs):
+    """A lease's port taken meanwhile by an unrelated root listener: at start
+    brokerd must not hand that listener to the lease owner (its cookie is not
+    the lease's), and takes the port once that listener is gone."""
+    broker = make_broker()
+    broker.portctl("policy", "add", "tcp:8083", "--user", U1)
+    broker.portctl("get", "8083", uid=U1)
+    broker.stop()
+    other = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    other.bind(("::", 8083))
+    other.listen()
+    broker.start()
+    assert broker.events("adopt") == [], broker.log()
+    st = broker.portctl("status", "8083", json=True).json
+    assert st[0]["bound"] is False, st
+    r = broker.portctl("get", "8083", uid=U1, check=1)
+    assert "Address already in use" in r.stderr
+    other.close()
+    wait_for(lambda: broker.portctl("status", "8083", json=True).json[0]["bound"], 5,
+             "brokerd to bind 8083 once the other listener closed")
+    assert try_bind(8083) == errno.EADDRINUSE
+
+
+def test_broker_without_cap_kill_serves_other_uids(make_broker):
+    """portbrokerd.service bounds brokerd to CAP_NET_BIND_SERVICE and
+    CAP_SYS_PTRACE: identifying a peer of another uid must not need CAP_KILL."""
+    broker = make_broker(wrapper=["setpriv", "--bounding-set", "-all,+net_bind_service,+sys_ptrace",
+                                  "--inh-caps", "-all"])
+    status = open(f"/proc/{broker.pid}/status").read()
+    assert "CapBnd:\t0000000000080400" in status, status     # NET_BIND_SERVICE (10) + SYS_PTRACE (19)
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    broker.portctl("get", "8080", uid=U1)
+    broker.portctl("status", uid=U2)
+
+
+def test_holder_cannot_open_udp_lease_to_others(broker, procs):
+    """A holder setting SO_REUSEADDR on the shared UDP socket would let any
+    uid bind the port too; brokerd clears it before every hand-out."""
+    broker.portctl("policy", "add", "udp:5353", "--user", U1)
+    script = ("import socket; s = socket.socket(fileno=3); "
+              "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.detach()")
+    broker.portctl("get", "udp:5353", "--", sys.executable, "-c", script, uid=U1)
+    check = ("import socket; s = socket.socket(fileno=3); "
+             "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), "
+             "s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)); s.detach()")
+    r = broker.portctl("get", "udp:5353", "--", sys.executable, "-c", check, uid=U1)
+    assert r.stdout.split() == ["0", "0"], r
+    assert try_bind(5353, proto="udp", reuseaddr=True) == errno.EADDRINUSE
+
+
+CONNECT_MANY = """
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+held = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(path)
+    held.append(s)
+last = held[-1]
+last.settimeout(5)
+data = last.recv(4096)       # refused connections get one error reply, then EOF
+print(data[20:].decode(errors="replace") if data else "no reply")
+"""
+
+
+def test_one_uid_cannot_take_every_connection(make_broker):
+    broker = make_broker("--max-connections-per-user", 3)
+    argv = as_user(U1) + [sys.executable, "-c", CONNECT_MANY, broker.control, "4"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=child_env())
+    assert r.returncode == 0, r.stderr
+    assert "uid 4242 already has 3 connections" in r.stdout, r.stdout
+    assert broker.events("conn-limit"), broker.log()
+    # Other uids, and admins, are served meanwhile.
+    broker.portctl("status", uid=U2)
+    broker.portctl("status")
+
+
+def test_holders_counted_until_they_exit(broker, procs):
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    srv = broker.serve(procs, "8080", uid=U1)
+    srv.wait_ready()
+    st = broker.portctl("status", "8080", json=True).json
+    assert st[0]["holders"] == 1, st
+    srv.kill9()
+    wait_for(lambda: broker.portctl("status", "8080", json=True).json[0]["holders"] == 0, 5,
+             "holders to drop to 0 once the server exited")
+    # The watch on the holder is gone with it: no fd kept for a dead process.
+    wait_for(lambda: not any("pidfd" in f for f in broker.fds()), 5, "brokerd to close the holder's pidfd")
