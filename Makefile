@@ -28,7 +28,8 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototy
 HARDEN   := -fstack-protector-strong -fPIC -D_FORTIFY_SOURCE=2
 OPT      ?= -O2 -g
 CFLAGS   ?=
-CPPFLAGS += -Iproto -Iclient -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"'
+PRELOAD_PATH := $(LIBDIR)/portbroker/libportbroker-preload.so
+CPPFLAGS += -Iproto -Iclient -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"' -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
 ALL_CFLAGS = -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(DEPS_CFLAGS) -MMD -MP $(CFLAGS)
 LDHARDEN := -pie -Wl,-z,relro,-z,now,-z,noexecstack -Wl,--as-needed
 
@@ -43,7 +44,9 @@ PROTO_SRC   := proto/proto.c proto/endpoint.c proto/fdpass.c
 BROKERD_SRC := brokerd/broker.c brokerd/peer.c brokerd/policy.c brokerd/store.c \
                brokerd/lease.c brokerd/log.c
 LIB_SRC     := client/libportbroker.c
-PORTCTL_SRC := client/portctl.c
+PORTCTL_SRC := client/portctl.c client/run.c
+PRELOAD_SRC := client/preload.c
+EXAMPLES    := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.c))
 HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/%,$(wildcard tests/helpers/*.c))
 FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
@@ -60,7 +63,8 @@ BROKERD_OBJ := $(call obj,$(BROKERD_SRC))
 LIB_OBJ     := $(call obj,$(LIB_SRC))
 
 TARGETS := $(BUILD)/brokerd $(BUILD)/portctl $(BUILD)/libportbroker.so \
-           $(BUILD)/libportbroker.a $(BUILD)/portbroker.pc $(BUILD)/portbroker.h
+           $(BUILD)/libportbroker.a $(BUILD)/portbroker.pc $(BUILD)/portbroker.h \
+           $(BUILD)/libportbroker-preload.so
 
 .PHONY: all check check-deps check-unit check-integration check-sanitize test run install \
         clean helpers unit-tests fuzzers
@@ -81,6 +85,19 @@ $(BUILD)/libportbroker.so: $(LIB_OBJ) $(PROTO_OBJ)
 	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libportbroker.so.$(SOVERSION) \
 		-Wl,--version-script=client/libportbroker.sym -Wl,-z,relro,-z,now $^ -lpthread -o $@
 
+# The preload library is loaded into programs built without sanitizers, so it
+# is always built without them (from objects of its own).
+PLAIN_CFLAGS = $(filter-out -fsanitize=% -fno-sanitize-recover=all,$(ALL_CFLAGS))
+PRELOAD_OBJ := $(patsubst %.c,$(BUILD)/obj-preload/%.o,$(PRELOAD_SRC) $(PROTO_SRC))
+
+$(BUILD)/obj-preload/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(PLAIN_CFLAGS) -c $< -o $@
+
+$(BUILD)/libportbroker-preload.so: $(PRELOAD_OBJ) client/preload.sym
+	$(CC) $(PLAIN_CFLAGS) -shared -Wl,--version-script=client/preload.sym -Wl,-z,relro,-z,now \
+		$(filter %.o,$^) -o $@
+
 $(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
 
@@ -99,10 +116,14 @@ $(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(LIB_OBJ)
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@
 
+$(BUILD)/examples/%: examples/%.c $(BUILD)/libportbroker.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -lpthread -o $@
+
 $(BUILD)/%: tests/helpers/%.c $(BUILD)/libportbroker.a
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -lpthread -lm -o $@
 
-helpers: $(HELPERS)
+helpers: $(HELPERS) $(EXAMPLES)
 unit-tests: $(UNIT_TESTS)
 fuzzers: $(FUZZERS)
 
@@ -146,6 +167,8 @@ install: all
 	install -m 0644 $(BUILD)/libportbroker.a $(DESTDIR)$(LIBDIR)/libportbroker.a
 	$(PC_SED) client/portbroker.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
 	install -m 0644 client/portbroker.h $(DESTDIR)$(INCLUDEDIR)/portbroker.h
+	install -d $(DESTDIR)$(LIBDIR)/portbroker
+	install -m 0755 $(BUILD)/libportbroker-preload.so $(DESTDIR)$(PRELOAD_PATH)
 	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1
 	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8
 	sed 's|@SBINDIR@|$(SBINDIR)|' systemd/portbrokerd.service.in > $(DESTDIR)$(UNITDIR)/portbrokerd.service

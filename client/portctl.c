@@ -26,11 +26,11 @@
 
 #include "endpoint.h"
 #include "portbroker.h"
+#include "portctl.h"
 
-#define EXIT_USAGE 2
 
-static const char *arg_socket = NULL;   /* --socket; NULL: $PORTBROKER_SOCKET or the default */
-static bool arg_json = false;           /* --json */
+const char *arg_socket = NULL;          /* --socket; NULL: $PORTBROKER_SOCKET or the default */
+bool arg_json = false;                  /* --json */
 
 static void help(void) {
         printf("Usage: portctl [OPTIONS] COMMAND [ARGS...]\n"
@@ -50,6 +50,14 @@ static void help(void) {
                "                        PATTERN (admin only)\n"
                "  policy remove ID      Remove a rule (admin only)\n"
                "  policy list           List the rules\n"
+               "  run [ENDPOINT...] -- CMD [ARGS...]\n"
+               "                        Run a server that binds its own sockets: with\n"
+               "                        libportbroker-preload.so its bind() to ENDPOINT (any port\n"
+               "                        brokerd grants, when none is named) gets brokerd's socket\n"
+               "  upgrade --pid PID [--signal SIG] [--timeout SEC] [ENDPOINT...] -- CMD [ARGS...]\n"
+               "                        Like run; once the new server accepts on a brokered socket,\n"
+               "                        send SIG (default QUIT) to the old server PID and wait for\n"
+               "                        it to exit (default 30 s)\n"
                "\n"
                "Options:\n"
                "  --socket PATH         brokerd's control socket (default: $" PB_SOCKET_ENV ",\n"
@@ -68,8 +76,7 @@ static void help(void) {
                "cannot be run. See portctl(1).\n");
 }
 
-__attribute__((format(printf, 1, 2)))
-static int usage_error(const char *fmt, ...) {
+int usage_error(const char *fmt, ...) {
         va_list ap;
 
         fputs("portctl: ", stderr);
@@ -80,8 +87,7 @@ static int usage_error(const char *fmt, ...) {
         return EXIT_USAGE;
 }
 
-__attribute__((format(printf, 1, 2)))
-static int failure(const char *fmt, ...) {
+int failure(const char *fmt, ...) {
         int saved_errno = errno;        /* for %m */
         va_list ap;
 
@@ -95,7 +101,7 @@ static int failure(const char *fmt, ...) {
 }
 
 /* Checks endpoint (or pattern) text before anything is sent. Returns 0 or the usage exit status. */
-static int check_endpoint(const char *text, bool pattern) {
+int check_endpoint(const char *text, bool pattern) {
         struct pb_endpoint e;
 
         if (!pattern && endpoint_parse(text, &e) < 0)
@@ -106,11 +112,11 @@ static int check_endpoint(const char *text, bool pattern) {
         return 0;
 }
 
-static int pb_failure(const pb_error *err) {
+int pb_failure(const pb_error *err) {
         return failure("%s", err->message[0] ? err->message : strerror(err->code ? err->code : EIO));
 }
 
-static int connect_broker(pb_conn **ret) {
+int connect_broker(pb_conn **ret) {
         pb_error err;
 
         if (pb_connect(arg_socket, ret, &err) < 0)
@@ -973,6 +979,8 @@ int main(int argc, char **argv) {
                 { "release", cmd_release },
                 { "status", cmd_status },
                 { "policy", cmd_policy },
+                { "run", cmd_run },
+                { "upgrade", cmd_upgrade },
         };
         int i, r = -1;
 

@@ -1,0 +1,339 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libportbroker-preload.so: lets a server that binds its own sockets get
+ * brokerd's instead, unchanged, under `portctl run`. It interposes bind():
+ * when a TCP or UDP AF_INET/AF_INET6 socket is bound to an endpoint the
+ * caller may hold, brokerd's socket takes its place on the same fd number
+ * (its FD_CLOEXEC and O_NONBLOCK kept) and bind() returns 0; every other
+ * bind() passes through untouched, errno included. On a socket it swapped
+ * in, listen() never shrinks the broker's backlog, and SO_REUSEADDR,
+ * SO_REUSEPORT and IPV6_V6ONLY are left as brokerd set them. accept() and
+ * epoll_ctl(ADD) on one tell `portctl upgrade` that the server serves.
+ *
+ * Only the wrapped calls are exported (preload.sym). Everything here is
+ * a raw system call on stack buffers, so the wrappers
+ * stay async-signal-safe where the calls they wrap are; the connection to
+ * brokerd is close-on-exec and closed before bind() returns. Configuration
+ * comes from the environment, read once at load:
+ *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker; unset
+ *                                 or empty: try every bind to a port, and
+ *                                 pass through whatever brokerd refuses
+ *   PORTBROKER_SOCKET             brokerd's control socket
+ *   PORTBROKER_READY              abstract socket name to report serving to
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "endpoint.h"
+#include "fdpass.h"
+#include "portbroker.h"
+#include "proto.h"
+
+#define ENDPOINTS_MAX 64
+#define BROKERED_MAX 256                /* sockets swapped in, by SO_COOKIE */
+#define BROKER_TIMEOUT_SEC 10
+
+static struct {
+        bool all;                       /* no endpoint list: try every bind */
+        size_t n_endpoints;
+        struct pb_endpoint endpoints[ENDPOINTS_MAX];
+        struct sockaddr_un control;
+        struct sockaddr_un ready;       /* abstract; sun_path[1] == 0: none */
+        socklen_t ready_len;
+} cfg;
+
+static uint64_t brokered[BROKERED_MAX]; /* cookies of the sockets swapped in */
+static unsigned brokered_next;
+static int ready_sent;
+
+static long raw_bind(int fd, const struct sockaddr *sa, socklen_t len) {
+        return syscall(SYS_bind, fd, sa, len);
+}
+
+static void parse_endpoints(const char *list) {
+        char item[PB_ENDPOINT_STRLEN];
+
+        while (list && *list && cfg.n_endpoints < ENDPOINTS_MAX) {
+                size_t len = strcspn(list, ",");
+
+                if (len < sizeof(item)) {
+                        memcpy(item, list, len);
+                        item[len] = '\0';
+                        if (endpoint_parse(item, &cfg.endpoints[cfg.n_endpoints]) == 0)
+                                cfg.n_endpoints++;
+                }
+                list += len + (list[len] == ',');
+        }
+}
+
+__attribute__((constructor)) static void preload_init(void) {
+        const char *list = getenv("PORTBROKER_PRELOAD_ENDPOINTS");
+        const char *path = getenv(PB_SOCKET_ENV);
+        const char *ready = getenv("PORTBROKER_READY");
+
+        parse_endpoints(list);
+        cfg.all = !list || !*list;
+        if (!path || !*path || strlen(path) >= sizeof(cfg.control.sun_path))
+                path = PB_DEFAULT_SOCKET;
+        cfg.control.sun_family = AF_UNIX;
+        strcpy(cfg.control.sun_path, path);
+        if (ready && *ready && strlen(ready) < sizeof(cfg.ready.sun_path) - 1) {
+                cfg.ready.sun_family = AF_UNIX;
+                strcpy(cfg.ready.sun_path + 1, ready);
+                cfg.ready_len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + strlen(ready));
+        }
+}
+
+static int sockopt_int(int fd, int level, int name) {
+        int v = -1;
+        socklen_t len = sizeof(v);
+
+        return getsockopt(fd, level, name, &v, &len) < 0 ? -1 : v;
+}
+
+static uint64_t cookie_of(int fd) {
+        uint64_t c = 0;
+        socklen_t len = sizeof(c);
+
+        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &len) < 0 ? 0 : c;
+}
+
+static bool is_brokered(int fd) {
+        uint64_t c = cookie_of(fd);
+
+        for (unsigned i = 0; c && i < BROKERED_MAX; i++)
+                if (__atomic_load_n(&brokered[i], __ATOMIC_RELAXED) == c)
+                        return true;
+        return false;
+}
+
+/* The endpoint a bind() of fd to sa means, if it is one brokerd can hold. */
+static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct pb_endpoint *ret) {
+        struct pb_endpoint e = { 0 };
+        int type, protocol;
+
+        if (!sa)
+                return false;
+        if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+                const struct sockaddr_in *sin = (const struct sockaddr_in *) sa;
+                e.family = PB_FAMILY_INET;
+                e.port_lo = ntohs(sin->sin_port);
+                memcpy(e.addr, &sin->sin_addr, 4);
+        } else if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+                const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *) sa;
+                e.port_lo = ntohs(sin6->sin6_port);
+                memcpy(e.addr, &sin6->sin6_addr, 16);
+                /* [::], v6-only or not, is the dual-stack lease; v4-mapped stays the server's own. */
+                if (IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr))
+                        e.family = PB_FAMILY_ANY;
+                else if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) || sin6->sin6_scope_id)
+                        return false;
+                else
+                        e.family = PB_FAMILY_INET6;
+        } else
+                return false;
+        if (e.port_lo == 0 || sockopt_int(fd, SOL_SOCKET, SO_DOMAIN) != sa->sa_family)
+                return false;
+        type = sockopt_int(fd, SOL_SOCKET, SO_TYPE);
+        protocol = sockopt_int(fd, SOL_SOCKET, SO_PROTOCOL);
+        if (type == SOCK_STREAM && protocol == IPPROTO_TCP)
+                e.transport = PB_TCP;
+        else if (type == SOCK_DGRAM && protocol == IPPROTO_UDP)
+                e.transport = PB_UDP;
+        else
+                return false;
+        e.port_hi = e.port_lo;
+        *ret = e;
+        return true;
+}
+
+static bool wanted(const struct pb_endpoint *e) {
+        if (cfg.all)
+                return true;
+        for (size_t i = 0; i < cfg.n_endpoints; i++)
+                if (endpoint_equal(&cfg.endpoints[i], e))
+                        return true;
+        return false;
+}
+
+/* One GET over a connection of our own. Returns the fd or -errno; msg gets brokerd's words. */
+static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
+        struct timeval tv = { .tv_sec = BROKER_TIMEOUT_SEC };
+        uint8_t buf[PB_MSG_MAX];
+        struct pb_msg m;
+        int sock_fd, fd = -1, n, r;
+
+        msg[0] = '\0';
+        sock_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (sock_fd < 0)
+                return -errno;
+        (void) syscall(SYS_setsockopt, sock_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void) syscall(SYS_setsockopt, sock_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(sock_fd, (struct sockaddr *) &cfg.control, sizeof(cfg.control)) < 0) {
+                r = -errno;
+                goto out;
+        }
+        memset(&m.hdr, 0, sizeof(m.hdr));
+        m.hdr.type = PB_MSG_GET;
+        m.hdr.id = 1;
+        m.get.endpoint = *e;
+        n = proto_encode(&m, buf, sizeof(buf));
+        r = n < 0 ? n : fdpass_send(sock_fd, buf, (size_t) n, -1, 0);
+        if (r < 0)
+                goto out;
+        n = fdpass_recv(sock_fd, buf, sizeof(buf), &fd, 0);
+        r = n <= 0 ? (n < 0 ? n : -ECONNRESET) : proto_decode(buf, (size_t) n, &m);
+        if (r < 0)
+                goto out;
+        if (m.hdr.type == PB_MSG_ERROR) {
+                size_t k = strnlen(m.error.message, msglen - 1);
+                memcpy(msg, m.error.message, k);
+                msg[k] = '\0';
+                r = -m.error.code;
+        } else if (m.hdr.type != (PB_MSG_GET | PB_MSG_REPLY) || m.hdr.id != 1 || fd < 0 ||
+                   !endpoint_equal(&m.got.endpoint, e))
+                r = -EBADMSG;
+        else {
+                r = fd;
+                fd = -1;
+        }
+out:
+        if (fd >= 0)
+                close(fd);
+        close(sock_fd);
+        return r;
+}
+
+/* One line on stderr with write(2): what failed, why. */
+static void complain(const struct pb_endpoint *e, int code, const char *msg) {
+        char text[PB_ENDPOINT_STRLEN], line[512];
+        size_t n = 0;
+        const char *parts[] = { "portbroker-preload: cannot get ", endpoint_format(e, text), " from brokerd: ",
+                                msg[0] ? msg : strerrordesc_np(code), "\n" };
+
+        for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+                size_t k = strnlen(parts[i], sizeof(line) - 1 - n);
+                memcpy(line + n, parts[i], k);
+                n += k;
+        }
+        (void) !write(STDERR_FILENO, line, n);
+}
+
+int bind(int fd, const struct sockaddr *sa, socklen_t len) {
+        int saved_errno = errno, fd_flags, fl_flags, new_fd, cur;
+        struct pb_endpoint e;
+        char msg[PB_TEXT_MAX + 1];
+
+        if (!endpoint_of(fd, sa, len, &e) || !wanted(&e)) {
+                errno = saved_errno;
+                return (int) raw_bind(fd, sa, len);
+        }
+        fd_flags = fcntl(fd, F_GETFD);
+        fl_flags = fcntl(fd, F_GETFL);
+        new_fd = broker_get(&e, msg, sizeof(msg));
+        if (new_fd < 0) {
+                if (cfg.all) {          /* not one brokerd will give us: the server's own bind */
+                        errno = saved_errno;
+                        return (int) raw_bind(fd, sa, len);
+                }
+                complain(&e, -new_fd, msg);
+                errno = -new_fd;
+                return -1;
+        }
+        /* Same fd number, the caller's close-on-exec; the socket's file status
+         * flags are shared by every holder: set O_NONBLOCK as this caller had it. */
+        if (fd_flags < 0 || fl_flags < 0 ||
+            dup3(new_fd, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+                int r = errno;
+                close(new_fd);
+                errno = r;
+                return -1;
+        }
+        close(new_fd);
+        cur = fcntl(fd, F_GETFL);
+        if (cur >= 0)
+                (void) fcntl(fd, F_SETFL, (cur & ~O_NONBLOCK) | (fl_flags & O_NONBLOCK));
+        __atomic_store_n(&brokered[__atomic_fetch_add(&brokered_next, 1, __ATOMIC_RELAXED) % BROKERED_MAX],
+                         cookie_of(fd), __ATOMIC_RELAXED);
+        errno = saved_errno;
+        return 0;
+}
+
+int listen(int fd, int backlog) {
+        int saved_errno = errno;
+
+        if (is_brokered(fd)) {
+                errno = saved_errno;
+                /* Listening already with brokerd's backlog: leave it. Otherwise (a
+                 * holder shut it down) listen, never below the broker's default. */
+                if (sockopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1)
+                        return 0;
+                errno = saved_errno;
+                return (int) syscall(SYS_listen, fd, backlog > SOMAXCONN ? backlog : SOMAXCONN);
+        }
+        errno = saved_errno;
+        return (int) syscall(SYS_listen, fd, backlog);
+}
+
+int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+        int saved_errno = errno;
+        bool guarded = (level == SOL_SOCKET && (name == SO_REUSEADDR || name == SO_REUSEPORT)) ||
+                       (level == IPPROTO_IPV6 && name == IPV6_V6ONLY);
+
+        if (guarded && is_brokered(fd)) {
+                errno = saved_errno;
+                return 0;               /* brokerd's choice stands; SO_REUSEPORT never */
+        }
+        errno = saved_errno;
+        return (int) syscall(SYS_setsockopt, fd, level, name, value, len);
+}
+
+/* Tells `portctl upgrade` once that this process serves a brokered socket. */
+static void maybe_ready(int fd) {
+        int saved_errno = errno;
+        char text[32];
+        size_t n = 0;
+        pid_t pid;
+        int s;
+
+        if (!cfg.ready_len || __atomic_load_n(&ready_sent, __ATOMIC_RELAXED) || !is_brokered(fd))
+                goto out;
+        __atomic_store_n(&ready_sent, 1, __ATOMIC_RELAXED);
+        s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s < 0)
+                goto out;
+        pid = getpid();
+        do
+                text[sizeof(text) - 1 - n++] = (char) ('0' + pid % 10);
+        while ((pid /= 10) > 0 && n < sizeof(text) - 1);
+        (void) sendto(s, text + sizeof(text) - n, n, MSG_DONTWAIT, (struct sockaddr *) &cfg.ready, cfg.ready_len);
+        close(s);
+out:
+        errno = saved_errno;
+}
+
+int accept(int fd, struct sockaddr *sa, socklen_t *len) {
+        maybe_ready(fd);
+        return (int) syscall(SYS_accept4, fd, sa, len, 0);
+}
+
+int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags) {
+        maybe_ready(fd);
+        return (int) syscall(SYS_accept4, fd, sa, len, flags);
+}
+
+int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+        if (op == EPOLL_CTL_ADD)
+                maybe_ready(fd);
+        return (int) syscall(SYS_epoll_ctl, epfd, op, fd, ev);
+}

@@ -1,0 +1,431 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * portctl run and portctl upgrade: servers that bind their own sockets.
+ * run gets the named leases first (so a denial is one clear line before the
+ * server starts), then execs the server with libportbroker-preload.so, whose
+ * bind() hands it brokerd's socket. A program the dynamic loader would not
+ * preload into (static, setuid) is refused with the reason. upgrade does the
+ * same for a new version while the old one runs: both share the socket's
+ * accept queue; once the new one serves (the shim reports its first accept
+ * or epoll registration on a brokered socket), a watcher process signals the
+ * old one to stop gracefully and waits for it to exit.
+ */
+#include <elf.h>
+#include <stddef.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "portctl.h"
+
+#define PRELOAD_NAME "libportbroker-preload.so"
+
+struct run_args {
+        const char *verb;               /* "run" or "upgrade" */
+        char **endpoints;               /* argv slices, not owned */
+        size_t n_endpoints;
+        char **cmd;
+        pid_t old_pid;                  /* upgrade: the server to replace */
+        int signal;                     /* upgrade: sent to old_pid */
+        unsigned timeout_sec;           /* upgrade: for readiness, then for the old one's exit */
+};
+
+static const struct {
+        const char *name;
+        int number;
+} signals[] = {
+        { "HUP", SIGHUP }, { "INT", SIGINT }, { "QUIT", SIGQUIT }, { "TERM", SIGTERM },
+        { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "WINCH", SIGWINCH }, { "KILL", SIGKILL },
+};
+
+static int parse_signal(const char *s) {
+        char *end;
+        long n;
+
+        if (strncmp(s, "SIG", 3) == 0)
+                s += 3;
+        for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+                if (strcmp(s, signals[i].name) == 0)
+                        return signals[i].number;
+        n = strtol(s, &end, 10);
+        return *s && !*end && n > 0 && n < NSIG ? (int) n : -1;
+}
+
+static const char *signal_name(int sig) {
+        for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+                if (signals[i].number == sig)
+                        return signals[i].name;
+        return "signal";
+}
+
+static int parse_args(const char *verb, int argc, char **argv, struct run_args *a) {
+        bool upgrade = strcmp(verb, "upgrade") == 0;
+
+        *a = (struct run_args) { .verb = verb, .signal = SIGQUIT, .timeout_sec = 30 };
+        a->endpoints = argv + 1;
+        for (int i = 1; i < argc; i++) {
+                const char *opt = argv[i];
+                const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+
+                if (strcmp(opt, "--") == 0) {
+                        a->cmd = argv + i + 1;
+                        break;
+                } else if (strcmp(opt, "--json") == 0)
+                        continue;
+                else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
+                        char *end;
+                        long pid = strtol(val, &end, 10);
+                        if (*end || pid <= 1 || pid > INT_MAX)
+                                return usage_error("upgrade: invalid --pid '%s'", val);
+                        a->old_pid = (pid_t) pid;
+                        i++;
+                } else if (upgrade && strcmp(opt, "--signal") == 0 && val) {
+                        a->signal = parse_signal(val);
+                        if (a->signal < 0)
+                                return usage_error("upgrade: unknown signal '%s'", val);
+                        i++;
+                } else if (upgrade && strcmp(opt, "--timeout") == 0 && val) {
+                        char *end;
+                        unsigned long t = strtoul(val, &end, 10);
+                        if (*end || val[0] == '-' || t < 1 || t > 86400)
+                                return usage_error("upgrade: invalid --timeout '%s'", val);
+                        a->timeout_sec = (unsigned) t;
+                        i++;
+                } else if (opt[0] == '-' && opt[1])
+                        return usage_error("%s: unknown option or missing value '%s'", verb, opt);
+                else {
+                        int r = check_endpoint(opt, false);
+                        if (r != 0)
+                                return r;
+                        /* Endpoints are compacted to the front of argv. */
+                        a->endpoints[a->n_endpoints++] = argv[i];
+                }
+        }
+        if (!a->cmd || !a->cmd[0])
+                return usage_error("%s: no command after '--'", verb);
+        if (upgrade && !a->old_pid)
+                return usage_error("upgrade: --pid of the running server is required");
+        return 0;
+}
+
+/* Where the shim is: $PORTBROKER_PRELOAD, beside portctl (a build tree), or installed. */
+static int find_preload(char *buf, size_t size) {
+        const char *env = getenv("PORTBROKER_PRELOAD");
+        char self[PATH_MAX - 64];      /* room for the name after it */
+        ssize_t n;
+
+        if (env && *env) {
+                snprintf(buf, size, "%s", env);
+                return access(buf, R_OK) == 0 ? 0 : failure("PORTBROKER_PRELOAD=%s: %m", env);
+        }
+        n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n > 0) {
+                self[n] = '\0';
+                *strrchr(self, '/') = '\0';
+                snprintf(buf, size, "%s/%s", self, PRELOAD_NAME);
+                if (access(buf, R_OK) == 0)
+                        return 0;
+        }
+        snprintf(buf, size, "%s", PB_PRELOAD_PATH);
+        if (access(buf, R_OK) == 0)
+                return 0;
+        return failure("cannot find %s (looked beside portctl and at %s; set PORTBROKER_PRELOAD)", PRELOAD_NAME,
+                       PB_PRELOAD_PATH);
+}
+
+/* The file execvp() would run for name. */
+static int resolve_command(const char *name, char *buf, size_t size) {
+        const char *path = getenv("PATH");
+
+        if (strchr(name, '/')) {
+                snprintf(buf, size, "%s", name);
+                return access(buf, X_OK) == 0 ? 0 : -errno;
+        }
+        for (const char *p = path && *path ? path : "/usr/local/bin:/usr/bin:/bin"; *p;) {
+                size_t len = strcspn(p, ":");
+
+                snprintf(buf, size, "%.*s/%s", (int) len, p, name);
+                if (access(buf, X_OK) == 0)
+                        return 0;
+                p += len + (p[len] == ':');
+        }
+        return -ENOENT;
+}
+
+/* True when the ELF file asks for a dynamic loader (PT_INTERP). */
+static int elf_is_dynamic(int fd, bool *ret) {
+        Elf64_Ehdr eh;
+        unsigned char ident[EI_NIDENT];
+
+        if (pread(fd, ident, sizeof(ident), 0) != (ssize_t) sizeof(ident))
+                return -ENOEXEC;
+        if (memcmp(ident, ELFMAG, SELFMAG) != 0)
+                return -ENOEXEC;
+        if (ident[EI_CLASS] == ELFCLASS32) {
+                Elf32_Ehdr e32;
+                if (pread(fd, &e32, sizeof(e32), 0) != (ssize_t) sizeof(e32))
+                        return -ENOEXEC;
+                for (unsigned i = 0; i < e32.e_phnum; i++) {
+                        Elf32_Phdr ph;
+                        if (pread(fd, &ph, sizeof(ph), (off_t) (e32.e_phoff + i * e32.e_phentsize)) !=
+                            (ssize_t) sizeof(ph))
+                                return -ENOEXEC;
+                        if (ph.p_type == PT_INTERP) {
+                                *ret = true;
+                                return 0;
+                        }
+                }
+                *ret = false;
+                return 0;
+        }
+        if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t) sizeof(eh))
+                return -ENOEXEC;
+        for (unsigned i = 0; i < eh.e_phnum; i++) {
+                Elf64_Phdr ph;
+                if (pread(fd, &ph, sizeof(ph), (off_t) (eh.e_phoff + (Elf64_Off) i * eh.e_phentsize)) !=
+                    (ssize_t) sizeof(ph))
+                        return -ENOEXEC;
+                if (ph.p_type == PT_INTERP) {
+                        *ret = true;
+                        return 0;
+                }
+        }
+        *ret = false;
+        return 0;
+}
+
+/* Refuses, with the reason, a program LD_PRELOAD cannot reach. depth: #! levels followed. */
+static int check_preloadable(const char *name, int depth) {
+        char path[PATH_MAX], head[256];
+        struct stat st;
+        bool dynamic;
+        ssize_t n;
+        int fd, r;
+
+        if (resolve_command(name, path, sizeof(path)) < 0)
+                return 0;               /* exec reports it */
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fstat(fd, &st) < 0) {
+                if (fd >= 0)
+                        close(fd);
+                return 0;
+        }
+        if ((st.st_mode & (S_ISUID | S_ISGID)) && (st.st_uid != geteuid() || st.st_gid != getegid())) {
+                close(fd);
+                return failure("%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
+                               "bind() would never reach brokerd", path);
+        }
+        n = pread(fd, head, sizeof(head) - 1, 0);
+        if (n > 2 && head[0] == '#' && head[1] == '!' && depth < 2) {
+                char *interp;
+
+                close(fd);
+                head[n] = '\0';
+                interp = head + 2 + strspn(head + 2, " \t");
+                interp[strcspn(interp, " \t\n")] = '\0';
+                /* `#!/usr/bin/env python3`: the program is the argument. */
+                if (strcmp(interp, "/usr/bin/env") == 0) {
+                        char *arg = interp + strlen(interp) + 1;
+                        if (arg < head + n) {
+                                arg += strspn(arg, " \t");
+                                arg[strcspn(arg, " \t\n")] = '\0';
+                                if (*arg)
+                                        return check_preloadable(arg, depth + 1);
+                        }
+                }
+                return check_preloadable(interp, depth + 1);
+        }
+        r = elf_is_dynamic(fd, &dynamic);
+        close(fd);
+        if (r == 0 && !dynamic)
+                return failure("%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
+                               "socket by socket activation instead (portctl get ENDPOINT -- CMD)", path);
+        return 0;
+}
+
+/* Gets each named lease once (creating it), so a denial stops us before the server starts. */
+static int prefetch(const struct run_args *a, char *list, size_t size) {
+        pb_conn *c = NULL;
+        pb_lease lease;
+        pb_error err;
+        size_t used = 0;
+        int r = connect_broker(&c);
+
+        list[0] = '\0';
+        for (size_t i = 0; r == 0 && i < a->n_endpoints; i++) {
+                int fd = pb_conn_get(c, a->endpoints[i], 0, &lease, &err);
+
+                if (fd < 0) {
+                        r = pb_failure(&err);
+                        break;
+                }
+                close(fd);
+                used += (size_t) snprintf(list + used, size - used, "%s%s", used ? "," : "", lease.endpoint);
+                if (used >= size)
+                        r = failure("%s: too many endpoints", a->verb);
+        }
+        pb_disconnect(c);
+        return r;
+}
+
+static int setup_environment(const struct run_args *a, const char *preload, const char *endpoints) {
+        const char *old = getenv("LD_PRELOAD");
+        char *value = NULL;
+
+        if (asprintf(&value, "%s%s%s", preload, old && *old ? " " : "", old && *old ? old : "") < 0)
+                return failure("%s", strerror(ENOMEM));
+        if (setenv("LD_PRELOAD", value, 1) < 0 || setenv("PORTBROKER_PRELOAD_ENDPOINTS", endpoints, 1) < 0 ||
+            (arg_socket && setenv(PB_SOCKET_ENV, arg_socket, 1) < 0)) {
+                free(value);
+                return failure("cannot set the environment: %m");
+        }
+        free(value);
+        return 0;
+}
+
+static int exec_command(char **cmd) {
+        execvp(cmd[0], cmd);
+        int e = errno;
+        failure("cannot run %s: %s", cmd[0], strerror(e));
+        return e == ENOENT ? 127 : 126;
+}
+
+static int prepare(const struct run_args *a) {
+        char preload[PATH_MAX], endpoints[4096];
+        int r = find_preload(preload, sizeof(preload));
+
+        if (r == 0)
+                r = check_preloadable(a->cmd[0], 0);
+        if (r == 0)
+                r = prefetch(a, endpoints, sizeof(endpoints));
+        if (r == 0)
+                r = setup_environment(a, preload, endpoints);
+        return r;
+}
+
+int cmd_run(int argc, char **argv) {
+        struct run_args a;
+        int r = parse_args("run", argc, argv, &a);
+
+        if (r == 0)
+                r = prepare(&a);
+        return r == 0 ? exec_command(a.cmd) : r;
+}
+
+/* --- upgrade ----------------------------------------------------------------- */
+
+static bool pidfd_exited(int pidfd, int timeout_ms) {
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        return poll(&p, 1, timeout_ms) > 0;
+}
+
+/* The watcher: waits for the new server (server_pidfd) to report serving on
+ * ready_fd, then signals the old one (old_pidfd) and waits for it to exit.
+ * Runs detached from the server (double fork), so it never is its child. */
+static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int old_pidfd) {
+        struct pollfd p[2] = { { .fd = ready_fd, .events = POLLIN }, { .fd = server_pidfd, .events = POLLIN } };
+        char buf[32] = "";
+        ssize_t n;
+        int r;
+
+        r = poll(p, 2, (int) a->timeout_sec * 1000);
+        if (r <= 0 || !(p[0].revents & POLLIN)) {
+                fprintf(stderr, "portctl: upgrade: the new server %s; pid %d left running\n",
+                        r > 0 ? "exited before it served" : "did not serve in time", (int) a->old_pid);
+                return EXIT_FAILURE;
+        }
+        n = recv(ready_fd, buf, sizeof(buf) - 1, 0);
+        buf[n > 0 ? n : 0] = '\0';
+        if (syscall(SYS_pidfd_send_signal, old_pidfd, a->signal, NULL, 0) < 0) {
+                fprintf(stderr, "portctl: upgrade: cannot signal pid %d: %s\n", (int) a->old_pid, strerror(errno));
+                return EXIT_FAILURE;
+        }
+        fprintf(stderr, "portctl: upgrade: pid %s is serving; sent SIG%s to pid %d\n", buf, signal_name(a->signal),
+                (int) a->old_pid);
+        if (!pidfd_exited(old_pidfd, (int) a->timeout_sec * 1000)) {
+                fprintf(stderr, "portctl: upgrade: pid %d still runs after %u s\n", (int) a->old_pid,
+                        a->timeout_sec);
+                return EXIT_FAILURE;
+        }
+        fprintf(stderr, "portctl: upgrade: pid %d exited\n", (int) a->old_pid);
+        return 0;
+}
+
+/* A fresh abstract socket name for the shim's readiness report. */
+static int ready_socket(char *name, size_t size) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct timespec ts;
+        socklen_t len;
+        int fd;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        snprintf(name, size, "portbroker-ready-%d-%ld", (int) getpid(), (long) ts.tv_nsec);
+        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+        memcpy(sa.sun_path + 1, name, strlen(name));
+        if (bind(fd, (struct sockaddr *) &sa, len) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int cmd_upgrade(int argc, char **argv) {
+        struct run_args a;
+        char name[96];
+        int r, old_pidfd, self_pidfd, ready_fd, status;
+        pid_t child;
+
+        r = parse_args("upgrade", argc, argv, &a);
+        if (r != 0)
+                return r;
+        old_pidfd = (int) syscall(SYS_pidfd_open, a.old_pid, 0);
+        if (old_pidfd < 0)
+                return failure("upgrade: no process %d to replace: %m", (int) a.old_pid);
+        r = prepare(&a);
+        if (r != 0)
+                return r;
+        ready_fd = ready_socket(name, sizeof(name));
+        self_pidfd = (int) syscall(SYS_pidfd_open, getpid(), 0);
+        if (ready_fd < 0 || self_pidfd < 0)
+                return failure("upgrade: cannot set up the watcher: %s", strerror(ready_fd < 0 ? -ready_fd : errno));
+        if (setenv("PORTBROKER_READY", name, 1) < 0)
+                return failure("upgrade: cannot set the environment: %m");
+
+        fflush(NULL);
+        child = fork();
+        if (child < 0)
+                return failure("upgrade: cannot fork: %m");
+        if (child == 0) {
+                /* Fork again so the watcher is not the server's child (no zombie for it to reap). */
+                int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+                if (devnull >= 0) {
+                        dup2(devnull, STDIN_FILENO);
+                        dup2(devnull, STDOUT_FILENO);
+                }
+                if (fork() != 0)
+                        _exit(0);
+                _exit(watch(&a, ready_fd, self_pidfd, old_pidfd));
+        }
+        (void) waitpid(child, &status, 0);
+        close(ready_fd);
+        close(self_pidfd);
+        close(old_pidfd);
+        return exec_command(a.cmd);
+}
