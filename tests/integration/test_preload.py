@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: MIT
+"""libportbroker-preload.so under `portctl run`, probed from inside a real
+process (Python calls libc's bind/listen/setsockopt, so the shim is what it
+calls): the swap keeps the fd number and its flags, errno is untouched on
+the pass-through path, listen() keeps the broker's backlog, SO_REUSEPORT
+cannot be set, no broker connection is left behind, children (fork + exec)
+get the same socket, UDP works, and what is not named passes through."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import PORTCTL, as_user, child_env
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1 = 4242
+
+PROBE = r"""
+import ctypes, json, os, socket, subprocess, sys
+
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+
+def sockets():
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:           # the directory's own fd, closed by now
+            continue
+        if link.startswith("socket:"):
+            found.append(link)
+    return found
+
+# Pass-through keeps errno: bind an AF_UNIX socket with errno set to 1234 beforehand.
+u = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = b"\x01\x00" + b"\x00probe-" + str(os.getpid()).encode()
+ctypes.set_errno(1234)
+r = libc.bind(u.fileno(), ctypes.c_char_p(addr), len(addr))
+out["passthrough_rc"], out["passthrough_errno"] = r, ctypes.get_errno()
+
+before = sockets()
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+fd = s.fileno()
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)      # nginx's default for [::]
+s.bind(("::", 8080))
+out["same_fd"] = s.fileno() == fd
+out["cloexec"] = not os.get_inheritable(fd)
+out["nonblocking"] = not s.getblocking()
+s.listen(5)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+out["reuseport"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+out["v6only"] = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+out["inode"] = os.fstat(fd).st_ino
+after = sockets()
+out["sockets_added"] = len(after) - len(before)
+
+# A plain bind of a port not named passes through: the server's own socket.
+p = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+p.bind(("127.0.0.1", 8095))
+out["other_port_bound"] = p.getsockname()[1]
+
+d = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+d.bind(("::", 5353))
+out["udp_inode"] = os.fstat(d.fileno()).st_ino
+
+# A child that execs and binds again (the shim is in its environment) gets the same socket.
+child = subprocess.run([sys.executable, "-c",
+    "import os, socket; s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); "
+    "s.bind(('::', 8080)); print(os.fstat(s.fileno()).st_ino)"], capture_output=True, text=True)
+out["child_inode"] = int(child.stdout) if child.stdout.strip() else child.stderr
+print(json.dumps(out))
+"""
+
+
+def run_probe(broker, *endpoints):
+    argv = as_user(U1) + [PORTCTL, "--socket", broker.control, "run", *endpoints, "--",
+                          sys.executable, "-c", PROBE]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=child_env())
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_shim_swaps_in_the_brokered_socket(broker):
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    broker.portctl("policy", "add", "udp:5353", "--user", U1)
+    out = run_probe(broker, "8080", "udp:5353")
+    assert out["passthrough_rc"] == 0 and out["passthrough_errno"] == 1234, out
+    assert out["same_fd"] and out["cloexec"] and out["nonblocking"], out
+    assert out["reuseport"] == 0, out
+    assert out["v6only"] == 0, out                      # brokerd's dual-stack socket, unchanged
+    assert out["sockets_added"] == 1, out               # the swapped socket; no broker connection left
+    assert out["other_port_bound"] == 8095, out
+    assert out["child_inode"] == out["inode"], out
+    # The server holds brokerd's socket, listening with brokerd's backlog, not its own 5.
+    ss = subprocess.run(["ss", "-Hltn", "sport = :8080"], capture_output=True, text=True).stdout
+    assert ss.split()[2] == "4096", ss
+    st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
+    assert set(st) == {"tcp:[::]:8080", "udp:[::]:5353"}, st   # 8095 never went to brokerd
+
+
+def test_shim_without_endpoints_tries_every_bind(broker):
+    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes through."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    broker.portctl("policy", "add", "udp:5353", "--user", U1)
+    out = run_probe(broker)
+    assert out["same_fd"] and out["child_inode"] == out["inode"], out
+    assert out["other_port_bound"] == 8095, out
+    assert len(broker.events("deny")) >= 1              # 8095 was asked for and refused
+    st = {l["endpoint"] for l in broker.portctl("status", json=True).json}
+    assert st == {"tcp:[::]:8080", "udp:[::]:5353"}, st
+
+
+def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    src = tmp_path / "s.c"
+    src.write_text("int main(void) { return 0; }\n")
+    static = tmp_path / "static"
+    subprocess.run(["cc", "-static", str(src), "-o", str(static)], check=True)
+    r = broker.portctl("run", "8080", "--", static, check=1)
+    assert "statically linked" in r.stderr
+    setuid = broker.dir / "setuid"                     # a directory uid 4242 can reach
+    subprocess.run(["cp", "/usr/bin/true", str(setuid)], check=True)
+    setuid.chmod(0o4755)
+    r = broker.portctl("run", "8080", "--", setuid, uid=U1, check=1)
+    assert "setuid" in r.stderr
+    # A denied endpoint stops run before the server starts.
+    r = broker.portctl("run", "9999", "--", "/usr/bin/true", uid=U1, check=1)
+    assert "no rule" in r.stderr
