@@ -44,7 +44,7 @@ PROTO_SRC   := proto/proto.c proto/endpoint.c proto/fdpass.c
 BROKERD_SRC := brokerd/broker.c brokerd/peer.c brokerd/policy.c brokerd/store.c \
                brokerd/lease.c brokerd/log.c
 LIB_SRC     := client/libportbroker.c
-PORTCTL_SRC := client/portctl.c client/run.c
+PORTCTL_SRC := client/portctl.c client/run.c client/why.c
 PRELOAD_SRC := client/preload.c
 EXAMPLES    := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.c))

@@ -58,6 +58,9 @@ static void help(void) {
                "                        Like run; once the new server accepts on a brokered socket,\n"
                "                        send SIG (default QUIT) to the old server PID and wait for\n"
                "                        it to exit (default 30 s)\n"
+               "  why ENDPOINT [--as USER]\n"
+               "                        Why bind() of ENDPOINT fails (or would succeed) for you or\n"
+               "                        USER: the verdict, the evidence and the fix\n"
                "\n"
                "Options:\n"
                "  --socket PATH         brokerd's control socket (default: $" PB_SOCKET_ENV ",\n"
@@ -981,6 +984,7 @@ int main(int argc, char **argv) {
                 { "policy", cmd_policy },
                 { "run", cmd_run },
                 { "upgrade", cmd_upgrade },
+                { "why", cmd_why },
         };
         int i, r = -1;
 

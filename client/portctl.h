@@ -32,3 +32,6 @@ int connect_broker(pb_conn **ret);
 /* portctl run / portctl upgrade (run.c). */
 int cmd_run(int argc, char **argv);
 int cmd_upgrade(int argc, char **argv);
+
+/* portctl why (why.c). */
+int cmd_why(int argc, char **argv);
