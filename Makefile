@@ -147,6 +147,15 @@ check-unit: unit-tests fuzzers
 check-integration: all helpers
 	PB_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -ra tests/integration
 
+# `make bench` (root): builds what it needs, then runs bench/run.py in a
+# network namespace of its own (loopback only). See bench/README.md.
+$(BUILD)/pb-bench: bench/pb-bench.c $(BUILD)/libportbroker.a
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -lpthread -o $@
+
+.PHONY: bench
+bench: all helpers $(BUILD)/pb-bench
+	unshare -n sh -c 'ip link set lo up && exec /usr/bin/python3 bench/run.py --build $(abspath $(BUILD)) $(BENCH_ARGS)'
+
 # --- run and install ----------------------------------------------------------
 
 run: all

@@ -13,6 +13,8 @@
  * addresses only, and a wall-clock bound of duration + timeout + 1 s after
  * which whatever is still open counts as aborted and unstarted ones are
  * reported as not_started. SIGINT/SIGTERM stop it early with a report.
+ * --records FILE also writes one line per started connection (for plots):
+ * start offset in ms, outcome, connect and total latency in us.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -95,6 +97,7 @@ static double arg_duration;
 static unsigned arg_timeout_ms = 5000;
 static unsigned arg_max_inflight = 4096;
 static bool arg_json;
+static const char *arg_records;
 
 static volatile sig_atomic_t stop_requested;
 
@@ -118,7 +121,8 @@ static void usage(FILE *f) {
                 "  --duration SEC      seconds to run, > 0 and <= %.0f\n"
                 "  --timeout-ms T      per-connection timeout (default 5000, max %u)\n"
                 "  --max-inflight M    connections open at once (default 4096)\n"
-                "  --json              print one JSON object instead of text\n",
+                "  --json              print one JSON object instead of text\n"
+                "  --records FILE      write \"start_ms outcome connect_us total_us\" per connection\n",
                 MAX_RATE, MAX_DURATION_S, MAX_TIMEOUT_MS);
 }
 
@@ -159,7 +163,7 @@ static int parse_addr(struct load *l) {
 }
 
 static int parse_args(int argc, char **argv) {
-        enum { OPT_PORT = 0x100, OPT_ADDR, OPT_RATE, OPT_DURATION, OPT_TIMEOUT, OPT_INFLIGHT, OPT_JSON };
+        enum { OPT_PORT = 0x100, OPT_ADDR, OPT_RATE, OPT_DURATION, OPT_TIMEOUT, OPT_INFLIGHT, OPT_JSON, OPT_RECORDS };
         static const struct option options[] = {
                 { "help",         no_argument,       NULL, 'h' },
                 { "port",         required_argument, NULL, OPT_PORT },
@@ -169,6 +173,7 @@ static int parse_args(int argc, char **argv) {
                 { "timeout-ms",   required_argument, NULL, OPT_TIMEOUT },
                 { "max-inflight", required_argument, NULL, OPT_INFLIGHT },
                 { "json",         no_argument,       NULL, OPT_JSON },
+                { "records",      required_argument, NULL, OPT_RECORDS },
                 {}
         };
         char *end;
@@ -207,6 +212,9 @@ static int parse_args(int argc, char **argv) {
                         break;
                 case OPT_JSON:
                         arg_json = true;
+                        break;
+                case OPT_RECORDS:
+                        arg_records = optarg;
                         break;
                 default:
                         usage(stderr);
@@ -394,6 +402,36 @@ static struct latency latency_of(const struct load *l, bool total) {
         return r;
 }
 
+static const char *const outcome_names[_OUT_MAX] = {
+        [OUT_OK] = "ok",
+        [OUT_REFUSED] = "refused",
+        [OUT_TIMEOUT_CONNECT] = "timed_out_connect",
+        [OUT_TIMEOUT_REPLY] = "timed_out_reply",
+        [OUT_EMPTY] = "lost_empty",
+        [OUT_RESET] = "lost_reset",
+        [OUT_BAD_REPLY] = "bad_reply",
+        [OUT_ERROR] = "errors",
+        [OUT_ABORTED] = "aborted",
+};
+
+/* Writes one line per started connection to arg_records; t0 is the run's start. */
+static int write_records(const struct load *l, uint64_t t0) {
+        FILE *f = fopen(arg_records, "we");
+
+        if (!f)
+                return -errno;
+        for (size_t i = 0; i < l->started; i++) {
+                const struct conn *c = &l->conns[i];
+
+                fprintf(f, "%.3f %s %u %u\n", (double) (c->start_ns - t0) / 1e6,
+                        c->state == CONN_DONE ? outcome_names[c->outcome] : "aborted",
+                        c->connected ? c->connect_us : 0, c->total_us);
+        }
+        if (fclose(f) != 0)
+                return -errno;
+        return 0;
+}
+
 static void report(const struct load *l, double elapsed_s) {
         static const char *const names[_OUT_MAX] = {
                 [OUT_OK] = "ok",
@@ -548,6 +586,14 @@ int main(int argc, char **argv) {
                         if (l.conns[i].state != CONN_DONE)
                                 finish(&l, &l.conns[i], OUT_ABORTED, 0, now);
                 report(&l, (double) (now - t0) / 1e9);
+                if (arg_records) {
+                        int r = write_records(&l, t0);
+
+                        if (r < 0) {
+                                fprintf(stderr, "pb-load: writing %s: %s\n", arg_records, strerror(-r));
+                                return 1;
+                        }
+                }
         }
         close(l.epoll_fd);
         free(l.conns);

@@ -1,0 +1,635 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+"""The `make bench` driver: runs brokerd and the C measuring tools (pb-bench,
+pb-load, pb-testserver) and writes bench/results/latest.{json,md} and plots.
+
+Parts (--parts, default all): 1 hand-off latency/throughput vs a raw
+SCM_RIGHTS floor; 2 restart under load (broker, naive SO_REUSEADDR,
+s6-fdholderd, systemd-socket-activate); 3 scale (1..10,000 leases, 1,000
+concurrent connections); 4 fsync counts on the hot path (strace -c).
+Must run as root inside a fresh network namespace (the Makefile uses
+`unshare -n`); each restart mode gets a namespace of its own as well.
+Nothing sleeps blindly: readiness is READY=1 (brokerd) or "ready PID".
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def log(*a):
+    print("bench:", *a, file=sys.stderr, flush=True)
+
+
+def env(**extra):
+    e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def new_netns():
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+
+
+def med(xs):
+    return round(statistics.median(xs), 2) if xs else None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+class Proc:
+    """A child whose stdout we scan for "ready PID"."""
+
+    def __init__(self, argv, workdir, name, **kw):
+        self.name = name
+        self.err = open(workdir / f"{name}.stderr", "ab")
+        self.p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=self.err, env=kw.get("environ", env()), close_fds=True,
+                                  pass_fds=kw.get("pass_fds", ()))
+        self.pid = self.p.pid
+        self.buf = b""
+        os.set_blocking(self.p.stdout.fileno(), False)
+
+    def wait_ready(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while b"ready " not in self.buf:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready within {timeout}s")
+            r, _, _ = select.select([self.p.stdout], [], [], 0.05)
+            if r:
+                try:
+                    chunk = os.read(self.p.stdout.fileno(), 4096)
+                except BlockingIOError:
+                    continue
+                if not chunk and self.p.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited ({self.p.returncode}) before ready")
+                self.buf += chunk
+        return time.monotonic()
+
+    def kill9(self):
+        t = time.monotonic()
+        self.p.kill()
+        self.p.wait(timeout=10)
+        return t
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(timeout=10)
+        self.p.stdout.close()
+        self.err.close()
+
+
+class Broker:
+    def __init__(self, build, d, args=()):
+        self.build, self.dir, self.args = build, d, [str(a) for a in args]
+        self.control = str(d / "control.sock")
+        self.db = str(d / "portbroker.db")
+        self.notify = str(d / "notify.sock")
+        self.proc = None
+
+    def start(self, timeout=30.0):
+        """Starts brokerd; returns seconds from spawn to READY=1."""
+        if os.path.exists(self.notify):
+            os.unlink(self.notify)
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(self.notify)
+        try:
+            with open(self.dir / "brokerd.log", "ab") as lf:
+                t0 = time.monotonic()
+                self.proc = subprocess.Popen([f"{self.build}/brokerd", "--foreground", "--control", self.control,
+                                              "--db", self.db, *self.args], stdin=subprocess.DEVNULL,
+                                             stdout=lf, stderr=lf, env=env(NOTIFY_SOCKET=self.notify))
+            got = b""
+            while b"READY=1" not in got.split(b"\n"):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"brokerd exited {self.proc.returncode}: see {self.dir}/brokerd.log")
+                if time.monotonic() - t0 > timeout:
+                    raise RuntimeError("brokerd: no READY=1")
+                r, _, _ = select.select([ns], [], [], 0.1)
+                if r:
+                    got += b"\n" + ns.recv(4096)
+            return time.monotonic() - t0
+        finally:
+            ns.close()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def portctl(self, *args):
+        return subprocess.run([f"{self.build}/portctl", "--socket", self.control, *map(str, args)],
+                              capture_output=True, text=True, timeout=60, env=env(), check=True).stdout
+
+
+def bench(build, *args, timeout=600):
+    cp = subprocess.run([f"{build}/pb-bench", *map(str, args)], capture_output=True, text=True,
+                        timeout=timeout, env=env())
+    if cp.returncode != 0:
+        raise RuntimeError(f"pb-bench {' '.join(map(str, args))} failed: {cp.stderr.strip()[-500:]}")
+    return json.loads(cp.stdout.strip().splitlines()[-1])
+
+
+# --- part 1: hand-off -------------------------------------------------------
+
+
+def part_handoff(a, wd):
+    b = Broker(a.build, wd / "p1", ["--max-leases-per-user", 20000])
+    b.dir.mkdir()
+    b.start()
+    raw = Proc([f"{a.build}/pb-bench", "raw-server", wd / "raw.sock", 9001], wd, "raw-server")
+    raw.wait_ready()
+    ep = "tcp:127.0.0.1:9000"
+    runs = []
+    try:
+        for r in range(a.runs):
+            row = {}
+            for procs in (1, 2):
+                rr = bench(a.build, "get", "--mode", "raw", "--socket", wd / "raw.sock", "--count", a.gets,
+                           "--procs", procs)
+                lib = bench(a.build, "get", "--mode", "lib", "--socket", b.control, "--endpoint", ep,
+                            "--count", a.gets, "--procs", procs)
+                row[f"raw_{procs}"], row[f"lib_{procs}"] = rr, lib
+            runs.append(row)
+            log(f"hand-off run {r + 1}/{a.runs}: lib p50 {row['lib_1']['p50_us']} us, raw {row['raw_1']['p50_us']} us")
+        create = bench(a.build, "create", "--socket", b.control, "--first-port", 30000, "--count", a.creates)
+        out = {"runs": a.runs, "gets_per_run_per_proc": a.gets, "first_get": create}
+        for procs in (1, 2):
+            for kind in ("raw", "lib"):
+                k = f"{kind}_{procs}"
+                out[k] = {m: med([x[k][m] for x in runs]) for m in ("p50_us", "p99_us", "per_s")}
+            out[f"ratio_p50_{procs}"] = med([x[f"lib_{procs}"]["p50_us"] / x[f"raw_{procs}"]["p50_us"] for x in runs])
+            out[f"ratio_p99_{procs}"] = med([x[f"lib_{procs}"]["p99_us"] / x[f"raw_{procs}"]["p99_us"] for x in runs])
+            out[f"ratio_tput_{procs}"] = med([x[f"lib_{procs}"]["per_s"] / x[f"raw_{procs}"]["per_s"] for x in runs])
+        out["per_run"] = runs
+        return out, b, raw
+    except BaseException:
+        raw.stop()
+        b.stop()
+        raise
+
+
+# --- part 4: fsync on the hot path ---------------------------------------------
+
+
+def strace_count(a, wd, pid, name, action):
+    """Runs action() with strace -c attached to pid; returns {syscall: calls}."""
+    out = wd / f"strace-{name}.txt"
+    st = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync,pwrite64", "-o", str(out),
+                           "-p", str(pid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+    # strace says "Process N attached" once it is in place.
+    deadline = time.monotonic() + 10
+    line = ""
+    while "attached" not in line:
+        if time.monotonic() > deadline or st.poll() is not None:
+            st.kill()
+            raise RuntimeError("strace did not attach")
+        line = st.stderr.readline()
+    action()
+    st.send_signal(signal.SIGINT)
+    st.wait(timeout=30)
+    counts = {"fsync": 0, "fdatasync": 0, "pwrite64": 0}
+    for l in out.read_text().splitlines():
+        f = l.split()
+        if len(f) >= 5 and f[-1] in counts:
+            counts[f[-1]] = int(f[3])
+    return counts
+
+
+def part_fsync(a, wd, b):
+    res = {}
+    n = 2000
+    res["repeat_get"] = dict(strace_count(a, wd, b.pid, "repeat", lambda: bench(
+        a.build, "get", "--socket", b.control, "--endpoint", "tcp:127.0.0.1:9000", "--count", n)), n=n)
+    res["lease_creation"] = dict(strace_count(a, wd, b.pid, "create", lambda: bench(
+        a.build, "create", "--socket", b.control, "--first-port", 31000, "--count", 20)), n=20)
+
+    def rules():
+        for i in range(10):
+            b.portctl("policy", "add", f"tcp:{32000 + i}", "--user", 4000 + i)
+    res["rule_add"] = dict(strace_count(a, wd, b.pid, "rules", rules), n=10)
+    return res
+
+
+# --- part 3: scale ----------------------------------------------------------
+
+
+def part_scale(a, wd):
+    b = Broker(a.build, wd / "p3", ["--max-leases-per-user", 20000, "--max-connections", 1200,
+                                    "--max-connections-per-user", 1200])
+    b.dir.mkdir()
+    b.start()
+    out = {"levels": []}
+    have = 0
+    try:
+        for n in a.scale:
+            if n > have:
+                c = bench(a.build, "create", "--socket", b.control, "--first-port", 20000 + have, "--count",
+                          n - have)
+                log(f"scale: created {n - have} leases, first get p50 {c['p50_us']} us")
+                have = n
+            s = bench(a.build, "spread", "--socket", b.control, "--first-port", 20000, "--count", n,
+                      "--gets", a.gets)
+            rss = rss_kib(b.pid)
+            b.stop()
+            ready = b.start()
+            after = bench(a.build, "spread", "--socket", b.control, "--first-port", 20000, "--count", n,
+                          "--gets", min(a.gets, 500))
+            out["levels"].append({"leases": n, "get_p50_us": s["p50_us"], "get_p99_us": s["p99_us"],
+                                  "rss_kib": rss, "start_to_ready_s": round(ready, 4),
+                                  "rss_after_restart_kib": rss_kib(b.pid), "gets_after_restart_failed": after["failed"]})
+            log(f"scale {n}: p50 {s['p50_us']} us, RSS {rss} KiB, start {ready:.3f} s")
+        c = bench(a.build, "concurrent", "--socket", b.control, "--endpoint", "tcp:127.0.0.1:20000", "--conns",
+                  a.conns, "--gets", 20)
+        out["concurrent"] = dict(c, conns=a.conns, gets_each=20)
+        log(f"scale: {a.conns} concurrent connections: p99 {c['p99_us']} us")
+        lv = {x["leases"]: x for x in out["levels"]}
+        if 1 in lv and max(lv) > 1:
+            top = lv[max(lv)]
+            out["ratio_p50_top_vs_1"] = round(top["get_p50_us"] / lv[1]["get_p50_us"], 2)
+        return out
+    finally:
+        b.stop()
+
+
+# --- part 2: restart under load ----------------------------------------------
+
+
+def s6_setup(wd):
+    """s6-fdholderd on wd/s6.sock with rules letting root store and retrieve anything."""
+    rules = wd / "s6-rules"
+    (rules / "uid" / "0" / "env").mkdir(parents=True)
+    (rules / "uid" / "0" / "allow").write_text("")
+    for k in ("S6_FDHOLDER_STORE_REGEX", "S6_FDHOLDER_RETRIEVE_REGEX", "S6_FDHOLDER_LIST"):
+        (rules / "uid" / "0" / "env" / k).write_text("^.*\n" if "REGEX" in k else "\n")
+    sock = wd / "s6.sock"
+    d = Proc(["s6-fdholder-daemon", "-1", "-i", rules, sock], wd, "s6-fdholderd",
+             pass_fds=())
+    return d, sock
+
+
+def poke(port, timeout=10.0):
+    """Connects once to 127.0.0.1:port as soon as something listens there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=timeout).close()
+            return
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)           # polling for the listener, bounded by deadline
+
+
+def restart_mode(a, wd, mode):
+    new_netns()
+    port = 8080
+    extra = []
+    b = s6 = None
+    srv_cmd = [f"{a.build}/pb-testserver", "--delay-ms", a.delay_ms]
+    if mode == "broker":
+        b = Broker(a.build, wd / "p2-broker")
+        b.dir.mkdir()
+        b.start()
+        start = lambda: Proc([f"{a.build}/portctl", "--socket", b.control, "get", f"tcp:{port}", "--", *srv_cmd],
+                             wd, "srv-broker")
+    elif mode == "naive":
+        start = lambda: Proc([*srv_cmd, "--bind", port], wd, "srv-naive")
+    elif mode == "systemd-socket-activate":
+        start = lambda: Proc(["systemd-socket-activate", "-l", f"[::]:{port}", *srv_cmd], wd, "srv-ssa")
+    elif mode == "s6-fdholderd":
+        s6d, sock = s6_setup(wd)
+        s6 = s6d
+        s6d.p.stdout  # -1: s6-fdholder-daemon writes a newline when ready
+        deadline = time.monotonic() + 10
+        while not s6d.buf:
+            if time.monotonic() > deadline or s6d.p.poll() is not None:
+                raise RuntimeError("s6-fdholder-daemon did not start")
+            r, _, _ = select.select([s6d.p.stdout], [], [], 0.05)
+            if r:
+                s6d.buf += os.read(s6d.p.stdout.fileno(), 64)
+        ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("::", port))
+        ls.listen(4096)
+        subprocess.run(["s6-fdholder-store", str(sock), f"tcp:{port}"], stdin=ls.fileno(), check=True,
+                       timeout=10, env=env())
+        ls.close()
+        sh = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"'
+        start = lambda: Proc(["s6-fdholder-retrieve", sock, f"tcp:{port}", "sh", "-c", sh, "sh", *srv_cmd],
+                             wd, "srv-s6")
+    else:
+        raise ValueError(mode)
+
+    srv = start()
+    if mode == "systemd-socket-activate":
+        poke(port)                      # it execs the server on the first connection
+    srv.wait_ready()
+    recs = wd / f"records-{mode}.txt"
+    load = Proc([f"{a.build}/pb-load", "--port", port, "--rate", a.rate, "--duration", a.duration,
+                 "--timeout-ms", 5000, "--json", "--records", recs], wd, f"load-{mode}")
+    t0 = time.monotonic()
+    gaps, kill_times = [], []
+    try:
+        for k in range(1, a.kills + 1):
+            at = t0 + k * a.duration / (a.kills + 1)
+            time.sleep(max(0.0, at - time.monotonic()))     # a schedule, not a wait for a condition
+            tk = srv.kill9()
+            srv.stop()
+            kill_times.append(round(tk - t0, 3))
+            srv = start()
+            tr = srv.wait_ready()
+            gaps.append(round((tr - tk) * 1000, 1))
+        load.p.wait(timeout=a.duration + 30)
+        res = json.loads(os.read(load.p.stdout.fileno(), 65536).decode().strip().splitlines()[-1])
+    finally:
+        srv.stop()
+        load.stop()
+        if b:
+            b.stop()
+        if s6:
+            s6.stop()
+    keys = ("attempted", "ok", "refused", "timed_out", "lost", "errors", "bad_reply", "aborted",
+            "error_kinds", "connect_us", "reply_us")
+    out = {k: res[k] for k in keys}
+    out.update(kills=a.kills, gap_ms_median=med(gaps), gap_ms_max=max(gaps) if gaps else None,
+               kill_times_s=kill_times, records=str(recs))
+    log(f"restart {mode}: ok {res['ok']} refused {res['refused']} timed_out {res['timed_out']} "
+        f"lost {res['lost']} worst connect {res['connect_us']['max']} us")
+    return out
+
+
+def part_restart(a, wd):
+    orig = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    out = {"rate": a.rate, "duration_s": a.duration, "kills": a.kills, "server_delay_ms": a.delay_ms}
+    try:
+        for mode in ("broker", "naive", "s6-fdholderd", "systemd-socket-activate"):
+            try:
+                out[mode] = restart_mode(a, wd, mode)
+            except Exception as e:         # one peer failing must not lose the others
+                out[mode] = {"error": str(e)}
+                log(f"restart {mode}: FAILED: {e}")
+            finally:
+                _libc.setns(orig, CLONE_NEWNET)
+    finally:
+        os.close(orig)
+    return out
+
+
+# --- output -----------------------------------------------------------------
+
+
+def timeline(recs, bin_ms=100):
+    """{bin: [ok, refused, other failures, max total latency ms]} from pb-load --records."""
+    bins = {}
+    for line in Path(recs).read_text().splitlines():
+        t, outcome, _c, total = line.split()
+        k = int(float(t) // bin_ms)
+        e = bins.setdefault(k, [0, 0, 0, 0.0])
+        if outcome == "ok":
+            e[0] += 1
+            e[3] = max(e[3], int(total) / 1000)
+        elif outcome == "refused":
+            e[1] += 1
+        else:
+            e[2] += 1
+    return bins
+
+
+def plot(res, outdir, wd):
+    r = res.get("restart", {})
+    if "records" not in r.get("broker", {}) or "records" not in r.get("naive", {}):
+        return []
+    tb, tn = timeline(r["broker"]["records"]), timeline(r["naive"]["records"])
+    data = outdir / "restart.dat"
+    with open(data, "w") as f:
+        f.write("# t_s broker_ok broker_refused broker_failed broker_maxlat_ms naive_ok naive_refused "
+                "naive_failed naive_maxlat_ms\n")
+        for k in sorted(set(tb) | set(tn)):
+            x, y = tb.get(k, [0, 0, 0, 0]), tn.get(k, [0, 0, 0, 0])
+            f.write(f"{k / 10:.1f} {x[0]} {x[1]} {x[2]} {x[3]:.1f} {y[0]} {y[1]} {y[2]} {y[3]:.1f}\n")
+    png = outdir / "restart.png"
+    gp = f"""set terminal pngcairo size 1000,700 font ",10"
+set output '{png}'
+set multiplot layout 2,1 title "{r['rate']} new connections/s, {r['kills']} SIGKILL restarts, server start-up {r['server_delay_ms']} ms"
+set xlabel "time (s)"
+set ylabel "connections per 100 ms"
+set key inside bottom right opaque
+plot '{data}' u 1:7 w impulses lw 3 lc rgb "red" t "naive: refused", \\
+     '{data}' u 1:($4+$8) w impulses lw 2 lc rgb "black" t "failed (timeout/lost), both", \\
+     '{data}' u 1:2 w lines lc rgb "blue" t "broker: ok", \\
+     '{data}' u 1:6 w lines lc rgb "orange" t "naive: ok", \\
+     '{data}' u 1:7 w impulses lw 3 lc rgb "red" notitle
+set ylabel "worst ok connection (ms)"
+plot '{data}' u 1:5 w lines lc rgb "blue" t "broker", '{data}' u 1:9 w lines lc rgb "orange" t "naive"
+unset multiplot
+"""
+    (wd / "restart.gp").write_text(gp)
+    cp = subprocess.run(["gnuplot", str(wd / "restart.gp")], capture_output=True, text=True, timeout=60)
+    if cp.returncode != 0:
+        log(f"gnuplot failed: {cp.stderr.strip()}")
+        return []
+    return [png.name]
+
+
+def verdicts(res):
+    v = []
+
+    def add(name, value, target, ok):
+        v.append({"target": name, "value": value, "goal": target, "met": bool(ok)})
+    h = res.get("handoff")
+    if h:
+        add("repeat get p50 / raw floor (1 client)", h["ratio_p50_1"], "<= 1.5", h["ratio_p50_1"] <= 1.5)
+        add("repeat get p99 / raw floor (1 client)", h["ratio_p99_1"], "<= 3", h["ratio_p99_1"] <= 3)
+        add("throughput / raw floor (1 client)", h["ratio_tput_1"], ">= 0.5", h["ratio_tput_1"] >= 0.5)
+        add("throughput / raw floor (2 clients)", h["ratio_tput_2"], ">= 0.5", h["ratio_tput_2"] >= 0.5)
+    r = res.get("restart", {}).get("broker")
+    if r and "ok" in r:
+        add("restart via broker: refused + timed out", r["refused"] + r["timed_out"], "0",
+            r["refused"] + r["timed_out"] == 0)
+        lim = res["restart"]["server_delay_ms"] + 50
+        add("restart via broker: worst connect latency (ms)", round(r["connect_us"]["max"] / 1000, 1),
+            f"< {lim}", r["connect_us"]["max"] / 1000 < lim)
+    s = res.get("scale")
+    if s and s.get("levels"):
+        top = max(s["levels"], key=lambda x: x["leases"])
+        if "ratio_p50_top_vs_1" in s:
+            add(f"get p50 at {top['leases']} leases / at 1", s["ratio_p50_top_vs_1"], "<= 1.2",
+                s["ratio_p50_top_vs_1"] <= 1.2)
+        add(f"brokerd RSS at {top['leases']} leases (MiB)", round(top["rss_kib"] / 1024, 1), "<= 16",
+            top["rss_kib"] <= 16 * 1024)
+        add(f"start-up with {top['leases']} leases to READY=1 (s)", top["start_to_ready_s"], "<= 1",
+            top["start_to_ready_s"] <= 1)
+    f = res.get("fsync")
+    if f:
+        n = f["repeat_get"]["fsync"] + f["repeat_get"]["fdatasync"]
+        add(f"fsync+fdatasync during {f['repeat_get']['n']} repeat gets", n, "0", n == 0)
+    return v
+
+
+def markdown(res, plots):
+    L = [f"# portbroker benchmarks ({res['measured']}, kernel {res['kernel']}, {res['cpus']} vCPUs)", ""]
+    h = res.get("handoff")
+    if h:
+        L += ["## Hand-off: repeat get of a held lease (connect, credentials, request, fd, close)", "",
+              f"Medians over {h['runs']} runs of {h['gets_per_run_per_proc']} gets per client process; "
+              "ratios taken within each run.", "",
+              "| path | clients | p50 µs | p99 µs | gets/s |", "| --- | --- | --- | --- | --- |"]
+        for procs in (1, 2):
+            for kind, label in (("raw", "raw SCM_RIGHTS floor"), ("lib", "brokerd via pb_get()")):
+                x = h[f"{kind}_{procs}"]
+                L.append(f"| {label} | {procs} | {x['p50_us']} | {x['p99_us']} | {x['per_s']:.0f} |")
+            L.append(f"| ratio broker/raw | {procs} | {h[f'ratio_p50_{procs}']}× | {h[f'ratio_p99_{procs}']}× | "
+                     f"{h[f'ratio_tput_{procs}']}× |")
+        c = h["first_get"]
+        L += ["", f"First get (lease creation: bind + durable commit), {c['n']} leases: "
+              f"p50 {c['p50_us']} µs, p99 {c['p99_us']} µs.", ""]
+    r = res.get("restart")
+    if r:
+        L += [f"## Restart under load: {r['rate']} connections/s for {r['duration_s']} s, {r['kills']} SIGKILL "
+              f"restarts, server start-up {r['server_delay_ms']} ms", "",
+              "| holder | attempted | ok | refused | timed out | lost in flight | errors | worst connect ms | "
+              "worst reply ms | kill→ready ms (median) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for mode in ("broker", "naive", "s6-fdholderd", "systemd-socket-activate"):
+            x = r.get(mode, {})
+            if "ok" not in x:
+                L.append(f"| {mode} | failed to run: {x.get('error', '?')} | | | | | | | | |")
+                continue
+            L.append(f"| {mode} | {x['attempted']} | {x['ok']} | {x['refused']} | {x['timed_out']} | {x['lost']} | "
+                     f"{x['errors'] + x['bad_reply'] + x['aborted']} | {x['connect_us']['max'] / 1000:.1f} | "
+                     f"{x['reply_us']['max'] / 1000:.1f} | {x['gap_ms_median']} |")
+        L.append("")
+    s = res.get("scale")
+    if s:
+        L += ["## Scale", "", "| leases | get p50 µs | get p99 µs | brokerd RSS MiB | start to READY=1 s |",
+              "| --- | --- | --- | --- | --- |"]
+        for x in s["levels"]:
+            L.append(f"| {x['leases']} | {x['get_p50_us']} | {x['get_p99_us']} | {x['rss_kib'] / 1024:.1f} | "
+                     f"{x['start_to_ready_s']} |")
+        c = s.get("concurrent")
+        if c:
+            L += ["", f"{c['conns']} control connections open at once, {c['gets_each']} gets each "
+                  f"(pb_conn_get): p50 {c['p50_us']} µs, p99 {c['p99_us']} µs, {c['per_s']:.0f} gets/s, "
+                  f"{c['failed']} failed."]
+        L.append("")
+    f = res.get("fsync")
+    if f:
+        L += ["## Syncs (strace -f -c on brokerd)", "", "| operation | n | fsync | fdatasync | pwrite64 |",
+              "| --- | --- | --- | --- | --- |"]
+        for k, label in (("repeat_get", "repeat get of a held lease"), ("lease_creation", "lease creation"),
+                         ("rule_add", "policy add")):
+            x = f[k]
+            L.append(f"| {label} | {x['n']} | {x['fsync']} | {x['fdatasync']} | {x['pwrite64']} |")
+        L.append("")
+    L += ["## Targets", "", "| target | value | goal | met |", "| --- | --- | --- | --- |"]
+    for v in res["targets"]:
+        L.append(f"| {v['target']} | {v['value']} | {v['goal']} | {'yes' if v['met'] else '**no**'} |")
+    for p in plots:
+        L += ["", f"![{p}]({p})"]
+    return "\n".join(L) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=str(HERE.parent / "build"))
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--parts", default="1,2,3,4", help="comma-separated: 1 hand-off, 2 restart, 3 scale, 4 fsync")
+    ap.add_argument("--runs", type=int, default=5, help="hand-off: repeated runs")
+    ap.add_argument("--gets", type=int, default=5000, help="gets per run per client process")
+    ap.add_argument("--creates", type=int, default=500, help="first gets (lease creations) measured")
+    ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--delay-ms", type=int, default=200)
+    ap.add_argument("--scale", default="1,100,1000,10000")
+    ap.add_argument("--conns", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="small numbers, for a smoke run")
+    a = ap.parse_args()
+    if a.quick:
+        a.runs, a.gets, a.creates, a.duration, a.kills, a.scale, a.conns = 2, 1000, 50, 4, 3, "1,100", 50
+    a.scale = [int(x) for x in a.scale.split(",")]
+    a.build = str(Path(a.build).resolve())
+    parts = set(a.parts.split(","))
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (make bench): network namespaces, brokerd, strace")
+    outdir = Path(a.out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    wd = Path(tempfile.mkdtemp(prefix="pb-bench-"))
+    wd.chmod(0o755)
+    res = {"measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": os.uname().release,
+           "cpus": os.cpu_count(), "args": {k: v for k, v in vars(a).items()}}
+    t_start = time.monotonic()
+    try:
+        if "1" in parts or "4" in parts:
+            h, b, raw = part_handoff(a, wd)
+            try:
+                if "1" in parts:
+                    res["handoff"] = h
+                if "4" in parts:
+                    if shutil.which("strace"):
+                        res["fsync"] = part_fsync(a, wd, b)
+                    else:
+                        log("strace missing: part 4 skipped (apt-get install strace)")
+            finally:
+                raw.stop()
+                b.stop()
+        if "3" in parts:
+            res["scale"] = part_scale(a, wd)
+        if "2" in parts:
+            res["restart"] = part_restart(a, wd)
+        plots = plot(res, outdir, wd) if shutil.which("gnuplot") else []
+        if "2" in parts and not plots:
+            log("no plot: gnuplot missing (apt-get install gnuplot-nox) or it failed")
+        for x in res.get("restart", {}).values():
+            if isinstance(x, dict):
+                x.pop("records", None)  # temporary files, gone after the run
+        res["targets"] = verdicts(res)
+        res["plots"] = plots
+        res["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        (outdir / "latest.json").write_text(json.dumps(res, indent=2) + "\n")
+        (outdir / "latest.md").write_text(markdown(res, plots))
+        print((outdir / "latest.md").read_text())
+    finally:
+        if os.environ.get("PB_BENCH_KEEP"):
+            log(f"work dir kept: {wd}")
+        else:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
