@@ -41,6 +41,7 @@
 #define ACCEPT_PAUSE_USEC (100 * 1000)  /* back-off when out of fds */
 #define ACCEPT_BURST 64                 /* accepts per wake-up */
 #define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
+#define CHECKPOINT_IDLE_USEC (5 * 1000 * 1000) /* WAL checkpoint after this long without writes */
 
 struct conn {
         struct broker *broker;
@@ -60,6 +61,7 @@ struct broker {
         sd_event_source *accept_pause_source;
         sd_event_source *flush_source;
         sd_event_source *rebind_source; /* retries unbound leases */
+        sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
         struct conn *conns;
         unsigned n_conns;
         uint64_t refused_conns;         /* over --max-connections, since start */
@@ -115,12 +117,36 @@ static void audit(struct broker *b, const char *event, const struct peer *p, con
         arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
 }
 
+/* Checkpoints (an fsync) only when writes pause, or when the WAL grows large:
+ * never per request. */
+static void schedule_checkpoint(struct broker *b) {
+        uint64_t now;
+
+        if (store_wal_pages(b->store) >= STORE_WAL_PAGES_MAX) {
+                (void) store_checkpoint(b->store);
+                return;
+        }
+        sd_event_now(b->event, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(b->checkpoint_source, now + CHECKPOINT_IDLE_USEC);
+        sd_event_source_set_enabled(b->checkpoint_source, SD_EVENT_ONESHOT);
+}
+
+static int on_checkpoint(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct broker *b = userdata;
+        int r = store_checkpoint(b->store);
+
+        if (r < 0)
+                log_msg(LOG_WARNING, "cannot checkpoint the database: %s", strerror(-r));
+        return 0;
+}
+
 static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         struct broker *b = userdata;
         int r = store_flush(b->store);
 
         if (r < 0)
                 log_msg(LOG_ERR, "cannot write audit events: %s", strerror(-r));
+        schedule_checkpoint(b);
         return 0;
 }
 
@@ -746,7 +772,8 @@ static void conn_new(struct broker *b, int fd) {
         c->broker = b;
         c->fd = fd;
         c->peer.pidfd = -1;
-        r = peer_identify(fd, &b->self, &c->peer);
+        /* A connection sees the unit rules that existed when it was accepted. */
+        r = peer_identify(fd, &b->self, b->policy.n_unit_rules > 0, &c->peer);
         if (r < 0) {
                 c->peer.pidfd = -1;
                 c->peer.doubt = "cannot read the peer's credentials";
@@ -1053,8 +1080,11 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
             (r = sd_event_add_time(b->event, &b->flush_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_flush, b)) < 0 ||
             (r = sd_event_add_time(b->event, &b->accept_pause_source, CLOCK_MONOTONIC, 0, 10 * 1000,
                                    on_accept_resume, b)) < 0 ||
-            (r = sd_event_add_time(b->event, &b->rebind_source, CLOCK_MONOTONIC, 0, 50 * 1000, on_rebind, b)) < 0)
+            (r = sd_event_add_time(b->event, &b->rebind_source, CLOCK_MONOTONIC, 0, 50 * 1000, on_rebind, b)) < 0 ||
+            (r = sd_event_add_time(b->event, &b->checkpoint_source, CLOCK_MONOTONIC, 0, 500 * 1000,
+                                   on_checkpoint, b)) < 0)
                 goto fail;
+        sd_event_source_set_enabled(b->checkpoint_source, SD_EVENT_OFF);
         sd_event_source_set_enabled(b->flush_source, SD_EVENT_OFF);
         sd_event_source_set_enabled(b->accept_pause_source, SD_EVENT_OFF);
         sd_event_source_set_enabled(b->rebind_source, SD_EVENT_OFF);
@@ -1117,6 +1147,7 @@ void broker_free(struct broker *b) {
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->accept_pause_source = sd_event_source_disable_unref(b->accept_pause_source);
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
+        b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);
         if (b->control_fd >= 0)
                 close(b->control_fd);
         if (b->control_created)

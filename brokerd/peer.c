@@ -100,7 +100,7 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         return 0;
 }
 
-int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret) {
+int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret) {
         struct peer p = { .pidfd = -1 };
         struct ucred cred;
         socklen_t len = sizeof(cred);
@@ -137,7 +137,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret) {
                 else if (netns != self->netns)
                         p.doubt = "the peer is in another network namespace";
         }
-        if (!p.doubt) {
+        if (!p.doubt && want_unit) {
                 /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
                 r = sd_pid_get_unit(p.pid, &unit);
                 if (r >= 0)

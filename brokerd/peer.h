@@ -34,9 +34,11 @@ struct peer_self {
 /* Reads the broker's own namespaces. Returns 0 or -errno. */
 int peer_self_init(struct peer_self *self);
 
-/* Identifies the peer of connected socket conn_fd into *ret. Returns 0 (check
- * ret->doubt) or -errno when the socket itself fails. Free with peer_done(). */
-int peer_identify(int conn_fd, const struct peer_self *self, struct peer *ret);
+/* Identifies the peer of connected socket conn_fd into *ret; its unit only
+ * when want_unit (reading the cgroup costs a third of a hand-off, and only
+ * unit rules need it). Returns 0 (check ret->doubt) or -errno when the
+ * socket itself fails. Free with peer_done(). */
+int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret);
 
 /* True when gid is the peer's primary or a supplementary group. */
 bool peer_in_group(const struct peer *p, gid_t gid);

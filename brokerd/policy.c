@@ -55,12 +55,14 @@ int policy_add(struct policy *p, const struct store_rule *rule) {
                 p->cap = cap;
         }
         p->rules[p->n_rules++] = *rule;
+        p->n_unit_rules += rule->principal.kind == PB_PRINCIPAL_UNIT;
         return 0;
 }
 
 int policy_remove(struct policy *p, uint64_t id) {
         for (size_t i = 0; i < p->n_rules; i++)
                 if (p->rules[i].id == id) {
+                        p->n_unit_rules -= p->rules[i].principal.kind == PB_PRINCIPAL_UNIT;
                         memmove(&p->rules[i], &p->rules[i + 1], (p->n_rules - i - 1) * sizeof(p->rules[0]));
                         p->n_rules--;
                         return 0;
@@ -78,5 +80,5 @@ const struct store_rule *policy_get(const struct policy *p, uint64_t id) {
 void policy_done(struct policy *p) {
         free(p->rules);
         p->rules = NULL;
-        p->n_rules = p->cap = 0;
+        p->n_rules = p->cap = p->n_unit_rules = 0;
 }

@@ -17,6 +17,7 @@
 struct policy {
         struct store_rule *rules;       /* in id order */
         size_t n_rules, cap;
+        size_t n_unit_rules;            /* rules whose principal is a unit */
         uid_t self_uid;                 /* brokerd's own uid: always admin */
         bool has_admin_gid;
         gid_t admin_gid;                /* --admin-group */

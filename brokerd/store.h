@@ -3,7 +3,7 @@
  * Persistence of rules, leases and audit events in SQLite. Rule changes and
  * lease creation/removal commit durably (synchronous=FULL) together with
  * their audit event; high-rate events (grants, denials) are queued and
- * written in batches (group commit, synchronous=NORMAL) by store_flush().
+ * written in batches (group commit, no sync) by store_flush().
  */
 #pragma once
 
@@ -16,6 +16,7 @@
 #define STORE_SCHEMA_VERSION 1
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 256           /* queued events before a forced flush */
+#define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
 
 struct store;
 
@@ -78,3 +79,11 @@ unsigned store_pending(const struct store *s);
 
 /* Writes queued events in one transaction. */
 int store_flush(struct store *s);
+
+/* Pages in the WAL since the last checkpoint. SQLite's automatic checkpoint
+ * (which fsyncs) is off, so none happens while serving; the caller runs
+ * store_checkpoint() when idle or when this passes STORE_WAL_PAGES_MAX. */
+int store_wal_pages(const struct store *s);
+
+/* Copies the WAL into the database (PASSIVE: never waits for readers). */
+int store_checkpoint(struct store *s);

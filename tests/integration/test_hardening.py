@@ -111,3 +111,65 @@ def test_holders_counted_until_they_exit(broker, procs):
              "holders to drop to 0 once the server exited")
     # The watch on the holder is gone with it: no fd kept for a dead process.
     wait_for(lambda: not any("pidfd" in f for f in broker.fds()), 5, "brokerd to close the holder's pidfd")
+
+
+def systemd_cgroup_root():
+    """Where libsystemd reads a process's unit from: the "0::" (cgroup2)
+    hierarchy, at /sys/fs/cgroup/unified on a hybrid layout, else /sys/fs/cgroup."""
+    for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(os.path.join(root, "cgroup.controllers")) and os.access(root, os.W_OK):
+            return root
+    return None
+
+
+@pytest.fixture
+def unit_cgroups():
+    root = systemd_cgroup_root()
+    if not root:
+        pytest.skip("no writable systemd cgroup hierarchy to place a client in a unit")
+    made = []
+
+    def make(path):
+        full = os.path.join(root, path.strip("/"))
+        os.makedirs(full, exist_ok=True)
+        made.append(full)
+        return full
+
+    yield make
+    for full in reversed(made):
+        try:
+            with open(os.path.join(full, "cgroup.procs")) as f:
+                for pid in f.read().split():
+                    with open(os.path.join(root, "cgroup.procs"), "w") as back:
+                        back.write(pid)
+        except OSError:
+            pass
+    for full in sorted(made, key=len, reverse=True):
+        while full != root:                     # the leaf, then parents left empty
+            try:
+                os.rmdir(full)
+            except OSError:
+                break
+            full = os.path.dirname(full)
+
+
+def test_unit_rule_matches_cgroup_path_only(broker, unit_cgroups):
+    """A unit rule matches a peer whose cgroup path puts it in that unit, and
+    not one that named a sub-cgroup after it inside another unit's subtree."""
+    svc = unit_cgroups("system.slice/pbtest-web.service")
+    fake = unit_cgroups("system.slice/pbtest-other.service/pbtest-web.service")
+    broker.portctl("policy", "add", "tcp:8085", "--unit", "pbtest-web.service")
+
+    def get_in(cgroup):
+        argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
+                *as_user(U1), PORTCTL, "--socket", broker.control, "get", "8085"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, env=child_env())
+
+    r = broker.portctl("get", "8085", uid=U1, check=1)          # not in the unit
+    assert "no rule" in r.stderr
+    r = get_in(fake)                                              # a delegated subtree's lookalike
+    assert r.returncode == 1 and "no rule" in r.stderr, r
+    r = get_in(svc)
+    assert r.returncode == 0, r.stderr
+    st = broker.portctl("status", "8085", json=True).json
+    assert st[0]["owner_uid"] == U1, st

@@ -65,6 +65,7 @@ static void test_find(void **state) {
         assert_int_equal(policy_add(&pol, &r), 0);
         r = rule(3, PB_PRINCIPAL_UNIT, 0, "nginx.service", "udp:53");
         assert_int_equal(policy_add(&pol, &r), 0);
+        assert_int_equal(pol.n_unit_rules, 1);          /* peers' units are read only then */
 
         assert_int_equal(endpoint_parse("8000", &e), 0);
         assert_non_null(policy_find(&pol, &alice, &e));
@@ -92,6 +93,7 @@ static void test_find(void **state) {
 
         assert_int_equal(policy_remove(&pol, 3), 0);
         assert_int_equal(policy_remove(&pol, 3), -ENOENT);
+        assert_int_equal(pol.n_unit_rules, 0);
         svc.doubt = NULL;
         assert_null(policy_find(&pol, &svc, &e));
         assert_non_null(policy_get(&pol, 2));

@@ -144,6 +144,26 @@ static void test_events_batched_until_flush(void **state) {
         assert_int_equal(sql_int("SELECT count(*) FROM events"), 10 + STORE_PENDING_MAX + 5);
 }
 
+static void test_no_automatic_checkpoint(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
+        int pages = 0;
+
+        /* Far past SQLite's default of 1000 pages: no checkpoint happens by itself. */
+        for (int round = 0; round < 60; round++) {
+                for (int i = 0; i < STORE_PENDING_MAX; i++)
+                        assert_int_equal(store_event_queue(s, &ev), 0);
+                assert_int_equal(store_flush(s), 0);
+                assert_true(store_wal_pages(s) >= pages);
+                pages = store_wal_pages(s);
+        }
+        assert_true(pages > 0);
+        assert_int_equal(store_checkpoint(s), 0);
+        assert_int_equal(store_wal_pages(s), 0);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 60 * STORE_PENDING_MAX);
+}
+
 static void test_corrupt_database_refused(void **state) {
         struct store *s = NULL;
         char err[256] = "";
@@ -193,6 +213,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules_and_leases_survive_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_batched_until_flush, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
