@@ -133,8 +133,12 @@ static void schedule_checkpoint(struct broker *b) {
 
 static int on_checkpoint(sd_event_source *s, uint64_t usec, void *userdata) {
         struct broker *b = userdata;
-        int r = store_checkpoint(b->store);
+        int r;
 
+        /* Requests came in since: not idle after all; the next flush re-arms us. */
+        if (store_pending(b->store) > 0)
+                return 0;
+        r = store_checkpoint(b->store);
         if (r < 0)
                 log_msg(LOG_WARNING, "cannot checkpoint the database: %s", strerror(-r));
         return 0;

@@ -15,7 +15,7 @@
 
 #define STORE_SCHEMA_VERSION 1
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
-#define STORE_PENDING_MAX 256           /* queued events before a forced flush */
+#define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
 
 struct store;
