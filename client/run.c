@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +42,7 @@ struct run_args {
         pid_t old_pid;                  /* upgrade: the server to replace */
         int signal;                     /* upgrade: sent to old_pid */
         unsigned timeout_sec;           /* upgrade: for readiness, then for the old one's exit */
+        pid_t new_pid;                  /* upgrade: the server portctl becomes */
 };
 
 static const struct {
@@ -165,8 +167,32 @@ static int resolve_command(const char *name, char *buf, size_t size) {
         return -ENOENT;
 }
 
+/* True when the 64-bit ELF file has a section named like a Go binary's:
+ * Go's runtime makes the bind system call itself, never libc's bind(). */
+static bool elf_is_go(int fd, const Elf64_Ehdr *eh) {
+        Elf64_Shdr names;
+        char name[32];
+
+        if (eh->e_shoff == 0 || eh->e_shstrndx >= eh->e_shnum || eh->e_shnum > 4096 ||
+            pread(fd, &names, sizeof(names), (off_t) (eh->e_shoff + (Elf64_Off) eh->e_shstrndx * eh->e_shentsize)) !=
+                    (ssize_t) sizeof(names))
+                return false;
+        for (unsigned i = 0; i < eh->e_shnum; i++) {
+                Elf64_Shdr sh;
+
+                if (pread(fd, &sh, sizeof(sh), (off_t) (eh->e_shoff + (Elf64_Off) i * eh->e_shentsize)) !=
+                            (ssize_t) sizeof(sh) ||
+                    pread(fd, name, sizeof(name), (off_t) (names.sh_offset + sh.sh_name)) <= 0)
+                        continue;
+                name[sizeof(name) - 1] = '\0';
+                if (strcmp(name, ".go.buildinfo") == 0 || strcmp(name, ".note.go.buildid") == 0)
+                        return true;
+        }
+        return false;
+}
+
 /* True when the ELF file asks for a dynamic loader (PT_INTERP). */
-static int elf_is_dynamic(int fd, bool *ret) {
+static int elf_is_dynamic(int fd, bool *ret, bool *ret_go) {
         Elf64_Ehdr eh;
         unsigned char ident[EI_NIDENT];
 
@@ -193,6 +219,7 @@ static int elf_is_dynamic(int fd, bool *ret) {
         }
         if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t) sizeof(eh))
                 return -ENOEXEC;
+        *ret_go = elf_is_go(fd, &eh);
         for (unsigned i = 0; i < eh.e_phnum; i++) {
                 Elf64_Phdr ph;
                 if (pread(fd, &ph, sizeof(ph), (off_t) (eh.e_phoff + (Elf64_Off) i * eh.e_phentsize)) !=
@@ -211,7 +238,7 @@ static int elf_is_dynamic(int fd, bool *ret) {
 static int check_preloadable(const char *name, int depth) {
         char path[PATH_MAX], head[256];
         struct stat st;
-        bool dynamic;
+        bool dynamic, go = false;
         ssize_t n;
         int fd, r;
 
@@ -226,6 +253,11 @@ static int check_preloadable(const char *name, int depth) {
         if ((st.st_mode & (S_ISUID | S_ISGID)) && (st.st_uid != geteuid() || st.st_gid != getegid())) {
                 close(fd);
                 return failure("%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
+                               "bind() would never reach brokerd", path);
+        }
+        if (fgetxattr(fd, "security.capability", NULL, 0) > 0 && geteuid() != 0) {
+                close(fd);
+                return failure("%s has file capabilities: the dynamic loader ignores LD_PRELOAD for it, so its "
                                "bind() would never reach brokerd", path);
         }
         n = pread(fd, head, sizeof(head) - 1, 0);
@@ -248,11 +280,15 @@ static int check_preloadable(const char *name, int depth) {
                 }
                 return check_preloadable(interp, depth + 1);
         }
-        r = elf_is_dynamic(fd, &dynamic);
+        r = elf_is_dynamic(fd, &dynamic, &go);
         close(fd);
         if (r == 0 && !dynamic)
                 return failure("%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
                                "socket by socket activation instead (portctl get ENDPOINT -- CMD)", path);
+        if (r == 0 && go)
+                return failure("%s is a Go program: its runtime makes the bind system call itself, which "
+                               "LD_PRELOAD cannot reach; use socket activation (portctl get ENDPOINT -- CMD, "
+                               "net.FileListener on fd 3)", path);
         return 0;
 }
 
@@ -353,8 +389,8 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
                 fprintf(stderr, "portctl: upgrade: cannot signal pid %d: %s\n", (int) a->old_pid, strerror(errno));
                 return EXIT_FAILURE;
         }
-        fprintf(stderr, "portctl: upgrade: pid %s is serving; sent SIG%s to pid %d\n", buf, signal_name(a->signal),
-                (int) a->old_pid);
+        fprintf(stderr, "portctl: upgrade: pid %d is serving (pid %s accepted first); sent SIG%s to pid %d\n",
+                (int) a->new_pid, buf, signal_name(a->signal), (int) a->old_pid);
         if (!pidfd_exited(old_pidfd, (int) a->timeout_sec * 1000)) {
                 fprintf(stderr, "portctl: upgrade: pid %d still runs after %u s\n", (int) a->old_pid,
                         a->timeout_sec);
@@ -407,6 +443,7 @@ int cmd_upgrade(int argc, char **argv) {
                 return failure("upgrade: cannot set up the watcher: %s", strerror(ready_fd < 0 ? -ready_fd : errno));
         if (setenv("PORTBROKER_READY", name, 1) < 0)
                 return failure("upgrade: cannot set the environment: %m");
+        a.new_pid = getpid();           /* exec keeps it */
 
         fflush(NULL);
         child = fork();

@@ -4,13 +4,21 @@
 # if any are missing. Quiet when nothing is missing. Called by `make check-deps`.
 set -euo pipefail
 
-# gcc only recommends libc6-dev, so it is named; util-linux gives unshare and
-# nsenter, iproute2 gives ip, systemd gives systemd-analyze and the PID-1 test.
+# gcc only recommends libc6-dev, so it is named; util-linux gives unshare,
+# nsenter and setsid, iproute2 gives ip and ss, systemd gives systemd-analyze,
+# the PID-1 test, systemd-socket-proxyd and systemd-socket-activate.
+# nginx (with its stream module) and socat are the unmodified third-party
+# servers that test_thirdparty.py and test_upgrade.py run under portctl;
+# libcap2-bin gives setcap (a program with file capabilities).
+# make bench compares against s6-fdholderd, counts syncs with strace and
+# plots with gnuplot.
 packages=(
 	gcc libc6-dev make pkg-config
 	libsystemd-dev libsqlite3-dev libcmocka-dev
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
+	nginx libnginx-mod-stream socat libcap2-bin
+	s6 strace gnuplot-nox
 )
 
 missing=()
@@ -27,5 +35,14 @@ fi
 
 echo "make check: installing missing packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# The tests run nginx themselves; its package would start the
+# system's nginx on port 80 at once. Where no policy-rc.d says otherwise, keep
+# maintainer scripts from starting services during this install.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e $policy ]]; then
+	printf '#!/bin/sh\nexit 101\n' >"$policy"
+	chmod 0755 "$policy"
+	trap 'rm -f "$policy"' EXIT
+fi
 apt-get update </dev/null || { sleep 5; apt-get update </dev/null; }
 apt-get install -y --no-install-recommends "${missing[@]}" </dev/null

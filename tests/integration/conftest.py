@@ -537,3 +537,191 @@ def scratch(workdir):
 
 def errno_name(e):
     return errno.errorcode.get(e, str(e))
+
+
+# --- HTTP servers: fetch and load (third-party servers, issue 3) ------------
+
+
+def http_get(port, path="/", addr="127.0.0.1", timeout=5.0):
+    """One HTTP/1.0 GET; returns (status, body str). Raises OSError as fetch does."""
+    with socket.create_connection((addr, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body.decode(errors="replace")
+
+
+class HttpLoad:
+    """pb-load's counterpart for HTTP servers (pb-load sends no request, so an
+    HTTP server never answers it): RATE new connections per second for
+    DURATION seconds from a thread of ours, each sending one HTTP/1.0 GET and
+    reading to EOF. Each connection ends in one class, as pb-load counts:
+    ok (status 200, whole body), refused, timed_out (connect or reply), lost
+    (connected, then EOF or reset with no byte: accepted by a process that was
+    killed), bad_reply (anything else received), error. .result() waits and
+    returns the counts, the bodies seen ({body: count}), reply latencies, and
+    with records=True one [start, end, outcome, body] per connection (times:
+    time.monotonic(), the system-wide CLOCK_MONOTONIC). Bounded: rate <= 1000,
+    duration <= 60 s, at most max_inflight open at once (later starts wait)."""
+
+    def __init__(self, port, rate, duration, path="/", addr="127.0.0.1", timeout_ms=5000,
+                 records=False, max_inflight=800):
+        assert 0 < rate <= 1000 and 0 < duration <= 60 and addr in ("127.0.0.1", "::1")
+        self.port, self.rate, self.duration, self.path, self.addr = port, rate, duration, path, addr
+        self.timeout = timeout_ms / 1000
+        self.keep_records, self.max_inflight = records, max_inflight
+        self.request = f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode()
+        self._res = None
+        self._exc = None
+        self.t0 = time.monotonic()
+        import threading
+        self._thread = threading.Thread(target=self._run, name="http-load", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import asyncio
+        try:
+            self._res = asyncio.run(self._main())
+        except BaseException as e:      # reported by result()
+            self._exc = e
+
+    async def _one(self, sem, rec):
+        import asyncio
+        async with sem:
+            start = time.monotonic()
+            deadline = start + self.timeout
+            connected, data, outcome = False, b"", None
+            w = None
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(self.addr, self.port), self.timeout)
+                connected = True
+                w.write(self.request)
+                while True:
+                    chunk = await asyncio.wait_for(r.read(65536), max(0.001, deadline - time.monotonic()))
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionRefusedError:
+                outcome = "refused"
+            except asyncio.TimeoutError:
+                outcome = "timed_out"
+            except (ConnectionResetError, BrokenPipeError):
+                outcome = None if data else "lost"
+            except OSError as e:
+                outcome = "error"
+                rec["error_kind"] = errno.errorcode.get(e.errno, str(e.errno))
+            finally:
+                if w is not None:
+                    w.close()
+            body = ""
+            if outcome is None:
+                head, sep, raw = data.partition(b"\r\n\r\n")
+                body = raw.decode(errors="replace")
+                length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+                if not data:
+                    outcome = "lost"
+                elif sep and re.match(rb"HTTP/1\.[01] 200 ", head) and \
+                        (length is None or int(length.group(1)) == len(raw)):
+                    outcome = "ok"
+                else:
+                    outcome = "bad_reply"
+            rec.update(start=start, end=time.monotonic(), outcome=outcome, body=body,
+                       connected=connected)
+
+    async def _main(self):
+        import asyncio
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need_fds = self.max_inflight + 256
+        if soft < need_fds <= hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need_fds, hard))
+        sem = asyncio.Semaphore(self.max_inflight)
+        total = int(self.rate * self.duration)
+        recs = [{} for _ in range(total)]
+        tasks = []
+        self.t0 = time.monotonic()
+        for i in range(total):
+            delay = self.t0 + i / self.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(self._one(sem, recs[i])))
+        await asyncio.gather(*tasks)
+        return self._summary(recs, time.monotonic() - self.t0)
+
+    def _summary(self, recs, elapsed):
+        classes = ("ok", "refused", "timed_out", "lost", "bad_reply", "error")
+        out = {k: 0 for k in classes}
+        bodies, kinds, lat = {}, {}, []
+        for r in recs:
+            out[r["outcome"]] += 1
+            if r["outcome"] in ("ok", "bad_reply"):
+                bodies[r["body"][:80]] = bodies.get(r["body"][:80], 0) + 1
+            if r["outcome"] == "ok":
+                lat.append((r["end"] - r["start"]) * 1e6)
+            if "error_kind" in r:
+                kinds[r["error_kind"]] = kinds.get(r["error_kind"], 0) + 1
+        lat.sort()
+        pick = (lambda q: int(lat[int((len(lat) - 1) * q)])) if lat else (lambda q: 0)
+        out.update(attempted=len(recs), errors=out.pop("error"), error_kinds=kinds, bodies=bodies,
+                   reply_us={"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)},
+                   rate=self.rate, duration_s=self.duration, elapsed_s=round(elapsed, 3))
+        if self.keep_records:
+            out["records"] = [[r["start"], r["end"], r["outcome"], r["body"]] for r in recs]
+        return out
+
+    def result(self):
+        self._thread.join(self.duration + self.timeout + 60)
+        assert not self._thread.is_alive(), "the HTTP load did not finish"
+        if self._exc is not None:
+            raise self._exc
+        return self._res
+
+
+def listeners(port):
+    """Inodes of the TCP sockets in LISTEN on port (any address) in this netns."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out.add(int(fields[9]))
+    return out
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets process pid has open (empty if it is gone)."""
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                out.add(int(link[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def children(pid):
+    """Pids whose parent is pid."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out

@@ -1,0 +1,451 @@
+# SPDX-License-Identifier: MIT
+"""Servers we did not write, unmodified, keep their port across SIGKILL.
+
+Each runs as a non-root uid that a rule allows tcp:8080, under a bounded
+loopback load (RATE new connections/s for DURATION s), and is SIGKILLed as
+a whole (its process group: nginx's master and both workers at once) and
+restarted KILLS times. Every connection is classified; no connection may be
+refused, time out, fail or get a bad reply. Connections that a killed
+process had already accepted are "lost in flight" (no holder can save them),
+counted apart and bounded (LOST_PER_KILL per kill). While the server is down
+the port stays held (bind() gets EADDRINUSE, even with SO_REUSEADDR); while
+it runs there is exactly one listener on the port, brokerd's, and every
+server process holds that very socket.
+
+  * nginx, HTTP and stream, via `portctl run 8080 -- nginx ... 'daemon off;'`
+    (LD_PRELOAD shim; master_process on, worker_processes 2,
+    `listen [::]:8080` which nginx binds with IPV6_V6ONLY=1, yet IPv4
+    clients are served: the lease is the dual-stack [::]:8080).
+    HTTP is loaded with conftest.HttpLoad (pb-load sends no request); the
+    stream server answers "ok nginx PID" on connect, so pb-load loads it.
+  * systemd-socket-proxyd, socket-activation aware (sd_listen_fds), via
+    `portctl get 8080 -- systemd-socket-proxyd 127.0.0.1:BACKEND` in front
+    of an nginx stream server; only the proxy is killed. pb-load.
+  * `python3 -m http.server 8080 --bind ::` via `portctl run -- ...` with no
+    endpoint named (every bind is tried with the broker). It listens with a
+    backlog of 5: the shim keeps the broker's (4096), which the test checks.
+    HttpLoad.
+  * socat (1.7.4: it cannot accept on an inherited fd) via `portctl run`,
+    on 8080 and on 80 as a non-root uid: replies through the broker's
+    socket (no load).
+  * what LD_PRELOAD cannot reach: `portctl run` refuses a static binary and
+    a setuid one with one line, pointing to socket activation.
+
+Numbers go to tests/integration/results/restart-BUILD.json (and stdout with -s).
+"""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (PORTCTL, PYTHON, HttpLoad, Load, children, fetch, http_get, listeners,
+                      save_results, socket_inodes, try_bind, wait_for)
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1 = 4242
+PORT = 8080
+BACKEND = 8090
+RATE = 300              # new connections per second
+DURATION = 8            # seconds of load
+KILLS = 3
+LOST_PER_KILL = 5       # accepted by the killed processes, no reply: bound per kill
+NGINX = "/usr/sbin/nginx"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+PROXYD = "/lib/systemd/systemd-socket-proxyd"
+SOCAT = "/usr/bin/socat"
+PRELOAD = "libportbroker-preload.so"
+
+
+def need_tool(path, package):
+    if not Path(path).exists():
+        pytest.fail(f"{path} is missing: install the Debian package {package} (tests/setup-deps.sh)")
+
+
+def need_run():
+    """portctl run is there (the shim is built)."""
+    need_tool(Path(PORTCTL).parent / PRELOAD, "(build: make)")
+
+
+# --- servers in a process group of their own ---------------------------------
+
+
+class Group:
+    """A server started as the leader of its own process group (setsid), so
+    that SIGKILL reaches it and every process it forked at once."""
+
+    def __init__(self, proc):
+        self.proc, self.pid = proc, proc.pid
+
+        def leads():
+            try:
+                return os.getpgid(self.pid) == self.pid
+            except ProcessLookupError:
+                raise AssertionError(f"{proc.name} exited at once: {proc.stderr()[-2000:]}") from None
+        wait_for(leads, 10, f"pid {self.pid} to lead its process group")
+
+    def members(self):
+        """Pids in the process group, zombies left out."""
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.pid and fields[0] != "Z":
+                    out.append(int(d))
+        return out
+
+    def kill9(self):
+        """SIGKILLs the whole group, waits until every member is gone; returns the time of the kill."""
+        t = time.monotonic()
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.popen.wait(timeout=10)
+        wait_for(lambda: not self.members(), 10, f"process group {self.pid} to be gone")
+        return t
+
+    def alive(self):
+        return self.proc.alive()
+
+
+@pytest.fixture
+def groups(broker, procs):
+    """Starts `argv` (as uid) under setsid; every group is SIGKILLed at teardown,
+    before the broker stops (workers outlive a killed master otherwise)."""
+    started = []
+
+    def start(argv, uid=U1, name=None):
+        g = Group(procs.spawn(["setsid", *map(str, argv)], uid=uid, name=name or Path(str(argv[0])).name))
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        try:
+            os.killpg(g.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def portctl_argv(broker, *args):
+    return [PORTCTL, "--socket", broker.control, *map(str, args)]
+
+
+# --- nginx -------------------------------------------------------------------
+
+
+def nginx_dir(scratch, name, body, listen=f"[::]:{PORT}", module="http", uid=U1, server_extra=""):
+    """A prefix directory for an nginx run as uid: config, pid, logs and temp
+    paths inside it. body is what every connection gets (nginx variables
+    allowed, e.g. $pid: the worker's pid); for http, at location /, and
+    server_extra goes into the server block."""
+    need_tool(NGINX, "nginx")
+    d = scratch / name
+    (d / "tmp").mkdir(parents=True)
+    common = (f"worker_processes 2;\n"
+              f"master_process on;\n"
+              f"pid {d}/nginx.pid;\n"
+              f"error_log {d}/error.log notice;\n"
+              f"events {{ worker_connections 1024; }}\n")
+    if module == "stream":
+        need_tool(STREAM_MODULE, "libnginx-mod-stream")
+        conf = (f"load_module {STREAM_MODULE};\n" + common +
+                f"stream {{\n"
+                f"    server {{\n"
+                f"        listen {listen};\n"
+                f"        return \"{body}\\n\";\n"
+                f"    }}\n"
+                f"}}\n")
+    else:
+        temp = "".join(f"    {k}_temp_path {d}/tmp/{k};\n"
+                       for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = (common +
+                f"http {{\n"
+                f"    access_log off;\n{temp}"
+                f"    server {{\n"
+                f"        listen {listen};\n"
+                f"        default_type text/plain;\n"
+                f"        location / {{ return 200 \"{body}\\n\"; }}\n"
+                f"{server_extra}"
+                f"    }}\n"
+                f"}}\n")
+    (d / "nginx.conf").write_text(conf)
+    for p in (d, d / "tmp", d / "nginx.conf"):
+        os.chown(p, uid, uid)
+    return d
+
+
+def nginx_argv(d):
+    # -e: the error log before the config is read (the compiled-in
+    # /var/log/nginx/error.log is root's).
+    return [NGINX, "-e", d / "error.log", "-p", d, "-c", d / "nginx.conf", "-g", "daemon off;"]
+
+
+def nginx_workers(master):
+    return [p for p in children(master) if "worker" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+
+
+def nginx_ready(g, module, workers=2):
+    """Waits until g's master has its workers and one of them answered;
+    returns the worker pids."""
+    wait_for(lambda: len(nginx_workers(g.pid)) == workers or not g.alive(), 10,
+             f"nginx {g.pid} to start {workers} workers")
+    assert g.alive(), f"nginx exited: {g.proc.stderr()[-2000:]}"
+
+    def answered():
+        try:
+            body = http_get(PORT)[1] if module == "http" else fetch(PORT)
+        except OSError:
+            return None
+        return int(body.split()[-1]) in nginx_workers(g.pid)
+    wait_for(answered, 10, f"a worker of nginx {g.pid} to answer")
+    return nginx_workers(g.pid)
+
+
+def assert_one_brokered_listener(broker, pids):
+    """Exactly one socket listens on PORT, brokerd holds it, and so does every pid."""
+    ls = listeners(PORT)
+    assert len(ls) == 1, f"expected one listener on {PORT}, got {ls}"
+    (ino,) = ls
+    assert ino in socket_inodes(broker.pid), "the listener is not brokerd's socket"
+    for p in pids:
+        assert ino in socket_inodes(p), f"pid {p} does not hold brokerd's socket {ino}"
+    return ino
+
+
+# --- the kill/restart cycle -----------------------------------------------------
+
+
+def kill_restart_cycle(broker, start, ready, make_load):
+    """Starts the server, then the load; at even intervals SIGKILLs the whole
+    server and restarts it, KILLS times. Returns (load result, per-kill details)."""
+    g = start()
+    ready(g)
+    load = make_load()
+    kills = []
+    for k in range(1, KILLS + 1):
+        at = load.t0 + k * DURATION / (KILLS + 1)
+        time.sleep(max(0.0, at - time.monotonic()))          # a schedule, not a wait for a condition
+        t_kill = g.kill9()
+        st = broker.portctl("status", PORT, json=True).json[0]
+        detail = {"bind_errno": try_bind(PORT, reuseaddr=True), "listeners": len(listeners(PORT)),
+                  "queued": st["queued"]}
+        g = start()
+        ready(g)
+        detail["gap_ms"] = round((time.monotonic() - t_kill) * 1000, 2)
+        kills.append(detail)
+    res = load.result()
+    return res, kills, g
+
+
+def check_and_save(name, res, kills, **extra):
+    keys = ("attempted", "ok", "refused", "timed_out", "lost", "bad_reply", "errors", "error_kinds",
+            "reply_us", "bodies")
+    s = {k: res[k] for k in keys if k in res}
+    s.update(rate=RATE, duration_s=DURATION, kills=KILLS, gaps_ms=[k["gap_ms"] for k in kills],
+             queued_while_down=[k["queued"] for k in kills], **extra)
+    save_results(name, s)
+    for k in kills:
+        assert k["bind_errno"] == errno.EADDRINUSE and k["listeners"] == 1, k
+    assert res["attempted"] == RATE * DURATION, s
+    assert res["refused"] == 0, s
+    assert res["timed_out"] == 0, s
+    assert res["errors"] == 0 and res["bad_reply"] == 0 and res.get("aborted", 0) == 0, s
+    assert res["lost"] <= KILLS * LOST_PER_KILL, s
+    assert res["ok"] + res["lost"] == res["attempted"], s
+    # Not vacuous: clients did wait in the backlog while no server ran (a
+    # reply otherwise takes well under a millisecond).
+    assert res["reply_us"]["max"] >= 10_000, s
+    return s
+
+
+@pytest.mark.parametrize("module", ["http", "stream"])
+def test_nginx_unmodified_survives_kill9_of_master_and_workers(broker, procs, groups, scratch, module):
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    d = nginx_dir(scratch, "nginx", "ok nginx $pid", module=module)
+
+    def start():
+        return groups(portctl_argv(broker, "run", PORT, "--", *nginx_argv(d)), name="nginx")
+
+    def ready(g):
+        workers = nginx_ready(g, module)
+        assert_one_brokered_listener(broker, [g.pid, *workers])
+
+    if module == "http":
+        def make_load():
+            return HttpLoad(PORT, RATE, DURATION)
+    else:
+        def make_load():
+            return Load(procs, PORT, RATE, DURATION)
+
+    res, kills, g = kill_restart_cycle(broker, start, ready, make_load)
+    # IPv4 and IPv6 clients both reach it: nginx asked for [::] v6only, got dual-stack.
+    for addr in ("127.0.0.1", "::1"):
+        body = http_get(PORT, addr=addr)[1] if module == "http" else fetch(PORT, addr)
+        assert body.startswith("ok nginx "), body
+    st = broker.portctl("status", PORT, json=True).json[0]
+    s = check_and_save(f"thirdparty_nginx_{module}", res, kills, server="nginx " + module,
+                       handouts=st["handouts"])
+    assert st["owner_uid"] == U1 and st["endpoint"] == f"tcp:[::]:{PORT}", st
+    assert st["handouts"] >= KILLS + 1, st
+    assert all(b.startswith("ok nginx ") for b in s.get("bodies", {})), s
+    assert "emerg" not in (d / "error.log").read_text(), (d / "error.log").read_text()[-2000:]
+
+
+
+# --- systemd-socket-proxyd: socket activation, unmodified ------------------------
+
+
+def test_systemd_socket_proxyd_survives_kill9(broker, procs, groups, scratch):
+    need_tool(PROXYD, "systemd")
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    backend = groups(nginx_argv(nginx_dir(scratch, "backend", "ok nginx $pid", module="stream",
+                                          listen=f"127.0.0.1:{BACKEND}")), name="nginx-backend")
+    wait_for(lambda: len(nginx_workers(backend.pid)) == 2 or not backend.alive(), 10, "the backend nginx")
+    assert backend.alive(), backend.proc.stderr()
+    wait_for(lambda: fetch(BACKEND).startswith("ok nginx "), 10, "the backend to answer")
+
+    def start():
+        return groups(portctl_argv(broker, "get", PORT, "--", PROXYD, f"127.0.0.1:{BACKEND}"),
+                      name="systemd-socket-proxyd")
+
+    def ready(g):
+        wait_for(lambda: fetch(PORT).startswith("ok nginx "), 10, "an answer through the proxy")
+        assert_one_brokered_listener(broker, [g.pid])
+
+    res, kills, g = kill_restart_cycle(broker, start, ready, lambda: Load(procs, PORT, RATE, DURATION))
+    assert backend.alive() and g.alive()
+    check_and_save("thirdparty_systemd_socket_proxyd", res, kills, server="systemd-socket-proxyd")
+
+
+# --- python3 -m http.server ---------------------------------------------------------
+
+
+def listen_backlog(port):
+    """The accept-queue limit of the listener on port, as ss shows it (Send-Q)."""
+    out = subprocess.run(["ss", "-Hltn", f"( sport = :{port} )"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout.split()
+    return int(out[2])
+
+
+def test_python_http_server_survives_kill9(broker, groups, scratch):
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    www = scratch / "www"
+    www.mkdir()
+    (www / "ok").write_text("ok http.server\n")
+    www.chmod(0o755)
+
+    # No endpoint named: every bind() to a non-zero port is tried with the broker.
+    def start():
+        return groups(portctl_argv(broker, "run", "--", PYTHON, "-m", "http.server", PORT, "--bind", "::",
+                                   "--directory", www), name="http.server")
+
+    def ready(g):
+        def answered():
+            try:
+                return http_get(PORT, "/ok") == (200, "ok http.server\n")
+            except OSError:
+                return False
+        wait_for(answered, 10, "http.server to answer")
+        assert_one_brokered_listener(broker, [g.pid])
+        # socketserver listens with a backlog of 5; the broker's stays.
+        assert listen_backlog(PORT) >= 4096
+
+    res, kills, g = kill_restart_cycle(broker, start, ready,
+                                       lambda: HttpLoad(PORT, RATE, DURATION, path="/ok"))
+    assert http_get(PORT, "/ok", addr="::1") == (200, "ok http.server\n")
+    s = check_and_save("thirdparty_python_http_server", res, kills, server="python3 -m http.server")
+    assert s["bodies"] == {"ok http.server\n": res["ok"]}, s
+    st = broker.portctl("status", PORT, json=True).json[0]
+    assert st["owner_uid"] == U1 and st["endpoint"] == f"tcp:[::]:{PORT}" and st["handouts"] >= KILLS + 1, st
+
+
+# --- socat ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port,via_exec", [(PORT, False), (80, False), (PORT, True)])
+def test_socat_listen_gets_the_brokered_socket(broker, groups, port, via_exec):
+    """socat binds [::]:PORT v6only itself; it gets the dual-stack brokered
+    socket. Port 80 too: brokerd binds it, so the non-root server needs no
+    privilege (CAP_NET_BIND_SERVICE) of its own. via_exec: a shell execs
+    socat (the shim survives exec)."""
+    need_run()
+    need_tool(SOCAT, "socat")
+    broker.portctl("policy", "add", f"tcp:{port}", "--user", U1)
+    socat = [SOCAT, f"TCP6-LISTEN:{port},ipv6only=1,reuseaddr,fork", "SYSTEM:echo ok socat"]
+    if via_exec:
+        socat = ["/bin/sh", "-c", 'exec "$@"', "sh", *socat]
+    g = groups(portctl_argv(broker, "run", port, "--", *socat), name="socat")
+
+    def answered():
+        try:
+            return fetch(port)
+        except ConnectionRefusedError:
+            return None
+    assert wait_for(answered, 10, "socat to answer") == "ok socat\n"
+    assert fetch(port, "::1") == "ok socat\n"
+    ls = listeners(port)
+    assert len(ls) == 1 and ls <= socket_inodes(g.pid) & socket_inodes(broker.pid), ls
+
+
+# --- what LD_PRELOAD cannot reach -----------------------------------------------
+
+
+def unpreloadable(kind, scratch):
+    """A program LD_PRELOAD cannot reach, and the word portctl's refusal names."""
+    prog = scratch / kind
+    if kind == "static":
+        src = scratch / "static.c"
+        src.write_text("int main(void) { return 0; }\n")
+        cp = subprocess.run(["gcc", "-static", "-o", prog, src], capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        return prog, "statically linked"
+    if kind == "go":
+        # What portctl looks for in a (cgo, dynamically linked) Go binary: Go's
+        # build-info section. Its runtime makes the bind system call itself.
+        src = scratch / "go.c"
+        src.write_text('__attribute__((section(".go.buildinfo"), used)) static const char info[32] = '
+                       '"\\xff Go buildinf:";\nint main(void) { return 0; }\n')
+        cp = subprocess.run(["gcc", "-o", prog, src], capture_output=True, text=True, timeout=60)
+        assert cp.returncode == 0, cp.stderr
+        return prog, "Go program"
+    shutil.copy("/usr/bin/true", prog)
+    if kind == "setuid":
+        prog.chmod(0o4755)              # root's, setuid
+        return prog, "setuid"
+    # File capabilities put the loader in secure mode too (AT_SECURE).
+    subprocess.run(["setcap", "cap_net_bind_service+ep", prog], check=True, timeout=10)
+    return prog, "capabilit"
+
+
+@pytest.mark.parametrize("kind", [
+    "static", "setuid", "filecaps", "go",
+])
+def test_run_refuses_what_ld_preload_cannot_reach(broker, scratch, kind):
+    """A static binary has no dynamic loader to preload into, and the loader
+    ignores LD_PRELOAD for setuid/setgid programs and ones with file
+    capabilities: portctl run says so in one line (pointing to socket
+    activation) instead of running a server whose bind() would bypass the
+    broker."""
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    prog, why = unpreloadable(kind, scratch)
+    for endpoints in ([PORT], []):
+        r = broker.portctl("run", *endpoints, "--", prog, uid=U1, check=False)
+        assert r.returncode == 1 and why in r.stderr and str(prog) in r.stderr, r
+        assert r.stderr.startswith("portctl: ") and r.stderr.count("\n") == 1, r
+    # The same program is fine under socket activation (portctl get).
+    broker.portctl("get", PORT, "--", prog, uid=U1)
