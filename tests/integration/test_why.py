@@ -137,10 +137,12 @@ def test_free_and_usage(netns):
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_live_listener_named(netns, procs, proto):
+    # Each listener leads its own process group, so the verdict does not
+    # depend on whether pytest's group leader is still alive.
     if proto == "tcp":
-        srv = listener(procs, 8081, uid=U1)
+        srv = listener(procs, 8081, uid=U1, setsid=True)
     else:
-        code = ("import os,socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+        code = ("import os,socket\nos.setsid()\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
                 "s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\ns.bind(('::',8081))\n"
                 "print('ready',os.getpid(),flush=True)\nwhile True: s.recv(10)\n")
         srv = procs.spawn([PYTHON, "-c", code], uid=U1, name="udp")
@@ -157,7 +159,7 @@ def test_live_listener_named(netns, procs, proto):
 
 
 def test_listener_owners_hidden_without_root(netns, procs):
-    srv = listener(procs, 8082, uid=U1)
+    srv = listener(procs, 8082, uid=U1, setsid=True)
     r = why(8082, uid=U2)
     assert r["verdict"] == "listener"
     assert srv.pid not in pids(r)
