@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need, wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("PB_BUILD", REPO / "build"))
 UNITS = REPO / "systemd"
@@ -49,23 +51,6 @@ NS_SBINDIR = "/run/portbroker-test"
 def render_service(sbindir):
     """The .service text as `make install` writes it, for SBINDIR."""
     return (UNITS / "portbrokerd.service.in").read_text().replace("@SBINDIR@", str(sbindir))
-
-
-def need(path):
-    if not Path(path).exists():
-        pytest.fail(f"{path} is missing: run `make` first (PB_BUILD={BUILD})")
-
-
-def wait_for(cond, timeout, what, interval=0.02):
-    """Polls cond() until it returns a true value; fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def unit_settings(text):
