@@ -10,9 +10,11 @@
  * SO_REUSEPORT and IPV6_V6ONLY are left as brokerd set them. accept() and
  * epoll_ctl(ADD) on one tell `portctl upgrade` that the server serves.
  *
- * Only the wrapped calls are exported (preload.sym). Everything here is
- * a raw system call on stack buffers, so the wrappers
- * stay async-signal-safe where the calls they wrap are; the connection to
+ * Only the wrapped calls are exported (preload.sym). Each wrapper calls the
+ * next definition (RTLD_NEXT, found once at load: other preloaded libraries
+ * and glibc's cancellation points keep working) and otherwise works on stack
+ * buffers with plain system calls, so the wrappers stay async-signal-safe
+ * where the calls they wrap are; the connection to
  * brokerd is close-on-exec and closed before bind() returns. Configuration
  * comes from the environment, read once at load:
  *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker; unset
@@ -21,6 +23,7 @@
  *   PORTBROKER_SOCKET             brokerd's control socket
  *   PORTBROKER_READY              abstract socket name to report serving to
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -56,8 +59,23 @@ static uint64_t brokered[BROKERED_MAX]; /* cookies of the sockets swapped in */
 static unsigned brokered_next;
 static int ready_sent;
 
-static long raw_bind(int fd, const struct sockaddr *sa, socklen_t len) {
-        return syscall(SYS_bind, fd, sa, len);
+/* The definitions we wrap, resolved once at load; NULL: the system call itself. */
+static struct {
+        int (*bind)(int, const struct sockaddr *, socklen_t);
+        int (*listen)(int, int);
+        int (*setsockopt)(int, int, int, const void *, socklen_t);
+        int (*accept)(int, struct sockaddr *, socklen_t *);
+        int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+        int (*epoll_ctl)(int, int, int, struct epoll_event *);
+} next;
+
+static int next_bind(int fd, const struct sockaddr *sa, socklen_t len) {
+        return next.bind ? next.bind(fd, sa, len) : (int) syscall(SYS_bind, fd, sa, len);
+}
+
+static int next_setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
+        return next.setsockopt ? next.setsockopt(fd, level, name, value, len)
+                               : (int) syscall(SYS_setsockopt, fd, level, name, value, len);
 }
 
 static void parse_endpoints(const char *list) {
@@ -81,6 +99,12 @@ __attribute__((constructor)) static void preload_init(void) {
         const char *path = getenv(PB_SOCKET_ENV);
         const char *ready = getenv("PORTBROKER_READY");
 
+        next.bind = (int (*)(int, const struct sockaddr *, socklen_t)) dlsym(RTLD_NEXT, "bind");
+        next.listen = (int (*)(int, int)) dlsym(RTLD_NEXT, "listen");
+        next.setsockopt = (int (*)(int, int, int, const void *, socklen_t)) dlsym(RTLD_NEXT, "setsockopt");
+        next.accept = (int (*)(int, struct sockaddr *, socklen_t *)) dlsym(RTLD_NEXT, "accept");
+        next.accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int)) dlsym(RTLD_NEXT, "accept4");
+        next.epoll_ctl = (int (*)(int, int, int, struct epoll_event *)) dlsym(RTLD_NEXT, "epoll_ctl");
         parse_endpoints(list);
         cfg.all = !list || !*list;
         if (!path || !*path || strlen(path) >= sizeof(cfg.control.sun_path))
@@ -108,13 +132,24 @@ static uint64_t cookie_of(int fd) {
         return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &len) < 0 ? 0 : c;
 }
 
+static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct pb_endpoint *ret);
+static bool wanted(const struct pb_endpoint *e);
+
+/* True for a socket swapped in here, or, with named endpoints, one bound to
+ * one of them: brokerd holds those, so no other socket can be (this is what
+ * still knows them after an exec, which empties the table). */
 static bool is_brokered(int fd) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        struct pb_endpoint e;
         uint64_t c = cookie_of(fd);
 
         for (unsigned i = 0; c && i < BROKERED_MAX; i++)
                 if (__atomic_load_n(&brokered[i], __ATOMIC_RELAXED) == c)
                         return true;
-        return false;
+        if (!c || cfg.all || getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+                return false;
+        return endpoint_of(fd, (struct sockaddr *) &ss, len, &e) && wanted(&e);
 }
 
 /* The endpoint a bind() of fd to sa means, if it is one brokerd can hold. */
@@ -166,6 +201,19 @@ static bool wanted(const struct pb_endpoint *e) {
         return false;
 }
 
+/* A bind to 0.0.0.0:P beside a named dual-stack lease of P (nginx's
+ * `listen 8080; listen [::]:8080;`) gets that lease's socket: it serves
+ * IPv4 too, and its port leaves no room for a second socket. */
+static void widen_to_dual_stack(struct pb_endpoint *e) {
+        struct pb_endpoint any = *e;
+
+        if (cfg.all || e->family != PB_FAMILY_INET || memcmp(e->addr, "\0\0\0\0", 4) != 0)
+                return;
+        any.family = PB_FAMILY_ANY;
+        if (wanted(&any))
+                *e = any;
+}
+
 /* One GET over a connection of our own. Returns the fd or -errno; msg gets brokerd's words. */
 static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
         struct timeval tv = { .tv_sec = BROKER_TIMEOUT_SEC };
@@ -177,8 +225,8 @@ static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
         sock_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (sock_fd < 0)
                 return -errno;
-        (void) syscall(SYS_setsockopt, sock_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        (void) syscall(SYS_setsockopt, sock_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        (void) next_setsockopt(sock_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        (void) next_setsockopt(sock_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
         if (connect(sock_fd, (struct sockaddr *) &cfg.control, sizeof(cfg.control)) < 0) {
                 r = -errno;
                 goto out;
@@ -219,7 +267,8 @@ static void complain(const struct pb_endpoint *e, int code, const char *msg) {
         char text[PB_ENDPOINT_STRLEN], line[512];
         size_t n = 0;
         const char *parts[] = { "portbroker-preload: cannot get ", endpoint_format(e, text), " from brokerd: ",
-                                msg[0] ? msg : strerrordesc_np(code), "\n" };
+                                msg[0] ? msg : strerrordesc_np(code) ? strerrordesc_np(code) : "error",
+                                "\n" };
 
         for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
                 size_t k = strnlen(parts[i], sizeof(line) - 1 - n);
@@ -233,10 +282,15 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len) {
         int saved_errno = errno, fd_flags, fl_flags, new_fd, cur;
         struct pb_endpoint e;
         char msg[PB_TEXT_MAX + 1];
+        bool ours = endpoint_of(fd, sa, len, &e);
 
-        if (!endpoint_of(fd, sa, len, &e) || !wanted(&e)) {
+        if (ours) {
+                widen_to_dual_stack(&e);
+                ours = wanted(&e);
+        }
+        if (!ours) {
                 errno = saved_errno;
-                return (int) raw_bind(fd, sa, len);
+                return next_bind(fd, sa, len);
         }
         fd_flags = fcntl(fd, F_GETFD);
         fl_flags = fcntl(fd, F_GETFL);
@@ -244,7 +298,7 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len) {
         if (new_fd < 0) {
                 if (cfg.all) {          /* not one brokerd will give us: the server's own bind */
                         errno = saved_errno;
-                        return (int) raw_bind(fd, sa, len);
+                        return next_bind(fd, sa, len);
                 }
                 complain(&e, -new_fd, msg);
                 errno = -new_fd;
@@ -279,10 +333,10 @@ int listen(int fd, int backlog) {
                 if (sockopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1)
                         return 0;
                 errno = saved_errno;
-                return (int) syscall(SYS_listen, fd, backlog > SOMAXCONN ? backlog : SOMAXCONN);
-        }
-        errno = saved_errno;
-        return (int) syscall(SYS_listen, fd, backlog);
+                backlog = 65535;        /* the kernel caps it at somaxconn, never below brokerd's */
+        } else
+                errno = saved_errno;
+        return next.listen ? next.listen(fd, backlog) : (int) syscall(SYS_listen, fd, backlog);
 }
 
 int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
@@ -295,7 +349,7 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {
                 return 0;               /* brokerd's choice stands; SO_REUSEPORT never */
         }
         errno = saved_errno;
-        return (int) syscall(SYS_setsockopt, fd, level, name, value, len);
+        return next_setsockopt(fd, level, name, value, len);
 }
 
 /* Tells `portctl upgrade` once that this process serves a brokered socket. */
@@ -324,16 +378,16 @@ out:
 
 int accept(int fd, struct sockaddr *sa, socklen_t *len) {
         maybe_ready(fd);
-        return (int) syscall(SYS_accept4, fd, sa, len, 0);
+        return next.accept ? next.accept(fd, sa, len) : (int) syscall(SYS_accept4, fd, sa, len, 0);
 }
 
 int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags) {
         maybe_ready(fd);
-        return (int) syscall(SYS_accept4, fd, sa, len, flags);
+        return next.accept4 ? next.accept4(fd, sa, len, flags) : (int) syscall(SYS_accept4, fd, sa, len, flags);
 }
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         if (op == EPOLL_CTL_ADD)
                 maybe_ready(fd);
-        return (int) syscall(SYS_epoll_ctl, epfd, op, fd, ev);
+        return next.epoll_ctl ? next.epoll_ctl(epfd, op, fd, ev) : (int) syscall(SYS_epoll_ctl, epfd, op, fd, ev);
 }

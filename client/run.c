@@ -323,8 +323,13 @@ static int setup_environment(const struct run_args *a, const char *preload, cons
 
         if (asprintf(&value, "%s%s%s", preload, old && *old ? " " : "", old && *old ? old : "") < 0)
                 return failure("%s", strerror(ENOMEM));
+        /* Absolute, so a server that changes directory still finds brokerd. */
+        char socket_path[PATH_MAX];
+        const char *path = arg_socket ? arg_socket : pb_socket_path();
+        if (!realpath(path, socket_path))
+                snprintf(socket_path, sizeof(socket_path), "%s", path);
         if (setenv("LD_PRELOAD", value, 1) < 0 || setenv("PORTBROKER_PRELOAD_ENDPOINTS", endpoints, 1) < 0 ||
-            (arg_socket && setenv(PB_SOCKET_ENV, arg_socket, 1) < 0)) {
+            setenv(PB_SOCKET_ENV, socket_path, 1) < 0) {
                 free(value);
                 return failure("cannot set the environment: %m");
         }
@@ -368,6 +373,50 @@ static bool pidfd_exited(int pidfd, int timeout_ms) {
         return poll(&p, 1, timeout_ms) > 0;
 }
 
+/* Receives one datagram and the sender's pid from the kernel (SO_PASSCRED). */
+static ssize_t recv_from_pid(int fd, char *buf, size_t size, pid_t *ret_pid) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(struct ucred))];
+        } control;
+        struct iovec iov = { .iov_base = buf, .iov_len = size - 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof(control.buf) };
+        struct cmsghdr *c;
+        ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+
+        if (n < 0)
+                return -1;
+        buf[n] = '\0';
+        c = CMSG_FIRSTHDR(&mh);
+        if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS)
+                return -1;
+        *ret_pid = ((struct ucred *) CMSG_DATA(c))->pid;
+        return n;
+}
+
+/* True when pid is ancestor or one of its descendants (walking PPid up, bounded). */
+static bool is_descendant(pid_t pid, pid_t ancestor) {
+        for (int depth = 0; pid > 1 && depth < 64; depth++) {
+                char path[64], line[128];
+                FILE *f;
+                pid_t parent = 0;
+
+                if (pid == ancestor)
+                        return true;
+                snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+                f = fopen(path, "re");
+                if (!f)
+                        return false;
+                while (fgets(line, sizeof(line), f))
+                        if (sscanf(line, "PPid: %d", &parent) == 1)
+                                break;
+                fclose(f);
+                pid = parent;
+        }
+        return false;
+}
+
 /* The watcher: waits for the new server (server_pidfd) to report serving on
  * ready_fd, then signals the old one (old_pidfd) and waits for it to exit.
  * Runs detached from the server (double fork), so it never is its child. */
@@ -377,14 +426,21 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
         ssize_t n;
         int r;
 
-        r = poll(p, 2, (int) a->timeout_sec * 1000);
-        if (r <= 0 || !(p[0].revents & POLLIN)) {
-                fprintf(stderr, "portctl: upgrade: the new server %s; pid %d left running\n",
-                        r > 0 ? "exited before it served" : "did not serve in time", (int) a->old_pid);
-                return EXIT_FAILURE;
+        /* Only a report from the new server or a descendant of it counts: the
+         * abstract name is visible to all, so the kernel's credentials decide. */
+        for (;;) {
+                pid_t sender;
+
+                r = poll(p, 2, (int) a->timeout_sec * 1000);
+                if (r <= 0 || (p[1].revents & POLLIN) || !(p[0].revents & POLLIN)) {
+                        fprintf(stderr, "portctl: upgrade: the new server %s; pid %d left running\n",
+                                r > 0 ? "exited before it served" : "did not serve in time", (int) a->old_pid);
+                        return EXIT_FAILURE;
+                }
+                n = recv_from_pid(ready_fd, buf, sizeof(buf), &sender);
+                if (n >= 0 && is_descendant(sender, a->new_pid))
+                        break;
         }
-        n = recv(ready_fd, buf, sizeof(buf) - 1, 0);
-        buf[n > 0 ? n : 0] = '\0';
         if (syscall(SYS_pidfd_send_signal, old_pidfd, a->signal, NULL, 0) < 0) {
                 fprintf(stderr, "portctl: upgrade: cannot signal pid %d: %s\n", (int) a->old_pid, strerror(errno));
                 return EXIT_FAILURE;
@@ -398,6 +454,27 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
         }
         fprintf(stderr, "portctl: upgrade: pid %d exited\n", (int) a->old_pid);
         return 0;
+}
+
+/* Closes every fd but stdio and the three given: the watcher must not keep
+ * open what the server closes (a pipe a reader waits on, say). */
+static void close_all_but(int a, int b, int c) {
+        int keep[] = { a, b, c }, from = 3;
+
+        /* keep[] sorted ascending, then close the gaps between them. */
+        for (int i = 0; i < 3; i++)
+                for (int j = i + 1; j < 3; j++)
+                        if (keep[j] < keep[i]) {
+                                int t = keep[i];
+                                keep[i] = keep[j];
+                                keep[j] = t;
+                        }
+        for (int i = 0; i < 3; i++) {
+                if (keep[i] > from)
+                        (void) syscall(SYS_close_range, from, keep[i] - 1, 0);
+                from = keep[i] + 1;
+        }
+        (void) syscall(SYS_close_range, from, ~0U, 0);
 }
 
 /* A fresh abstract socket name for the shim's readiness report. */
@@ -414,7 +491,8 @@ static int ready_socket(char *name, size_t size) {
                 return -errno;
         len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
         memcpy(sa.sun_path + 1, name, strlen(name));
-        if (bind(fd, (struct sockaddr *) &sa, len) < 0) {
+        if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &(int) { 1 }, sizeof(int)) < 0 ||
+            bind(fd, (struct sockaddr *) &sa, len) < 0) {
                 int r = -errno;
                 close(fd);
                 return r;
@@ -456,8 +534,13 @@ int cmd_upgrade(int argc, char **argv) {
                         dup2(devnull, STDIN_FILENO);
                         dup2(devnull, STDOUT_FILENO);
                 }
-                if (fork() != 0)
+                pid_t watcher = fork();
+                if (watcher < 0)
+                        fprintf(stderr, "portctl: upgrade: cannot start the watcher: %s; pid %d left running\n",
+                                strerror(errno), (int) a.old_pid);
+                if (watcher != 0)
                         _exit(0);
+                close_all_but(ready_fd, self_pidfd, old_pidfd);
                 _exit(watch(&a, ready_fd, self_pidfd, old_pidfd));
         }
         (void) waitpid(child, &status, 0);

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import PORTCTL, as_user, child_env
+from conftest import PORTCTL, as_user, child_env, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -73,6 +73,20 @@ child = subprocess.run([sys.executable, "-c",
     "import os, socket; s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); "
     "s.bind(('::', 8080)); print(os.fstat(s.fileno()).st_ino)"], capture_output=True, text=True)
 out["child_inode"] = int(child.stdout) if child.stdout.strip() else child.stderr
+
+# An exec'd child that inherited the socket cannot shrink the backlog or set SO_REUSEPORT.
+subprocess.run([sys.executable, "-c",
+    f"import socket; s = socket.socket(fileno={fd}); s.listen(5); "
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.detach()"], pass_fds=[fd], check=True)
+out["reuseport_after_exec"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+
+# nginx's `listen 8080; listen [::]:8080;`: the IPv4 wildcard gets the dual-stack socket too.
+v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+try:
+    v4.bind(("0.0.0.0", 8080))
+    out["v4_inode"] = os.fstat(v4.fileno()).st_ino
+except OSError as e:
+    out["v4_inode"] = str(e)
 print(json.dumps(out))
 """
 
@@ -96,7 +110,10 @@ def test_shim_swaps_in_the_brokered_socket(broker):
     assert out["sockets_added"] == 1, out               # the swapped socket; no broker connection left
     assert out["other_port_bound"] == 8095, out
     assert out["child_inode"] == out["inode"], out
-    # The server holds brokerd's socket, listening with brokerd's backlog, not its own 5.
+    assert out["reuseport_after_exec"] == 0, out
+    assert out["v4_inode"] == out["inode"], out
+    # The server holds brokerd's socket, listening with brokerd's backlog, not its own 5
+    # (nor the exec'd child's 5).
     ss = subprocess.run(["ss", "-Hltn", "sport = :8080"], capture_output=True, text=True).stdout
     assert ss.split()[2] == "4096", ss
     st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
@@ -131,3 +148,39 @@ def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
     # A denied endpoint stops run before the server starts.
     r = broker.portctl("run", "9999", "--", "/usr/bin/true", uid=U1, check=1)
     assert "no rule" in r.stderr
+
+
+NEW_SERVER = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind(("::", 8080))
+s.listen()
+time.sleep(1.5)                  # start-up work before it serves
+print("serving", flush=True)
+c, _ = s.accept()
+"""
+
+
+def test_upgrade_ignores_a_forged_readiness_report(broker, procs):
+    """The watcher's abstract socket name is visible to everyone; only a
+    report sent by the new server (or its children) may stop the old one."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    old = procs.spawn(["sleep", "60"], uid=U1, name="old")
+    new = procs.spawn([PORTCTL, "--socket", broker.control, "upgrade", "--pid", old.popen.pid, "--timeout", 20,
+                       "8080", "--", sys.executable, "-c", NEW_SERVER], uid=U1, name="new")
+
+    def ready_name():
+        for line in open("/proc/net/unix").read().splitlines():
+            if "@portbroker-ready-" in line:
+                return line.split()[-1][1:]
+        return None
+
+    name = wait_for(ready_name, 10, "the upgrade watcher's socket")
+    forged = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    forged.sendto(b"31337", "\0" + name)
+    forged.close()
+    wait_for(lambda: not old.alive(), 15, "the old server to be stopped")
+    # It was stopped only once the new one served, not by the forged report.
+    assert "serving" in new.output(), (new.output(), new.stderr())
+    with socket.create_connection(("127.0.0.1", 8080), timeout=5):
+        pass
