@@ -191,6 +191,23 @@ static bool elf_is_go(int fd, const Elf64_Ehdr *eh) {
         return false;
 }
 
+/* True when the ELF file is built for another word size or machine than this
+ * portctl (and so the shim): the loader would skip the shim and run it bare. */
+static bool elf_is_foreign(int fd) {
+        Elf64_Ehdr self, eh;
+        int self_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+        bool foreign = false;
+
+        if (self_fd < 0)
+                return false;
+        if (pread(self_fd, &self, sizeof(self), 0) == (ssize_t) sizeof(self) &&
+            pread(fd, &eh, sizeof(eh), 0) == (ssize_t) sizeof(eh) && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0)
+                foreign = eh.e_ident[EI_CLASS] != self.e_ident[EI_CLASS] ||
+                          eh.e_ident[EI_DATA] != self.e_ident[EI_DATA] || eh.e_machine != self.e_machine;
+        close(self_fd);
+        return foreign;
+}
+
 /* True when the ELF file asks for a dynamic loader (PT_INTERP). */
 static int elf_is_dynamic(int fd, bool *ret, bool *ret_go) {
         Elf64_Ehdr eh;
@@ -200,23 +217,7 @@ static int elf_is_dynamic(int fd, bool *ret, bool *ret_go) {
                 return -ENOEXEC;
         if (memcmp(ident, ELFMAG, SELFMAG) != 0)
                 return -ENOEXEC;
-        if (ident[EI_CLASS] == ELFCLASS32) {
-                Elf32_Ehdr e32;
-                if (pread(fd, &e32, sizeof(e32), 0) != (ssize_t) sizeof(e32))
-                        return -ENOEXEC;
-                for (unsigned i = 0; i < e32.e_phnum; i++) {
-                        Elf32_Phdr ph;
-                        if (pread(fd, &ph, sizeof(ph), (off_t) (e32.e_phoff + i * e32.e_phentsize)) !=
-                            (ssize_t) sizeof(ph))
-                                return -ENOEXEC;
-                        if (ph.p_type == PT_INTERP) {
-                                *ret = true;
-                                return 0;
-                        }
-                }
-                *ret = false;
-                return 0;
-        }
+        /* Only ELF files like portctl's own get here (elf_is_foreign). */
         if (pread(fd, &eh, sizeof(eh), 0) != (ssize_t) sizeof(eh))
                 return -ENOEXEC;
         *ret_go = elf_is_go(fd, &eh);
@@ -279,6 +280,11 @@ static int check_preloadable(const char *name, int depth) {
                         }
                 }
                 return check_preloadable(interp, depth + 1);
+        }
+        if (elf_is_foreign(fd)) {
+                close(fd);
+                return failure("%s is built for another architecture or word size than %s: the loader would "
+                               "run it without the shim", path, PRELOAD_NAME);
         }
         r = elf_is_dynamic(fd, &dynamic, &go);
         close(fd);

@@ -423,6 +423,13 @@ def unpreloadable(kind, scratch):
         assert cp.returncode == 0, cp.stderr
         return prog, "Go program"
     shutil.copy("/usr/bin/true", prog)
+    if kind == "foreign":
+        # The same program marked as built for 32-bit x86 (e_machine EM_386):
+        # the loader would skip a 64-bit shim for it.
+        data = bytearray(prog.read_bytes())
+        data[18:20] = (3).to_bytes(2, "little")
+        prog.write_bytes(bytes(data))
+        return prog, "another architecture"
     if kind == "setuid":
         prog.chmod(0o4755)              # root's, setuid
         return prog, "setuid"
@@ -432,7 +439,7 @@ def unpreloadable(kind, scratch):
 
 
 @pytest.mark.parametrize("kind", [
-    "static", "setuid", "filecaps", "go",
+    "static", "setuid", "filecaps", "go", "foreign",
 ])
 def test_run_refuses_what_ld_preload_cannot_reach(broker, scratch, kind):
     """A static binary has no dynamic loader to preload into, and the loader
@@ -447,5 +454,7 @@ def test_run_refuses_what_ld_preload_cannot_reach(broker, scratch, kind):
         r = broker.portctl("run", *endpoints, "--", prog, uid=U1, check=False)
         assert r.returncode == 1 and why in r.stderr and str(prog) in r.stderr, r
         assert r.stderr.startswith("portctl: ") and r.stderr.count("\n") == 1, r
-    # The same program is fine under socket activation (portctl get).
-    broker.portctl("get", PORT, "--", prog, uid=U1)
+    # The same program is fine under socket activation (portctl get); the
+    # relabelled one cannot run here at all.
+    if kind != "foreign":
+        broker.portctl("get", PORT, "--", prog, uid=U1)
