@@ -561,6 +561,20 @@ static int cmd_release(int argc, char **argv) {
 
 /* --- status ---------------------------------------------------------------- */
 
+/* Returns items with room for one more of size bytes (n used of *alloc), or NULL. */
+static void *grow(void *items, size_t n, size_t *alloc, size_t size) {
+        size_t na;
+        void *ni;
+
+        if (n < *alloc)
+                return items;
+        na = *alloc ? *alloc * 2 : 16;
+        ni = realloc(items, na * size);
+        if (ni)
+                *alloc = na;
+        return ni;
+}
+
 struct lease_list {
         pb_lease *items;
         size_t n, alloc;
@@ -568,15 +582,11 @@ struct lease_list {
 
 static int collect_lease(const pb_lease *lease, void *userdata) {
         struct lease_list *l = userdata;
+        pb_lease *items = grow(l->items, l->n, &l->alloc, sizeof(*items));
 
-        if (l->n == l->alloc) {
-                size_t na = l->alloc ? l->alloc * 2 : 16;
-                pb_lease *ni = realloc(l->items, na * sizeof(*ni));
-                if (!ni)
-                        return -ENOMEM;
-                l->items = ni;
-                l->alloc = na;
-        }
+        if (!items)
+                return -ENOMEM;
+        l->items = items;
         l->items[l->n++] = *lease;
         return 0;
 }
@@ -846,15 +856,11 @@ struct rule_list {
 
 static int collect_rule(const pb_rule *rule, void *userdata) {
         struct rule_list *l = userdata;
+        pb_rule *items = grow(l->items, l->n, &l->alloc, sizeof(*items));
 
-        if (l->n == l->alloc) {
-                size_t na = l->alloc ? l->alloc * 2 : 16;
-                pb_rule *ni = realloc(l->items, na * sizeof(*ni));
-                if (!ni)
-                        return -ENOMEM;
-                l->items = ni;
-                l->alloc = na;
-        }
+        if (!items)
+                return -ENOMEM;
+        l->items = items;
         l->items[l->n++] = *rule;
         return 0;
 }
