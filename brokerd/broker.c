@@ -360,8 +360,11 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
                         l->since = sl.created;
                         l->backlog = b->opt.backlog;
                         r = lease_table_add(&b->leases, l);
-                        if (r < 0)      /* out of memory: keep store and table alike */
-                                (void) store_lease_remove(b->store, sl.id, &ev);
+                        if (r < 0) {    /* out of memory: keep store and table alike */
+                                struct store_event undo = { .event = "release", .uid = p->uid, .pid = p->pid,
+                                                            .endpoint = text, .detail = "creation undone" };
+                                (void) store_lease_remove(b->store, sl.id, &undo);
+                        }
                 }
                 if (r < 0) {
                         lease_free(l);

@@ -500,6 +500,24 @@ int pb_release(const char *endpoint, pb_error *err) {
         return r;
 }
 
+/* A list page must move forward: ids above after and rising, or a hostile
+ * or broken broker could keep us paging forever; and no empty page with
+ * more to come. ids points at the first entry's id, stride apart. */
+static int check_page(const uint64_t *ids, size_t stride, unsigned count, bool more, uint64_t after,
+                      const char *what, pb_error *err) {
+        for (unsigned i = 0; i < count; i++) {
+                uint64_t id;
+
+                memcpy(&id, (const char *) ids + i * stride, sizeof(id));
+                if (id <= after)
+                        return fail(err, EPROTO, "invalid reply from brokerd: %s list out of order", what);
+                after = id;
+        }
+        if (more && count == 0)
+                return fail(err, EPROTO, "invalid reply from brokerd: empty %s page with more to come", what);
+        return 0;
+}
+
 int pb_conn_status(pb_conn *c, const char *endpoint,
                    int (*fn)(const pb_lease *lease, void *userdata), void *userdata, pb_error *err) {
         struct exchange *x;
@@ -527,17 +545,10 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
                 if (r < 0)
                         goto out;
                 count = x->reply.leases.count;
-                /* Ids must grow, or a hostile or broken broker could keep us paging forever. */
-                for (unsigned i = 0; i < count; i++) {
-                        if (x->reply.leases.leases[i].id <= (i ? x->reply.leases.leases[i - 1].id : after)) {
-                                r = fail(err, EPROTO, "invalid reply from brokerd: lease list out of order");
-                                goto out;
-                        }
-                }
-                if (x->reply.leases.more && count == 0) {
-                        r = fail(err, EPROTO, "invalid reply from brokerd: empty lease page with more to come");
+                r = check_page(&x->reply.leases.leases[0].id, sizeof(x->reply.leases.leases[0]), count,
+                               x->reply.leases.more, after, "lease", err);
+                if (r < 0)
                         goto out;
-                }
                 for (unsigned i = 0; i < count; i++) {
                         const struct pb_lease_entry *l = &x->reply.leases.leases[i];
                         pb_lease lease = {
@@ -666,16 +677,10 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
                 if (r < 0)
                         goto out;
                 count = x->reply.rules.count;
-                for (unsigned i = 0; i < count; i++) {
-                        if (x->reply.rules.rules[i].id <= (i ? x->reply.rules.rules[i - 1].id : after)) {
-                                r = fail(err, EPROTO, "invalid reply from brokerd: rule list out of order");
-                                goto out;
-                        }
-                }
-                if (x->reply.rules.more && count == 0) {
-                        r = fail(err, EPROTO, "invalid reply from brokerd: empty rule page with more to come");
+                r = check_page(&x->reply.rules.rules[0].id, sizeof(x->reply.rules.rules[0]), count,
+                               x->reply.rules.more, after, "rule", err);
+                if (r < 0)
                         goto out;
-                }
                 for (unsigned i = 0; i < count; i++) {
                         const struct pb_rule_entry *e = &x->reply.rules.rules[i];
                         pb_rule rule = {
