@@ -29,7 +29,7 @@ HARDEN   := -fstack-protector-strong -fPIC -D_FORTIFY_SOURCE=2
 OPT      ?= -O2 -g
 CFLAGS   ?=
 PRELOAD_PATH := $(LIBDIR)/portbroker/libportbroker-preload.so
-CPPFLAGS += -Iproto -Iclient -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"' -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+CPPFLAGS += -Iproto -Icommon -Iclient/lib -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"' -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
 ALL_CFLAGS = -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(DEPS_CFLAGS) -MMD -MP $(CFLAGS)
 LDHARDEN := -pie -Wl,-z,relro,-z,now,-z,noexecstack -Wl,--as-needed
 
@@ -40,12 +40,13 @@ ifneq ($(SANITIZE),)
   LDHARDEN += -fsanitize=$(SANITIZE)
 endif
 
-PROTO_SRC   := proto/proto.c proto/endpoint.c proto/fdpass.c
-BROKERD_SRC := brokerd/broker.c brokerd/peer.c brokerd/policy.c brokerd/store.c \
-               brokerd/lease.c brokerd/log.c
-LIB_SRC     := client/libportbroker.c
-PORTCTL_SRC := client/portctl.c client/run.c client/why.c
-PRELOAD_SRC := client/preload.c
+# One folder per product; every .c in it is part of that product.
+PROTO_SRC   := $(wildcard proto/*.c)
+COMMON_SRC  := $(wildcard common/*.c)
+BROKERD_SRC := $(filter-out brokerd/main.c,$(wildcard brokerd/*.c))
+LIB_SRC     := $(wildcard client/lib/*.c)
+PORTCTL_SRC := $(wildcard client/portctl/*.c)
+PRELOAD_SRC := $(wildcard client/preload/*.c)
 EXAMPLES    := $(patsubst examples/%.c,$(BUILD)/examples/%,$(wildcard examples/*.c))
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/%,$(wildcard tests/unit/test_*.c))
 HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/%,$(wildcard tests/helpers/*.c))
@@ -59,6 +60,7 @@ SOURCES = $(filter %.c %.o %.a,$^)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 PROTO_OBJ   := $(call obj,$(PROTO_SRC))
+COMMON_OBJ  := $(call obj,$(COMMON_SRC))
 BROKERD_OBJ := $(call obj,$(BROKERD_SRC))
 LIB_OBJ     := $(call obj,$(LIB_SRC))
 
@@ -74,43 +76,43 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/brokerd: $(BUILD)/obj/brokerd/main.o $(BROKERD_OBJ) $(PROTO_OBJ)
+$(BUILD)/brokerd: $(BUILD)/obj/brokerd/main.o $(BROKERD_OBJ) $(PROTO_OBJ) $(COMMON_OBJ)
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -o $@
 
-$(BUILD)/libportbroker.a: $(LIB_OBJ) $(PROTO_OBJ)
+$(BUILD)/libportbroker.a: $(LIB_OBJ) $(PROTO_OBJ) $(COMMON_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/libportbroker.so: $(LIB_OBJ) $(PROTO_OBJ)
+$(BUILD)/libportbroker.so: $(LIB_OBJ) $(PROTO_OBJ) $(COMMON_OBJ)
 	$(CC) $(ALL_CFLAGS) -shared -Wl,-soname,libportbroker.so.$(SOVERSION) \
-		-Wl,--version-script=client/libportbroker.sym -Wl,-z,relro,-z,now $^ -lpthread -o $@
+		-Wl,--version-script=client/lib/libportbroker.sym -Wl,-z,relro,-z,now $^ -lpthread -o $@
 
 # The preload library is loaded into programs built without sanitizers, so it
 # is always built without them (from objects of its own).
 PLAIN_CFLAGS = $(filter-out -fsanitize=% -fno-sanitize-recover=all,$(ALL_CFLAGS))
-PRELOAD_OBJ := $(patsubst %.c,$(BUILD)/obj-preload/%.o,$(PRELOAD_SRC) $(PROTO_SRC))
+PRELOAD_OBJ := $(patsubst %.c,$(BUILD)/obj-preload/%.o,$(PRELOAD_SRC) $(PROTO_SRC) $(COMMON_SRC))
 
 $(BUILD)/obj-preload/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(PLAIN_CFLAGS) -c $< -o $@
 
-$(BUILD)/libportbroker-preload.so: $(PRELOAD_OBJ) client/preload.sym
-	$(CC) $(PLAIN_CFLAGS) -shared -Wl,--version-script=client/preload.sym -Wl,-z,relro,-z,now \
+$(BUILD)/libportbroker-preload.so: $(PRELOAD_OBJ) client/preload/preload.sym
+	$(CC) $(PLAIN_CFLAGS) -shared -Wl,--version-script=client/preload/preload.sym -Wl,-z,relro,-z,now \
 		$(filter %.o,$^) -o $@
 
 $(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
 
-$(BUILD)/portbroker.h: client/portbroker.h
+$(BUILD)/portbroker.h: client/lib/portbroker.h
 	@mkdir -p $(BUILD)
 	cp $< $@
 
-$(BUILD)/portbroker.pc: client/portbroker.pc.in Makefile
+$(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile
 	@mkdir -p $(BUILD)
 	$(PC_SED) $< > $@
 
 # Unit tests link every object but main.o.
-$(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(LIB_OBJ)
+$(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(COMMON_OBJ) $(LIB_OBJ)
 	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -lcmocka -lpthread -o $@
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
@@ -174,8 +176,8 @@ install: all
 	ln -sf libportbroker.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so.$(SOVERSION)
 	ln -sf libportbroker.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libportbroker.so
 	install -m 0644 $(BUILD)/libportbroker.a $(DESTDIR)$(LIBDIR)/libportbroker.a
-	$(PC_SED) client/portbroker.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
-	install -m 0644 client/portbroker.h $(DESTDIR)$(INCLUDEDIR)/portbroker.h
+	$(PC_SED) client/lib/portbroker.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/portbroker.pc
+	install -m 0644 client/lib/portbroker.h $(DESTDIR)$(INCLUDEDIR)/portbroker.h
 	install -d $(DESTDIR)$(LIBDIR)/portbroker
 	install -m 0755 $(BUILD)/libportbroker-preload.so $(DESTDIR)$(PRELOAD_PATH)
 	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1

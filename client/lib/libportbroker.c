@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "endpoint.h"
+#include "fd-util.h"
 #include "fdpass.h"
 #include "proto.h"
 
@@ -69,13 +70,6 @@ static int fail(pb_error *err, int code, const char *fmt, ...) {
                                 *p = '?';
         }
         return -code;
-}
-
-static void close_fd(int *fd) {
-        if (*fd >= 0) {
-                close(*fd);
-                *fd = -1;
-        }
 }
 
 const char *pb_socket_path(void) {
@@ -138,7 +132,7 @@ int pb_connect(const char *path, pb_conn **ret, pb_error *err) {
         memcpy(c->path, path, strlen(path) + 1);        /* fits: open_socket checked */
         r = pthread_mutex_init(&c->lock, NULL);
         if (r != 0) {
-                close_fd(&c->sock_fd);
+                c->sock_fd = safe_close(c->sock_fd);
                 free(c);
                 return fail(err, r, "cannot connect to brokerd: %m");
         }
@@ -149,7 +143,7 @@ int pb_connect(const char *path, pb_conn **ret, pb_error *err) {
 void pb_disconnect(pb_conn *c) {
         if (!c)
                 return;
-        close_fd(&c->sock_fd);
+        c->sock_fd = safe_close(c->sock_fd);
         pthread_mutex_destroy(&c->lock);
         free(c);
 }
@@ -230,11 +224,11 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
                         /* brokerd may have said why it hung up (e.g. its connection limit). */
                         int k = closed_reason(c->sock_fd, &x->reply, err);
                         if (k < 0) {
-                                close_fd(&c->sock_fd);
+                                c->sock_fd = safe_close(c->sock_fd);
                                 return k;
                         }
                 }
-                close_fd(&c->sock_fd);
+                c->sock_fd = safe_close(c->sock_fd);
                 if (fresh || (r != -EPIPE && r != -ECONNRESET && r != -ENOTCONN))
                         return fail(err, -r, "cannot send the request to brokerd: %m");
                 /* brokerd closed an idle connection before seeing the request: resend on a new one. */
@@ -246,7 +240,7 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
 
         len = fdpass_recv(c->sock_fd, buf, sizeof(buf), ret_fd ? &fd : NULL, MSG_CMSG_CLOEXEC);
         if (len < 0) {
-                close_fd(&c->sock_fd);
+                c->sock_fd = safe_close(c->sock_fd);
                 if (len == -EMSGSIZE)
                         return fail(err, EBADMSG, "invalid reply from brokerd: longer than %d bytes", PB_MSG_MAX);
                 if (len == -EBADMSG)
@@ -255,7 +249,7 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
                 return fail(err, -len, "cannot receive the reply from brokerd: %m");
         }
         if (len == 0) {
-                close_fd(&c->sock_fd);
+                c->sock_fd = safe_close(c->sock_fd);
                 return fail(err, ECONNRESET, "brokerd closed the connection without replying");
         }
 
@@ -270,7 +264,7 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
         }
         if (x->reply.hdr.type == PB_MSG_ERROR && x->reply.hdr.id == 0) {
                 /* An error about the connection itself (e.g. too many connections): it ends here. */
-                close_fd(&c->sock_fd);
+                c->sock_fd = safe_close(c->sock_fd);
                 return broker_error(&x->reply, err);
         }
         if (x->reply.hdr.id != id) {
@@ -290,8 +284,8 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
         return 0;
 
 drop:
-        close_fd(&fd);
-        close_fd(&c->sock_fd);
+        fd = safe_close(fd);
+        c->sock_fd = safe_close(c->sock_fd);
         return r;
 }
 
@@ -408,7 +402,7 @@ static int conn_get(pb_conn *c, const struct pb_endpoint *e, unsigned flags, pb_
         r = fd;
         fd = -1;
 out:
-        close_fd(&fd);
+        fd = safe_close(fd);
         free(x);
         return r;
 }
