@@ -1,12 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The broker: one sd-event loop owning the control socket, the client
- * connections, the policy, the store and the lease table.
+ * connections, the policy, the store and the lease table. Its life cycle
+ * is all main.c sees; the insides are in broker-int.h.
  */
 #pragma once
 
 #include <stdbool.h>
 #include <sys/types.h>
+
+#include "policy.h"
 
 #define BROKER_DEFAULT_CONTROL "/run/portbroker/control.sock"
 #define BROKER_DEFAULT_DB "/var/lib/portbroker/portbroker.db"
@@ -14,9 +17,7 @@
 struct broker_options {
         const char *control_path;       /* ignored under socket activation */
         const char *db_path;
-        bool has_admin_gid;
-        gid_t admin_gid;
-        const char *admin_group;        /* as given, for messages */
+        struct policy_admin_group admin_group; /* --admin-group */
         unsigned backlog;               /* TCP listen() backlog */
         unsigned max_connections;       /* open control connections */
         unsigned max_connections_per_user; /* of one non-admin uid */

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Leases: the sockets the broker has bound and holds, indexed by endpoint
- * (hash) and by id (sorted array, for paging), plus binding, the check that
- * a TCP listener still listens (a holder's shutdown() stops it for all),
- * and what status reports of each.
+ * Leases: the sockets the broker has bound and holds, from creation to
+ * free: binding, the check that a TCP listener still listens (a holder's
+ * shutdown() stops it for all), the holders, what status reports of each,
+ * and the table indexing them by endpoint (hash) and by id (sorted array,
+ * for paging).
  */
 #pragma once
 
@@ -21,8 +22,8 @@ struct sd_event_source;
 /* A process that got the socket, watched through its pidfd until it exits. */
 struct lease_holder {
         pid_t pid;                      /* 0: empty */
-        int pidfd;                      /* -1: empty */
-        struct sd_event_source *exit_source; /* the broker's watch on pidfd */
+        int pid_fd;                     /* its pidfd, -1: empty */
+        struct sd_event_source *exit_source; /* the broker's watch on pid_fd */
 };
 
 struct lease {
@@ -54,14 +55,6 @@ int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 /* SO_COOKIE of socket fd (unique for the boot), 0 if unknown. */
 uint64_t lease_socket_cookie(int fd);
 
-/* Takes back the socket for e that outlived an earlier broker in some other
- * process (a holder still running after a broker crash): finds sockets on
- * e's port created by sock_uid (the broker's uid) in /proc/net, a process
- * holding one, copies it with pidfd_getfd() and keeps it only if its
- * SO_COOKIE is cookie, the socket the lease had. Start-up only: it reads
- * all of /proc. Returns 0, *ret_fd and *ret_pid, or -ENOENT. */
-int lease_adopt(const struct pb_endpoint *e, uid_t sock_uid, uint64_t cookie, int *ret_fd, pid_t *ret_pid);
-
 /* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
  * holder may have set, and for TCP listens again if a holder's shutdown()
  * stopped it. Returns 1 when it re-listened, 0 when nothing was wrong,
@@ -74,10 +67,20 @@ int lease_queued(const struct lease *l);
 /* An empty lease: no socket, no holders. */
 void lease_init(struct lease *l);
 
-/* Closes the broker's socket (the hup_source is the caller's). */
-void lease_close_socket(struct lease *l);
+/* A new empty lease, or NULL when out of memory. Free with lease_free(). */
+struct lease *lease_new(void);
 
-/* Adds l (not copied; the table owns it after). Returns 0, -EEXIST or -ENOMEM. */
+/* Stops the watches on l, forgets its holders, closes its socket, frees it. NULL is fine. */
+void lease_free(struct lease *l);
+
+/* Forgets holder h: stops watching it and closes its pidfd. */
+void lease_holder_clear(struct lease_holder *h);
+
+/* Holders of l still alive (as far as their watches have told). */
+unsigned lease_holders_live(const struct lease *l);
+
+/* Adds l to the index (not copied: l stays the caller's, and must outlive its
+ * place in the table). Returns 0, -EEXIST or -ENOMEM. */
 int lease_table_add(struct lease_table *t, struct lease *l);
 
 /* The lease for endpoint e, or NULL. */
@@ -92,5 +95,5 @@ void lease_table_remove(struct lease_table *t, struct lease *l);
 /* Number of leases owned by uid. */
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid);
 
-/* Frees the table's arrays, not the leases. */
+/* Frees the table's arrays, not the leases (see lease_free()). */
 void lease_table_done(struct lease_table *t);

@@ -70,15 +70,15 @@ static int parse_group(const char *s) {
         struct group *gr;
 
         if (parse_unsigned(s, 0, UINT_MAX - 1, &gid) == 0) {
-                arg_opt.admin_gid = gid;
+                arg_opt.admin_group.gid = gid;
         } else {
                 gr = getgrnam(s);
                 if (!gr)
                         return -ENOENT;
-                arg_opt.admin_gid = gr->gr_gid;
+                arg_opt.admin_group.gid = gr->gr_gid;
         }
-        arg_opt.has_admin_gid = true;
-        arg_opt.admin_group = s;
+        arg_opt.admin_group.set = true;
+        arg_opt.admin_group.name = s;
         return 0;
 }
 

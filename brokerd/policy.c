@@ -16,7 +16,7 @@ bool policy_is_admin(const struct policy *p, const struct peer *peer) {
                 return false;
         if (peer->uid == 0 || peer->uid == p->self_uid)
                 return true;
-        return p->has_admin_gid && peer_in_group(peer, p->admin_gid);
+        return p->admin_group && p->admin_group->set && peer_in_group(peer, p->admin_group->gid);
 }
 
 bool policy_principal_matches(const struct pb_principal *principal, const struct peer *peer) {
@@ -39,6 +39,17 @@ const struct store_rule *policy_find(const struct policy *p, const struct peer *
                 if (endpoint_matches(&p->rules[i].pattern, e) &&
                     policy_principal_matches(&p->rules[i].principal, peer))
                         return &p->rules[i];
+        return NULL;
+}
+
+const struct store_rule *policy_find_rule(const struct policy *p, const struct store_rule *rule) {
+        for (size_t i = 0; i < p->n_rules; i++) {
+                const struct store_rule *o = &p->rules[i];
+
+                if (memcmp(&o->principal, &rule->principal, sizeof(rule->principal)) == 0 &&
+                    endpoint_equal(&o->pattern, &rule->pattern))
+                        return o;
+        }
         return NULL;
 }
 

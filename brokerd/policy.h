@@ -14,13 +14,19 @@
 
 #define POLICY_RULES_MAX 10000
 
+/* Whose members administer besides root and brokerd's own uid (--admin-group). */
+struct policy_admin_group {
+        bool set;
+        gid_t gid;
+        const char *name;               /* as given, for messages */
+};
+
 struct policy {
         struct store_rule *rules;       /* in id order */
         size_t n_rules, cap;
         size_t n_unit_rules;            /* rules whose principal is a unit */
         uid_t self_uid;                 /* brokerd's own uid: always admin */
-        bool has_admin_gid;
-        gid_t admin_gid;                /* --admin-group */
+        const struct policy_admin_group *admin_group; /* the options', or NULL */
 };
 
 /* True when the peer may change rules and release any lease. */
@@ -31,6 +37,9 @@ bool policy_principal_matches(const struct pb_principal *principal, const struct
 
 /* The first rule letting peer get endpoint e, or NULL. */
 const struct store_rule *policy_find(const struct policy *p, const struct peer *peer, const struct pb_endpoint *e);
+
+/* The rule with the same principal and pattern as rule, or NULL. */
+const struct store_rule *policy_find_rule(const struct policy *p, const struct store_rule *rule);
 
 /* Adds a copy of rule (id assigned by the store). Returns 0, -ENOSPC or -ENOMEM. */
 int policy_add(struct policy *p, const struct store_rule *rule);

@@ -23,6 +23,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "adopt.h"
+#include "fd-util.h"
 #include "lease.h"
 
 static int getopt_int(int fd, int level, int name) {
@@ -154,7 +156,7 @@ static void test_shutdown_repaired(void **state) {
         assert_int_equal(lease_queued(&l), 1);
         close(c);
         close(holder_fd);
-        lease_close_socket(&l);
+        l.sock_fd = safe_close(l.sock_fd);
         assert_int_equal(l.sock_fd, -1);
 }
 
@@ -175,7 +177,7 @@ static void test_queued(void **state) {
 
         for (int i = 0; i < 3; i++)
                 close(c[i]);
-        lease_close_socket(&l);
+        l.sock_fd = safe_close(l.sock_fd);
         assert_int_equal(l.sock_fd, -1);
 }
 
@@ -205,17 +207,17 @@ static void test_adopt_from_surviving_holder(void **state) {
         assert_int_equal(lease_bind(&e, 16, &fd), -EADDRINUSE);
 
         /* Not another socket (cookie), nor another uid's sockets, nor another address on the port. */
-        assert_int_equal(lease_adopt(&e, geteuid(), cookie + 1, &adopted_fd, &from), -ENOENT);
-        assert_int_equal(lease_adopt(&e, geteuid(), 0, &adopted_fd, &from), -ENOENT);
-        assert_int_equal(lease_adopt(&e, geteuid() + 1, cookie, &adopted_fd, &from), -ENOENT);
+        assert_int_equal(adopt_socket(&e, geteuid(), cookie + 1, &adopted_fd, &from), -ENOENT);
+        assert_int_equal(adopt_socket(&e, geteuid(), 0, &adopted_fd, &from), -ENOENT);
+        assert_int_equal(adopt_socket(&e, geteuid() + 1, cookie, &adopted_fd, &from), -ENOENT);
         snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", e.port_lo);
         {
                 struct pb_endpoint other;
                 assert_int_equal(endpoint_parse(text, &other), 0);
-                assert_int_equal(lease_adopt(&other, geteuid(), cookie, &adopted_fd, &from), -ENOENT);
+                assert_int_equal(adopt_socket(&other, geteuid(), cookie, &adopted_fd, &from), -ENOENT);
         }
 
-        assert_int_equal(lease_adopt(&e, geteuid(), cookie, &adopted_fd, &from), 0);
+        assert_int_equal(adopt_socket(&e, geteuid(), cookie, &adopted_fd, &from), 0);
         assert_int_equal(from, child);
         assert_int_equal(lease_socket_cookie(adopted_fd), cookie);
         assert_true(fcntl(adopted_fd, F_GETFD) & FD_CLOEXEC);

@@ -31,7 +31,8 @@ static struct store_rule rule(uint64_t id, uint8_t kind, uint32_t who, const cha
 }
 
 static void test_admins(void **state) {
-        struct policy pol = { .self_uid = 1000, .has_admin_gid = true, .admin_gid = 50 };
+        struct policy_admin_group admins = { .set = true, .gid = 50, .name = "admins" };
+        struct policy pol = { .self_uid = 1000, .admin_group = &admins };
         gid_t groups[] = { 20, 50 };
         struct peer root = make_peer(0, 0, NULL, 0, NULL);
         struct peer self = make_peer(1000, 1000, NULL, 0, NULL);
@@ -45,8 +46,11 @@ static void test_admins(void **state) {
         assert_true(policy_is_admin(&pol, &member));
         assert_false(policy_is_admin(&pol, &other));
         assert_false(policy_is_admin(&pol, &doubtful));
-        pol.has_admin_gid = false;
+        admins.set = false;
         assert_false(policy_is_admin(&pol, &member));
+        pol.admin_group = NULL;
+        assert_false(policy_is_admin(&pol, &member));
+        assert_true(policy_is_admin(&pol, &self));
 }
 
 static void test_find(void **state) {

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The broker's insides, shared by the files that make up its event loop
+ * and by no one else (as OpenBSD ntpd has ntpd.h): the broker itself
+ * (broker.c: life cycle, timers, audit), the control socket (control.c),
+ * client connections (conn.c), the request table and its handlers
+ * (request.c), and the watches on listeners and holders (watch.c).
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <systemd/sd-event.h>
+
+#include "broker.h"
+#include "lease.h"
+#include "peer.h"
+#include "policy.h"
+#include "proto.h"
+#include "store.h"
+#include "log.h"
+
+struct broker {
+        struct broker_options opt;
+        sd_event *event;
+        int control_fd;                 /* listening control socket, -1 before set-up */
+        bool control_created;           /* we created opt.control_path: unlink at exit */
+        sd_event_source *control_source; /* accepts on control_fd */
+        sd_event_source *accept_pause_source; /* resumes accepting after running out of fds */
+        sd_event_source *flush_source;  /* writes the queued audit events */
+        sd_event_source *rebind_source; /* retries unbound leases */
+        sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
+        struct conn *conns;             /* open control connections */
+        unsigned n_conns;
+        uint64_t refused_conns;         /* over --max-connections, since start */
+        struct peer_self self;          /* our own namespaces, compared with each peer's */
+        char boot_id[STORE_BOOT_ID_MAX]; /* this boot's id: socket cookies are unique within it */
+        struct policy policy;
+        struct store *store;
+        struct lease_table leases;
+};
+
+/* One client on the control socket, identified once at accept. */
+struct conn {
+        struct broker *broker;
+        int sock_fd;                    /* the accepted connection */
+        sd_event_source *io_source;
+        sd_event_source *idle_source;   /* closes the connection after --idle-timeout */
+        struct peer peer;
+        struct conn *prev, *next;       /* in broker->conns */
+};
+
+/* --- broker.c --- */
+
+/* Arms timer s to fire once, delay µs from now, unless it is armed already. */
+void broker_arm_oneshot(struct broker *b, sd_event_source *s, uint64_t delay);
+
+/* Queues an audit event (written in batches); p and the strings may be NULL. */
+void broker_audit(struct broker *b, const char *event, const struct peer *p, const char *endpoint,
+                  const char *detail);
+
+/* Tells systemd the counts of leases, rules and connections. */
+void broker_notify_status(struct broker *b);
+
+/* Binds an unbound lease again, or adopts the socket a holder kept from an
+ * earlier broker when adopt_cookie is that socket's; then watches it.
+ * Returns 0 or -errno (the caller reports the failure). */
+int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie);
+
+/* Log fields naming peer p and, when given, an endpoint. */
+struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
+
+/* --- control.c --- */
+
+/* Takes the control socket from systemd or creates it safely at
+ * opt.control_path, and starts accepting. Returns 0 or -errno, logged. */
+int control_setup(struct broker *b);
+
+/* Stops accepting, closes the control socket, unlinks what we created. */
+void control_done(struct broker *b);
+
+/* Creates dir (one level) or checks an existing one: a real directory, ours
+ * or root's, writable by nobody else unless sticky. Returns 0 or -errno, logged. */
+int control_ensure_private_dir(const char *dir, mode_t mode);
+
+/* The directory part of path into buf. Returns 0 or -ENAMETOOLONG. */
+int control_parent_dir(const char *path, char *buf, size_t len);
+
+/* --- conn.c --- */
+
+/* Identifies the peer of fd and serves it, or refuses it when a limit is
+ * reached. Consumes fd. */
+void conn_new(struct broker *b, int fd);
+
+/* Closes the connection and frees it. */
+void conn_free(struct conn *c);
+
+/* Sends reply, with fd attached when fd >= 0 (not consumed), never blocking.
+ * Returns 0 or -errno. */
+int conn_send(struct conn *c, const struct pb_msg *reply, int fd);
+
+/* Logs and audits a bad message, answers it with an error when the peer
+ * reads, and closes the connection (c is freed). */
+void conn_reject(struct conn *c, uint32_t id, int code, const char *why);
+
+/* Sends an error reply on a connection we will not serve. Consumes fd. */
+void conn_refuse(int fd, int code, const char *why);
+
+/* --- request.c --- */
+
+/* Checks a message in the order the protocol fixes: size and header,
+ * version, a type in the table, exact fields for that type. Returns NULL
+ * and *ret_req when it is valid, else why not, with the errno for the
+ * reply in *ret_code; *ret_id is the request id when the header was read. */
+const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_req, int *ret_code,
+                             uint32_t *ret_id);
+
+/* Validates one message from c (size, header, version, type, fields, in
+ * that order), authorizes it, runs its handler and sends the reply. A bad
+ * message gets an error reply and closes the connection (c is freed). */
+void request_handle(struct conn *c, const uint8_t *buf, size_t len);
+
+/* --- watch.c --- */
+
+/* Watches l's TCP listener so a holder's shutdown() is repaired at once.
+ * Returns 0 (also for UDP or an unbound lease) or -errno. */
+int watch_listener(struct broker *b, struct lease *l);
+
+/* Watches the peer as a holder of l until it exits: distinct pids, the
+ * oldest forgotten past LEASE_HOLDERS_MAX. Best effort. */
+void watch_holder(struct broker *b, struct lease *l, const struct peer *p);

@@ -1,0 +1,459 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The request table and its handlers. Every message is validated in a fixed
+ * order (size, header, version, type, exact fields for its type), then
+ * authorized (a doubtful peer is denied everything; admin-only types need
+ * an admin) and dispatched through the const table below. A handler fills
+ * the reply and, for get, names the fd to attach; it never closes the
+ * connection itself.
+ */
+#include "broker-int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fd-util.h"
+
+struct request_type {
+        uint16_t type;
+        const char *name;               /* for the log */
+        bool admin;                     /* only admins may send it */
+        void (*handle)(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd);
+};
+
+/* Sets an error reply, and logs and audits it as a denial. */
+static void deny(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *endpoint,
+                 const struct pb_endpoint *e, const char *audit_detail) {
+        struct log_fields f = broker_peer_fields(&c->peer, endpoint, e);
+
+        log_event(LOG_NOTICE, "deny", &f, "%s", reply->error.message);
+        broker_audit(c->broker, "deny", &c->peer, endpoint, audit_detail);
+}
+
+/* --- get: authorize, create the lease if needed, hand it out ---------------- */
+
+/* The lease the peer may get for e, NULL when it may not: then reply says
+ * why. *ret_lease is NULL when the lease does not exist yet. Returns true when allowed. */
+static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
+                          struct lease **ret_lease) {
+        struct broker *b = c->broker;
+        const struct pb_endpoint *e = &req->get.endpoint;
+        const struct peer *p = &c->peer;
+        struct lease *l;
+
+        if (!policy_is_admin(&b->policy, p) && !policy_find(&b->policy, p, e)) {
+                proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u get %s",
+                                (unsigned) p->uid, text);
+                deny(c, req, reply, text, e, "no rule");
+                return false;
+        }
+        l = lease_table_find(&b->leases, e);
+        if (l && l->owner_uid != p->uid) {
+                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u", text, (unsigned) l->owner_uid);
+                deny(c, req, reply, text, e, "held by another");
+                return false;
+        }
+        if (!l && lease_table_count_owner(&b->leases, p->uid) >= b->opt.max_leases_per_user) {
+                proto_set_error(reply, req->hdr.id, EDQUOT,
+                                "uid %u already holds %u leases, the most allowed (--max-leases-per-user)",
+                                (unsigned) p->uid, b->opt.max_leases_per_user);
+                deny(c, req, reply, text, e, "lease limit");
+                return false;
+        }
+        *ret_lease = l;
+        return true;
+}
+
+/* Records a new lease for the peer with socket sock_fd (consumed) in the
+ * store and the table. Returns the lease, or NULL with reply set. */
+static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
+                                int sock_fd) {
+        struct broker *b = c->broker;
+        const struct peer *p = &c->peer;
+        const struct pb_endpoint *e = &req->get.endpoint;
+        struct store_lease sl = { .endpoint = *e, .owner_uid = p->uid, .socket_cookie = lease_socket_cookie(sock_fd) };
+        struct store_event ev = { .event = "create", .uid = p->uid, .pid = p->pid, .endpoint = text };
+        struct lease *l = lease_new();
+        int r;
+
+        if (!l) {
+                safe_close(sock_fd);
+                proto_set_error(reply, req->hdr.id, ENOMEM, "out of memory");
+                return NULL;
+        }
+        l->sock_fd = sock_fd;
+        snprintf(sl.boot_id, sizeof(sl.boot_id), "%s", b->boot_id);
+        r = store_lease_add(b->store, &sl, &ev);
+        if (r >= 0) {
+                l->id = sl.id;
+                l->endpoint = *e;
+                l->owner_uid = p->uid;
+                l->since = sl.created;
+                l->backlog = b->opt.backlog;
+                r = lease_table_add(&b->leases, l);
+                if (r < 0) {    /* out of memory: keep store and table alike */
+                        struct store_event undo = { .event = "release", .uid = p->uid, .pid = p->pid,
+                                                    .endpoint = text, .detail = "creation undone" };
+                        (void) store_lease_remove(b->store, sl.id, &undo);
+                }
+        }
+        if (r < 0) {
+                struct log_fields f = broker_peer_fields(p, text, e);
+
+                lease_free(l);
+                proto_set_error(reply, req->hdr.id, -r, "cannot record the lease for %s: %s", text, strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return NULL;
+        }
+        return l;
+}
+
+/* Binds e and records the new lease. Returns it, or NULL with reply set. */
+static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text) {
+        struct broker *b = c->broker;
+        const struct pb_endpoint *e = &req->get.endpoint;
+        struct log_fields f = broker_peer_fields(&c->peer, text, e);
+        struct lease *l;
+        int sock_fd, r;
+
+        r = lease_bind(e, b->opt.backlog, &sock_fd);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
+                                r == -EADDRINUSE ? " (another socket holds the port)" : "");
+                log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
+                return NULL;
+        }
+        l = get_record(c, req, reply, text, sock_fd);
+        if (!l)
+                return NULL;
+        if (watch_listener(b, l) < 0)
+                log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
+        log_event(LOG_INFO, "create", &f, "lease %llu created for uid %u", (unsigned long long) l->id,
+                  (unsigned) c->peer.uid);
+        broker_notify_status(b);
+        return l;
+}
+
+/* Makes l's socket fit to hand out: bound (a lease the broker could not bind
+ * at start is tried again), listening, no reuse options a holder set.
+ * Returns true, or false with reply set. */
+static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
+                             struct lease *l) {
+        struct log_fields f = broker_peer_fields(&c->peer, text, &l->endpoint);
+        int r;
+
+        if (l->sock_fd < 0) {
+                r = broker_rebind_lease(c->broker, l, 0);
+                if (r < 0) {
+                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s again: %s%s", text, strerror(-r),
+                                        r == -EADDRINUSE ? " (another socket holds the port; brokerd retries)" : "");
+                        log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
+                        return false;
+                }
+        }
+        r = lease_ensure_listening(l);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot listen on %s again: %s", text, strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return false;
+        }
+        if (r > 0) {
+                log_event(LOG_WARNING, "repair", &f, "a holder had shut the listener down; listening again");
+                sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
+        }
+        return true;
+}
+
+static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        const struct pb_endpoint *e = &req->get.endpoint;
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = broker_peer_fields(&c->peer, endpoint_format(e, text), e);
+        struct lease *l = NULL;
+        bool created = false;
+
+        if (!get_authorize(c, req, reply, text, &l))
+                return;
+        if (!l) {
+                l = get_create(c, req, reply, text);
+                if (!l)
+                        return;
+                created = true;
+        }
+        if (!get_ready_socket(c, req, reply, text, l))
+                return;
+
+        reply->hdr.type = PB_MSG_GET | PB_MSG_REPLY;
+        reply->got.endpoint = *e;
+        reply->got.lease_id = l->id;
+        reply->got.created = created;
+        *ret_fd = l->sock_fd;
+        l->handouts++;
+        watch_holder(c->broker, l, &c->peer);
+        log_event(LOG_INFO, "grant", &f, "lease %llu handed out", (unsigned long long) l->id);
+        broker_audit(c->broker, "grant", &c->peer, text, created ? "created" : NULL);
+}
+
+/* --- release, status ----------------------------------------------------- */
+
+static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct broker *b = c->broker;
+        const struct pb_endpoint *e = &req->get.endpoint;
+        const struct peer *p = &c->peer;
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = broker_peer_fields(p, endpoint_format(e, text), e);
+        struct store_event ev = { .event = "release", .uid = p->uid, .pid = p->pid, .endpoint = text };
+        struct lease *l = lease_table_find(&b->leases, e);
+        int r;
+
+        if (!l) {
+                proto_set_error(reply, req->hdr.id, ENOENT, "no lease for %s", text);
+                return;
+        }
+        if (l->owner_uid != p->uid && !policy_is_admin(&b->policy, p)) {
+                proto_set_error(reply, req->hdr.id, EPERM,
+                                "%s is held by uid %u; only its owner or an admin may release it", text,
+                                (unsigned) l->owner_uid);
+                deny(c, req, reply, text, e, "release by non-owner");
+                return;
+        }
+        r = store_lease_remove(b->store, l->id, &ev);
+        if (r < 0 && r != -ENOENT) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot record the release of %s: %s", text, strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return;
+        }
+        lease_table_remove(&b->leases, l);
+        log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
+        lease_free(l);
+        reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;
+        broker_notify_status(b);
+}
+
+static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
+        *out = (struct pb_lease_entry) {
+                .id = l->id,
+                .endpoint = l->endpoint,
+                .owner_uid = l->owner_uid,
+                .since = (uint64_t) l->since,
+                .handouts = l->handouts,
+                .holders = lease_holders_live(l),
+                .queued = lease_queued(l),
+                .backlog = l->endpoint.transport == PB_TCP ? l->backlog : 0,
+                .bound = l->sock_fd >= 0,
+        };
+}
+
+static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct lease_table *t = &c->broker->leases;
+
+        reply->hdr.type = PB_MSG_STATUS | PB_MSG_REPLY;
+        if (req->status.has_endpoint) {
+                char text[PB_ENDPOINT_STRLEN];
+                struct lease *l = lease_table_find(t, &req->status.endpoint);
+
+                if (!l) {
+                        proto_set_error(reply, req->hdr.id, ENOENT, "no lease for %s",
+                                        endpoint_format(&req->status.endpoint, text));
+                        return;
+                }
+                lease_entry(l, &reply->leases.leases[0]);
+                reply->leases.count = 1;
+                return;
+        }
+        for (size_t i = lease_table_after(t, req->status.after_id); i < t->n; i++) {
+                if (reply->leases.count == PB_LIST_MAX) {
+                        reply->leases.more = 1;
+                        break;
+                }
+                lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
+        }
+}
+
+/* --- policy ----------------------------------------------------------------- */
+
+static void policy_denied(struct conn *c, const struct pb_msg *req, struct pb_msg *reply) {
+        const struct policy *pol = &c->broker->policy;
+
+        if (pol->admin_group && pol->admin_group->set)
+                proto_set_error(reply, req->hdr.id, EPERM,
+                                "permission denied: only root or members of group %s may change policy",
+                                pol->admin_group->name);
+        else
+                proto_set_error(reply, req->hdr.id, EPERM,
+                                "permission denied: only root or uid %u may change policy (see --admin-group)",
+                                (unsigned) pol->self_uid);
+        deny(c, req, reply, NULL, NULL, "policy change by non-admin");
+}
+
+static const char *principal_text(const struct pb_principal *pr, char *buf, size_t len) {
+        switch (pr->kind) {
+        case PB_PRINCIPAL_USER:
+                snprintf(buf, len, "user %u", (unsigned) pr->id);
+                break;
+        case PB_PRINCIPAL_GROUP:
+                snprintf(buf, len, "group %u", (unsigned) pr->id);
+                break;
+        default:
+                snprintf(buf, len, "unit %s", pr->unit);
+        }
+        return buf;
+}
+
+static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct broker *b = c->broker;
+        const struct peer *p = &c->peer;
+        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern };
+        char text[PB_ENDPOINT_STRLEN], who[300];
+        struct log_fields f = broker_peer_fields(p, endpoint_format_pattern(&rule.pattern, text), NULL);
+        struct store_event ev = { .event = "policy-add", .uid = p->uid, .pid = p->pid, .endpoint = text,
+                                  .detail = principal_text(&rule.principal, who, sizeof(who)) };
+        const struct store_rule *same = policy_find_rule(&b->policy, &rule);
+        int r;
+
+        if (same) {
+                proto_set_error(reply, req->hdr.id, EEXIST, "rule %llu already lets %s get %s",
+                                (unsigned long long) same->id, who, text);
+                return;
+        }
+        if (b->policy.n_rules >= POLICY_RULES_MAX) {
+                proto_set_error(reply, req->hdr.id, ENOSPC, "too many rules (at most %d)", POLICY_RULES_MAX);
+                return;
+        }
+        r = store_rule_add(b->store, &rule, &ev);
+        if (r >= 0)
+                r = policy_add(&b->policy, &rule);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot add the rule: %s", strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return;
+        }
+        log_event(LOG_INFO, "policy-add", &f, "rule %llu: %s may get %s", (unsigned long long) rule.id, who, text);
+        reply->hdr.type = PB_MSG_POLICY_ADD | PB_MSG_REPLY;
+        reply->rule_id.rule_id = rule.id;
+        broker_notify_status(b);
+}
+
+static void handle_policy_remove(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct broker *b = c->broker;
+        const struct peer *p = &c->peer;
+        uint64_t id = req->rule_id.rule_id;
+        struct log_fields f = broker_peer_fields(p, NULL, NULL);
+        char detail[64];
+        struct store_event ev = { .event = "policy-remove", .uid = p->uid, .pid = p->pid, .detail = detail };
+        int r;
+
+        snprintf(detail, sizeof(detail), "rule %llu", (unsigned long long) id);
+        if (!policy_get(&b->policy, id)) {
+                proto_set_error(reply, req->hdr.id, ENOENT, "no rule %llu", (unsigned long long) id);
+                return;
+        }
+        r = store_rule_remove(b->store, id, &ev);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot remove rule %llu: %s", (unsigned long long) id,
+                                strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return;
+        }
+        policy_remove(&b->policy, id);
+        log_event(LOG_INFO, "policy-remove", &f, "rule %llu removed; leases it allowed stay until released",
+                  (unsigned long long) id);
+        reply->hdr.type = PB_MSG_POLICY_REMOVE | PB_MSG_REPLY;
+        broker_notify_status(b);
+}
+
+static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        const struct policy *pol = &c->broker->policy;
+
+        reply->hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
+        for (size_t i = 0; i < pol->n_rules; i++) {
+                const struct store_rule *r = &pol->rules[i];
+
+                if (r->id <= req->policy_list.after_id)
+                        continue;
+                if (reply->rules.count == PB_RULES_MAX) {
+                        reply->rules.more = 1;
+                        break;
+                }
+                reply->rules.rules[reply->rules.count++] = (struct pb_rule_entry) {
+                        .id = r->id,
+                        .principal = r->principal,
+                        .pattern = r->pattern,
+                        .created = (uint64_t) r->created,
+                };
+        }
+}
+
+/* --- the table and dispatch ------------------------------------------------- */
+
+static const struct request_type request_types[] = {
+        { PB_MSG_GET, "get", false, handle_get },
+        { PB_MSG_RELEASE, "release", false, handle_release },
+        { PB_MSG_STATUS, "status", false, handle_status },
+        { PB_MSG_POLICY_ADD, "policy-add", true, handle_policy_add },
+        { PB_MSG_POLICY_REMOVE, "policy-remove", true, handle_policy_remove },
+        { PB_MSG_POLICY_LIST, "policy-list", false, handle_policy_list },
+};
+
+const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_req, int *ret_code,
+                             uint32_t *ret_id) {
+        struct pb_header hdr;
+        bool known = false;
+
+        *ret_code = EBADMSG;
+        *ret_id = 0;
+        if (proto_decode_header(buf, len, &hdr) < 0)
+                return "malformed request: bad header or length";
+        *ret_id = hdr.id;
+        if (hdr.version != PB_PROTO_VERSION) {
+                *ret_code = EPROTONOSUPPORT;
+                return "unsupported protocol version";
+        }
+        for (size_t i = 0; i < sizeof(request_types) / sizeof(request_types[0]); i++)
+                known |= request_types[i].type == hdr.type;
+        if (!known)
+                return "malformed request: unknown message type";
+        if (proto_decode(buf, len, ret_req) < 0)
+                return "malformed request: bad fields or length for its type";
+        return NULL;
+}
+
+static const struct request_type *request_type_of(uint16_t type) {
+        for (size_t i = 0; i < sizeof(request_types) / sizeof(request_types[0]); i++)
+                if (request_types[i].type == type)
+                        return &request_types[i];
+        return NULL;
+}
+
+void request_handle(struct conn *c, const uint8_t *buf, size_t len) {
+        const struct request_type *rt;
+        struct pb_msg req, reply;
+        const char *bad;
+        uint32_t id;
+        int code, fd = -1, r;
+
+        bad = request_validate(buf, len, &req, &code, &id);
+        if (bad) {
+                conn_reject(c, id, code, bad);
+                return;
+        }
+        rt = request_type_of(req.hdr.type);
+
+        memset(&reply, 0, sizeof(reply));
+        reply.hdr.id = id;
+        if (c->peer.doubt) {
+                proto_set_error(&reply, id, EACCES, "permission denied: %s", c->peer.doubt);
+                deny(c, &req, &reply, NULL, NULL, c->peer.doubt);
+        } else if (rt->admin && !policy_is_admin(&c->broker->policy, &c->peer))
+                policy_denied(c, &req, &reply);
+        else
+                rt->handle(c, &req, &reply, &fd);
+
+        r = conn_send(c, &reply, reply.hdr.type == PB_MSG_ERROR ? -1 : fd);
+        if (r < 0) {
+                struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
+
+                log_event(LOG_NOTICE, "error", &f, "cannot send the %s reply: %s; closing", rt->name, strerror(-r));
+                conn_free(c);
+        }
+}

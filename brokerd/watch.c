@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Watches on what the broker hands out. A TCP listener reports EPOLLHUP
+ * once a holder's shutdown() takes it out of LISTEN (for every holder: they
+ * share one socket); the broker listens again at once. A holder's pidfd
+ * turns readable when the holder exits, which ends its entry in status.
+ */
+#include "broker-int.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+static int on_listener_hup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        struct lease *l = userdata;
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo,
+                                .uid = -1, .pid = -1 };
+        int r = lease_ensure_listening(l);
+
+        if (r > 0)
+                log_event(LOG_WARNING, "repair", &f, "a holder shut the listener down; listening again");
+        else if (r < 0 || (revents & EPOLLERR)) {
+                /* Not something listen() fixes: stop watching (no busy loop); gets still check. */
+                log_event(LOG_ERR, "repair", &f, "listener reports %s and cannot be repaired: %s",
+                          revents & EPOLLERR ? "an error" : "hang-up", r < 0 ? strerror(-r) : "still listening");
+                sd_event_source_set_enabled(s, SD_EVENT_OFF);
+        }
+        return 0;
+}
+
+int watch_listener(struct broker *b, struct lease *l) {
+        if (l->sock_fd < 0 || l->endpoint.transport != PB_TCP)
+                return 0;
+        /* No events asked for: epoll still reports EPOLLHUP, which a listener
+         * shows once shutdown() took it out of LISTEN. */
+        return sd_event_add_io(b->event, &l->hup_source, l->sock_fd, 0, on_listener_hup, l);
+}
+
+static int on_holder_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        lease_holder_clear(userdata);
+        return 0;
+}
+
+void watch_holder(struct broker *b, struct lease *l, const struct peer *p) {
+        struct lease_holder *h = &l->holders[l->holders_next];
+
+        if (p->pidfd < 0)
+                return;
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                if (l->holders[i].pid == p->pid)
+                        return;
+        lease_holder_clear(h);
+        h->pid_fd = fcntl(p->pidfd, F_DUPFD_CLOEXEC, 3);
+        if (h->pid_fd < 0)
+                return;
+        h->pid = p->pid;
+        /* A pidfd turns readable when its process exits. */
+        if (sd_event_add_io(b->event, &h->exit_source, h->pid_fd, EPOLLIN, on_holder_exit, h) < 0) {
+                lease_holder_clear(h);
+                return;
+        }
+        l->holders_next = (l->holders_next + 1) % LEASE_HOLDERS_MAX;
+}
