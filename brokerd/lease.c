@@ -102,11 +102,13 @@ int lease_queued(const struct lease *l) {
         struct tcp_info ti;
         socklen_t len = sizeof(ti);
 
-        if (l->sock_fd < 0 || l->endpoint.transport != PB_TCP)
-                return -1;
+        if (l->sock_fd < 0)
+                return -EBADF;
+        if (l->endpoint.transport != PB_TCP)
+                return -EOPNOTSUPP;
         /* On a listener, tcpi_unacked is the accept queue's length. */
         if (getsockopt(l->sock_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
-                return -1;
+                return -errno;
         return (int) ti.tcpi_unacked;
 }
 

@@ -61,7 +61,7 @@ uint64_t lease_socket_cookie(int fd);
  * -errno on failure. */
 int lease_ensure_listening(struct lease *l);
 
-/* Connections waiting to be accepted (TCP) or -1 when unknown. */
+/* Connections waiting to be accepted on a TCP listener, or -errno (-EOPNOTSUPP for UDP, -EBADF unbound). */
 int lease_queued(const struct lease *l);
 
 /* An empty lease: no socket, no holders. */

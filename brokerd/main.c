@@ -82,27 +82,56 @@ static int parse_group(const char *s) {
         return 0;
 }
 
+/* The numeric options: --NAME N with N in [min, max]. */
+static const struct number_option {
+        const char *name;
+        unsigned min, max;
+        unsigned *value;
+} number_options[] = {
+        { "backlog", 1, 65535, &arg_opt.backlog },
+        { "max-connections", 1, 100000, &arg_opt.max_connections },
+        { "max-connections-per-user", 1, 100000, &arg_opt.max_connections_per_user },
+        { "idle-timeout", 1, 86400, &arg_opt.idle_timeout_sec },
+        { "max-leases-per-user", 1, 1000000, &arg_opt.max_leases_per_user },
+};
+
+#define N_NUMBER_OPTIONS (sizeof(number_options) / sizeof(number_options[0]))
+#define ARG_NUMBER 0x100                /* getopt value of number_options[0]; the others follow */
+
+/* Sets numeric option i from text. Returns 0, or -1 after saying why (exit 2). */
+static int parse_number_option(size_t i, const char *text) {
+        const struct number_option *o = &number_options[i];
+
+        if (parse_unsigned(text, o->min, o->max, o->value) < 0) {
+                fprintf(stderr, "brokerd: invalid number '%s' for --%s (%u to %u)\nTry 'brokerd --help'.\n", text,
+                        o->name, o->min, o->max);
+                return -1;
+        }
+        return 0;
+}
+
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        enum { ARG_BACKLOG = 0x100, ARG_MAX_CONN, ARG_MAX_CONN_USER, ARG_IDLE, ARG_MAX_LEASES };
-        static const struct option options[] = {
+        struct option options[5 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
                 { "foreground", no_argument, NULL, 'f' },
-                { "backlog", required_argument, NULL, ARG_BACKLOG },
-                { "max-connections", required_argument, NULL, ARG_MAX_CONN },
-                { "max-connections-per-user", required_argument, NULL, ARG_MAX_CONN_USER },
-                { "idle-timeout", required_argument, NULL, ARG_IDLE },
-                { "max-leases-per-user", required_argument, NULL, ARG_MAX_LEASES },
                 { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, 'V' },
-                {},
         };
-        const char *number_option = NULL;
-        int c, r = 0;
+        int c;
+
+        for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
+                options[5 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                                                   ARG_NUMBER + (int) i };
+        options[5 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
+                if (c >= ARG_NUMBER && c < ARG_NUMBER + (int) N_NUMBER_OPTIONS) {
+                        if (parse_number_option((size_t) (c - ARG_NUMBER), optarg) < 0)
+                                return -1;
+                        continue;
+                }
                 switch (c) {
                 case 'c':
                         arg_opt.control_path = optarg;
@@ -119,26 +148,6 @@ static int parse_argv(int argc, char **argv) {
                 case 'f':
                         arg_foreground = 1;
                         break;
-                case ARG_BACKLOG:
-                        number_option = "backlog";
-                        r = parse_unsigned(optarg, 1, 65535, &arg_opt.backlog);
-                        break;
-                case ARG_MAX_CONN:
-                        number_option = "max-connections";
-                        r = parse_unsigned(optarg, 1, 100000, &arg_opt.max_connections);
-                        break;
-                case ARG_MAX_CONN_USER:
-                        number_option = "max-connections-per-user";
-                        r = parse_unsigned(optarg, 1, 100000, &arg_opt.max_connections_per_user);
-                        break;
-                case ARG_IDLE:
-                        number_option = "idle-timeout";
-                        r = parse_unsigned(optarg, 1, 86400, &arg_opt.idle_timeout_sec);
-                        break;
-                case ARG_MAX_LEASES:
-                        number_option = "max-leases-per-user";
-                        r = parse_unsigned(optarg, 1, 1000000, &arg_opt.max_leases_per_user);
-                        break;
                 case 'h':
                         usage(stdout);
                         return 1;
@@ -147,11 +156,6 @@ static int parse_argv(int argc, char **argv) {
                         return 1;
                 default:
                         fprintf(stderr, "Try 'brokerd --help'.\n");
-                        return -1;
-                }
-                if (r < 0) {
-                        fprintf(stderr, "brokerd: invalid number '%s' for --%s\nTry 'brokerd --help'.\n", optarg,
-                                number_option);
                         return -1;
                 }
         }

@@ -231,6 +231,8 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
 }
 
 static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
+        int queued = lease_queued(l);
+
         *out = (struct pb_lease_entry) {
                 .id = l->id,
                 .endpoint = l->endpoint,
@@ -238,7 +240,7 @@ static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
                 .since = (uint64_t) l->since,
                 .handouts = l->handouts,
                 .holders = lease_holders_live(l),
-                .queued = lease_queued(l),
+                .queued = queued < 0 ? -1 : queued,   /* -1 on the wire: unknown */
                 .backlog = l->endpoint.transport == PB_TCP ? l->backlog : 0,
                 .bound = l->sock_fd >= 0,
         };

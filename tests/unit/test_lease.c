@@ -179,6 +179,7 @@ static void test_queued(void **state) {
                 close(c[i]);
         l.sock_fd = safe_close(l.sock_fd);
         assert_int_equal(l.sock_fd, -1);
+        assert_int_equal(lease_queued(&l), -EBADF);
 }
 
 static void test_adopt_from_surviving_holder(void **state) {
