@@ -8,6 +8,7 @@ exit."""
 import errno
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 
@@ -37,6 +38,13 @@ def test_foreign_root_socket_is_not_adopted(make_broker, procs):
     assert broker.events("adopt") == [], broker.log()
     st = broker.portctl("status", "8083", json=True).json
     assert st[0]["bound"] is False, st
+    # Ready all the same, and the unbound lease is said: an error event and an audit row.
+    assert any("cannot bind lease" in l and "[::]:8083" in l for l in broker.events("error")), broker.log()
+    broker.stop()
+    with sqlite3.connect(broker.db) as db:
+        rows = db.execute("SELECT endpoint, detail FROM events WHERE event = 'rebind-failed'").fetchall()
+    assert rows == [("tcp:[::]:8083", "Address already in use")], rows
+    broker.start()
     r = broker.portctl("get", "8083", uid=U1, check=1)
     assert "Address already in use" in r.stderr
     other.close()
