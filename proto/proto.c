@@ -131,6 +131,43 @@ static void get_principal(struct rcur *r, struct pb_principal *ret) {
                 r->bad = true;
 }
 
+static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
+        if (list->count > PB_LIST_MAX) {
+                w->overflow = true;
+                return;
+        }
+        put_u8(w, list->count);
+        put_u8(w, list->more);
+        for (unsigned i = 0; i < list->count; i++) {
+                const struct pb_lease_entry *l = &list->leases[i];
+                put_be(w, l->id, 8);
+                put_endpoint(w, &l->endpoint);
+                put_be(w, l->owner_uid, 4);
+                put_be(w, l->since, 8);
+                put_be(w, l->handouts, 8);
+                put_be(w, l->holders, 4);
+                put_be(w, (uint32_t) l->queued, 4);
+                put_be(w, l->backlog, 4);
+                put_u8(w, l->bound);
+        }
+}
+
+static void put_rule_list(struct wcur *w, const struct pb_rule_list *list) {
+        if (list->count > PB_RULES_MAX) {
+                w->overflow = true;
+                return;
+        }
+        put_u8(w, list->count);
+        put_u8(w, list->more);
+        for (unsigned i = 0; i < list->count; i++) {
+                const struct pb_rule_entry *e = &list->rules[i];
+                put_be(w, e->id, 8);
+                put_principal(w, &e->principal);
+                put_endpoint(w, &e->pattern);
+                put_be(w, e->created, 8);
+        }
+}
+
 static void encode_body(struct wcur *w, const struct pb_msg *m) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
@@ -151,24 +188,7 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 break;
         }
         case PB_MSG_STATUS | PB_MSG_REPLY:
-                if (m->leases.count > PB_LIST_MAX) {
-                        w->overflow = true;
-                        break;
-                }
-                put_u8(w, m->leases.count);
-                put_u8(w, m->leases.more);
-                for (unsigned i = 0; i < m->leases.count; i++) {
-                        const struct pb_lease_entry *l = &m->leases.leases[i];
-                        put_be(w, l->id, 8);
-                        put_endpoint(w, &l->endpoint);
-                        put_be(w, l->owner_uid, 4);
-                        put_be(w, l->since, 8);
-                        put_be(w, l->handouts, 8);
-                        put_be(w, l->holders, 4);
-                        put_be(w, (uint32_t) l->queued, 4);
-                        put_be(w, l->backlog, 4);
-                        put_u8(w, l->bound);
-                }
+                put_lease_list(w, &m->leases);
                 break;
         case PB_MSG_POLICY_ADD:
                 put_principal(w, &m->policy_add.principal);
@@ -182,19 +202,7 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 put_be(w, m->policy_list.after_id, 8);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
-                if (m->rules.count > PB_RULES_MAX) {
-                        w->overflow = true;
-                        break;
-                }
-                put_u8(w, m->rules.count);
-                put_u8(w, m->rules.more);
-                for (unsigned i = 0; i < m->rules.count; i++) {
-                        const struct pb_rule_entry *e = &m->rules.rules[i];
-                        put_be(w, e->id, 8);
-                        put_principal(w, &e->principal);
-                        put_endpoint(w, &e->pattern);
-                        put_be(w, e->created, 8);
-                }
+                put_rule_list(w, &m->rules);
                 break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
@@ -243,6 +251,57 @@ int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hd
         return 0;
 }
 
+static void get_status_request(struct rcur *r, struct pb_msg *m) {
+        m->status.has_endpoint = get_bool(r);
+        if (m->status.has_endpoint)
+                get_endpoint(r, false, &m->status.endpoint);
+        else {
+                /* No endpoint: its 24 bytes are reserved and must be zero. */
+                const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
+                for (size_t i = 0; p && i < PB_ENDPOINT_WIRE_SIZE; i++)
+                        if (p[i])
+                                r->bad = true;
+        }
+        m->status.after_id = get_be(r, 8);
+}
+
+static void get_lease_list(struct rcur *r, struct pb_lease_list *list) {
+        list->count = get_u8(r);
+        list->more = get_bool(r);
+        if (list->count > PB_LIST_MAX) {
+                r->bad = true;
+                return;
+        }
+        for (unsigned i = 0; i < list->count && !r->bad; i++) {
+                struct pb_lease_entry *l = &list->leases[i];
+                l->id = get_be(r, 8);
+                get_endpoint(r, false, &l->endpoint);
+                l->owner_uid = (uint32_t) get_be(r, 4);
+                l->since = get_be(r, 8);
+                l->handouts = get_be(r, 8);
+                l->holders = (uint32_t) get_be(r, 4);
+                l->queued = (int32_t) (uint32_t) get_be(r, 4);
+                l->backlog = (uint32_t) get_be(r, 4);
+                l->bound = get_bool(r);
+        }
+}
+
+static void get_rule_list(struct rcur *r, struct pb_rule_list *list) {
+        list->count = get_u8(r);
+        list->more = get_bool(r);
+        if (list->count > PB_RULES_MAX) {
+                r->bad = true;
+                return;
+        }
+        for (unsigned i = 0; i < list->count && !r->bad; i++) {
+                struct pb_rule_entry *e = &list->rules[i];
+                e->id = get_be(r, 8);
+                get_principal(r, &e->principal);
+                get_endpoint(r, true, &e->pattern);
+                e->created = get_be(r, 8);
+        }
+}
+
 static void decode_body(struct rcur *r, struct pb_msg *m) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
@@ -255,37 +314,10 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->got.created = get_bool(r);
                 break;
         case PB_MSG_STATUS:
-                m->status.has_endpoint = get_bool(r);
-                if (m->status.has_endpoint)
-                        get_endpoint(r, false, &m->status.endpoint);
-                else {
-                        /* No endpoint: its 24 bytes are reserved and must be zero. */
-                        const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
-                        for (size_t i = 0; p && i < PB_ENDPOINT_WIRE_SIZE; i++)
-                                if (p[i])
-                                        r->bad = true;
-                }
-                m->status.after_id = get_be(r, 8);
+                get_status_request(r, m);
                 break;
         case PB_MSG_STATUS | PB_MSG_REPLY:
-                m->leases.count = get_u8(r);
-                m->leases.more = get_bool(r);
-                if (m->leases.count > PB_LIST_MAX) {
-                        r->bad = true;
-                        break;
-                }
-                for (unsigned i = 0; i < m->leases.count && !r->bad; i++) {
-                        struct pb_lease_entry *l = &m->leases.leases[i];
-                        l->id = get_be(r, 8);
-                        get_endpoint(r, false, &l->endpoint);
-                        l->owner_uid = (uint32_t) get_be(r, 4);
-                        l->since = get_be(r, 8);
-                        l->handouts = get_be(r, 8);
-                        l->holders = (uint32_t) get_be(r, 4);
-                        l->queued = (int32_t) (uint32_t) get_be(r, 4);
-                        l->backlog = (uint32_t) get_be(r, 4);
-                        l->bound = get_bool(r);
-                }
+                get_lease_list(r, &m->leases);
                 break;
         case PB_MSG_POLICY_ADD:
                 get_principal(r, &m->policy_add.principal);
@@ -299,19 +331,7 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->policy_list.after_id = get_be(r, 8);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
-                m->rules.count = get_u8(r);
-                m->rules.more = get_bool(r);
-                if (m->rules.count > PB_RULES_MAX) {
-                        r->bad = true;
-                        break;
-                }
-                for (unsigned i = 0; i < m->rules.count && !r->bad; i++) {
-                        struct pb_rule_entry *e = &m->rules.rules[i];
-                        e->id = get_be(r, 8);
-                        get_principal(r, &e->principal);
-                        get_endpoint(r, true, &e->pattern);
-                        e->created = get_be(r, 8);
-                }
+                get_rule_list(r, &m->rules);
                 break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:

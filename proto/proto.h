@@ -71,7 +71,7 @@ struct pb_msg {
                         struct pb_endpoint endpoint;
                         uint64_t after_id;      /* list leases with id > after_id */
                 } status;
-                struct {                        /* PB_MSG_STATUS | PB_MSG_REPLY */
+                struct pb_lease_list {          /* PB_MSG_STATUS | PB_MSG_REPLY */
                         uint8_t count;
                         uint8_t more;           /* 1: ask again with after_id = last id */
                         struct pb_lease_entry {
@@ -96,7 +96,7 @@ struct pb_msg {
                 struct {                        /* PB_MSG_POLICY_LIST */
                         uint64_t after_id;
                 } policy_list;
-                struct {                        /* PB_MSG_POLICY_LIST | PB_MSG_REPLY */
+                struct pb_rule_list {           /* PB_MSG_POLICY_LIST | PB_MSG_REPLY */
                         uint8_t count;
                         uint8_t more;
                         struct pb_rule_entry {
