@@ -1073,7 +1073,9 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 log_msg(LOG_ERR, "cannot read the broker's own namespaces: %s", strerror(-r));
                 goto fail;
         }
-        r = sd_event_default(&b->event);
+        /* Not sd_event_default(): that one checks its thread with a gettid()
+         * system call on every loop iteration. */
+        r = sd_event_new(&b->event);
         if (r < 0)
                 goto fail;
 
