@@ -57,6 +57,8 @@ struct broker {
         sd_event *event;
         int control_fd;
         bool control_created;           /* we created control_path: unlink at exit */
+        bool accept_drain;              /* connections queued before the listener refused fds: accept
+                                         * until EAGAIN, refusing fds on each (SO_PASSRIGHTS) */
         sd_event_source *control_source;
         sd_event_source *accept_pause_source;
         sd_event_source *flush_source;
@@ -826,6 +828,11 @@ static int on_accept_resume(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+/* Accepts one connection per wake-up: the listener is level-triggered, so a
+ * second one pending wakes us at once, while looping until EAGAIN costs a
+ * failing accept4() on nearly every wake-up. Connections accepted once the
+ * listener refuses fds inherit SO_PASSRIGHTS=0; those queued before (under
+ * socket activation) are drained in bursts and get it one by one. */
 static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         struct broker *b = userdata;
 
@@ -834,6 +841,8 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                 int conn_fd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
                 if (conn_fd < 0) {
+                        if (errno == EAGAIN)
+                                b->accept_drain = false;
                         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                                 log_msg(LOG_WARNING, "cannot accept: %s; pausing new connections for 100 ms",
                                         strerror(errno));
@@ -842,8 +851,8 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                         }
                         return 0;
                 }
-                /* No fds may be sent to us at all, where the kernel can refuse them. */
-                (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
+                if (b->accept_drain)
+                        (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
 
                 if (b->n_conns >= b->opt.max_connections) {
                         char why[128];
@@ -857,9 +866,10 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                                 log_event(LOG_WARNING, "conn-limit", &(struct log_fields) LOG_FIELDS_NONE,
                                           "%llu connections refused so far at the limit of %u",
                                           (unsigned long long) b->refused_conns, b->opt.max_connections);
-                        continue;
-                }
-                conn_new(b, conn_fd);
+                } else
+                        conn_new(b, conn_fd);
+                if (!b->accept_drain)
+                        break;
         }
         return 0;
 }
@@ -937,7 +947,7 @@ static int control_create(struct broker *b) {
         const char *path = b->opt.control_path;
         struct sockaddr_un sa = { .sun_family = AF_UNIX }, tmp = { .sun_family = AF_UNIX };
         char dir[sizeof(sa.sun_path)];
-        int fd, r;
+        int fd, r, zero = 0;
 
         if (strlen(path) >= sizeof(sa.sun_path) - 16) {
                 log_msg(LOG_ERR, "control socket path too long: %s", path);
@@ -956,6 +966,9 @@ static int control_create(struct broker *b) {
         fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
                 return -errno;
+        /* No fds may be sent to us at all, where the kernel can refuse them
+         * (6.16+). Set before listen(): every connection inherits it. */
+        (void) setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
         unlink(tmp.sun_path);
         if (bind(fd, (struct sockaddr *) &tmp, sizeof(tmp)) < 0 || chmod(tmp.sun_path, 0666) < 0 ||
             listen(fd, SOMAXCONN) < 0 || rename(tmp.sun_path, path) < 0) {
@@ -990,12 +1003,16 @@ static int control_setup(struct broker *b) {
                 if (fcntl(b->control_fd, F_SETFD, FD_CLOEXEC) < 0 ||
                     fcntl(b->control_fd, F_SETFL, fcntl(b->control_fd, F_GETFL) | O_NONBLOCK) < 0)
                         return -errno;
+                /* Connections accepted from now on inherit it; those queued
+                 * already do not (accept_drain). Kernels before 6.16 lack it:
+                 * fds sent to us are closed and the message rejected. */
+                if (setsockopt(b->control_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero)) == 0)
+                        b->accept_drain = true;
         } else {
                 int r = control_create(b);
                 if (r < 0)
                         return r;
         }
-        (void) setsockopt(b->control_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
         return sd_event_add_io(b->event, &b->control_source, b->control_fd, EPOLLIN, on_control, b);
 }
 
