@@ -122,9 +122,8 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                     pidfd_for_peer(p.pid, p.uid, &p.pidfd) < 0)
                         p.doubt = "cannot get a pidfd for the peer";
         }
-        r = read_groups(conn_fd, &p);
-        if (r < 0 && !p.doubt)
-                p.doubt = "cannot read the peer's groups";
+        p.groups_unread = true;         /* read by peer_in_group() when a rule asks */
+        p.conn_fd = conn_fd;
 
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
@@ -156,6 +155,15 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
 bool peer_in_group(const struct peer *p, gid_t gid) {
         if (p->gid == gid)
                 return true;
+        if (p->groups_unread) {
+                struct peer *mp = (struct peer *) p;      /* filling the cache */
+
+                mp->groups_unread = false;
+                if (read_groups(p->conn_fd, mp) < 0) {
+                        mp->doubt = "cannot read the peer's groups";
+                        return false;
+                }
+        }
         for (size_t i = 0; i < p->n_groups; i++)
                 if (p->groups[i] == gid)
                         return true;
@@ -166,6 +174,7 @@ void peer_done(struct peer *p) {
         free(p->groups);
         p->groups = NULL;
         p->n_groups = 0;
+        p->groups_unread = false;
         if (p->pidfd >= 0)
                 close(p->pidfd);
         p->pidfd = -1;
