@@ -1086,6 +1086,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
+        b->self.userns_fd = b->self.netns_fd = -1;
         b->policy.self_uid = geteuid();
         b->policy.has_admin_gid = opt->has_admin_gid;
         b->policy.admin_gid = opt->admin_gid;
@@ -1186,6 +1187,7 @@ void broker_free(struct broker *b) {
         if (b->control_created)
                 unlink(b->opt.control_path);
         store_close(b->store);
+        peer_self_done(&b->self);
         policy_done(&b->policy);
         sd_event_unref(b->event);
         free(b);
