@@ -25,6 +25,8 @@ struct broker {
         sd_event *event;
         int control_fd;                 /* listening control socket, -1 before set-up */
         bool control_created;           /* we created opt.control_path: unlink at exit */
+        bool accept_drain;              /* connections queued before the listener refused fds: accept
+                                         * until EAGAIN, refusing fds on each (SO_PASSRIGHTS) */
         sd_event_source *control_source; /* accepts on control_fd */
         sd_event_source *accept_pause_source; /* resumes accepting after running out of fds */
         sd_event_source *flush_source;  /* writes the queued audit events */

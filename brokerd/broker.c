@@ -230,7 +230,9 @@ static int loop_setup(struct broker *b) {
         sigset_t mask;
         int r;
 
-        r = sd_event_default(&b->event);
+        /* Not sd_event_default(): that one checks its thread with a gettid()
+         * system call on every loop iteration. */
+        r = sd_event_new(&b->event);
         if (r < 0)
                 return r;
         sigemptyset(&mask);
@@ -280,6 +282,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
+        b->self.userns_fd = b->self.netns_fd = -1;
         b->policy.self_uid = geteuid();
         b->policy.admin_group = &b->opt.admin_group;
 
@@ -338,6 +341,7 @@ void broker_free(struct broker *b) {
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
         b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);
         store_close(b->store);
+        peer_self_done(&b->self);
         policy_done(&b->policy);
         sd_event_unref(b->event);
         free(b);

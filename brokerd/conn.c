@@ -177,5 +177,10 @@ void conn_new(struct broker *b, int fd) {
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot watch a new connection: %s", strerror(-r));
                 conn_free(c);
+                return;
         }
+        /* Clients send their request right after connect(), so it is usually
+         * queued already: reading it now saves a loop iteration (an
+         * epoll_wait()). Nothing there: EAGAIN, and the io source waits. */
+        (void) on_conn_io(c->io_source, fd, EPOLLIN, c);
 }

@@ -97,7 +97,7 @@ static int control_create(struct broker *b) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX }, tmp = { .sun_family = AF_UNIX };
         char dir[sizeof(sa.sun_path)];
         _cleanup_close_ int listen_fd = -1;
-        int r;
+        int r, zero = 0;
 
         if (strlen(path) >= sizeof(sa.sun_path) - 16) {
                 log_msg(LOG_ERR, "control socket path too long: %s", path);
@@ -116,6 +116,9 @@ static int control_create(struct broker *b) {
         listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (listen_fd < 0)
                 return -errno;
+        /* No fds may be sent to us at all, where the kernel can refuse them
+         * (6.16+). Set before listen(): every connection inherits it. */
+        (void) setsockopt(listen_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
         unlink(tmp.sun_path);
         if (bind(listen_fd, (struct sockaddr *) &tmp, sizeof(tmp)) < 0 || chmod(tmp.sun_path, 0666) < 0 ||
             listen(listen_fd, SOMAXCONN) < 0 || rename(tmp.sun_path, path) < 0) {
@@ -132,7 +135,7 @@ static int control_create(struct broker *b) {
 
 /* The one socket systemd passed, when it did (1), else 0; -errno, logged. */
 static int control_from_systemd(struct broker *b) {
-        int n = sd_listen_fds(true);
+        int zero = 0, n = sd_listen_fds(true);
 
         if (n < 0) {
                 log_msg(LOG_ERR, "cannot read sockets from systemd: %s", strerror(-n));
@@ -152,6 +155,11 @@ static int control_from_systemd(struct broker *b) {
         if (fcntl(b->control_fd, F_SETFD, FD_CLOEXEC) < 0 ||
             fcntl(b->control_fd, F_SETFL, fcntl(b->control_fd, F_GETFL) | O_NONBLOCK) < 0)
                 return -errno;
+        /* Connections accepted from now on inherit it; those queued already
+         * do not (accept_drain). Kernels before 6.16 lack it: fds sent to us
+         * are closed and the message rejected. */
+        if (setsockopt(b->control_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero)) == 0)
+                b->accept_drain = true;
         return 1;
 }
 
@@ -176,6 +184,11 @@ static void refuse_over_limit(struct broker *b, int fd) {
                           (unsigned long long) b->refused_conns, b->opt.max_connections);
 }
 
+/* Accepts one connection per wake-up: the listener is level-triggered, so a
+ * second one pending wakes us at once, while looping until EAGAIN costs a
+ * failing accept4() on nearly every wake-up. Connections accepted once the
+ * listener refuses fds inherit SO_PASSRIGHTS=0; those queued before (under
+ * socket activation) are drained in bursts and get it one by one. */
 static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         struct broker *b = userdata;
 
@@ -184,6 +197,8 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                 int conn_fd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
                 if (conn_fd < 0) {
+                        if (errno == EAGAIN)
+                                b->accept_drain = false;
                         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                                 log_msg(LOG_WARNING, "cannot accept: %s; pausing new connections for 100 ms",
                                         strerror(errno));
@@ -192,19 +207,20 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                         }
                         return 0;
                 }
-                /* No fds may be sent to us at all, where the kernel can refuse them. */
-                (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
-
+                if (b->accept_drain)
+                        (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
                 if (b->n_conns >= b->opt.max_connections)
                         refuse_over_limit(b, conn_fd);
                 else
                         conn_new(b, conn_fd);
+                if (!b->accept_drain)
+                        break;
         }
         return 0;
 }
 
 int control_setup(struct broker *b) {
-        int zero = 0, r;
+        int r;
 
         r = sd_event_add_time(b->event, &b->accept_pause_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_accept_resume, b);
         if (r < 0)
@@ -215,7 +231,6 @@ int control_setup(struct broker *b) {
                 r = control_create(b);
         if (r < 0)
                 return r;
-        (void) setsockopt(b->control_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
         return sd_event_add_io(b->event, &b->control_source, b->control_fd, EPOLLIN, on_control, b);
 }
 

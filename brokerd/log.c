@@ -2,6 +2,8 @@
 /*
  * Log output: the journal with fields PORTBROKER_EVENT, ENDPOINT, PORT,
  * PEER_UID and PEER_PID when stderr is connected to it, stderr otherwise.
+ * Lines above the level ($BROKERD_LOG_LEVEL, LOG_INFO by default) cost
+ * nothing: repeat grants are LOG_DEBUG, and the audit trail keeps them.
  */
 #include "log.h"
 
@@ -15,6 +17,23 @@
 #include <systemd/sd-journal.h>
 
 static bool log_to_journal, log_to_syslog;
+static int log_max_level = LOG_INFO;
+
+/* $BROKERD_LOG_LEVEL: 0-7 or a syslog priority name; anything else keeps LOG_INFO. */
+static void read_level(void) {
+        static const char *const names[] = { "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug" };
+        const char *e = getenv("BROKERD_LOG_LEVEL");
+
+        if (!e)
+                return;
+        if (e[0] >= '0' && e[0] <= '7' && e[1] == '\0') {
+                log_max_level = e[0] - '0';
+                return;
+        }
+        for (int i = 0; i < 8; i++)
+                if (strcmp(e, names[i]) == 0)
+                        log_max_level = i;
+}
 
 /* True when stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:ino). */
 static bool stderr_is_journal(void) {
@@ -29,6 +48,7 @@ static bool stderr_is_journal(void) {
 
 void log_setup(void) {
         log_to_journal = stderr_is_journal();
+        read_level();
 }
 
 void log_setup_detached(void) {
@@ -43,6 +63,8 @@ void log_event(int priority, const char *event, const struct log_fields *f, cons
         int n = 0;
         va_list ap;
 
+        if (priority > log_max_level)
+                return;
         va_start(ap, fmt);
         vsnprintf(text, sizeof(text), fmt, ap);
         va_end(ap);
@@ -86,6 +108,8 @@ void log_msg(int priority, const char *fmt, ...) {
         char text[512];
         va_list ap;
 
+        if (priority > log_max_level)
+                return;
         va_start(ap, fmt);
         vsnprintf(text, sizeof(text), fmt, ap);
         va_end(ap);

@@ -20,13 +20,16 @@ struct log_fields {
 
 #define LOG_FIELDS_NONE ((struct log_fields) { .uid = -1, .pid = -1 })
 
-/* Picks journal or stderr; call once at start. */
+/* Picks journal or stderr and the most verbose priority written, LOG_INFO
+ * unless $BROKERD_LOG_LEVEL says otherwise (a number 0-7 or a name: err,
+ * warning, notice, info, debug); call once at start. */
 void log_setup(void);
 
 /* After detaching from the terminal: the journal if it runs, else syslog. */
 void log_setup_detached(void);
 
-/* Logs event with fields and a printf-style message at priority. */
+/* Logs event with fields and a printf-style message at priority; lines less
+ * urgent than the level are dropped before they are formatted. */
 void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 

@@ -10,6 +10,7 @@
 #include "peer.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,25 @@
 #define SO_PEERPIDFD 77
 #endif
 
+static int ns_open(const char *ns, int *ret_fd, ino_t *ret_ino) {
+        char path[64];
+        struct stat st;
+        int fd;
+
+        snprintf(path, sizeof(path), "/proc/self/ns/%s", ns);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        *ret_fd = fd;
+        *ret_ino = st.st_ino;
+        return 0;
+}
+
 static int ns_inode(const char *pid, const char *ns, ino_t *ret) {
         char path[64];
         struct stat st;
@@ -36,8 +56,23 @@ static int ns_inode(const char *pid, const char *ns, ino_t *ret) {
 }
 
 int peer_self_init(struct peer_self *self) {
-        int r = ns_inode("self", "user", &self->userns);
-        return r < 0 ? r : ns_inode("self", "net", &self->netns);
+        int r;
+
+        self->userns_fd = self->netns_fd = -1;
+        r = ns_open("user", &self->userns_fd, &self->userns);
+        if (r >= 0)
+                r = ns_open("net", &self->netns_fd, &self->netns);
+        if (r < 0)
+                peer_self_done(self);
+        return r;
+}
+
+void peer_self_done(struct peer_self *self) {
+        if (self->userns_fd >= 0)
+                close(self->userns_fd);
+        if (self->netns_fd >= 0)
+                close(self->netns_fd);
+        self->userns_fd = self->netns_fd = -1;
 }
 
 static int read_groups(int fd, struct peer *p) {
@@ -122,9 +157,8 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                     pidfd_for_peer(p.pid, p.uid, &p.pidfd) < 0)
                         p.doubt = "cannot get a pidfd for the peer";
         }
-        r = read_groups(conn_fd, &p);
-        if (r < 0 && !p.doubt)
-                p.doubt = "cannot read the peer's groups";
+        p.groups_unread = true;         /* read by peer_in_group() when a rule asks */
+        p.conn_fd = conn_fd;
 
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
@@ -156,6 +190,15 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
 bool peer_in_group(const struct peer *p, gid_t gid) {
         if (p->gid == gid)
                 return true;
+        if (p->groups_unread) {
+                struct peer *mp = (struct peer *) p;      /* filling the cache */
+
+                mp->groups_unread = false;
+                if (read_groups(p->conn_fd, mp) < 0) {
+                        mp->doubt = "cannot read the peer's groups";
+                        return false;
+                }
+        }
         for (size_t i = 0; i < p->n_groups; i++)
                 if (p->groups[i] == gid)
                         return true;
@@ -166,6 +209,7 @@ void peer_done(struct peer *p) {
         free(p->groups);
         p->groups = NULL;
         p->n_groups = 0;
+        p->groups_unread = false;
         if (p->pidfd >= 0)
                 close(p->pidfd);
         p->pidfd = -1;

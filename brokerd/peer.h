@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Who is on the other end of a control connection, read once from the
- * kernel at accept: SO_PEERCRED, SO_PEERGROUPS, SO_PEERPIDFD, the systemd
- * unit of the peer's cgroup path, and whether it shares our user and
- * network namespaces. Anything we cannot establish becomes a doubt, and a
+ * Who is on the other end of a control connection, read from the kernel at
+ * accept: SO_PEERCRED, SO_PEERPIDFD, the systemd unit of the peer's cgroup
+ * path, and whether it shares our user and network namespaces. The
+ * supplementary groups (SO_PEERGROUPS) are read on first use: the kernel
+ * keeps them as they were at connect(), so reading them later gives the
+ * same answer, and a policy without group rules or --admin-group never
+ * pays for them. Anything we cannot establish becomes a doubt, and a
  * doubtful peer is denied everything.
  */
 #pragma once
@@ -21,6 +24,8 @@ struct peer {
         gid_t gid;
         gid_t *groups;                  /* supplementary groups (SO_PEERGROUPS), owned */
         size_t n_groups;
+        bool groups_unread;             /* groups still to be read from conn_fd on first use */
+        int conn_fd;                    /* the connection (not owned), for groups_unread */
         char unit[PEER_UNIT_MAX];       /* system unit from the cgroup path, "" if none */
         int pidfd;                      /* SO_PEERPIDFD, -1 if none */
         const char *doubt;              /* NULL when identity is certain, else why not */
@@ -29,10 +34,17 @@ struct peer {
 /* Namespace inodes of the broker itself, compared against each peer's. */
 struct peer_self {
         ino_t userns, netns;
+        int userns_fd, netns_fd;        /* our namespaces, held open: see peer_self_init() */
 };
 
-/* Reads the broker's own namespaces. Returns 0 or -errno. */
+/* Reads the broker's own namespaces and keeps them open: while an nsfs file
+ * of a namespace is open the kernel keeps its dentry, so a stat() of a
+ * peer's /proc/PID/ns/ link into that namespace need not build and free one
+ * (half the cost of each). Returns 0 or -errno. Free with peer_self_done(). */
 int peer_self_init(struct peer_self *self);
+
+/* Closes what peer_self_init() opened. */
+void peer_self_done(struct peer_self *self);
 
 /* Identifies the peer of connected socket conn_fd into *ret; its unit only
  * when want_unit (reading the cgroup costs a third of a hand-off, and only
@@ -40,7 +52,9 @@ int peer_self_init(struct peer_self *self);
  * socket itself fails. Free with peer_done(). */
 int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret);
 
-/* True when gid is the peer's primary or a supplementary group. */
+/* True when gid is the peer's primary or a supplementary group. Reads the
+ * groups on first use (the peer is const to its callers, the groups a
+ * cache); when that fails, sets p->doubt and returns false. */
 bool peer_in_group(const struct peer *p, gid_t gid);
 
 /* Releases the peer's groups and pidfd. */

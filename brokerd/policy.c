@@ -38,7 +38,8 @@ const struct store_rule *policy_find(const struct policy *p, const struct peer *
         for (size_t i = 0; i < p->n_rules; i++)
                 if (endpoint_matches(&p->rules[i].pattern, e) &&
                     policy_principal_matches(&p->rules[i].principal, peer))
-                        return &p->rules[i];
+                        /* Groups are read on first use: a failure there is a doubt too. */
+                        return peer->doubt ? NULL : &p->rules[i];
         return NULL;
 }
 
