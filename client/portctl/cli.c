@@ -74,6 +74,25 @@ int cli_connect(pb_conn **ret) {
         return 0;
 }
 
+int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand) {
+        const char *operand = NULL;
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--json") == 0)
+                        arg_json = true;
+                else if (argv[i][0] == '-' && argv[i][1])
+                        return cli_usage("%s: unknown option '%s'", verb, argv[i]);
+                else if (!too_many)
+                        return cli_usage("%s: unexpected argument '%s'", verb, argv[i]);
+                else if (operand)
+                        return cli_usage("%s: %s", verb, too_many);
+                else
+                        operand = argv[i];
+        }
+        *ret_operand = operand;
+        return 0;
+}
+
 /* --- text -------------------------------------------------------------------- */
 
 char *canonical_endpoint(const char *text, bool pattern, char buf[static PB_ENDPOINT_STRLEN]) {
@@ -255,6 +274,16 @@ void *grow(void *items, size_t n, size_t *alloc, size_t size) {
         if (ni)
                 *alloc = na;
         return ni;
+}
+
+int list_append(struct list *l, const void *item) {
+        void *items = grow(l->items, l->n, &l->alloc, l->size);
+
+        if (!items)
+                return -ENOMEM;
+        l->items = items;
+        memcpy((char *) l->items + l->n++ * l->size, item, l->size);
+        return 0;
 }
 
 /* --- tables -------------------------------------------------------------------- */

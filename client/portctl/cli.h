@@ -46,6 +46,11 @@ int cli_check_endpoint(const char *text, bool pattern);
 /* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE. */
 int cli_connect(pb_conn **ret);
 
+/* Parses the arguments of a command that takes --json and at most one operand: *ret_operand
+ * gets it, or NULL. A second operand is a usage error saying too_many, or, when too_many is
+ * NULL, no operand is allowed ("VERB: unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
+int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand);
+
 /* --- text helpers ------------------------------------------------------------ */
 
 /* The canonical text of endpoint (or pattern) text, or the text itself when it does not parse. Returns buf. */
@@ -78,6 +83,16 @@ void format_time(int64_t t, char *buf, size_t size);
 /* Returns items with room for one more of size bytes (n used of *alloc, doubled as needed),
  * or NULL (items unchanged, still owned by the caller). */
 void *grow(void *items, size_t n, size_t *alloc, size_t size);
+
+/* A growing array of items of one size, for the list callbacks of the library. */
+struct list {
+        void *items;                    /* owned; free() it */
+        size_t n, alloc;
+        size_t size;                    /* of one item */
+};
+
+/* Appends a copy of *item. Returns 0 or -ENOMEM. */
+int list_append(struct list *l, const void *item);
 
 /* --- tables ------------------------------------------------------------------ */
 

@@ -231,22 +231,15 @@ int cmd_get(int argc, char **argv) {
 /* --- release --------------------------------------------------------------- */
 
 int cmd_release(int argc, char **argv) {
-        const char *endpoint = NULL;
+        const char *endpoint;
         char canonical[PB_ENDPOINT_STRLEN];
         pb_conn *c;
         pb_error err;
         int r;
 
-        for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
-                        return cli_usage("release: unknown option '%s'", argv[i]);
-                else if (endpoint)
-                        return cli_usage("release: one endpoint at a time");
-                else
-                        endpoint = argv[i];
-        }
+        r = cli_parse_operand(argc, argv, "release", "one endpoint at a time", &endpoint);
+        if (r != 0)
+                return r;
         if (!endpoint)
                 return cli_usage("release: no endpoint given");
         r = cli_check_endpoint(endpoint, false);
@@ -273,23 +266,11 @@ int cmd_release(int argc, char **argv) {
 
 /* --- status ---------------------------------------------------------------- */
 
-struct lease_list {
-        pb_lease *items;
-        size_t n, alloc;
-};
-
 static int collect_lease(const pb_lease *lease, void *userdata) {
-        struct lease_list *l = userdata;
-        pb_lease *items = grow(l->items, l->n, &l->alloc, sizeof(*items));
-
-        if (!items)
-                return -ENOMEM;
-        l->items = items;
-        l->items[l->n++] = *lease;
-        return 0;
+        return list_append(userdata, lease);
 }
 
-static int status_table(const struct lease_list *l) {
+static int status_table(const struct list *l) {
         struct table t = { .ncols = 6 };
         int r = 0;
 
@@ -300,7 +281,7 @@ static int status_table(const struct lease_list *l) {
         r |= table_cell(&t, "HOLDERS");
         r |= table_cell(&t, "QUEUED");
         for (size_t i = 0; i < l->n && r == 0; i++) {
-                const pb_lease *x = &l->items[i];
+                const pb_lease *x = (const pb_lease *) l->items + i;
                 const char *owner = user_name(x->owner_uid);
                 char since[64];
 
@@ -328,10 +309,10 @@ static int status_table(const struct lease_list *l) {
         return r < 0 ? cli_fail("%s", strerror(ENOMEM)) : 0;
 }
 
-static void status_json(const struct lease_list *l) {
+static void status_json(const struct list *l) {
         putchar('[');
         for (size_t i = 0; i < l->n; i++) {
-                const pb_lease *x = &l->items[i];
+                const pb_lease *x = (const pb_lease *) l->items + i;
 
                 printf("%s{\"id\":%" PRIu64 ",\"endpoint\":", i ? "," : "", x->id);
                 json_string(stdout, x->endpoint);
@@ -349,22 +330,15 @@ static void status_json(const struct lease_list *l) {
 }
 
 int cmd_status(int argc, char **argv) {
-        struct lease_list l = { 0 };
-        const char *endpoint = NULL;
+        struct list l = { .size = sizeof(pb_lease) };
+        const char *endpoint;
         pb_conn *c;
         pb_error err;
         int r;
 
-        for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
-                        return cli_usage("status: unknown option '%s'", argv[i]);
-                else if (endpoint)
-                        return cli_usage("status: at most one endpoint");
-                else
-                        endpoint = argv[i];
-        }
+        r = cli_parse_operand(argc, argv, "status", "at most one endpoint", &endpoint);
+        if (r != 0)
+                return r;
         if (endpoint) {
                 r = cli_check_endpoint(endpoint, false);
                 if (r != 0)

@@ -168,22 +168,15 @@ static int parse_rule_id(const char *s, uint64_t *ret) {
 }
 
 static int cmd_policy_remove(int argc, char **argv) {
-        const char *arg = NULL;
+        const char *arg;
         uint64_t id;
         pb_conn *c;
         pb_error err;
         int r;
 
-        for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
-                        return cli_usage("policy remove: unknown option '%s'", argv[i]);
-                else if (arg)
-                        return cli_usage("policy remove: one rule id at a time");
-                else
-                        arg = argv[i];
-        }
+        r = cli_parse_operand(argc, argv, "policy remove", "one rule id at a time", &arg);
+        if (r != 0)
+                return r;
         if (!arg)
                 return cli_usage("policy remove: no rule id given");
         if (parse_rule_id(arg, &id) < 0)
@@ -203,26 +196,14 @@ static int cmd_policy_remove(int argc, char **argv) {
         return 0;
 }
 
-struct rule_list {
-        pb_rule *items;
-        size_t n, alloc;
-};
-
 static int collect_rule(const pb_rule *rule, void *userdata) {
-        struct rule_list *l = userdata;
-        pb_rule *items = grow(l->items, l->n, &l->alloc, sizeof(*items));
-
-        if (!items)
-                return -ENOMEM;
-        l->items = items;
-        l->items[l->n++] = *rule;
-        return 0;
+        return list_append(userdata, rule);
 }
 
-static void policy_json(const struct rule_list *l) {
+static void policy_json(const struct list *l) {
         putchar('[');
         for (size_t i = 0; i < l->n; i++) {
-                const pb_rule *x = &l->items[i];
+                const pb_rule *x = (const pb_rule *) l->items + i;
                 const char *kind = x->kind == PB_USER ? "user" : x->kind == PB_GROUP ? "group" : "unit";
 
                 printf("%s{\"id\":%" PRIu64 ",\"kind\":\"%s\",\"id_value\":", i ? "," : "", x->id, kind);
@@ -240,7 +221,7 @@ static void policy_json(const struct rule_list *l) {
         puts("]");
 }
 
-static int policy_table(const struct rule_list *l) {
+static int policy_table(const struct list *l) {
         struct table t = { .ncols = 4 };
         int r = 0;
 
@@ -249,7 +230,7 @@ static int policy_table(const struct rule_list *l) {
         r |= table_cell(&t, "PATTERN");
         r |= table_cell(&t, "CREATED");
         for (size_t i = 0; i < l->n && r == 0; i++) {
-                const pb_rule *x = &l->items[i];
+                const pb_rule *x = (const pb_rule *) l->items + i;
                 char who[512], created[64];
 
                 format_principal(x->kind, x->id_value, x->unit, who, sizeof(who));
@@ -266,19 +247,15 @@ static int policy_table(const struct rule_list *l) {
 }
 
 static int cmd_policy_list(int argc, char **argv) {
-        struct rule_list l = { 0 };
+        struct list l = { .size = sizeof(pb_rule) };
+        const char *none;
         pb_conn *c;
         pb_error err;
         int r;
 
-        for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
-                        return cli_usage("policy list: unknown option '%s'", argv[i]);
-                else
-                        return cli_usage("policy list: unexpected argument '%s'", argv[i]);
-        }
+        r = cli_parse_operand(argc, argv, "policy list", NULL, &none);
+        if (r != 0)
+                return r;
 
         r = cli_connect(&c);
         if (r != 0)
