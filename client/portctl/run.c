@@ -9,6 +9,10 @@
  * accept queue; once the new one serves (the shim reports its first accept
  * or epoll registration on a brokered socket), a watcher process signals the
  * old one to stop gracefully and waits for it to exit.
+ *
+ * The steps that print (parse_args, find_preload, check_*, prefetch,
+ * setup_environment, prepare, exec_command, start_watcher, watch) return an
+ * exit status, 0 to go on; the others return >= 0 / -errno or a bool.
  */
 #include <elf.h>
 #include <stddef.h>
@@ -55,6 +59,7 @@ static const struct {
         { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "WINCH", SIGWINCH }, { "KILL", SIGKILL },
 };
 
+/* A signal by name (QUIT, SIGQUIT) or number. Returns it or -EINVAL. */
 static int parse_signal(const char *s) {
         char *end;
         long n;
@@ -65,7 +70,7 @@ static int parse_signal(const char *s) {
                 if (strcmp(s, signals[i].name) == 0)
                         return signals[i].number;
         n = strtol(s, &end, 10);
-        return *s && !*end && n > 0 && n < NSIG ? (int) n : -1;
+        return *s && !*end && n > 0 && n < NSIG ? (int) n : -EINVAL;
 }
 
 static const char *signal_name(int sig) {
@@ -127,7 +132,7 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
         return 0;
 }
 
-/* Where the shim is: $PORTBROKER_PRELOAD, beside portctl (a build tree), or installed. */
+/* Where the shim is: $PORTBROKER_PRELOAD, beside portctl (a build tree), or installed. Returns 0 or the exit status. */
 static int find_preload(char *buf, size_t size) {
         const char *env = getenv("PORTBROKER_PRELOAD");
         char self[PATH_MAX - 64];      /* room for the name after it */
@@ -152,7 +157,7 @@ static int find_preload(char *buf, size_t size) {
                        PB_PRELOAD_PATH);
 }
 
-/* The file execvp() would run for name. */
+/* The file execvp() would run for name, into buf. Returns 0 or -errno. */
 static int resolve_command(const char *name, char *buf, size_t size) {
         const char *path = getenv("PATH");
 
@@ -304,7 +309,8 @@ static int check_preloadable(const char *name, int depth) {
         return check_elf(path, file_fd);
 }
 
-/* Gets each named lease once (creating it), so a denial stops us before the server starts. */
+/* Gets each named lease once (creating it), so a denial stops us before the server starts;
+ * list gets their canonical texts, comma-separated. Returns 0 or the exit status. */
 static int prefetch(const struct run_args *a, char *list, size_t size) {
         pb_conn *c = NULL;
         pb_lease lease;
@@ -384,7 +390,7 @@ static bool pidfd_exited(int pidfd, int timeout_ms) {
         return poll(&p, 1, timeout_ms) > 0;
 }
 
-/* Receives one datagram and the sender's pid from the kernel (SO_PASSCRED). */
+/* Receives one datagram and the sender's pid from the kernel (SO_PASSCRED). Returns its length or -errno. */
 static ssize_t recv_from_pid(int fd, char *buf, size_t size, pid_t *ret_pid) {
         union {
                 struct cmsghdr align;
@@ -397,11 +403,11 @@ static ssize_t recv_from_pid(int fd, char *buf, size_t size, pid_t *ret_pid) {
         ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
 
         if (n < 0)
-                return -1;
+                return -errno;
         buf[n] = '\0';
         c = CMSG_FIRSTHDR(&mh);
         if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS)
-                return -1;
+                return -EBADMSG;
         *ret_pid = ((struct ucred *) CMSG_DATA(c))->pid;
         return n;
 }
@@ -440,7 +446,7 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
         /* Only a report from the new server or a descendant of it counts: the
          * abstract name is visible to all, so the kernel's credentials decide. */
         for (;;) {
-                pid_t sender;
+                pid_t sender = 0;
 
                 r = poll(p, 2, (int) a->timeout_sec * 1000);
                 if (r <= 0 || (p[1].revents & POLLIN) || !(p[0].revents & POLLIN)) {
@@ -488,7 +494,8 @@ static void close_all_but(int a, int b, int c) {
         (void) syscall(SYS_close_range, from, ~0U, 0);
 }
 
-/* A fresh abstract socket name for the shim's readiness report. */
+/* A socket bound to a fresh abstract name (into name) for the shim's readiness report.
+ * Returns it (owned by the caller) or -errno. */
 static int ready_socket(char *name, size_t size) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct timespec ts;
