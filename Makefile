@@ -112,8 +112,15 @@ $(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile
 	$(PC_SED) $< > $@
 
 # Unit tests link every object but main.o.
+# Their dependency files go under obj/, so that build/test_* is only the tests.
 $(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(COMMON_OBJ) $(LIB_OBJ)
-	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -lcmocka -lpthread -o $@
+	@mkdir -p $(BUILD)/obj/tests/unit
+	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) -MF $(BUILD)/obj/tests/unit/test_$*.d $(LDHARDEN) $(SOURCES) \
+		$(DEPS_LIBS) -lcmocka -lpthread -o $@
+
+# test_cli tests portctl's shared helpers, which are not in any library.
+$(BUILD)/test_cli: $(BUILD)/obj/client/portctl/cli.o
+$(BUILD)/test_cli: CPPFLAGS += -Iclient/portctl
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@

@@ -29,6 +29,7 @@
 #include "fd-util.h"
 #include "fdpass.h"
 #include "proto.h"
+#include "sockaddr.h"
 
 #define ENDPOINT_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT"
 #define PATTERN_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT[-PORT]"
@@ -97,7 +98,7 @@ static int open_socket(const char *path, int *ret_fd, pb_error *err) {
                 if (connect(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len + 1)) >= 0)
                         break;
                 r = errno;
-                close(fd);
+                fd = safe_close(fd);
                 if (r == EINTR)
                         continue;
                 if (r == ENOENT || r == ECONNREFUSED)
@@ -188,18 +189,28 @@ static int closed_reason(int sock_fd, struct pb_msg *scratch, pb_error *err) {
         return 0;
 }
 
+/* Assigns x->req the next request id of c (never 0), encodes it into buf. Returns the length or -code. */
+static int encode_request(pb_conn *c, struct exchange *x, uint8_t buf[static PB_MSG_MAX], pb_error *err) {
+        int len;
+
+        x->req.hdr.id = c->next_id++;
+        if (c->next_id == 0)
+                c->next_id = 1;
+        len = proto_encode(&x->req, buf, PB_MSG_MAX);
+        if (len < 0)
+                return fail(err, -len, "cannot encode the request: %m");
+        return len;
+}
+
 /*
- * Sends x->req (its id is assigned here) and reads the reply into x->reply.
- * When ret_fd is non-NULL the reply may carry one fd, stored there (-1 if
- * none) and owned by the caller. Called with c->lock held. An error reply
- * returns its -code; any transport or protocol failure also drops the
- * connection, so that a late or stray reply can never answer a later request.
+ * Sends buf on c's connection, opening it when there is none. A connection
+ * that brokerd closed while idle is reopened and the request sent again,
+ * once; on a fresh one that fails, brokerd's parting error reply (if any)
+ * is the answer. Returns 0 or -code (the connection then dropped).
  */
-static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
-        uint8_t buf[PB_MSG_MAX];
+static int send_request(pb_conn *c, const uint8_t *buf, size_t len, struct pb_msg *scratch, pb_error *err) {
         bool fresh = false;
-        int fd = -1, len, r;
-        uint32_t id;
+        int r;
 
         if (c->sock_fd < 0) {
                 r = open_socket(c->path, &c->sock_fd, err);
@@ -207,22 +218,13 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
                         return r;
                 fresh = true;
         }
-
-        id = c->next_id++;
-        if (c->next_id == 0)
-                c->next_id = 1;
-        x->req.hdr.id = id;
-        len = proto_encode(&x->req, buf, sizeof(buf));
-        if (len < 0)
-                return fail(err, -len, "cannot encode the request: %m");
-
         for (;;) {
-                r = fdpass_send(c->sock_fd, buf, (size_t) len, -1, 0);
+                r = fdpass_send(c->sock_fd, buf, len, -1, 0);
                 if (r >= 0)
-                        break;
+                        return 0;
                 if (r == -EPIPE || r == -ECONNRESET) {
                         /* brokerd may have said why it hung up (e.g. its connection limit). */
-                        int k = closed_reason(c->sock_fd, &x->reply, err);
+                        int k = closed_reason(c->sock_fd, scratch, err);
                         if (k < 0) {
                                 c->sock_fd = safe_close(c->sock_fd);
                                 return k;
@@ -237,56 +239,87 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
                         return r;
                 fresh = true;
         }
+}
 
-        len = fdpass_recv(c->sock_fd, buf, sizeof(buf), ret_fd ? &fd : NULL, MSG_CMSG_CLOEXEC);
-        if (len < 0) {
-                c->sock_fd = safe_close(c->sock_fd);
-                if (len == -EMSGSIZE)
-                        return fail(err, EBADMSG, "invalid reply from brokerd: longer than %d bytes", PB_MSG_MAX);
-                if (len == -EBADMSG)
-                        return fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptors "
-                                    "or control data (closed)");
-                return fail(err, -len, "cannot receive the reply from brokerd: %m");
-        }
-        if (len == 0) {
-                c->sock_fd = safe_close(c->sock_fd);
-                return fail(err, ECONNRESET, "brokerd closed the connection without replying");
-        }
+/* Receives one reply into buf, its fd (when ret_fd is non-NULL) into *ret_fd (-1 if none,
+ * owned by the caller). Returns the length (> 0) or -code, the connection then dropped. */
+static int receive_reply(pb_conn *c, uint8_t buf[static PB_MSG_MAX], int *ret_fd, pb_error *err) {
+        int len = fdpass_recv(c->sock_fd, buf, PB_MSG_MAX, ret_fd, MSG_CMSG_CLOEXEC);
 
-        r = proto_decode(buf, (size_t) len, &x->reply);
-        if (r < 0) {
-                r = fail(err, EBADMSG, "invalid reply from brokerd: malformed message (%d bytes)", len);
-                goto drop;
-        }
-        if (fd >= 0 && !proto_type_carries_fd(x->reply.hdr.type)) {
-                r = fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptor (closed)");
-                goto drop;
-        }
-        if (x->reply.hdr.type == PB_MSG_ERROR && x->reply.hdr.id == 0) {
-                /* An error about the connection itself (e.g. too many connections): it ends here. */
-                c->sock_fd = safe_close(c->sock_fd);
-                return broker_error(&x->reply, err);
-        }
-        if (x->reply.hdr.id != id) {
-                r = fail(err, EPROTO, "invalid reply from brokerd: answers request %u, expected %u",
-                         x->reply.hdr.id, id);
-                goto drop;
-        }
-        if (x->reply.hdr.type == PB_MSG_ERROR)
-                return broker_error(&x->reply, err);
-        if (x->reply.hdr.type != (x->req.hdr.type | PB_MSG_REPLY)) {
-                r = fail(err, EPROTO, "invalid reply from brokerd: type 0x%x to a request of type %u",
-                         x->reply.hdr.type, x->req.hdr.type);
-                goto drop;
-        }
-        if (ret_fd)
-                *ret_fd = fd;
-        return 0;
-
-drop:
-        fd = safe_close(fd);
+        if (len > 0)
+                return len;
         c->sock_fd = safe_close(c->sock_fd);
-        return r;
+        if (len == 0)
+                return fail(err, ECONNRESET, "brokerd closed the connection without replying");
+        if (len == -EMSGSIZE)
+                return fail(err, EBADMSG, "invalid reply from brokerd: longer than %d bytes", PB_MSG_MAX);
+        if (len == -EBADMSG)
+                return fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptors "
+                            "or control data (closed)");
+        return fail(err, -len, "cannot receive the reply from brokerd: %m");
+}
+
+/* Checks that x->reply (which came with fd, or -1) answers x->req. Returns 0, an error
+ * reply's -code, or -EPROTO/-EBADMSG for a reply that must drop the connection (*ret_drop). */
+static int check_reply(const struct exchange *x, int fd, bool *ret_drop, pb_error *err) {
+        const struct pb_header *h = &x->reply.hdr;
+
+        *ret_drop = true;
+        if (fd >= 0 && !proto_type_carries_fd(h->type))
+                return fail(err, EBADMSG, "invalid reply from brokerd: unexpected file descriptor (closed)");
+        if (h->type == PB_MSG_ERROR && h->id == 0)
+                /* An error about the connection itself (e.g. too many connections): it ends here. */
+                return broker_error(&x->reply, err);
+        if (h->id != x->req.hdr.id)
+                return fail(err, EPROTO, "invalid reply from brokerd: answers request %u, expected %u",
+                            h->id, x->req.hdr.id);
+        *ret_drop = false;
+        if (h->type == PB_MSG_ERROR)
+                return broker_error(&x->reply, err);
+        if (h->type != (x->req.hdr.type | PB_MSG_REPLY)) {
+                *ret_drop = true;
+                return fail(err, EPROTO, "invalid reply from brokerd: type 0x%x to a request of type %u",
+                            h->type, x->req.hdr.type);
+        }
+        return 0;
+}
+
+/*
+ * Sends x->req (its id is assigned here) and reads the reply into x->reply.
+ * When ret_fd is non-NULL the reply may carry one fd, stored there (-1 if
+ * none) and owned by the caller. Called with c->lock held. An error reply
+ * returns its -code; any transport or protocol failure also drops the
+ * connection, so that a late or stray reply can never answer a later request.
+ */
+static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
+        uint8_t buf[PB_MSG_MAX];
+        _cleanup_close_ int fd = -1;
+        bool drop;
+        int len, r;
+
+        len = encode_request(c, x, buf, err);
+        if (len < 0)
+                return len;
+        r = send_request(c, buf, (size_t) len, &x->reply, err);
+        if (r < 0)
+                return r;
+        len = receive_reply(c, buf, ret_fd ? &fd : NULL, err);
+        if (len < 0)
+                return len;
+        if (proto_decode(buf, (size_t) len, &x->reply) < 0) {
+                r = fail(err, EBADMSG, "invalid reply from brokerd: malformed message (%d bytes)", len);
+                drop = true;
+        } else
+                r = check_reply(x, fd, &drop, err);
+        if (drop)
+                c->sock_fd = safe_close(c->sock_fd);
+        if (r < 0)
+                return r;
+        if (ret_fd) {
+                *ret_fd = fd;
+                fd = -1;
+        }
+        return 0;
 }
 
 /* Runs one request on c under its lock. */
@@ -310,37 +343,33 @@ static struct exchange *exchange_new(uint16_t type, pb_error *err) {
         return x;
 }
 
+static int sockopt_int(int fd, int name) {
+        socklen_t len = sizeof(int);
+        int v;
+
+        return getsockopt(fd, SOL_SOCKET, name, &v, &len) < 0 ? -1 : v;
+}
+
 /* Checks that fd is the socket brokerd should have sent for e: family, type, protocol and port. */
 static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
-        int want_domain = e->family == PB_FAMILY_INET ? AF_INET : AF_INET6;
         int want_type = e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM;
-        int domain = -1, type = -1, protocol = -1;
-        socklen_t len = sizeof(int);
+        int want_domain, domain, type, protocol, port = 0;
         struct sockaddr_storage ss;
-        uint16_t port = 0;
+        socklen_t len;
         struct stat st;
 
         if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
                 return fail(err, EPROTO, "invalid reply from brokerd: the file descriptor is not a socket");
-        len = sizeof(int);
-        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0)
-                domain = -1;
-        len = sizeof(int);
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-                type = -1;
-        len = sizeof(int);
-        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) < 0)
-                protocol = -1;
+        want_domain = sockaddr_from_endpoint(e, &ss, &len);
+        domain = sockopt_int(fd, SO_DOMAIN);
+        type = sockopt_int(fd, SO_TYPE);
+        protocol = sockopt_int(fd, SO_PROTOCOL);
         len = sizeof(ss);
-        if (getsockname(fd, (struct sockaddr *) &ss, &len) == 0) {
-                if (ss.ss_family == AF_INET)
-                        port = ntohs(((struct sockaddr_in *) &ss)->sin_port);
-                else if (ss.ss_family == AF_INET6)
-                        port = ntohs(((struct sockaddr_in6 *) &ss)->sin6_port);
-        }
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0 || (port = sockaddr_port(&ss)) < 0)
+                port = 0;
         if (domain != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
                 return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for "
-                            "(domain %d, type %d, protocol %d, port %u)", domain, type, protocol, port);
+                            "(domain %d, type %d, protocol %d, port %d)", domain, type, protocol, port);
         return 0;
 }
 
@@ -512,6 +541,14 @@ static int check_page(const uint64_t *ids, size_t stride, unsigned count, bool m
         return 0;
 }
 
+/* What a list call returns once its callback returned r != 0: > 0 stops the walk with
+ * success (0); -errno stops it with that failure, which err then says. */
+static int callback_result(int r, pb_error *err) {
+        if (r > 0)
+                return 0;
+        return fail(err, r < -4095 ? EINVAL : -r, "%m");
+}
+
 int pb_conn_status(pb_conn *c, const char *endpoint,
                    int (*fn)(const pb_lease *lease, void *userdata), void *userdata, pb_error *err) {
         struct exchange *x;
@@ -559,8 +596,10 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
 
                         endpoint_format(&l->endpoint, lease.endpoint);
                         r = fn(&lease, userdata);
-                        if (r != 0)
+                        if (r != 0) {
+                                r = callback_result(r, err);
                                 goto out;
+                        }
                 }
                 if (!x->reply.leases.more)
                         break;
@@ -697,8 +736,10 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
                         }
                         endpoint_format_pattern(&e->pattern, rule.pattern);
                         r = fn(&rule, userdata);
-                        if (r != 0)
+                        if (r != 0) {
+                                r = callback_result(r, err);
                                 goto out;
+                        }
                 }
                 if (!x->reply.rules.more)
                         break;

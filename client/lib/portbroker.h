@@ -84,8 +84,9 @@ int pb_get(const char *endpoint, unsigned flags, pb_error *err);
 int pb_conn_release(pb_conn *c, const char *endpoint, pb_error *err);
 int pb_release(const char *endpoint, pb_error *err);
 
-/* Calls fn for each lease (all when endpoint is NULL). fn returning non-zero
- * stops the walk and that value is returned. Returns 0 when all were seen. */
+/* Calls fn for each lease (all when endpoint is NULL). fn returns 0 to go on,
+ * > 0 to stop early (the call returns 0), or -errno to stop with that failure
+ * (the call returns it, err->message its strerror). Returns 0 or -errno. */
 int pb_conn_status(pb_conn *c, const char *endpoint,
                    int (*fn)(const pb_lease *lease, void *userdata), void *userdata, pb_error *err);
 
@@ -97,7 +98,7 @@ int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value
 /* Removes rule id. Admin only. Returns 0. */
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);
 
-/* Calls fn for each rule, like pb_conn_status. */
+/* Calls fn for each rule; fn returns 0, > 0 or -errno as for pb_conn_status. Returns 0 or -errno. */
 int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdata), void *userdata,
                         pb_error *err);
 

@@ -9,6 +9,10 @@
  * accept queue; once the new one serves (the shim reports its first accept
  * or epoll registration on a brokered socket), a watcher process signals the
  * old one to stop gracefully and waits for it to exit.
+ *
+ * The steps that print (parse_args, find_preload, check_*, prefetch,
+ * setup_environment, prepare, exec_command, start_watcher, watch) return an
+ * exit status, 0 to go on; the others return >= 0 / -errno or a bool.
  */
 #include <elf.h>
 #include <stddef.h>
@@ -30,7 +34,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "portctl.h"
+#include "cli.h"
+#include "fd-util.h"
+#include "pidfd-util.h"
 
 #define PRELOAD_NAME "libportbroker-preload.so"
 
@@ -53,6 +59,7 @@ static const struct {
         { "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "WINCH", SIGWINCH }, { "KILL", SIGKILL },
 };
 
+/* A signal by name (QUIT, SIGQUIT) or number. Returns it or -EINVAL. */
 static int parse_signal(const char *s) {
         char *end;
         long n;
@@ -63,7 +70,7 @@ static int parse_signal(const char *s) {
                 if (strcmp(s, signals[i].name) == 0)
                         return signals[i].number;
         n = strtol(s, &end, 10);
-        return *s && !*end && n > 0 && n < NSIG ? (int) n : -1;
+        return *s && !*end && n > 0 && n < NSIG ? (int) n : -EINVAL;
 }
 
 static const char *signal_name(int sig) {
@@ -77,6 +84,8 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
         bool upgrade = strcmp(verb, "upgrade") == 0;
 
         *a = (struct run_args) { .verb = verb, .signal = SIGQUIT, .timeout_sec = 30 };
+        if (arg_json)           /* given before the command */
+                return cli_usage("%s: --json is not supported: the server's output is its own", verb);
         a->endpoints = argv + 1;
         for (int i = 1; i < argc; i++) {
                 const char *opt = argv[i];
@@ -86,30 +95,30 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
                         a->cmd = argv + i + 1;
                         break;
                 } else if (strcmp(opt, "--json") == 0)
-                        continue;
+                        return cli_usage("%s: --json is not supported: the server's output is its own", verb);
                 else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
                         char *end;
                         long pid = strtol(val, &end, 10);
                         if (*end || pid <= 1 || pid > INT_MAX)
-                                return usage_error("upgrade: invalid --pid '%s'", val);
+                                return cli_usage("upgrade: invalid --pid '%s'", val);
                         a->old_pid = (pid_t) pid;
                         i++;
                 } else if (upgrade && strcmp(opt, "--signal") == 0 && val) {
                         a->signal = parse_signal(val);
                         if (a->signal < 0)
-                                return usage_error("upgrade: unknown signal '%s'", val);
+                                return cli_usage("upgrade: unknown signal '%s'", val);
                         i++;
                 } else if (upgrade && strcmp(opt, "--timeout") == 0 && val) {
                         char *end;
                         unsigned long t = strtoul(val, &end, 10);
                         if (*end || val[0] == '-' || t < 1 || t > 86400)
-                                return usage_error("upgrade: invalid --timeout '%s'", val);
+                                return cli_usage("upgrade: invalid --timeout '%s'", val);
                         a->timeout_sec = (unsigned) t;
                         i++;
                 } else if (opt[0] == '-' && opt[1])
-                        return usage_error("%s: unknown option or missing value '%s'", verb, opt);
+                        return cli_usage("%s: unknown option or missing value '%s'", verb, opt);
                 else {
-                        int r = check_endpoint(opt, false);
+                        int r = cli_check_endpoint(opt, false);
                         if (r != 0)
                                 return r;
                         /* Endpoints are compacted to the front of argv. */
@@ -117,13 +126,13 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
                 }
         }
         if (!a->cmd || !a->cmd[0])
-                return usage_error("%s: no command after '--'", verb);
+                return cli_usage("%s: no command after '--'", verb);
         if (upgrade && !a->old_pid)
-                return usage_error("upgrade: --pid of the running server is required");
+                return cli_usage("upgrade: --pid of the running server is required");
         return 0;
 }
 
-/* Where the shim is: $PORTBROKER_PRELOAD, beside portctl (a build tree), or installed. */
+/* Where the shim is: $PORTBROKER_PRELOAD, beside portctl (a build tree), or installed. Returns 0 or the exit status. */
 static int find_preload(char *buf, size_t size) {
         const char *env = getenv("PORTBROKER_PRELOAD");
         char self[PATH_MAX - 64];      /* room for the name after it */
@@ -131,7 +140,7 @@ static int find_preload(char *buf, size_t size) {
 
         if (env && *env) {
                 snprintf(buf, size, "%s", env);
-                return access(buf, R_OK) == 0 ? 0 : failure("PORTBROKER_PRELOAD=%s: %m", env);
+                return access(buf, R_OK) == 0 ? 0 : cli_fail("PORTBROKER_PRELOAD=%s: %m", env);
         }
         n = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (n > 0) {
@@ -144,11 +153,11 @@ static int find_preload(char *buf, size_t size) {
         snprintf(buf, size, "%s", PB_PRELOAD_PATH);
         if (access(buf, R_OK) == 0)
                 return 0;
-        return failure("cannot find %s (looked beside portctl and at %s; set PORTBROKER_PRELOAD)", PRELOAD_NAME,
+        return cli_fail("cannot find %s (looked beside portctl and at %s; set PORTBROKER_PRELOAD)", PRELOAD_NAME,
                        PB_PRELOAD_PATH);
 }
 
-/* The file execvp() would run for name. */
+/* The file execvp() would run for name, into buf. Returns 0 or -errno. */
 static int resolve_command(const char *name, char *buf, size_t size) {
         const char *path = getenv("PATH");
 
@@ -194,8 +203,8 @@ static bool elf_is_go(int fd, const Elf64_Ehdr *eh) {
 /* True when the ELF file is built for another word size or machine than this
  * portctl (and so the shim): the loader would skip the shim and run it bare. */
 static bool elf_is_foreign(int fd) {
+        _cleanup_close_ int self_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
         Elf64_Ehdr self, eh;
-        int self_fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
         bool foreign = false;
 
         if (self_fd < 0)
@@ -204,7 +213,6 @@ static bool elf_is_foreign(int fd) {
             pread(fd, &eh, sizeof(eh), 0) == (ssize_t) sizeof(eh) && memcmp(eh.e_ident, ELFMAG, SELFMAG) == 0)
                 foreign = eh.e_ident[EI_CLASS] != self.e_ident[EI_CLASS] ||
                           eh.e_ident[EI_DATA] != self.e_ident[EI_DATA] || eh.e_machine != self.e_machine;
-        close(self_fd);
         return foreign;
 }
 
@@ -235,89 +243,93 @@ static int elf_is_dynamic(int fd, bool *ret, bool *ret_go) {
         return 0;
 }
 
-/* Refuses, with the reason, a program LD_PRELOAD cannot reach. depth: #! levels followed. */
-static int check_preloadable(const char *name, int depth) {
-        char path[PATH_MAX], head[256];
-        struct stat st;
-        bool dynamic, go = false;
-        ssize_t n;
-        int fd, r;
+static int check_preloadable(const char *name, int depth);
 
-        if (resolve_command(name, path, sizeof(path)) < 0)
-                return 0;               /* exec reports it */
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &st) < 0) {
-                if (fd >= 0)
-                        close(fd);
-                return 0;
-        }
-        if ((st.st_mode & (S_ISUID | S_ISGID)) && (st.st_uid != geteuid() || st.st_gid != getegid())) {
-                close(fd);
-                return failure("%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
-                               "bind() would never reach brokerd", path);
-        }
-        if (fgetxattr(fd, "security.capability", NULL, 0) > 0 && geteuid() != 0) {
-                close(fd);
-                return failure("%s has file capabilities: the dynamic loader ignores LD_PRELOAD for it, so its "
-                               "bind() would never reach brokerd", path);
-        }
-        n = pread(fd, head, sizeof(head) - 1, 0);
-        if (n > 2 && head[0] == '#' && head[1] == '!' && depth < 2) {
-                char *interp;
+/* For a `#!` script (head, n bytes read): checks its interpreter, or the program
+ * `#!/usr/bin/env` runs. Returns 0 or EXIT_FAILURE. */
+static int check_interpreter(char *head, ssize_t n, int depth) {
+        char *interp;
 
-                close(fd);
-                head[n] = '\0';
-                interp = head + 2 + strspn(head + 2, " \t");
-                interp[strcspn(interp, " \t\n")] = '\0';
-                /* `#!/usr/bin/env python3`: the program is the argument. */
-                if (strcmp(interp, "/usr/bin/env") == 0) {
-                        char *arg = interp + strlen(interp) + 1;
-                        if (arg < head + n) {
-                                arg += strspn(arg, " \t");
-                                arg[strcspn(arg, " \t\n")] = '\0';
-                                if (*arg)
-                                        return check_preloadable(arg, depth + 1);
-                        }
+        head[n] = '\0';
+        interp = head + 2 + strspn(head + 2, " \t");
+        interp[strcspn(interp, " \t\n")] = '\0';
+        /* `#!/usr/bin/env python3`: the program is the argument. */
+        if (strcmp(interp, "/usr/bin/env") == 0) {
+                char *arg = interp + strlen(interp) + 1;
+                if (arg < head + n) {
+                        arg += strspn(arg, " \t");
+                        arg[strcspn(arg, " \t\n")] = '\0';
+                        if (*arg)
+                                return check_preloadable(arg, depth + 1);
                 }
-                return check_preloadable(interp, depth + 1);
         }
-        if (elf_is_foreign(fd)) {
-                close(fd);
-                return failure("%s is built for another architecture or word size than %s: the loader would "
-                               "run it without the shim", path, PRELOAD_NAME);
-        }
+        return check_preloadable(interp, depth + 1);
+}
+
+/* Refuses an ELF file (fd, at path) the loader would run without the shim. Returns 0 or EXIT_FAILURE. */
+static int check_elf(const char *path, int fd) {
+        bool dynamic, go = false;
+        int r;
+
+        if (elf_is_foreign(fd))
+                return cli_fail("%s is built for another architecture or word size than %s: the loader would "
+                                "run it without the shim", path, PRELOAD_NAME);
         r = elf_is_dynamic(fd, &dynamic, &go);
-        close(fd);
         if (r == 0 && !dynamic)
-                return failure("%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
-                               "socket by socket activation instead (portctl get ENDPOINT -- CMD)", path);
+                return cli_fail("%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
+                                "socket by socket activation instead (portctl get ENDPOINT -- CMD)", path);
         if (r == 0 && go)
-                return failure("%s is a Go program: its runtime makes the bind system call itself, which "
-                               "LD_PRELOAD cannot reach; use socket activation (portctl get ENDPOINT -- CMD, "
-                               "net.FileListener on fd 3)", path);
+                return cli_fail("%s is a Go program: its runtime makes the bind system call itself, which "
+                                "LD_PRELOAD cannot reach; use socket activation (portctl get ENDPOINT -- CMD, "
+                                "net.FileListener on fd 3)", path);
         return 0;
 }
 
-/* Gets each named lease once (creating it), so a denial stops us before the server starts. */
+/* Refuses, with the reason, a program LD_PRELOAD cannot reach. depth: #! levels followed. */
+static int check_preloadable(const char *name, int depth) {
+        _cleanup_close_ int file_fd = -1;
+        char path[PATH_MAX], head[256];
+        struct stat st;
+        ssize_t n;
+
+        if (resolve_command(name, path, sizeof(path)) < 0)
+                return 0;               /* exec reports it */
+        file_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (file_fd < 0 || fstat(file_fd, &st) < 0)
+                return 0;
+        if ((st.st_mode & (S_ISUID | S_ISGID)) && (st.st_uid != geteuid() || st.st_gid != getegid()))
+                return cli_fail("%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
+                                "bind() would never reach brokerd", path);
+        if (fgetxattr(file_fd, "security.capability", NULL, 0) > 0 && geteuid() != 0)
+                return cli_fail("%s has file capabilities: the dynamic loader ignores LD_PRELOAD for it, so its "
+                                "bind() would never reach brokerd", path);
+        n = pread(file_fd, head, sizeof(head) - 1, 0);
+        if (n > 2 && head[0] == '#' && head[1] == '!' && depth < 2)
+                return check_interpreter(head, n, depth);
+        return check_elf(path, file_fd);
+}
+
+/* Gets each named lease once (creating it), so a denial stops us before the server starts;
+ * list gets their canonical texts, comma-separated. Returns 0 or the exit status. */
 static int prefetch(const struct run_args *a, char *list, size_t size) {
         pb_conn *c = NULL;
         pb_lease lease;
         pb_error err;
         size_t used = 0;
-        int r = connect_broker(&c);
+        int r = cli_connect(&c);
 
         list[0] = '\0';
         for (size_t i = 0; r == 0 && i < a->n_endpoints; i++) {
-                int fd = pb_conn_get(c, a->endpoints[i], 0, &lease, &err);
+                int lease_fd = pb_conn_get(c, a->endpoints[i], 0, &lease, &err);
 
-                if (fd < 0) {
-                        r = pb_failure(&err);
+                if (lease_fd < 0) {
+                        r = cli_fail_pb(&err);
                         break;
                 }
-                close(fd);
+                safe_close(lease_fd);
                 used += (size_t) snprintf(list + used, size - used, "%s%s", used ? "," : "", lease.endpoint);
                 if (used >= size)
-                        r = failure("%s: too many endpoints", a->verb);
+                        r = cli_fail("%s: too many endpoints", a->verb);
         }
         pb_disconnect(c);
         return r;
@@ -328,7 +340,7 @@ static int setup_environment(const struct run_args *a, const char *preload, cons
         char *value = NULL;
 
         if (asprintf(&value, "%s%s%s", preload, old && *old ? " " : "", old && *old ? old : "") < 0)
-                return failure("%s", strerror(ENOMEM));
+                return cli_fail("%s", strerror(ENOMEM));
         /* Absolute, so a server that changes directory still finds brokerd. */
         char socket_path[PATH_MAX];
         const char *path = arg_socket ? arg_socket : pb_socket_path();
@@ -337,17 +349,16 @@ static int setup_environment(const struct run_args *a, const char *preload, cons
         if (setenv("LD_PRELOAD", value, 1) < 0 || setenv("PORTBROKER_PRELOAD_ENDPOINTS", endpoints, 1) < 0 ||
             setenv(PB_SOCKET_ENV, socket_path, 1) < 0) {
                 free(value);
-                return failure("cannot set the environment: %m");
+                return cli_fail("cannot set the environment: %m");
         }
         free(value);
         return 0;
 }
 
+/* Execs cmd; returns only on failure, with the exit status. */
 static int exec_command(char **cmd) {
         execvp(cmd[0], cmd);
-        int e = errno;
-        failure("cannot run %s: %s", cmd[0], strerror(e));
-        return e == ENOENT ? 127 : 126;
+        return cli_exec_failed(cmd[0], errno);
 }
 
 static int prepare(const struct run_args *a) {
@@ -379,7 +390,7 @@ static bool pidfd_exited(int pidfd, int timeout_ms) {
         return poll(&p, 1, timeout_ms) > 0;
 }
 
-/* Receives one datagram and the sender's pid from the kernel (SO_PASSCRED). */
+/* Receives one datagram and the sender's pid from the kernel (SO_PASSCRED). Returns its length or -errno. */
 static ssize_t recv_from_pid(int fd, char *buf, size_t size, pid_t *ret_pid) {
         union {
                 struct cmsghdr align;
@@ -392,11 +403,11 @@ static ssize_t recv_from_pid(int fd, char *buf, size_t size, pid_t *ret_pid) {
         ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
 
         if (n < 0)
-                return -1;
+                return -errno;
         buf[n] = '\0';
         c = CMSG_FIRSTHDR(&mh);
         if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS)
-                return -1;
+                return -EBADMSG;
         *ret_pid = ((struct ucred *) CMSG_DATA(c))->pid;
         return n;
 }
@@ -435,7 +446,7 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
         /* Only a report from the new server or a descendant of it counts: the
          * abstract name is visible to all, so the kernel's credentials decide. */
         for (;;) {
-                pid_t sender;
+                pid_t sender = 0;
 
                 r = poll(p, 2, (int) a->timeout_sec * 1000);
                 if (r <= 0 || (p[1].revents & POLLIN) || !(p[0].revents & POLLIN)) {
@@ -483,75 +494,91 @@ static void close_all_but(int a, int b, int c) {
         (void) syscall(SYS_close_range, from, ~0U, 0);
 }
 
-/* A fresh abstract socket name for the shim's readiness report. */
+/* A socket bound to a fresh abstract name (into name) for the shim's readiness report.
+ * Returns it (owned by the caller) or -errno. */
 static int ready_socket(char *name, size_t size) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         struct timespec ts;
         socklen_t len;
-        int fd;
+        int ready_fd;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
         snprintf(name, size, "portbroker-ready-%d-%ld", (int) getpid(), (long) ts.tv_nsec);
-        fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
+        ready_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (ready_fd < 0)
                 return -errno;
         len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
         memcpy(sa.sun_path + 1, name, strlen(name));
-        if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &(int) { 1 }, sizeof(int)) < 0 ||
-            bind(fd, (struct sockaddr *) &sa, len) < 0) {
+        if (setsockopt(ready_fd, SOL_SOCKET, SO_PASSCRED, &(int) { 1 }, sizeof(int)) < 0 ||
+            bind(ready_fd, (struct sockaddr *) &sa, len) < 0) {
                 int r = -errno;
-                close(fd);
+                safe_close(ready_fd);
                 return r;
         }
-        return fd;
+        return ready_fd;
 }
 
-int cmd_upgrade(int argc, char **argv) {
-        struct run_args a;
-        char name[96];
-        int r, old_pidfd, self_pidfd, ready_fd, status;
+/* Forks the watcher (detached by a second fork) for the new server, this process once it
+ * execs. Returns 0 or the exit status. */
+static int start_watcher(const struct run_args *a, int ready_fd, int self_pid_fd, int old_pid_fd) {
+        int status;
         pid_t child;
-
-        r = parse_args("upgrade", argc, argv, &a);
-        if (r != 0)
-                return r;
-        old_pidfd = (int) syscall(SYS_pidfd_open, a.old_pid, 0);
-        if (old_pidfd < 0)
-                return failure("upgrade: no process %d to replace: %m", (int) a.old_pid);
-        r = prepare(&a);
-        if (r != 0)
-                return r;
-        ready_fd = ready_socket(name, sizeof(name));
-        self_pidfd = (int) syscall(SYS_pidfd_open, getpid(), 0);
-        if (ready_fd < 0 || self_pidfd < 0)
-                return failure("upgrade: cannot set up the watcher: %s", strerror(ready_fd < 0 ? -ready_fd : errno));
-        if (setenv("PORTBROKER_READY", name, 1) < 0)
-                return failure("upgrade: cannot set the environment: %m");
-        a.new_pid = getpid();           /* exec keeps it */
 
         fflush(NULL);
         child = fork();
         if (child < 0)
-                return failure("upgrade: cannot fork: %m");
+                return cli_fail("upgrade: cannot fork: %m");
         if (child == 0) {
                 /* Fork again so the watcher is not the server's child (no zombie for it to reap). */
-                int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-                if (devnull >= 0) {
-                        dup2(devnull, STDIN_FILENO);
-                        dup2(devnull, STDOUT_FILENO);
+                int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+                if (null_fd >= 0) {
+                        dup2(null_fd, STDIN_FILENO);
+                        dup2(null_fd, STDOUT_FILENO);
                 }
                 pid_t watcher = fork();
                 if (watcher < 0)
                         fprintf(stderr, "portctl: upgrade: cannot start the watcher: %s; pid %d left running\n",
-                                strerror(errno), (int) a.old_pid);
+                                strerror(errno), (int) a->old_pid);
                 if (watcher != 0)
                         _exit(0);
-                close_all_but(ready_fd, self_pidfd, old_pidfd);
-                _exit(watch(&a, ready_fd, self_pidfd, old_pidfd));
+                close_all_but(ready_fd, self_pid_fd, old_pid_fd);
+                _exit(watch(a, ready_fd, self_pid_fd, old_pid_fd));
         }
         (void) waitpid(child, &status, 0);
-        close(ready_fd);
-        close(self_pidfd);
-        close(old_pidfd);
+        return 0;
+}
+
+int cmd_upgrade(int argc, char **argv) {
+        _cleanup_close_ int old_pid_fd = -1, self_pid_fd = -1, ready_fd = -1;
+        struct run_args a;
+        char name[96];
+        int r;
+
+        r = parse_args("upgrade", argc, argv, &a);
+        if (r != 0)
+                return r;
+        old_pid_fd = pidfd_open_pid(a.old_pid);
+        if (old_pid_fd < 0) {
+                errno = -old_pid_fd;
+                return cli_fail("upgrade: no process %d to replace: %m", (int) a.old_pid);
+        }
+        r = prepare(&a);
+        if (r != 0)
+                return r;
+        ready_fd = ready_socket(name, sizeof(name));
+        self_pid_fd = pidfd_open_pid(getpid());
+        if (ready_fd < 0 || self_pid_fd < 0)
+                return cli_fail("upgrade: cannot set up the watcher: %s",
+                                strerror(ready_fd < 0 ? -ready_fd : -self_pid_fd));
+        if (setenv("PORTBROKER_READY", name, 1) < 0)
+                return cli_fail("upgrade: cannot set the environment: %m");
+        a.new_pid = getpid();           /* exec keeps it */
+
+        r = start_watcher(&a, ready_fd, self_pid_fd, old_pid_fd);
+        if (r != 0)
+                return r;
+        ready_fd = safe_close(ready_fd);
+        self_pid_fd = safe_close(self_pid_fd);
+        old_pid_fd = safe_close(old_pid_fd);
         return exec_command(a.cmd);
 }

@@ -13,9 +13,12 @@
  * Only the wrapped calls are exported (preload.sym). Each wrapper calls the
  * next definition (RTLD_NEXT, found once at load: other preloaded libraries
  * and glibc's cancellation points keep working) and otherwise works on stack
- * buffers with plain system calls, so the wrappers stay async-signal-safe
- * where the calls they wrap are; the connection to
- * brokerd is close-on-exec and closed before bind() returns. Configuration
+ * buffers with plain system calls; nothing allocates or takes a lock. That
+ * keeps listen(), setsockopt(), accept() and epoll_ctl() async-signal-safe
+ * where the calls they wrap are; a bind() that asks brokerd is not (it waits
+ * up to BROKER_TIMEOUT_SEC for the reply, and a refusal is formatted with
+ * snprintf()). The connection to brokerd is close-on-exec and closed before
+ * bind() returns. Configuration
  * comes from the environment, read once at load:
  *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker; unset
  *                                 or empty: try every bind to a port, and
@@ -38,6 +41,7 @@
 #include <unistd.h>
 
 #include "endpoint.h"
+#include "fd-util.h"
 #include "fdpass.h"
 #include "portbroker.h"
 #include "proto.h"
@@ -219,7 +223,7 @@ static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
         struct timeval tv = { .tv_sec = BROKER_TIMEOUT_SEC };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m;
-        int sock_fd, fd = -1, n, r;
+        int sock_fd, got_fd = -1, n, r;
 
         msg[0] = '\0';
         sock_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -239,7 +243,7 @@ static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
         r = n < 0 ? n : fdpass_send(sock_fd, buf, (size_t) n, -1, 0);
         if (r < 0)
                 goto out;
-        n = fdpass_recv(sock_fd, buf, sizeof(buf), &fd, 0);
+        n = fdpass_recv(sock_fd, buf, sizeof(buf), &got_fd, 0);
         r = n <= 0 ? (n < 0 ? n : -ECONNRESET) : proto_decode(buf, (size_t) n, &m);
         if (r < 0)
                 goto out;
@@ -248,17 +252,16 @@ static int broker_get(const struct pb_endpoint *e, char *msg, size_t msglen) {
                 memcpy(msg, m.error.message, k);
                 msg[k] = '\0';
                 r = -m.error.code;
-        } else if (m.hdr.type != (PB_MSG_GET | PB_MSG_REPLY) || m.hdr.id != 1 || fd < 0 ||
+        } else if (m.hdr.type != (PB_MSG_GET | PB_MSG_REPLY) || m.hdr.id != 1 || got_fd < 0 ||
                    !endpoint_equal(&m.got.endpoint, e))
                 r = -EBADMSG;
         else {
-                r = fd;
-                fd = -1;
+                r = got_fd;
+                got_fd = -1;
         }
 out:
-        if (fd >= 0)
-                close(fd);
-        close(sock_fd);
+        got_fd = safe_close(got_fd);
+        sock_fd = safe_close(sock_fd);
         return r;
 }
 
@@ -308,12 +311,10 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len) {
          * flags are shared by every holder: set O_NONBLOCK as this caller had it. */
         if (fd_flags < 0 || fl_flags < 0 ||
             dup3(new_fd, fd, (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
-                int r = errno;
-                close(new_fd);
-                errno = r;
+                new_fd = safe_close(new_fd);     /* keeps errno */
                 return -1;
         }
-        close(new_fd);
+        new_fd = safe_close(new_fd);
         cur = fcntl(fd, F_GETFL);
         if (cur >= 0)
                 (void) fcntl(fd, F_SETFL, (cur & ~O_NONBLOCK) | (fl_flags & O_NONBLOCK));
@@ -358,20 +359,20 @@ static void maybe_ready(int fd) {
         char text[32];
         size_t n = 0;
         pid_t pid;
-        int s;
+        int report_fd;
 
         if (!cfg.ready_len || __atomic_load_n(&ready_sent, __ATOMIC_RELAXED) || !is_brokered(fd))
                 goto out;
         __atomic_store_n(&ready_sent, 1, __ATOMIC_RELAXED);
-        s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (s < 0)
+        report_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (report_fd < 0)
                 goto out;
         pid = getpid();
         do
                 text[sizeof(text) - 1 - n++] = (char) ('0' + pid % 10);
         while ((pid /= 10) > 0 && n < sizeof(text) - 1);
-        (void) sendto(s, text + sizeof(text) - n, n, MSG_DONTWAIT, (struct sockaddr *) &cfg.ready, cfg.ready_len);
-        close(s);
+        (void) sendto(report_fd, text + sizeof(text) - n, n, MSG_DONTWAIT, (struct sockaddr *) &cfg.ready, cfg.ready_len);
+        report_fd = safe_close(report_fd);
 out:
         errno = saved_errno;
 }

@@ -59,3 +59,27 @@ def test_clean_stop_and_restart(broker):
     assert broker.events("stop")
     assert len(broker.events("ready")) == 2
     assert broker.portctl("status", "8080", json=True).json[0]["bound"] is True
+
+
+def test_run_and_upgrade_refuse_json(broker):
+    """run and upgrade print nothing of their own to format: --json is a usage error, not ignored."""
+    for argv, json in ((("run", "--json", "8080", "--", "/bin/true"), False),
+                       (("run", "8080", "--", "/bin/true"), True),
+                       (("upgrade", "--pid", "2", "--json", "--", "/bin/true"), False)):
+        r = broker.portctl(*argv, json=json, check=2)
+        assert r.stdout == "", r
+        first = r.stderr.splitlines()[0]
+        assert first.startswith("portctl: ") and "--json is not supported" in first, r
+    assert broker.portctl("status", json=True).json == []   # nothing was got
+
+
+def test_command_help(broker):
+    """`portctl CMD --help` and `portctl help CMD` print that command's part of the help."""
+    full = broker.portctl("--help").stdout
+    for cmd in ("get", "release", "status", "policy", "run", "upgrade", "why"):
+        for argv in ((cmd, "--help"), ("help", cmd)):
+            out = broker.portctl(*argv).stdout
+            assert out.startswith(f"Usage: portctl [OPTIONS] {cmd} "), out
+            assert f"\n  {cmd} " in out and len(out) < len(full), out
+    assert broker.portctl("get", "--", "cat", "--help", check=False).stdout != full
+    assert broker.portctl("frob", "--help").stdout == full

@@ -683,7 +683,8 @@ struct seen {
         unsigned n;
         uint64_t ids[64];
         char text[64][400];
-        int stop_at;                    /* return 99 on this entry, or -1 */
+        int stop_at;                    /* return stop_with on this entry, or -1 */
+        int stop_with;
 };
 
 static int lease_cb(const pb_lease *lease, void *userdata) {
@@ -693,7 +694,7 @@ static int lease_cb(const pb_lease *lease, void *userdata) {
         snprintf(seen->text[seen->n], sizeof(seen->text[0]), "%s %u %u", lease->endpoint,
                  (unsigned) lease->owner_uid, lease->holders);
         seen->n++;
-        return (int) seen->n == seen->stop_at ? 99 : 0;
+        return (int) seen->n == seen->stop_at ? seen->stop_with : 0;
 }
 
 static int rule_cb(const pb_rule *rule, void *userdata) {
@@ -728,9 +729,17 @@ static void test_lists(void **state) {
         assert_int_equal(s.after[0], 0);
         assert_int_equal(s.after[1], 5);
 
-        seen = (struct seen) { .stop_at = 2 };
-        assert_int_equal(pb_conn_status(c, "udp:5000", lease_cb, &seen, &err), 99);
+        /* > 0 from the callback: an early stop, success */
+        seen = (struct seen) { .stop_at = 2, .stop_with = 99 };
+        assert_int_equal(pb_conn_status(c, "udp:5000", lease_cb, &seen, &err), 0);
         assert_int_equal(seen.n, 2);
+
+        /* -errno from the callback: that failure, with err saying it */
+        seen = (struct seen) { .stop_at = 1, .stop_with = -ENOMEM };
+        assert_int_equal(pb_conn_status(c, NULL, lease_cb, &seen, &err), -ENOMEM);
+        assert_int_equal(seen.n, 1);
+        assert_int_equal(err.code, ENOMEM);
+        assert_string_equal(err.message, strerror(ENOMEM));
 
         seen = (struct seen) { .stop_at = -1 };
         assert_int_equal(pb_conn_policy_list(c, rule_cb, &seen, &err), 0);
@@ -742,8 +751,8 @@ static void test_lists(void **state) {
         assert_int_equal(pb_conn_status(c, NULL, NULL, NULL, &err), -EINVAL);
         pb_disconnect(c);
         server_join(&s);
-        assert_int_equal(s.after[3], 0);                /* the rule list starts over */
-        assert_int_equal(s.after[4], PB_RULES_MAX);
+        assert_int_equal(s.after[4], 0);                /* the rule list starts over */
+        assert_int_equal(s.after[5], PB_RULES_MAX);
         assert_int_equal(count_fds(), before);
         server_stop(&s);
 }

@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * portctl's shared helpers (see cli.h): the parsed global options, the
+ * one-line failure and usage messages with their exit statuses, endpoint
+ * checks and canonical text, the connection to brokerd, the one JSON string
+ * writer every --json output uses, user and group names, times, a growable
+ * array and the table printer of the human output.
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *arg_socket = NULL;
+bool arg_json = false;
+
+/* --- exit statuses ------------------------------------------------------------ */
+
+int cli_usage(const char *fmt, ...) {
+        va_list ap;
+
+        fputs("portctl: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputs("\nTry 'portctl --help'.\n", stderr);
+        return EXIT_USAGE;
+}
+
+int cli_fail(const char *fmt, ...) {
+        int saved_errno = errno;        /* for %m */
+        va_list ap;
+
+        fputs("portctl: ", stderr);
+        errno = saved_errno;
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        return EXIT_FAILURE;
+}
+
+int cli_fail_pb(const pb_error *err) {
+        return cli_fail("%s", err->message[0] ? err->message : strerror(err->code ? err->code : EIO));
+}
+
+int cli_exec_failed(const char *cmd, int e) {
+        errno = e;
+        cli_fail("cannot run %s: %m", cmd);
+        return e == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC;
+}
+
+int cli_check_endpoint(const char *text, bool pattern) {
+        struct pb_endpoint e;
+
+        if (!pattern && endpoint_parse(text, &e) < 0)
+                return cli_usage("invalid endpoint '%s': expected [tcp|udp:][ADDRESS:]PORT", text);
+        if (pattern && endpoint_parse_pattern(text, &e) < 0)
+                return cli_usage("invalid endpoint pattern '%s': expected [tcp|udp:][ADDRESS:]PORT[-PORT]",
+                                 text);
+        return 0;
+}
+
+int cli_connect(pb_conn **ret) {
+        pb_error err;
+
+        if (pb_connect(arg_socket, ret, &err) < 0)
+                return cli_fail_pb(&err);
+        return 0;
+}
+
+int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand) {
+        const char *operand = NULL;
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--json") == 0)
+                        arg_json = true;
+                else if (argv[i][0] == '-' && argv[i][1])
+                        return cli_usage("%s: unknown option '%s'", verb, argv[i]);
+                else if (!too_many)
+                        return cli_usage("%s: unexpected argument '%s'", verb, argv[i]);
+                else if (operand)
+                        return cli_usage("%s: %s", verb, too_many);
+                else
+                        operand = argv[i];
+        }
+        *ret_operand = operand;
+        return 0;
+}
+
+/* --- text -------------------------------------------------------------------- */
+
+char *canonical_endpoint(const char *text, bool pattern, char buf[static PB_ENDPOINT_STRLEN]) {
+        struct pb_endpoint e;
+
+        if (!pattern && endpoint_parse(text, &e) == 0)
+                return endpoint_format(&e, buf);
+        if (pattern && endpoint_parse_pattern(text, &e) == 0)
+                return endpoint_format_pattern(&e, buf);
+        snprintf(buf, PB_ENDPOINT_STRLEN, "%s", text);
+        return buf;
+}
+
+/* Length of the valid UTF-8 sequence at s, or 0. */
+static size_t utf8_len(const unsigned char *s) {
+        size_t n;
+        uint32_t cp;
+
+        if (s[0] < 0x80)
+                return 1;
+        if (s[0] >= 0xc2 && s[0] <= 0xdf)
+                n = 2, cp = s[0] & 0x1f;
+        else if (s[0] >= 0xe0 && s[0] <= 0xef)
+                n = 3, cp = s[0] & 0x0f;
+        else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+                n = 4, cp = s[0] & 0x07;
+        else
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = cp << 6 | (s[i] & 0x3f);
+        }
+        if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+                return 0;
+        return n;
+}
+
+/* Writes the ASCII character c, escaped as JSON needs. */
+static void json_ascii(FILE *f, unsigned char c) {
+        switch (c) {
+        case '"':
+                fputs("\\\"", f);
+                break;
+        case '\\':
+                fputs("\\\\", f);
+                break;
+        case '\n':
+                fputs("\\n", f);
+                break;
+        case '\t':
+                fputs("\\t", f);
+                break;
+        default:
+                if (c < 0x20 || c == 0x7f)
+                        fprintf(f, "\\u%04x", c);
+                else
+                        fputc(c, f);
+        }
+}
+
+void json_string(FILE *f, const char *s) {
+        const unsigned char *p = (const unsigned char *) s;
+
+        fputc('"', f);
+        while (*p) {
+                size_t n = utf8_len(p);
+
+                if (n == 0) {
+                        fputs("\\ufffd", f);
+                        p++;
+                } else if (n > 1) {
+                        fwrite(p, 1, n, f);
+                        p += n;
+                } else
+                        json_ascii(f, *p++);
+        }
+        fputc('"', f);
+}
+
+void json_string_or_null(FILE *f, const char *s) {
+        if (s)
+                json_string(f, s);
+        else
+                fputs("null", f);
+}
+
+/* --- names, ids and times ------------------------------------------------------ */
+
+const char *user_name(uid_t uid) {
+        struct passwd *pw = getpwuid(uid);
+        return pw ? pw->pw_name : NULL;
+}
+
+const char *group_name(gid_t gid) {
+        struct group *gr = getgrgid(gid);
+        return gr ? gr->gr_name : NULL;
+}
+
+void user_text(uid_t uid, char *buf, size_t size) {
+        const char *name = user_name(uid);
+
+        if (name)
+                snprintf(buf, size, "%s (uid %u)", name, (unsigned) uid);
+        else
+                snprintf(buf, size, "uid %u", (unsigned) uid);
+}
+
+int parse_id(const char *s, uint32_t *ret) {
+        unsigned long long v = 0;
+
+        if (!s[0] || strlen(s) > 10)
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                v = v * 10 + (unsigned) (*p - '0');
+        }
+        if (v >= UINT32_MAX)
+                return -ERANGE;
+        *ret = (uint32_t) v;
+        return 0;
+}
+
+int parse_user(const char *s, uid_t *ret) {
+        struct passwd *pw;
+        uint32_t id;
+
+        if (parse_id(s, &id) == 0) {
+                *ret = (uid_t) id;
+                return 0;
+        }
+        pw = getpwnam(s);
+        if (!pw)
+                return -ENOENT;
+        *ret = pw->pw_uid;
+        return 0;
+}
+
+int parse_group(const char *s, gid_t *ret) {
+        struct group *gr;
+        uint32_t id;
+
+        if (parse_id(s, &id) == 0) {
+                *ret = (gid_t) id;
+                return 0;
+        }
+        gr = getgrnam(s);
+        if (!gr)
+                return -ENOENT;
+        *ret = gr->gr_gid;
+        return 0;
+}
+
+void format_time(int64_t t, char *buf, size_t size) {
+        time_t tt = (time_t) t;
+        struct tm tm;
+        size_t n;
+
+        if (t <= 0 || !localtime_r(&tt, &tm) ||
+            (n = strftime(buf, size, "%Y-%m-%dT%H:%M:%S%z", &tm)) < 5 || n + 2 > size) {
+                snprintf(buf, size, "-");
+                return;
+        }
+        /* %z gives +hhmm; ISO 8601's extended format wants +hh:mm. */
+        memmove(buf + n - 1, buf + n - 2, 3);
+        buf[n - 2] = ':';
+}
+
+void *grow(void *items, size_t n, size_t *alloc, size_t size) {
+        size_t na;
+        void *ni;
+
+        if (n < *alloc)
+                return items;
+        na = *alloc ? *alloc * 2 : 16;
+        ni = realloc(items, na * size);
+        if (ni)
+                *alloc = na;
+        return ni;
+}
+
+int list_append(struct list *l, const void *item) {
+        void *items = grow(l->items, l->n, &l->alloc, l->size);
+
+        if (!items)
+                return -ENOMEM;
+        l->items = items;
+        memcpy((char *) l->items + l->n++ * l->size, item, l->size);
+        return 0;
+}
+
+/* --- tables -------------------------------------------------------------------- */
+
+int table_cell(struct table *t, const char *fmt, ...) {
+        char **cells = grow(t->cells, t->ncells, &t->alloc, sizeof(char *));
+        va_list ap;
+        char *s;
+        int r;
+
+        if (!cells)
+                return -ENOMEM;
+        t->cells = cells;
+        va_start(ap, fmt);
+        r = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        if (r < 0)
+                return -ENOMEM;
+        t->cells[t->ncells++] = s;
+        return 0;
+}
+
+void table_print(const struct table *t) {
+        size_t width[TABLE_MAX_COLS] = { 0 };
+
+        for (size_t i = 0; i < t->ncells; i++) {
+                size_t n = strlen(t->cells[i]);
+                if (n > width[i % t->ncols])
+                        width[i % t->ncols] = n;
+        }
+        for (size_t i = 0; i < t->ncells; i++) {
+                if ((i + 1) % t->ncols == 0 || i + 1 == t->ncells)
+                        printf("%s\n", t->cells[i]);
+                else
+                        printf("%-*s  ", (int) width[i % t->ncols], t->cells[i]);
+        }
+}
+
+void table_free(struct table *t) {
+        for (size_t i = 0; i < t->ncells; i++)
+                free(t->cells[i]);
+        free(t->cells);
+        *t = (struct table) { .ncols = t->ncols };
+}

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What portctl's command files share: the global options, exit statuses and
+ * the one-line failure messages, endpoint checks, the connection to brokerd,
+ * the JSON string writer, the table printer, user and group names, times and
+ * a growable array. Functions named cli_* return an exit status (0, or the
+ * EXIT_* below after printing `portctl: MESSAGE` on stderr), never -errno;
+ * the others follow the usual >= 0 / -errno rule or return nothing.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "endpoint.h"
+#include "portbroker.h"
+
+#define EXIT_USAGE 2                    /* bad arguments (EXIT_FAILURE = 1: the command failed) */
+#define EXIT_CANNOT_EXEC 126             /* the command after `--` exists but cannot be run */
+#define EXIT_NOT_FOUND 127              /* the command after `--` was not found */
+
+extern const char *arg_socket;          /* --socket; NULL: $PORTBROKER_SOCKET or the default */
+extern bool arg_json;                   /* --json */
+
+/* --- exit statuses (cli.c) -------------------------------------------------- */
+
+/* Prints `portctl: MESSAGE` and the --help hint; returns EXIT_USAGE. */
+int cli_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints `portctl: MESSAGE` (%m allowed); returns EXIT_FAILURE. */
+int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints the library's error (or strerror of its code); returns EXIT_FAILURE. */
+int cli_fail_pb(const pb_error *err);
+
+/* Prints `portctl: cannot run CMD: ERROR` for execvp's error e; returns EXIT_NOT_FOUND
+ * for ENOENT, else EXIT_CANNOT_EXEC. */
+int cli_exec_failed(const char *cmd, int e);
+
+/* Checks endpoint (or pattern) text before anything is sent. Returns 0 or EXIT_USAGE. */
+int cli_check_endpoint(const char *text, bool pattern);
+
+/* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE. */
+int cli_connect(pb_conn **ret);
+
+/* Parses the arguments of a command that takes --json and at most one operand: *ret_operand
+ * gets it, or NULL. A second operand is a usage error saying too_many, or, when too_many is
+ * NULL, no operand is allowed ("VERB: unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
+int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand);
+
+/* --- text helpers ------------------------------------------------------------ */
+
+/* The canonical text of endpoint (or pattern) text, or the text itself when it does not parse. Returns buf. */
+char *canonical_endpoint(const char *text, bool pattern, char buf[static PB_ENDPOINT_STRLEN]);
+
+/* Writes s to f as a JSON string: valid UTF-8 passes through; invalid bytes become \ufffd,
+ * control characters and DEL are escaped. */
+void json_string(FILE *f, const char *s);
+
+/* json_string, or `null` for NULL. */
+void json_string_or_null(FILE *f, const char *s);
+
+/* The name of uid or gid from the user/group database, or NULL (static storage). */
+const char *user_name(uid_t uid);
+const char *group_name(gid_t gid);
+
+/* "name (uid N)", or "uid N" when uid has no name, into buf. */
+void user_text(uid_t uid, char *buf, size_t size);
+
+/* Parses a decimal id (no sign, no spaces) below UINT32_MAX. Returns 0, -EINVAL or -ERANGE. */
+int parse_id(const char *s, uint32_t *ret);
+
+/* A user (name or number) as uid; a group (name or number) as gid. Returns 0 or -ENOENT. */
+int parse_user(const char *s, uid_t *ret);
+int parse_group(const char *s, gid_t *ret);
+
+/* ISO 8601 local time with a numeric offset (2025-01-31T14:05:09+01:00), "-" for t <= 0, into buf. */
+void format_time(int64_t t, char *buf, size_t size);
+
+/* Returns items with room for one more of size bytes (n used of *alloc, doubled as needed),
+ * or NULL (items unchanged, still owned by the caller). */
+void *grow(void *items, size_t n, size_t *alloc, size_t size);
+
+/* A growing array of items of one size, for the list callbacks of the library. */
+struct list {
+        void *items;                    /* owned; free() it */
+        size_t n, alloc;
+        size_t size;                    /* of one item */
+};
+
+/* Appends a copy of *item. Returns 0 or -ENOMEM. */
+int list_append(struct list *l, const void *item);
+
+/* --- tables ------------------------------------------------------------------ */
+
+#define TABLE_MAX_COLS 6
+
+struct table {
+        size_t ncols;                   /* cells per row, <= TABLE_MAX_COLS */
+        size_t ncells, alloc;
+        char **cells;                   /* row-major; the first row is the header; owned */
+};
+
+/* Appends one cell; rows fill left to right. Returns 0 or -ENOMEM. */
+int table_cell(struct table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Prints t with columns padded to their widest cell. */
+void table_print(const struct table *t);
+
+/* Frees the cells; t keeps its ncols. */
+void table_free(struct table *t);
+
+/* --- commands ---------------------------------------------------------------- */
+
+/* portctl get / release / status (cmd-lease.c). */
+int cmd_get(int argc, char **argv);
+int cmd_release(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+
+/* portctl policy add / remove / list (cmd-policy.c). */
+int cmd_policy(int argc, char **argv);
+
+/* portctl run / portctl upgrade (run.c). */
+int cmd_run(int argc, char **argv);
+int cmd_upgrade(int argc, char **argv);
+
+/* portctl why (why.c). */
+int cmd_why(int argc, char **argv);

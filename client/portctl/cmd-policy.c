@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * portctl policy add, remove and list: the rules saying which user, group
+ * or systemd unit may get endpoints matching a pattern. Changing rules is
+ * for admins (brokerd decides); listing prints a table or JSON.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "endpoint.h"
+#include "portbroker.h"
+
+/* "user nobody (65534)", "group 1234", "unit web.service" */
+static void format_principal(pb_principal_kind kind, uint32_t id, const char *unit, char *buf, size_t size) {
+        const char *name;
+
+        switch (kind) {
+        case PB_USER:
+        case PB_GROUP:
+                name = kind == PB_USER ? user_name(id) : group_name(id);
+                if (name)
+                        snprintf(buf, size, "%s %s (%u)", kind == PB_USER ? "user" : "group", name, id);
+                else
+                        snprintf(buf, size, "%s %u", kind == PB_USER ? "user" : "group", id);
+                break;
+        default:
+                snprintf(buf, size, "unit %s", unit);
+        }
+}
+
+/* --- add ------------------------------------------------------------------- */
+
+struct add_args {
+        const char *pattern;
+        const char *user, *group, *unit;        /* exactly one is set */
+};
+
+/* The slot of a principal option (--user, --group, --unit, maybe with =VALUE), its name's
+ * length in *ret_len; NULL for any other argument. */
+static const char **principal_slot(struct add_args *a, const char *opt, size_t *ret_len) {
+        static const char *const names[] = { "--user", "--group", "--unit" };
+        const char **slots[] = { &a->user, &a->group, &a->unit };
+
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                size_t len = strlen(names[i]);
+
+                if (strncmp(opt, names[i], len) == 0 && (opt[len] == '=' || opt[len] == '\0')) {
+                        *ret_len = len;
+                        return slots[i];
+                }
+        }
+        return NULL;
+}
+
+static int parse_add_args(int argc, char **argv, struct add_args *ret) {
+        struct add_args a = { 0 };
+
+        for (int i = 1; i < argc; i++) {
+                const char *opt = argv[i], *value, **slot;
+                size_t len;
+
+                if (strcmp(opt, "--json") == 0) {
+                        arg_json = true;
+                        continue;
+                }
+                slot = principal_slot(&a, opt, &len);
+                if (!slot && opt[0] == '-' && opt[1])
+                        return cli_usage("policy add: unknown option '%s'", opt);
+                if (!slot && a.pattern)
+                        return cli_usage("policy add: one pattern at a time");
+                if (!slot) {
+                        a.pattern = opt;
+                        continue;
+                }
+                if (opt[len] == '=')
+                        value = opt + len + 1;
+                else if (i + 1 >= argc)
+                        return cli_usage("policy add: %s needs a value", opt);
+                else
+                        value = argv[++i];
+                if (*slot)
+                        return cli_usage("policy add: %.*s given twice", (int) len, opt);
+                if (!value[0])
+                        return cli_usage("policy add: %.*s needs a value", (int) len, opt);
+                *slot = value;
+        }
+        if (!a.pattern)
+                return cli_usage("policy add: no endpoint pattern given");
+        if (!!a.user + !!a.group + !!a.unit != 1)
+                return cli_usage("policy add: give exactly one of --user, --group or --unit");
+        *ret = a;
+        return cli_check_endpoint(a.pattern, true);
+}
+
+/* The principal a names, users and groups looked up by name. Returns 0 or EXIT_FAILURE. */
+static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_kind, uint32_t *ret_id) {
+        uid_t uid;
+        gid_t gid;
+
+        if (a->user) {
+                if (parse_user(a->user, &uid) < 0)
+                        return cli_fail("no such user '%s'", a->user);
+                *ret_kind = PB_USER;
+                *ret_id = (uint32_t) uid;
+        } else if (a->group) {
+                if (parse_group(a->group, &gid) < 0)
+                        return cli_fail("no such group '%s'", a->group);
+                *ret_kind = PB_GROUP;
+                *ret_id = (uint32_t) gid;
+        } else {
+                *ret_kind = PB_UNIT;
+                *ret_id = 0;
+        }
+        return 0;
+}
+
+static int cmd_policy_add(int argc, char **argv) {
+        char canonical[PB_ENDPOINT_STRLEN], who[512];
+        pb_principal_kind kind = PB_UNIT;
+        struct add_args a = { 0 };
+        uint32_t id = 0;
+        pb_conn *c;
+        pb_error err;
+        int64_t rule;
+        int r;
+
+        r = parse_add_args(argc, argv, &a);
+        if (r == 0)
+                r = resolve_principal(&a, &kind, &id);
+        if (r == 0)
+                r = cli_connect(&c);
+        if (r != 0)
+                return r;
+        rule = pb_conn_policy_add(c, kind, id, a.unit, a.pattern, &err);
+        pb_disconnect(c);
+        if (rule < 0)
+                return cli_fail_pb(&err);
+
+        if (arg_json) {
+                printf("{\"id\":%" PRId64 "}\n", rule);
+                return 0;
+        }
+        format_principal(kind, id, a.unit, who, sizeof(who));
+        printf("rule %" PRId64 " added: %s may get %s\n", rule, who,
+               canonical_endpoint(a.pattern, true, canonical));
+        return 0;
+}
+
+/* --- remove and list --------------------------------------------------------- */
+
+/* Parses a rule id: decimal, >= 1. */
+static int parse_rule_id(const char *s, uint64_t *ret) {
+        uint64_t v = 0;
+
+        if (!s[0] || strlen(s) > 18 || s[0] == '0')
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                v = v * 10 + (unsigned) (*p - '0');
+        }
+        *ret = v;
+        return 0;
+}
+
+static int cmd_policy_remove(int argc, char **argv) {
+        const char *arg;
+        uint64_t id;
+        pb_conn *c;
+        pb_error err;
+        int r;
+
+        r = cli_parse_operand(argc, argv, "policy remove", "one rule id at a time", &arg);
+        if (r != 0)
+                return r;
+        if (!arg)
+                return cli_usage("policy remove: no rule id given");
+        if (parse_rule_id(arg, &id) < 0)
+                return cli_usage("policy remove: invalid rule id '%s'", arg);
+
+        r = cli_connect(&c);
+        if (r != 0)
+                return r;
+        r = pb_conn_policy_remove(c, id, &err);
+        pb_disconnect(c);
+        if (r < 0)
+                return cli_fail_pb(&err);
+        if (arg_json)
+                printf("{\"removed\":%" PRIu64 "}\n", id);
+        else
+                printf("rule %" PRIu64 " removed\n", id);
+        return 0;
+}
+
+static int collect_rule(const pb_rule *rule, void *userdata) {
+        return list_append(userdata, rule);
+}
+
+static void policy_json(const struct list *l) {
+        putchar('[');
+        for (size_t i = 0; i < l->n; i++) {
+                const pb_rule *x = (const pb_rule *) l->items + i;
+                const char *kind = x->kind == PB_USER ? "user" : x->kind == PB_GROUP ? "group" : "unit";
+
+                printf("%s{\"id\":%" PRIu64 ",\"kind\":\"%s\",\"id_value\":", i ? "," : "", x->id, kind);
+                if (x->kind == PB_UNIT) {
+                        fputs("null,\"name\":", stdout);
+                        json_string(stdout, x->unit);
+                } else {
+                        printf("%u,\"name\":", x->id_value);
+                        json_string_or_null(stdout, x->kind == PB_USER ? user_name(x->id_value) : group_name(x->id_value));
+                }
+                fputs(",\"pattern\":", stdout);
+                json_string(stdout, x->pattern);
+                printf(",\"created\":%" PRId64 "}", x->created);
+        }
+        puts("]");
+}
+
+static int policy_table(const struct list *l) {
+        struct table t = { .ncols = 4 };
+        int r = 0;
+
+        r |= table_cell(&t, "ID");
+        r |= table_cell(&t, "PRINCIPAL");
+        r |= table_cell(&t, "PATTERN");
+        r |= table_cell(&t, "CREATED");
+        for (size_t i = 0; i < l->n && r == 0; i++) {
+                const pb_rule *x = (const pb_rule *) l->items + i;
+                char who[512], created[64];
+
+                format_principal(x->kind, x->id_value, x->unit, who, sizeof(who));
+                format_time(x->created, created, sizeof(created));
+                r |= table_cell(&t, "%" PRIu64, x->id);
+                r |= table_cell(&t, "%s", who);
+                r |= table_cell(&t, "%s", x->pattern);
+                r |= table_cell(&t, "%s", created);
+        }
+        if (r == 0)
+                table_print(&t);
+        table_free(&t);
+        return r < 0 ? cli_fail("%s", strerror(ENOMEM)) : 0;
+}
+
+static int cmd_policy_list(int argc, char **argv) {
+        struct list l = { .size = sizeof(pb_rule) };
+        const char *none;
+        pb_conn *c;
+        pb_error err;
+        int r;
+
+        r = cli_parse_operand(argc, argv, "policy list", NULL, &none);
+        if (r != 0)
+                return r;
+
+        r = cli_connect(&c);
+        if (r != 0)
+                return r;
+        r = pb_conn_policy_list(c, collect_rule, &l, &err);
+        pb_disconnect(c);
+        if (r < 0)
+                r = cli_fail_pb(&err);
+        else if (arg_json) {
+                policy_json(&l);
+                r = 0;
+        } else
+                r = policy_table(&l);
+        free(l.items);
+        return r;
+}
+
+int cmd_policy(int argc, char **argv) {
+        if (argc < 2)
+                return cli_usage("policy: no subcommand given (add, remove or list)");
+        if (strcmp(argv[1], "add") == 0)
+                return cmd_policy_add(argc - 1, argv + 1);
+        if (strcmp(argv[1], "remove") == 0)
+                return cmd_policy_remove(argc - 1, argv + 1);
+        if (strcmp(argv[1], "list") == 0)
+                return cmd_policy_list(argc - 1, argv + 1);
+        return cli_usage("policy: unknown subcommand '%s'", argv[1]);
+}
+
