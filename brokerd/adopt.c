@@ -7,18 +7,19 @@
  */
 #include "adopt.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "fd-util.h"
 #include "lease.h"
+#include "pidfd-util.h"
+#include "procfd.h"
+#include "sockaddr.h"
 
 #define ADOPT_CANDIDATES 16
 
@@ -54,96 +55,83 @@ static size_t proc_net_inodes(const struct pb_endpoint *e, uid_t uid, unsigned l
 }
 
 
-/* True when fd is a socket bound exactly to e, of e's transport. */
+/* True when fd is a socket bound exactly to e, of e's transport and family
+ * (IPV6_V6ONLY included). */
 static bool socket_is(int fd, const struct pb_endpoint *e) {
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof(ss);
+        struct sockaddr_storage want, got;
+        socklen_t want_len, got_len = sizeof(got);
         int type = 0, v6only = 0;
         socklen_t tlen = sizeof(type), vlen = sizeof(v6only);
 
-        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0 ||
+        if (sockaddr_from_endpoint(e, &want, &want_len) < 0 ||
+            getsockname(fd, (struct sockaddr *) &got, &got_len) < 0 || got_len != want_len ||
+            memcmp(&got, &want, want_len) != 0 ||
             getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 ||
             type != (e->transport == PB_TCP ? SOCK_STREAM : SOCK_DGRAM))
                 return false;
-        if (e->family == PB_FAMILY_INET) {
-                const struct sockaddr_in *sin = (const struct sockaddr_in *) &ss;
-                return ss.ss_family == AF_INET && ntohs(sin->sin_port) == e->port_lo &&
-                       memcmp(&sin->sin_addr, e->addr, 4) == 0;
-        }
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *) &ss;
-        if (ss.ss_family != AF_INET6 || ntohs(sin6->sin6_port) != e->port_lo ||
-            memcmp(&sin6->sin6_addr, e->addr, 16) != 0 ||
-            getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vlen) < 0)
-                return false;
-        return v6only == (e->family == PB_FAMILY_INET6);
+        if (got.ss_family != AF_INET6)
+                return true;
+        return getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &vlen) == 0 &&
+               v6only == (e->family == PB_FAMILY_INET6);
 }
 
-/* Copies fd number target_fd out of process pid. */
-static int steal_fd(pid_t pid, int target_fd) {
-        int pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
-        int fd;
+/* What the walk over /proc looks for, and what it found. */
+struct adopt_search {
+        const struct pb_endpoint *endpoint;
+        uint64_t cookie;                /* SO_COOKIE of the lease's socket */
+        unsigned long inodes[ADOPT_CANDIDATES]; /* candidates from /proc/net */
+        size_t n_inodes;
+        pid_t pid;                      /* the process being scanned */
+        int found_fd;                   /* the copy taken back, -1 until found */
+};
 
-        if (pidfd < 0)
-                return -errno;
-        fd = (int) syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);      /* arrives close-on-exec */
-        fd = fd < 0 ? -errno : fd;
-        close(pidfd);
-        return fd;
+/* For each socket of the process: a candidate inode is copied out and kept
+ * only when it is the lease's own socket. Returns 1 (stop) when found. */
+static int on_socket(int fd, uint64_t inode, void *userdata) {
+        struct adopt_search *a = userdata;
+        int copy_fd;
+
+        for (size_t i = 0; i < a->n_inodes; i++) {
+                if (inode != a->inodes[i])
+                        continue;
+                copy_fd = pidfd_copy_fd_of_pid(a->pid, fd);     /* arrives close-on-exec */
+                if (copy_fd < 0)
+                        return 0;
+                if (lease_socket_cookie(copy_fd) != a->cookie || !socket_is(copy_fd, a->endpoint)) {
+                        safe_close(copy_fd);
+                        return 0;
+                }
+                a->found_fd = copy_fd;
+                return 1;
+        }
+        return 0;
+}
+
+static int on_process(pid_t pid, void *userdata) {
+        struct adopt_search *a = userdata;
+
+        if (pid == getpid())
+                return 0;
+        a->pid = pid;
+        (void) procfd_foreach_socket(pid, on_socket, a);       /* a process we cannot read is skipped */
+        return a->found_fd >= 0;
 }
 
 int adopt_socket(const struct pb_endpoint *e, uid_t sock_uid, uint64_t cookie, int *ret_fd, pid_t *ret_pid) {
-        unsigned long inodes[ADOPT_CANDIDATES];
-        size_t n = cookie ? proc_net_inodes(e, sock_uid, inodes) : 0;
-        struct dirent *pde;
-        int r = -ENOENT;
-        DIR *proc;
+        struct adopt_search a = { .endpoint = e, .cookie = cookie, .found_fd = -1 };
+        int r;
 
-        if (n == 0)
+        if (!cookie)
                 return -ENOENT;
-        proc = opendir("/proc");
-        if (!proc)
-                return -errno;
-        while (r < 0 && (pde = readdir(proc))) {
-                char dir[64], link[64];
-                struct dirent *fde;
-                pid_t pid = (pid_t) atoi(pde->d_name);
-                DIR *fds;
-
-                if (pid <= 0 || pid == getpid())
-                        continue;
-                snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) pid);
-                fds = opendir(dir);
-                if (!fds)
-                        continue;
-                while (r < 0 && (fde = readdir(fds))) {
-                        unsigned long ino;
-                        ssize_t len = readlinkat(dirfd(fds), fde->d_name, link, sizeof(link) - 1);
-
-                        if (len <= 0)
-                                continue;
-                        link[len] = '\0';
-                        if (sscanf(link, "socket:[%lu]", &ino) != 1)
-                                continue;
-                        for (size_t i = 0; i < n; i++) {
-                                int fd;
-
-                                if (ino != inodes[i])
-                                        continue;
-                                fd = steal_fd(pid, atoi(fde->d_name));
-                                if (fd < 0)
-                                        break;
-                                if (lease_socket_cookie(fd) != cookie || !socket_is(fd, e)) {
-                                        close(fd);
-                                        break;
-                                }
-                                *ret_fd = fd;
-                                *ret_pid = pid;
-                                r = 0;
-                                break;
-                        }
-                }
-                closedir(fds);
-        }
-        closedir(proc);
-        return r;
+        a.n_inodes = proc_net_inodes(e, sock_uid, a.inodes);
+        if (a.n_inodes == 0)
+                return -ENOENT;
+        r = procfd_foreach_process(on_process, &a);
+        if (r < 0)
+                return r;
+        if (a.found_fd < 0)
+                return -ENOENT;
+        *ret_fd = a.found_fd;
+        *ret_pid = a.pid;
+        return 0;
 }

@@ -157,11 +157,11 @@ void conn_new(struct broker *b, int fd) {
         }
         c->broker = b;
         c->sock_fd = fd;
-        c->peer.pidfd = -1;
+        c->peer.pid_fd = -1;
         /* A connection sees the unit rules that existed when it was accepted. */
         r = peer_identify(fd, &b->self, b->policy.n_unit_rules > 0, &c->peer);
         if (r < 0) {
-                c->peer.pidfd = -1;
+                c->peer.pid_fd = -1;
                 c->peer.doubt = "cannot read the peer's credentials";
         }
         if (over_user_limit(b, c, why, sizeof(why))) {

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "fd-util.h"
+#include "sockaddr.h"
 
 #define TOMBSTONE ((struct lease *) 1)
 
@@ -30,42 +31,26 @@ static int setopt_int(int fd, int level, int name, int value) {
 
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         bool tcp = e->transport == PB_TCP;
-        struct sockaddr_storage ss = { 0 };
-        socklen_t sslen;
-        int fd, r;
+        _cleanup_close_ int sock_fd = socket_for_endpoint(e);  /* IPV6_V6ONLY explicit */
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int r;
 
-        if (e->family == PB_FAMILY_INET) {
-                struct sockaddr_in *sin = (struct sockaddr_in *) &ss;
-                sin->sin_family = AF_INET;
-                sin->sin_port = htons(e->port_lo);
-                memcpy(&sin->sin_addr, e->addr, 4);
-                sslen = sizeof(*sin);
-        } else {
-                struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *) &ss;
-                sin6->sin6_family = AF_INET6;
-                sin6->sin6_port = htons(e->port_lo);
-                memcpy(&sin6->sin6_addr, e->addr, 16);
-                sslen = sizeof(*sin6);
-        }
-
-        fd = socket(ss.ss_family, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return -errno;
-
+        if (sock_fd < 0)
+                return sock_fd;
         /* TCP: bind over TIME_WAIT left by earlier listeners. UDP: nothing, so
          * no other socket can share the port (SO_REUSEADDR would let it). */
-        r = tcp ? setopt_int(fd, SOL_SOCKET, SO_REUSEADDR, 1) : 0;
-        if (r >= 0 && ss.ss_family == AF_INET6)
-                r = setopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, e->family == PB_FAMILY_INET6);
-        if (r >= 0 && bind(fd, (struct sockaddr *) &ss, sslen) < 0)
+        r = tcp ? setopt_int(sock_fd, SOL_SOCKET, SO_REUSEADDR, 1) : 0;
+        if (r >= 0)
+                r = sockaddr_from_endpoint(e, &ss, &len);
+        if (r >= 0 && bind(sock_fd, (struct sockaddr *) &ss, len) < 0)
                 r = -errno;
-        if (r >= 0 && tcp && listen(fd, (int) backlog) < 0)
+        if (r >= 0 && tcp && listen(sock_fd, (int) backlog) < 0)
                 r = -errno;
-        if (r < 0) {
-                close(fd);
+        if (r < 0)
                 return r;
-        }
-        *ret_fd = fd;
+        *ret_fd = sock_fd;
+        sock_fd = -1;
         return 0;
 }
 

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "fd-util.h"
 #include "log.h"
 
 static struct broker_options arg_opt = {
@@ -183,10 +184,10 @@ static int detach(void) {
         if (pid < 0)
                 return -errno;
         if (pid > 0) {
-                close(pipefd[1]);
+                safe_close(pipefd[1]);
                 _exit(read(pipefd[0], &byte, 1) == 1 ? EXIT_SUCCESS : EXIT_FAILURE);
         }
-        close(pipefd[0]);
+        safe_close(pipefd[0]);
         setsid();
         if (chdir("/") < 0)
                 return -errno;
@@ -194,7 +195,7 @@ static int detach(void) {
         if (devnull >= 0) {
                 dup2(devnull, STDIN_FILENO);
                 dup2(devnull, STDOUT_FILENO);
-                close(devnull);
+                safe_close(devnull);
         }
         /* stderr stays the terminal until ready, so start-up errors are seen. */
         return pipefd[1];
@@ -234,7 +235,7 @@ int main(int argc, char **argv) {
                 log_setup_detached();
                 if (devnull >= 0) {
                         dup2(devnull, STDERR_FILENO);
-                        close(devnull);
+                        safe_close(devnull);
                 }
         }
         r = broker_run(b, ready_fd);

@@ -17,9 +17,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <systemd/sd-login.h>
 #include <unistd.h>
+
+#include "fd-util.h"
+#include "pidfd-util.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -36,7 +38,7 @@ static int ns_open(const char *ns, int *ret_fd, ino_t *ret_ino) {
                 return -errno;
         if (fstat(fd, &st) < 0) {
                 int r = -errno;
-                close(fd);
+                safe_close(fd);
                 return r;
         }
         *ret_fd = fd;
@@ -68,11 +70,8 @@ int peer_self_init(struct peer_self *self) {
 }
 
 void peer_self_done(struct peer_self *self) {
-        if (self->userns_fd >= 0)
-                close(self->userns_fd);
-        if (self->netns_fd >= 0)
-                close(self->netns_fd);
-        self->userns_fd = self->netns_fd = -1;
+        self->userns_fd = safe_close(self->userns_fd);
+        self->netns_fd = safe_close(self->netns_fd);
 }
 
 static int read_groups(int fd, struct peer *p) {
@@ -115,11 +114,11 @@ static bool pidfd_alive(int pidfd) {
 static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         char path[64], line[256];
         unsigned real_uid = (unsigned) -1;
-        int fd = (int) syscall(SYS_pidfd_open, pid, 0);
+        int fd = pidfd_open_pid(pid);
         FILE *f;
 
         if (fd < 0)
-                return -errno;
+                return fd;
         snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
         f = fopen(path, "re");
         while (f && fgets(line, sizeof(line), f))
@@ -128,7 +127,7 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         if (f)
                 fclose(f);
         if (real_uid != uid) {
-                close(fd);
+                safe_close(fd);
                 return -ESRCH;
         }
         *ret = fd;
@@ -136,7 +135,7 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
 }
 
 int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret) {
-        struct peer p = { .pidfd = -1 };
+        struct peer p = { .pid_fd = -1 };
         struct ucred cred;
         socklen_t len = sizeof(cred);
         char pid[16];
@@ -150,11 +149,11 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         p.uid = cred.uid;
         p.gid = cred.gid;
 
-        len = sizeof(p.pidfd);
-        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &p.pidfd, &len) < 0) {
-                p.pidfd = -1;
+        len = sizeof(p.pid_fd);
+        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &p.pid_fd, &len) < 0) {
+                p.pid_fd = -1;
                 if ((errno != ENOPROTOOPT && errno != EINVAL) || p.pid <= 0 ||
-                    pidfd_for_peer(p.pid, p.uid, &p.pidfd) < 0)
+                    pidfd_for_peer(p.pid, p.uid, &p.pid_fd) < 0)
                         p.doubt = "cannot get a pidfd for the peer";
         }
         p.groups_unread = true;         /* read by peer_in_group() when a rule asks */
@@ -180,7 +179,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                 if (r < 0 && r != -ENODATA && r != -ENOENT && r != -ENXIO)
                         p.doubt = "cannot read the peer's cgroup";
         }
-        if (!p.doubt && !pidfd_alive(p.pidfd))
+        if (!p.doubt && !pidfd_alive(p.pid_fd))
                 p.doubt = "the peer exited while being identified";
 
         *ret = p;
@@ -210,7 +209,5 @@ void peer_done(struct peer *p) {
         p->groups = NULL;
         p->n_groups = 0;
         p->groups_unread = false;
-        if (p->pidfd >= 0)
-                close(p->pidfd);
-        p->pidfd = -1;
+        p->pid_fd = safe_close(p->pid_fd);
 }

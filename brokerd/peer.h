@@ -27,7 +27,7 @@ struct peer {
         bool groups_unread;             /* groups still to be read from conn_fd on first use */
         int conn_fd;                    /* the connection (not owned), for groups_unread */
         char unit[PEER_UNIT_MAX];       /* system unit from the cgroup path, "" if none */
-        int pidfd;                      /* SO_PEERPIDFD, -1 if none */
+        int pid_fd;                     /* its pidfd (SO_PEERPIDFD), -1 if none */
         const char *doubt;              /* NULL when identity is certain, else why not */
 };
 

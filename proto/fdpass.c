@@ -11,6 +11,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fd-util.h"
+
 #define FDPASS_MAX_FDS 8                /* room to see (and close) a few strays */
 
 int fdpass_send(int sock_fd, const void *buf, size_t len, int fd, int flags) {
@@ -75,7 +77,7 @@ int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
                                 if (ret_fd && got_fd < 0 && nfds == 1)
                                         got_fd = fd;
                                 else {
-                                        close(fd);
+                                        safe_close(fd);
                                         r = -EBADMSG;
                                 }
                         }
@@ -89,8 +91,7 @@ int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
                 r = r < 0 ? r : -EMSGSIZE;
 
         if (r < 0) {
-                if (got_fd >= 0)
-                        close(got_fd);
+                safe_close(got_fd);
                 return r;
         }
         if (ret_fd)

@@ -16,7 +16,7 @@
 #include "policy.h"
 
 static struct peer make_peer(uid_t uid, gid_t gid, gid_t *groups, size_t n, const char *unit) {
-        struct peer p = { .pid = 100, .uid = uid, .gid = gid, .groups = groups, .n_groups = n, .pidfd = -1 };
+        struct peer p = { .pid = 100, .uid = uid, .gid = gid, .groups = groups, .n_groups = n, .pid_fd = -1 };
         if (unit)
                 strcpy(p.unit, unit);
         return p;
