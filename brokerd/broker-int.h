@@ -118,9 +118,10 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
                              uint32_t *ret_id);
 
 /* Validates one message from c (size, header, version, type, fields, in
- * that order), authorizes it, runs its handler and sends the reply. A bad
- * message gets an error reply and closes the connection (c is freed). */
-void request_handle(struct conn *c, const uint8_t *buf, size_t len);
+ * that order), authorizes it, runs its handler and sends the reply. Returns
+ * 0, or -errno once the connection was closed (c is freed): a bad message
+ * gets an error reply and closes it, and so does a reply that cannot be sent. */
+int request_handle(struct conn *c, const uint8_t *buf, size_t len);
 
 /* --- watch.c --- */
 

@@ -53,31 +53,38 @@ void conn_reject(struct conn *c, uint32_t id, int code, const char *why) {
         conn_free(c);
 }
 
-static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        struct conn *c = userdata;
+/* Reads one message, if one is there, and serves it. Returns true while
+ * the connection stays open, false once it was closed (c is freed). */
+static bool conn_serve(struct conn *c) {
         uint8_t buf[PB_MSG_MAX];
-        uint64_t now;
         int n;
 
-        n = fdpass_recv(fd, buf, sizeof(buf), NULL, MSG_DONTWAIT);
+        n = fdpass_recv(c->sock_fd, buf, sizeof(buf), NULL, MSG_DONTWAIT);
         if (n == -EAGAIN)
-                return 0;
+                return true;
         if (n == -EBADMSG) {
                 conn_reject(c, 0, EBADMSG, "malformed request: file descriptors or control data attached");
-                return 0;
+                return false;
         }
         if (n == -EMSGSIZE) {
                 conn_reject(c, 0, EMSGSIZE, "malformed request: larger than 4096 bytes");
-                return 0;
+                return false;
         }
         if (n <= 0) {
                 conn_free(c);           /* EOF or a dead peer */
-                return 0;
+                return false;
         }
+        return request_handle(c, buf, (size_t) n) >= 0;
+}
 
+static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        struct conn *c = userdata;
+        uint64_t now;
+
+        if (!conn_serve(c))
+                return 0;
         sd_event_now(c->broker->event, CLOCK_MONOTONIC, &now);
         sd_event_source_set_time(c->idle_source, now + c->broker->opt.idle_timeout_sec * USEC_PER_SEC);
-        request_handle(c, buf, (size_t) n);
         return 0;
 }
 
@@ -127,16 +134,18 @@ static bool over_user_limit(const struct broker *b, const struct conn *c, char *
         return true;
 }
 
-/* Links c into the broker and watches it. Returns 0 or -errno. */
-static int conn_attach(struct broker *b, struct conn *c) {
-        uint64_t now;
-        int r;
-
+static void conn_link(struct broker *b, struct conn *c) {
         c->next = b->conns;
         if (b->conns)
                 b->conns->prev = c;
         b->conns = c;
         b->n_conns++;
+}
+
+/* Watches c for requests and for idleness. Returns 0 or -errno. */
+static int conn_watch(struct broker *b, struct conn *c) {
+        uint64_t now;
+        int r;
 
         sd_event_now(b->event, CLOCK_MONOTONIC, &now);
         r = sd_event_add_io(b->event, &c->io_source, c->sock_fd, EPOLLIN, on_conn_io, c);
@@ -173,14 +182,16 @@ void conn_new(struct broker *b, int fd) {
                 free(c);
                 return;
         }
-        r = conn_attach(b, c);
+        conn_link(b, c);
+        /* Clients send their request right after connect(), so it is usually
+         * queued already: serving it before the connection is watched keeps
+         * the watch's set-up (epoll_ctl, the idle timer) and a loop
+         * iteration off the client's wait. Nothing there yet: EAGAIN. */
+        if (!conn_serve(c))
+                return;
+        r = conn_watch(b, c);
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot watch a new connection: %s", strerror(-r));
                 conn_free(c);
-                return;
         }
-        /* Clients send their request right after connect(), so it is usually
-         * queued already: reading it now saves a loop iteration (an
-         * epoll_wait()). Nothing there: EAGAIN, and the io source waits. */
-        (void) on_conn_io(c->io_source, fd, EPOLLIN, c);
 }

@@ -26,6 +26,18 @@
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
 #endif
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+/* The network namespace socket fd was created in, as a cookie; 0 when the
+ * kernel cannot say (before 5.14). */
+static uint64_t netns_cookie(int fd) {
+        uint64_t cookie = 0;
+        socklen_t len = sizeof(cookie);
+
+        return getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0 ? 0 : cookie;
+}
 
 static int ns_open(const char *ns, int *ret_fd, ino_t *ret_ino) {
         char path[64];
@@ -58,15 +70,22 @@ static int ns_inode(const char *pid, const char *ns, ino_t *ret) {
 }
 
 int peer_self_init(struct peer_self *self) {
+        _cleanup_close_ int probe_fd = -1;
         int r;
 
         self->userns_fd = self->netns_fd = -1;
         r = ns_open("user", &self->userns_fd, &self->userns);
         if (r >= 0)
                 r = ns_open("net", &self->netns_fd, &self->netns);
-        if (r < 0)
+        if (r < 0) {
                 peer_self_done(self);
-        return r;
+                return r;
+        }
+        probe_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (probe_fd < 0)
+                return -errno;
+        self->netns_cookie = netns_cookie(probe_fd);
+        return 0;
 }
 
 void peer_self_done(struct peer_self *self) {
@@ -134,12 +153,31 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         return 0;
 }
 
+/* Why the peer's namespaces are not ours, or NULL when they are. The user
+ * namespace is the process's. The network namespace is the one its socket
+ * was made in: the accepted end carries it (SO_NETNS_COOKIE, one cheap call
+ * instead of a walk through /proc); a process that made its socket in ours
+ * and moved since had our netns to start with. Kernels before 5.14: the
+ * process's, from /proc. */
+static const char *namespaces_doubt(int conn_fd, pid_t peer_pid, const struct peer_self *self) {
+        uint64_t cookie = self->netns_cookie ? netns_cookie(conn_fd) : 0;
+        char pid[16];
+        ino_t userns, netns = self->netns;
+
+        snprintf(pid, sizeof(pid), "%d", (int) peer_pid);
+        if (ns_inode(pid, "user", &userns) < 0 || (!cookie && ns_inode(pid, "net", &netns) < 0))
+                return "cannot read the peer's namespaces";
+        if (userns != self->userns)
+                return "the peer is in another user namespace";
+        if ((cookie && cookie != self->netns_cookie) || netns != self->netns)
+                return "the peer is in another network namespace";
+        return NULL;
+}
+
 int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret) {
         struct peer p = { .pid_fd = -1 };
         struct ucred cred;
         socklen_t len = sizeof(cred);
-        char pid[16];
-        ino_t userns, netns;
         char *unit = NULL;
         int r;
 
@@ -161,15 +199,8 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
 
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
-        if (!p.doubt) {
-                snprintf(pid, sizeof(pid), "%d", (int) p.pid);
-                if (ns_inode(pid, "user", &userns) < 0 || ns_inode(pid, "net", &netns) < 0)
-                        p.doubt = "cannot read the peer's namespaces";
-                else if (userns != self->userns)
-                        p.doubt = "the peer is in another user namespace";
-                else if (netns != self->netns)
-                        p.doubt = "the peer is in another network namespace";
-        }
+        if (!p.doubt)
+                p.doubt = namespaces_doubt(conn_fd, p.pid, self);
         if (!p.doubt && want_unit) {
                 /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
                 r = sd_pid_get_unit(p.pid, &unit);

@@ -429,7 +429,7 @@ static const struct request_type *request_type_of(uint16_t type) {
         return NULL;
 }
 
-void request_handle(struct conn *c, const uint8_t *buf, size_t len) {
+int request_handle(struct conn *c, const uint8_t *buf, size_t len) {
         const struct request_type *rt;
         struct pb_msg req, reply;
         const char *bad;
@@ -439,7 +439,7 @@ void request_handle(struct conn *c, const uint8_t *buf, size_t len) {
         bad = request_validate(buf, len, &req, &code, &id);
         if (bad) {
                 conn_reject(c, id, code, bad);
-                return;
+                return -EBADMSG;
         }
         rt = request_type_of(req.hdr.type);
 
@@ -459,5 +459,7 @@ void request_handle(struct conn *c, const uint8_t *buf, size_t len) {
 
                 log_event(LOG_NOTICE, "error", &f, "cannot send the %s reply: %s; closing", rt->name, strerror(-r));
                 conn_free(c);
+                return r;
         }
+        return 0;
 }

@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -350,26 +349,24 @@ static int sockopt_int(int fd, int name) {
         return getsockopt(fd, SOL_SOCKET, name, &v, &len) < 0 ? -1 : v;
 }
 
-/* Checks that fd is the socket brokerd should have sent for e: family, type, protocol and port. */
+/* Checks that fd is the socket brokerd should have sent for e: family,
+ * type, protocol and port. getsockname() doubles as the check that fd is a
+ * socket at all (ENOTSOCK), and its family is the socket's domain. */
 static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
         int want_type = e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM;
-        int want_domain, domain, type, protocol, port = 0;
+        int want_domain, type, protocol, port;
         struct sockaddr_storage ss;
-        socklen_t len;
-        struct stat st;
+        socklen_t len = sizeof(ss);
 
-        if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
                 return fail(err, EPROTO, "invalid reply from brokerd: the file descriptor is not a socket");
-        want_domain = sockaddr_from_endpoint(e, &ss, &len);
-        domain = sockopt_int(fd, SO_DOMAIN);
+        port = sockaddr_port(&ss);
         type = sockopt_int(fd, SO_TYPE);
         protocol = sockopt_int(fd, SO_PROTOCOL);
-        len = sizeof(ss);
-        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0 || (port = sockaddr_port(&ss)) < 0)
-                port = 0;
-        if (domain != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
+        want_domain = sockaddr_from_endpoint(e, &(struct sockaddr_storage) {}, &len);
+        if (ss.ss_family != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
                 return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for "
-                            "(domain %d, type %d, protocol %d, port %d)", domain, type, protocol, port);
+                            "(domain %d, type %d, protocol %d, port %d)", ss.ss_family, type, protocol, port);
         return 0;
 }
 
@@ -378,10 +375,9 @@ static int set_blocking_mode(int fd, unsigned flags, pb_error *err) {
 
         if (fl < 0)
                 return fail(err, errno, "cannot read the socket's file status flags: %m");
-        if (flags & PB_GET_NONBLOCK)
-                fl |= O_NONBLOCK;
-        else
-                fl &= ~O_NONBLOCK;
+        if (!!(fl & O_NONBLOCK) == !!(flags & PB_GET_NONBLOCK))
+                return 0;               /* already so: the usual case, one system call */
+        fl ^= O_NONBLOCK;
         if (fcntl(fd, F_SETFL, fl) < 0)
                 return fail(err, errno, "cannot set the socket's O_NONBLOCK flag: %m");
         return 0;

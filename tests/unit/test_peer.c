@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of brokerd/peer.c against real kernel credentials: a peer made
+ * by fork() connects to a real listening socket, and peer_identify() must
+ * read its uid, gid, pid and supplementary groups, and turn another user or
+ * network namespace, or a peer that is gone, into a doubt. The namespace and
+ * group cases need root (they are skipped otherwise).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "fd-util.h"
+#include "peer.h"
+
+struct fixture {
+        char path[108];
+        int listen_fd;
+        struct peer_self self;
+};
+
+enum child_setup { PLAIN, OTHER_NETNS, OTHER_USERNS, GROUPS };
+
+/* A peer: a child that sets itself up, connects, then waits until told to
+ * exit (or exits at once when exit_first). Returns the accepted end. */
+static int connect_child(struct fixture *fx, enum child_setup how, bool exit_first, pid_t *ret_pid, int *ret_go_fd) {
+        int ready[2], go[2], conn_fd;
+        char byte;
+        pid_t pid;
+
+        assert_int_equal(pipe2(ready, O_CLOEXEC), 0);
+        assert_int_equal(pipe2(go, O_CLOEXEC), 0);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                struct sockaddr_un sa = { .sun_family = AF_UNIX };
+                gid_t groups[] = { 4242, 4343 };
+                int fd, ok = 1;
+
+                close(ready[0]);
+                close(go[1]);           /* so that the parent's close is our EOF */
+                if (how == OTHER_NETNS)
+                        ok = unshare(CLONE_NEWNET) == 0;
+                else if (how == OTHER_USERNS)
+                        ok = unshare(CLONE_NEWUSER) == 0;
+                else if (how == GROUPS)
+                        ok = setgroups(2, groups) == 0;
+                strcpy(sa.sun_path, fx->path);
+                fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                ok = ok && fd >= 0 && connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0;
+                (void) !write(ready[1], ok ? "y" : "n", 1);
+                if (!exit_first)
+                        (void) !read(go[0], &byte, 1);
+                _exit(0);
+        }
+        close(ready[1]);
+        close(go[0]);
+        assert_int_equal(read(ready[0], &byte, 1), 1);
+        assert_int_equal(byte, 'y');
+        close(ready[0]);
+        conn_fd = accept4(fx->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        assert_true(conn_fd >= 0);
+        if (exit_first)
+                assert_int_equal(waitpid(pid, NULL, 0), pid);
+        *ret_pid = pid;
+        *ret_go_fd = go[1];
+        return conn_fd;
+}
+
+static void finish_child(pid_t pid, int go_fd, bool reaped) {
+        safe_close(go_fd);                      /* EOF: the child exits */
+        if (!reaped)
+                assert_int_equal(waitpid(pid, NULL, 0), pid);
+}
+
+static int setup(void **state) {
+        struct fixture *fx = calloc(1, sizeof(*fx));
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        assert_non_null(fx);
+        snprintf(fx->path, sizeof(fx->path), "/tmp/pb-test-peer-%d.sock", (int) getpid());
+        strcpy(sa.sun_path, fx->path);
+        unlink(fx->path);
+        fx->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        assert_true(fx->listen_fd >= 0);
+        assert_int_equal(bind(fx->listen_fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_equal(chmod(fx->path, 0666), 0);
+        assert_int_equal(listen(fx->listen_fd, 8), 0);
+        assert_int_equal(peer_self_init(&fx->self), 0);
+        *state = fx;
+        return 0;
+}
+
+static int teardown(void **state) {
+        struct fixture *fx = *state;
+
+        peer_self_done(&fx->self);
+        safe_close(fx->listen_fd);
+        unlink(fx->path);
+        free(fx);
+        return 0;
+}
+
+/* Identifies a child set up as how; returns the peer (free with peer_done). */
+static struct peer identify(struct fixture *fx, enum child_setup how, bool exit_first) {
+        struct peer p;
+        pid_t pid;
+        int go_fd, conn_fd = connect_child(fx, how, exit_first, &pid, &go_fd);
+
+        assert_int_equal(peer_identify(conn_fd, &fx->self, false, &p), 0);
+        if (!p.doubt) {
+                assert_int_equal(p.pid, pid);
+                assert_true(p.pid_fd >= 0);
+        }
+        if (how == GROUPS && !p.doubt) {        /* groups are read on first use, from the connection */
+                assert_true(peer_in_group(&p, 4343));
+                assert_true(peer_in_group(&p, getgid()));
+                assert_false(peer_in_group(&p, 4444));
+        }
+        finish_child(pid, go_fd, exit_first);
+        safe_close(conn_fd);
+        return p;
+}
+
+static void test_plain_peer(void **state) {
+        struct peer p = identify(*state, PLAIN, false);
+
+        assert_null(p.doubt);
+        assert_int_equal(p.uid, getuid());
+        assert_int_equal(p.gid, getgid());
+        peer_done(&p);
+        assert_int_equal(p.pid_fd, -1);
+}
+
+static void test_groups(void **state) {
+        struct peer p;
+
+        if (geteuid() != 0)
+                skip();
+        p = identify(*state, GROUPS, false);
+        assert_null(p.doubt);
+        peer_done(&p);
+}
+
+static void test_other_network_namespace(void **state) {
+        struct peer p;
+
+        if (geteuid() != 0)
+                skip();
+        p = identify(*state, OTHER_NETNS, false);
+        assert_non_null(p.doubt);
+        assert_string_equal(p.doubt, "the peer is in another network namespace");
+        peer_done(&p);
+}
+
+static void test_other_user_namespace(void **state) {
+        struct peer p = identify(*state, OTHER_USERNS, false);
+
+        assert_non_null(p.doubt);
+        assert_string_equal(p.doubt, "the peer is in another user namespace");
+        peer_done(&p);
+}
+
+static void test_peer_gone(void **state) {
+        struct peer p = identify(*state, PLAIN, true);
+
+        assert_non_null(p.doubt);               /* no pidfd, or exited: either way, no identity */
+        peer_done(&p);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_plain_peer, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_other_network_namespace, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_other_user_namespace, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_peer_gone, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
