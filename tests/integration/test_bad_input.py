@@ -146,6 +146,7 @@ def test_empty_message(broker):
     broker.wait_fd_count(base)
 
 
+@pytest.mark.expect_log(r"event=error .*cannot send the status reply: Broken pipe; closing")
 def test_many_bad_messages_one_connection_each_and_vanishing_peers(broker):
     base = baseline(broker)
     for i in range(100):                                    # send, then vanish before the reply
@@ -245,6 +246,7 @@ def test_forged_credentials_are_ignored(broker):
     broker.wait_fd_count(base + 2 * leases)
 
 
+@pytest.mark.expect_log(r"event=error .*cannot send the status reply: Resource temporarily unavailable; closing")
 def test_reader_that_never_reads(broker):
     """A peer that floods requests and never reads its replies loses its
     connection; the broker never blocks on it and serves others meanwhile."""

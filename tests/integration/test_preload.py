@@ -120,13 +120,19 @@ def test_shim_swaps_in_the_brokered_socket(broker):
     assert set(st) == {"tcp:[::]:8080", "udp:[::]:5353"}, st   # 8095 never went to brokerd
 
 
+@pytest.mark.expect_log(r"event=error endpoint=tcp:0\.0\.0\.0:8080 .*Address already in use")
 def test_shim_without_endpoints_tries_every_bind(broker):
-    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes through."""
+    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes
+    through. The IPv4 wildcard bind of 8080 is not widened to the dual-stack
+    lease (only a named lease is): brokerd is asked for tcp:0.0.0.0:8080,
+    refuses it (its own [::]:8080 socket holds the port), and the
+    pass-through bind fails the same way."""
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
     broker.portctl("policy", "add", "udp:5353", "--user", U1)
     out = run_probe(broker)
     assert out["same_fd"] and out["child_inode"] == out["inode"], out
     assert out["other_port_bound"] == 8095, out
+    assert "Address already in use" in str(out["v4_inode"]), out
     assert len(broker.events("deny")) >= 1              # 8095 was asked for and refused
     st = {l["endpoint"] for l in broker.portctl("status", json=True).json}
     assert st == {"tcp:[::]:8080", "udp:[::]:5353"}, st
