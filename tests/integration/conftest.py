@@ -57,6 +57,14 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime e
                    "ERROR: UndefinedBehaviorSanitizer")
 NOBODY = 65534
 
+# Signal dispositions set to SIG_IGN survive fork and exec. A shell runs an
+# asynchronous command (`make check &`, `CI=... .ci/run > log &`) with SIGINT
+# and SIGQUIT ignored, and every process the tests start would inherit that:
+# `portctl upgrade` stops the old server with SIGQUIT, which such a server
+# would never see. The processes under test get SIGQUIT's default action.
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
 # What brokerd's log may not contain (see brokerd/log.c): event=error lines,
 # the LOG_ERR-level event lines, and any plain "brokerd: text" line (log_msg)
 # but the one that reports a stop signal.
