@@ -12,8 +12,10 @@ that a rule allows tcp:8080:
     one line saying how to run it.
 """
 
+import os
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("netns")
 
 U1, U2 = 4242, 4343
 PORT = 8080
-EXAMPLES = ROOT / "examples"
+# PB_EXAMPLES: a copy other uids can reach (tests/run-integration.sh), as PB_BUILD.
+EXAMPLES = Path(os.environ.get("PB_EXAMPLES", ROOT / "examples"))
 C_SERVER = BUILD / "examples" / "c-server"
 
 
