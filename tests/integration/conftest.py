@@ -13,6 +13,15 @@ Fixtures:
   portctl      broker.portctl: portctl(*args, uid=None, check=True, json=False).
   scratch      a directory every uid may write (server output files).
 
+Every broker is checked at teardown (Broker.finish): its fds are what its
+state explains (the fds it had once ready and quiet, plus one socket per
+bound lease and one pidfd per live holder; no pidfd of a process that has
+exited), and its log holds no error line (event=error, or a LOG_ERR line)
+and no sanitizer report. A test that provokes errors on purpose declares
+them: @pytest.mark.expect_log(r"regex", ...) or the expect_log fixture
+(expect_log(r"regex")); each declared pattern must then match at least one
+line, and only lines matching one of them are forgiven.
+
 Nothing sleeps blindly: readiness comes from NOTIFY_SOCKET (brokerd) or the
 "ready PID" line (pb-testserver), and conditions are polled with timeouts.
 Helpers other modules import: wait_for, try_bind, Load, PYTHON, TESTSERVER...
@@ -47,6 +56,23 @@ CLONE_NEWNET = 0x40000000
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                    "ERROR: UndefinedBehaviorSanitizer")
 NOBODY = 65534
+
+# Signal dispositions set to SIG_IGN survive fork and exec. A shell runs an
+# asynchronous command (`make check &`, `CI=... .ci/run > log &`) with SIGINT
+# and SIGQUIT ignored, and every process the tests start would inherit that:
+# `portctl upgrade` stops the old server with SIGQUIT, which such a server
+# would never see. The processes under test get SIGQUIT's default action.
+if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+# What brokerd's log may not contain (see brokerd/log.c): event=error lines,
+# the LOG_ERR-level event lines, and any plain "brokerd: text" line (log_msg)
+# but the one that reports a stop signal.
+LOG_ERROR_LINE = re.compile(
+    r"(^|\s)event=error(?![\w-])"
+    r"|event=repair\b.*cannot be repaired"
+    r"|event=rebind\b.*cannot bind lease"
+    r"|^brokerd: (?!event=)(?!received .*; stopping$)")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -93,6 +119,36 @@ def as_user(uid, gid=None, groups=None):
 def check_sanitizers(text, who):
     for mark in SANITIZER_MARKS:
         assert mark not in text, f"{who} reported a sanitizer error:\n{text[-4000:]}"
+
+
+def read_line(stream, timeout, what):
+    """One line from a child's pipe (a file object from Popen), waiting at
+    most timeout seconds: select() and os.read(), never a blocking
+    readline(). Returns the line (str, without the newline); fails naming
+    what on timeout or EOF."""
+    fd = stream.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no line from {what} within {timeout}s (so far: {buf!r})")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, 1)          # byte by byte: nothing after the line is consumed
+            if not chunk:
+                raise AssertionError(f"{what} closed its output before a whole line: {buf!r}")
+            buf += chunk
+    return buf[:-1].decode(errors="replace")
+
+
+def fd_kind(link):
+    """What an fd's /proc link is, for counting: "socket", "pidfd" or the link."""
+    if link.startswith("socket:"):
+        return "socket"
+    if "pidfd" in link:
+        return "pidfd"
+    return link
 
 
 def try_bind(port, proto="tcp", addr="::", reuseaddr=True, reuseport=False):
@@ -264,6 +320,8 @@ class Broker:
         self.proc = None
         self.pid = None
         self.runs = 0
+        self.fd_base = None             # set by start(): see fd_baseline()
+        self.expected_log = []          # regexes: error lines the test provokes on purpose
 
     # --- life cycle -----------------------------------------------------
 
@@ -298,6 +356,7 @@ class Broker:
                     got += b"\n" + ns.recv(4096)
         finally:
             ns.close()
+        self.fd_base = self.fd_baseline()
         return self
 
     def stop(self, timeout=10.0):
@@ -375,6 +434,90 @@ class Broker:
             return a if self.connections() == 0 and self.fd_count() == a else None
         return wait_for(steady, timeout, "brokerd to close every control connection")
 
+    def fd_census(self):
+        """{kind: count} of the broker's fds (fd_kind), and the pids its
+        pidfds name (-1: the process is gone)."""
+        kinds, pids = {}, []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            k = fd_kind(link)
+            kinds[k] = kinds.get(k, 0) + 1
+            if k == "pidfd":
+                try:
+                    info = Path(f"/proc/{self.pid}/fdinfo/{fd}").read_text()
+                    pids.append(int(re.search(r"^Pid:\s*(-?\d+)", info, re.M).group(1)))
+                except (OSError, AttributeError):
+                    pass
+        return kinds, pids
+
+    def _leases_now(self):
+        """(bound leases, live holders) as brokerd reports them, once the
+        status connection itself is closed again."""
+        st = self.portctl("status", json=True).json
+        wait_for(lambda: self.connections() == 0, 10, "brokerd to close every control connection")
+        return sum(1 for l in st if l["bound"]), sum(l["holders"] for l in st)
+
+    def fd_baseline(self):
+        """The fds the broker has once ready, after one round trip (lazily
+        opened fds included) and with no client connected, less those its
+        leases explain (one socket per bound lease, one pidfd per holder).
+        What teardown compares with (check_fds)."""
+        def steady():
+            bound, holders = self._leases_now()
+            a = self.fd_census()[0]
+            b = self.fd_census()[0]
+            return (a, bound, holders) if a == b and self.connections() == 0 else None
+        kinds, bound, holders = wait_for(steady, 10, "brokerd's fds to settle after start")
+        base = dict(kinds)
+        base["socket"] = base.get("socket", 0) - bound
+        base["pidfd"] = base.get("pidfd", 0) - holders
+        assert base["pidfd"] == 0 and base["socket"] >= 1, \
+            f"brokerd's fds after start do not match its leases ({bound} bound, {holders} holders): {kinds}"
+        return base
+
+    def fds_explained(self):
+        """None when the fds are what fd_base and the leases explain, else why not."""
+        bound, holders = self._leases_now()
+        kinds, pids = self.fd_census()
+        want = dict(self.fd_base)
+        want["socket"] += bound
+        want["pidfd"] += holders
+        gone = [p for p in pids if p <= 0 or not _alive(p)]
+        if {k: v for k, v in kinds.items() if v} == {k: v for k, v in want.items() if v} and not gone:
+            return None
+        return (f"brokerd holds {kinds}, expected {want} ({bound} bound leases, {holders} live holders); "
+                f"pidfds of exited processes: {gone}; fds: {sorted(self.fds())}")
+
+    def check_fds(self, timeout=10.0):
+        """Waits (holders' pidfds are closed when brokerd sees their exit)
+        until the fds match fd_baseline plus the current leases; fails with
+        the difference otherwise."""
+        if not self.alive() or self.fd_base is None:
+            return
+        why = []
+
+        def ok():
+            why[:] = [self.fds_explained()]
+            return why[0] is None
+        try:
+            wait_for(ok, timeout, "brokerd's fds to match its leases")
+        except AssertionError:
+            raise AssertionError(f"fd leak: {why[0]}") from None
+
+    def log_errors(self):
+        """Error lines of the log (LOG_ERROR_LINE) the test did not declare."""
+        return [l for l in self.log().splitlines()
+                if LOG_ERROR_LINE.search(l) and not any(re.search(p, l) for p in self.expected_log)]
+
+    def check_log(self):
+        check_sanitizers(self.log(), "brokerd")
+        bad = self.log_errors()
+        assert not bad, ("unexpected error lines in brokerd's log (declare provoked ones with "
+                         "@pytest.mark.expect_log):\n" + "\n".join(bad))
+
     def wait_fd_count(self, expected, timeout=10.0):
         try:
             wait_for(lambda: self.fd_count() == expected, timeout, f"brokerd fd count == {expected}")
@@ -432,10 +575,24 @@ class Broker:
     # --- teardown --------------------------------------------------------
 
     def finish(self):
-        rc = self.stop()
+        """Teardown: fds (check_fds), then SIGTERM and exit 0, then the log (check_log)."""
+        try:
+            self.check_fds()
+        finally:
+            rc = self.stop()
         text = self.log()
         check_sanitizers(text, "brokerd")
         assert rc == 0, f"brokerd exited with {rc} (expected 0 on SIGTERM):\n{text[-3000:]}"
+        self.check_log()
+
+
+def _alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 class Load:
@@ -495,8 +652,29 @@ def procs(workdir):
     p.cleanup()
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "expect_log(*regexes): brokerd error lines this test provokes on purpose; "
+                   "each must appear, and only matching error lines are allowed")
+
+
 @pytest.fixture
-def make_broker(workdir, procs):
+def expected_log(request):
+    """The expect_log marker's regexes, plus any added with the expect_log fixture."""
+    pats = []
+    for m in request.node.iter_markers("expect_log"):
+        pats.extend(m.args)
+    return pats
+
+
+@pytest.fixture
+def expect_log(expected_log):
+    """expect_log(regex, ...): declares error lines the test provokes (at run time)."""
+    return expected_log.extend
+
+
+@pytest.fixture
+def make_broker(workdir, procs, expected_log):
     brokers = []
 
     def make(*args, start=True, wrapper=()):
@@ -504,6 +682,7 @@ def make_broker(workdir, procs):
         d.mkdir()
         d.chmod(0o755)
         b = Broker(d, args, wrapper)
+        b.expected_log = expected_log      # shared: every broker of the test
         brokers.append(b)
         return b.start() if start else b
 
@@ -517,6 +696,9 @@ def make_broker(workdir, procs):
             failures.append(e)
     if failures:
         raise failures[0]
+    logs = [l for b in brokers if b.logpath.exists() for l in b.log().splitlines()]
+    missing = [p for p in expected_log if not any(re.search(p, l) for l in logs)]
+    assert not missing, f"declared (expect_log) but never logged: {missing}"
 
 
 @pytest.fixture

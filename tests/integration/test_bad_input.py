@@ -13,11 +13,13 @@ import select
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import as_user, child_env, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -141,11 +143,12 @@ def test_empty_message(broker):
     with broker.raw() as s:
         s.send(b"")
         kind, _, _ = answer(s)
-        assert kind in ("closed", "reply", "silent")        # a zero-length packet reads as EOF: any is fine
+        assert kind == "closed", kind                       # a zero-length packet reads as EOF: brokerd hangs up
     broker.portctl("status")
     broker.wait_fd_count(base)
 
 
+@pytest.mark.expect_log(r"event=error .*cannot send the status reply: Broken pipe; closing")
 def test_many_bad_messages_one_connection_each_and_vanishing_peers(broker):
     base = baseline(broker)
     for i in range(100):                                    # send, then vanish before the reply
@@ -160,6 +163,17 @@ def test_many_bad_messages_one_connection_each_and_vanishing_peers(broker):
     assert broker.alive()
     broker.wait_fd_count(base)
     assert broker.events("bad-message")
+
+
+def kernel_has_so_passrights():
+    """True when this kernel knows SO_PASSRIGHTS (6.16+): brokerd then turns
+    it off and the kernel refuses a message with fds outright (EPERM)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, 83, 1)          # SO_PASSRIGHTS
+            return True
+        except OSError:
+            return False
 
 
 def pipe_closed_everywhere(r):
@@ -193,6 +207,7 @@ def test_fds_attached_are_closed(broker, body, nfds):
         os.kill(broker.pid, signal.SIGCONT)
     for _, w in pipes:
         os.close(w)
+    assert sent != kernel_has_so_passrights(), f"sent={sent}: SO_PASSRIGHTS off must make the kernel refuse"
     if sent:
         assert_rejected(s, f"{nfds} fd(s) attached")
     s.close()
@@ -216,6 +231,7 @@ def test_fds_attached_after_accept(broker):
         except PermissionError:
             sent = False
         os.close(w)
+        assert sent != kernel_has_so_passrights(), f"sent={sent}: SO_PASSRIGHTS off must make the kernel refuse"
         if sent:
             assert_rejected(s, "fd attached after accept")
     wait_for(lambda: pipe_closed_everywhere(r), 5, "the broker to close the fd we sent")
@@ -223,28 +239,40 @@ def test_fds_attached_after_accept(broker):
     broker.wait_fd_count(base)
 
 
+SEND_CREDS_AS_ROOT = r"""
+import os, socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(sys.argv[1])
+try:
+    s.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", os.getpid(), 0, 0))])
+    print("sent")
+except PermissionError:
+    print("EPERM")
+"""
+
+
 def test_forged_credentials_are_ignored(broker):
-    """SCM_CREDENTIALS claiming another uid change nothing: root stays root
-    (a GET succeeds without any rule) and a non-root uid cannot send them."""
+    """SCM_CREDENTIALS claiming another uid change nothing: root, which may
+    send them, stays root (a GET of 8080 succeeds without any rule and the
+    lease is root's, from SO_PEERCRED), and a non-root uid cannot send
+    credentials claiming root at all (the kernel refuses)."""
     base = baseline(broker)
     creds = struct.pack("iII", os.getpid(), 4242, 4242)
     with broker.raw() as s:
-        try:
-            s.sendmsg([msg(GET, endpoint(8080))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
-        except OSError:
-            return
+        s.sendmsg([msg(GET, endpoint(8080))], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
         kind, hdr, data = answer(s)
-        assert kind != "silent"
-        leases = 0
-        if kind == "reply" and hdr[2] == GET | REPLY:
-            st = broker.portctl("status", "8080", json=True).json
-            assert st[0]["owner_uid"] == 0, st             # identity from SO_PEERCRED, not the forged creds
-            leases = 1
+        assert kind == "reply" and hdr[2] == GET | REPLY, (kind, hdr, data)
+        st = broker.portctl("status", "8080", json=True).json
+        assert [(x["owner_uid"], x["holders"]) for x in st] == [(0, 1)], st
+    r = subprocess.run(as_user(4242) + [sys.executable, "-c", SEND_CREDS_AS_ROOT, broker.control],
+                       capture_output=True, text=True, timeout=20, env=child_env())
+    assert r.stdout.strip() == "EPERM", r
     broker.portctl("status")
     # The lease's socket, and the pidfd watching its holder (this process, alive).
-    broker.wait_fd_count(base + 2 * leases)
+    broker.wait_fd_count(base + 2)
 
 
+@pytest.mark.expect_log(r"event=error .*cannot send the status reply: Resource temporarily unavailable; closing")
 def test_reader_that_never_reads(broker):
     """A peer that floods requests and never reads its replies loses its
     connection; the broker never blocks on it and serves others meanwhile."""
@@ -311,13 +339,12 @@ def test_connection_limit(make_broker):
         s.settimeout(5)
         s.connect(broker.control)
         extra.append(s)
-    for s in extra:
+    for s in extra:                                         # each: one error reply, then EOF
         kind, hdr, data = answer(s)
-        assert kind != "silent", "a connection above the limit must be answered or closed"
-        if kind == "reply":
-            _, text = check_error_reply(hdr, data)
-            assert "limit" in text, text
-            assert answer(s)[0] == "closed"
+        assert kind == "reply", "a connection above the limit must get an error reply"
+        _, text = check_error_reply(hdr, data)
+        assert text == "brokerd is at its limit of 8 connections; try again", text
+        assert answer(s)[0] == "closed"
         s.close()
     broker.wait_event("conn-limit")
     # The connections inside the limit still work.

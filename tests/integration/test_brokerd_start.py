@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import read_line
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("PB_BUILD", ROOT / "build"))
 BROKERD = str(BUILD / "brokerd")
@@ -66,7 +68,7 @@ def test_created_control_directory_is_reachable(tmp_path):
     p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
                           str(tmp_path / "state" / "pb.db")], stderr=subprocess.PIPE, text=True)
     try:
-        line = p.stderr.readline()
+        line = read_line(p.stderr, 10, "brokerd's stderr")
         assert "event=ready" in line, line
         assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
         assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
@@ -95,7 +97,7 @@ def test_live_socket_kept_stale_socket_replaced(tmp_path):
     p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
                           str(tmp_path / "pb.db")], stderr=subprocess.PIPE, text=True)
     try:
-        line = p.stderr.readline()
+        line = read_line(p.stderr, 10, "brokerd's stderr")
         assert "event=ready" in line, line
         assert oct(sock_path.stat().st_mode & 0o777) == oct(0o666)
         r = subprocess.run([str(BUILD / "portctl"), "status"], env=env, capture_output=True, text=True,

@@ -12,8 +12,10 @@ that a rule allows tcp:8080:
     one line saying how to run it.
 """
 
+import os
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("netns")
 
 U1, U2 = 4242, 4343
 PORT = 8080
-EXAMPLES = ROOT / "examples"
+# PB_EXAMPLES: a copy other uids can reach (tests/run-integration.sh), as PB_BUILD.
+EXAMPLES = Path(os.environ.get("PB_EXAMPLES", ROOT / "examples"))
 C_SERVER = BUILD / "examples" / "c-server"
 
 
@@ -69,7 +72,7 @@ def test_c_server_denied_says_why(broker, procs):
     lines = cp.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"c-server: cannot get {PORT} from brokerd at "
                                                     f"{broker.control}: "), cp.stderr
-    assert "denied" in lines[0] or "no rule" in lines[0], cp.stderr
+    assert lines[0].endswith(f"no rule lets uid {U2} get tcp:[::]:{PORT}"), cp.stderr
     assert "no lease" in broker.portctl("status", PORT, check=1).stderr
 
     cp = subprocess.run(as_user(U1) + [str(C_SERVER), str(PORT)], capture_output=True, text=True,
@@ -92,7 +95,7 @@ def test_listenfds_example_replies(broker, procs, script):
     assert reply_when_up().startswith(f"ok {script} ")
     assert srv.alive()
     st = broker.portctl("status", PORT, json=True).json[0]
-    assert st["owner_uid"] == U1 and st["handouts"] >= 2, st
+    assert st["owner_uid"] == U1 and st["handouts"] == 2, st           # one get per server start
 
 
 @pytest.mark.parametrize("script", ["listenfds-server.py", "listenfds-server.sh"])

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.usefixtures("netns")
 U1, U2 = 4242, 4343
 
 
+@pytest.mark.expect_log(r"event=error endpoint=tcp:\[::\]:8083 .*cannot bind lease 1 again: Address already in use",
+                        r"event=error endpoint=tcp:\[::\]:8083 .*cannot bind tcp:\[::\]:8083 again: Address already in use")
 def test_foreign_root_socket_is_not_adopted(make_broker, procs):
     """A lease's port taken meanwhile by an unrelated root listener: at start
     brokerd must not hand that listener to the lease owner (its cookie is not

@@ -7,6 +7,7 @@ cannot be set, no broker connection is left behind, children (fork + exec)
 get the same socket, UDP works, and what is not named passes through."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -120,14 +121,21 @@ def test_shim_swaps_in_the_brokered_socket(broker):
     assert set(st) == {"tcp:[::]:8080", "udp:[::]:5353"}, st   # 8095 never went to brokerd
 
 
+@pytest.mark.expect_log(r"event=error endpoint=tcp:0\.0\.0\.0:8080 .*Address already in use")
 def test_shim_without_endpoints_tries_every_bind(broker):
-    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes through."""
+    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes
+    through. The IPv4 wildcard bind of 8080 is not widened to the dual-stack
+    lease (only a named lease is): brokerd is asked for tcp:0.0.0.0:8080,
+    refuses it (its own [::]:8080 socket holds the port), and the
+    pass-through bind fails the same way."""
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
     broker.portctl("policy", "add", "udp:5353", "--user", U1)
     out = run_probe(broker)
     assert out["same_fd"] and out["child_inode"] == out["inode"], out
     assert out["other_port_bound"] == 8095, out
-    assert len(broker.events("deny")) >= 1              # 8095 was asked for and refused
+    assert "Address already in use" in str(out["v4_inode"]), out
+    denied = [l for l in broker.events("deny") if "8095" in l]
+    assert len(denied) == 1 and f"uid={U1}" in denied[0], broker.events("deny")   # 8095: asked for, refused
     st = {l["endpoint"] for l in broker.portctl("status", json=True).json}
     assert st == {"tcp:[::]:8080", "udp:[::]:5353"}, st
 
@@ -150,37 +158,83 @@ def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
     assert "no rule" in r.stderr
 
 
+OLD_SERVER = r"""
+import os, signal, sys
+# portctl upgrade stops the old server with SIGQUIT: this one says so and
+# exits 0 when it gets it, whatever disposition it inherited.
+def on_quit(signum, frame):
+    print("got SIGQUIT", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGQUIT, on_quit)
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"""
+
 NEW_SERVER = r"""
-import socket, sys, time
+import os, socket, sys
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.bind(("::", 8080))
+s.bind(("::", 8080))             # the brokered socket (the shim)
 s.listen()
-time.sleep(1.5)                  # start-up work before it serves
-print("serving", flush=True)
+print("bound", flush=True)
+with open(sys.argv[1]) as go:    # serves (accept: the shim's report) only when the test says so
+    go.read()
 c, _ = s.accept()
 """
 
 
-def test_upgrade_ignores_a_forged_readiness_report(broker, procs):
+def unix_socket(name):
+    """(found, bytes queued) of the abstract unix socket @name in this netns (ss -x)."""
+    out = subprocess.run(["ss", "-xaH"], capture_output=True, text=True, check=True, timeout=10).stdout
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[4] == "@" + name:
+            return True, int(f[2])
+    return False, 0
+
+
+def test_upgrade_ignores_a_forged_readiness_report(broker, procs, scratch):
     """The watcher's abstract socket name is visible to everyone; only a
-    report sent by the new server (or its children) may stop the old one."""
+    report sent by the new server (or its children) may stop the old one.
+    The new server reports only when the test lets it accept, so a forged
+    report is seen (and dropped) by the watcher first, with no race."""
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
-    old = procs.spawn(["sleep", "60"], uid=U1, name="old")
-    new = procs.spawn([PORTCTL, "--socket", broker.control, "upgrade", "--pid", old.popen.pid, "--timeout", 20,
-                       "8080", "--", sys.executable, "-c", NEW_SERVER], uid=U1, name="new")
+    old = procs.spawn([sys.executable, "-c", OLD_SERVER], uid=U1, name="old")
+    old.wait_ready()
+    go = scratch / "go"
+    os.mkfifo(go, 0o666)
+    go.chmod(0o666)
+    new = procs.spawn([PORTCTL, "--socket", broker.control, "upgrade", "--pid", old.pid, "--timeout", 20,
+                       "8080", "--", sys.executable, "-c", NEW_SERVER, go], uid=U1, name="new")
+
+    # Our watcher's socket: portctl names it after its own pid (setpriv execs
+    # portctl, so that is new.pid), never another upgrade's on this machine.
+    prefix = f"@portbroker-ready-{new.pid}-"
 
     def ready_name():
         for line in open("/proc/net/unix").read().splitlines():
-            if "@portbroker-ready-" in line:
-                return line.split()[-1][1:]
+            f = line.split()
+            if len(f) >= 8 and f[7].startswith(prefix):
+                return f[7][1:]
         return None
 
-    name = wait_for(ready_name, 10, "the upgrade watcher's socket")
+    name = wait_for(ready_name, 10, f"the upgrade watcher's socket {prefix}*")
+    wait_for(lambda: "bound" in new.output() or not new.alive(), 10, "the new server to bind")
+    assert "bound" in new.output(), new.stderr()
     forged = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    forged.sendto(b"31337", "\0" + name)
+    assert forged.sendto(b"31337", "\0" + name) == 5
     forged.close()
+    # The watcher read it (nothing queued) and did not act on it.
+    wait_for(lambda: unix_socket(name) == (True, 0), 10, "the watcher to read the forged report")
+    assert old.alive() and "got SIGQUIT" not in old.output(), (old.output(), new.stderr())
+    assert "sent SIG" not in new.stderr(), new.stderr()
+
+    with open(go, "w") as f:                        # now the new server accepts: its report
+        f.write("go\n")
     wait_for(lambda: not old.alive(), 15, "the old server to be stopped")
-    # It was stopped only once the new one served, not by the forged report.
-    assert "serving" in new.output(), (new.output(), new.stderr())
+    assert old.popen.returncode == 0 and "got SIGQUIT" in old.output(), (old.output(), old.stderr())
+    wait_for(lambda: f"pid {old.pid} exited" in new.stderr(), 10, "the watcher to see the old server exit")
+    assert f"pid {new.pid} is serving (pid {new.pid} accepted first); sent SIGQUIT to pid {old.pid}" \
+        in new.stderr(), new.stderr()
     with socket.create_connection(("127.0.0.1", 8080), timeout=5):
         pass

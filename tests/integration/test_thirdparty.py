@@ -322,6 +322,11 @@ def test_systemd_socket_proxyd_survives_kill9(broker, procs, groups, scratch):
                       name="systemd-socket-proxyd")
 
     def ready(g):
+        # Until `portctl get` created the lease nothing listens on PORT (a
+        # connection is refused); from then on brokerd's socket queues every
+        # connection, so none may be refused.
+        wait_for(lambda: broker.portctl("status", PORT, check=False).returncode == 0, 10,
+                 f"portctl get to create the lease of {PORT}")
         wait_for(lambda: fetch(PORT).startswith("ok nginx "), 10, "an answer through the proxy")
         assert_one_brokered_listener(broker, [g.pid])
 
