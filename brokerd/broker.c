@@ -33,9 +33,9 @@ struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint,
 }
 
 /* Log fields naming a lease and its owner. */
-static struct log_fields lease_fields(const struct lease *l, char text[static PB_ENDPOINT_STRLEN]) {
-        return (struct log_fields) { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo,
-                                     .uid = (long) l->owner_uid, .pid = -1 };
+static struct log_fields lease_fields(const struct lease *l) {
+        return (struct log_fields) { .endpoint = l->text, .port = l->endpoint.port_lo, .uid = (long) l->owner_uid,
+                                     .pid = -1 };
 }
 
 void broker_arm_oneshot(struct broker *b, sd_event_source *s, uint64_t delay) {
@@ -110,8 +110,7 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /* Takes back the socket a holder kept from an earlier broker. Returns 0 or -errno. */
 static int adopt_lease(struct lease *l, uint64_t cookie) {
-        char text[PB_ENDPOINT_STRLEN];
-        struct log_fields f = lease_fields(l, text);
+        struct log_fields f = lease_fields(l);
         pid_t from;
         int r;
 
@@ -125,8 +124,7 @@ static int adopt_lease(struct lease *l, uint64_t cookie) {
 }
 
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie) {
-        char text[PB_ENDPOINT_STRLEN];
-        struct log_fields f = lease_fields(l, text);
+        struct log_fields f = lease_fields(l);
         int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
 
         if (r == -EADDRINUSE && adopt_lease(l, adopt_cookie) >= 0)
@@ -172,7 +170,6 @@ static int load_rule(const struct store_rule *r, void *userdata) {
  * A busy port is an error event; the lease stays, unbound, and is retried. */
 static int load_lease(const struct store_lease *sl, void *userdata) {
         struct broker *b = userdata;
-        char text[PB_ENDPOINT_STRLEN];
         struct lease *l = lease_new();
         struct log_fields f;
         int r;
@@ -180,7 +177,7 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         if (!l)
                 return -ENOMEM;
         l->id = sl->id;
-        l->endpoint = sl->endpoint;
+        lease_set_endpoint(l, &sl->endpoint);
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
         l->backlog = b->opt.backlog;
@@ -192,11 +189,11 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         /* Only a socket of this boot can still be held somewhere. */
         r = broker_rebind_lease(b, l, strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0);
         if (r < 0) {
-                f = lease_fields(l, text);
+                f = lease_fields(l);
                 log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see portctl "
                           "status) and brokerd retries until the port is free", (unsigned long long) sl->id,
                           strerror(-r));
-                broker_audit(b, "rebind-failed", NULL, text, strerror(-r));
+                broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
                 broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
         }
         return 0;

@@ -186,8 +186,11 @@ void conn_new(struct broker *b, int fd) {
         /* Clients send their request right after connect(), so it is usually
          * queued already: serving it before the connection is watched keeps
          * the watch's set-up (epoll_ctl, the idle timer) and a loop
-         * iteration off the client's wait. Nothing there yet: EAGAIN. */
-        if (!conn_serve(c))
+         * iteration off the client's wait. Nothing there yet: EAGAIN. A
+         * client with one request (pb_get()) shuts its side down after it:
+         * the second read sees that end, and the connection is closed at
+         * once, never watched at all. */
+        if (!conn_serve(c) || !conn_serve(c))
                 return;
         r = conn_watch(b, c);
         if (r < 0) {

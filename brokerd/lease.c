@@ -103,6 +103,11 @@ void lease_init(struct lease *l) {
                 l->holders[i].pid_fd = -1;
 }
 
+void lease_set_endpoint(struct lease *l, const struct pb_endpoint *e) {
+        l->endpoint = *e;
+        endpoint_format(e, l->text);
+}
+
 struct lease *lease_new(void) {
         struct lease *l = malloc(sizeof(*l));
 

@@ -29,6 +29,7 @@ struct lease_holder {
 struct lease {
         uint64_t id;
         struct pb_endpoint endpoint;
+        char text[PB_ENDPOINT_STRLEN];  /* endpoint's canonical text (lease_set_endpoint), for logs and audit */
         uid_t owner_uid;
         int64_t since;                  /* unix seconds */
         int sock_fd;                    /* the broker's copy, -1 when not bound */
@@ -66,6 +67,9 @@ int lease_queued(const struct lease *l);
 
 /* An empty lease: no socket, no holders. */
 void lease_init(struct lease *l);
+
+/* Sets l's endpoint and its text. */
+void lease_set_endpoint(struct lease *l, const struct pb_endpoint *e);
 
 /* A new empty lease, or NULL when out of memory. Free with lease_free(). */
 struct lease *lease_new(void);

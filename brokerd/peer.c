@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <systemd/sd-login.h>
 #include <unistd.h>
@@ -25,6 +26,9 @@
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
+#endif
+#ifndef PIDFD_GET_USER_NAMESPACE
+#define PIDFD_GET_USER_NAMESPACE _IO(0xFF, 9)
 #endif
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
@@ -153,19 +157,44 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         return 0;
 }
 
+/* The inode of the user namespace of the process behind pidfd, through the
+ * pidfd itself (6.11+): no path walk through /proc, and no doubt about a
+ * recycled pid. Returns 0, or -errno (-ENOTTY: the kernel lacks it). */
+static int pidfd_userns(int pidfd, ino_t *ret) {
+        _cleanup_close_ int ns_fd = -1;
+        struct stat st;
+
+        ns_fd = ioctl(pidfd, PIDFD_GET_USER_NAMESPACE, 0);
+        if (ns_fd < 0)
+                return -errno;
+        if (fstat(ns_fd, &st) < 0)
+                return -errno;
+        *ret = st.st_ino;
+        return 0;
+}
+
 /* Why the peer's namespaces are not ours, or NULL when they are. The user
- * namespace is the process's. The network namespace is the one its socket
- * was made in: the accepted end carries it (SO_NETNS_COOKIE, one cheap call
- * instead of a walk through /proc); a process that made its socket in ours
- * and moved since had our netns to start with. Kernels before 5.14: the
- * process's, from /proc. */
-static const char *namespaces_doubt(int conn_fd, pid_t peer_pid, const struct peer_self *self) {
+ * namespace is the process's, read through its pidfd where the kernel can
+ * (*ret_by_pid false), else from /proc/PID (*ret_by_pid true: the caller
+ * must then check the pid still names the same process). The network
+ * namespace is the one its socket was made in: the accepted end carries it
+ * (SO_NETNS_COOKIE, one cheap call instead of a walk through /proc); a
+ * process that made its socket in ours and moved since had our netns to
+ * start with. Kernels before 5.14: the process's, from /proc. */
+static const char *namespaces_doubt(int conn_fd, const struct peer *p, const struct peer_self *self,
+                                    bool *ret_by_pid) {
         uint64_t cookie = self->netns_cookie ? netns_cookie(conn_fd) : 0;
         char pid[16];
         ino_t userns, netns = self->netns;
 
-        snprintf(pid, sizeof(pid), "%d", (int) peer_pid);
-        if (ns_inode(pid, "user", &userns) < 0 || (!cookie && ns_inode(pid, "net", &netns) < 0))
+        snprintf(pid, sizeof(pid), "%d", (int) p->pid);
+        *ret_by_pid = !cookie;
+        if (pidfd_userns(p->pid_fd, &userns) < 0) {
+                *ret_by_pid = true;
+                if (ns_inode(pid, "user", &userns) < 0)
+                        return "cannot read the peer's namespaces";
+        }
+        if (!cookie && ns_inode(pid, "net", &netns) < 0)
                 return "cannot read the peer's namespaces";
         if (userns != self->userns)
                 return "the peer is in another user namespace";
@@ -178,6 +207,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         struct peer p = { .pid_fd = -1 };
         struct ucred cred;
         socklen_t len = sizeof(cred);
+        bool by_pid = false;
         char *unit = NULL;
         int r;
 
@@ -200,7 +230,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
         if (!p.doubt)
-                p.doubt = namespaces_doubt(conn_fd, p.pid, self);
+                p.doubt = namespaces_doubt(conn_fd, &p, self, &by_pid);
         if (!p.doubt && want_unit) {
                 /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
                 r = sd_pid_get_unit(p.pid, &unit);
@@ -209,8 +239,10 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                 free(unit);
                 if (r < 0 && r != -ENODATA && r != -ENOENT && r != -ENXIO)
                         p.doubt = "cannot read the peer's cgroup";
+                by_pid = true;
         }
-        if (!p.doubt && !pidfd_alive(p.pid_fd))
+        /* What was read by pid belongs to the peer only if it is still alive. */
+        if (!p.doubt && by_pid && !pidfd_alive(p.pid_fd))
                 p.doubt = "the peer exited while being identified";
 
         *ret = p;

@@ -33,14 +33,13 @@ static void deny(struct conn *c, const struct pb_msg *req, struct pb_msg *reply,
 
 /* --- get: authorize, create the lease if needed, hand it out ---------------- */
 
-/* The lease the peer may get for e, NULL when it may not: then reply says
- * why. *ret_lease is NULL when the lease does not exist yet. Returns true when allowed. */
+/* Whether the peer may get e, whose lease is l (NULL: none yet); when it
+ * may not, reply says why. */
 static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                          struct lease **ret_lease) {
+                          const struct lease *l) {
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         const struct peer *p = &c->peer;
-        struct lease *l;
 
         if (!policy_is_admin(&b->policy, p) && !policy_find(&b->policy, p, e)) {
                 proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u get %s",
@@ -48,7 +47,6 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
                 deny(c, req, reply, text, e, "no rule");
                 return false;
         }
-        l = lease_table_find(&b->leases, e);
         if (l && l->owner_uid != p->uid) {
                 proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u", text, (unsigned) l->owner_uid);
                 deny(c, req, reply, text, e, "held by another");
@@ -61,7 +59,6 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
                 deny(c, req, reply, text, e, "lease limit");
                 return false;
         }
-        *ret_lease = l;
         return true;
 }
 
@@ -87,7 +84,7 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
         r = store_lease_add(b->store, &sl, &ev);
         if (r >= 0) {
                 l->id = sl.id;
-                l->endpoint = *e;
+                lease_set_endpoint(l, e);
                 l->owner_uid = p->uid;
                 l->since = sl.created;
                 l->backlog = b->opt.backlog;
@@ -167,12 +164,13 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
 
 static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct pb_endpoint *e = &req->get.endpoint;
-        char text[PB_ENDPOINT_STRLEN];
-        struct log_fields f = broker_peer_fields(&c->peer, endpoint_format(e, text), e);
-        struct lease *l = NULL;
+        struct lease *l = lease_table_find(&c->broker->leases, e);
+        char buf[PB_ENDPOINT_STRLEN];
+        const char *text = l ? l->text : endpoint_format(e, buf);      /* a lease keeps its own */
+        struct log_fields f = broker_peer_fields(&c->peer, text, e);
         bool created = false;
 
-        if (!get_authorize(c, req, reply, text, &l))
+        if (!get_authorize(c, req, reply, text, l))
                 return;
         if (!l) {
                 l = get_create(c, req, reply, text);

@@ -14,8 +14,7 @@
 
 static int on_listener_hup(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         struct lease *l = userdata;
-        char text[PB_ENDPOINT_STRLEN];
-        struct log_fields f = { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo,
+        struct log_fields f = { .endpoint = l->text, .port = l->endpoint.port_lo,
                                 .uid = -1, .pid = -1 };
         int r = lease_ensure_listening(l);
 

@@ -39,6 +39,7 @@ struct pb_conn {
         int sock_fd;                    /* control connection; -1 after an error, reopened on demand */
         uint32_t next_id;               /* id of the next request, never 0 */
         char path[SUN_PATH_MAX];        /* control socket path, for reconnecting */
+        bool one_shot;                  /* pb_get()/pb_release(): one request, then we hang up */
 };
 
 /* One request and its reply; big (the rule list), so kept off the stack. */
@@ -219,8 +220,13 @@ static int send_request(pb_conn *c, const uint8_t *buf, size_t len, struct pb_ms
         }
         for (;;) {
                 r = fdpass_send(c->sock_fd, buf, len, -1, 0);
-                if (r >= 0)
+                if (r >= 0) {
+                        /* Nothing more to say: brokerd sees the end right after the
+                         * request and closes at once instead of watching for more. */
+                        if (c->one_shot)
+                                (void) shutdown(c->sock_fd, SHUT_WR);
                         return 0;
+                }
                 if (r == -EPIPE || r == -ECONNRESET) {
                         /* brokerd may have said why it hung up (e.g. its connection limit). */
                         int k = closed_reason(c->sock_fd, scratch, err);
@@ -396,14 +402,13 @@ static int conn_get(pb_conn *c, const struct pb_endpoint *e, unsigned flags, pb_
         r = request(c, x, &fd, err);
         if (r < 0)
                 goto out;
-        endpoint_format(e, want);
         if (fd < 0) {
-                r = fail(err, EPROTO, "invalid reply from brokerd: no socket for %s", want);
+                r = fail(err, EPROTO, "invalid reply from brokerd: no socket for %s", endpoint_format(e, want));
                 goto out;
         }
         if (!endpoint_equal(&x->reply.got.endpoint, e)) {
                 r = fail(err, EPROTO, "invalid reply from brokerd: a socket for %s instead of %s",
-                         endpoint_format(&x->reply.got.endpoint, got), want);
+                         endpoint_format(&x->reply.got.endpoint, got), endpoint_format(e, want));
                 goto out;
         }
         r = check_socket(fd, e, err);
@@ -422,7 +427,7 @@ static int conn_get(pb_conn *c, const struct pb_endpoint *e, unsigned flags, pb_
                         .queued = -1,
                         .created = x->reply.got.created,
                 };
-                memcpy(ret_lease->endpoint, want, sizeof(want));
+                endpoint_format(e, ret_lease->endpoint);
         }
         r = fd;
         fd = -1;
@@ -471,6 +476,7 @@ int pb_get(const char *endpoint, unsigned flags, pb_error *err) {
         r = pb_connect(NULL, &c, err);
         if (r < 0)
                 return r;
+        c->one_shot = true;
         r = conn_get(c, &e, flags, NULL, err);
         pb_disconnect(c);
         return r;
@@ -514,6 +520,7 @@ int pb_release(const char *endpoint, pb_error *err) {
         r = pb_connect(NULL, &c, err);
         if (r < 0)
                 return r;
+        c->one_shot = true;
         r = conn_release(c, &e, err);
         pb_disconnect(c);
         return r;

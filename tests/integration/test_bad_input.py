@@ -379,3 +379,28 @@ def test_idle_timeout(make_broker):
     for s in idle:
         s.close()
     broker.wait_fd_count(base)
+
+
+def test_client_that_hangs_up_after_its_request_is_closed_at_once(make_broker):
+    """A one-request client (pb_get()) shuts its side down after the request:
+    brokerd answers, sees the end and closes at once, holding nothing until
+    the idle timeout; a client that keeps its side open keeps its connection."""
+    broker = make_broker("--idle-timeout", "60")
+    base = broker.connections()
+    one_shot = broker.raw()
+    one_shot.send(msg(STATUS, STATUS_BODY))
+    one_shot.shutdown(socket.SHUT_WR)
+    kind, hdr, _ = answer(one_shot)
+    assert kind == "reply" and hdr[2] == STATUS | REPLY, (kind, hdr)
+    assert answer(one_shot)[0] == "closed"          # EOF from brokerd, well before 60 s
+    wait_for(lambda: broker.connections() == base, 5, "brokerd to drop the one-shot connection")
+    one_shot.close()
+
+    kept = broker.raw()
+    kept.send(msg(STATUS, STATUS_BODY))
+    assert answer(kept)[0] == "reply"
+    kept.send(msg(STATUS, STATUS_BODY, mid=8))       # still served: the connection stays
+    kind, hdr, _ = answer(kept)
+    assert kind == "reply" and hdr[3] == 8, (kind, hdr)
+    assert broker.connections() == base + 1
+    kept.close()
