@@ -159,8 +159,10 @@ class Broker:
                               capture_output=True, text=True, timeout=60, env=env(), check=True).stdout
 
 
-def bench(build, *args, timeout=600):
-    cp = subprocess.run([f"{build}/pb-bench", *map(str, args)], capture_output=True, text=True,
+def bench(build, *args, timeout=600, cpus=None):
+    """Runs pb-bench (on the given CPUs only, when cpus is a set) and returns its JSON line."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    cp = subprocess.run([*pin, f"{build}/pb-bench", *map(str, args)], capture_output=True, text=True,
                         timeout=timeout, env=env())
     if cp.returncode != 0:
         raise RuntimeError(f"pb-bench {' '.join(map(str, args))} failed: {cp.stderr.strip()[-500:]}")
@@ -184,21 +186,37 @@ def handoff_servers(a, wd):
     return b, raw
 
 
+def handoff_cpus(a, b, raw):
+    """With --pin (the default) and two CPUs or more: both servers on CPU 0,
+    the clients on CPU 1, so that every run has the same (cross-CPU)
+    placement instead of whatever the scheduler picked; it is the larger
+    part of the run-to-run noise. Returns the clients' CPUs, or None."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not a.pin or len(cpus) < 2:
+        return None
+    for pid in (b.proc.pid, raw.p.pid):
+        os.sched_setaffinity(pid, {cpus[0]})
+    return {cpus[1]}
+
+
 def part_handoff(a, wd, b, raw):
     ep = "tcp:127.0.0.1:9000"
     runs = []
+    clients = handoff_cpus(a, b, raw)
     for r in range(a.runs):
         row = {}
         for procs in (1, 2):
             rr = bench(a.build, "get", "--mode", "raw", "--socket", wd / "raw.sock", "--count", a.gets,
-                       "--procs", procs)
+                       "--procs", procs, cpus=clients)
             lib = bench(a.build, "get", "--mode", "lib", "--socket", b.control, "--endpoint", ep,
-                        "--count", a.gets, "--procs", procs)
+                        "--count", a.gets, "--procs", procs, cpus=clients)
             row[f"raw_{procs}"], row[f"lib_{procs}"] = rr, lib
         runs.append(row)
         log(f"hand-off run {r + 1}/{a.runs}: lib p50 {row['lib_1']['p50_us']} us, raw {row['raw_1']['p50_us']} us")
     create = bench(a.build, "create", "--socket", b.control, "--first-port", 30000, "--count", a.creates)
-    out = {"runs": a.runs, "gets_per_run_per_proc": a.gets, "first_get": create}
+    out = {"runs": a.runs, "gets_per_run_per_proc": a.gets, "first_get": create,
+           "pinned": f"servers on CPU {min(os.sched_getaffinity(b.proc.pid))}, clients on CPU {min(clients)}"
+           if clients else "no"}
     for procs in (1, 2):
         for kind in ("raw", "lib"):
             k = f"{kind}_{procs}"
@@ -620,7 +638,7 @@ def markdown(res, plots):
     if h:
         L += ["## Hand-off: repeat get of a held lease (connect, credentials, request, fd, close)", "",
               f"Medians over {h['runs']} runs of {h['gets_per_run_per_proc']} gets per client process; "
-              "ratios taken within each run.", "",
+              f"ratios taken within each run. CPU placement: {h.get('pinned', 'no')}.", "",
               "| path | clients | p50 µs | p99 µs | gets/s |", "| --- | --- | --- | --- | --- |"]
         for procs in (1, 2):
             for kind, label in (("raw", "raw SCM_RIGHTS floor"), ("lib", "brokerd via pb_get()")):
@@ -720,6 +738,8 @@ def main():
     ap.add_argument("--breakdown-gets", type=int, default=2000, help="breakdown: gets per measurement")
     ap.add_argument("--brokerd", help="brokerd binary to measure (default: BUILD/brokerd)")
     ap.add_argument("--runs", type=int, default=5, help="hand-off: repeated runs")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="hand-off: leave CPU placement to the scheduler (default: servers on one CPU, clients on another)")
     ap.add_argument("--gets", type=int, default=5000, help="gets per run per client process")
     ap.add_argument("--creates", type=int, default=500, help="first gets (lease creations) measured")
     ap.add_argument("--rate", type=int, default=2000)
