@@ -7,6 +7,7 @@
  */
 #include "log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,20 +20,28 @@
 static bool log_to_journal, log_to_syslog;
 static int log_max_level = LOG_INFO;
 
+int log_parse_level(const char *s) {
+        static const char *const names[] = { "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug" };
+
+        if (s[0] >= '0' && s[0] <= '7' && s[1] == '\0')
+                return s[0] - '0';
+        for (int i = 0; i < 8; i++)
+                if (strcmp(s, names[i]) == 0)
+                        return i;
+        return -EINVAL;
+}
+
+void log_set_max_level(int level) {
+        log_max_level = level;
+}
+
 /* $BROKERD_LOG_LEVEL: 0-7 or a syslog priority name; anything else keeps LOG_INFO. */
 static void read_level(void) {
-        static const char *const names[] = { "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug" };
         const char *e = getenv("BROKERD_LOG_LEVEL");
+        int level = e ? log_parse_level(e) : -EINVAL;
 
-        if (!e)
-                return;
-        if (e[0] >= '0' && e[0] <= '7' && e[1] == '\0') {
-                log_max_level = e[0] - '0';
-                return;
-        }
-        for (int i = 0; i < 8; i++)
-                if (strcmp(e, names[i]) == 0)
-                        log_max_level = i;
+        if (level >= 0)
+                log_max_level = level;
 }
 
 /* True when stderr is the journal stream systemd gave us (JOURNAL_STREAM=dev:ino). */
@@ -58,9 +67,49 @@ void log_setup_detached(void) {
                 openlog("brokerd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
 }
 
+size_t log_format_fields(char *buf, size_t size, const struct log_fields *f) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        if (f->endpoint)
+                n += (size_t) snprintf(buf + n, size - n, " endpoint=%s", f->endpoint);
+        if (f->uid >= 0 && n < size)
+                n += (size_t) snprintf(buf + n, size - n, " uid=%ld", f->uid);
+        if (f->pid >= 0 && n < size)
+                n += (size_t) snprintf(buf + n, size - n, " pid=%ld", f->pid);
+        return n < size ? n : size - 1;
+}
+
+size_t log_journal_fields(char buf[static LOG_JOURNAL_FIELDS][LOG_JOURNAL_FIELD_MAX], int priority, const char *event,
+                          const struct log_fields *f, const char *text) {
+        size_t k = 0;
+
+        snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "MESSAGE=%s: %s", event, text);
+        snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "PRIORITY=%d", priority);
+        snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "PORTBROKER_EVENT=%s", event);
+        if (f->endpoint)
+                snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "ENDPOINT=%s", f->endpoint);
+        if (f->port)
+                snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "PORT=%u", f->port);
+        if (f->uid >= 0)
+                snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "PEER_UID=%ld", f->uid);
+        if (f->pid >= 0)
+                snprintf(buf[k++], LOG_JOURNAL_FIELD_MAX, "PEER_PID=%ld", f->pid);
+        return k;
+}
+
+static void journal_event(int priority, const char *event, const struct log_fields *f, const char *text) {
+        char buf[LOG_JOURNAL_FIELDS][LOG_JOURNAL_FIELD_MAX];
+        struct iovec iov[LOG_JOURNAL_FIELDS];
+        size_t k = log_journal_fields(buf, priority, event, f, text);
+
+        for (size_t i = 0; i < k; i++)
+                iov[i] = (struct iovec) { .iov_base = buf[i], .iov_len = strlen(buf[i]) };
+        sd_journal_sendv(iov, (int) k);
+}
+
 void log_event(int priority, const char *event, const struct log_fields *f, const char *fmt, ...) {
-        char text[512], fields[256] = "";
-        int n = 0;
+        char text[512], fields[256];
         va_list ap;
 
         if (priority > log_max_level)
@@ -70,38 +119,14 @@ void log_event(int priority, const char *event, const struct log_fields *f, cons
         va_end(ap);
 
         if (log_to_journal) {
-                char buf[7][600];
-                struct iovec iov[7];
-                int k = 0;
-
-                snprintf(buf[k++], sizeof(buf[0]), "MESSAGE=%s: %s", event, text);
-                snprintf(buf[k++], sizeof(buf[0]), "PRIORITY=%d", priority);
-                snprintf(buf[k++], sizeof(buf[0]), "PORTBROKER_EVENT=%s", event);
-                if (f->endpoint)
-                        snprintf(buf[k++], sizeof(buf[0]), "ENDPOINT=%s", f->endpoint);
-                if (f->port)
-                        snprintf(buf[k++], sizeof(buf[0]), "PORT=%u", f->port);
-                if (f->uid >= 0)
-                        snprintf(buf[k++], sizeof(buf[0]), "PEER_UID=%ld", f->uid);
-                if (f->pid >= 0)
-                        snprintf(buf[k++], sizeof(buf[0]), "PEER_PID=%ld", f->pid);
-                for (int i = 0; i < k; i++)
-                        iov[i] = (struct iovec) { .iov_base = buf[i], .iov_len = strlen(buf[i]) };
-                sd_journal_sendv(iov, k);
+                journal_event(priority, event, f, text);
                 return;
         }
-        if (f->endpoint)
-                n += snprintf(fields + n, sizeof(fields) - (size_t) n, " endpoint=%s", f->endpoint);
-        if (f->uid >= 0 && n < (int) sizeof(fields))
-                n += snprintf(fields + n, sizeof(fields) - (size_t) n, " uid=%ld", f->uid);
-        if (f->pid >= 0 && n < (int) sizeof(fields))
-                snprintf(fields + n, sizeof(fields) - (size_t) n, " pid=%ld", f->pid);
-        if (log_to_syslog) {
+        log_format_fields(fields, sizeof(fields), f);
+        if (log_to_syslog)
                 syslog(priority, "event=%s%s: %s", event, fields, text);
-                return;
-        }
-
-        fprintf(stderr, "brokerd: event=%s%s: %s\n", event, fields, text);
+        else
+                fprintf(stderr, "brokerd: event=%s%s: %s\n", event, fields, text);
 }
 
 void log_msg(int priority, const char *fmt, ...) {

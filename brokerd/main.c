@@ -31,6 +31,7 @@ static struct broker_options arg_opt = {
         .max_leases_per_user = 64,
 };
 static int arg_foreground;
+static int arg_log_level = -1;          /* --log-level; -1: $BROKERD_LOG_LEVEL or info */
 
 static void usage(FILE *out) {
         fprintf(out,
@@ -47,6 +48,8 @@ static void usage(FILE *out) {
                 "      --max-connections-per-user N  of one uid; admins exempt (default 32)\n"
                 "      --idle-timeout SECONDS    close idle control connections (default 10)\n"
                 "      --max-leases-per-user N   leases one uid may own (default 64)\n"
+                "      --log-level LEVEL         least urgent priority logged: err, warning, notice,\n"
+                "                                info (default) or debug (every grant), or 0-7\n"
                 "  -h, --help                    show this help\n"
                 "  -V, --version                 show the version\n\n"
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
@@ -113,19 +116,20 @@ static int parse_number_option(size_t i, const char *text) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[5 + N_NUMBER_OPTIONS + 2] = {
+        struct option options[6 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
                 { "foreground", no_argument, NULL, 'f' },
                 { "help", no_argument, NULL, 'h' },
+                { "log-level", required_argument, NULL, 'l' },
         };
         int c;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[5 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[6 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[5 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[6 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
                 if (c >= ARG_NUMBER && c < ARG_NUMBER + (int) N_NUMBER_OPTIONS) {
@@ -148,6 +152,14 @@ static int parse_argv(int argc, char **argv) {
                         break;
                 case 'f':
                         arg_foreground = 1;
+                        break;
+                case 'l':
+                        arg_log_level = log_parse_level(optarg);
+                        if (arg_log_level < 0) {
+                                fprintf(stderr, "brokerd: invalid --log-level '%s' (err, warning, notice, info, "
+                                        "debug or 0-7)\nTry 'brokerd --help'.\n", optarg);
+                                return -1;
+                        }
                         break;
                 case 'h':
                         usage(stdout);
@@ -212,6 +224,8 @@ int main(int argc, char **argv) {
 
         umask(0077);
         log_setup();
+        if (arg_log_level >= 0)
+                log_set_max_level(arg_log_level);
         /* Every lease is an fd: use the whole hard limit. */
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
                 rl.rlim_cur = rl.rlim_max;

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """brokerd's tuning options seen from clients (--backlog,
---max-leases-per-user), portctl's human output, and a clean stop."""
+--max-leases-per-user, --log-level), portctl's human output, and a clean stop."""
 
 import pytest
 
@@ -25,6 +25,19 @@ def test_default_backlog_is_somaxconn(broker):
         somaxconn = int(f.read())
     broker.portctl("get", "8080")
     assert broker.portctl("status", "8080", json=True).json[0]["backlog"] == somaxconn
+
+
+def test_log_level(make_broker):
+    """At the default level a repeat get writes no log line (the audit trail
+    keeps it); --log-level debug logs every grant; a bad level is a usage error."""
+    quiet = make_broker()
+    for _ in range(3):
+        quiet.portctl("get", "8080")
+    assert len(quiet.events("grant")) == 1, quiet.log()         # the creating get only
+    loud = make_broker("--log-level", "debug")
+    for _ in range(3):
+        loud.portctl("get", "8081")
+    assert len(loud.events("grant")) == 3, loud.log()
 
 
 def test_max_leases_per_user(make_broker):
