@@ -114,6 +114,47 @@ static int parse_number_option(size_t i, const char *text) {
         return 0;
 }
 
+/* Applies option c (getopt's value) with arg. Returns 0 to go on, 1 to exit
+ * successfully, -1 on a usage error (said; exit 2). */
+static int parse_option(int c, const char *arg) {
+        if (c >= ARG_NUMBER && c < ARG_NUMBER + (int) N_NUMBER_OPTIONS)
+                return parse_number_option((size_t) (c - ARG_NUMBER), arg);
+        switch (c) {
+        case 'c':
+                arg_opt.control_path = arg;
+                return 0;
+        case 'd':
+                arg_opt.db_path = arg;
+                return 0;
+        case 'g':
+                if (parse_group(arg) < 0) {
+                        fprintf(stderr, "brokerd: --admin-group: no such group '%s'\n", arg);
+                        return -1;
+                }
+                return 0;
+        case 'f':
+                arg_foreground = 1;
+                return 0;
+        case 'l':
+                arg_log_level = log_parse_level(arg);
+                if (arg_log_level < 0) {
+                        fprintf(stderr, "brokerd: invalid --log-level '%s' (err, warning, notice, info, debug or "
+                                "0-7)\nTry 'brokerd --help'.\n", arg);
+                        return -1;
+                }
+                return 0;
+        case 'h':
+                usage(stdout);
+                return 1;
+        case 'V':
+                printf("brokerd %s\n", PB_VERSION);
+                return 1;
+        default:
+                fprintf(stderr, "Try 'brokerd --help'.\n");
+                return -1;
+        }
+}
+
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
         struct option options[6 + N_NUMBER_OPTIONS + 2] = {
@@ -124,7 +165,7 @@ static int parse_argv(int argc, char **argv) {
                 { "help", no_argument, NULL, 'h' },
                 { "log-level", required_argument, NULL, 'l' },
         };
-        int c;
+        int c, r;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
                 options[6 + i] = (struct option) { number_options[i].name, required_argument, NULL,
@@ -132,45 +173,9 @@ static int parse_argv(int argc, char **argv) {
         options[6 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
-                if (c >= ARG_NUMBER && c < ARG_NUMBER + (int) N_NUMBER_OPTIONS) {
-                        if (parse_number_option((size_t) (c - ARG_NUMBER), optarg) < 0)
-                                return -1;
-                        continue;
-                }
-                switch (c) {
-                case 'c':
-                        arg_opt.control_path = optarg;
-                        break;
-                case 'd':
-                        arg_opt.db_path = optarg;
-                        break;
-                case 'g':
-                        if (parse_group(optarg) < 0) {
-                                fprintf(stderr, "brokerd: --admin-group: no such group '%s'\n", optarg);
-                                return -1;
-                        }
-                        break;
-                case 'f':
-                        arg_foreground = 1;
-                        break;
-                case 'l':
-                        arg_log_level = log_parse_level(optarg);
-                        if (arg_log_level < 0) {
-                                fprintf(stderr, "brokerd: invalid --log-level '%s' (err, warning, notice, info, "
-                                        "debug or 0-7)\nTry 'brokerd --help'.\n", optarg);
-                                return -1;
-                        }
-                        break;
-                case 'h':
-                        usage(stdout);
-                        return 1;
-                case 'V':
-                        printf("brokerd %s\n", PB_VERSION);
-                        return 1;
-                default:
-                        fprintf(stderr, "Try 'brokerd --help'.\n");
-                        return -1;
-                }
+                r = parse_option(c, optarg);
+                if (r != 0)
+                        return r;
         }
         if (optind < argc) {
                 fprintf(stderr, "brokerd: unexpected argument '%s'\nTry 'brokerd --help'.\n", argv[optind]);

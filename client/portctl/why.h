@@ -44,7 +44,7 @@ struct why_sock {
 struct why_holder {
         uint32_t inode;
         pid_t pid;
-        int fd;
+        int fd;                         /* its number in pid's fd table, not an fd of ours */
 };
 
 struct why_proc {
