@@ -2,9 +2,12 @@
 /*
  * Peer identification from kernel credentials only. SCM_CREDENTIALS are
  * never asked for. The pid from SO_PEERCRED is only trusted together with
- * the pidfd from SO_PEERPIDFD: after reading /proc/PID (cgroup, namespaces)
- * we check through the pidfd that the same process is still alive, so a
- * recycled pid cannot lend its identity. Kernels without SO_PEERPIDFD
+ * the pidfd from SO_PEERPIDFD: the user namespace is read through the pidfd
+ * itself (6.11+), and whatever is read from /proc/PID (the cgroup, and the
+ * namespaces on older kernels) is followed by a check through the pidfd
+ * that the same process is still alive, so a recycled pid cannot lend its
+ * identity. The network namespace is the one the peer's socket was made in
+ * (SO_NETNS_COOKIE of the accepted end). Kernels without SO_PEERPIDFD
  * (before 6.5) get a pidfd from pidfd_open() checked against the uid.
  */
 #include "peer.h"
