@@ -312,8 +312,11 @@ int broker_run(struct broker *b, int ready_fd) {
 
         for (size_t i = 0; i < b->leases.n; i++)
                 unbound += b->leases.by_id[i]->sock_fd < 0;
-        log_event(LOG_INFO, "ready", &f, "serving %zu leases (%zu not bound yet) and %zu rules", b->leases.n, unbound,
-                  b->policy.n_rules);
+        if (unbound)
+                log_event(LOG_WARNING, "ready", &f, "serving %zu leases and %zu rules; %zu leases are not bound "
+                          "yet (their ports are busy; see portctl status)", b->leases.n, b->policy.n_rules, unbound);
+        else
+                log_event(LOG_INFO, "ready", &f, "serving %zu leases and %zu rules", b->leases.n, b->policy.n_rules);
         sd_notifyf(false, "READY=1\nSTATUS=%zu leases, %zu rules", b->leases.n, b->policy.n_rules);
         if (ready_fd >= 0) {
                 (void) !write(ready_fd, "", 1);

@@ -71,7 +71,6 @@ if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
 LOG_ERROR_LINE = re.compile(
     r"(^|\s)event=error(?![\w-])"
     r"|event=repair\b.*cannot be repaired"
-    r"|event=rebind\b.*cannot bind lease"
     r"|^brokerd: (?!event=)(?!received .*; stopping$)")
 
 _libc = ctypes.CDLL(None, use_errno=True)
