@@ -548,6 +548,23 @@ static int start_watcher(const struct run_args *a, int ready_fd, int self_pid_fd
         return 0;
 }
 
+/* True when pid ignores sig (SIG_IGN: it would never stop on it), from
+ * the SigIgn mask in /proc/PID/status; false when that cannot be read. */
+static bool ignores_signal(pid_t pid, int sig) {
+        char path[64], line[256];
+        unsigned long long mask = 0;
+        bool found = false;
+        FILE *f;
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        f = fopen(path, "re");
+        while (f && !found && fgets(line, sizeof(line), f))
+                found = sscanf(line, "SigIgn: %llx", &mask) == 1;
+        if (f)
+                fclose(f);
+        return found && sig >= 1 && sig <= 64 && (mask >> (sig - 1) & 1);
+}
+
 int cmd_upgrade(int argc, char **argv) {
         _cleanup_close_ int old_pid_fd = -1, self_pid_fd = -1, ready_fd = -1;
         struct run_args a;
@@ -562,6 +579,10 @@ int cmd_upgrade(int argc, char **argv) {
                 errno = -old_pid_fd;
                 return cli_fail("upgrade: no process %d to replace: %m", (int) a.old_pid);
         }
+        /* Say so now, not after the new server started and --timeout ran out. */
+        if (ignores_signal(a.old_pid, a.signal))
+                return cli_fail("upgrade: pid %d ignores %s, so it would never stop; name the signal it stops on "
+                                "with --signal", (int) a.old_pid, signal_name(a.signal));
         r = prepare(&a);
         if (r != 0)
                 return r;

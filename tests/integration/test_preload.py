@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import PORTCTL, as_user, child_env, wait_for
+from conftest import PORTCTL, PYTHON, as_user, child_env, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -238,3 +238,24 @@ def test_upgrade_ignores_a_forged_readiness_report(broker, procs, scratch):
         in new.stderr(), new.stderr()
     with socket.create_connection(("127.0.0.1", 8080), timeout=5):
         pass
+
+
+IGNORING_SERVER = r"""
+import os, signal
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)   # SIGQUIT would never stop this one
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_upgrade_refuses_an_old_server_that_ignores_the_signal(broker, procs):
+    """An old server that ignores the stop signal would outlive the upgrade
+    until --timeout; portctl says so at once, before starting anything."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    old = procs.spawn([PYTHON, "-c", IGNORING_SERVER], uid=U1, name="old")
+    old.wait_ready()
+    r = broker.portctl("upgrade", "--pid", old.pid, "8080", "--", "/usr/bin/true", uid=U1, check=1)
+    assert f"pid {old.pid} ignores QUIT" in r.stderr and "--signal" in r.stderr, r
+    assert old.alive()
+    assert broker.portctl("status", json=True).json == []  # nothing was started or asked for
