@@ -188,8 +188,8 @@ void conn_new(struct broker *b, int fd) {
          * the watch's set-up (epoll_ctl, the idle timer) and a loop
          * iteration off the client's wait. Nothing there yet: EAGAIN. A
          * client with one request (pb_get()) shuts its side down after it:
-         * the second read sees that end, and the connection is closed at
-         * once, never watched at all. */
+         * the second read usually sees that end already, and the connection
+         * is closed at once, never watched; if not, the watch sees it. */
         if (!conn_serve(c) || !conn_serve(c))
                 return;
         r = conn_watch(b, c);

@@ -2,8 +2,10 @@
 /*
  * The control socket: taken from systemd socket activation, or created at
  * --control in a private directory, replacing a stale socket atomically and
- * never a live broker's. Accepts in bursts, refuses politely at the
- * connection limit, and pauses briefly when out of file descriptors.
+ * never a live broker's. Accepts one connection per wake-up (in bursts only
+ * to drain what was queued before the listener refused fds), refuses
+ * politely at the connection limit, and pauses briefly when out of file
+ * descriptors.
  */
 #include "broker-int.h"
 

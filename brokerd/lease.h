@@ -83,8 +83,9 @@ void lease_holder_clear(struct lease_holder *h);
 /* Holders of l still alive (as far as their watches have told). */
 unsigned lease_holders_live(const struct lease *l);
 
-/* Adds l to the index (not copied: l stays the caller's, and must outlive its
- * place in the table). Returns 0, -EEXIST or -ENOMEM. */
+/* Adds l to the index (not copied, not owned: l is freed with lease_free()
+ * by whoever added it, after lease_table_remove(), or for all leases at
+ * once through by_id before lease_table_done()). Returns 0, -EEXIST or -ENOMEM. */
 int lease_table_add(struct lease_table *t, struct lease *l);
 
 /* The lease for endpoint e, or NULL. */

@@ -2,13 +2,12 @@
 /*
  * Peer identification from kernel credentials only. SCM_CREDENTIALS are
  * never asked for. The pid from SO_PEERCRED is only trusted together with
- * the pidfd from SO_PEERPIDFD: the user namespace is read through the pidfd
- * itself (6.11+), and whatever is read from /proc/PID (the cgroup, and the
- * namespaces on older kernels) is followed by a check through the pidfd
- * that the same process is still alive, so a recycled pid cannot lend its
- * identity. The network namespace is the one the peer's socket was made in
- * (SO_NETNS_COOKIE of the accepted end). Kernels without SO_PEERPIDFD
- * (before 6.5) get a pidfd from pidfd_open() checked against the uid.
+ * the pidfd from SO_PEERPIDFD: after reading /proc/PID (namespaces, cgroup)
+ * we check through the pidfd that the same process is still alive, so a
+ * recycled pid cannot lend its identity. The namespaces are the process's,
+ * not its socket's: a socket can be handed to a process elsewhere. Kernels
+ * without SO_PEERPIDFD (before 6.5) get a pidfd from pidfd_open() checked
+ * against the uid.
  */
 #include "peer.h"
 
@@ -19,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <systemd/sd-login.h>
 #include <unistd.h>
@@ -30,21 +28,7 @@
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
 #endif
-#ifndef PIDFD_GET_USER_NAMESPACE
-#define PIDFD_GET_USER_NAMESPACE _IO(0xFF, 9)
-#endif
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
 
-/* The network namespace socket fd was created in, as a cookie; 0 when the
- * kernel cannot say (before 5.14). */
-static uint64_t netns_cookie(int fd) {
-        uint64_t cookie = 0;
-        socklen_t len = sizeof(cookie);
-
-        return getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0 ? 0 : cookie;
-}
 
 static int ns_open(const char *ns, int *ret_fd, ino_t *ret_ino) {
         char path[64];
@@ -77,22 +61,15 @@ static int ns_inode(const char *pid, const char *ns, ino_t *ret) {
 }
 
 int peer_self_init(struct peer_self *self) {
-        _cleanup_close_ int probe_fd = -1;
         int r;
 
         self->userns_fd = self->netns_fd = -1;
         r = ns_open("user", &self->userns_fd, &self->userns);
         if (r >= 0)
                 r = ns_open("net", &self->netns_fd, &self->netns);
-        if (r < 0) {
+        if (r < 0)
                 peer_self_done(self);
-                return r;
-        }
-        probe_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (probe_fd < 0)
-                return -errno;
-        self->netns_cookie = netns_cookie(probe_fd);
-        return 0;
+        return r;
 }
 
 void peer_self_done(struct peer_self *self) {
@@ -160,48 +137,18 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         return 0;
 }
 
-/* The inode of the user namespace of the process behind pidfd, through the
- * pidfd itself (6.11+): no path walk through /proc, and no doubt about a
- * recycled pid. Returns 0, or -errno (-ENOTTY: the kernel lacks it). */
-static int pidfd_userns(int pidfd, ino_t *ret) {
-        _cleanup_close_ int ns_fd = -1;
-        struct stat st;
-
-        ns_fd = ioctl(pidfd, PIDFD_GET_USER_NAMESPACE, 0);
-        if (ns_fd < 0)
-                return -errno;
-        if (fstat(ns_fd, &st) < 0)
-                return -errno;
-        *ret = st.st_ino;
-        return 0;
-}
-
-/* Why the peer's namespaces are not ours, or NULL when they are. The user
- * namespace is the process's, read through its pidfd where the kernel can
- * (*ret_by_pid false), else from /proc/PID (*ret_by_pid true: the caller
- * must then check the pid still names the same process). The network
- * namespace is the one its socket was made in: the accepted end carries it
- * (SO_NETNS_COOKIE, one cheap call instead of a walk through /proc); a
- * process that made its socket in ours and moved since had our netns to
- * start with. Kernels before 5.14: the process's, from /proc. */
-static const char *namespaces_doubt(int conn_fd, const struct peer *p, const struct peer_self *self,
-                                    bool *ret_by_pid) {
-        uint64_t cookie = self->netns_cookie ? netns_cookie(conn_fd) : 0;
+/* Why the peer's namespaces are not ours, or NULL when they are. Read from
+ * /proc/PID: the caller checks afterwards that pid still names the peer. */
+static const char *namespaces_doubt(pid_t peer_pid, const struct peer_self *self) {
         char pid[16];
-        ino_t userns, netns = self->netns;
+        ino_t userns, netns;
 
-        snprintf(pid, sizeof(pid), "%d", (int) p->pid);
-        *ret_by_pid = !cookie;
-        if (pidfd_userns(p->pid_fd, &userns) < 0) {
-                *ret_by_pid = true;
-                if (ns_inode(pid, "user", &userns) < 0)
-                        return "cannot read the peer's namespaces";
-        }
-        if (!cookie && ns_inode(pid, "net", &netns) < 0)
+        snprintf(pid, sizeof(pid), "%d", (int) peer_pid);
+        if (ns_inode(pid, "user", &userns) < 0 || ns_inode(pid, "net", &netns) < 0)
                 return "cannot read the peer's namespaces";
         if (userns != self->userns)
                 return "the peer is in another user namespace";
-        if ((cookie && cookie != self->netns_cookie) || netns != self->netns)
+        if (netns != self->netns)
                 return "the peer is in another network namespace";
         return NULL;
 }
@@ -210,7 +157,6 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         struct peer p = { .pid_fd = -1 };
         struct ucred cred;
         socklen_t len = sizeof(cred);
-        bool by_pid = false;
         char *unit = NULL;
         int r;
 
@@ -233,7 +179,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
         if (!p.doubt)
-                p.doubt = namespaces_doubt(conn_fd, &p, self, &by_pid);
+                p.doubt = namespaces_doubt(p.pid, self);
         if (!p.doubt && want_unit) {
                 /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
                 r = sd_pid_get_unit(p.pid, &unit);
@@ -242,10 +188,9 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                 free(unit);
                 if (r < 0 && r != -ENODATA && r != -ENOENT && r != -ENXIO)
                         p.doubt = "cannot read the peer's cgroup";
-                by_pid = true;
         }
         /* What was read by pid belongs to the peer only if it is still alive. */
-        if (!p.doubt && by_pid && !pidfd_alive(p.pid_fd))
+        if (!p.doubt && !pidfd_alive(p.pid_fd))
                 p.doubt = "the peer exited while being identified";
 
         *ret = p;

@@ -13,7 +13,6 @@
 
 #include <stdbool.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <sys/types.h>
 
 #define PEER_UNIT_MAX 256
@@ -35,7 +34,6 @@ struct peer {
 /* Namespace inodes of the broker itself, compared against each peer's. */
 struct peer_self {
         ino_t userns, netns;
-        uint64_t netns_cookie;          /* SO_NETNS_COOKIE of our netns, 0 where the kernel lacks it */
         int userns_fd, netns_fd;        /* our namespaces, held open: see peer_self_init() */
 };
 

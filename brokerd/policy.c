@@ -47,7 +47,9 @@ const struct store_rule *policy_find_rule(const struct policy *p, const struct s
         for (size_t i = 0; i < p->n_rules; i++) {
                 const struct store_rule *o = &p->rules[i];
 
-                if (memcmp(&o->principal, &rule->principal, sizeof(rule->principal)) == 0 &&
+                /* Field by field: struct padding is whatever the copy left there. */
+                if (o->principal.kind == rule->principal.kind && o->principal.id == rule->principal.id &&
+                    strcmp(o->principal.unit, rule->principal.unit) == 0 &&
                     endpoint_equal(&o->pattern, &rule->pattern))
                         return o;
         }

@@ -397,10 +397,16 @@ static const struct request_type request_types[] = {
         { PB_MSG_POLICY_LIST, "policy-list", false, handle_policy_list },
 };
 
+static const struct request_type *request_type_of(uint16_t type) {
+        for (size_t i = 0; i < sizeof(request_types) / sizeof(request_types[0]); i++)
+                if (request_types[i].type == type)
+                        return &request_types[i];
+        return NULL;
+}
+
 const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_req, int *ret_code,
                              uint32_t *ret_id) {
         struct pb_header hdr;
-        bool known = false;
 
         *ret_code = EBADMSG;
         *ret_id = 0;
@@ -411,19 +417,10 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
                 *ret_code = EPROTONOSUPPORT;
                 return "unsupported protocol version";
         }
-        for (size_t i = 0; i < sizeof(request_types) / sizeof(request_types[0]); i++)
-                known |= request_types[i].type == hdr.type;
-        if (!known)
+        if (!request_type_of(hdr.type))
                 return "malformed request: unknown message type";
         if (proto_decode(buf, len, ret_req) < 0)
                 return "malformed request: bad fields or length for its type";
-        return NULL;
-}
-
-static const struct request_type *request_type_of(uint16_t type) {
-        for (size_t i = 0; i < sizeof(request_types) / sizeof(request_types[0]); i++)
-                if (request_types[i].type == type)
-                        return &request_types[i];
         return NULL;
 }
 

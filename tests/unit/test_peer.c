@@ -35,7 +35,7 @@ struct fixture {
         struct peer_self self;
 };
 
-enum child_setup { PLAIN, OTHER_NETNS, OTHER_USERNS, GROUPS };
+enum child_setup { PLAIN, OTHER_NETNS, SOCKET_THEN_OTHER_NETNS, OTHER_USERNS, GROUPS };
 
 /* A peer: a child that sets itself up, connects, then waits until told to
  * exit (or exits at once when exit_first). Returns the accepted end. */
@@ -63,6 +63,8 @@ static int connect_child(struct fixture *fx, enum child_setup how, bool exit_fir
                         ok = setgroups(2, groups) == 0;
                 strcpy(sa.sun_path, fx->path);
                 fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+                if (how == SOCKET_THEN_OTHER_NETNS)     /* a socket made in ours, used from elsewhere */
+                        ok = unshare(CLONE_NEWNET) == 0;
                 ok = ok && fd >= 0 && connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0;
                 (void) !write(ready[1], ok ? "y" : "n", 1);
                 if (!exit_first)
@@ -169,6 +171,19 @@ static void test_other_network_namespace(void **state) {
         peer_done(&p);
 }
 
+/* The namespace that counts is the process's, not its socket's: a socket
+ * can be made (or handed over) in our netns and used from another. */
+static void test_socket_from_our_netns_used_elsewhere(void **state) {
+        struct peer p;
+
+        if (geteuid() != 0)
+                skip();
+        p = identify(*state, SOCKET_THEN_OTHER_NETNS, false);
+        assert_non_null(p.doubt);
+        assert_string_equal(p.doubt, "the peer is in another network namespace");
+        peer_done(&p);
+}
+
 static void test_other_user_namespace(void **state) {
         struct peer p = identify(*state, OTHER_USERNS, false);
 
@@ -189,6 +204,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_plain_peer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_groups, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_other_network_namespace, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_socket_from_our_netns_used_elsewhere, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_other_user_namespace, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_peer_gone, setup, teardown),
         };

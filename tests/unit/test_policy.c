@@ -105,6 +105,30 @@ static void test_find(void **state) {
         policy_done(&pol);
 }
 
+/* The same principal and pattern is the same rule, whatever bytes a copy
+ * left in the struct's padding. */
+static void test_find_rule(void **state) {
+        struct policy pol = { .self_uid = 0 };
+        struct store_rule a, b;
+
+        memset(&a, 0xAA, sizeof(a));
+        memset(&b, 0x55, sizeof(b));
+        a.principal.kind = b.principal.kind = PB_PRINCIPAL_USER;
+        a.principal.id = b.principal.id = 4242;
+        a.principal.unit[0] = b.principal.unit[0] = '\0';
+        assert_int_equal(endpoint_parse_pattern("tcp:8000-8099", &a.pattern), 0);
+        assert_int_equal(endpoint_parse_pattern("tcp:8000-8099", &b.pattern), 0);
+        a.id = 1;
+        assert_int_equal(policy_add(&pol, &a), 0);
+        assert_ptr_equal(policy_find_rule(&pol, &b), &pol.rules[0]);
+        b.principal.id = 4343;
+        assert_null(policy_find_rule(&pol, &b));
+        b.principal.id = 4242;
+        assert_int_equal(endpoint_parse_pattern("tcp:8000-8098", &b.pattern), 0);
+        assert_null(policy_find_rule(&pol, &b));
+        policy_done(&pol);
+}
+
 static void test_rule_limit(void **state) {
         struct policy pol = { 0 };
         struct store_rule r = rule(1, PB_PRINCIPAL_USER, 1, NULL, "tcp:1-65535");
@@ -121,6 +145,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_admins),
                 cmocka_unit_test(test_find),
+                cmocka_unit_test(test_find_rule),
                 cmocka_unit_test(test_rule_limit),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
