@@ -20,6 +20,7 @@
 #include "pidfd-util.h"
 #include "procfd.h"
 #include "sockaddr.h"
+#include "sockopt.h"
 
 #define ADOPT_CANDIDATES 16
 
@@ -97,7 +98,7 @@ static int on_socket(int fd, uint64_t inode, void *userdata) {
                 copy_fd = pidfd_copy_fd_of_pid(a->pid, fd);     /* arrives close-on-exec */
                 if (copy_fd < 0)
                         return 0;
-                if (lease_socket_cookie(copy_fd) != a->cookie || !socket_is(copy_fd, a->endpoint)) {
+                if (socket_cookie(copy_fd) != a->cookie || !socket_is(copy_fd, a->endpoint)) {
                         safe_close(copy_fd);
                         return 0;
                 }

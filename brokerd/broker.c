@@ -18,6 +18,7 @@
 
 #include "adopt.h"
 #include "fd-util.h"
+#include "sockopt.h"
 
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
 #define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
@@ -133,7 +134,7 @@ int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie
                 return r;
         else {
                 log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
-                r = store_lease_set_socket(b->store, l->id, lease_socket_cookie(l->sock_fd), b->boot_id);
+                r = store_lease_set_socket(b->store, l->id, socket_cookie(l->sock_fd), b->boot_id);
                 if (r < 0)
                         log_event(LOG_WARNING, "error", &f, "cannot record the new socket: %s; a holder that "
                                   "outlives a broker crash will not be taken back", strerror(-r));

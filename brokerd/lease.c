@@ -22,12 +22,9 @@
 
 #include "fd-util.h"
 #include "sockaddr.h"
+#include "sockopt.h"
 
 #define TOMBSTONE ((struct lease *) 1)
-
-static int setopt_int(int fd, int level, int name, int value) {
-        return setsockopt(fd, level, name, &value, sizeof(value)) < 0 ? -errno : 0;
-}
 
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         bool tcp = e->transport == PB_TCP;
@@ -40,7 +37,7 @@ int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
                 return sock_fd;
         /* TCP: bind over TIME_WAIT left by earlier listeners. UDP: nothing, so
          * no other socket can share the port (SO_REUSEADDR would let it). */
-        r = tcp ? setopt_int(sock_fd, SOL_SOCKET, SO_REUSEADDR, 1) : 0;
+        r = tcp ? sockopt_set_int(sock_fd, SOL_SOCKET, SO_REUSEADDR, 1) : 0;
         if (r >= 0)
                 r = sockaddr_from_endpoint(e, &ss, &len);
         if (r >= 0 && bind(sock_fd, (struct sockaddr *) &ss, len) < 0)
@@ -54,32 +51,21 @@ int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         return 0;
 }
 
-uint64_t lease_socket_cookie(int fd) {
-        uint64_t cookie = 0;
-        socklen_t len = sizeof(cookie);
-
-        if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) < 0)
-                return 0;
-        return cookie;
-}
-
 int lease_ensure_listening(struct lease *l) {
-        int listening = 0;
-        socklen_t len = sizeof(listening);
+        int r;
 
         if (l->sock_fd < 0)
                 return 0;
         /* Undo what a holder may have set on the shared socket that would let
          * others share the port: SO_REUSEPORT ever, SO_REUSEADDR on UDP. */
-        if (setopt_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0) < 0 ||
-            (l->endpoint.transport == PB_UDP && setopt_int(l->sock_fd, SOL_SOCKET, SO_REUSEADDR, 0) < 0))
-                return -errno;
-        if (l->endpoint.transport != PB_TCP)
-                return 0;
-        if (getsockopt(l->sock_fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
-                return -errno;
-        if (listening)
-                return 0;
+        r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0);
+        if (r >= 0 && l->endpoint.transport == PB_UDP)
+                r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEADDR, 0);
+        if (r < 0 || l->endpoint.transport != PB_TCP)
+                return r < 0 ? r : 0;
+        r = sockopt_get_int(l->sock_fd, SOL_SOCKET, SO_ACCEPTCONN);
+        if (r != 0)
+                return r < 0 ? r : 0;   /* listening (1), or the error */
         return listen(l->sock_fd, (int) l->backlog) < 0 ? -errno : 1;
 }
 

@@ -53,9 +53,6 @@ struct lease_table {
  * Returns 0 and *ret_fd, or -errno. */
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
-/* SO_COOKIE of socket fd (unique for the boot), 0 if unknown. */
-uint64_t lease_socket_cookie(int fd);
-
 /* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
  * holder may have set, and for TCP listens again if a holder's shutdown()
  * stopped it. Returns 1 when it re-listened, 0 when nothing was wrong,

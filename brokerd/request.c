@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "fd-util.h"
+#include "sockopt.h"
 
 struct request_type {
         uint16_t type;
@@ -69,7 +70,7 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
         const struct pb_endpoint *e = &req->get.endpoint;
-        struct store_lease sl = { .endpoint = *e, .owner_uid = p->uid, .socket_cookie = lease_socket_cookie(sock_fd) };
+        struct store_lease sl = { .endpoint = *e, .owner_uid = p->uid, .socket_cookie = socket_cookie(sock_fd) };
         struct store_event ev = { .event = "create", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_new();
         int r;

@@ -29,6 +29,7 @@
 #include "fdpass.h"
 #include "proto.h"
 #include "sockaddr.h"
+#include "sockopt.h"
 
 #define ENDPOINT_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT"
 #define PATTERN_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT[-PORT]"
@@ -348,13 +349,6 @@ static struct exchange *exchange_new(uint16_t type, pb_error *err) {
         return x;
 }
 
-static int sockopt_int(int fd, int name) {
-        socklen_t len = sizeof(int);
-        int v;
-
-        return getsockopt(fd, SOL_SOCKET, name, &v, &len) < 0 ? -1 : v;
-}
-
 /* Checks that fd is the socket brokerd should have sent for e: family,
  * type, protocol and port. getsockname() doubles as the check that fd is a
  * socket at all (ENOTSOCK), and its family is the socket's domain. */
@@ -367,8 +361,8 @@ static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
         if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
                 return fail(err, EPROTO, "invalid reply from brokerd: the file descriptor is not a socket");
         port = sockaddr_port(&ss);
-        type = sockopt_int(fd, SO_TYPE);
-        protocol = sockopt_int(fd, SO_PROTOCOL);
+        type = sockopt_get_int(fd, SOL_SOCKET, SO_TYPE);
+        protocol = sockopt_get_int(fd, SOL_SOCKET, SO_PROTOCOL);
         want_domain = sockaddr_from_endpoint(e, &(struct sockaddr_storage) {}, &len);
         if (ss.ss_family != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
                 return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for "

@@ -45,6 +45,7 @@
 #include "fdpass.h"
 #include "portbroker.h"
 #include "proto.h"
+#include "sockopt.h"
 
 #define ENDPOINTS_MAX 64
 #define BROKERED_MAX 256                /* sockets swapped in, by SO_COOKIE */
@@ -122,20 +123,6 @@ __attribute__((constructor)) static void preload_init(void) {
         }
 }
 
-static int sockopt_int(int fd, int level, int name) {
-        int v = -1;
-        socklen_t len = sizeof(v);
-
-        return getsockopt(fd, level, name, &v, &len) < 0 ? -1 : v;
-}
-
-static uint64_t cookie_of(int fd) {
-        uint64_t c = 0;
-        socklen_t len = sizeof(c);
-
-        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c, &len) < 0 ? 0 : c;
-}
-
 static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct pb_endpoint *ret);
 static bool wanted(const struct pb_endpoint *e);
 
@@ -146,7 +133,7 @@ static bool is_brokered(int fd) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
         struct pb_endpoint e;
-        uint64_t c = cookie_of(fd);
+        uint64_t c = socket_cookie(fd);
 
         for (unsigned i = 0; c && i < BROKERED_MAX; i++)
                 if (__atomic_load_n(&brokered[i], __ATOMIC_RELAXED) == c)
@@ -181,10 +168,10 @@ static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct
                         e.family = PB_FAMILY_INET6;
         } else
                 return false;
-        if (e.port_lo == 0 || sockopt_int(fd, SOL_SOCKET, SO_DOMAIN) != sa->sa_family)
+        if (e.port_lo == 0 || sockopt_get_int(fd, SOL_SOCKET, SO_DOMAIN) != sa->sa_family)
                 return false;
-        type = sockopt_int(fd, SOL_SOCKET, SO_TYPE);
-        protocol = sockopt_int(fd, SOL_SOCKET, SO_PROTOCOL);
+        type = sockopt_get_int(fd, SOL_SOCKET, SO_TYPE);
+        protocol = sockopt_get_int(fd, SOL_SOCKET, SO_PROTOCOL);
         if (type == SOCK_STREAM && protocol == IPPROTO_TCP)
                 e.transport = PB_TCP;
         else if (type == SOCK_DGRAM && protocol == IPPROTO_UDP)
@@ -319,7 +306,7 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len) {
         if (cur >= 0)
                 (void) fcntl(fd, F_SETFL, (cur & ~O_NONBLOCK) | (fl_flags & O_NONBLOCK));
         __atomic_store_n(&brokered[__atomic_fetch_add(&brokered_next, 1, __ATOMIC_RELAXED) % BROKERED_MAX],
-                         cookie_of(fd), __ATOMIC_RELAXED);
+                         socket_cookie(fd), __ATOMIC_RELAXED);
         errno = saved_errno;
         return 0;
 }
@@ -331,7 +318,7 @@ int listen(int fd, int backlog) {
                 errno = saved_errno;
                 /* Listening already with brokerd's backlog: leave it. Otherwise (a
                  * holder shut it down) listen, never below the broker's default. */
-                if (sockopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1)
+                if (sockopt_get_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1)
                         return 0;
                 errno = saved_errno;
                 backlog = 65535;        /* the kernel caps it at somaxconn, never below brokerd's */

@@ -26,11 +26,12 @@
 #include "adopt.h"
 #include "fd-util.h"
 #include "lease.h"
+#include "sockopt.h"
 
 static int getopt_int(int fd, int level, int name) {
-        int v = -1;
-        socklen_t len = sizeof(v);
-        assert_int_equal(getsockopt(fd, level, name, &v, &len), 0);
+        int v = sockopt_get_int(fd, level, name);
+
+        assert_true(v >= 0);
         return v;
 }
 
@@ -193,7 +194,7 @@ static void test_adopt_from_surviving_holder(void **state) {
         snprintf(text, sizeof(text), "tcp:%u", free_port(SOCK_STREAM));
         assert_int_equal(endpoint_parse(text, &e), 0);
         assert_int_equal(lease_bind(&e, 16, &fd), 0);
-        cookie = lease_socket_cookie(fd);
+        cookie = socket_cookie(fd);
         assert_true(cookie != 0);
         assert_int_equal(pipe(pipefd), 0);
         child = fork();
@@ -220,7 +221,7 @@ static void test_adopt_from_surviving_holder(void **state) {
 
         assert_int_equal(adopt_socket(&e, geteuid(), cookie, &adopted_fd, &from), 0);
         assert_int_equal(from, child);
-        assert_int_equal(lease_socket_cookie(adopted_fd), cookie);
+        assert_int_equal(socket_cookie(adopted_fd), cookie);
         assert_true(fcntl(adopted_fd, F_GETFD) & FD_CLOEXEC);
         assert_int_equal(getopt_int(adopted_fd, SOL_SOCKET, SO_ACCEPTCONN), 1);
         close(pipefd[1]);
