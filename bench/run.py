@@ -286,6 +286,27 @@ def part_fsync(a, wd, b):
 
 # --- part 5: where a repeat get spends its time beyond the floor ---------------
 
+# Which of brokerd's jobs a system call of a repeat get belongs to (the
+# breakdown's second column): the connection, identity, the request, the
+# check of the listener before the hand-out, audit, logging, the loop.
+SYSCALL_PURPOSE = {
+    "accept4": "connection",
+    "getsockopt": "identity (SO_PEERCRED, SO_PEERPIDFD); listener check (SO_ACCEPTCONN)",
+    "newfstatat": "identity: the peer's user and network namespaces",
+    "poll": "identity: the peer is still the pid that was read",
+    "recvmsg": "the request; the client's end",
+    "sendmsg": "the reply and its fd",
+    "setsockopt": "listener check: SO_REUSEPORT off",
+    "close": "teardown: the connection, the peer's pidfd",
+    "epoll_wait": "event loop",
+    "epoll_ctl": "event source of a watched connection",
+    "timerfd_settime": "timers (idle connections, audit batch)",
+    "pwrite64": "audit rows (batched)",
+    "fdatasync": "audit/durable commit",
+    "fcntl": "holder watch (dup of a new holder's pidfd)",
+    "write": "log line",
+}
+
 
 def cpu_ns(pid):
     """CPU time (all threads) pid has used so far: its process CPU clock."""
@@ -694,17 +715,17 @@ def markdown(res, plots):
               f"System calls per get (strace -c -f, {d['n']} gets; fractions are timers and batched audit "
               "writes), the server side against `pb-bench raw-server`, the client side `pb_get()` against "
               "the raw client:", "",
-              "| system call | brokerd | raw server | brokerd − raw | client pb_get() | raw client |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| system call | what brokerd uses it for | brokerd | raw server | brokerd − raw | client pb_get() | raw client |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
         names = sorted(set(sc["get"]) | set(sc["raw_get"]) | set(cc["lib"]) | set(cc["raw"]),
                        key=lambda s: (-sc["get"].get(s, 0), -cc["lib"].get(s, 0), s))
         fmt = lambda v: f"{v:.2f}".rstrip("0").rstrip(".") if v else ""
         for s_ in names:
             x, y = sc["get"].get(s_, 0), sc["raw_get"].get(s_, 0)
-            L.append(f"| {s_} | {fmt(x)} | {fmt(y)} | {fmt(round(x - y, 3)) if x != y else ''} | "
-                     f"{fmt(cc['lib'].get(s_, 0))} | {fmt(cc['raw'].get(s_, 0))} |")
+            L.append(f"| {s_} | {SYSCALL_PURPOSE.get(s_, '') if x else ''} | {fmt(x)} | {fmt(y)} | "
+                     f"{fmt(round(x - y, 3)) if x != y else ''} | {fmt(cc['lib'].get(s_, 0))} | {fmt(cc['raw'].get(s_, 0))} |")
         tot = lambda m: round(sum(m.values()), 2)
-        L.append(f"| **total** | **{tot(sc['get'])}** | **{tot(sc['raw_get'])}** | "
+        L.append(f"| **total** | | **{tot(sc['get'])}** | **{tot(sc['raw_get'])}** | "
                  f"**{round(tot(sc['get']) - tot(sc['raw_get']), 2)}** | **{tot(cc['lib'])}** | **{tot(cc['raw'])}** |")
         cpu, ccpu, p50 = d["cpu_us"], d["client_cpu_us"], d["p50_us"]
         calls = lambda m: ", ".join(f"{k} {fmt(v)}" for k, v in m.items() if v >= 0.05)
