@@ -520,6 +520,44 @@ int pb_release(const char *endpoint, pb_error *err) {
         return r;
 }
 
+/* A status reply's entry as the caller's pb_lease. */
+static void lease_from_entry(const struct pb_lease_entry *l, pb_lease *ret) {
+        *ret = (pb_lease) {
+                .id = l->id,
+                .transport = l->endpoint.transport,
+                .owner_uid = (uid_t) l->owner_uid,
+                .since = l->since > INT64_MAX ? INT64_MAX : (int64_t) l->since,
+                .handouts = l->handouts,
+                .holders = l->holders,
+                .queued = l->queued < 0 ? -1 : l->queued,
+                .backlog = l->backlog,
+                .bound = l->bound,
+        };
+        endpoint_format(&l->endpoint, ret->endpoint);
+}
+
+/* A policy list reply's entry as the caller's pb_rule. */
+static void rule_from_entry(const struct pb_rule_entry *e, pb_rule *ret) {
+        *ret = (pb_rule) {
+                .id = e->id,
+                .id_value = e->principal.id,
+                .created = e->created > INT64_MAX ? INT64_MAX : (int64_t) e->created,
+        };
+        switch (e->principal.kind) {
+        case PB_PRINCIPAL_USER:
+                ret->kind = PB_USER;
+                break;
+        case PB_PRINCIPAL_GROUP:
+                ret->kind = PB_GROUP;
+                break;
+        default:
+                ret->kind = PB_UNIT;
+                ret->id_value = 0;
+                snprintf(ret->unit, sizeof(ret->unit), "%s", e->principal.unit);
+        }
+        endpoint_format_pattern(&e->pattern, ret->pattern);
+}
+
 /* A list page must move forward: ids above after and rising, or a hostile
  * or broken broker could keep us paging forever; and no empty page with
  * more to come. ids points at the first entry's id, stride apart. */
@@ -578,20 +616,9 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
                 if (r < 0)
                         goto out;
                 for (unsigned i = 0; i < count; i++) {
-                        const struct pb_lease_entry *l = &x->reply.leases.leases[i];
-                        pb_lease lease = {
-                                .id = l->id,
-                                .transport = l->endpoint.transport,
-                                .owner_uid = (uid_t) l->owner_uid,
-                                .since = l->since > INT64_MAX ? INT64_MAX : (int64_t) l->since,
-                                .handouts = l->handouts,
-                                .holders = l->holders,
-                                .queued = l->queued < 0 ? -1 : l->queued,
-                                .backlog = l->backlog,
-                                .bound = l->bound,
-                        };
+                        pb_lease lease;
 
-                        endpoint_format(&l->endpoint, lease.endpoint);
+                        lease_from_entry(&x->reply.leases.leases[i], &lease);
                         r = fn(&lease, userdata);
                         if (r != 0) {
                                 r = callback_result(r, err);
@@ -712,26 +739,9 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
                 if (r < 0)
                         goto out;
                 for (unsigned i = 0; i < count; i++) {
-                        const struct pb_rule_entry *e = &x->reply.rules.rules[i];
-                        pb_rule rule = {
-                                .id = e->id,
-                                .id_value = e->principal.id,
-                                .created = e->created > INT64_MAX ? INT64_MAX : (int64_t) e->created,
-                        };
+                        pb_rule rule;
 
-                        switch (e->principal.kind) {
-                        case PB_PRINCIPAL_USER:
-                                rule.kind = PB_USER;
-                                break;
-                        case PB_PRINCIPAL_GROUP:
-                                rule.kind = PB_GROUP;
-                                break;
-                        default:
-                                rule.kind = PB_UNIT;
-                                rule.id_value = 0;
-                                snprintf(rule.unit, sizeof(rule.unit), "%s", e->principal.unit);
-                        }
-                        endpoint_format_pattern(&e->pattern, rule.pattern);
+                        rule_from_entry(&x->reply.rules.rules[i], &rule);
                         r = fn(&rule, userdata);
                         if (r != 0) {
                                 r = callback_result(r, err);
