@@ -292,7 +292,7 @@ def part_fsync(a, wd, b):
 SYSCALL_PURPOSE = {
     "accept4": "connection",
     "getsockopt": "identity (SO_PEERCRED, SO_PEERPIDFD); listener check (SO_ACCEPTCONN)",
-    "newfstatat": "identity: the peer's user and network namespaces",
+    "readlink": "identity: the peer's user and network namespaces",
     "poll": "identity: the peer is still the pid that was read",
     "recvmsg": "the request; the client's end",
     "sendmsg": "the reply and its fd",

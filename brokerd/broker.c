@@ -280,7 +280,6 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
-        b->self.userns_fd = b->self.netns_fd = -1;
         b->policy.self_uid = geteuid();
         b->policy.admin_group = &b->opt.admin_group;
 
@@ -342,7 +341,6 @@ void broker_free(struct broker *b) {
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
         b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);
         store_close(b->store);
-        peer_self_done(&b->self);
         policy_done(&b->policy);
         sd_event_unref(b->event);
         free(b);

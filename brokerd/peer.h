@@ -31,20 +31,15 @@ struct peer {
         const char *doubt;              /* NULL when identity is certain, else why not */
 };
 
-/* Namespace inodes of the broker itself, compared against each peer's. */
+/* The broker's own namespaces, compared against each peer's: the texts of
+ * the links /proc/self/ns/{user,net}, which name a namespace by its inode. */
+#define PEER_NS_MAX 64
 struct peer_self {
-        ino_t userns, netns;
-        int userns_fd, netns_fd;        /* our namespaces, held open: see peer_self_init() */
+        char userns[PEER_NS_MAX], netns[PEER_NS_MAX];
 };
 
-/* Reads the broker's own namespaces and keeps them open: while an nsfs file
- * of a namespace is open the kernel keeps its dentry, so a stat() of a
- * peer's /proc/PID/ns/ link into that namespace need not build and free one
- * (half the cost of each). Returns 0 or -errno. Free with peer_self_done(). */
+/* Reads the broker's own namespaces. Returns 0 or -errno. */
 int peer_self_init(struct peer_self *self);
-
-/* Closes what peer_self_init() opened. */
-void peer_self_done(struct peer_self *self);
 
 /* Identifies the peer of connected socket conn_fd into *ret; its unit only
  * when want_unit (reading the cgroup costs a third of a hand-off, and only

@@ -112,7 +112,6 @@ static int setup(void **state) {
 static int teardown(void **state) {
         struct fixture *fx = *state;
 
-        peer_self_done(&fx->self);
         safe_close(fx->listen_fd);
         unlink(fx->path);
         free(fx);
