@@ -45,7 +45,7 @@ int fdpass_send(int sock_fd, const void *buf, size_t len, int fd, int flags) {
         return (size_t) n == len ? 0 : -EMSGSIZE;
 }
 
-int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
+static int recv_message(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
         union {
                 struct cmsghdr align;
                 char buf[CMSG_SPACE(sizeof(int) * FDPASS_MAX_FDS)];
@@ -97,4 +97,22 @@ int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
         if (ret_fd)
                 *ret_fd = got_fd;
         return (int) n;
+}
+
+int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
+        int n = recv_message(sock_fd, buf, size, ret_fd, flags);
+
+        /* A non-blocking read can say EOF while a message is queued: the
+         * kernel finds the queue empty, the peer sends and shuts down, and
+         * only then is the shutdown looked at (__unix_dgram_recvmsg checks
+         * the two apart). Nothing can arrive after the shutdown, so a second
+         * read tells a message from the end. EAGAIN there: the 0 was an
+         * empty message, returned as before. */
+        if (n == 0 && (flags & MSG_DONTWAIT) && !(ret_fd && *ret_fd >= 0)) {
+                int again = recv_message(sock_fd, buf, size, ret_fd, flags);
+
+                if (again != -EAGAIN)
+                        n = again;
+        }
+        return n;
 }

@@ -7,6 +7,7 @@
  * the GET reply carries arrives close-on-exec, every other fd is closed.
  */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
@@ -1164,6 +1165,48 @@ static void test_fdpass_eof_and_errors(void **state) {
 }
 
 /* A real message through the socketpair, as brokerd answers a GET. */
+/* The kernel's race in a non-blocking SEQPACKET read (EOF said while a
+ * message sent just before the peer's shutdown is queued) cannot be timed
+ * from a test: this wrapper of recvmsg() (linked with --wrap=recvmsg) plays
+ * it, making the next read say EOF once. */
+static bool eof_once;
+ssize_t __real_recvmsg(int fd, struct msghdr *mh, int flags);
+ssize_t __wrap_recvmsg(int fd, struct msghdr *mh, int flags);
+ssize_t __wrap_recvmsg(int fd, struct msghdr *mh, int flags) {
+        if (eof_once) {
+                eof_once = false;
+                mh->msg_controllen = 0;
+                mh->msg_flags = 0;
+                return 0;
+        }
+        return __real_recvmsg(fd, mh, flags);
+}
+
+static void test_fdpass_message_behind_an_early_eof(void **state) {
+        int sv[2], got_fd = -2;
+        char buf[64];
+
+        make_pair(sv);
+        assert_int_equal(fdpass_send(sv[0], "req", 3, -1, 0), 0);
+        assert_int_equal(shutdown(sv[0], SHUT_WR), 0);
+        eof_once = true;
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, MSG_DONTWAIT), 3);
+        assert_memory_equal(buf, "req", 3);
+        assert_int_equal(got_fd, -1);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), &got_fd, MSG_DONTWAIT), 0);
+
+        /* An empty message is still 0, and what follows it is not eaten. */
+        close(sv[0]);
+        close(sv[1]);
+        make_pair(sv);
+        assert_int_equal(fdpass_send(sv[0], "", 0, -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), NULL, MSG_DONTWAIT), 0);
+        assert_int_equal(fdpass_send(sv[0], "x", 1, -1, 0), 0);
+        assert_int_equal(fdpass_recv(sv[1], buf, sizeof(buf), NULL, MSG_DONTWAIT), 1);
+        close(sv[0]);
+        close(sv[1]);
+}
+
 static void test_fdpass_get_reply(void **state) {
         struct pb_msg m = { .hdr = { .type = PB_MSG_GET | PB_MSG_REPLY, .id = 5 } }, d;
         uint8_t buf[PB_MSG_MAX], rbuf[PB_MSG_MAX];
@@ -1214,6 +1257,7 @@ int main(void) {
                 cmocka_unit_test(test_carries_fd),
                 cmocka_unit_test(test_set_error),
                 cmocka_unit_test(test_fdpass_one_fd),
+                cmocka_unit_test(test_fdpass_message_behind_an_early_eof),
                 cmocka_unit_test(test_fdpass_unexpected_fd),
                 cmocka_unit_test(test_fdpass_two_fds),
                 cmocka_unit_test(test_fdpass_too_large),
