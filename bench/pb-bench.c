@@ -146,13 +146,16 @@ static int raw_server(const char *path, unsigned port) {
                 struct ucred cred;
                 socklen_t cl = sizeof(cred);
                 char buf[64];
-                int conn_fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+                int conn_fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC), r;
 
                 if (conn_fd < 0)
                         continue;
-                if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 &&
-                    fdpass_recv(conn_fd, buf, sizeof(buf), NULL, 0) > 0)
-                        (void) fdpass_send(conn_fd, "ok", 2, tcp_fd, 0);
+                if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0)
+                        fprintf(stderr, "pb-bench raw-server: SO_PEERCRED: %m\n");
+                else if ((r = fdpass_recv(conn_fd, buf, sizeof(buf), NULL, 0)) <= 0)
+                        fprintf(stderr, "pb-bench raw-server: no request: %s\n", r ? strerror(-r) : "EOF");
+                else if ((r = fdpass_send(conn_fd, "ok", 2, tcp_fd, 0)) < 0)
+                        fprintf(stderr, "pb-bench raw-server: cannot reply: %s\n", strerror(-r));
                 close(conn_fd);
         }
         return 0;
@@ -172,17 +175,25 @@ static int raw_get(const char *path) {
         close(sock_fd);
         if (r < 0)
                 return r;
+        if (r == 0)
+                return -ECONNRESET;     /* closed without a reply */
         return fd >= 0 ? fd : -EBADMSG;
 }
 
 /* --- clients ------------------------------------------------------------ */
 
+/* One get; the first failure of each process says why on stderr. */
 static int one_get(bool raw, const char *endpoint) {
+        static bool told;
         pb_error err;
         int fd = raw ? raw_get(arg_socket) : pb_get(endpoint, 0, &err);
 
-        if (fd < 0)
+        if (fd < 0) {
+                if (!told)
+                        fprintf(stderr, "pb-bench: get failed: %s\n", raw ? strerror(-fd) : err.message);
+                told = true;
                 return fd;
+        }
         close(fd);
         return 0;
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "fd-util.h"
+#include "sockopt.h"
 
 int sockaddr_from_endpoint(const struct pb_endpoint *e, struct sockaddr_storage *ret, socklen_t *ret_len) {
         struct sockaddr_storage ss = { 0 };
@@ -52,10 +53,16 @@ int sockaddr_port(const struct sockaddr_storage *ss) {
         return -EAFNOSUPPORT;
 }
 
+/* IPV6_V6ONLY of an AF_INET6 socket for e: on for a specific IPv6 address,
+ * off for the dual-stack wildcard. */
+static int endpoint_v6only(const struct pb_endpoint *e) {
+        return e->family == PB_FAMILY_INET6;
+}
+
 int socket_for_endpoint(const struct pb_endpoint *e) {
         struct sockaddr_storage ss;
         socklen_t len;
-        int family, v6only = e->family == PB_FAMILY_INET6, fd;
+        int family, v6only = endpoint_v6only(e), fd;
 
         family = sockaddr_from_endpoint(e, &ss, &len);
         if (family < 0)
@@ -70,4 +77,32 @@ int socket_for_endpoint(const struct pb_endpoint *e) {
                 return r;
         }
         return fd;
+}
+
+int socket_is_for_endpoint(int fd, const struct pb_endpoint *e) {
+        struct sockaddr_storage want, got;
+        socklen_t want_len, got_len = sizeof(got);
+        int family = sockaddr_from_endpoint(e, &want, &want_len);
+        int type = sockopt_get_int(fd, SOL_SOCKET, SO_TYPE);
+        int protocol = sockopt_get_int(fd, SOL_SOCKET, SO_PROTOCOL);
+
+        if (family < 0)
+                return family;
+        if (type < 0)
+                return type;            /* -ENOTSOCK for any other kind of file */
+        if (protocol < 0)
+                return protocol;
+        if (getsockname(fd, (struct sockaddr *) &got, &got_len) < 0)
+                return -errno;
+        if (got.ss_family != family || got_len != want_len || memcmp(&got, &want, want_len) != 0 ||
+            type != (e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM) || protocol != (int) e->transport)
+                return 0;
+        if (family == AF_INET6) {
+                int v6only = sockopt_get_int(fd, IPPROTO_IPV6, IPV6_V6ONLY);
+
+                if (v6only < 0)
+                        return v6only;
+                return v6only == endpoint_v6only(e);
+        }
+        return 1;
 }

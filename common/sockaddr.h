@@ -23,3 +23,8 @@ int sockaddr_port(const struct sockaddr_storage *ss);
  * AF_INET6 IPV6_V6ONLY=1 for a specific IPv6 address, 0 for the dual-stack wildcard.
  * Returns the fd (owned by the caller) or -errno. */
 int socket_for_endpoint(const struct pb_endpoint *e);
+
+/* Whether fd is a socket for e as socket_for_endpoint() and a bind() make
+ * it: family, type, protocol, address and port, IPV6_V6ONLY. Returns 1 or
+ * 0, or -errno when fd cannot be read (-ENOTSOCK: not a socket). */
+int socket_is_for_endpoint(int fd, const struct pb_endpoint *e);

@@ -353,20 +353,14 @@ static struct exchange *exchange_new(uint16_t type, pb_error *err) {
  * type, protocol and port. getsockname() doubles as the check that fd is a
  * socket at all (ENOTSOCK), and its family is the socket's domain. */
 static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
-        int want_type = e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM;
-        int want_domain, type, protocol, port;
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof(ss);
+        int r = socket_is_for_endpoint(fd, e);
 
-        if (getsockname(fd, (struct sockaddr *) &ss, &len) < 0)
+        if (r == -ENOTSOCK || r == -EBADF)
                 return fail(err, EPROTO, "invalid reply from brokerd: the file descriptor is not a socket");
-        port = sockaddr_port(&ss);
-        type = sockopt_get_int(fd, SOL_SOCKET, SO_TYPE);
-        protocol = sockopt_get_int(fd, SOL_SOCKET, SO_PROTOCOL);
-        want_domain = sockaddr_from_endpoint(e, &(struct sockaddr_storage) {}, &len);
-        if (ss.ss_family != want_domain || type != want_type || protocol != e->transport || port != e->port_lo)
-                return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for "
-                            "(domain %d, type %d, protocol %d, port %d)", ss.ss_family, type, protocol, port);
+        if (r < 0)
+                return fail(err, -r, "cannot read the socket brokerd handed out: %s", strerror(-r));
+        if (r == 0)
+                return fail(err, EPROTO, "invalid reply from brokerd: the socket is not the one asked for");
         return 0;
 }
 

@@ -103,12 +103,61 @@ static void test_socket_for_endpoint(void **state) {
         }
 }
 
+/* Binds a socket for e at a port the kernel picks, and sets e's port to it. */
+static int bind_any_port(struct pb_endpoint *e, int v6only) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        int fd = socket_for_endpoint(e);
+
+        assert_true(fd >= 0);
+        if (v6only >= 0)
+                assert_int_equal(setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only)), 0);
+        e->port_lo = e->port_hi = 0;
+        assert_true(sockaddr_from_endpoint(e, &ss, &len) > 0);
+        assert_int_equal(bind(fd, (struct sockaddr *) &ss, len), 0);
+        len = sizeof(ss);
+        assert_int_equal(getsockname(fd, (struct sockaddr *) &ss, &len), 0);
+        e->port_lo = e->port_hi = (uint16_t) sockaddr_port(&ss);
+        return fd;
+}
+
+static void test_socket_is_for_endpoint(void **state) {
+        struct pb_endpoint e = parse("tcp:127.0.0.1:1"), any = parse("udp:1"), other;
+        _cleanup_close_ int fd = bind_any_port(&e, -1);
+        _cleanup_close_ int dual_fd = bind_any_port(&any, -1);
+        _cleanup_close_ int v6only_fd = -1;
+        int pipe_fds[2];
+
+        assert_int_equal(socket_is_for_endpoint(fd, &e), 1);
+        other = e;
+        other.port_lo = other.port_hi = (uint16_t) (e.port_lo + 1);
+        assert_int_equal(socket_is_for_endpoint(fd, &other), 0);
+        other = e;
+        other.addr[3] = 2;                              /* 127.0.0.2 */
+        assert_int_equal(socket_is_for_endpoint(fd, &other), 0);
+        other = e;
+        other.transport = PB_UDP;
+        assert_int_equal(socket_is_for_endpoint(fd, &other), 0);
+
+        /* The dual-stack wildcard is [::] with IPV6_V6ONLY off, not on. */
+        assert_int_equal(socket_is_for_endpoint(dual_fd, &any), 1);
+        other = any;
+        v6only_fd = bind_any_port(&other, 1);
+        assert_int_equal(socket_is_for_endpoint(v6only_fd, &other), 0);
+
+        assert_int_equal(pipe(pipe_fds), 0);
+        assert_int_equal(socket_is_for_endpoint(pipe_fds[0], &e), -ENOTSOCK);
+        close(pipe_fds[0]);
+        close(pipe_fds[1]);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_inet),
                 cmocka_unit_test(test_inet6_and_any),
                 cmocka_unit_test(test_unknown_family),
                 cmocka_unit_test(test_socket_for_endpoint),
+                cmocka_unit_test(test_socket_is_for_endpoint),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
