@@ -174,7 +174,7 @@ def bench(build, *args, timeout=600, cpus=None):
 
 def handoff_servers(a, wd):
     """brokerd and the raw floor server, both ready; the lease tcp:127.0.0.1:9000 is not created yet."""
-    b = Broker(a.build, wd / "p1", ["--max-leases-per-user", 20000])
+    b = Broker(a.build, wd / "p1", ["--max-leases-per-user", 20000, "--max-leases", 20000])
     b.dir.mkdir()
     b.start()
     try:
@@ -400,7 +400,7 @@ def part_breakdown(a, wd, b, raw):
 
 
 def part_scale(a, wd):
-    b = Broker(a.build, wd / "p3", ["--max-leases-per-user", 20000, "--max-connections", 1200,
+    b = Broker(a.build, wd / "p3", ["--max-leases-per-user", 20000, "--max-leases", 20000, "--max-connections", 1200,
                                     "--max-connections-per-user", 1200])
     b.dir.mkdir()
     b.start()

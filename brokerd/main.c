@@ -29,6 +29,7 @@ static struct broker_options arg_opt = {
         .max_connections_per_user = 32,
         .idle_timeout_sec = 10,
         .max_leases_per_user = 64,
+        .max_leases = 4096,
 };
 static int arg_foreground;
 static int arg_log_level = -1;          /* --log-level; -1: $BROKERD_LOG_LEVEL or info */
@@ -48,6 +49,8 @@ static void usage(FILE *out) {
                 "      --max-connections-per-user N  of one uid; admins exempt (default 32)\n"
                 "      --idle-timeout SECONDS    close idle control connections (default 10)\n"
                 "      --max-leases-per-user N   leases one uid may own (default 64)\n"
+                "      --max-leases N            leases in all (default 4096; under systemd, keep\n"
+                "                                the unit's FileDescriptorStoreMax= as large)\n"
                 "      --log-level LEVEL         least urgent priority logged: err, warning, notice,\n"
                 "                                info (default) or debug (every grant), or 0-7\n"
                 "  -h, --help                    show this help\n"
@@ -97,6 +100,7 @@ static const struct number_option {
         { "max-connections-per-user", 1, 100000, &arg_opt.max_connections_per_user },
         { "idle-timeout", 1, 86400, &arg_opt.idle_timeout_sec },
         { "max-leases-per-user", 1, 1000000, &arg_opt.max_leases_per_user },
+        { "max-leases", 1, 1000000, &arg_opt.max_leases },
 };
 
 #define N_NUMBER_OPTIONS (sizeof(number_options) / sizeof(number_options[0]))

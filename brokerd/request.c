@@ -60,6 +60,12 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
                 deny(c, req, reply, text, e, "lease limit");
                 return false;
         }
+        if (!l && b->leases.n >= b->opt.max_leases) {
+                proto_set_error(reply, req->hdr.id, EDQUOT, "brokerd holds %u leases, the most allowed (--max-leases)",
+                                b->opt.max_leases);
+                deny(c, req, reply, text, e, "lease limit");
+                return false;
+        }
         return true;
 }
 

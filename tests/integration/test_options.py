@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """brokerd's tuning options seen from clients (--backlog,
---max-leases-per-user, --log-level), portctl's human output, and a clean stop."""
+--max-leases-per-user, --max-leases, --log-level), portctl's human output, and a clean stop."""
 
 import pytest
 
@@ -50,6 +50,21 @@ def test_max_leases_per_user(make_broker):
     assert r.stderr.startswith("portctl: ")
     assert len(b.portctl("status", json=True).json) == 2
     b.portctl("release", "9000", uid=U1)
+    b.portctl("get", "9002", uid=U1)
+
+
+def test_max_leases_in_all(make_broker):
+    """Two uids cannot together hold more than --max-leases sockets; a repeat
+    get of a held lease still works at the limit, and a release frees a slot."""
+    b = make_broker("--max-leases", "2")
+    b.portctl("policy", "add", "tcp:9000-9009", "--user", U1)
+    b.portctl("policy", "add", "tcp:9000-9009", "--user", U1 + 1)
+    b.portctl("get", "9000", uid=U1)
+    b.portctl("get", "9001", uid=U1 + 1)
+    r = b.portctl("get", "9002", uid=U1, check=1)
+    assert "--max-leases" in r.stderr, r.stderr
+    b.portctl("get", "9000", uid=U1)
+    b.portctl("release", "9001", uid=U1 + 1)
     b.portctl("get", "9002", uid=U1)
 
 
