@@ -4,7 +4,8 @@
  * and by no one else (as OpenBSD ntpd has ntpd.h): the broker itself
  * (broker.c: life cycle, timers, audit), the control socket (control.c),
  * client connections (conn.c), the request table and its handlers
- * (request.c), and the watches on listeners and holders (watch.c).
+ * (request.c), the watches on listeners and holders (watch.c), and the
+ * sockets kept outside the process: systemd's fd store (fdstore.c).
  */
 #pragma once
 
@@ -19,6 +20,12 @@
 #include "proto.h"
 #include "store.h"
 #include "log.h"
+
+/* A lease's socket passed at start, until its lease claims it. */
+struct fdstore_entry {
+        uint64_t lease_id;
+        int fd;                         /* -1 once claimed or closed */
+};
 
 struct broker {
         struct broker_options opt;
@@ -40,6 +47,9 @@ struct broker {
         struct policy policy;
         struct store *store;
         struct lease_table leases;
+        bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
+        struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
+        size_t n_inherited;
 };
 
 /* One client on the control socket, identified once at accept. */
@@ -63,6 +73,10 @@ void broker_audit(struct broker *b, const char *event, const struct peer *p, con
 
 /* Tells systemd the counts of leases, rules and connections. */
 void broker_notify_status(struct broker *b);
+
+/* After l got a socket: puts it in systemd's fd store and watches its
+ * listener (failures are logged; the lease stays usable). Returns 0. */
+int broker_lease_bound(struct broker *b, struct lease *l);
 
 /* Binds an unbound lease again, or adopts the socket a holder kept from an
  * earlier broker when adopt_cookie is that socket's; then watches it.
@@ -122,6 +136,31 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
  * 0, or -errno once the connection was closed (c is freed): a bad message
  * gets an error reply and closes it, and so does a reply that cannot be sent. */
 int request_handle(struct conn *c, const uint8_t *buf, size_t len);
+
+/* --- fdstore.c --- */
+
+/* Reads the sockets passed at start (LISTEN_FDS, LISTEN_FDNAMES): lease
+ * sockets ("lease-ID") are kept for fdstore_claim(), the first other one
+ * becomes b->control_fd (control.c checks it), others are closed. Also
+ * notes whether systemd may keep fds for us. Returns 0 or -errno, logged. */
+int fdstore_take(struct broker *b);
+
+/* The socket passed at start for lease_id, now owned by the caller, or -1. */
+int fdstore_claim(struct broker *b, uint64_t lease_id);
+
+/* Closes the passed sockets no lease claimed and drops them from the store. */
+void fdstore_drop_unclaimed(struct broker *b);
+
+/* Closes our copies of passed sockets not claimed yet, leaving the store
+ * as it is (brokerd failed to start: the next one gets them). */
+void fdstore_done(struct broker *b);
+
+/* Puts l's socket in systemd's fd store (a no-op without systemd; the
+ * store ignores a socket it has). Returns 0 or -errno. */
+int fdstore_add(struct broker *b, const struct lease *l);
+
+/* Drops the socket of lease lease_id from systemd's fd store. */
+void fdstore_remove(struct broker *b, uint64_t lease_id);
 
 /* --- watch.c --- */
 

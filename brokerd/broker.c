@@ -18,6 +18,7 @@
 
 #include "adopt.h"
 #include "fd-util.h"
+#include "sockaddr.h"
 #include "sockopt.h"
 
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
@@ -124,6 +125,25 @@ static int adopt_lease(struct lease *l, uint64_t cookie) {
         return r;
 }
 
+/* Puts l's socket in systemd's fd store; a failure is logged, not fatal. */
+static void store_lease_socket(struct broker *b, const struct lease *l) {
+        struct log_fields f = lease_fields(l);
+        int r = fdstore_add(b, l);
+
+        if (r < 0)
+                log_event(LOG_WARNING, "error", &f, "cannot put lease %llu's socket in systemd's fd store: %s; "
+                          "a restart of brokerd will bind it again", (unsigned long long) l->id, strerror(-r));
+}
+
+int broker_lease_bound(struct broker *b, struct lease *l) {
+        struct log_fields f = lease_fields(l);
+
+        store_lease_socket(b, l);
+        if (watch_listener(b, l) < 0)
+                log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
+        return 0;
+}
+
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie) {
         struct log_fields f = lease_fields(l);
         int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
@@ -139,9 +159,7 @@ int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie
                         log_event(LOG_WARNING, "error", &f, "cannot record the new socket: %s; a holder that "
                                   "outlives a broker crash will not be taken back", strerror(-r));
         }
-        if (watch_listener(b, l) < 0)
-                log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
-        return 0;
+        return broker_lease_bound(b, l);
 }
 
 /* Retries every unbound lease, so a port is taken back soon after whatever
@@ -167,8 +185,38 @@ static int load_rule(const struct store_rule *r, void *userdata) {
         return policy_add(userdata, r);
 }
 
-/* A lease from the database: into the table, then bound again (or adopted).
- * A busy port is an error event; the lease stays, unbound, and is retried. */
+/* The socket passed at start for l (kept by systemd's fd store, or carried
+ * across a re-exec), when there is one and it is the socket l names: then
+ * l has it, listening, and true is returned. One that is not is closed. */
+static bool take_passed_socket(struct broker *b, struct lease *l) {
+        struct log_fields f = lease_fields(l);
+        int fd = fdstore_claim(b, l->id), r;
+
+        if (fd < 0)
+                return false;
+        r = socket_is_for_endpoint(fd, &l->endpoint);
+        if (r <= 0) {
+                log_event(LOG_ERR, "error", &f, "lease %llu: the socket passed at start is not one for %s (%s); "
+                          "closing it and binding again", (unsigned long long) l->id, l->text,
+                          r < 0 ? strerror(-r) : "another family, type, address or port");
+                safe_close(fd);
+                fdstore_remove(b, l->id);
+                return false;
+        }
+        l->sock_fd = fd;
+        r = lease_ensure_listening(l);
+        if (r < 0)
+                log_event(LOG_ERR, "error", &f, "lease %llu: cannot listen on the socket passed at start: %s; "
+                          "the next get tries again", (unsigned long long) l->id, strerror(-r));
+        log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
+                  (unsigned long long) l->id);
+        broker_lease_bound(b, l);
+        return true;
+}
+
+/* A lease from the database: into the table, then its socket taken back from
+ * systemd's fd store, or bound again (or adopted). A busy port is an error
+ * event; the lease stays, unbound, and is retried. */
 static int load_lease(const struct store_lease *sl, void *userdata) {
         struct broker *b = userdata;
         struct lease *l = lease_new();
@@ -187,6 +235,8 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
                 lease_free(l);
                 return r;
         }
+        if (take_passed_socket(b, l))
+                return 0;
         /* Only a socket of this boot can still be held somewhere. */
         r = broker_rebind_lease(b, l, strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0);
         if (r < 0) {
@@ -269,6 +319,8 @@ static int store_setup(struct broker *b) {
                 r = store_leases_load(b->store, load_lease, b);
         if (r < 0)
                 log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
+        else
+                fdstore_drop_unclaimed(b);
         return r;
 }
 
@@ -291,6 +343,8 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 goto fail;
         }
         r = loop_setup(b);
+        if (r >= 0)
+                r = fdstore_take(b);
         if (r >= 0)
                 r = store_setup(b);
         if (r >= 0)
@@ -336,6 +390,7 @@ void broker_free(struct broker *b) {
         for (size_t i = 0; i < b->leases.n; i++)
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);
+        fdstore_done(b);
         control_done(b);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);

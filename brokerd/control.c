@@ -135,27 +135,18 @@ static int control_create(struct broker *b) {
         return 0;
 }
 
-/* The one socket systemd passed, when it did (1), else 0; -errno, logged. */
+/* The control socket passed at start (fdstore_take() set b->control_fd),
+ * made ready: 1, or 0 when none was passed; -errno, logged. */
 static int control_from_systemd(struct broker *b) {
-        int zero = 0, n = sd_listen_fds(true);
+        int zero = 0;
 
-        if (n < 0) {
-                log_msg(LOG_ERR, "cannot read sockets from systemd: %s", strerror(-n));
-                return n;
-        }
-        if (n == 0)
+        if (b->control_fd < 0)
                 return 0;
-        if (n > 1) {
-                log_msg(LOG_ERR, "systemd passed %d sockets; expected one (ListenSequentialPacket=)", n);
-                return -EINVAL;
-        }
-        if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_SEQPACKET, 1, NULL, 0) <= 0) {
+        if (sd_is_socket_unix(b->control_fd, SOCK_SEQPACKET, 1, NULL, 0) <= 0) {
                 log_msg(LOG_ERR, "the socket systemd passed is not a listening AF_UNIX SOCK_SEQPACKET socket");
                 return -EINVAL;
         }
-        b->control_fd = SD_LISTEN_FDS_START;
-        if (fcntl(b->control_fd, F_SETFD, FD_CLOEXEC) < 0 ||
-            fcntl(b->control_fd, F_SETFL, fcntl(b->control_fd, F_GETFL) | O_NONBLOCK) < 0)
+        if (fcntl(b->control_fd, F_SETFL, fcntl(b->control_fd, F_GETFL) | O_NONBLOCK) < 0)
                 return -errno;
         /* Connections accepted from now on inherit it; those queued already
          * do not (accept_drain). Kernels before 6.16 lack it: fds sent to us

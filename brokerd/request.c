@@ -131,8 +131,7 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         l = get_record(c, req, reply, text, sock_fd);
         if (!l)
                 return NULL;
-        if (watch_listener(b, l) < 0)
-                log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
+        broker_lease_bound(b, l);
         log_event(LOG_INFO, "create", &f, "lease %llu created for uid %u", (unsigned long long) l->id,
                   (unsigned) c->peer.uid);
         broker_notify_status(b);
@@ -231,6 +230,7 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
                 return;
         }
         lease_table_remove(&b->leases, l);
+        fdstore_remove(b, l->id);
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
         lease_free(l);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;

@@ -1,15 +1,20 @@
 # SPDX-License-Identifier: MIT
-"""The systemd units in systemd/: `systemd-analyze verify` accepts them, and a
-real systemd, run as PID 1 of private PID, mount, network, UTS, IPC and cgroup
-namespaces, socket-activates brokerd through them, sees it become ready
-(Type=notify), restarts it after a crash and stops it cleanly at poweroff.
+"""The systemd units as `make install` writes them: `systemd-analyze verify`
+accepts them, and a real systemd, run as PID 1 of private PID, mount,
+network, UTS, IPC and cgroup namespaces, socket-activates brokerd through
+them, sees it become ready (Type=notify), restarts it after a crash and stops
+it cleanly at poweroff.
 
 How the PID-1 harness works (the host's PID 1 need not be systemd):
   * `unshare --pid --fork --mount-proc --mount --net --uts --ipc --cgroup`,
     started from a fresh cgroup of the host's cgroup2 hierarchy, so the cgroup
     namespace (and all systemd creates) is rooted there and removed afterwards.
+  * `make install` (default PREFIX=/usr/local) into a DESTDIR first; inside,
+    a tmpfs on /usr/local receives that tree, so the units run exactly what
+    make install wrote: /usr/local/sbin/brokerd, its units under
+    /usr/local/lib/systemd/system.
   * Inside, before exec'ing /lib/systemd/systemd: tmpfs on /run, /var/lib,
-    /tmp and /var/tmp (brokerd and portctl are copied to /run first), a fresh
+    /tmp and /var/tmp (the test helpers are copied to /run first), a fresh
     read-only sysfs, cgroup2 on /sys/fs/cgroup, /proc/sys read-only (PID 1
     writes global sysctls such as kernel.core_pattern otherwise), and a pty
     of ours bind-mounted over /dev/console, which carries systemd's log.
@@ -40,17 +45,29 @@ from conftest import need, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("PB_BUILD", REPO / "build"))
-UNITS = REPO / "systemd"
 SYSTEMD = Path("/lib/systemd/systemd")
 CONTROL = "/run/portbroker/control.sock"
-# Where brokerd is copied inside the namespace: out of reach of the unit's
-# PrivateTmp= and ProtectHome=, wherever the build tree is.
-NS_SBINDIR = "/run/portbroker-test"
+PREFIX = "/usr/local"                   # make install's default
+UNIT_DIR = f"{PREFIX}/lib/systemd/system"
+PORTCTL = f"{PREFIX}/bin/portctl"
+# Test helpers inside the namespace (out of reach of PrivateTmp=, wherever
+# the build tree is), and the namespace's own units.
+NS_TESTDIR = "/run/portbroker-test"
 
 
-def render_service(sbindir):
-    """The .service text as `make install` writes it, for SBINDIR."""
-    return (UNITS / "portbrokerd.service.in").read_text().replace("@SBINDIR@", str(sbindir))
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A DESTDIR holding what `make install` writes."""
+    need(BUILD / "brokerd")
+    dest = tmp_path_factory.mktemp("install")
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "install", f"BUILD={BUILD}", f"DESTDIR={dest}"],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    return dest
+
+
+def installed_unit(installed, name):
+    return (installed / UNIT_DIR.lstrip("/") / name).read_text()
 
 
 def unit_settings(text):
@@ -71,13 +88,16 @@ def unit_settings(text):
 # --- static checks ------------------------------------------------------------
 
 
-def test_units_match_the_contract():
-    sock = unit_settings((UNITS / "portbrokerd.socket").read_text())
-    svc = unit_settings(render_service("/usr/sbin"))
+def test_units_match_the_contract(installed):
+    sock = unit_settings(installed_unit(installed, "portbrokerd.socket"))
+    svc = unit_settings(installed_unit(installed, "portbrokerd.service"))
     assert sock[("Socket", "ListenSequentialPacket")] == [CONTROL]
     assert sock[("Socket", "Accept")] == ["no"]
     assert svc[("Service", "Type")] == ["notify"]
-    assert svc[("Service", "ExecStart")] == ["/usr/sbin/brokerd"]
+    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd"]
+    # The fd store holds every lease's socket: as many as brokerd's default --max-leases.
+    assert svc[("Service", "FileDescriptorStoreMax")] == ["4096"]
+    assert svc[("Service", "WatchdogSec")]
     # A service RuntimeDirectory= would be removed, control socket and all,
     # whenever brokerd stops, unless preserved.
     if ("Service", "RuntimeDirectory") in svc:
@@ -86,12 +106,13 @@ def test_units_match_the_contract():
     assert "CAP_NET_BIND_SERVICE" in caps
 
 
-def test_systemd_analyze_verify(tmp_path):
+def test_systemd_analyze_verify(tmp_path, installed):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
-    need(BUILD / "brokerd")
-    shutil.copy(UNITS / "portbrokerd.socket", tmp_path)
-    (tmp_path / "portbrokerd.service").write_text(render_service(BUILD))
+    shutil.copy(installed / UNIT_DIR.lstrip("/") / "portbrokerd.socket", tmp_path)
+    # ExecStart= must name an existing binary: the installed one, under DESTDIR.
+    (tmp_path / "portbrokerd.service").write_text(installed_unit(installed, "portbrokerd.service").replace(
+        f"ExecStart={PREFIX}/sbin/brokerd", f"ExecStart={installed}{PREFIX}/sbin/brokerd"))
     # --man=no: the man pages named in Documentation= are not installed here.
     r = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "./portbrokerd.socket", "./portbrokerd.service"],
@@ -138,15 +159,17 @@ if [ -e /proc/sysrq-trigger ]; then
     mount -o remount,bind,ro /proc/sysrq-trigger
 fi
 mount --bind {console} /dev/console
-mkdir -p {sbindir}/empty
-cp -r {units} {sbindir}/units
-cp {brokerd} {portctl} {sbindir}/
+mkdir -p {testdir}/empty
+cp -r {units} {testdir}/units
+cp {helpers} {testdir}/
+mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {prefix}
+cp -a {installed}{prefix}/. {prefix}/
 # After the copies: the build tree may be under /tmp. PrivateTmp= dirs stay in here.
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
 export container=portbroker-test SYSTEMD_COLORS=0
-export SYSTEMD_UNIT_PATH={sbindir}/units
-export SYSTEMD_GENERATOR_PATH={sbindir}/empty SYSTEMD_ENVIRONMENT_GENERATOR_PATH={sbindir}/empty
+export SYSTEMD_UNIT_PATH={testdir}/units:{unitdir}
+export SYSTEMD_GENERATOR_PATH={testdir}/empty SYSTEMD_ENVIRONMENT_GENERATOR_PATH={testdir}/empty
 exec {systemd} --system --log-target=console --log-level=debug --show-status=no \
     --default-standard-output=tty --default-standard-error=tty
 """
@@ -159,12 +182,16 @@ def cgroup2_root():
     return None
 
 
+HELPERS = ("pb-testserver", "pb-load")
+
+
 class Pid1:
     """A systemd running as PID 1 of fresh namespaces, with our units."""
 
-    def __init__(self, tmp_path, build):
+    def __init__(self, tmp_path, build, installed):
         self.tmp = tmp_path
         self.build = build
+        self.installed = installed
         self.proc = None  # the unshare process
         self.pid = None  # host pid of the namespace's PID 1
         self.cgroup = None
@@ -184,8 +211,6 @@ class Pid1:
         units.mkdir()
         for name, text in MINIMAL_UNITS.items():
             (units / name).write_text(text)
-        shutil.copy(UNITS / "portbrokerd.socket", units)
-        (units / "portbrokerd.service").write_text(render_service(NS_SBINDIR))
         dropin = units / "portbrokerd.service.d"
         dropin.mkdir()
         # LeakSanitizer needs ptrace(), which SystemCallFilter= forbids; leaks
@@ -200,9 +225,9 @@ class Pid1:
 
         inner = self.tmp / "inner.sh"
         inner.write_text(INNER.format(
-            console=shlex.quote(os.ttyname(self.slave_fd)), sbindir=NS_SBINDIR,
-            units=shlex.quote(str(units)), brokerd=shlex.quote(str(self.build / "brokerd")),
-            portctl=shlex.quote(str(self.build / "portctl")),
+            console=shlex.quote(os.ttyname(self.slave_fd)), testdir=NS_TESTDIR,
+            units=shlex.quote(str(units)), installed=shlex.quote(str(self.installed)), prefix=PREFIX,
+            unitdir=UNIT_DIR, helpers=" ".join(shlex.quote(str(self.build / h)) for h in HELPERS),
             systemd=SYSTEMD))
         self.cgroup = root / f"portbroker-test-{os.getpid()}-{time.monotonic_ns()}"
         self.cgroup.mkdir()
@@ -329,14 +354,14 @@ class Pid1:
 
 
 @pytest.fixture
-def pid1(tmp_path):
+def pid1(tmp_path, installed):
     if os.geteuid() != 0:
         pytest.skip("running systemd as PID 1 of new namespaces needs root")
     if not SYSTEMD.exists() or not shutil.which("unshare") or not shutil.which("nsenter"):
         pytest.skip("needs /lib/systemd/systemd, unshare and nsenter")
-    need(BUILD / "brokerd")
-    need(BUILD / "portctl")
-    p = Pid1(tmp_path, BUILD)
+    for h in HELPERS:
+        need(BUILD / h)
+    p = Pid1(tmp_path, BUILD, installed)
     try:
         p.start()
         yield p
@@ -344,18 +369,18 @@ def pid1(tmp_path):
         p.cleanup()
 
 
-def listening_tcp_ports(pid):
-    """Ports in LISTEN in the network namespace of pid."""
-    ports = set()
+def tcp_listeners(pid):
+    """{port: socket inode} of the TCP sockets in LISTEN in the network namespace of pid."""
+    ports = {}
     for f in ("tcp", "tcp6"):
         try:
             lines = Path(f"/proc/{pid}/net/{f}").read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A":
-                ports.add(int(local.rsplit(":", 1)[1], 16))
+            fields = line.split()
+            if fields[3] == "0A":
+                ports[int(fields[1].rsplit(":", 1)[1], 16)] = int(fields[9])
     return ports
 
 
@@ -369,7 +394,7 @@ def lease_of(pid1, portctl, endpoint):
 def test_socket_activation_under_systemd_pid1(pid1):
     host_core_pattern = Path("/proc/sys/kernel/core_pattern").read_text()
     host_run_existed = Path("/run/portbroker").exists()
-    portctl = f"{NS_SBINDIR}/portctl"
+    portctl = PORTCTL
 
     # Boot: the socket listens, brokerd is not started yet.
     pid1.wait_state("portbrokerd.socket", "active")
@@ -382,7 +407,7 @@ def test_socket_activation_under_systemd_pid1(pid1):
     assert pid1.prop("portbrokerd.service", "Type") == "notify"
     pid1.run(portctl, "get", "tcp:8080", "--", "/bin/sh", "-c",
              'test "$LISTEN_FDS" = 1 && test "$LISTEN_PID" = $$')
-    assert 8080 in listening_tcp_ports(pid1.pid)
+    assert 8080 in tcp_listeners(pid1.pid)
     assert pid1.prop("portbrokerd.service", "NRestarts") == "0"
     lease = lease_of(pid1, portctl, "tcp:8080")
 
@@ -400,7 +425,7 @@ def test_socket_activation_under_systemd_pid1(pid1):
     pid1.wait_state("portbrokerd.service", "active")
     assert lease_of(pid1, portctl, "tcp:8080") == lease
     pid1.run(portctl, "get", "tcp:8080", "--", "/bin/true")
-    assert 8080 in listening_tcp_ports(pid1.pid)
+    assert 8080 in tcp_listeners(pid1.pid)
 
     # Poweroff stops brokerd cleanly and the namespaces go away.
     before = len(pid1.log())
@@ -415,3 +440,167 @@ def test_socket_activation_under_systemd_pid1(pid1):
     # Nothing leaked to the host.
     assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core_pattern
     assert Path("/run/portbroker").exists() == host_run_existed
+
+
+# --- ports survive brokerd itself ------------------------------------------------
+
+U1, U2 = 4242, 4343
+PORT = 8080
+
+# Another uid trying to take the port all along: binds [::] and 0.0.0.0 with
+# SO_REUSEADDR (what a server restarting in a gap would do), for a bounded time.
+BINDER = r"""
+import json, socket, sys, time
+port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+tries, wins, errnos = 0, 0, {}
+while time.monotonic() < until:
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tries += 1
+        try:
+            s.bind((addr, port))
+            s.listen()
+            wins += 1
+        except OSError as e:
+            errnos[e.errno] = errnos.get(e.errno, 0) + 1
+        s.close()
+    time.sleep(0.002)
+print(json.dumps({"tries": tries, "wins": wins, "errnos": errnos}))
+"""
+
+
+class NsProc:
+    """A process started in the namespaces of pid1 by nsenter (-a: all of
+    them; -n: the network only, the host's files), optionally as uid."""
+
+    def __init__(self, pid1, argv, name, uid=None, ns="-a"):
+        self.pid1, self.name = pid1, name
+        ids = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups"] if uid else []
+        self.out = open(pid1.tmp / f"{name}.out", "w+b")
+        self.proc = subprocess.Popen(["nsenter", "-t", str(pid1.pid), ns, "--", *ids, *map(str, argv)],
+                                     stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT)
+
+    def result(self, timeout):
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"{self.name}: no exit in {timeout}s\n{self.pid1.diagnostics()}")
+        self.out.seek(0)
+        text = self.out.read().decode(errors="replace")
+        assert rc == 0, f"{self.name} exited {rc}: {text}"
+        return json.loads(text.strip().splitlines()[-1])
+
+
+class NsServer(NsProc):
+    """`portctl get tcp:PORT -- pb-testserver` as uid, inside the namespaces."""
+    count = 0
+
+    def __init__(self, pid1, uid):
+        NsServer.count += 1
+        self.ready_file = f"/tmp/server-{NsServer.count}.pid"
+        super().__init__(pid1, [PORTCTL, "get", f"tcp:{PORT}", "--", f"{NS_TESTDIR}/pb-testserver",
+                                "--ready-file", self.ready_file], f"server-{NsServer.count}", uid=uid)
+
+    def wait_ready(self):
+        path = Path(f"/proc/{self.pid1.pid}/root{self.ready_file}")
+
+        def ready():
+            if self.proc.poll() is not None:
+                self.out.seek(0)
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}: {self.out.read()!r}")
+            try:
+                return int(path.read_text())
+            except (OSError, ValueError):
+                return None
+        self.ns_pid = wait_for(ready, 20, f"{self.name} to serve")
+
+    def kill9(self):
+        self.pid1.run("kill", "-KILL", self.ns_pid)
+        self.proc.wait(10)
+
+
+class Survival:
+    """A server of uid U1 on PORT under a bounded loopback load, and uid U2
+    trying to bind PORT all the while; .check() asserts nobody was refused
+    or timed out, U2 never bound it, and it is the same listening socket."""
+
+    def __init__(self, pid1, rate, duration, timeout_ms=5000):
+        self.pid1 = pid1
+        pid1.wait_state("portbrokerd.socket", "active")
+        pid1.run(PORTCTL, "policy", "add", f"tcp:{PORT}", "--user", U1)
+        self.server = NsServer(pid1, U1)
+        self.server.wait_ready()
+        self.inode = tcp_listeners(pid1.pid)[PORT]
+        self.duration, self.timeout_ms = duration, timeout_ms
+        self.t0 = time.monotonic()
+        self.load = NsProc(pid1, [BUILD / "pb-load", "--port", PORT, "--rate", rate, "--duration", duration,
+                                  "--timeout-ms", timeout_ms, "--json"], "pb-load", ns="-n")
+        self.binder = NsProc(pid1, ["/usr/bin/python3", "-c", BINDER, PORT, duration], "binder", uid=U2, ns="-n")
+        self.cycles = 0
+
+    def at(self, seconds):
+        """Sleeps until `seconds` into the load: a schedule, not a wait for a condition."""
+        time.sleep(max(0.0, self.t0 + seconds - time.monotonic()))
+
+    def restart_server(self):
+        self.server = NsServer(self.pid1, U1)
+        self.server.wait_ready()
+        self.cycles += 1
+        assert tcp_listeners(self.pid1.pid).get(PORT) == self.inode, "the listening socket was replaced"
+
+    def wait_restarted(self, n, timeout=20):
+        wait_for(lambda: self.pid1.prop("portbrokerd.service", "NRestarts") == str(n), timeout,
+                 f"brokerd's restart #{n}", interval=0.05)
+        self.pid1.wait_state("portbrokerd.service", "active")
+
+    def check(self):
+        res = self.load.result(self.duration + self.timeout_ms / 1000 + 30)
+        bind = self.binder.result(self.duration + 30)
+        self.server.kill9()
+        print(f"\nload: {res['attempted']} attempted, {res['ok']} ok, {res['refused']} refused, "
+              f"{res['timed_out']} timed out, {res['lost']} lost in flight; {self.cycles} server restarts; "
+              f"uid {U2}: {bind['wins']} of {bind['tries']} binds")
+        assert res["refused"] == 0 and res["timed_out"] == 0 and res["errors"] == 0, res
+        assert res["lost"] <= self.cycles, res          # accepted by a server as it was killed
+        assert res["ok"] > 0
+        assert bind["tries"] > 0 and bind["wins"] == 0, bind
+        assert tcp_listeners(self.pid1.pid).get(PORT) == self.inode
+        return res
+
+
+def test_ports_survive_brokerd_killed_and_restarted(pid1):
+    """systemctl kill -s KILL (three times) and systemctl restart, the server
+    killed each time too: the fd store keeps the socket, so clients queue
+    instead of being refused, and no other uid can bind the port."""
+    s = Survival(pid1, rate=300, duration=14)
+    for k in (1, 2, 3):
+        s.at(3 * k - 1)
+        pid1.systemctl("kill", "-s", "KILL", "portbrokerd.service", check=True)
+        s.server.kill9()
+        s.wait_restarted(k)
+        s.restart_server()
+    s.at(11)
+    s.server.kill9()
+    pid1.systemctl("restart", "portbrokerd.service", check=True)
+    s.restart_server()
+    s.check()
+    assert pid1.log().count("its socket was kept while brokerd was away") == 4, pid1.diagnostics()
+
+
+def test_ports_survive_a_hung_brokerd_killed_by_the_watchdog(pid1):
+    """A brokerd that stops answering (SIGSTOP) is killed by the watchdog
+    and restarted with its sockets; the server, killed meanwhile, comes back
+    to the same socket and its queued clients."""
+    watchdog = int(unit_settings(installed_unit(pid1.installed, "portbrokerd.service"))[
+        ("Service", "WatchdogSec")][0].rstrip("s"))
+    s = Survival(pid1, rate=150, duration=watchdog + 10, timeout_ms=(watchdog + 8) * 1000)
+    s.at(1)
+    main = pid1.prop("portbrokerd.service", "MainPID")
+    pid1.run("kill", "-STOP", main)
+    s.server.kill9()
+    s.wait_restarted(1, timeout=watchdog + 15)
+    assert "portbrokerd.service: Watchdog timeout" in pid1.log(), pid1.diagnostics()
+    s.restart_server()
+    s.check()
