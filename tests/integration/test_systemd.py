@@ -604,3 +604,59 @@ def test_ports_survive_a_hung_brokerd_killed_by_the_watchdog(pid1):
     assert "portbrokerd.service: Watchdog timeout" in pid1.log(), pid1.diagnostics()
     s.restart_server()
     s.check()
+
+
+# Run inside the namespaces (sqlite3 resolves /proc/PID/root by itself).
+READ_BLOB = r"""
+import sqlite3, sys
+db = sqlite3.connect("/var/lib/portbroker/portbroker.db", timeout=10)
+print(db.execute("SELECT endpoint FROM leases WHERE id = ?", (int(sys.argv[1]),)).fetchone()[0].hex())
+"""
+EDIT_DB = r"""
+import sqlite3, sys
+gone, moved, blob = int(sys.argv[1]), int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+db = sqlite3.connect("/var/lib/portbroker/portbroker.db", timeout=10)
+with db:
+    db.execute("DELETE FROM leases WHERE id = ?", (gone,))
+    db.execute("UPDATE leases SET endpoint = ?, endpoint_text = 'tcp:[::]:8082' WHERE id = ?", (blob, moved))
+"""
+
+
+def test_fd_store_is_reconciled_with_the_database(pid1):
+    """At start, a stored socket whose lease is gone is closed and leaves the
+    store; one that is not the socket its lease names is never handed out
+    (closed, dropped, the lease bound anew); a released lease's socket leaves
+    the store. The database is edited behind brokerd's back to get there."""
+    import sqlite3
+
+    pid1.wait_state("portbrokerd.socket", "active")
+    pid1.run(PORTCTL, "policy", "add", "tcp:8080-8082", "--user", U1)
+    ids = {}
+    for port in (8080, 8081, 8082):
+        pid1.run("setpriv", "--reuid", U1, "--regid", U1, "--clear-groups", PORTCTL, "get", f"tcp:{port}", "--",
+                 "/bin/true")
+        ids[port] = lease_of(pid1, PORTCTL, f"tcp:{port}")[0]
+    blob_8082 = pid1.run("/usr/bin/python3", "-c", READ_BLOB, ids[8082]).stdout.strip()
+    pid1.run("setpriv", "--reuid", U1, "--regid", U1, "--clear-groups", PORTCTL, "release", "tcp:8082")
+    # Lease 8081 vanishes; lease 8080 now names 8082.
+    pid1.run("/usr/bin/python3", "-c", EDIT_DB, ids[8081], ids[8080], blob_8082)
+
+    def crash(n):
+        before = len(pid1.log())
+        pid1.systemctl("kill", "-s", "KILL", "portbrokerd.service", check=True)
+        wait_for(lambda: pid1.prop("portbrokerd.service", "NRestarts") == str(n), 20, f"restart #{n}")
+        pid1.wait_state("portbrokerd.service", "active")
+        return pid1.log()[before:]
+
+    log = crash(1)
+    assert f'closing the passed socket "lease-{ids[8081]}": no such lease' in log, log
+    assert f"lease {ids[8080]}: the socket passed at start is not one for tcp:[::]:8082" in log, log
+    assert f'"lease-{ids[8082]}"' not in log, log         # released: it had left the store
+    ports = tcp_listeners(pid1.pid)
+    assert 8080 not in ports and 8081 not in ports and 8082 in ports, ports
+
+    # What was closed left the store; lease 1's new socket is in it.
+    log = crash(2)
+    assert "no such lease" not in log and "is not one for" not in log, log
+    assert f"lease {ids[8080]}: its socket was kept" in log, log
+    assert tcp_listeners(pid1.pid).get(8082) == ports[8082]
