@@ -194,7 +194,8 @@ install: all
 	install -m 0755 $(BUILD)/libportbroker-preload.so $(DESTDIR)$(PRELOAD_PATH)
 	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1
 	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8
-	sed 's|@SBINDIR@|$(SBINDIR)|' systemd/portbrokerd.service.in > $(DESTDIR)$(UNITDIR)/portbrokerd.service
+	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' systemd/portbrokerd.service.in \
+		> $(DESTDIR)$(UNITDIR)/portbrokerd.service
 	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket
 
 clean:

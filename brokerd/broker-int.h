@@ -27,6 +27,12 @@ struct fdstore_entry {
         int fd;                         /* -1 once claimed or closed */
 };
 
+/* A control connection carried across a re-exec, until it is served again. */
+struct carried_conn {
+        int fd;
+        uint32_t reexec_id;             /* the REEXEC request to answer on it, 0: none */
+};
+
 struct broker {
         struct broker_options opt;
         sd_event *event;
@@ -50,6 +56,8 @@ struct broker {
         bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
         struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
         size_t n_inherited;
+        struct carried_conn *carried;   /* control connections carried across a re-exec */
+        size_t n_carried;
 };
 
 /* One client on the control socket, identified once at accept. */
@@ -139,14 +147,20 @@ int request_handle(struct conn *c, const uint8_t *buf, size_t len);
 
 /* --- fdstore.c --- */
 
-/* Reads the sockets passed at start (LISTEN_FDS, LISTEN_FDNAMES): lease
- * sockets ("lease-ID") are kept for fdstore_claim(), the first other one
- * becomes b->control_fd (control.c checks it), others are closed. Also
- * notes whether systemd may keep fds for us. Returns 0 or -errno, logged. */
+/* Reads the sockets passed at start (LISTEN_FDS, LISTEN_FDNAMES; after a
+ * re-exec, the list in $PORTBROKER_REEXEC_FDS): lease sockets ("lease-ID")
+ * are kept for fdstore_claim(), control connections for
+ * fdstore_serve_carried(), the first other one becomes b->control_fd
+ * (control.c checks it), others are closed. Also notes whether systemd
+ * may keep fds for us. Returns 0 or -errno, logged. */
 int fdstore_take(struct broker *b);
 
 /* The socket passed at start for lease_id, now owned by the caller, or -1. */
 int fdstore_claim(struct broker *b, uint64_t lease_id);
+
+/* Serves the control connections carried across a re-exec, answering the
+ * REEXEC request of the one that asked. After READY=1. */
+void fdstore_serve_carried(struct broker *b);
 
 /* Closes the passed sockets no lease claimed and drops them from the store. */
 void fdstore_drop_unclaimed(struct broker *b);
@@ -161,6 +175,16 @@ int fdstore_add(struct broker *b, const struct lease *l);
 
 /* Drops the socket of lease lease_id from systemd's fd store. */
 void fdstore_remove(struct broker *b, uint64_t lease_id);
+
+/* --- reexec.c --- */
+
+/* Executes brokerd's binary again for the REEXEC request id on c, carrying
+ * every socket. Returns only on failure: -errno, with why in reply (the old
+ * image goes on serving). */
+int reexec(struct broker *b, struct conn *c, uint32_t id, struct pb_msg *reply);
+
+/* Sends the new image's REEXEC reply for request id on fd. */
+void reexec_answer(int fd, uint32_t id);
 
 /* --- watch.c --- */
 

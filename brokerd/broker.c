@@ -376,6 +376,7 @@ int broker_run(struct broker *b, int ready_fd) {
                 (void) !write(ready_fd, "", 1);
                 safe_close(ready_fd);
         }
+        fdstore_serve_carried(b);
         r = sd_event_loop(b->event);
         sd_notify(false, "STOPPING=1");
         log_event(LOG_INFO, "stop", &f, "stopping; %zu leases stay recorded", b->leases.n);

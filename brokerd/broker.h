@@ -13,6 +13,8 @@
 
 #define BROKER_DEFAULT_CONTROL "/run/portbroker/control.sock"
 #define BROKER_DEFAULT_DB "/var/lib/portbroker/portbroker.db"
+/* Set by a re-exec for the new image: names the memfd listing the fds it carries. */
+#define REEXEC_FDS_ENV "PORTBROKER_REEXEC_FDS"
 
 struct broker_options {
         const char *control_path;       /* ignored under socket activation */
@@ -24,6 +26,8 @@ struct broker_options {
         unsigned idle_timeout_sec;      /* per connection */
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
+        const char *exe_path;           /* our binary, as started: what a re-exec executes */
+        char **argv;                    /* our arguments, for a re-exec */
 };
 
 struct broker;

@@ -7,21 +7,29 @@
  * named, beside the control socket, and takes them back before READY=1.
  * fdstore_take() reads what was passed; load_lease() claims each lease's
  * socket by id; what nobody claims is closed and removed from the store.
- * A re-exec passes its sockets by the same protocol.
+ * A re-exec (reexec.c) passes its sockets with the same names, listed in a
+ * memfd, and its open control connections too ("conn", and "reexec-ID"
+ * for the one that asked, which the new image answers once it is ready).
  */
 #include "broker-int.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "fd-util.h"
 
 #define LEASE_FDNAME_PREFIX "lease-"
+#define CONN_FDNAME "conn"
+#define REEXEC_FDNAME_PREFIX "reexec-"
+#define REEXEC_LIST_MAX (16u << 20)     /* bytes of fd list a re-exec may pass */
 
 /* The lease id an fd name stands for, or 0 when it names no lease. */
 static uint64_t lease_id_of_name(const char *name) {
@@ -56,11 +64,44 @@ static int keep_lease_fd(struct broker *b, uint64_t id, int fd) {
         return 0;
 }
 
-/* Sorts one passed fd: a lease's socket is kept for fdstore_claim(), the
- * first other one is the control socket (control.c checks it), anything
- * else is closed and dropped from the store. Consumes fd. */
+static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id) {
+        struct carried_conn *v = reallocarray(b->carried, b->n_carried + 1, sizeof(*v));
+
+        if (!v)
+                return -ENOMEM;
+        b->carried = v;
+        v[b->n_carried++] = (struct carried_conn) { .fd = fd, .reexec_id = reexec_id };
+        return 0;
+}
+
+/* A control connection carried across a re-exec: "conn", or "reexec-ID"
+ * for the one whose request ID is answered by the new image. Returns
+ * true and *ret_id (0 for "conn") when name is one. */
+static bool conn_name(const char *name, uint32_t *ret_id) {
+        char *end;
+        unsigned long id;
+
+        if (strcmp(name, CONN_FDNAME) == 0) {
+                *ret_id = 0;
+                return true;
+        }
+        if (strncmp(name, REEXEC_FDNAME_PREFIX, strlen(REEXEC_FDNAME_PREFIX)) != 0)
+                return false;
+        errno = 0;
+        id = strtoul(name + strlen(REEXEC_FDNAME_PREFIX), &end, 10);
+        if (errno || *end || id == 0 || id > UINT32_MAX)
+                return false;
+        *ret_id = (uint32_t) id;
+        return true;
+}
+
+/* Sorts one passed fd: a lease's socket is kept for fdstore_claim(), a
+ * carried connection for fdstore_serve_carried(), the first other one is
+ * the control socket (control.c checks it), anything else is closed and
+ * dropped from the store. Consumes fd. */
 static int sort_fd(struct broker *b, int fd, const char *name) {
         uint64_t id = lease_id_of_name(name);
+        uint32_t reexec_id;
 
         if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
                 int r = -errno;
@@ -70,6 +111,13 @@ static int sort_fd(struct broker *b, int fd, const char *name) {
         }
         if (id > 0) {
                 int r = keep_lease_fd(b, id, fd);
+
+                if (r < 0)
+                        safe_close(fd);
+                return r;
+        }
+        if (conn_name(name, &reexec_id)) {
+                int r = keep_conn_fd(b, fd, reexec_id);
 
                 if (r < 0)
                         safe_close(fd);
@@ -97,11 +145,64 @@ static bool fdstore_enabled(void) {
         return getenv("NOTIFY_SOCKET") && getenv("INVOCATION_ID");
 }
 
+/* The fds an earlier image of brokerd passed across exec(): the memfd named
+ * by $PORTBROKER_REEXEC_FDS lists them, one "FD NAME" line each. */
+static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
+        char *end, *text = NULL, *line, *save = NULL;
+        long list_fd = strtol(list_fd_text, &end, 10);
+        struct stat st;
+        FILE *f;
+        size_t n;
+        int r = 0;
+
+        if (*end || list_fd <= STDERR_FILENO || list_fd > INT_MAX || fstat((int) list_fd, &st) < 0 ||
+            !S_ISREG(st.st_mode) || st.st_size > REEXEC_LIST_MAX)
+                return -EBADF;
+        text = calloc(1, (size_t) st.st_size + 1);
+        f = text ? fdopen((int) list_fd, "re") : NULL;
+        if (!f) {
+                free(text);
+                safe_close((int) list_fd);
+                return -ENOMEM;
+        }
+        n = fread(text, 1, (size_t) st.st_size, f);
+        fclose(f);
+        text[n] = '\0';
+        for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                char name[64];
+                int fd, k;
+
+                if (sscanf(line, "%d %63s", &fd, name) != 2 || fd <= STDERR_FILENO || fd == list_fd ||
+                    fcntl(fd, F_GETFD) < 0) {
+                        log_msg(LOG_WARNING, "ignoring a bad line in the fd list of the earlier image: %s", line);
+                        continue;
+                }
+                k = sort_fd(b, fd, name);
+                if (k < 0 && r == 0)
+                        r = k;
+        }
+        free(text);
+        return r;
+}
+
 int fdstore_take(struct broker *b) {
+        const char *reexec = getenv(REEXEC_FDS_ENV);
         char **names = NULL;
         int n, r = 0;
 
         b->fdstore = fdstore_enabled();
+        if (reexec) {
+                r = take_reexec_fds(b, reexec);
+                unsetenv(REEXEC_FDS_ENV);
+                if (r < 0) {
+                        log_msg(LOG_ERR, "cannot take the sockets of the earlier image: %s", strerror(-r));
+                        return r;
+                }
+                log_event(LOG_INFO, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
+                          "re-executed: %zu lease sockets and %zu connections carried over",
+                        b->n_inherited, b->n_carried);
+                return 0;
+        }
         n = sd_listen_fds_with_names(true, &names);
         if (n < 0) {
                 log_msg(LOG_ERR, "cannot read the sockets passed at start: %s", strerror(-n));
@@ -119,7 +220,8 @@ int fdstore_take(struct broker *b) {
         if (r < 0)
                 log_msg(LOG_ERR, "cannot keep the sockets passed at start: %s", strerror(-r));
         if (b->n_inherited > 0)
-                log_msg(LOG_INFO, "%zu lease sockets were passed at start", b->n_inherited);
+                log_event(LOG_INFO, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
+                          "%zu lease sockets were passed at start", b->n_inherited);
         return r;
 }
 
@@ -146,11 +248,14 @@ void fdstore_drop_unclaimed(struct broker *b) {
                 if (x->fd < 0)
                         continue;
                 fdname_of_lease(x->lease_id, name, sizeof(name));
-                log_msg(LOG_NOTICE, "closing the passed socket \"%s\": no such lease (released meanwhile)", name);
+                log_event(LOG_NOTICE, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
+                          "closing the passed socket \"%s\": no such lease", name);
                 x->fd = safe_close(x->fd);
                 store_remove_name(b, name);
         }
-        fdstore_done(b);
+        free(b->inherited);
+        b->inherited = NULL;
+        b->n_inherited = 0;
 }
 
 void fdstore_done(struct broker *b) {
@@ -159,6 +264,24 @@ void fdstore_done(struct broker *b) {
         free(b->inherited);
         b->inherited = NULL;
         b->n_inherited = 0;
+        for (size_t i = 0; i < b->n_carried; i++)
+                safe_close(b->carried[i].fd);
+        free(b->carried);
+        b->carried = NULL;
+        b->n_carried = 0;
+}
+
+void fdstore_serve_carried(struct broker *b) {
+        for (size_t i = 0; i < b->n_carried; i++) {
+                struct carried_conn *x = &b->carried[i];
+
+                if (x->reexec_id)
+                        reexec_answer(x->fd, x->reexec_id);
+                conn_new(b, x->fd);
+        }
+        free(b->carried);
+        b->carried = NULL;
+        b->n_carried = 0;
 }
 
 int fdstore_add(struct broker *b, const struct lease *l) {

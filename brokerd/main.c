@@ -222,7 +222,15 @@ static int detach(void) {
         return pipefd[1];
 }
 
+static bool stderr_is_devnull(void) {
+        struct stat a, b;
+
+        return fstat(STDERR_FILENO, &a) == 0 && stat("/dev/null", &b) == 0 && S_ISCHR(a.st_mode) &&
+               a.st_rdev == b.st_rdev;
+}
+
 int main(int argc, char **argv) {
+        static char exe_path[PATH_MAX];
         struct broker *b = NULL;
         struct rlimit rl;
         int r, ready_fd = -1;
@@ -241,7 +249,16 @@ int main(int argc, char **argv) {
                 (void) setrlimit(RLIMIT_NOFILE, &rl);
         }
 
-        if (!arg_foreground && !getenv("NOTIFY_SOCKET") && !getenv("LISTEN_FDS")) {
+        /* A re-exec runs what was started at this path, upgraded or not. */
+        if (!realpath("/proc/self/exe", exe_path)) {
+                fprintf(stderr, "brokerd: cannot read /proc/self/exe: %s\n", strerror(errno));
+                return EXIT_FAILURE;
+        }
+        arg_opt.exe_path = exe_path;
+        arg_opt.argv = argv;
+        if (getenv(REEXEC_FDS_ENV) && stderr_is_devnull())
+                log_setup_detached();   /* an image that had detached, executed again */
+        else if (!arg_foreground && !getenv("NOTIFY_SOCKET") && !getenv("LISTEN_FDS")) {
                 ready_fd = detach();
                 if (ready_fd < 0) {
                         fprintf(stderr, "brokerd: cannot detach: %s\n", strerror(-ready_fd));

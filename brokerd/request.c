@@ -393,6 +393,13 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
         }
 }
 
+/* --- admin ------------------------------------------------------------------ */
+
+/* On success the new image answers; this returns only with an error reply. */
+static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        (void) reexec(c->broker, c, req->hdr.id, reply);
+}
+
 /* --- the table and dispatch ------------------------------------------------- */
 
 static const struct request_type request_types[] = {
@@ -402,6 +409,7 @@ static const struct request_type request_types[] = {
         { PB_MSG_POLICY_ADD, "policy-add", true, handle_policy_add },
         { PB_MSG_POLICY_REMOVE, "policy-remove", true, handle_policy_remove },
         { PB_MSG_POLICY_LIST, "policy-list", false, handle_policy_list },
+        { PB_MSG_REEXEC, "reexec", true, handle_reexec },
 };
 
 static const struct request_type *request_type_of(uint16_t type) {

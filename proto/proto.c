@@ -204,8 +204,13 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
                 put_rule_list(w, &m->rules);
                 break;
+        case PB_MSG_REEXEC | PB_MSG_REPLY:
+                put_be(w, m->reexec.pid, 4);
+                put_text(w, m->reexec.version);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+        case PB_MSG_REEXEC:
                 break;
         case PB_MSG_ERROR:
                 put_be(w, (uint32_t) m->error.code, 4);
@@ -333,8 +338,13 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
                 get_rule_list(r, &m->rules);
                 break;
+        case PB_MSG_REEXEC | PB_MSG_REPLY:
+                m->reexec.pid = (uint32_t) get_be(r, 4);
+                get_text(r, m->reexec.version);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+        case PB_MSG_REEXEC:
                 break;
         case PB_MSG_ERROR:
                 m->error.code = (int32_t) (uint32_t) get_be(r, 4);

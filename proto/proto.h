@@ -16,7 +16,7 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 1
+#define PB_PROTO_VERSION 2
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
@@ -30,6 +30,7 @@ enum pb_msg_type {
         PB_MSG_POLICY_ADD = 4,
         PB_MSG_POLICY_REMOVE = 5,
         PB_MSG_POLICY_LIST = 6,
+        PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
         PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
 };
@@ -106,6 +107,10 @@ struct pb_msg {
                                 uint64_t created;       /* unix seconds */
                         } rules[PB_RULES_MAX];
                 } rules;
+                struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */
+                        uint32_t pid;           /* brokerd's pid (the same before and after) */
+                        char version[PB_TEXT_MAX + 1]; /* the new image's version */
+                } reexec;
                 struct {                        /* PB_MSG_ERROR */
                         int32_t code;           /* positive errno value */
                         char message[PB_TEXT_MAX + 1];

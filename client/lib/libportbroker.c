@@ -349,9 +349,7 @@ static struct exchange *exchange_new(uint16_t type, pb_error *err) {
         return x;
 }
 
-/* Checks that fd is the socket brokerd should have sent for e: family,
- * type, protocol and port. getsockname() doubles as the check that fd is a
- * socket at all (ENOTSOCK), and its family is the socket's domain. */
+/* Checks that fd is the socket brokerd should have sent for e. */
 static int check_socket(int fd, const struct pb_endpoint *e, pb_error *err) {
         int r = socket_is_for_endpoint(fd, e);
 
@@ -748,6 +746,26 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         }
         r = 0;
 out:
+        free(x);
+        return r;
+}
+
+int pb_conn_reexec(pb_conn *c, char *version, size_t size, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_reexec: no connection");
+        x = exchange_new(PB_MSG_REEXEC, err);
+        if (!x)
+                return -ENOMEM;
+        r = request(c, x, NULL, err);
+        if (r >= 0) {
+                if (version && size)
+                        snprintf(version, size, "%s", x->reply.reexec.version);
+                r = (int) (x->reply.reexec.pid & INT32_MAX);
+        }
         free(x);
         return r;
 }

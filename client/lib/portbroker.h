@@ -102,6 +102,13 @@ int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);
 int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdata), void *userdata,
                         pb_error *err);
 
+/* Makes brokerd execute its binary again (an upgrade installed at its path
+ * since it started), with every socket and connection kept. Admin only.
+ * Answered by the new image once it is ready: returns brokerd's pid (the
+ * same as before) and copies its version into version (size bytes; NULL
+ * or 0: not wanted). On failure the old image keeps serving. */
+int pb_conn_reexec(pb_conn *c, char *version, size_t size, pb_error *err);
+
 #ifdef __cplusplus
 }
 #endif

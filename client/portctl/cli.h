@@ -123,6 +123,9 @@ int cmd_status(int argc, char **argv);
 /* portctl policy add / remove / list (cmd-policy.c). */
 int cmd_policy(int argc, char **argv);
 
+/* portctl admin reexec (cmd-admin.c). */
+int cmd_admin(int argc, char **argv);
+
 /* portctl run / portctl upgrade (run.c). */
 int cmd_run(int argc, char **argv);
 int cmd_upgrade(int argc, char **argv);

@@ -42,6 +42,9 @@ static const struct command {
           "                        PATTERN (admin only)\n"
           "  policy remove ID      Remove a rule (admin only)\n"
           "  policy list           List the rules\n" },
+        { "admin", cmd_admin,
+          "  admin reexec          Make brokerd execute its binary again (an upgrade installed\n"
+          "                        since), keeping every socket (admin only)\n" },
         { "run", cmd_run,
           "  run [ENDPOINT...] -- CMD [ARGS...]\n"
           "                        Run a server that binds its own sockets: with\n"

@@ -105,8 +105,11 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                                 return false;
                 }
                 return true;
+        case PB_MSG_REEXEC | PB_MSG_REPLY:
+                return a->reexec.pid == b->reexec.pid && strcmp(a->reexec.version, b->reexec.version) == 0;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+        case PB_MSG_REEXEC:
                 return true;
         case PB_MSG_ERROR:
                 return a->error.code == b->error.code && strcmp(a->error.message, b->error.message) == 0;
@@ -159,6 +162,10 @@ static void check_valid(const struct pb_msg *m, size_t size) {
                 CHECK(m->error.code > 0);
                 CHECK(text_ok(m->error.message));
                 break;
+        case PB_MSG_REEXEC | PB_MSG_REPLY:
+                CHECK(text_ok(m->reexec.version));
+                break;
+        case PB_MSG_REEXEC:
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
         case PB_MSG_POLICY_LIST:
@@ -455,6 +462,14 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         break;
                 case 17:
                         proto_set_error(&m, 0, EUSERS, "%s", "");
+                        break;
+                case 18:
+                        m.hdr.type = PB_MSG_REEXEC;
+                        break;
+                case 19:
+                        m.hdr.type = PB_MSG_REEXEC | PB_MSG_REPLY;
+                        m.reexec.pid = 4242;
+                        strcpy(m.reexec.version, "0.1.0");
                         break;
                 default:
                         return;

@@ -308,7 +308,8 @@ class Procs:
 class Broker:
     """One brokerd process (restartable) over a control socket and database in dir."""
 
-    def __init__(self, path, args, wrapper=()):
+    def __init__(self, path, args, wrapper=(), binary=None):
+        self.binary = binary or BROKERD  # a copy elsewhere, for tests that replace it
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
         self.control = str(self.dir / "control.sock")
         self.db = str(self.dir / "portbroker.db")
@@ -332,7 +333,7 @@ class Broker:
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             ns.bind(self.notify_path)
-            argv = [*self.wrapper, BROKERD, "--foreground", "--control", self.control, "--db", self.db,
+            argv = [*self.wrapper, self.binary, "--foreground", "--control", self.control, "--db", self.db,
                     *self.args]
             with open(self.logpath, "ab") as log:
                 log.write(f"--- run {self.runs}: {' '.join(argv)}\n".encode())
@@ -594,6 +595,53 @@ def _alive(pid):
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+# Another uid trying to take a port all along: binds [::] and 0.0.0.0 with
+# SO_REUSEADDR (what a server restarting in a gap would do), for a bounded
+# time; prints {"tries", "wins", "errnos"}. Run it with `python3 -c`.
+BINDER = r"""
+import json, socket, sys, time
+port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+tries, wins, errnos = 0, 0, {}
+while time.monotonic() < until:
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tries += 1
+        try:
+            s.bind((addr, port))
+            s.listen()
+            wins += 1
+        except OSError as e:
+            errnos[e.errno] = errnos.get(e.errno, 0) + 1
+        s.close()
+    time.sleep(0.002)
+print(json.dumps({"tries": tries, "wins": wins, "errnos": errnos}))
+"""
+
+
+def tcp_listener_inode(port, pid="self"):
+    """Inode of the TCP socket in LISTEN on port in the network namespace of pid, or None."""
+    for f in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{f}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return int(fields[9])
+    return None
+
+
+class Binder:
+    """BINDER as uid in the background; .result() waits for its JSON."""
+
+    def __init__(self, procs, uid, port, duration):
+        self.duration = duration
+        self.proc = procs.spawn([PYTHON, "-c", BINDER, port, duration], uid=uid, name="binder")
+
+    def result(self):
+        rc = self.proc.wait(timeout=self.duration + 30)
+        assert rc == 0, f"binder failed ({rc}): {self.proc.stderr()}"
+        return json.loads(self.proc.output().strip().splitlines()[-1])
+
+
 class Load:
     """pb-load running in the background; .result() waits for its JSON."""
 
@@ -676,11 +724,11 @@ def expect_log(expected_log):
 def make_broker(workdir, procs, expected_log):
     brokers = []
 
-    def make(*args, start=True, wrapper=()):
+    def make(*args, start=True, wrapper=(), binary=None):
         d = workdir / f"broker{len(brokers)}"
         d.mkdir()
         d.chmod(0o755)
-        b = Broker(d, args, wrapper)
+        b = Broker(d, args, wrapper, binary)
         b.expected_log = expected_log      # shared: every broker of the test
         brokers.append(b)
         return b.start() if start else b

@@ -24,11 +24,12 @@ from conftest import as_user, child_env, wait_for
 pytestmark = pytest.mark.usefixtures("netns")
 
 HDR = struct.Struct("!IHHII")           # length, version, type, id, reserved
+VERSION = 2                             # PB_PROTO_VERSION
 GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
 REPLY, ERROR = 0x8000, 0xFFFF
 
 
-def msg(mtype, body=b"", version=1, mid=7, length=None, reserved=0):
+def msg(mtype, body=b"", version=VERSION, mid=7, length=None, reserved=0):
     return HDR.pack(16 + len(body) if length is None else length, version, mtype, mid, reserved) + body
 
 
@@ -56,7 +57,7 @@ def answer(s, timeout=5.0):
 
 def check_error_reply(hdr, data):
     length, version, mtype, _, reserved = hdr
-    assert length == len(data) and version == 1 and mtype == ERROR and reserved == 0, (hdr, data)
+    assert length == len(data) and version == VERSION and mtype == ERROR and reserved == 0, (hdr, data)
     code = struct.unpack("!i", data[16:20])[0]
     text = data[21:21 + data[20]].decode()
     assert code > 0 and text and text.isprintable(), (code, text)
@@ -102,7 +103,7 @@ BAD = {
     "garbage": os.urandom(37),
     "zeros": bytes(64),
     "oversized-8KiB": msg(STATUS, bytes(8192 - 16)),
-    "oversized-exact-length-field": HDR.pack(5000, 1, STATUS, 1, 0) + bytes(4984),
+    "oversized-exact-length-field": HDR.pack(5000, VERSION, STATUS, 1, 0) + bytes(4984),
     "truncated-header": msg(STATUS, STATUS_BODY)[:7],
     "header-only-get": msg(GET),
     "length-field-too-big": msg(STATUS, STATUS_BODY, length=16 + len(STATUS_BODY) + 8),
@@ -110,7 +111,8 @@ BAD = {
     "get-body-truncated": msg(GET, endpoint(8080)[:20]),
     "get-body-too-long": msg(GET, endpoint(8080) + b"x"),
     "version-0": msg(STATUS, STATUS_BODY, version=0),
-    "version-2": msg(STATUS, STATUS_BODY, version=2),
+    "version-1": msg(STATUS, STATUS_BODY, version=1),
+    "version-3": msg(STATUS, STATUS_BODY, version=3),
     "unknown-type": msg(99, STATUS_BODY),
     "reply-type-from-client": msg(STATUS | REPLY, b"\x00\x00"),
     "error-type-from-client": msg(ERROR, struct.pack("!i", 5) + b"\x02hi"),

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need, wait_for
+from conftest import BINDER, need, tcp_listener_inode, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("PB_BUILD", REPO / "build"))
@@ -95,6 +95,7 @@ def test_units_match_the_contract(installed):
     assert sock[("Socket", "Accept")] == ["no"]
     assert svc[("Service", "Type")] == ["notify"]
     assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd"]
+    assert svc[("Service", "ExecReload")] == [f"{PORTCTL} admin reexec"]
     # The fd store holds every lease's socket: as many as brokerd's default --max-leases.
     assert svc[("Service", "FileDescriptorStoreMax")] == ["4096"]
     assert svc[("Service", "WatchdogSec")]
@@ -110,9 +111,9 @@ def test_systemd_analyze_verify(tmp_path, installed):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
     shutil.copy(installed / UNIT_DIR.lstrip("/") / "portbrokerd.socket", tmp_path)
-    # ExecStart= must name an existing binary: the installed one, under DESTDIR.
+    # Exec*= must name existing binaries: the installed ones, under DESTDIR.
     (tmp_path / "portbrokerd.service").write_text(installed_unit(installed, "portbrokerd.service").replace(
-        f"ExecStart={PREFIX}/sbin/brokerd", f"ExecStart={installed}{PREFIX}/sbin/brokerd"))
+        f"={PREFIX}/", f"={installed}{PREFIX}/"))
     # --man=no: the man pages named in Documentation= are not installed here.
     r = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "./portbrokerd.socket", "./portbrokerd.service"],
@@ -369,21 +370,6 @@ def pid1(tmp_path, installed):
         p.cleanup()
 
 
-def tcp_listeners(pid):
-    """{port: socket inode} of the TCP sockets in LISTEN in the network namespace of pid."""
-    ports = {}
-    for f in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{f}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] == "0A":
-                ports[int(fields[1].rsplit(":", 1)[1], 16)] = int(fields[9])
-    return ports
-
-
 def lease_of(pid1, portctl, endpoint):
     """(id, since) of the one lease `portctl status ENDPOINT --json` shows."""
     leases = json.loads(pid1.run(portctl, "status", endpoint, "--json").stdout)
@@ -407,7 +393,7 @@ def test_socket_activation_under_systemd_pid1(pid1):
     assert pid1.prop("portbrokerd.service", "Type") == "notify"
     pid1.run(portctl, "get", "tcp:8080", "--", "/bin/sh", "-c",
              'test "$LISTEN_FDS" = 1 && test "$LISTEN_PID" = $$')
-    assert 8080 in tcp_listeners(pid1.pid)
+    assert tcp_listener_inode(8080, pid1.pid)
     assert pid1.prop("portbrokerd.service", "NRestarts") == "0"
     lease = lease_of(pid1, portctl, "tcp:8080")
 
@@ -425,7 +411,7 @@ def test_socket_activation_under_systemd_pid1(pid1):
     pid1.wait_state("portbrokerd.service", "active")
     assert lease_of(pid1, portctl, "tcp:8080") == lease
     pid1.run(portctl, "get", "tcp:8080", "--", "/bin/true")
-    assert 8080 in tcp_listeners(pid1.pid)
+    assert tcp_listener_inode(8080, pid1.pid)
 
     # Poweroff stops brokerd cleanly and the namespaces go away.
     before = len(pid1.log())
@@ -446,28 +432,6 @@ def test_socket_activation_under_systemd_pid1(pid1):
 
 U1, U2 = 4242, 4343
 PORT = 8080
-
-# Another uid trying to take the port all along: binds [::] and 0.0.0.0 with
-# SO_REUSEADDR (what a server restarting in a gap would do), for a bounded time.
-BINDER = r"""
-import json, socket, sys, time
-port, until = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-tries, wins, errnos = 0, 0, {}
-while time.monotonic() < until:
-    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        tries += 1
-        try:
-            s.bind((addr, port))
-            s.listen()
-            wins += 1
-        except OSError as e:
-            errnos[e.errno] = errnos.get(e.errno, 0) + 1
-        s.close()
-    time.sleep(0.002)
-print(json.dumps({"tries": tries, "wins": wins, "errnos": errnos}))
-"""
 
 
 class NsProc:
@@ -532,7 +496,7 @@ class Survival:
         pid1.run(PORTCTL, "policy", "add", f"tcp:{PORT}", "--user", U1)
         self.server = NsServer(pid1, U1)
         self.server.wait_ready()
-        self.inode = tcp_listeners(pid1.pid)[PORT]
+        self.inode = tcp_listener_inode(PORT, pid1.pid)
         self.duration, self.timeout_ms = duration, timeout_ms
         self.t0 = time.monotonic()
         self.load = NsProc(pid1, [BUILD / "pb-load", "--port", PORT, "--rate", rate, "--duration", duration,
@@ -548,7 +512,7 @@ class Survival:
         self.server = NsServer(self.pid1, U1)
         self.server.wait_ready()
         self.cycles += 1
-        assert tcp_listeners(self.pid1.pid).get(PORT) == self.inode, "the listening socket was replaced"
+        assert tcp_listener_inode(PORT, self.pid1.pid) == self.inode, "the listening socket was replaced"
 
     def wait_restarted(self, n, timeout=20):
         wait_for(lambda: self.pid1.prop("portbrokerd.service", "NRestarts") == str(n), timeout,
@@ -566,15 +530,16 @@ class Survival:
         assert res["lost"] <= self.cycles, res          # accepted by a server as it was killed
         assert res["ok"] > 0
         assert bind["tries"] > 0 and bind["wins"] == 0, bind
-        assert tcp_listeners(self.pid1.pid).get(PORT) == self.inode
+        assert tcp_listener_inode(PORT, self.pid1.pid) == self.inode
         return res
 
 
-def test_ports_survive_brokerd_killed_and_restarted(pid1):
-    """systemctl kill -s KILL (three times) and systemctl restart, the server
-    killed each time too: the fd store keeps the socket, so clients queue
-    instead of being refused, and no other uid can bind the port."""
-    s = Survival(pid1, rate=300, duration=14)
+def test_ports_survive_brokerd_killed_restarted_and_reloaded(pid1):
+    """systemctl kill -s KILL (three times), systemctl restart and systemctl
+    reload, the server killed each time too: the fd store (and the re-exec)
+    keep the socket, so clients queue instead of being refused, and no
+    other uid can bind the port."""
+    s = Survival(pid1, rate=300, duration=17)
     for k in (1, 2, 3):
         s.at(3 * k - 1)
         pid1.systemctl("kill", "-s", "KILL", "portbrokerd.service", check=True)
@@ -585,8 +550,16 @@ def test_ports_survive_brokerd_killed_and_restarted(pid1):
     s.server.kill9()
     pid1.systemctl("restart", "portbrokerd.service", check=True)
     s.restart_server()
+    s.at(14)
+    main, restarts = (pid1.prop("portbrokerd.service", p) for p in ("MainPID", "NRestarts"))
+    s.server.kill9()
+    pid1.systemctl("reload", "portbrokerd.service", check=True)
+    assert pid1.prop("portbrokerd.service", "MainPID") == main
+    assert pid1.prop("portbrokerd.service", "NRestarts") == restarts
+    assert "re-executed: 1 lease sockets" in pid1.log(), pid1.diagnostics()
+    s.restart_server()
     s.check()
-    assert pid1.log().count("its socket was kept while brokerd was away") == 4, pid1.diagnostics()
+    assert pid1.log().count("its socket was kept while brokerd was away") == 5, pid1.diagnostics()
 
 
 def test_ports_survive_a_hung_brokerd_killed_by_the_watchdog(pid1):
@@ -652,11 +625,11 @@ def test_fd_store_is_reconciled_with_the_database(pid1):
     assert f'closing the passed socket "lease-{ids[8081]}": no such lease' in log, log
     assert f"lease {ids[8080]}: the socket passed at start is not one for tcp:[::]:8082" in log, log
     assert f'"lease-{ids[8082]}"' not in log, log         # released: it had left the store
-    ports = tcp_listeners(pid1.pid)
-    assert 8080 not in ports and 8081 not in ports and 8082 in ports, ports
+    inode_8082 = tcp_listener_inode(8082, pid1.pid)
+    assert not tcp_listener_inode(8080, pid1.pid) and not tcp_listener_inode(8081, pid1.pid) and inode_8082
 
     # What was closed left the store; lease 1's new socket is in it.
     log = crash(2)
     assert "no such lease" not in log and "is not one for" not in log, log
     assert f"lease {ids[8080]}: its socket was kept" in log, log
-    assert tcp_listeners(pid1.pid).get(8082) == ports[8082]
+    assert tcp_listener_inode(8082, pid1.pid) == inode_8082

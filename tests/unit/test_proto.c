@@ -128,8 +128,13 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                         assert_int_equal(x->created, y->created);
                 }
                 break;
+        case PB_MSG_REEXEC | PB_MSG_REPLY:
+                assert_int_equal(a->reexec.pid, b->reexec.pid);
+                assert_string_equal(a->reexec.version, b->reexec.version);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+        case PB_MSG_REEXEC:
                 break;
         case PB_MSG_ERROR:
                 assert_int_equal(a->error.code, b->error.code);
@@ -259,6 +264,10 @@ static size_t samples(struct pb_msg *out, size_t max) {
         fill_rules(NEXT(0, 0), 0, false, 9);
         fill_rules(NEXT(0, 0), 3, true, 20);
         fill_rules(NEXT(0, 0), PB_RULES_MAX, true, PB_TEXT_MAX);
+        NEXT(PB_MSG_REEXEC, 17);
+        NEXT(PB_MSG_REEXEC | PB_MSG_REPLY, 17);
+        m->reexec.pid = 4242;
+        strcpy(m->reexec.version, "0.1.0");
         NEXT(PB_MSG_ERROR, 15);
         m->error.code = EBUSY;
         strcpy(m->error.message, "tcp:[::]:80 is held by uid 1000 (alice) \xc3\xa9");
@@ -278,7 +287,7 @@ static void test_header_layout(void **state) {
         uint8_t buf[PB_MSG_MAX];
         static const uint8_t want[] = {
                 0, 0, 0, 40,                    /* length */
-                0, 1,                           /* version */
+                0, 2,                           /* version */
                 0, 1,                           /* type */
                 0x11, 0x22, 0x33, 0x44,         /* id */
                 0, 0, 0, 0,                     /* reserved */
@@ -315,6 +324,7 @@ static void test_encoded_sizes(void **state) {
                 { PB_MSG_POLICY_REMOVE, 24 },
                 { PB_MSG_POLICY_REMOVE | PB_MSG_REPLY, 16 },
                 { PB_MSG_POLICY_LIST, 24 },
+                { PB_MSG_REEXEC, 16 },
         };
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
@@ -339,6 +349,9 @@ static void test_encoded_sizes(void **state) {
                         break;
                 case PB_MSG_ERROR:
                         want = 16 + 4 + 1 + strlen(m[i].error.message);
+                        break;
+                case PB_MSG_REEXEC | PB_MSG_REPLY:
+                        want = 16 + 4 + 1 + strlen(m[i].reexec.version);
                         break;
                 }
                 assert_int_equal(len, want);
@@ -439,7 +452,7 @@ static void test_encode_refuses(void **state) {
         memset(m.error.message, 'x', sizeof(m.error.message));  /* no terminator: 256 bytes */
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
 
-        static const uint16_t unknown[] = { 0, 7, 0x8000, 0x8007, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
+        static const uint16_t unknown[] = { 0, 8, 0x8000, 0x8008, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
         for (size_t i = 0; i < ELEMENTSOF(unknown); i++) {
                 memset(&m, 0, sizeof(m));
                 m.hdr.type = unknown[i];
@@ -586,7 +599,7 @@ static void test_wrong_version(void **state) {
         static struct pb_msg m[32];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        static const uint16_t versions[] = { 0, 2, 3, 0x0100, 0x8001, 0xffff };
+        static const uint16_t versions[] = { 0, 1, 3, 0x0100, 0x8002, 0xffff };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -606,7 +619,7 @@ static void test_wrong_version(void **state) {
 
         /* A wrong version with a bad header is a bad header. */
         size_t len = encode_ok(&m[0], buf);
-        buf[5] = 2;
+        buf[5] = 3;
         buf[15] = 1;
         assert_int_equal(decode(buf, len), -EBADMSG);
         /* A wrong version wins over a bad body: the body is not looked at. */
@@ -617,7 +630,7 @@ static void test_wrong_version(void **state) {
 
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
-                0, 7, 8, 0x00ff, 0x7fff, 0x8000, 0x8007, 0x80ff, 0xc001, 0xfffe,
+                0, 8, 9, 0x00ff, 0x7fff, 0x8000, 0x8008, 0x80ff, 0xc001, 0xfffe,
         };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };

@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: MIT
+"""`portctl admin reexec`: brokerd executes its binary again (an upgrade
+installed at its path since it started), carrying every lease's socket, the
+control socket and every open control connection across exec().
+
+  * Under a bounded loopback load, with the server killed meanwhile and
+    another uid trying to bind the port throughout: 0 refused, 0 timed out,
+    the same listening socket, the same pid, no foreign bind.
+  * A control connection opened before the re-exec is answered after it.
+  * The binary at the path, replaced since (a new inode), is what runs.
+  * Only admins may ask; a binary that does not start leaves the old
+    brokerd serving and says why.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import BROKERD, Binder, Load, tcp_listener_inode
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1, U2 = 4242, 4343
+PORT = 8080
+
+
+def reexec(broker, **kw):
+    return broker.portctl("admin", "reexec", json=True, **kw)
+
+
+def broker_of_own_binary(make_broker, workdir):
+    """A brokerd run from a copy of the binary that the test may replace,
+    holding tcp:PORT. Returns (broker, the binary's path)."""
+    binary = workdir / "sbin" / "brokerd"
+    binary.parent.mkdir()
+    shutil.copy(BROKERD, binary)
+    broker = make_broker(binary=str(binary))
+    broker.portctl("get", PORT)
+    return broker, binary
+
+
+def test_reexec_keeps_every_port_under_load(broker, procs):
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    broker.portctl("get", "udp:5353")
+    srv = broker.serve(procs, PORT, uid=U1)
+    srv.wait_ready()
+    inode, pid = tcp_listener_inode(PORT), broker.pid
+    early = broker.raw()                        # a control connection from before the re-exec
+    load = Load(procs, PORT, rate=500, duration=4)
+    binder = Binder(procs, U2, PORT, duration=4)
+    time.sleep(1)                               # a schedule: the load runs before and after
+    srv.kill9()
+    out = reexec(broker).json
+    assert out["pid"] == pid and out["version"], out
+    srv = broker.serve(procs, PORT, uid=U1)
+    srv.wait_ready()
+    res, bind = load.result(), binder.result()
+    assert res["refused"] == 0 and res["timed_out"] == 0 and res["errors"] == 0, res
+    assert res["lost"] <= 1 and res["ok"] > 0, res
+    assert bind["tries"] > 0 and bind["wins"] == 0, bind
+    assert tcp_listener_inode(PORT) == inode
+    assert broker.proc.poll() is None and broker.pid == pid
+    st = {x["endpoint"]: x for x in broker.portctl("status", json=True).json}
+    assert st[f"tcp:[::]:{PORT}"]["bound"] and st["udp:[::]:5353"]["bound"], st
+    assert len(broker.events("keep")) == 2 and broker.events("reexec"), broker.log()
+    # The early connection is served by the new image.
+    early.sendall(bytes.fromhex("0000003100020003000000090000000000") + bytes(32))
+    reply = early.recv(4096)
+    assert reply[6:8] == b"\x80\x03" and reply[8:12] == b"\x00\x00\x00\x09", reply.hex()
+    early.close()
+
+
+def test_reexec_runs_the_binary_installed_since(make_broker, workdir):
+    broker, binary = broker_of_own_binary(make_broker, workdir)
+    # An upgrade: a new file at the same path; the running image is the old inode.
+    binary.unlink()
+    shutil.copy(BROKERD, binary)
+    assert os.readlink(f"/proc/{broker.pid}/exe").endswith(" (deleted)")
+    reexec(broker)
+    assert os.readlink(f"/proc/{broker.pid}/exe") == str(binary)
+    assert os.stat(f"/proc/{broker.pid}/exe").st_ino == binary.stat().st_ino
+    broker.portctl("get", PORT)
+
+
+def test_reexec_is_for_admins_only(broker):
+    r = broker.portctl("admin", "reexec", uid=U1, check=1)
+    assert "permission denied" in r.stderr or "admin" in r.stderr, r.stderr
+    assert not broker.events("reexec")
+
+
+@pytest.mark.expect_log(r"event=error .*re-execution refused")
+def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdir):
+    broker, binary = broker_of_own_binary(make_broker, workdir)
+    inode, pid = tcp_listener_inode(PORT), broker.pid
+
+    binary.unlink()
+    binary.write_text("#!/bin/sh\nexit 3\n")
+    binary.chmod(0o755)
+    r = broker.portctl("admin", "reexec", check=1)
+    assert "--version failed (exit status 3)" in r.stderr and "keeps serving" in r.stderr, r.stderr
+
+    binary.unlink()
+    r = broker.portctl("admin", "reexec", check=1)
+    assert "No such file" in r.stderr and "keeps serving" in r.stderr, r.stderr
+
+    assert broker.pid == pid and broker.proc.poll() is None
+    assert tcp_listener_inode(PORT) == inode
+    broker.portctl("get", PORT)
+    assert json.loads(broker.portctl("status", json=True).stdout)[0]["bound"]
