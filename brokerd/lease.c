@@ -116,13 +116,18 @@ unsigned lease_holders_live(const struct lease *l) {
         return n;
 }
 
+void lease_unbind(struct lease *l) {
+        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        l->sock_fd = safe_close(l->sock_fd);
+}
+
 void lease_free(struct lease *l) {
         if (!l)
                 return;
-        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        l->orphan_source = sd_event_source_disable_unref(l->orphan_source);
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
                 lease_holder_clear(&l->holders[i]);
-        l->sock_fd = safe_close(l->sock_fd);
+        lease_unbind(l);
         free(l);
 }
 
