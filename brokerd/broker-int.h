@@ -91,11 +91,6 @@ int broker_lease_bound(struct broker *b, struct lease *l);
  * Returns 0 or -errno (the caller reports the failure). */
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie);
 
-/* Closes the socket of l, which has gone its orphan timeout without a
- * holder: recorded durably with its audit event, dropped from systemd's fd
- * store; the lease stays and is bound again at the owner's next get. */
-void broker_orphan_close(struct broker *b, struct lease *l);
-
 /* Log fields naming peer p and, when given, an endpoint. */
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
 
@@ -198,10 +193,5 @@ void reexec_answer(int fd, uint32_t id);
 int watch_listener(struct broker *b, struct lease *l);
 
 /* Watches the peer as a holder of l until it exits: distinct pids, the
- * oldest forgotten past LEASE_HOLDERS_MAX. Best effort. When the last
- * known holder exits, l is holderless from then on, and with an orphan
- * timeout its socket is closed that long after (broker_orphan_close()). */
+ * oldest forgotten past LEASE_HOLDERS_MAX. Best effort. */
 void watch_holder(struct broker *b, struct lease *l, const struct peer *p);
-
-/* Arms l's orphan timer again (after its closing failed). */
-void watch_orphan_rearm(struct lease *l);
