@@ -31,6 +31,7 @@ struct fdstore_entry {
 struct carried_conn {
         int fd;
         uint32_t reexec_id;             /* the REEXEC request to answer on it, 0: none */
+        struct peer peer;               /* its identity as read at accept by the earlier image */
 };
 
 struct broker {
@@ -115,6 +116,10 @@ int control_parent_dir(const char *path, char *buf, size_t len);
 /* Identifies the peer of fd and serves it, or refuses it when a limit is
  * reached. Consumes fd. */
 void conn_new(struct broker *b, int fd);
+
+/* Takes over a connection carried across a re-exec whose peer p was
+ * identified at accept: watched, served from the loop. Consumes fd. */
+void conn_carried(struct broker *b, int fd, const struct peer *p);
 
 /* Closes the connection and frees it. */
 void conn_free(struct conn *c);

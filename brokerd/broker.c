@@ -205,9 +205,13 @@ static bool take_passed_socket(struct broker *b, struct lease *l) {
         }
         l->sock_fd = fd;
         r = lease_ensure_listening(l);
-        if (r < 0)
+        if (r < 0) {
                 log_event(LOG_ERR, "error", &f, "lease %llu: cannot listen on the socket passed at start: %s; "
-                          "the next get tries again", (unsigned long long) l->id, strerror(-r));
+                          "closing it and binding again", (unsigned long long) l->id, strerror(-r));
+                l->sock_fd = safe_close(l->sock_fd);
+                fdstore_remove(b, l->id);
+                return false;
+        }
         log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
                   (unsigned long long) l->id);
         broker_lease_bound(b, l);

@@ -155,6 +155,26 @@ static int conn_watch(struct broker *b, struct conn *c) {
         return r;
 }
 
+void conn_carried(struct broker *b, int fd, const struct peer *p) {
+        struct conn *c = calloc(1, sizeof(*c));
+
+        if (!c) {
+                safe_close(fd);
+                return;
+        }
+        c->broker = b;
+        c->sock_fd = fd;
+        c->peer = *p;
+        c->peer.conn_fd = fd;
+        /* For holder watches only; the identity stays the one read at accept. */
+        c->peer.pid_fd = peer_pidfd(fd);
+        conn_link(b, c);
+        if (conn_watch(b, c) < 0) {
+                log_msg(LOG_ERR, "cannot watch a connection carried over; closing it");
+                conn_free(c);
+        }
+}
+
 void conn_new(struct broker *b, int fd) {
         struct conn *c = calloc(1, sizeof(*c));
         char why[128];

@@ -64,13 +64,27 @@ static int keep_lease_fd(struct broker *b, uint64_t id, int fd) {
         return 0;
 }
 
-static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id) {
-        struct carried_conn *v = reallocarray(b->carried, b->n_carried + 1, sizeof(*v));
+/* Keeps a carried connection; ident is the rest of its line: "UID GID PID
+ * DOUBTFUL UNIT" (UNIT "-" for none), its peer as read at accept. */
+static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id, const char *ident) {
+        struct carried_conn *v, x = { .fd = fd, .reexec_id = reexec_id };
+        char unit[PEER_UNIT_MAX];
+        unsigned uid, gid;
+        int pid, doubtful;
 
+        if (!ident || sscanf(ident, "%u %u %d %d %255s", &uid, &gid, &pid, &doubtful, unit) != 5)
+                return -EBADMSG;
+        x.peer = (struct peer) { .uid = uid, .gid = gid, .pid = pid, .pid_fd = -1, .conn_fd = fd,
+                                 .groups_unread = true };
+        if (strcmp(unit, "-") != 0)
+                snprintf(x.peer.unit, sizeof(x.peer.unit), "%s", unit);
+        if (doubtful)
+                x.peer.doubt = "the peer's identity was in doubt before brokerd executed itself again";
+        v = reallocarray(b->carried, b->n_carried + 1, sizeof(*v));
         if (!v)
                 return -ENOMEM;
         b->carried = v;
-        v[b->n_carried++] = (struct carried_conn) { .fd = fd, .reexec_id = reexec_id };
+        v[b->n_carried++] = x;
         return 0;
 }
 
@@ -98,8 +112,9 @@ static bool conn_name(const char *name, uint32_t *ret_id) {
 /* Sorts one passed fd: a lease's socket is kept for fdstore_claim(), a
  * carried connection for fdstore_serve_carried(), the first other one is
  * the control socket (control.c checks it), anything else is closed and
- * dropped from the store. Consumes fd. */
-static int sort_fd(struct broker *b, int fd, const char *name) {
+ * dropped from the store. ident: the rest of a re-exec's line, or NULL.
+ * Consumes fd. */
+static int sort_fd(struct broker *b, int fd, const char *name, const char *ident) {
         uint64_t id = lease_id_of_name(name);
         uint32_t reexec_id;
 
@@ -117,7 +132,7 @@ static int sort_fd(struct broker *b, int fd, const char *name) {
                 return r;
         }
         if (conn_name(name, &reexec_id)) {
-                int r = keep_conn_fd(b, fd, reexec_id);
+                int r = keep_conn_fd(b, fd, reexec_id, ident);
 
                 if (r < 0)
                         safe_close(fd);
@@ -125,6 +140,8 @@ static int sort_fd(struct broker *b, int fd, const char *name) {
         }
         if (b->control_fd < 0) {
                 b->control_fd = fd;
+                /* One brokerd made itself (not systemd): unlinked at exit. */
+                b->control_created = strcmp(name, "control-created") == 0;
                 return 0;
         }
         log_msg(LOG_WARNING, "closing the unexpected file descriptor \"%s\" that was passed at start", name);
@@ -155,9 +172,13 @@ static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
         size_t n;
         int r = 0;
 
-        if (*end || list_fd <= STDERR_FILENO || list_fd > INT_MAX || fstat((int) list_fd, &st) < 0 ||
-            !S_ISREG(st.st_mode) || st.st_size > REEXEC_LIST_MAX)
+        if (*end || list_fd <= STDERR_FILENO || list_fd > INT_MAX)
                 return -EBADF;
+        if (fstat((int) list_fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > REEXEC_LIST_MAX) {
+                if (fcntl((int) list_fd, F_GETFD) >= 0)
+                        safe_close((int) list_fd);
+                return -EBADF;
+        }
         text = calloc(1, (size_t) st.st_size + 1);
         f = text ? fdopen((int) list_fd, "re") : NULL;
         if (!f) {
@@ -170,14 +191,18 @@ static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
         text[n] = '\0';
         for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
                 char name[64];
-                int fd, k;
+                int fd, k, used = 0;
 
-                if (sscanf(line, "%d %63s", &fd, name) != 2 || fd <= STDERR_FILENO || fd == list_fd ||
+                if (sscanf(line, "%d %63s %n", &fd, name, &used) != 2 || fd <= STDERR_FILENO || fd == list_fd ||
                     fcntl(fd, F_GETFD) < 0) {
                         log_msg(LOG_WARNING, "ignoring a bad line in the fd list of the earlier image: %s", line);
                         continue;
                 }
-                k = sort_fd(b, fd, name);
+                if (fd > STDERR_FILENO && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+                        safe_close(fd);
+                        continue;
+                }
+                k = sort_fd(b, fd, name, used > 0 ? line + used : NULL);
                 if (k < 0 && r == 0)
                         r = k;
         }
@@ -209,7 +234,7 @@ int fdstore_take(struct broker *b) {
                 return n;
         }
         for (int i = 0; i < n; i++) {
-                int k = sort_fd(b, SD_LISTEN_FDS_START + i, names && names[i] ? names[i] : "unknown");
+                int k = sort_fd(b, SD_LISTEN_FDS_START + i, names && names[i] ? names[i] : "unknown", NULL);
 
                 if (k < 0 && r == 0)
                         r = k;
@@ -272,12 +297,14 @@ void fdstore_done(struct broker *b) {
 }
 
 void fdstore_serve_carried(struct broker *b) {
+        /* Every connection is watched before any is served (the loop serves
+         * what they queued), so a request cannot act on a half-carried set. */
         for (size_t i = 0; i < b->n_carried; i++) {
                 struct carried_conn *x = &b->carried[i];
 
                 if (x->reexec_id)
                         reexec_answer(x->fd, x->reexec_id);
-                conn_new(b, x->fd);
+                conn_carried(b, x->fd, &x->peer);
         }
         free(b->carried);
         b->carried = NULL;

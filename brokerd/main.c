@@ -20,6 +20,7 @@
 #include "broker.h"
 #include "fd-util.h"
 #include "log.h"
+#include "store.h"
 
 static struct broker_options arg_opt = {
         .control_path = BROKER_DEFAULT_CONTROL,
@@ -32,6 +33,7 @@ static struct broker_options arg_opt = {
         .max_leases = 4096,
 };
 static int arg_foreground;
+static int arg_check;                   /* --check: validate the arguments and the database, exit */
 static int arg_log_level = -1;          /* --log-level; -1: $BROKERD_LOG_LEVEL or info */
 
 static void usage(FILE *out) {
@@ -53,6 +55,8 @@ static void usage(FILE *out) {
                 "                                the unit's FileDescriptorStoreMax= as large)\n"
                 "      --log-level LEVEL         least urgent priority logged: err, warning, notice,\n"
                 "                                info (default) or debug (every grant), or 0-7\n"
+                "      --check                   check the arguments and that the database can be\n"
+                "                                used, then exit (a re-exec runs this first)\n"
                 "  -h, --help                    show this help\n"
                 "  -V, --version                 show the version\n\n"
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
@@ -139,6 +143,9 @@ static int parse_option(int c, const char *arg) {
         case 'f':
                 arg_foreground = 1;
                 return 0;
+        case 'C':
+                arg_check = 1;
+                return 0;
         case 'l':
                 arg_log_level = log_parse_level(arg);
                 if (arg_log_level < 0) {
@@ -161,20 +168,21 @@ static int parse_option(int c, const char *arg) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[6 + N_NUMBER_OPTIONS + 2] = {
+        struct option options[7 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
                 { "foreground", no_argument, NULL, 'f' },
                 { "help", no_argument, NULL, 'h' },
                 { "log-level", required_argument, NULL, 'l' },
+                { "check", no_argument, NULL, 'C' },
         };
         int c, r;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[6 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[7 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[6 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[7 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
                 r = parse_option(c, optarg);
@@ -238,6 +246,14 @@ int main(int argc, char **argv) {
         r = parse_argv(argc, argv);
         if (r != 0)
                 return r > 0 ? EXIT_SUCCESS : 2;
+        if (arg_check) {
+                char err[256] = "";
+
+                r = store_check(arg_opt.db_path, err, sizeof(err));
+                if (r < 0)
+                        fprintf(stderr, "brokerd: cannot use database %s: %s\n", arg_opt.db_path, err);
+                return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+        }
 
         umask(0077);
         log_setup();

@@ -126,6 +126,13 @@ static const char *namespaces_doubt(pid_t peer_pid, const struct peer_self *self
         return NULL;
 }
 
+int peer_pidfd(int conn_fd) {
+        int fd;
+        socklen_t len = sizeof(fd);
+
+        return getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &fd, &len) < 0 ? -1 : fd;
+}
+
 int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret) {
         struct peer p = { .pid_fd = -1 };
         struct ucred cred;

@@ -41,6 +41,9 @@ struct peer_self {
 /* Reads the broker's own namespaces. Returns 0 or -errno. */
 int peer_self_init(struct peer_self *self);
 
+/* The pidfd of conn_fd's peer (SO_PEERPIDFD, close-on-exec), or -1. */
+int peer_pidfd(int conn_fd);
+
 /* Identifies the peer of connected socket conn_fd into *ret; its unit only
  * when want_unit (reading the cgroup costs a third of a hand-off, and only
  * unit rules need it). Returns 0 (check ret->doubt) or -errno when the

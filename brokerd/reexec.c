@@ -9,9 +9,12 @@
  * the new image). No port is unbound and no client refused at any moment:
  * connections queue on the control socket meanwhile.
  *
- * Before the point of no return the binary must start (`--version`); when
- * it does not, or exec() fails, the old image makes its fds close-on-exec
- * again and goes on serving, and the reply says why.
+ * Before the point of no return the binary must accept its arguments and
+ * the database (`brokerd ARGS --check`); when it does not, or exec() fails,
+ * the old image makes its fds close-on-exec again and goes on serving, and
+ * the reply says why. A new image that passes the check and fails later is
+ * a crash: under systemd the fd store keeps the sockets, otherwise ports
+ * without a live holder are unbound until brokerd is back.
  */
 #include "broker-int.h"
 
@@ -32,14 +35,15 @@
 #include "fdpass.h"
 #include "pidfd-util.h"
 
-#define CHECK_TIMEOUT_MS 10000          /* for `brokerd --version` to exit */
+#define CHECK_TIMEOUT_MS 3000           /* for `brokerd --check` to exit: well inside WatchdogSec= */
 
 extern char **environ;
 
-/* Runs `exe --version` (output discarded) and waits for it, bounded.
- * Returns 0 when it exited 0, else -errno with why. */
-static int check_binary(const char *exe, char *why, size_t size) {
-        char *argv[] = { (char *) exe, (char *) "--version", NULL };
+/* Runs `exe ARGS --check` (our arguments; output discarded) and waits for
+ * it, bounded. Returns 0 when it exited 0, else -errno with why. */
+static int check_binary(const char *exe, char *const *args, char *why, size_t size) {
+        size_t n = 0;
+        char **argv;
         posix_spawn_file_actions_t actions;
         posix_spawnattr_t attr;
         sigset_t none;
@@ -47,30 +51,44 @@ static int check_binary(const char *exe, char *why, size_t size) {
         int status = 0, r;
         pid_t pid;
 
+        while (args[n])
+                n++;
+        argv = calloc(n + 2, sizeof(*argv));
+        if (!argv) {
+                snprintf(why, size, "out of memory");
+                return -ENOMEM;
+        }
+        argv[0] = (char *) exe;
+        for (size_t i = 1; i < n; i++)
+                argv[i] = args[i];
+        argv[n > 0 ? n : 1] = (char *) "--check";
         sigemptyset(&none);
         posix_spawnattr_init(&attr);
         posix_spawnattr_setsigmask(&attr, &none);
         posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
         posix_spawn_file_actions_init(&actions);
         posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+        posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
         r = -posix_spawn(&pid, exe, &actions, &attr, argv, environ);
         posix_spawn_file_actions_destroy(&actions);
         posix_spawnattr_destroy(&attr);
+        free(argv);
         if (r < 0) {
                 snprintf(why, size, "cannot run %s: %s", exe, strerror(-r));
                 return r;
         }
         pfd.fd = pidfd_open_pid(pid);
-        if (pfd.fd >= 0 && poll(&pfd, 1, CHECK_TIMEOUT_MS) == 0) {
+        if (pfd.fd < 0 || poll(&pfd, 1, CHECK_TIMEOUT_MS) == 0) {
                 kill(pid, SIGKILL);
-                snprintf(why, size, "%s --version did not exit within %d s", exe, CHECK_TIMEOUT_MS / 1000);
+                snprintf(why, size, "%s --check did not exit within %d s", exe, CHECK_TIMEOUT_MS / 1000);
                 r = -ETIMEDOUT;
         }
         safe_close(pfd.fd);
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                 ;
         if (r == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
-                snprintf(why, size, "%s --version failed (%s %d): it would not start", exe,
+                snprintf(why, size, "%s --check failed (%s %d): it would not start with these arguments "
+                         "and database", exe,
                          WIFEXITED(status) ? "exit status" : "signal",
                          WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
                 r = -ENOEXEC;
@@ -78,10 +96,11 @@ static int check_binary(const char *exe, char *why, size_t size) {
         return r;
 }
 
-/* One fd to carry and its name. */
+/* One fd to carry, its name, and for a connection its peer's identity. */
 struct carry {
         int fd;
         char name[32];
+        const struct peer *peer;        /* connections only */
 };
 
 /* Every fd the new image needs, into *ret (free it). Returns the count or -ENOMEM. */
@@ -92,6 +111,8 @@ static ssize_t collect(struct broker *b, const struct conn *asker, uint32_t id, 
         if (!v)
                 return -ENOMEM;
         v[k++] = (struct carry) { .fd = b->control_fd, .name = "control" };
+        if (b->control_created)
+                snprintf(v[0].name, sizeof(v[0].name), "control-created");
         for (size_t i = 0; i < b->leases.n; i++) {
                 const struct lease *l = b->leases.by_id[i];
 
@@ -102,6 +123,7 @@ static ssize_t collect(struct broker *b, const struct conn *asker, uint32_t id, 
         }
         for (const struct conn *c = b->conns; c && k < n; c = c->next) {
                 v[k].fd = c->sock_fd;
+                v[k].peer = &c->peer;
                 if (c == asker)
                         snprintf(v[k++].name, sizeof(v[0].name), "reexec-%u", id);
                 else
@@ -125,8 +147,17 @@ static int write_list(const struct carry *v, size_t n) {
                 safe_close(dup_fd);
                 return -ENOMEM;
         }
-        for (size_t i = 0; i < n; i++)
-                fprintf(f, "%d %s\n", v[i].fd, v[i].name);
+        /* A connection keeps the identity read when it was accepted: its
+         * process may be gone by now, and its pid another's. */
+        for (size_t i = 0; i < n; i++) {
+                const struct peer *p = v[i].peer;
+
+                fprintf(f, "%d %s", v[i].fd, v[i].name);
+                if (p)
+                        fprintf(f, " %u %u %d %d %s", (unsigned) p->uid, (unsigned) p->gid, (int) p->pid,
+                                p->doubt != NULL, p->unit[0] ? p->unit : "-");
+                fputc('\n', f);
+        }
         if (fclose(f) != 0)
                 r = -errno;
         if (r == 0 && (lseek(fd, 0, SEEK_SET) < 0 || fcntl(fd, F_SETFD, 0) < 0))
@@ -174,7 +205,7 @@ int reexec(struct broker *b, struct conn *c, uint32_t id, struct pb_msg *reply) 
         ssize_t n;
         int r;
 
-        r = check_binary(b->opt.exe_path, why, sizeof(why));
+        r = check_binary(b->opt.exe_path, b->opt.argv, why, sizeof(why));
         if (r < 0)
                 goto fail;
         n = collect(b, c, id, &v);

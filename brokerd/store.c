@@ -480,6 +480,29 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
         return 0;
 }
 
+int store_check(const char *path, char *errbuf, size_t errlen) {
+        sqlite3 *db = NULL;
+        int64_t version = 0;
+        int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL), r;
+
+        if (rc != SQLITE_OK) {
+                snprintf(errbuf, errlen, "%s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+                sqlite3_close(db);
+                return rc == SQLITE_CANTOPEN ? 0 : sqlite_errno(rc);   /* none yet: created at start */
+        }
+        sqlite3_busy_timeout(db, 1000);
+        r = query_int(db, "PRAGMA user_version", &version);
+        if (r < 0)
+                snprintf(errbuf, errlen, "cannot read schema version: %s", sqlite3_errmsg(db));
+        else if (version > STORE_SCHEMA_VERSION) {
+                snprintf(errbuf, errlen, "schema version %lld is newer than this brokerd knows (%d)",
+                         (long long) version, STORE_SCHEMA_VERSION);
+                r = -EPROTO;
+        }
+        sqlite3_close(db);
+        return r;
+}
+
 int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen) {
         struct store *s = calloc(1, sizeof(*s));
         int rc, r;

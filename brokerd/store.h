@@ -49,6 +49,10 @@ struct store_lease {
  * quick_check. Returns 0, or -errno with a reason in errbuf. */
 int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen);
 
+/* Whether a brokerd of this schema version could open the database at path
+ * (read only; no file yet is fine). Returns 0, or -errno with a reason in errbuf. */
+int store_check(const char *path, char *errbuf, size_t errlen);
+
 /* Flushes pending events and closes; NULL is fine. */
 void store_close(struct store *s);
 

@@ -7,6 +7,8 @@
 #include "fdpass.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -99,6 +101,12 @@ static int recv_message(int sock_fd, void *buf, size_t size, int *ret_fd, int fl
         return (int) n;
 }
 
+static bool peer_shut_down(int sock_fd) {
+        struct pollfd p = { .fd = sock_fd, .events = POLLRDHUP };
+
+        return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP));
+}
+
 int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
         int n = recv_message(sock_fd, buf, size, ret_fd, flags);
 
@@ -106,9 +114,9 @@ int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
          * kernel finds the queue empty, the peer sends and shuts down, and
          * only then is the shutdown looked at (__unix_dgram_recvmsg checks
          * the two apart). Nothing can arrive after the shutdown, so a second
-         * read tells a message from the end. EAGAIN there: the 0 was an
-         * empty message, returned as before. */
-        if (n == 0 && (flags & MSG_DONTWAIT) && !(ret_fd && *ret_fd >= 0)) {
+         * read tells a message from the end. Without a shutdown (POLLRDHUP)
+         * the 0 was an empty message, returned as such. */
+        if (n == 0 && (flags & MSG_DONTWAIT) && !(ret_fd && *ret_fd >= 0) && peer_shut_down(sock_fd)) {
                 int again = recv_message(sock_fd, buf, size, ret_fd, flags);
 
                 if (again != -EAGAIN)

@@ -15,6 +15,11 @@ control socket and every open control connection across exec().
 import json
 import os
 import shutil
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -100,7 +105,7 @@ def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdi
     binary.write_text("#!/bin/sh\nexit 3\n")
     binary.chmod(0o755)
     r = broker.portctl("admin", "reexec", check=1)
-    assert "--version failed (exit status 3)" in r.stderr and "keeps serving" in r.stderr, r.stderr
+    assert "--check failed (exit status 3)" in r.stderr and "keeps serving" in r.stderr, r.stderr
 
     binary.unlink()
     r = broker.portctl("admin", "reexec", check=1)
@@ -110,3 +115,71 @@ def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdi
     assert tcp_listener_inode(PORT) == inode
     broker.portctl("get", PORT)
     assert json.loads(broker.portctl("status", json=True).stdout)[0]["bound"]
+
+
+HDR = struct.Struct("!IHHII")                   # length, version, type, id, reserved
+STATUS_REQ = HDR.pack(16 + 33, 2, 3, 9, 0) + bytes(33)
+
+
+def reexec_req(mid):
+    return HDR.pack(16, 2, 7, mid, 0)
+
+
+def reply_type(data):
+    return HDR.unpack(data[:16])[2]
+
+
+# Connects to the control socket, asks once (so brokerd has identified it
+# while it lives), hands the connection to its parent over the socketpair
+# fd argv[2] and exits: the connection outlives its process.
+HAND_OVER = r"""
+import array, socket, sys
+c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+c.connect(sys.argv[1])
+c.sendall(bytes.fromhex(sys.argv[3]))
+assert c.recv(4096)[6:8] == b"\x80\x03"
+p = socket.socket(fileno=int(sys.argv[2]))
+p.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fileno()]))])
+"""
+
+
+def test_connections_keep_their_identity_across_reexec(broker):
+    """A connection whose process exited before the re-exec is served after
+    it (its identity is the one read at accept, carried over, not read again
+    by a pid that is gone); two admins asking at once both get an answer and
+    an idle third connection still works."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    subprocess.run([sys.executable, "-c", HAND_OVER, broker.control, str(child.fileno()), STATUS_REQ.hex()],
+                   pass_fds=[child.fileno()], check=True, timeout=20, stdin=subprocess.DEVNULL)
+    _, fds, _, _ = socket.recv_fds(parent, 16, 1)
+    orphan = socket.socket(fileno=fds[0])
+    orphan.settimeout(10)
+    idle, a, b = broker.raw(timeout=10), broker.raw(timeout=10), broker.raw(timeout=10)
+
+    a.sendall(reexec_req(1))
+    b.sendall(reexec_req(2))
+    assert reply_type(a.recv(4096)) == 0x8007
+    assert reply_type(b.recv(4096)) == 0x8007
+    for conn in (orphan, idle):
+        conn.sendall(STATUS_REQ)
+        assert reply_type(conn.recv(4096)) == 0x8003
+    assert len(broker.events("reexec")) == 2, broker.log()
+    for conn in (orphan, idle, a, b, parent, child):
+        conn.close()
+
+
+@pytest.mark.expect_log(r"event=error .*re-execution refused")
+def test_reexec_refused_when_the_database_is_too_new_for_the_binary(broker):
+    """A downgrade: the binary at the path cannot use the database, so
+    --check fails before exec() and the running brokerd keeps serving."""
+    broker.portctl("get", PORT)
+    db = sqlite3.connect(broker.db)
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    r = broker.portctl("admin", "reexec", check=1)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    assert "--check failed" in r.stderr and "keeps serving" in r.stderr, r.stderr
+    broker.portctl("get", PORT)
