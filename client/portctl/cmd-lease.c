@@ -271,7 +271,7 @@ static int collect_lease(const pb_lease *lease, void *userdata) {
 }
 
 static int status_table(const struct list *l) {
-        struct table t = { .ncols = 6 };
+        struct table t = { .ncols = 7 };
         int r = 0;
 
         r |= table_cell(&t, "ENDPOINT");
@@ -280,12 +280,15 @@ static int status_table(const struct list *l) {
         r |= table_cell(&t, "HANDOUTS");
         r |= table_cell(&t, "HOLDERS");
         r |= table_cell(&t, "QUEUED");
+        r |= table_cell(&t, "NO HOLDER SINCE");
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_lease *x = (const pb_lease *) l->items + i;
                 const char *owner = user_name(x->owner_uid);
-                char since[64];
+                char since[64], holderless[64] = "-";
 
                 format_time(x->since, since, sizeof(since));
+                if (x->holderless_since > 0)
+                        format_time(x->holderless_since, holderless, sizeof(holderless));
                 r |= table_cell(&t, "%s", x->endpoint);
                 if (owner)
                         r |= table_cell(&t, "%s", owner);
@@ -302,6 +305,7 @@ static int status_table(const struct list *l) {
                         r |= table_cell(&t, "?/%u", x->backlog);
                 else
                         r |= table_cell(&t, "%d/%u", x->queued, x->backlog);
+                r |= table_cell(&t, "%s", holderless);
         }
         if (r == 0)
                 table_print(&t);
@@ -324,7 +328,11 @@ static void status_json(const struct list *l) {
                         fputs("null", stdout);
                 else
                         printf("%d", x->queued);
-                printf(",\"backlog\":%u,\"bound\":%s}", x->backlog, x->bound ? "true" : "false");
+                printf(",\"backlog\":%u,\"bound\":%s,\"holderless_since\":", x->backlog, x->bound ? "true" : "false");
+                if (x->holderless_since > 0)
+                        printf("%" PRId64 "}", x->holderless_since);
+                else
+                        fputs("null}", stdout);
         }
         puts("]");
 }
