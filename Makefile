@@ -13,7 +13,7 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DESTDIR    ?=
 
 VERSION    := 0.1.0
-SOVERSION  := 1
+SOVERSION  := 0
 BUILD      ?= build
 SANITIZE   ?=
 PYTEST     ?= /usr/bin/python3 -m pytest

@@ -92,11 +92,6 @@ int broker_lease_bound(struct broker *b, struct lease *l);
  * Returns 0 or -errno (the caller reports the failure). */
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie);
 
-/* Closes the socket of l, which has gone its orphan timeout without a
- * holder: recorded durably with its audit event, dropped from systemd's fd
- * store; the lease stays and is bound again at the owner's next get. */
-void broker_orphan_close(struct broker *b, struct lease *l);
-
 /* Log fields naming peer p and, when given, an endpoint. */
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
 
@@ -202,15 +197,6 @@ void reexec_answer(int fd, uint32_t id);
  * Returns 0 (also for UDP or an unbound lease) or -errno. */
 int watch_listener(struct broker *b, struct lease *l);
 
-/* Watches the peer as a holder of l until it exits (distinct pids, a free
- * slot first, the oldest forgotten past LEASE_HOLDERS_MAX) and remembers
- * its cgroup. When the last watched holder exits, l is holderless from
- * then on; with an orphan timeout its socket is closed that long after,
- * if none of its holders' cgroups still has processes (forked children
- * stay in their parent's cgroup) and none was beyond knowing
- * (broker_orphan_close()). */
+/* Watches the peer as a holder of l until it exits: distinct pids, the
+ * oldest forgotten past LEASE_HOLDERS_MAX. Best effort. */
 void watch_holder(struct broker *b, struct lease *l, const struct peer *p);
-
-/* Looks at l's orphan timeout again one timeout (at least 5 s) from now:
- * after its socket could not be closed, or while a holder may remain. */
-void watch_orphan_retry(struct lease *l);

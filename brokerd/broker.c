@@ -148,8 +148,6 @@ int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie
         struct log_fields f = lease_fields(l);
         int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
 
-        if (r >= 0)
-                l->orphaned = false;    /* the socket's record below clears it in the store */
         if (r == -EADDRINUSE && adopt_lease(l, adopt_cookie) >= 0)
                 r = 0;
         else if (r < 0)
@@ -164,31 +162,6 @@ int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie
         return broker_lease_bound(b, l);
 }
 
-void broker_orphan_close(struct broker *b, struct lease *l) {
-        struct log_fields f = lease_fields(l);
-        char detail[64];
-        struct store_event ev = { .event = "orphan-close", .uid = -1, .pid = -1, .endpoint = l->text,
-                                  .detail = detail };
-        int r;
-
-        snprintf(detail, sizeof(detail), "no holder for %u s", l->orphan_timeout);
-        r = store_lease_set_orphaned(b->store, l->id, &ev);
-        if (r < 0) {
-                log_event(LOG_ERR, "error", &f, "lease %llu: cannot record the closing of its socket: %s; "
-                          "it stays open and brokerd tries again later", (unsigned long long) l->id, strerror(-r));
-                watch_orphan_retry(l);
-                return;
-        }
-        fdstore_remove(b, l->id);
-        lease_unbind(l);
-        lease_forget_holders(l);
-        l->orphaned = true;
-        log_event(LOG_NOTICE, "orphan-close", &f, "lease %llu: no holder for %u s (its rule's orphan timeout); "
-                  "socket closed, bound again at the owner's next get", (unsigned long long) l->id,
-                  l->orphan_timeout);
-        broker_notify_status(b);
-}
-
 /* Retries every unbound lease, so a port is taken back soon after whatever
  * held it (say a holder that outlived a broker crash) lets go. */
 static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -198,7 +171,7 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
         for (size_t i = 0; i < b->leases.n; i++) {
                 struct lease *l = b->leases.by_id[i];
 
-                if (l->sock_fd < 0 && !l->orphaned && broker_rebind_lease(b, l, 0) < 0)
+                if (l->sock_fd < 0 && broker_rebind_lease(b, l, 0) < 0)
                         pending = true;
         }
         if (pending)
@@ -261,15 +234,13 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
         l->backlog = b->opt.backlog;
-        l->broker = b;
-        l->orphaned = sl->orphaned;
         r = lease_table_add(&b->leases, l);
         if (r < 0) {
                 lease_free(l);
                 return r;
         }
-        if (l->orphaned || take_passed_socket(b, l))
-                return 0;               /* orphaned: unbound until the owner's next get */
+        if (take_passed_socket(b, l))
+                return 0;
         /* Only a socket of this boot can still be held somewhere. */
         r = broker_rebind_lease(b, l, strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0);
         if (r < 0) {

@@ -116,27 +116,13 @@ unsigned lease_holders_live(const struct lease *l) {
         return n;
 }
 
-void lease_unbind(struct lease *l) {
-        l->hup_source = sd_event_source_disable_unref(l->hup_source);
-        l->sock_fd = safe_close(l->sock_fd);
-}
-
-void lease_forget_holders(struct lease *l) {
-        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++) {
-                lease_holder_clear(&l->holders[i]);
-                free(l->holder_cgroups[i]);
-                l->holder_cgroups[i] = NULL;
-        }
-        l->holders_unknown = false;
-        l->orphan_waiting = false;
-}
-
 void lease_free(struct lease *l) {
         if (!l)
                 return;
-        l->orphan_source = sd_event_source_disable_unref(l->orphan_source);
-        lease_forget_holders(l);
-        lease_unbind(l);
+        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                lease_holder_clear(&l->holders[i]);
+        l->sock_fd = safe_close(l->sock_fd);
         free(l);
 }
 

@@ -18,15 +18,12 @@
 #define LEASE_HOLDERS_MAX 4             /* recipients watched per lease */
 
 struct sd_event_source;
-struct broker;
-struct lease;
 
 /* A process that got the socket, watched through its pidfd until it exits. */
 struct lease_holder {
         pid_t pid;                      /* 0: empty */
         int pid_fd;                     /* its pidfd, -1: empty */
         struct sd_event_source *exit_source; /* the broker's watch on pid_fd */
-        struct lease *lease;            /* the lease it holds */
 };
 
 struct lease {
@@ -41,20 +38,6 @@ struct lease {
         struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
         unsigned holders_next;          /* ring position */
         struct sd_event_source *hup_source; /* the broker's watch on the listener */
-        struct broker *broker;          /* the broker holding it, for its watches (opaque here) */
-        uint32_t orphan_timeout;        /* from the rule of its last get: seconds without a holder
-                                         * before the broker closes its socket; 0: never */
-        int64_t holderless_since;       /* unix seconds since the last known holder exited, 0: a
-                                         * holder is alive, or none is known (after a restart) */
-        uint64_t holderless_usec;       /* the same on CLOCK_MONOTONIC, for the orphan timer */
-        bool orphaned;                  /* its socket was closed for want of a holder: bound again
-                                         * at the owner's next get, not before */
-        char *holder_cgroups[LEASE_HOLDERS_MAX]; /* cgroup v2 paths of the processes that got it:
-                                                  * children they forked stay there, so the socket is
-                                                  * held while one of these is populated */
-        bool holders_unknown;           /* a holder's cgroup could not be read or kept: never orphan */
-        bool orphan_waiting;            /* past its timeout, but a holder's cgroup has processes */
-        struct sd_event_source *orphan_source; /* fires orphan_timeout after holderless_usec */
 };
 
 struct lease_table {
@@ -90,13 +73,6 @@ struct lease *lease_new(void);
 
 /* Stops the watches on l, forgets its holders, closes its socket, frees it. NULL is fine. */
 void lease_free(struct lease *l);
-
-/* Closes l's socket (and stops watching it); the lease itself stays. */
-void lease_unbind(struct lease *l);
-
-/* Forgets every holder of l and the cgroups they were in (the socket is
- * a new one, or gone). */
-void lease_forget_holders(struct lease *l);
 
 /* Forgets holder h: stops watching it and closes its pidfd. */
 void lease_holder_clear(struct lease_holder *h);

@@ -94,7 +94,6 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
                 lease_set_endpoint(l, e);
                 l->owner_uid = p->uid;
                 l->since = sl.created;
-                l->broker = b;
                 l->backlog = b->opt.backlog;
                 r = lease_table_add(&b->leases, l);
                 if (r < 0) {    /* out of memory: keep store and table alike */
@@ -169,15 +168,6 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
         return true;
 }
 
-/* The orphan timeout of the rule that lets the peer have e (0: none, or an
- * admin with no rule for it). */
-static uint32_t get_orphan_timeout(const struct conn *c, const struct pb_endpoint *e) {
-        const struct store_rule *rule = c->broker->policy.n_rules ? policy_find(&c->broker->policy, &c->peer, e)
-                                                                  : NULL;
-
-        return rule ? rule->orphan_timeout : 0;
-}
-
 static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct pb_endpoint *e = &req->get.endpoint;
         struct lease *l = lease_table_find(&c->broker->leases, e);
@@ -202,7 +192,6 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         reply->got.lease_id = l->id;
         reply->got.created = created;
         *ret_fd = l->sock_fd;
-        l->orphan_timeout = get_orphan_timeout(c, e);
         l->handouts++;
         watch_holder(c->broker, l, &c->peer);
         /* A repeat get is a debug line (one write() per get otherwise); the
@@ -261,7 +250,6 @@ static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
                 .queued = queued < 0 ? -1 : queued,   /* -1 on the wire: unknown */
                 .backlog = l->endpoint.transport == PB_TCP ? l->backlog : 0,
                 .bound = l->sock_fd >= 0,
-                .holderless_since = (uint64_t) l->holderless_since,
         };
 }
 
@@ -324,8 +312,7 @@ static const char *principal_text(const struct pb_principal *pr, char *buf, size
 static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
-        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern,
-                                   .orphan_timeout = req->policy_add.orphan_timeout };
+        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern };
         char text[PB_ENDPOINT_STRLEN], who[300];
         struct log_fields f = broker_peer_fields(p, endpoint_format_pattern(&rule.pattern, text), NULL);
         struct store_event ev = { .event = "policy-add", .uid = p->uid, .pid = p->pid, .endpoint = text,
@@ -402,7 +389,6 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
                         .principal = r->principal,
                         .pattern = r->pattern,
                         .created = (uint64_t) r->created,
-                        .orphan_timeout = r->orphan_timeout,
                 };
         }
 }

@@ -35,7 +35,6 @@ enum stmt {
         ST_LEASE_ADD,
         ST_LEASE_REMOVE,
         ST_LEASE_SOCKET,
-        ST_LEASE_ORPHANED,
         ST_LEASES,
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
@@ -50,24 +49,22 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
         [ST_SYNC_OFF] = "PRAGMA synchronous=OFF",
         [ST_RULE_ADD] = "INSERT INTO rules (principal_kind, principal_id, principal_unit, pattern, "
-                        "pattern_text, created, created_by, orphan_timeout) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "pattern_text, created, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
-        [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created, orphan_timeout "
+        [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created "
                      "FROM rules ORDER BY id",
         [ST_LEASE_ADD] = "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
-        [ST_LEASE_SOCKET] = "UPDATE leases SET socket_cookie = ?, boot_id = ?, orphaned = 0 WHERE id = ?",
-        [ST_LEASE_ORPHANED] = "UPDATE leases SET socket_cookie = 0, orphaned = 1 WHERE id = ?",
-        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id, orphaned "
-                      "FROM leases ORDER BY id",
+        [ST_LEASE_SOCKET] = "UPDATE leases SET socket_cookie = ?, boot_id = ? WHERE id = ?",
+        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
         [ST_CHECKPOINT] = "PRAGMA wal_checkpoint(PASSIVE)",
 };
 
-static const char schema[] =
+static const char schema_v1[] =
         "CREATE TABLE rules ("
         "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
         "  principal_kind INTEGER NOT NULL CHECK (principal_kind IN (1, 2, 3)),"
@@ -76,8 +73,7 @@ static const char schema[] =
         "  pattern BLOB NOT NULL CHECK (length(pattern) = 24),"
         "  pattern_text TEXT NOT NULL,"
         "  created INTEGER NOT NULL,"
-        "  created_by INTEGER NOT NULL,"
-        "  orphan_timeout INTEGER NOT NULL DEFAULT 0 CHECK (orphan_timeout BETWEEN 0 AND 4294967295));"
+        "  created_by INTEGER NOT NULL);"
         "CREATE TABLE leases ("
         "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
         "  endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) = 24),"
@@ -85,8 +81,7 @@ static const char schema[] =
         "  owner_uid INTEGER NOT NULL,"
         "  created INTEGER NOT NULL,"
         "  socket_cookie INTEGER NOT NULL DEFAULT 0,"
-        "  boot_id TEXT NOT NULL DEFAULT '',"
-        "  orphaned INTEGER NOT NULL DEFAULT 0 CHECK (orphaned IN (0, 1)));"
+        "  boot_id TEXT NOT NULL DEFAULT '');"
         "CREATE TABLE events ("
         "  id INTEGER PRIMARY KEY,"
         "  time_us INTEGER NOT NULL,"
@@ -95,15 +90,7 @@ static const char schema[] =
         "  peer_pid INTEGER,"
         "  endpoint TEXT,"
         "  detail TEXT);"
-        "PRAGMA user_version = 2;";
-
-/* Version 1 to 2: rules gain an orphan timeout (0: off), leases the mark
- * that their socket was closed for it. */
-static const char migrate_v2[] =
-        "ALTER TABLE rules ADD COLUMN orphan_timeout INTEGER NOT NULL DEFAULT 0 "
-        "  CHECK (orphan_timeout BETWEEN 0 AND 4294967295);"
-        "ALTER TABLE leases ADD COLUMN orphaned INTEGER NOT NULL DEFAULT 0 CHECK (orphaned IN (0, 1));"
-        "PRAGMA user_version = 2;";
+        "PRAGMA user_version = 1;";
 
 struct store {
         sqlite3 *db;
@@ -302,7 +289,6 @@ int store_rule_add(struct store *s, struct store_rule *rule, const struct store_
         sqlite3_bind_text(st, 5, endpoint_format_pattern(&rule->pattern, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, rule->created);
         sqlite3_bind_int64(st, 7, ev->uid);
-        sqlite3_bind_int64(st, 8, rule->orphan_timeout);
         r = run(s, ST_RULE_ADD);
         if (r >= 0) {
                 rule->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
@@ -311,8 +297,7 @@ int store_rule_add(struct store *s, struct store_rule *rule, const struct store_
         return tx_end(s, r);
 }
 
-/* Runs statement k (a DELETE or UPDATE of row ?1 = id) with its durable event. Returns 0 or -ENOENT. */
-static int change_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
+static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
         int r = tx_begin(s);
 
         if (r < 0)
@@ -327,7 +312,7 @@ static int change_by_id(struct store *s, enum stmt k, uint64_t id, const struct 
 }
 
 int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev) {
-        return change_by_id(s, ST_RULE_REMOVE, id, ev);
+        return remove_by_id(s, ST_RULE_REMOVE, id, ev);
 }
 
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev) {
@@ -372,12 +357,8 @@ int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const 
         return tx_end(s, r);
 }
 
-int store_lease_set_orphaned(struct store *s, uint64_t id, const struct store_event *ev) {
-        return change_by_id(s, ST_LEASE_ORPHANED, id, ev);
-}
-
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev) {
-        return change_by_id(s, ST_LEASE_REMOVE, id, ev);
+        return remove_by_id(s, ST_LEASE_REMOVE, id, ev);
 }
 
 /* Reads an endpoint blob column; a malformed one is corruption. */
@@ -399,7 +380,6 @@ int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void
                 rule.principal.id = (uint32_t) sqlite3_column_int64(st, 2);
                 snprintf(rule.principal.unit, sizeof(rule.principal.unit), "%s", unit ? (const char *) unit : "");
                 rule.created = sqlite3_column_int64(st, 5);
-                rule.orphan_timeout = (uint32_t) sqlite3_column_int64(st, 6);
                 r = column_endpoint(st, 4, true, &rule.pattern);
                 if (r >= 0)
                         r = proto_principal_validate(&rule.principal) < 0 ? -EBADMSG : 0;
@@ -425,7 +405,6 @@ int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, vo
                 };
                 const unsigned char *boot_id = sqlite3_column_text(st, 5);
 
-                l.orphaned = sqlite3_column_int(st, 6) != 0;
                 snprintf(l.boot_id, sizeof(l.boot_id), "%s", boot_id ? (const char *) boot_id : "");
                 r = column_endpoint(st, 1, false, &l.endpoint);
                 if (r >= 0)
@@ -489,12 +468,11 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
         if (version == STORE_SCHEMA_VERSION)
                 return 0;
 
-        /* Version 0, a new database: the whole schema. Else one step per version. */
+        /* version 0: a new database. Later migrations go here, one step each. */
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, version == 0 ? schema : migrate_v2, NULL, NULL, &msg) != SQLITE_OK ||
+            sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
-                snprintf(errbuf, errlen, "cannot %s schema: %s", version == 0 ? "create" : "migrate",
-                         msg ? msg : sqlite3_errmsg(db));
+                snprintf(errbuf, errlen, "cannot create schema: %s", msg ? msg : sqlite3_errmsg(db));
                 sqlite3_free(msg);
                 sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
                 return -EIO;

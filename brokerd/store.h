@@ -13,7 +13,7 @@
 
 #include "proto.h"
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 1
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
@@ -32,7 +32,6 @@ struct store_rule {
         struct pb_principal principal;
         struct pb_endpoint pattern;
         int64_t created;
-        uint32_t orphan_timeout;        /* seconds a lease it allowed may go without a holder; 0: forever */
 };
 
 #define STORE_BOOT_ID_MAX 37
@@ -44,7 +43,6 @@ struct store_lease {
         int64_t created;
         uint64_t socket_cookie;         /* SO_COOKIE of the broker's socket, 0: none */
         char boot_id[STORE_BOOT_ID_MAX]; /* boot the cookie belongs to */
-        bool orphaned;                  /* its socket was closed for want of a holder */
 };
 
 /* Opens (creating and migrating) the database at path and checks it with
@@ -66,10 +64,6 @@ int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev
 
 /* Durable: records lease l (id and created filled in) with its event. */
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev);
-
-/* Durable: lease id's socket was closed for want of a holder (with its event);
- * store_lease_set_socket() ends that. Returns 0 or -ENOENT. */
-int store_lease_set_orphaned(struct store *s, uint64_t id, const struct store_event *ev);
 
 /* Durable: records which socket (cookie, boot) lease id now has. */
 int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id);

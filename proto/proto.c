@@ -149,7 +149,6 @@ static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
                 put_be(w, (uint32_t) l->queued, 4);
                 put_be(w, l->backlog, 4);
                 put_u8(w, l->bound);
-                put_be(w, l->holderless_since, 8);
         }
 }
 
@@ -166,7 +165,6 @@ static void put_rule_list(struct wcur *w, const struct pb_rule_list *list) {
                 put_principal(w, &e->principal);
                 put_endpoint(w, &e->pattern);
                 put_be(w, e->created, 8);
-                put_be(w, e->orphan_timeout, 4);
         }
 }
 
@@ -195,7 +193,6 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         case PB_MSG_POLICY_ADD:
                 put_principal(w, &m->policy_add.principal);
                 put_endpoint(w, &m->policy_add.pattern);
-                put_be(w, m->policy_add.orphan_timeout, 4);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -291,7 +288,6 @@ static void get_lease_list(struct rcur *r, struct pb_lease_list *list) {
                 l->queued = (int32_t) (uint32_t) get_be(r, 4);
                 l->backlog = (uint32_t) get_be(r, 4);
                 l->bound = get_bool(r);
-                l->holderless_since = get_be(r, 8);
         }
 }
 
@@ -308,7 +304,6 @@ static void get_rule_list(struct rcur *r, struct pb_rule_list *list) {
                 get_principal(r, &e->principal);
                 get_endpoint(r, true, &e->pattern);
                 e->created = get_be(r, 8);
-                e->orphan_timeout = (uint32_t) get_be(r, 4);
         }
 }
 
@@ -332,7 +327,6 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         case PB_MSG_POLICY_ADD:
                 get_principal(r, &m->policy_add.principal);
                 get_endpoint(r, true, &m->policy_add.pattern);
-                m->policy_add.orphan_timeout = (uint32_t) get_be(r, 4);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:

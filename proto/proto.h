@@ -85,15 +85,11 @@ struct pb_msg {
                                 int32_t queued;         /* connections in accept queue, -1 unknown */
                                 uint32_t backlog;       /* accept queue limit, 0 for UDP */
                                 uint8_t bound;          /* 1 when the broker holds a socket */
-                                uint64_t holderless_since; /* unix seconds since its last known holder
-                                                            * exited, 0: a holder is alive, or unknown */
                         } leases[PB_LIST_MAX];
                 } leases;
                 struct {                        /* PB_MSG_POLICY_ADD */
                         struct pb_principal principal;
                         struct pb_endpoint pattern;     /* port_lo..port_hi range allowed */
-                        uint32_t orphan_timeout;        /* seconds without a holder before brokerd
-                                                         * closes a lease's socket; 0: never */
                 } policy_add;
                 struct {                        /* PB_MSG_POLICY_ADD | PB_MSG_REPLY, _REMOVE request */
                         uint64_t rule_id;
@@ -109,7 +105,6 @@ struct pb_msg {
                                 struct pb_principal principal;
                                 struct pb_endpoint pattern;
                                 uint64_t created;       /* unix seconds */
-                                uint32_t orphan_timeout; /* seconds; 0: never */
                         } rules[PB_RULES_MAX];
                 } rules;
                 struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */

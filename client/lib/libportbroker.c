@@ -524,7 +524,6 @@ static void lease_from_entry(const struct pb_lease_entry *l, pb_lease *ret) {
                 .queued = l->queued < 0 ? -1 : l->queued,
                 .backlog = l->backlog,
                 .bound = l->bound,
-                .holderless_since = l->holderless_since > INT64_MAX ? INT64_MAX : (int64_t) l->holderless_since,
         };
         endpoint_format(&l->endpoint, ret->endpoint);
 }
@@ -535,7 +534,6 @@ static void rule_from_entry(const struct pb_rule_entry *e, pb_rule *ret) {
                 .id = e->id,
                 .id_value = e->principal.id,
                 .created = e->created > INT64_MAX ? INT64_MAX : (int64_t) e->created,
-                .orphan_timeout = e->orphan_timeout,
         };
         switch (e->principal.kind) {
         case PB_PRINCIPAL_USER:
@@ -629,8 +627,8 @@ out:
         return r;
 }
 
-static int64_t policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
-                          const char *pattern, uint32_t orphan_timeout, pb_error *err) {
+int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
+                           const char *pattern, pb_error *err) {
         struct exchange *x;
         int64_t r;
 
@@ -640,7 +638,6 @@ static int64_t policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value,
         x = exchange_new(PB_MSG_POLICY_ADD, err);
         if (!x)
                 return -ENOMEM;
-        x->req.policy_add.orphan_timeout = orphan_timeout;
 
         switch (kind) {
         case PB_USER:
@@ -688,19 +685,6 @@ static int64_t policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value,
 out:
         free(x);
         return r;
-}
-
-int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
-                           const char *pattern, pb_error *err) {
-        return policy_add(c, kind, id_value, unit, pattern, 0, err);
-}
-
-int64_t pb_conn_policy_add_rule(pb_conn *c, const pb_rule *rule, pb_error *err) {
-        if (!rule) {
-                clear_error(err);
-                return fail(err, EINVAL, "pb_conn_policy_add_rule: no rule");
-        }
-        return policy_add(c, rule->kind, rule->id_value, rule->unit, rule->pattern, rule->orphan_timeout, err);
 }
 
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err) {

@@ -46,8 +46,6 @@ typedef struct pb_lease {
         unsigned backlog;               /* accept queue limit, 0 for UDP */
         bool bound;                     /* the broker holds a socket for it */
         bool created;                   /* pb_get only: this call created the lease */
-        int64_t holderless_since;       /* unix seconds since its last known holder exited;
-                                         * 0: a holder is alive, or none is known yet */
 } pb_lease;
 
 typedef enum pb_principal_kind {
@@ -63,8 +61,6 @@ typedef struct pb_rule {
         char unit[256];                 /* unit name for PB_UNIT */
         char pattern[64];               /* canonical endpoint pattern text */
         int64_t created;                /* unix seconds */
-        uint32_t orphan_timeout;        /* seconds a lease it allowed may go without a holder
-                                         * before brokerd closes its socket; 0: never */
 } pb_rule;
 
 /* The control socket path: $PORTBROKER_SOCKET if set and non-empty, else PB_DEFAULT_SOCKET. */
@@ -98,10 +94,6 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
  * matching pattern text (port may be a range). Admin only. Returns the rule id (>= 1). */
 int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
                            const char *pattern, pb_error *err);
-
-/* Adds the rule rule names (kind, id_value or unit, pattern, orphan_timeout;
- * id and created are ignored). Admin only. Returns the rule id (>= 1). */
-int64_t pb_conn_policy_add_rule(pb_conn *c, const pb_rule *rule, pb_error *err);
 
 /* Removes rule id. Admin only. Returns 0. */
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);

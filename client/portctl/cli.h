@@ -96,7 +96,7 @@ int list_append(struct list *l, const void *item);
 
 /* --- tables ------------------------------------------------------------------ */
 
-#define TABLE_MAX_COLS 8
+#define TABLE_MAX_COLS 6
 
 struct table {
         size_t ncols;                   /* cells per row, <= TABLE_MAX_COLS */

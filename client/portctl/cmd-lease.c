@@ -271,7 +271,7 @@ static int collect_lease(const pb_lease *lease, void *userdata) {
 }
 
 static int status_table(const struct list *l) {
-        struct table t = { .ncols = 7 };
+        struct table t = { .ncols = 6 };
         int r = 0;
 
         r |= table_cell(&t, "ENDPOINT");
@@ -280,15 +280,12 @@ static int status_table(const struct list *l) {
         r |= table_cell(&t, "HANDOUTS");
         r |= table_cell(&t, "HOLDERS");
         r |= table_cell(&t, "QUEUED");
-        r |= table_cell(&t, "NO HOLDER SINCE");
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_lease *x = (const pb_lease *) l->items + i;
                 const char *owner = user_name(x->owner_uid);
-                char since[64], holderless[64] = "-";
+                char since[64];
 
                 format_time(x->since, since, sizeof(since));
-                if (x->holderless_since > 0)
-                        format_time(x->holderless_since, holderless, sizeof(holderless));
                 r |= table_cell(&t, "%s", x->endpoint);
                 if (owner)
                         r |= table_cell(&t, "%s", owner);
@@ -305,7 +302,6 @@ static int status_table(const struct list *l) {
                         r |= table_cell(&t, "?/%u", x->backlog);
                 else
                         r |= table_cell(&t, "%d/%u", x->queued, x->backlog);
-                r |= table_cell(&t, "%s", holderless);
         }
         if (r == 0)
                 table_print(&t);
@@ -328,11 +324,7 @@ static void status_json(const struct list *l) {
                         fputs("null", stdout);
                 else
                         printf("%d", x->queued);
-                printf(",\"backlog\":%u,\"bound\":%s,\"holderless_since\":", x->backlog, x->bound ? "true" : "false");
-                if (x->holderless_since > 0)
-                        printf("%" PRId64 "}", x->holderless_since);
-                else
-                        fputs("null}", stdout);
+                printf(",\"backlog\":%u,\"bound\":%s}", x->backlog, x->bound ? "true" : "false");
         }
         puts("]");
 }

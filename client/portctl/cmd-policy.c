@@ -37,15 +37,13 @@ static void format_principal(pb_principal_kind kind, uint32_t id, const char *un
 struct add_args {
         const char *pattern;
         const char *user, *group, *unit;        /* exactly one is set */
-        const char *orphan_timeout;             /* a duration, or NULL */
 };
 
-/* The slot of an option taking a value (--user, --group, --unit,
- * --orphan-timeout, maybe with =VALUE), its name's length in *ret_len;
- * NULL for any other argument. */
-static const char **option_slot(struct add_args *a, const char *opt, size_t *ret_len) {
-        static const char *const names[] = { "--user", "--group", "--unit", "--orphan-timeout" };
-        const char **slots[] = { &a->user, &a->group, &a->unit, &a->orphan_timeout };
+/* The slot of a principal option (--user, --group, --unit, maybe with =VALUE), its name's
+ * length in *ret_len; NULL for any other argument. */
+static const char **principal_slot(struct add_args *a, const char *opt, size_t *ret_len) {
+        static const char *const names[] = { "--user", "--group", "--unit" };
+        const char **slots[] = { &a->user, &a->group, &a->unit };
 
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
                 size_t len = strlen(names[i]);
@@ -69,7 +67,7 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                         arg_json = true;
                         continue;
                 }
-                slot = option_slot(&a, opt, &len);
+                slot = principal_slot(&a, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
                         return cli_usage("policy add: unknown option '%s'", opt);
                 if (!slot && a.pattern)
@@ -120,78 +118,35 @@ static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_ki
         return 0;
 }
 
-/* A duration: N with an optional unit s, m, h or d, 1 second to 2^32 - 1. Returns seconds or -EINVAL. */
-static int64_t parse_duration(const char *s) {
-        static const struct { char unit; uint32_t seconds; } units[] = {
-                { 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 },
-        };
-        uint64_t v = 0, scale = 1;
-        const char *p = s;
-
-        if (*p < '0' || *p > '9')
-                return -EINVAL;
-        for (; *p >= '0' && *p <= '9'; p++) {
-                v = v * 10 + (uint64_t) (*p - '0');
-                if (v > UINT32_MAX)
-                        return -EINVAL;
-        }
-        if (*p) {
-                size_t i = 0;
-
-                while (i < sizeof(units) / sizeof(units[0]) && units[i].unit != *p)
-                        i++;
-                if (i == sizeof(units) / sizeof(units[0]) || p[1])
-                        return -EINVAL;
-                scale = units[i].seconds;
-        }
-        v *= scale;
-        return v == 0 || v > UINT32_MAX ? -EINVAL : (int64_t) v;
-}
-
 static int cmd_policy_add(int argc, char **argv) {
         char canonical[PB_ENDPOINT_STRLEN], who[512];
-        pb_rule rule = { .kind = PB_UNIT };
+        pb_principal_kind kind = PB_UNIT;
         struct add_args a = { 0 };
+        uint32_t id = 0;
         pb_conn *c;
         pb_error err;
-        int64_t id;
+        int64_t rule;
         int r;
 
         r = parse_add_args(argc, argv, &a);
         if (r == 0)
-                r = resolve_principal(&a, &rule.kind, &rule.id_value);
-        if (r == 0 && a.orphan_timeout) {
-                int64_t t = parse_duration(a.orphan_timeout);
-
-                if (t < 0)
-                        return cli_usage("policy add: invalid --orphan-timeout '%s' (e.g. 90, 30s, 5m, 1h, 2d)",
-                                         a.orphan_timeout);
-                rule.orphan_timeout = (uint32_t) t;
-        }
+                r = resolve_principal(&a, &kind, &id);
+        if (r == 0)
+                r = cli_connect(&c);
         if (r != 0)
                 return r;
-        if (strlen(a.pattern) >= sizeof(rule.pattern) || (a.unit && strlen(a.unit) >= sizeof(rule.unit)))
-                return cli_usage("policy add: the %s is too long", strlen(a.pattern) >= sizeof(rule.pattern) ?
-                                 "pattern" : "unit name");
-        snprintf(rule.unit, sizeof(rule.unit), "%s", a.unit ? a.unit : "");
-        snprintf(rule.pattern, sizeof(rule.pattern), "%s", a.pattern);
-        r = cli_connect(&c);
-        if (r != 0)
-                return r;
-        id = pb_conn_policy_add_rule(c, &rule, &err);
+        rule = pb_conn_policy_add(c, kind, id, a.unit, a.pattern, &err);
         pb_disconnect(c);
-        if (id < 0)
+        if (rule < 0)
                 return cli_fail_pb(&err);
 
         if (arg_json) {
-                printf("{\"id\":%" PRId64 "}\n", id);
+                printf("{\"id\":%" PRId64 "}\n", rule);
                 return 0;
         }
-        format_principal(rule.kind, rule.id_value, rule.unit, who, sizeof(who));
-        printf("rule %" PRId64 " added: %s may get %s", id, who, canonical_endpoint(a.pattern, true, canonical));
-        if (rule.orphan_timeout)
-                printf("; a lease without a holder for %" PRIu32 " s is closed", rule.orphan_timeout);
-        putchar('\n');
+        format_principal(kind, id, a.unit, who, sizeof(who));
+        printf("rule %" PRId64 " added: %s may get %s\n", rule, who,
+               canonical_endpoint(a.pattern, true, canonical));
         return 0;
 }
 
@@ -261,24 +216,19 @@ static void policy_json(const struct list *l) {
                 }
                 fputs(",\"pattern\":", stdout);
                 json_string(stdout, x->pattern);
-                printf(",\"created\":%" PRId64 ",\"orphan_timeout\":", x->created);
-                if (x->orphan_timeout)
-                        printf("%" PRIu32 "}", x->orphan_timeout);
-                else
-                        fputs("null}", stdout);
+                printf(",\"created\":%" PRId64 "}", x->created);
         }
         puts("]");
 }
 
 static int policy_table(const struct list *l) {
-        struct table t = { .ncols = 5 };
+        struct table t = { .ncols = 4 };
         int r = 0;
 
         r |= table_cell(&t, "ID");
         r |= table_cell(&t, "PRINCIPAL");
         r |= table_cell(&t, "PATTERN");
         r |= table_cell(&t, "CREATED");
-        r |= table_cell(&t, "ORPHAN TIMEOUT");
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_rule *x = (const pb_rule *) l->items + i;
                 char who[512], created[64];
@@ -289,10 +239,6 @@ static int policy_table(const struct list *l) {
                 r |= table_cell(&t, "%s", who);
                 r |= table_cell(&t, "%s", x->pattern);
                 r |= table_cell(&t, "%s", created);
-                if (x->orphan_timeout)
-                        r |= table_cell(&t, "%" PRIu32 " s", x->orphan_timeout);
-                else
-                        r |= table_cell(&t, "-");
         }
         if (r == 0)
                 table_print(&t);

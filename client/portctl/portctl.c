@@ -38,10 +38,8 @@ static const struct command {
           "  status [ENDPOINT]     Show leases: owner, since, handouts, holders, queue\n" },
         { "policy", cmd_policy,
           "  policy add PATTERN (--user NAME|UID | --group NAME|GID | --unit UNIT)\n"
-          "             [--orphan-timeout DURATION]\n"
           "                        Let a user, group or systemd unit get endpoints matching\n"
-          "                        PATTERN (admin only); close a lease's socket after\n"
-          "                        DURATION (90, 30s, 5m, 1h, 2d) without a holder\n"
+          "                        PATTERN (admin only)\n"
           "  policy remove ID      Remove a rule (admin only)\n"
           "  policy list           List the rules\n" },
         { "admin", cmd_admin,

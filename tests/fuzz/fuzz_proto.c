@@ -83,14 +83,13 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                         if (x->id != y->id || !endpoint_equal(&x->endpoint, &y->endpoint) ||
                             x->owner_uid != y->owner_uid || x->since != y->since || x->handouts != y->handouts ||
                             x->holders != y->holders || x->queued != y->queued || x->backlog != y->backlog ||
-                            x->bound != y->bound || x->holderless_since != y->holderless_since)
+                            x->bound != y->bound)
                                 return false;
                 }
                 return true;
         case PB_MSG_POLICY_ADD:
                 return principal_equal(&a->policy_add.principal, &b->policy_add.principal) &&
-                       endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern) &&
-                       a->policy_add.orphan_timeout == b->policy_add.orphan_timeout;
+                       endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern);
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
                 return a->rule_id.rule_id == b->rule_id.rule_id;
@@ -102,8 +101,7 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 for (unsigned i = 0; i < a->rules.count; i++) {
                         const struct pb_rule_entry *x = &a->rules.rules[i], *y = &b->rules.rules[i];
                         if (x->id != y->id || !principal_equal(&x->principal, &y->principal) ||
-                            !endpoint_equal(&x->pattern, &y->pattern) || x->created != y->created ||
-                            x->orphan_timeout != y->orphan_timeout)
+                            !endpoint_equal(&x->pattern, &y->pattern) || x->created != y->created)
                                 return false;
                 }
                 return true;
@@ -410,7 +408,6 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                                         .queued = i ? (int32_t) i : -1,
                                         .backlog = 4096,
                                         .bound = 1,
-                                        .holderless_since = i ? 1700000000u + i : 0,
                                 };
                         break;
                 case 8:
@@ -418,7 +415,6 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         m.policy_add.principal.kind = PB_PRINCIPAL_USER;
                         m.policy_add.principal.id = 1000;
                         m.policy_add.pattern = seed_endpoint("tcp:8000-8099", true);
-                        m.policy_add.orphan_timeout = 600;
                         break;
                 case 9:
                         m.hdr.type = PB_MSG_POLICY_ADD;

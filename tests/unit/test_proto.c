@@ -28,9 +28,8 @@
 
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
 
-#define LEASE_ENTRY_SIZE 73             /* id 8, endpoint 24, uid 4, since 8, handouts 8, holders 4, queued 4,
-                                         * backlog 4, bound 1, holderless_since 8 */
-#define RULE_ENTRY_SIZE(unit_len) (8 + 1 + 4 + 1 + (unit_len) + PB_ENDPOINT_WIRE_SIZE + 8 + 4)
+#define LEASE_ENTRY_SIZE 65             /* id 8, endpoint 24, uid 4, since 8, handouts 8, holders 4, queued 4, backlog 4, bound 1 */
+#define RULE_ENTRY_SIZE(unit_len) (8 + 1 + 4 + 1 + (unit_len) + PB_ENDPOINT_WIRE_SIZE + 8)
 
 /* --- helpers ------------------------------------------------------------- */
 
@@ -105,13 +104,11 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                         assert_int_equal(x->queued, y->queued);
                         assert_int_equal(x->backlog, y->backlog);
                         assert_int_equal(x->bound, y->bound);
-                        assert_int_equal(x->holderless_since, y->holderless_since);
                 }
                 break;
         case PB_MSG_POLICY_ADD:
                 assert_principal_equal(&a->policy_add.principal, &b->policy_add.principal);
                 assert_endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern);
-                assert_int_equal(a->policy_add.orphan_timeout, b->policy_add.orphan_timeout);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -129,7 +126,6 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                         assert_principal_equal(&x->principal, &y->principal);
                         assert_endpoint_equal(&x->pattern, &y->pattern);
                         assert_int_equal(x->created, y->created);
-                        assert_int_equal(x->orphan_timeout, y->orphan_timeout);
                 }
                 break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
@@ -194,7 +190,6 @@ static void fill_leases(struct pb_msg *m, unsigned count, bool more) {
                         .queued = i == 0 ? -1 : (i == 1 ? INT32_MIN : (int32_t) i),
                         .backlog = i % 2 ? 0 : 4096,
                         .bound = i % 3 != 0,
-                        .holderless_since = i % 2 ? 1700000000ull + i : 0,
                 };
 }
 
@@ -212,7 +207,6 @@ static void fill_rules(struct pb_msg *m, unsigned count, bool more, size_t unit_
                 unit_name(r->principal.unit, unit_len, i);
                 r->pattern = pat(i % 2 ? "udp:127.0.0.1:5000-5999" : "tcp:[::1]:1-65535");
                 r->created = 1700000000ull + i;
-                r->orphan_timeout = i % 2 ? 0 : UINT32_MAX - i;
         }
 }
 
@@ -256,7 +250,6 @@ static size_t samples(struct pb_msg *out, size_t max) {
         NEXT(PB_MSG_POLICY_ADD, 8);
         m->policy_add.principal = (struct pb_principal) { .kind = PB_PRINCIPAL_USER, .id = 1000 };
         m->policy_add.pattern = pat("tcp:8000-8099");
-        m->policy_add.orphan_timeout = 3600;
         NEXT(PB_MSG_POLICY_ADD, 9);
         m->policy_add.principal = (struct pb_principal) { .kind = PB_PRINCIPAL_GROUP, .id = 0 };
         m->policy_add.pattern = pat("udp:127.0.0.1:53");
@@ -347,7 +340,7 @@ static void test_encoded_sizes(void **state) {
                         want = 16 + 2 + (size_t) m[i].leases.count * LEASE_ENTRY_SIZE;
                         break;
                 case PB_MSG_POLICY_ADD:
-                        want = 16 + 6 + strlen(m[i].policy_add.principal.unit) + PB_ENDPOINT_WIRE_SIZE + 4;
+                        want = 16 + 6 + strlen(m[i].policy_add.principal.unit) + PB_ENDPOINT_WIRE_SIZE;
                         break;
                 case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
                         want = 16 + 2;
@@ -699,8 +692,8 @@ static void test_bool_fields(void **state) {
         len = encode_ok(&m, buf);
         CHECK_BOOL(17);                                 /* more */
         assert_int_equal(decode(buf, len), 0);
-        CHECK_BOOL(18 + LEASE_ENTRY_SIZE - 9);          /* leases[0].bound */
-        CHECK_BOOL(18 + 2 * LEASE_ENTRY_SIZE - 9);      /* leases[1].bound */
+        CHECK_BOOL(18 + LEASE_ENTRY_SIZE - 1);          /* leases[0].bound */
+        CHECK_BOOL(18 + 2 * LEASE_ENTRY_SIZE - 1);      /* leases[1].bound */
 
         fill_rules(&m, 1, false, 12);
         len = encode_ok(&m, buf);

@@ -79,58 +79,6 @@ static void test_new_database_schema(void **state) {
         assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE name IN ('rules','leases','events')"), 3);
 }
 
-/* A database of version 1 (as brokerd 0.1.0 before orphan timeouts wrote
- * it) is migrated in place: its rules stay, with no orphan timeout, and
- * new rules keep theirs. */
-static void test_version_1_database_migrated(void **state) {
-        static const char v1[] =
-                "CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                "  principal_kind INTEGER NOT NULL CHECK (principal_kind IN (1, 2, 3)),"
-                "  principal_id INTEGER NOT NULL, principal_unit TEXT NOT NULL DEFAULT '',"
-                "  pattern BLOB NOT NULL CHECK (length(pattern) = 24), pattern_text TEXT NOT NULL,"
-                "  created INTEGER NOT NULL, created_by INTEGER NOT NULL);"
-                "CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                "  endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) = 24), endpoint_text TEXT NOT NULL,"
-                "  owner_uid INTEGER NOT NULL, created INTEGER NOT NULL,"
-                "  socket_cookie INTEGER NOT NULL DEFAULT 0, boot_id TEXT NOT NULL DEFAULT '');"
-                "CREATE TABLE events (id INTEGER PRIMARY KEY, time_us INTEGER NOT NULL, event TEXT NOT NULL,"
-                "  peer_uid INTEGER, peer_pid INTEGER, endpoint TEXT, detail TEXT);"
-                "INSERT INTO rules VALUES (1, 1, 4242, '', zeroblob(24), 'x', 1, 0);"
-                "PRAGMA user_version = 1;";
-        struct store_event ev = { .event = "policy-add", .uid = 0, .pid = 1 };
-        struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 7 }, .orphan_timeout = 90 };
-        struct store_rule last = { 0 };
-        uint8_t blob[PB_ENDPOINT_WIRE_SIZE];
-        char sql[512], hex[2 * PB_ENDPOINT_WIRE_SIZE + 1];
-        struct store *s;
-        sqlite3 *db;
-
-        /* The old row needs a valid pattern blob: tcp:8080. */
-        assert_int_equal(endpoint_parse_pattern("tcp:8080", &r.pattern), 0);
-        endpoint_encode(&r.pattern, blob);
-        for (size_t i = 0; i < sizeof(blob); i++)
-                sprintf(hex + 2 * i, "%02x", blob[i]);
-        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-        assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
-        snprintf(sql, sizeof(sql), "UPDATE rules SET pattern = x'%s'", hex);
-        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-        sqlite3_close(db);
-
-        s = open_ok();
-        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
-        assert_int_equal(store_rules_load(s, count_rule, &last), 0);
-        assert_int_equal(last.id, 1);
-        assert_int_equal(last.orphan_timeout, 0);
-        assert_int_equal(store_rule_add(s, &r, &ev), 0);
-        store_close(s);
-
-        s = open_ok();
-        assert_int_equal(store_rules_load(s, count_rule, &last), 0);
-        assert_int_equal(last.id, r.id);
-        assert_int_equal(last.orphan_timeout, 90);
-        store_close(s);
-}
-
 static void test_rules_and_leases_survive_reopen(void **state) {
         struct store *s = open_ok();
         struct store_event ev = { .event = "policy-add", .uid = 0, .pid = 1 };
@@ -263,7 +211,6 @@ static void test_wal_journal(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_version_1_database_migrated, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules_and_leases_survive_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_batched_until_flush, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
