@@ -295,6 +295,7 @@ SYSCALL_PURPOSE = {
     "readlink": "identity: the peer's user and network namespaces",
     "poll": "identity: the peer is still the pid that was read",
     "recvmsg": "the request; the client's end",
+    "ioctl": "the client's end: no message queued behind it (SIOCINQ; the kernel's EOF race)",
     "sendmsg": "the reply and its fd",
     "setsockopt": "listener check: SO_REUSEPORT off",
     "close": "teardown: the connection, the peer's pidfd",

@@ -7,9 +7,11 @@
 #include "fdpass.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -101,9 +103,16 @@ static int recv_message(int sock_fd, void *buf, size_t size, int *ret_fd, int fl
         return (int) n;
 }
 
-static bool peer_shut_down(int sock_fd) {
+/* After a non-blocking read said EOF: whether a message may be queued all
+ * the same. Usually one ioctl says the queue is empty; only when it is not
+ * does the peer's shutdown (POLLRDHUP) tell a message that raced the EOF
+ * from one that follows an empty message (which is returned as such). */
+static bool message_behind_eof(int sock_fd) {
         struct pollfd p = { .fd = sock_fd, .events = POLLRDHUP };
+        int queued = 0;
 
+        if (ioctl(sock_fd, SIOCINQ, &queued) < 0 || queued <= 0)
+                return false;
         return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP));
 }
 
@@ -116,7 +125,7 @@ int fdpass_recv(int sock_fd, void *buf, size_t size, int *ret_fd, int flags) {
          * the two apart). Nothing can arrive after the shutdown, so a second
          * read tells a message from the end. Without a shutdown (POLLRDHUP)
          * the 0 was an empty message, returned as such. */
-        if (n == 0 && (flags & MSG_DONTWAIT) && !(ret_fd && *ret_fd >= 0) && peer_shut_down(sock_fd)) {
+        if (n == 0 && (flags & MSG_DONTWAIT) && !(ret_fd && *ret_fd >= 0) && message_behind_eof(sock_fd)) {
                 int again = recv_message(sock_fd, buf, size, ret_fd, flags);
 
                 if (again != -EAGAIN)
