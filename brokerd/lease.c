@@ -51,6 +51,18 @@ int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         return 0;
 }
 
+/* A UDP socket a holder connect()ed receives only from that peer: undo it
+ * (connect to AF_UNSPEC). Returns 1 when it was connected, 0, or -errno. */
+static int udp_disconnect(int fd) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+
+        if (getpeername(fd, (struct sockaddr *) &peer, &len) < 0)
+                return errno == ENOTCONN ? 0 : -errno;
+        return connect(fd, &unspec, sizeof(unspec)) < 0 ? -errno : 1;
+}
+
 int lease_ensure_listening(struct lease *l) {
         int r;
 
@@ -61,8 +73,10 @@ int lease_ensure_listening(struct lease *l) {
         r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0);
         if (r >= 0 && l->endpoint.transport == PB_UDP)
                 r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEADDR, 0);
+        if (r >= 0 && l->endpoint.transport == PB_UDP)
+                r = udp_disconnect(l->sock_fd);
         if (r < 0 || l->endpoint.transport != PB_TCP)
-                return r < 0 ? r : 0;
+                return r;
         r = sockopt_get_int(l->sock_fd, SOL_SOCKET, SO_ACCEPTCONN);
         if (r != 0)
                 return r < 0 ? r : 0;   /* listening (1), or the error */
@@ -114,6 +128,11 @@ unsigned lease_holders_live(const struct lease *l) {
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
                 n += l->holders[i].pid_fd >= 0;
         return n;
+}
+
+void lease_unbind(struct lease *l) {
+        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        l->sock_fd = safe_close(l->sock_fd);
 }
 
 void lease_free(struct lease *l) {

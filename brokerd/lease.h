@@ -54,9 +54,10 @@ struct lease_table {
 int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
 /* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
- * holder may have set, and for TCP listens again if a holder's shutdown()
- * stopped it. Returns 1 when it re-listened, 0 when nothing was wrong,
- * -errno on failure. */
+ * holder may have set, disconnects a UDP socket a holder connected, and for
+ * TCP listens again if a holder's shutdown() stopped it. Returns 1 when it
+ * repaired something, 0 when nothing was wrong, -errno when the socket
+ * cannot be repaired (a TCP socket a holder turned into a connection). */
 int lease_ensure_listening(struct lease *l);
 
 /* Connections waiting to be accepted on a TCP listener, or -errno (-EOPNOTSUPP for UDP, -EBADF unbound). */
@@ -73,6 +74,9 @@ struct lease *lease_new(void);
 
 /* Stops the watches on l, forgets its holders, closes its socket, frees it. NULL is fine. */
 void lease_free(struct lease *l);
+
+/* Closes l's socket (and stops watching it); the lease itself stays. */
+void lease_unbind(struct lease *l);
 
 /* Forgets holder h: stops watching it and closes its pidfd. */
 void lease_holder_clear(struct lease_holder *h);

@@ -138,6 +138,29 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         return l;
 }
 
+/* l's socket cannot be repaired (error, -errno): a holder turned it into
+ * something else, such as a connection. Holders keep that one; the lease
+ * gets a fresh socket, logged and audited. Returns true, or false with
+ * reply set. */
+static bool get_fresh_socket(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
+                             struct lease *l, int error) {
+        struct log_fields f = broker_peer_fields(&c->peer, text, &l->endpoint);
+        int r;
+
+        log_event(LOG_WARNING, "replace", &f, "lease %llu: its socket cannot be used again (%s); binding a "
+                  "fresh one", (unsigned long long) l->id, strerror(-error));
+        broker_audit(c->broker, "replace", &c->peer, text, strerror(-error));
+        fdstore_remove(c->broker, l->id);
+        lease_unbind(l);
+        r = broker_rebind_lease(c->broker, l, 0);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot bind %s afresh: %s", text, strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return false;
+        }
+        return true;
+}
+
 /* Makes l's socket fit to hand out: bound (a lease the broker could not bind
  * at start is tried again), listening, no reuse options a holder set.
  * Returns true, or false with reply set. */
@@ -156,14 +179,14 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
                 }
         }
         r = lease_ensure_listening(l);
-        if (r < 0) {
-                proto_set_error(reply, req->hdr.id, -r, "cannot listen on %s again: %s", text, strerror(-r));
-                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
-                return false;
-        }
+        if (r < 0)
+                return get_fresh_socket(c, req, reply, text, l, r);
         if (r > 0) {
-                log_event(LOG_WARNING, "repair", &f, "a holder had shut the listener down; listening again");
-                sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
+                log_event(LOG_WARNING, "repair", &f, l->endpoint.transport == PB_TCP ?
+                          "a holder had shut the listener down; listening again" :
+                          "a holder had connected the socket; disconnected it");
+                if (l->hup_source)
+                        sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
         }
         return true;
 }
