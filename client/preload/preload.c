@@ -72,6 +72,7 @@ static struct {
         int (*accept)(int, struct sockaddr *, socklen_t *);
         int (*accept4)(int, struct sockaddr *, socklen_t *, int);
         int (*epoll_ctl)(int, int, int, struct epoll_event *);
+        int (*shutdown)(int, int);
 } next;
 
 static int next_bind(int fd, const struct sockaddr *sa, socklen_t len) {
@@ -110,6 +111,7 @@ __attribute__((constructor)) static void preload_init(void) {
         next.accept = (int (*)(int, struct sockaddr *, socklen_t *)) dlsym(RTLD_NEXT, "accept");
         next.accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int)) dlsym(RTLD_NEXT, "accept4");
         next.epoll_ctl = (int (*)(int, int, int, struct epoll_event *)) dlsym(RTLD_NEXT, "epoll_ctl");
+        next.shutdown = (int (*)(int, int)) dlsym(RTLD_NEXT, "shutdown");
         parse_endpoints(list);
         cfg.all = !list || !*list;
         if (!path || !*path || strlen(path) >= sizeof(cfg.control.sun_path))
@@ -325,6 +327,21 @@ int listen(int fd, int backlog) {
         } else
                 errno = saved_errno;
         return next.listen ? next.listen(fd, backlog) : (int) syscall(SYS_listen, fd, backlog);
+}
+
+/* shutdown() of a brokered socket would stop it for every holder (a
+ * listener leaves LISTEN, and a port bound with SO_REUSEADDR is then open
+ * to others until brokerd listens again): a server stopping does not get
+ * to do that to the next one. It succeeds and does nothing. */
+int shutdown(int fd, int how) {
+        int saved_errno = errno;
+
+        if (is_brokered(fd)) {
+                errno = saved_errno;
+                return 0;
+        }
+        errno = saved_errno;
+        return next.shutdown ? next.shutdown(fd, how) : (int) syscall(SYS_shutdown, fd, how);
 }
 
 int setsockopt(int fd, int level, int name, const void *value, socklen_t len) {

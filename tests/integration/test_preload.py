@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import PORTCTL, PYTHON, as_user, child_env, wait_for
+from conftest import PORTCTL, PYTHON, as_user, child_env, fetch, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -259,3 +259,30 @@ def test_upgrade_refuses_an_old_server_that_ignores_the_signal(broker, procs):
     assert f"pid {old.pid} ignores QUIT" in r.stderr and "--signal" in r.stderr, r
     assert old.alive()
     assert broker.portctl("status", json=True).json == []  # nothing was started or asked for
+
+
+# A server that binds, listens, shuts its listener down (as some do when
+# they stop) and then serves one connection on it all the same.
+SHUTDOWN_SERVER = r"""
+import os, socket
+s = socket.socket(socket.AF_INET6)
+s.bind(("::", 8080))
+s.listen()
+s.shutdown(socket.SHUT_RDWR)
+print(f"ready {os.getpid()}", flush=True)
+c, _ = s.accept()
+c.sendall(b"ok shut\n")
+c.close()
+"""
+
+
+def test_shutdown_of_a_brokered_listener_is_a_no_op(broker, procs):
+    """Under the shim, a server's shutdown() of the brokered listener does
+    nothing: it keeps listening for every holder (brokerd never sees it stop,
+    so it has nothing to repair), and the server still accepts."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    srv = procs.spawn([PORTCTL, "--socket", broker.control, "run", "8080", "--", PYTHON, "-I", "-c",
+                       SHUTDOWN_SERVER], uid=U1, name="shutdown-server")
+    srv.wait_ready()
+    assert fetch(8080) == "ok shut\n"
+    assert not broker.events("repair"), broker.log()
