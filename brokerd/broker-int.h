@@ -124,6 +124,10 @@ void conn_carried(struct broker *b, int fd, const struct peer *p);
 /* Closes the connection and frees it. */
 void conn_free(struct conn *c);
 
+/* Sends reply on control socket sock_fd, with fd attached when fd >= 0 (not
+ * consumed), never blocking. Returns 0 or -errno. */
+int conn_send_fd(int sock_fd, const struct pb_msg *reply, int fd);
+
 /* Sends reply, with fd attached when fd >= 0 (not consumed), never blocking.
  * Returns 0 or -errno. */
 int conn_send(struct conn *c, const struct pb_msg *reply, int fd);

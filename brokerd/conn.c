@@ -20,25 +20,25 @@
 
 #define USEC_PER_SEC 1000000ULL
 
-int conn_send(struct conn *c, const struct pb_msg *reply, int fd) {
+int conn_send_fd(int sock_fd, const struct pb_msg *reply, int fd) {
         uint8_t buf[PB_MSG_MAX];
         int n = proto_encode(reply, buf, sizeof(buf));
 
         if (n < 0)
                 return n;
         /* Never block on a peer that does not read: it loses its connection. */
-        return fdpass_send(c->sock_fd, buf, (size_t) n, fd, MSG_DONTWAIT);
+        return fdpass_send(sock_fd, buf, (size_t) n, fd, MSG_DONTWAIT);
+}
+
+int conn_send(struct conn *c, const struct pb_msg *reply, int fd) {
+        return conn_send_fd(c->sock_fd, reply, fd);
 }
 
 void conn_refuse(int fd, int code, const char *why) {
         struct pb_msg reply;
-        uint8_t buf[PB_MSG_MAX];
-        int n;
 
         proto_set_error(&reply, 0, code, "%s", why);
-        n = proto_encode(&reply, buf, sizeof(buf));
-        if (n > 0)
-                (void) fdpass_send(fd, buf, (size_t) n, -1, MSG_DONTWAIT);
+        (void) conn_send_fd(fd, &reply, -1);
         safe_close(fd);
 }
 

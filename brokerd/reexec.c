@@ -32,7 +32,6 @@
 #include <unistd.h>
 
 #include "fd-util.h"
-#include "fdpass.h"
 #include "pidfd-util.h"
 
 #define CHECK_TIMEOUT_MS 3000           /* for `brokerd --check` to exit: well inside WatchdogSec= */
@@ -233,12 +232,8 @@ fail:
 
 void reexec_answer(int fd, uint32_t id) {
         struct pb_msg reply = { .hdr = { .type = PB_MSG_REEXEC | PB_MSG_REPLY, .id = id } };
-        uint8_t buf[PB_MSG_MAX];
-        int n;
 
         reply.reexec.pid = (uint32_t) getpid();
         snprintf(reply.reexec.version, sizeof(reply.reexec.version), "%s", PB_VERSION);
-        n = proto_encode(&reply, buf, sizeof(buf));
-        if (n > 0)
-                (void) fdpass_send(fd, buf, (size_t) n, -1, MSG_DONTWAIT);
+        (void) conn_send_fd(fd, &reply, -1);
 }
