@@ -20,8 +20,12 @@ PYTEST     ?= /usr/bin/python3 -m pytest
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
-DEPS_CFLAGS := $(shell $(PKG_CONFIG) --cflags libsystemd sqlite3 2>/dev/null)
-DEPS_LIBS   := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 2>/dev/null)
+DEPS_CFLAGS := $(shell $(PKG_CONFIG) --cflags libsystemd sqlite3 libbpf 2>/dev/null)
+DEPS_LIBS   := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 libbpf 2>/dev/null)
+# The bind guard's BPF programs: clang's BPF target, the UAPI headers of this
+# machine's multiarch directory (asm/types.h), libbpf's bpf_helpers.h.
+CLANG      ?= clang
+MULTIARCH  := $(shell $(CC) -print-multiarch 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
             -Wsign-compare -Wpointer-arith -Wformat=2 -Wundef -Wno-unused-parameter
@@ -75,6 +79,15 @@ all: $(TARGETS)
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+# brokerd embeds the guard's BPF object (guard.c, .incbin).
+GUARD_BPF_OBJ := $(BUILD)/bpf/bind-guard.bpf.o
+$(GUARD_BPF_OBJ): brokerd/bpf/bind-guard.bpf.c brokerd/bpf/bind-guard.h
+	@mkdir -p $(dir $@)
+	$(CLANG) -O2 -g -Wall -Werror -target bpf $(if $(MULTIARCH),-I/usr/include/$(MULTIARCH)) -c $< -o $@
+
+$(BUILD)/obj/brokerd/guard.o: $(GUARD_BPF_OBJ)
+$(BUILD)/obj/brokerd/guard.o: CPPFLAGS += -DGUARD_BPF_OBJECT='"$(GUARD_BPF_OBJ)"'
 
 $(BUILD)/brokerd: $(BUILD)/obj/brokerd/main.o $(BROKERD_OBJ) $(PROTO_OBJ) $(COMMON_OBJ)
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ $(DEPS_LIBS) -o $@

@@ -14,6 +14,7 @@
 #include <systemd/sd-event.h>
 
 #include "broker.h"
+#include "guard.h"
 #include "lease.h"
 #include "peer.h"
 #include "policy.h"
@@ -54,6 +55,7 @@ struct broker {
         struct policy policy;
         struct store *store;
         struct lease_table leases;
+        struct guard guard;             /* the kernel's refusal of others' bind() on our leases */
         bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
         struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
         size_t n_inherited;

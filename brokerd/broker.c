@@ -146,7 +146,7 @@ int broker_lease_bound(struct broker *b, struct lease *l) {
 
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie) {
         struct log_fields f = lease_fields(l);
-        int r = lease_bind(&l->endpoint, l->backlog, &l->sock_fd);
+        int r = lease_bind(&b->guard, &l->endpoint, l->backlog, &l->sock_fd);
 
         if (r == -EADDRINUSE && adopt_lease(l, adopt_cookie) >= 0)
                 r = 0;
@@ -218,13 +218,10 @@ static bool take_passed_socket(struct broker *b, struct lease *l) {
         return true;
 }
 
-/* A lease from the database: into the table, then its socket taken back from
- * systemd's fd store, or bound again (or adopted). A busy port is an error
- * event; the lease stays, unbound, and is retried. */
+/* A lease from the database: into the table and the guard's map. */
 static int load_lease(const struct store_lease *sl, void *userdata) {
         struct broker *b = userdata;
         struct lease *l = lease_new();
-        struct log_fields f;
         int r;
 
         if (!l)
@@ -234,24 +231,41 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
         l->backlog = b->opt.backlog;
+        /* Only a socket of this boot can still be held somewhere. */
+        l->adopt_cookie = strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0;
         r = lease_table_add(&b->leases, l);
         if (r < 0) {
                 lease_free(l);
                 return r;
         }
-        if (take_passed_socket(b, l))
-                return 0;
-        /* Only a socket of this boot can still be held somewhere. */
-        r = broker_rebind_lease(b, l, strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0);
-        if (r < 0) {
-                f = lease_fields(l);
-                log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see portctl "
-                          "status) and brokerd retries until the port is free", (unsigned long long) sl->id,
-                          strerror(-r));
-                broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
-                broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        r = guard_add(&b->guard, &l->endpoint);
+        if (r < 0)
+                log_msg(LOG_ERR, "cannot guard lease %llu (%s): %s", (unsigned long long) l->id, l->text, strerror(-r));
+        return r;
+}
+
+/* Once the guard covers every lease: each lease's socket taken back from
+ * systemd's fd store, or bound again (or adopted). A busy port is an error
+ * event; the lease stays, unbound, and is retried. */
+static void restore_lease_sockets(struct broker *b) {
+        for (size_t i = 0; i < b->leases.n; i++) {
+                struct lease *l = b->leases.by_id[i];
+                struct log_fields f;
+                int r;
+
+                if (take_passed_socket(b, l))
+                        continue;
+                r = broker_rebind_lease(b, l, l->adopt_cookie);
+                if (r < 0) {
+                        f = lease_fields(l);
+                        log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see "
+                                  "portctl status) and brokerd retries until the port is free",
+                                  (unsigned long long) l->id, strerror(-r));
+                        broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
+                        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+                }
+                l->adopt_cookie = 0;
         }
-        return 0;
 }
 
 static int read_boot_id(char *buf, size_t len) {
@@ -321,11 +335,14 @@ static int store_setup(struct broker *b) {
         r = store_rules_load(b->store, load_rule, &b->policy);
         if (r >= 0)
                 r = store_leases_load(b->store, load_lease, b);
-        if (r < 0)
+        if (r < 0) {
                 log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
-        else
-                fdstore_drop_unclaimed(b);
-        return r;
+                return r;
+        }
+        guard_arm(&b->guard);
+        restore_lease_sockets(b);
+        fdstore_drop_unclaimed(b);
+        return 0;
 }
 
 int broker_new(const struct broker_options *opt, struct broker **ret) {
@@ -336,6 +353,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
+        guard_init(&b->guard);
         b->policy.self_uid = geteuid();
         b->policy.admin_group = &b->opt.admin_group;
 
@@ -347,6 +365,8 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 goto fail;
         }
         r = loop_setup(b);
+        if (r >= 0)
+                r = guard_open(&b->guard, &b->opt.guard, b->opt.max_leases);
         if (r >= 0)
                 r = fdstore_take(b);
         if (r >= 0)
@@ -396,6 +416,7 @@ void broker_free(struct broker *b) {
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);
         fdstore_done(b);
+        guard_close(&b->guard);
         control_done(b);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);

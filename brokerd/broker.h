@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "guard.h"
 #include "policy.h"
 
 #define BROKER_DEFAULT_CONTROL "/run/portbroker/control.sock"
@@ -26,6 +27,7 @@ struct broker_options {
         unsigned idle_timeout_sec;      /* per connection */
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
+        struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */
         const char *exe_path;           /* our binary, as started: what a re-exec executes */
         char **argv;                    /* our arguments, for a re-exec */
 };

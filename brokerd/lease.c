@@ -21,12 +21,13 @@
 #include <unistd.h>
 
 #include "fd-util.h"
+#include "guard.h"
 #include "sockaddr.h"
 #include "sockopt.h"
 
 #define TOMBSTONE ((struct lease *) 1)
 
-int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
+int lease_bind(const struct guard *g, const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         bool tcp = e->transport == PB_TCP;
         _cleanup_close_ int sock_fd = socket_for_endpoint(e);  /* IPV6_V6ONLY explicit */
         struct sockaddr_storage ss;
@@ -40,8 +41,8 @@ int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd) {
         r = tcp ? sockopt_set_int(sock_fd, SOL_SOCKET, SO_REUSEADDR, 1) : 0;
         if (r >= 0)
                 r = sockaddr_from_endpoint(e, &ss, &len);
-        if (r >= 0 && bind(sock_fd, (struct sockaddr *) &ss, len) < 0)
-                r = -errno;
+        if (r >= 0)
+                r = guard_bind(g, sock_fd, (struct sockaddr *) &ss, len);
         if (r >= 0 && tcp && listen(sock_fd, (int) backlog) < 0)
                 r = -errno;
         if (r < 0)

@@ -18,6 +18,7 @@
 #define LEASE_HOLDERS_MAX 4             /* recipients watched per lease */
 
 struct sd_event_source;
+struct guard;
 
 /* A process that got the socket, watched through its pidfd until it exits. */
 struct lease_holder {
@@ -35,6 +36,7 @@ struct lease {
         int sock_fd;                    /* the broker's copy, -1 when not bound */
         unsigned backlog;               /* TCP listen() backlog */
         uint64_t handouts;              /* gets served since the broker started */
+        uint64_t adopt_cookie;          /* at start: SO_COOKIE recorded for it in this boot, 0: none */
         struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
         unsigned holders_next;          /* ring position */
         struct sd_event_source *hup_source; /* the broker's watch on the listener */
@@ -48,10 +50,10 @@ struct lease_table {
         size_t n, by_id_cap;
 };
 
-/* Binds a socket for e: TCP with SO_REUSEADDR and listen(backlog), UDP with
- * no reuse option; IPV6_V6ONLY explicit; never SO_REUSEPORT. CLOEXEC.
- * Returns 0 and *ret_fd, or -errno. */
-int lease_bind(const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
+/* Binds a socket for e past the bind guard g (NULL: none): TCP with
+ * SO_REUSEADDR and listen(backlog), UDP with no reuse option; IPV6_V6ONLY
+ * explicit; never SO_REUSEPORT. CLOEXEC. Returns 0 and *ret_fd, or -errno. */
+int lease_bind(const struct guard *g, const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
 /* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
  * holder may have set, disconnects a UDP socket a holder connected, and for

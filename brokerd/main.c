@@ -53,6 +53,12 @@ static void usage(FILE *out) {
                 "      --max-leases-per-user N   leases one uid may own (default 64)\n"
                 "      --max-leases N            leases in all (default 4096; under systemd, keep\n"
                 "                                the unit's FileDescriptorStoreMax= as large)\n"
+                "      --guard-dir DIR           where the bind guard's programs stay pinned while\n"
+                "                                brokerd is away, on bpffs (default %s)\n"
+                "      --guard-cgroup DIR        cgroup v2 directory whose processes the guard covers\n"
+                "                                (default: the root of the cgroup v2 hierarchy)\n"
+                "      --no-guard                no bind guard: a leased port is kept from others\n"
+                "                                only while its socket is open somewhere\n"
                 "      --log-level LEVEL         least urgent priority logged: err, warning, notice,\n"
                 "                                info (default) or debug (every grant), or 0-7\n"
                 "      --check                   check the arguments and that the database can be\n"
@@ -61,7 +67,7 @@ static void usage(FILE *out) {
                 "  -V, --version                 show the version\n\n"
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
                 "See brokerd(8) and portctl(1).\n",
-                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB);
+                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR);
 }
 
 static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
@@ -146,6 +152,15 @@ static int parse_option(int c, const char *arg) {
         case 'C':
                 arg_check = 1;
                 return 0;
+        case 'G':
+                arg_opt.guard.dir = arg;
+                return 0;
+        case 'P':
+                arg_opt.guard.cgroup = arg;
+                return 0;
+        case 'N':
+                arg_opt.guard.off = true;
+                return 0;
         case 'l':
                 arg_log_level = log_parse_level(arg);
                 if (arg_log_level < 0) {
@@ -168,7 +183,7 @@ static int parse_option(int c, const char *arg) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[7 + N_NUMBER_OPTIONS + 2] = {
+        struct option options[10 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
@@ -176,13 +191,16 @@ static int parse_argv(int argc, char **argv) {
                 { "help", no_argument, NULL, 'h' },
                 { "log-level", required_argument, NULL, 'l' },
                 { "check", no_argument, NULL, 'C' },
+                { "guard-dir", required_argument, NULL, 'G' },
+                { "guard-cgroup", required_argument, NULL, 'P' },
+                { "no-guard", no_argument, NULL, 'N' },
         };
         int c, r;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[7 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[10 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[7 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[10 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
                 r = parse_option(c, optarg);
@@ -193,8 +211,10 @@ static int parse_argv(int argc, char **argv) {
                 fprintf(stderr, "brokerd: unexpected argument '%s'\nTry 'brokerd --help'.\n", argv[optind]);
                 return -1;
         }
-        if (arg_opt.control_path[0] != '/' || arg_opt.db_path[0] != '/') {
-                fprintf(stderr, "brokerd: --control and --db need absolute paths\n");
+        if (arg_opt.control_path[0] != '/' || arg_opt.db_path[0] != '/' ||
+            (arg_opt.guard.dir && arg_opt.guard.dir[0] != '/') ||
+            (arg_opt.guard.cgroup && arg_opt.guard.cgroup[0] != '/')) {
+                fprintf(stderr, "brokerd: --control, --db, --guard-dir and --guard-cgroup need absolute paths\n");
                 return -1;
         }
         return 0;

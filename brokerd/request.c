@@ -121,16 +121,26 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         struct lease *l;
         int sock_fd, r;
 
-        r = lease_bind(e, b->opt.backlog, &sock_fd);
+        /* Guarded first: from its bind() on, nobody else may bind it. */
+        r = guard_add(&b->guard, e);
         if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot guard %s: %s", text, strerror(-r));
+                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                return NULL;
+        }
+        r = lease_bind(&b->guard, e, b->opt.backlog, &sock_fd);
+        if (r < 0) {
+                guard_remove(&b->guard, e);
                 proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
                                 r == -EADDRINUSE ? " (another socket holds the port)" : "");
                 log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
         l = get_record(c, req, reply, text, sock_fd);
-        if (!l)
+        if (!l) {
+                guard_remove(&b->guard, e);
                 return NULL;
+        }
         broker_lease_bound(b, l);
         log_event(LOG_INFO, "create", &f, "lease %llu created for uid %u", (unsigned long long) l->id,
                   (unsigned) c->peer.uid);
@@ -254,6 +264,7 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         }
         lease_table_remove(&b->leases, l);
         fdstore_remove(b, l->id);
+        guard_remove(&b->guard, &l->endpoint);
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
         lease_free(l);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;

@@ -4,7 +4,8 @@
 # if any are missing. Quiet when nothing is missing. Called by `make check-deps`.
 set -euo pipefail
 
-# gcc only recommends libc6-dev, so it is named; util-linux gives unshare,
+# gcc only recommends libc6-dev, so it is named; clang compiles the bind
+# guard's BPF programs, libbpf-dev loads them; util-linux gives unshare,
 # nsenter and setsid, iproute2 gives ip and ss, systemd gives systemd-analyze,
 # the PID-1 test, systemd-socket-proxyd and systemd-socket-activate.
 # nginx (with its stream module) and socat are the unmodified third-party
@@ -13,8 +14,8 @@ set -euo pipefail
 # make bench compares against s6-fdholderd, counts syncs with strace and
 # plots with gnuplot.
 packages=(
-	gcc libc6-dev make pkg-config
-	libsystemd-dev libsqlite3-dev libcmocka-dev
+	gcc libc6-dev make pkg-config clang
+	libsystemd-dev libsqlite3-dev libcmocka-dev libbpf-dev
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin

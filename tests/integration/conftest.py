@@ -12,6 +12,11 @@ Fixtures:
   broker       a Broker with the default options.
   portctl      broker.portctl: portctl(*args, uid=None, check=True, json=False).
   scratch      a directory every uid may write (server output files).
+  guard        the bind guard's place for the test: a cgroup v2 directory the
+               pytest process moves into for the test (so every process it
+               starts is under the guard), and a bpffs private to the run.
+               Every broker guards from there (--guard-cgroup, --guard-dir),
+               never the whole machine. None where cgroup v2 is missing.
 
 Every broker is checked at teardown (Broker.finish): its fds are what its
 state explains (the fds it had once ready and quiet, plus one socket per
@@ -53,6 +58,8 @@ PYTHON = "/usr/bin/python3"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+BPFFS = Path("/sys/fs/bpf")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                    "ERROR: UndefinedBehaviorSanitizer")
 NOBODY = 65534
@@ -308,8 +315,12 @@ class Procs:
 class Broker:
     """One brokerd process (restartable) over a control socket and database in dir."""
 
-    def __init__(self, path, args, wrapper=(), binary=None):
+    def __init__(self, path, args, wrapper=(), binary=None, guard=None):
         self.binary = binary or BROKERD  # a copy elsewhere, for tests that replace it
+        self.guard_dir = None           # where this broker pins its bind guard, when it has one
+        if guard is not None and not any(str(a).startswith(("--guard", "--no-guard")) for a in args):
+            self.guard_dir = guard.new_dir()
+            args = ["--guard-dir", self.guard_dir, "--guard-cgroup", guard.cgroup, *args]
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
         self.control = str(self.dir / "control.sock")
         self.db = str(self.dir / "portbroker.db")
@@ -720,15 +731,95 @@ def expect_log(expected_log):
     return expected_log.extend
 
 
+def cgroup2_root():
+    """Where the cgroup v2 hierarchy is mounted (alone, or beside v1), or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if right.split()[:1] == ["cgroup2"] and fields[3] == "/":
+                return Path(fields[4])
+    return None
+
+
+def own_cgroup(root):
+    """The cgroup v2 directory this process is in."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return root / line[3:].lstrip("/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bpffs():
+    """A private mount namespace for the whole run with a bpffs of its own:
+    whatever the brokers pin there goes away with the run. None when it
+    cannot be had (the guard tests then skip)."""
+    if os.geteuid() != 0:
+        return None
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        return None
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True, timeout=10)
+    r = subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(BPFFS)], timeout=10)
+    return BPFFS if r.returncode == 0 else None
+
+
+class Guard:
+    """The test's cgroup (this process is in it for the test) and bpffs."""
+
+    _serial = 0
+
+    def __init__(self, fs, root):
+        Guard._serial += 1
+        self.fs = fs
+        self.root = root
+        self.home = own_cgroup(root)
+        self.cgroup = str(root / f"pb-it-{os.getpid()}-{Guard._serial}")
+        self.dirs = 0
+        os.mkdir(self.cgroup)
+        Path(self.cgroup, "cgroup.procs").write_text(str(os.getpid()))
+
+    def new_dir(self):
+        self.dirs += 1
+        return str(self.fs / f"{Path(self.cgroup).name}-{self.dirs}")
+
+    def close(self):
+        Path(self.home, "cgroup.procs").write_text(str(os.getpid()))
+
+        def removed():
+            try:
+                os.rmdir(self.cgroup)
+                return True
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                return False
+        wait_for(removed, 10, f"the test's processes to leave {self.cgroup}")
+
+
 @pytest.fixture
-def make_broker(workdir, procs, expected_log):
+def guard(bpffs, netns):
+    """The test's bind-guard place (see the module doc), or None."""
+    root = cgroup2_root()
+    if bpffs is None or root is None:
+        yield None
+        return
+    g = Guard(bpffs, root)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+@pytest.fixture
+def make_broker(guard, workdir, procs, expected_log):
     brokers = []
 
     def make(*args, start=True, wrapper=(), binary=None):
         d = workdir / f"broker{len(brokers)}"
         d.mkdir()
         d.chmod(0o755)
-        b = Broker(d, args, wrapper, binary)
+        b = Broker(d, args, wrapper, binary, guard)
         b.expected_log = expected_log      # shared: every broker of the test
         brokers.append(b)
         return b.start() if start else b

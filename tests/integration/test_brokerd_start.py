@@ -19,8 +19,21 @@ BUILD = Path(os.environ.get("PB_BUILD", ROOT / "build"))
 BROKERD = str(BUILD / "brokerd")
 
 
+# These run brokerd outside the tests' network namespaces and cgroups: never
+# with the bind guard, which would attach to this machine's root cgroup.
+NO_GUARD = "--no-guard"
+
+
 def run_brokerd(*args, timeout=10):
-    return subprocess.run([BROKERD, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([BROKERD, NO_GUARD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def read_ready(stream):
+    """Reads brokerd's stderr up to its event=ready line (returned)."""
+    while True:
+        line = read_line(stream, 10, "brokerd's stderr")
+        if "event=guard" not in line:
+            return line
 
 
 def test_help_and_usage_errors():
@@ -66,10 +79,10 @@ def test_unsafe_state_directory_refused(tmp_path):
 def test_created_control_directory_is_reachable(tmp_path):
     """brokerd runs with umask 077; the directory it creates for its socket is still 0755."""
     sock_path = tmp_path / "run" / "c.sock"
-    p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
+    p = subprocess.Popen([BROKERD, NO_GUARD, "--foreground", "--control", str(sock_path), "--db",
                           str(tmp_path / "state" / "pb.db")], stderr=subprocess.PIPE, text=True)
     try:
-        line = read_line(p.stderr, 10, "brokerd's stderr")
+        line = read_ready(p.stderr)
         assert "event=ready" in line, line
         assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
         assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
@@ -95,10 +108,10 @@ def test_live_socket_kept_stale_socket_replaced(tmp_path):
 
     # The stale socket is replaced: brokerd starts and answers on it.
     env = dict(os.environ, PORTBROKER_SOCKET=str(sock_path))
-    p = subprocess.Popen([BROKERD, "--foreground", "--control", str(sock_path), "--db",
+    p = subprocess.Popen([BROKERD, NO_GUARD, "--foreground", "--control", str(sock_path), "--db",
                           str(tmp_path / "pb.db")], stderr=subprocess.PIPE, text=True)
     try:
-        line = read_line(p.stderr, 10, "brokerd's stderr")
+        line = read_ready(p.stderr)
         assert "event=ready" in line, line
         assert oct(sock_path.stat().st_mode & 0o777) == oct(0o666)
         r = subprocess.run([str(BUILD / "portctl"), "status"], env=env, capture_output=True, text=True,
@@ -128,7 +141,7 @@ def test_detaches_only_when_ready(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
     # stderr to a file, not a pipe: the parent's exit is what is awaited, not the daemon's EOF.
     with open(tmp_path / "stderr", "w+") as err:
-        r = subprocess.run([BROKERD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
+        r = subprocess.run([BROKERD, NO_GUARD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
                            env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=10)
         err.seek(0)
         stderr = err.read()
@@ -145,7 +158,7 @@ def test_detaches_only_when_ready(tmp_path):
     # Failure to start is reported by the parent's exit status.
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"garbage" * 1000)
-    r = subprocess.run([BROKERD, "--control", str(tmp_path / "d.sock"), "--db", str(bad)],
+    r = subprocess.run([BROKERD, NO_GUARD, "--control", str(tmp_path / "d.sock"), "--db", str(bad)],
                        env=env, capture_output=True, text=True, timeout=10)
     assert r.returncode == 1
 

@@ -93,7 +93,7 @@ static void test_tcp_wildcard_options(void **state) {
 
         snprintf(text, sizeof(text), "tcp:%u", port);
         assert_int_equal(endpoint_parse(text, &e), 0);
-        assert_int_equal(lease_bind(&e, 128, &fd), 0);
+        assert_int_equal(lease_bind(NULL, &e, 128, &fd), 0);
         assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEADDR), 1);
         assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEPORT), 0);
         assert_int_equal(getopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY), 0);
@@ -113,7 +113,7 @@ static void test_tcp_specific_v6_is_v6only(void **state) {
 
         snprintf(text, sizeof(text), "tcp:[::1]:%u", free_port(SOCK_STREAM));
         assert_int_equal(endpoint_parse(text, &e), 0);
-        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(lease_bind(NULL, &e, 16, &fd), 0);
         assert_int_equal(getopt_int(fd, IPPROTO_IPV6, IPV6_V6ONLY), 1);
         close(fd);
 }
@@ -126,7 +126,7 @@ static void test_udp_never_shared(void **state) {
 
         snprintf(text, sizeof(text), "udp:%u", port);
         assert_int_equal(endpoint_parse(text, &e), 0);
-        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(lease_bind(NULL, &e, 16, &fd), 0);
         assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEADDR), 0);
         assert_int_equal(getopt_int(fd, SOL_SOCKET, SO_REUSEPORT), 0);
         /* Were SO_REUSEADDR set on ours, this bind would share the port. */
@@ -142,7 +142,7 @@ static void test_shutdown_repaired(void **state) {
 
         snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", port);
         assert_int_equal(endpoint_parse(text, &l.endpoint), 0);
-        assert_int_equal(lease_bind(&l.endpoint, l.backlog, &l.sock_fd), 0);
+        assert_int_equal(lease_bind(NULL, &l.endpoint, l.backlog, &l.sock_fd), 0);
         assert_int_equal(lease_ensure_listening(&l), 0);
 
         holder_fd = dup(l.sock_fd);
@@ -170,7 +170,7 @@ static void test_queued(void **state) {
         l.backlog = 16;
         snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", free_port(SOCK_STREAM));
         assert_int_equal(endpoint_parse(text, &l.endpoint), 0);
-        assert_int_equal(lease_bind(&l.endpoint, l.backlog, &l.sock_fd), 0);
+        assert_int_equal(lease_bind(NULL, &l.endpoint, l.backlog, &l.sock_fd), 0);
         assert_int_equal(lease_queued(&l), 0);
         for (int i = 0; i < 3; i++)
                 assert_true((c[i] = connect_v4(l.endpoint.port_lo)) >= 0);
@@ -193,7 +193,7 @@ static void test_adopt_from_surviving_holder(void **state) {
 
         snprintf(text, sizeof(text), "tcp:%u", free_port(SOCK_STREAM));
         assert_int_equal(endpoint_parse(text, &e), 0);
-        assert_int_equal(lease_bind(&e, 16, &fd), 0);
+        assert_int_equal(lease_bind(NULL, &e, 16, &fd), 0);
         cookie = socket_cookie(fd);
         assert_true(cookie != 0);
         assert_int_equal(pipe(pipefd), 0);
@@ -206,7 +206,7 @@ static void test_adopt_from_surviving_holder(void **state) {
         }
         close(pipefd[0]);
         close(fd);                              /* the "broker" is gone; only the child holds it */
-        assert_int_equal(lease_bind(&e, 16, &fd), -EADDRINUSE);
+        assert_int_equal(lease_bind(NULL, &e, 16, &fd), -EADDRINUSE);
 
         /* Not another socket (cookie), nor another uid's sockets, nor another address on the port. */
         assert_int_equal(adopt_socket(&e, geteuid(), cookie + 1, &adopted_fd, &from), -ENOENT);

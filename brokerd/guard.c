@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The bind guard, brokerd's side. The BPF object (bpf/bind-guard.bpf.c,
+ * built by clang and embedded below) is loaded at every start with a fresh
+ * "leases" map, which the broker fills with every lease before guard_arm()
+ * attaches it: a link pinned in the guard directory from an earlier brokerd
+ * is switched to the new programs in one step (bpf_link_update), so the
+ * port stays guarded through a crash, a restart or an upgrade, and the old
+ * programs and map go with their last reference. The directory is flock()ed
+ * so two brokerds cannot take turns undoing each other's map. brokerd's own
+ * bind() passes by putting its socket's cookie in the "allowed" map for the
+ * length of that one call.
+ */
+#include "guard.h"
+
+#include <arpa/inet.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include "bpf/bind-guard.h"
+#include "fd-util.h"
+#include "log.h"
+#include "sockopt.h"
+
+/* The compiled programs, embedded: what runs is what this brokerd was built with. */
+__asm__(".pushsection .rodata\n"
+        ".balign 8\n"
+        "guard_bpf_object:\n"
+        ".incbin \"" GUARD_BPF_OBJECT "\"\n"
+        "guard_bpf_object_end:\n"
+        ".popsection\n");
+extern const char guard_bpf_object[] __attribute__((visibility("hidden")));
+extern const char guard_bpf_object_end[] __attribute__((visibility("hidden")));
+
+static const struct log_fields no_fields = LOG_FIELDS_NONE;
+
+#define GUARD_KEYS_MAX 4                /* keys of one lease (dual-stack [::]) */
+#define GUARD_MAP_SLACK 64
+
+static const struct hook {
+        const char *prog;               /* program name in the object */
+        const char *pin;                /* its link's name in the guard directory */
+        enum bpf_attach_type type;
+} hooks[] = {
+        { "guard_bind4", "bind4", BPF_CGROUP_INET4_BIND },
+        { "guard_bind6", "bind6", BPF_CGROUP_INET6_BIND },
+};
+
+/* libbpf's own messages (the verifier's log among them) are debug lines. */
+static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap) {
+        char line[512];
+
+        if (level == LIBBPF_DEBUG)
+                return 0;
+        vsnprintf(line, sizeof(line), fmt, ap);
+        line[strcspn(line, "\n")] = '\0';
+        log_msg(LOG_DEBUG, "libbpf: %s", line);
+        return 0;
+}
+
+/* Turns the guard off for good with why (printf-style), logged once. */
+static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, const char *fmt, ...) {
+        va_list ap;
+
+        g->on = false;
+        va_start(ap, fmt);
+        vsnprintf(g->state, sizeof(g->state), fmt, ap);
+        va_end(ap);
+        log_event(LOG_WARNING, "guard", &no_fields, "bind guard off: %s; a leased port is kept from others only "
+                  "while brokerd or a holder has its socket open", g->state);
+}
+
+/* The mount point of the cgroup v2 hierarchy (unified, or beside v1 as
+ * /sys/fs/cgroup/unified) into buf. Returns 0 or -ENOENT. */
+static int cgroup2_root(char *buf, size_t size) {
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        char line[4096];
+        int r = -ENOENT;
+
+        if (!f)
+                return -errno;
+        while (r < 0 && fgets(line, sizeof(line), f)) {
+                char root[PATH_MAX], point[PATH_MAX];
+                const char *sep = strstr(line, " - cgroup2 ");
+
+                /* id parent major:minor root mount-point ... - fstype ... */
+                if (sep && sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) == 2 && strcmp(root, "/") == 0 &&
+                    !strchr(point, '\\') && strlen(point) < size) {
+                        snprintf(buf, size, "%s", point);
+                        r = 0;
+                }
+        }
+        fclose(f);
+        return r;
+}
+
+/* Our network namespace's cookie, as the programs see it; 0 if unknown. */
+static uint64_t netns_cookie(void) {
+        _cleanup_close_ int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        uint64_t cookie = 0;
+        socklen_t len = sizeof(cookie);
+
+        if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) < 0)
+                return 0;
+        return cookie;
+}
+
+/* Opens (creating it 0700) the pin directory on bpffs and locks it.
+ * Returns 0, -EBUSY (another brokerd's), or -1 with the guard off. */
+static int open_dir(struct guard *g, const char *dir) {
+        struct statfs sfs;
+        struct stat st;
+
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                guard_off(g, "cannot create %s: %s%s", dir, strerror(errno),
+                          errno == ENOENT ? " (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)" :
+                          errno == EACCES || errno == EPERM ? " (the guard needs root)" : "");
+                return -1;
+        }
+        g->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (g->dir_fd < 0 || fstatfs(g->dir_fd, &sfs) < 0 || fstat(g->dir_fd, &st) < 0) {
+                guard_off(g, "cannot open %s: %s", dir, strerror(errno));
+                return -1;
+        }
+        if (sfs.f_type != BPF_FS_MAGIC) {
+                guard_off(g, "%s is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)", dir);
+                return -1;
+        }
+        if (st.st_uid != geteuid() || (st.st_mode & 0022)) {
+                guard_off(g, "%s is not ours, or others may write to it", dir);
+                return -1;
+        }
+        if (flock(g->dir_fd, LOCK_EX | LOCK_NB) < 0) {
+                int e = errno;
+
+                if (e == EWOULDBLOCK) {
+                        log_msg(LOG_ERR, "another brokerd guards its leases from %s; give each brokerd its own "
+                                "--guard-dir (or run this one with --no-guard)", dir);
+                        return -EBUSY;
+                }
+                guard_off(g, "cannot lock %s: %s", dir, strerror(e));
+                return -1;
+        }
+        return 0;
+}
+
+void guard_init(struct guard *g) {
+        *g = (struct guard) { .leases_fd = -1, .allowed_fd = -1, .dir_fd = -1, .cgroup_fd = -1 };
+}
+
+int guard_open(struct guard *g, const struct guard_options *o, unsigned max_leases) {
+        const char *dir = o->dir ? o->dir : GUARD_DEFAULT_DIR;
+        char cgroup[PATH_MAX];
+        struct statfs sfs;
+        struct bpf_map *leases;
+        int r;
+
+        guard_init(g);
+        if (o->off) {
+                snprintf(g->state, sizeof(g->state), "--no-guard");
+                log_event(LOG_NOTICE, "guard", &no_fields, "bind guard off (--no-guard)");
+                return 0;
+        }
+        if (o->cgroup)
+                snprintf(cgroup, sizeof(cgroup), "%s", o->cgroup);
+        else if (cgroup2_root(cgroup, sizeof(cgroup)) < 0) {
+                guard_off(g, "no cgroup v2 hierarchy is mounted");
+                return 0;
+        }
+        g->netns = netns_cookie();
+        if (g->netns == 0) {
+                guard_off(g, "cannot read our network namespace's cookie (SO_NETNS_COOKIE needs Linux 5.14)");
+                return 0;
+        }
+        g->cgroup_fd = open(cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (g->cgroup_fd < 0 || fstatfs(g->cgroup_fd, &sfs) < 0) {
+                guard_off(g, "cannot open cgroup %s: %s", cgroup, strerror(errno));
+                return 0;
+        }
+        if (sfs.f_type != CGROUP2_SUPER_MAGIC) {
+                guard_off(g, "%s is not a cgroup v2 directory", cgroup);
+                return 0;
+        }
+        r = open_dir(g, dir);
+        if (r < 0)
+                return r == -EBUSY ? r : 0;
+
+        libbpf_set_print(libbpf_log);
+        g->obj = bpf_object__open_mem(guard_bpf_object, (size_t) (guard_bpf_object_end - guard_bpf_object), NULL);
+        if (!g->obj) {
+                guard_off(g, "cannot read the guard's BPF object: %s", strerror(errno));
+                return 0;
+        }
+        leases = bpf_object__find_map_by_name(g->obj, "leases");
+        r = leases ? bpf_map__set_max_entries(leases, max_leases * GUARD_KEYS_MAX + GUARD_MAP_SLACK) : -ENOENT;
+        if (r >= 0)
+                r = bpf_object__load(g->obj);
+        if (r < 0) {
+                guard_off(g, "the kernel refused the guard's BPF programs: %s (they need CAP_BPF and "
+                          "CAP_NET_ADMIN, and Linux 5.18)", strerror(-r));
+                return 0;
+        }
+        g->leases_fd = bpf_map__fd(leases);
+        g->allowed_fd = bpf_object__find_map_fd_by_name(g->obj, "allowed");
+        snprintf(g->state, sizeof(g->state), "on: cgroup %s, pinned in %s", cgroup, dir);
+        return 0;
+}
+
+/* The keys a lease on e needs (see bpf/bind-guard.h). Returns how many. */
+static size_t keys_of(const struct guard *g, const struct pb_endpoint *e, struct guard_key keys[GUARD_KEYS_MAX]) {
+        const struct guard_key base = { .netns = g->netns, .port = e->port_lo, .proto = e->transport };
+        size_t n = 0;
+
+        switch (e->family) {
+        case PB_FAMILY_INET:
+                keys[n] = base;
+                keys[n].addr[2] = htonl(0xffff);
+                memcpy(&keys[n++].addr[3], e->addr, 4);
+                keys[n] = base;
+                keys[n++].kind = GUARD_ANY4;
+                break;
+        case PB_FAMILY_INET6:
+                keys[n] = base;
+                memcpy(keys[n++].addr, e->addr, 16);
+                keys[n] = base;
+                keys[n++].kind = GUARD_ANY6;
+                break;
+        default:                        /* [::], dual-stack */
+                keys[n++] = base;
+                keys[n] = base;
+                keys[n++].addr[2] = htonl(0xffff);
+                keys[n] = base;
+                keys[n++].kind = GUARD_ANY4;
+                keys[n] = base;
+                keys[n++].kind = GUARD_ANY6;
+                break;
+        }
+        return n;
+}
+
+/* Adds delta (+1 or -1) to the count of leases needing k; 0 deletes it. Returns 0 or -errno. */
+static int adjust(int map_fd, const struct guard_key *k, int delta) {
+        __u32 n = 0;
+        int r = bpf_map_lookup_elem(map_fd, k, &n);
+
+        if (r < 0 && r != -ENOENT)
+                return r;
+        if (delta < 0 && n <= 1) {
+                r = bpf_map_delete_elem(map_fd, k);
+                return r == -ENOENT ? 0 : r;
+        }
+        n = delta < 0 ? n - 1 : n + 1;
+        return bpf_map_update_elem(map_fd, k, &n, BPF_ANY);
+}
+
+int guard_add(struct guard *g, const struct pb_endpoint *e) {
+        struct guard_key keys[GUARD_KEYS_MAX];
+        size_t n, i;
+        int r = 0;
+
+        if (g->leases_fd < 0)
+                return 0;
+        n = keys_of(g, e, keys);
+        for (i = 0; i < n && r >= 0; i++)
+                r = adjust(g->leases_fd, &keys[i], +1);
+        if (r < 0)                      /* undo the keys added */
+                for (i--; i-- > 0;)
+                        (void) adjust(g->leases_fd, &keys[i], -1);
+        return r;
+}
+
+void guard_remove(struct guard *g, const struct pb_endpoint *e) {
+        struct guard_key keys[GUARD_KEYS_MAX];
+        size_t n;
+
+        if (g->leases_fd < 0)
+                return;
+        n = keys_of(g, e, keys);
+        for (size_t i = 0; i < n; i++)
+                if (adjust(g->leases_fd, &keys[i], -1) < 0)
+                        log_event(LOG_ERR, "error", &no_fields, "bind guard: cannot drop a key of a released "
+                                  "lease on port %u", (unsigned) e->port_lo);
+}
+
+/* Points hook h's pinned link at prog_fd: the link an earlier brokerd
+ * pinned when it is on our cgroup, else a new one pinned in its place.
+ * Returns 0 or -errno. */
+static int attach(struct guard *g, const struct hook *h, int prog_fd, uint64_t cgroup_id) {
+        char path[64], tmp[64], tmp_name[32];
+        struct bpf_link_info info = {};
+        __u32 len = sizeof(info);
+        _cleanup_close_ int link_fd = -1;
+        int r;
+
+        /* Paths through our handle on the directory: it cannot be swapped under us. */
+        snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", g->dir_fd, h->pin);
+        snprintf(tmp_name, sizeof(tmp_name), "%s-new", h->pin);  /* bpffs refuses dots */
+        snprintf(tmp, sizeof(tmp), "/proc/self/fd/%d/%s", g->dir_fd, tmp_name);
+        link_fd = bpf_obj_get(path);
+        if (link_fd >= 0 && bpf_obj_get_info_by_fd(link_fd, &info, &len) >= 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+            info.cgroup.cgroup_id == cgroup_id && info.cgroup.attach_type == h->type &&
+            bpf_link_update(link_fd, prog_fd, NULL) >= 0)
+                return 0;
+        link_fd = safe_close(link_fd);
+        link_fd = bpf_link_create(prog_fd, g->cgroup_fd, h->type, NULL);
+        if (link_fd < 0)
+                return link_fd;
+        (void) unlinkat(g->dir_fd, tmp_name, 0);
+        r = bpf_obj_pin(link_fd, tmp);
+        if (r >= 0 && renameat(g->dir_fd, tmp_name, g->dir_fd, h->pin) < 0)
+                r = -errno;
+        return r;
+}
+
+int guard_arm(struct guard *g) {
+        struct stat st;
+
+        if (!g->obj || fstat(g->cgroup_fd, &st) < 0)
+                return 0;
+        for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++) {
+                struct bpf_program *p = bpf_object__find_program_by_name(g->obj, hooks[i].prog);
+                int r = p ? attach(g, &hooks[i], bpf_program__fd(p), (uint64_t) st.st_ino) : -ENOENT;
+
+                if (r < 0) {
+                        guard_off(g, "cannot attach its %s program: %s", hooks[i].pin, strerror(-r));
+                        return 0;
+                }
+        }
+        g->on = true;
+        log_event(LOG_INFO, "guard", &no_fields, "bind guard %s", g->state);
+        return 0;
+}
+
+int guard_bind(const struct guard *g, int fd, const struct sockaddr *sa, socklen_t len) {
+        uint64_t cookie = 0;
+        __u8 one = 1;
+        int r;
+
+        if (g && g->allowed_fd >= 0) {
+                cookie = socket_cookie(fd);
+                r = cookie ? bpf_map_update_elem(g->allowed_fd, &cookie, &one, BPF_ANY) : -EIO;
+                if (r < 0)
+                        return r;
+        }
+        r = bind(fd, sa, len) < 0 ? -errno : 0;
+        if (cookie)
+                (void) bpf_map_delete_elem(g->allowed_fd, &cookie);
+        return r;
+}
+
+void guard_close(struct guard *g) {
+        bpf_object__close(g->obj);
+        g->obj = NULL;
+        g->leases_fd = g->allowed_fd = -1;
+        g->dir_fd = safe_close(g->dir_fd);
+        g->cgroup_fd = safe_close(g->cgroup_fd);
+        g->on = false;
+}
