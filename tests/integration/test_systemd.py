@@ -105,6 +105,9 @@ def test_units_match_the_contract(installed):
         assert svc.get(("Service", "RuntimeDirectoryPreserve")) == ["yes"]
     caps = " ".join(svc[("Service", "CapabilityBoundingSet")]).split()
     assert "CAP_NET_BIND_SERVICE" in caps
+    # The bind guard: loading and attaching cgroup programs, pinning them.
+    assert {"CAP_BPF", "CAP_NET_ADMIN"} <= set(caps)
+    assert "bpf" in " ".join(svc[("Service", "SystemCallFilter")]).split()
 
 
 def test_systemd_analyze_verify(tmp_path, installed):
@@ -153,6 +156,9 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /var/lib
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+# As systemd mounts it at boot on a host (not in a container): brokerd's bind
+# guard pins its programs there. Its own instance: the pins go with the test.
+mount -t bpf -o mode=0700,nosuid,nodev,noexec bpf /sys/fs/bpf
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 if [ -e /proc/sysrq-trigger ]; then
@@ -401,8 +407,16 @@ def test_socket_activation_under_systemd_pid1(pid1):
     main = pid1.prop("portbrokerd.service", "MainPID")
     status = pid1.run("cat", f"/proc/{main}/status").stdout
     capbnd = int(next(l for l in status.splitlines() if l.startswith("CapBnd:")).split()[1], 16)
-    assert capbnd == (1 << 10) | (1 << 19), hex(capbnd)  # CAP_NET_BIND_SERVICE | CAP_SYS_PTRACE
+    # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_BPF
+    assert capbnd == (1 << 10) | (1 << 12) | (1 << 19) | (1 << 39), hex(capbnd)
     assert "NoNewPrivs:\t1" in status
+    # /sys and /proc/sys read-only (ProtectKernelTunables= spelled out), but
+    # bpffs, where the bind guard pins its programs; and the guard works.
+    mounts = {l.split()[4]: l.split()[5].split(",") for l in
+              pid1.run("cat", f"/proc/{main}/mountinfo").stdout.splitlines()}
+    assert "ro" in mounts["/sys"] and "ro" in mounts["/proc/sys"] and "rw" in mounts["/sys/fs/bpf"], mounts
+    assert "bind guard on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker" in pid1.log(), \
+        pid1.diagnostics()
 
     # A crash: systemd restarts brokerd on the same control socket, and the
     # rule and lease are still there.
