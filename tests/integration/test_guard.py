@@ -1,0 +1,258 @@
+# SPDX-License-Identifier: MIT
+"""The bind guard: the kernel refuses bind() of a leased endpoint to every
+process but brokerd, whatever the holders do to the shared socket, and while
+brokerd itself is down. Another uid (U2, no rule) tries each way in: IPv4,
+IPv6 and dual-stack, TCP and UDP, with and without SO_REUSEADDR. Every
+broker here guards from the test's own cgroup (see conftest's guard fixture).
+"""
+
+import errno
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import BROKERD, PORTCTL, PYTHON, wait_for
+
+U1, U2 = 4242, 4343
+
+# Binds each case as the uid it runs as, repeatedly for a bounded time (or
+# once); prints one JSON list: per case {"wins": binds that succeeded,
+# "errnos": {errno: count}}. A case: [proto, addr, port, reuseaddr, v6only].
+ATTACKER = r"""
+import json, socket, sys, time
+cases, duration = json.loads(sys.argv[1]), float(sys.argv[2])
+out = [{"wins": 0, "errnos": {}} for _ in cases]
+until = time.monotonic() + duration
+while True:
+    for c, r in zip(cases, out):
+        proto, addr, port, reuse, v6only = c
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET,
+                          socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        if ":" in addr:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((addr, port))
+            if proto == "tcp":
+                s.listen()
+            r["wins"] += 1
+        except OSError as e:
+            r["errnos"][str(e.errno)] = r["errnos"].get(str(e.errno), 0) + 1
+        s.close()
+    if time.monotonic() >= until:
+        break
+    time.sleep(0.001)
+print(json.dumps(out))
+"""
+
+
+def attack(procs, cases, duration=0.0, uid=U2):
+    """Runs ATTACKER as uid; returns its result per case."""
+    p = procs.spawn([PYTHON, "-c", ATTACKER, json.dumps(cases), str(duration)], uid=uid, name="attacker")
+    assert p.wait(timeout=duration + 30) == 0, p.stderr()
+    return json.loads(p.output().strip().splitlines()[-1])
+
+
+# For each kind of lease: (binds another uid must never get, binds that do
+# not overlap the lease and stay free). A case: (addr, v6only).
+LEASES = {
+    "127.0.0.1": ([("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0), ("::ffff:127.0.0.1", 0)],
+                  [("127.0.0.2", 0), ("::1", 1)]),
+    "[::1]": ([("::1", 1), ("::", 0), ("::", 1)],
+              [("127.0.0.1", 0), ("0.0.0.0", 0)]),
+    "[::]": ([("127.0.0.1", 0), ("0.0.0.0", 0), ("::1", 1), ("::", 0), ("::", 1), ("::ffff:127.0.0.2", 0)],
+             []),
+}
+
+
+def cases_for(proto, port, addrs):
+    return [[proto, a, port, reuse, v6only] for a, v6only in addrs for reuse in (True, False)]
+
+
+def need_guard(broker):
+    if broker.guard_dir is None:
+        pytest.skip("no cgroup v2 or bpffs here: the bind guard cannot be tested")
+    assert any("bind guard on" in l for l in broker.events("guard")), broker.log()
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("addr", list(LEASES))
+def test_nobody_binds_a_leased_endpoint_while_brokerd_is_down(make_broker, procs, proto, addr):
+    """brokerd killed (-9) with no holder left: nothing in the kernel holds
+    the port any more, and still another uid gets EADDRINUSE for every bind
+    that overlaps the lease, while binds beside it work (so the refusals are
+    the guard's, and it is exact). Restarted, brokerd binds it again past
+    its own guard and the owner gets it."""
+    broker = make_broker()
+    need_guard(broker)
+    port = 9100
+    endpoint = f"{proto}:{addr}:{port}"
+    broker.portctl("policy", "add", endpoint, "--user", U1)
+    lease = broker.portctl("get", endpoint, uid=U1, json=True).json[0]["id"]
+    broker.kill9()
+    refused, free = LEASES[addr]
+    got = attack(procs, cases_for(proto, port, refused))
+    for case, r in zip(cases_for(proto, port, refused), got):
+        assert r == {"wins": 0, "errnos": {str(errno.EADDRINUSE): 1}}, (case, r)
+    got = attack(procs, cases_for(proto, port, free))
+    for case, r in zip(cases_for(proto, port, free), got):
+        assert r["wins"] == 1, (case, r)
+    # Root is refused too: only brokerd binds a leased endpoint.
+    got = attack(procs, cases_for(proto, port, refused[:1]), uid=0)
+    assert all(r["wins"] == 0 for r in got), got
+
+    broker.start()
+    assert broker.events("rebind"), broker.log()
+    assert broker.portctl("get", endpoint, uid=U1, json=True).json[0]["id"] == lease
+
+
+def test_without_the_guard_the_port_is_free_while_brokerd_is_down(make_broker, procs):
+    """The control: with --no-guard, the same attack wins once brokerd is gone."""
+    broker = make_broker("--no-guard")
+    assert any("bind guard off (--no-guard)" in l for l in broker.events("guard")), broker.log()
+    broker.portctl("policy", "add", "tcp:127.0.0.1:9100", "--user", U1)
+    broker.portctl("get", "tcp:127.0.0.1:9100", uid=U1)
+    broker.kill9()
+    got = attack(procs, [["tcp", "127.0.0.1", 9100, True, 0]])
+    assert got[0]["wins"] == 1, got
+    broker.start()
+
+
+# A holder (the owner's server): does what the argument says to fd 3, says
+# "done", then counts datagrams (UDP) until "stop" arrives or 20 s pass.
+HOLDER = r"""
+import socket, sys
+s = socket.socket(fileno=3)
+what = sys.argv[1]
+if what in ("shutdown", "shutdown-connect"):
+    s.shutdown(socket.SHUT_RDWR)
+if what == "shutdown-connect":
+    s.connect(("127.0.0.1", int(sys.argv[2])))
+if what == "reuseaddr":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+print("done", flush=True)
+n = 0
+if s.type == socket.SOCK_DGRAM:
+    s.settimeout(20)
+    while True:
+        data = s.recv(64)
+        if data == b"stop":
+            break
+        n += 1
+print(n, flush=True)
+sys.stdin.read()
+"""
+
+
+def holder(broker, procs, endpoint, what, *args):
+    p = procs.spawn([PORTCTL, "--socket", broker.control, "get", endpoint, "--", PYTHON, "-c", HOLDER, what,
+                     *map(str, args)], uid=U1, name=f"holder-{what}")
+    wait_for(lambda: "done" in p.output(), 10, f"the holder to {what}")
+    return p
+
+
+def check_listening(broker, endpoint, port):
+    """The owner's next get: a socket that listens, and a client gets in."""
+    broker.portctl("get", endpoint, "--", PYTHON, "-c",
+                   "import socket; s = socket.socket(fileno=3); "
+                   "assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1", uid=U1)
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_holders_shutdown_leaves_no_window(make_broker, procs):
+    """A holder's shutdown() takes the listener out of LISTEN, still bound
+    with SO_REUSEADDR: the kernel alone would let another uid's SO_REUSEADDR
+    socket bind and listen there. The guard refuses it, every time."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:127.0.0.1:9000", "--user", U1)
+    racer = procs.spawn([PYTHON, "-c", ATTACKER, json.dumps(
+        [["tcp", "127.0.0.1", 9000, True, 0], ["tcp", "0.0.0.0", 9000, True, 0], ["tcp", "::", 9000, True, 0]]),
+        "3"], uid=U2, name="racer")
+    for _ in range(3):
+        holder(broker, procs, "tcp:127.0.0.1:9000", "shutdown")
+    assert racer.wait(timeout=30) == 0, racer.stderr()
+    got = json.loads(racer.output().strip().splitlines()[-1])
+    assert all(r["wins"] == 0 and r["errnos"] for r in got), got
+    check_listening(broker, "tcp:127.0.0.1:9000", 9000)
+
+
+def test_every_datagram_reaches_the_owner(make_broker, procs):
+    """The owner's server sets SO_REUSEADDR on its UDP socket, as many
+    frameworks do: another uid's SO_REUSEADDR socket still cannot bind the
+    address, so all 20 datagrams reach the owner."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "udp:127.0.0.1:9200", "--user", U1)
+    h = holder(broker, procs, "udp:127.0.0.1:9200", "reuseaddr")
+    got = attack(procs, cases_for("udp", 9200, [("127.0.0.1", 0), ("0.0.0.0", 0)]))
+    assert all(r["wins"] == 0 for r in got), got
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        for i in range(20):
+            c.sendto(b"%d" % i, ("127.0.0.1", 9200))
+        c.sendto(b"stop", ("127.0.0.1", 9200))
+    wait_for(lambda: h.output().split()[-1:] == ["20"], 10, "the owner to count 20 datagrams")
+
+
+def test_a_socket_turned_into_a_connection_is_replaced_and_the_port_kept(make_broker, procs):
+    """shutdown() then connect(): the shared socket becomes an outgoing
+    connection and can never listen again. Meanwhile nobody else binds the
+    port; the owner's next get gets a fresh socket (event=replace)."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:127.0.0.1:9000", "--user", U1)
+    target = socket.create_server(("127.0.0.1", 9001))
+    holder(broker, procs, "tcp:127.0.0.1:9000", "shutdown-connect", 9001)
+    target.accept()[0].close()
+    got = attack(procs, cases_for("tcp", 9000, [("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0)]))
+    assert all(r["wins"] == 0 for r in got), got
+    check_listening(broker, "tcp:127.0.0.1:9000", 9000)
+    assert broker.events("replace"), broker.log()
+    target.close()
+
+
+def test_release_frees_the_port_at_once(make_broker, procs):
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:9300", "--user", U1)
+    broker.portctl("policy", "add", "udp:127.0.0.1:9300", "--user", U1)
+    broker.portctl("get", "tcp:9300", "udp:127.0.0.1:9300", uid=U1)
+    broker.kill9()                      # no socket left: only the guard holds them
+    cases = cases_for("tcp", 9300, [("127.0.0.1", 0), ("::", 0)]) + cases_for("udp", 9300, [("127.0.0.1", 0)])
+    assert all(r["wins"] == 0 for r in attack(procs, cases))
+    broker.start()
+    broker.portctl("release", "tcp:9300", uid=U1)
+    got = attack(procs, cases)
+    assert [r["wins"] for r in got] == [1, 1, 1, 1, 0, 0], got     # UDP is still leased
+    broker.portctl("release", "udp:127.0.0.1:9300", uid=U1)
+    assert all(r["wins"] == 1 for r in attack(procs, cases))
+
+
+def test_a_restart_takes_the_pinned_guard_over(make_broker, procs, tmp_path):
+    """A new brokerd switches the pinned links to its own programs (no
+    second attachment, nothing left over in the guard directory), and a
+    second brokerd on the same guard directory refuses to start."""
+    broker = make_broker()
+    need_guard(broker)
+    scratch = tmp_path
+    broker.portctl("policy", "add", "tcp:9400", "--user", U1)
+    broker.portctl("get", "tcp:9400", uid=U1)
+    pins = sorted(os.listdir(broker.guard_dir))
+    assert pins == ["bind4", "bind6"], pins
+    links = [os.stat(Path(broker.guard_dir, p)).st_ino for p in pins]
+    broker.restart()
+    assert [os.stat(Path(broker.guard_dir, p)).st_ino for p in sorted(os.listdir(broker.guard_dir))] == links
+    broker.kill9()
+    broker.start()
+    assert sorted(os.listdir(broker.guard_dir)) == pins
+    assert all(r["wins"] == 0 for r in attack(procs, cases_for("tcp", 9400, [("::", 0)])))
+
+    other = subprocess.run([BROKERD, "--foreground", "--control", str(scratch / "c.sock"), "--db",
+                            str(scratch / "db" / "pb.db"), *broker.args[:4]],
+                           capture_output=True, text=True, timeout=10)
+    assert other.returncode == 1 and "another brokerd guards its leases from" in other.stderr, other.stderr
