@@ -55,6 +55,7 @@ struct broker {
         struct policy policy;
         struct store *store;
         struct lease_table leases;
+        unsigned backlog;               /* --backlog as listen() keeps it: net.core.somaxconn at most */
         struct guard guard;             /* the kernel's refusal of others' bind() on our leases */
         bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
         struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
@@ -93,6 +94,13 @@ int broker_lease_bound(struct broker *b, struct lease *l);
  * earlier broker when adopt_cookie is that socket's; then watches it.
  * Returns 0 or -errno (the caller reports the failure). */
 int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie);
+
+/* l's socket cannot be repaired (error, -errno: a holder turned it into a
+ * connection, or locked a filter on it): holders keep that one, the lease
+ * gets a fresh socket; logged and audited (as asked by p, or NULL when
+ * brokerd found it). Returns 0, or -errno when the fresh bind failed
+ * (logged; the lease stays unbound and is retried). */
+int broker_replace_socket(struct broker *b, struct lease *l, int error, const struct peer *p);
 
 /* Log fields naming peer p and, when given, an endpoint. */
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);

@@ -162,6 +162,25 @@ int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie
         return broker_lease_bound(b, l);
 }
 
+int broker_replace_socket(struct broker *b, struct lease *l, int error, const struct peer *p) {
+        struct log_fields f = p ? broker_peer_fields(p, l->text, &l->endpoint) : lease_fields(l);
+        int r;
+
+        log_event(LOG_WARNING, "replace", &f, "lease %llu: its socket cannot be used again (%s); binding a fresh "
+                  "one%s", (unsigned long long) l->id, strerror(-error),
+                  b->guard.on ? " (the bind guard keeps the port meanwhile)" : "");
+        broker_audit(b, "replace", p, l->text, strerror(-error));
+        fdstore_remove(b, l->id);
+        lease_unbind(l);
+        r = broker_rebind_lease(b, l, 0);
+        if (r < 0) {
+                log_event(LOG_ERR, "error", &f, "cannot bind lease %llu afresh: %s; brokerd retries",
+                          (unsigned long long) l->id, strerror(-r));
+                broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        }
+        return r;
+}
+
 /* Retries every unbound lease, so a port is taken back soon after whatever
  * held it (say a holder that outlived a broker crash) lets go. */
 static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
@@ -230,7 +249,7 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         lease_set_endpoint(l, &sl->endpoint);
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
-        l->backlog = b->opt.backlog;
+        l->backlog = b->backlog;
         /* Only a socket of this boot can still be held somewhere. */
         l->adopt_cookie = strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0;
         r = lease_table_add(&b->leases, l);
@@ -266,6 +285,21 @@ static void restore_lease_sockets(struct broker *b) {
                 }
                 l->adopt_cookie = 0;
         }
+}
+
+/* The backlog listen(fd, backlog) gives in our network namespace: the
+ * kernel caps it at net.core.somaxconn (what the check before every
+ * hand-out compares with). */
+static unsigned listen_backlog(unsigned backlog) {
+        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+        unsigned max = 0;
+
+        if (f) {
+                if (fscanf(f, "%u", &max) != 1)
+                        max = 0;
+                fclose(f);
+        }
+        return max && max < backlog ? max : backlog;
 }
 
 static int read_boot_id(char *buf, size_t len) {
@@ -353,6 +387,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
+        b->backlog = listen_backlog(opt->backlog);
         guard_init(&b->guard);
         b->policy.self_uid = geteuid();
         b->policy.admin_group = &b->opt.admin_group;

@@ -64,8 +64,37 @@ static int udp_disconnect(int fd) {
         return connect(fd, &unspec, sizeof(unspec)) < 0 ? -errno : 1;
 }
 
+/* A socket filter (classic or eBPF) a holder attached decides what the
+ * socket delivers to every holder: detach it. Returns 1 when there was one,
+ * 0, or -errno (-EPERM: locked by SO_LOCK_FILTER, for good). */
+static int detach_filter(int fd) {
+        int zero = 0;
+
+        if (setsockopt(fd, SOL_SOCKET, SO_DETACH_FILTER, &zero, sizeof(zero)) == 0)
+                return 1;
+        return errno == ENOENT ? 0 : -errno;
+}
+
+/* A TCP listener listening with the backlog we gave it: a holder's
+ * shutdown() stops it, a holder's listen(fd, N) changes the backlog for all.
+ * Returns LEASE_FIXED_LISTEN, LEASE_FIXED_BACKLOG, 0, or -errno (-EINVAL:
+ * no longer a listener that can listen again, such as a connection). */
+static int tcp_ensure_listening(const struct lease *l) {
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+
+        /* On a listener, tcpi_sacked is the accept queue's limit. */
+        if (getsockopt(l->sock_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+                return -errno;
+        if (ti.tcpi_state == TCP_LISTEN && ti.tcpi_sacked == l->backlog)
+                return 0;
+        if (listen(l->sock_fd, (int) l->backlog) < 0)
+                return -errno;
+        return ti.tcpi_state == TCP_LISTEN ? LEASE_FIXED_BACKLOG : LEASE_FIXED_LISTEN;
+}
+
 int lease_ensure_listening(struct lease *l) {
-        int r;
+        int fixed = 0, r;
 
         if (l->sock_fd < 0)
                 return 0;
@@ -74,14 +103,13 @@ int lease_ensure_listening(struct lease *l) {
         r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0);
         if (r >= 0 && l->endpoint.transport == PB_UDP)
                 r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEADDR, 0);
-        if (r >= 0 && l->endpoint.transport == PB_UDP)
-                r = udp_disconnect(l->sock_fd);
-        if (r < 0 || l->endpoint.transport != PB_TCP)
-                return r;
-        r = sockopt_get_int(l->sock_fd, SOL_SOCKET, SO_ACCEPTCONN);
-        if (r != 0)
-                return r < 0 ? r : 0;   /* listening (1), or the error */
-        return listen(l->sock_fd, (int) l->backlog) < 0 ? -errno : 1;
+        if (r >= 0 && (r = detach_filter(l->sock_fd)) > 0)
+                fixed |= LEASE_FIXED_FILTER;
+        if (r >= 0 && l->endpoint.transport == PB_UDP && (r = udp_disconnect(l->sock_fd)) > 0)
+                fixed |= LEASE_FIXED_CONNECT;
+        if (r >= 0 && l->endpoint.transport == PB_TCP && (r = tcp_ensure_listening(l)) > 0)
+                fixed |= r;
+        return r < 0 ? r : fixed;
 }
 
 int lease_queued(const struct lease *l) {

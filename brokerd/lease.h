@@ -34,7 +34,7 @@ struct lease {
         uid_t owner_uid;
         int64_t since;                  /* unix seconds */
         int sock_fd;                    /* the broker's copy, -1 when not bound */
-        unsigned backlog;               /* TCP listen() backlog */
+        unsigned backlog;               /* TCP listen() backlog, as the kernel keeps it (net.core.somaxconn at most) */
         uint64_t handouts;              /* gets served since the broker started */
         uint64_t adopt_cookie;          /* at start: SO_COOKIE recorded for it in this boot, 0: none */
         struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
@@ -55,11 +55,20 @@ struct lease_table {
  * explicit; never SO_REUSEPORT. CLOEXEC. Returns 0 and *ret_fd, or -errno. */
 int lease_bind(const struct guard *g, const struct pb_endpoint *e, unsigned backlog, int *ret_fd);
 
+/* What lease_ensure_listening() repaired (bits). */
+enum {
+        LEASE_FIXED_LISTEN = 1 << 0,    /* listens again after a holder's shutdown() */
+        LEASE_FIXED_BACKLOG = 1 << 1,   /* the backlog a holder's listen() changed */
+        LEASE_FIXED_FILTER = 1 << 2,    /* a socket filter a holder attached, detached */
+        LEASE_FIXED_CONNECT = 1 << 3,   /* a UDP socket a holder connected, disconnected */
+};
+
 /* Before a hand-out: clears SO_REUSEPORT (and SO_REUSEADDR on UDP) that a
- * holder may have set, disconnects a UDP socket a holder connected, and for
- * TCP listens again if a holder's shutdown() stopped it. Returns 1 when it
- * repaired something, 0 when nothing was wrong, -errno when the socket
- * cannot be repaired (a TCP socket a holder turned into a connection). */
+ * holder may have set, detaches a socket filter, disconnects a UDP socket,
+ * and makes a TCP socket listen with l->backlog again. Returns the
+ * LEASE_FIXED_* bits of what it repaired (0: nothing was wrong), or -errno
+ * when the socket cannot be repaired (a TCP socket a holder turned into a
+ * connection; a filter locked with SO_LOCK_FILTER). */
 int lease_ensure_listening(struct lease *l);
 
 /* Connections waiting to be accepted on a TCP listener, or -errno (-EOPNOTSUPP for UDP, -EBADF unbound). */

@@ -94,7 +94,7 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
                 lease_set_endpoint(l, e);
                 l->owner_uid = p->uid;
                 l->since = sl.created;
-                l->backlog = b->opt.backlog;
+                l->backlog = b->backlog;
                 r = lease_table_add(&b->leases, l);
                 if (r < 0) {    /* out of memory: keep store and table alike */
                         struct store_event undo = { .event = "release", .uid = p->uid, .pid = p->pid,
@@ -128,7 +128,7 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
                 log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
-        r = lease_bind(&b->guard, e, b->opt.backlog, &sock_fd);
+        r = lease_bind(&b->guard, e, b->backlog, &sock_fd);
         if (r < 0) {
                 guard_remove(&b->guard, e);
                 proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
@@ -148,27 +148,13 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         return l;
 }
 
-/* l's socket cannot be repaired (error, -errno): a holder turned it into
- * something else, such as a connection. Holders keep that one; the lease
- * gets a fresh socket, logged and audited. Returns true, or false with
- * reply set. */
-static bool get_fresh_socket(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                             struct lease *l, int error) {
-        struct log_fields f = broker_peer_fields(&c->peer, text, &l->endpoint);
-        int r;
-
-        log_event(LOG_WARNING, "replace", &f, "lease %llu: its socket cannot be used again (%s); binding a "
-                  "fresh one", (unsigned long long) l->id, strerror(-error));
-        broker_audit(c->broker, "replace", &c->peer, text, strerror(-error));
-        fdstore_remove(c->broker, l->id);
-        lease_unbind(l);
-        r = broker_rebind_lease(c->broker, l, 0);
-        if (r < 0) {
-                proto_set_error(reply, req->hdr.id, -r, "cannot bind %s afresh: %s", text, strerror(-r));
-                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
-                return false;
-        }
-        return true;
+/* What lease_ensure_listening() repaired, for the log. */
+static void log_repairs(const struct log_fields *f, int fixed) {
+        log_event(LOG_WARNING, "repair", f, "a holder had changed the shared socket; undone:%s%s%s%s",
+                  fixed & LEASE_FIXED_LISTEN ? " listening again after its shutdown()" : "",
+                  fixed & LEASE_FIXED_BACKLOG ? " the backlog its listen() set" : "",
+                  fixed & LEASE_FIXED_FILTER ? " the socket filter it attached" : "",
+                  fixed & LEASE_FIXED_CONNECT ? " its connect()" : "");
 }
 
 /* Makes l's socket fit to hand out: bound (a lease the broker could not bind
@@ -189,12 +175,14 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
                 }
         }
         r = lease_ensure_listening(l);
-        if (r < 0)
-                return get_fresh_socket(c, req, reply, text, l, r);
+        if (r < 0) {
+                r = broker_replace_socket(c->broker, l, r, &c->peer);
+                if (r < 0)
+                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s afresh: %s", text, strerror(-r));
+                return r >= 0;
+        }
         if (r > 0) {
-                log_event(LOG_WARNING, "repair", &f, l->endpoint.transport == PB_TCP ?
-                          "a holder had shut the listener down; listening again" :
-                          "a holder had connected the socket; disconnected it");
+                log_repairs(&f, r);
                 if (l->hup_source)
                         sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
         }

@@ -126,15 +126,35 @@ def test_without_the_guard_the_port_is_free_while_brokerd_is_down(make_broker, p
 # A holder (the owner's server): does what the argument says to fd 3, says
 # "done", then counts datagrams (UDP) until "stop" arrives or 20 s pass.
 HOLDER = r"""
-import socket, sys
+import ctypes, socket, sys
 s = socket.socket(fileno=3)
 what = sys.argv[1]
-if what in ("shutdown", "shutdown-connect"):
+if what == "shutdown":
     s.shutdown(socket.SHUT_RDWR)
-if what == "shutdown-connect":
-    s.connect(("127.0.0.1", int(sys.argv[2])))
+if what == "shutdown-connect":          # brokerd may listen again in between: retry
+    for _ in range(200):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            s.connect(("127.0.0.1", int(sys.argv[2])))
+            break
+        except OSError:
+            pass
+    else:
+        sys.exit("could not connect the socket")
 if what == "reuseaddr":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if what == "locked-filter":             # drop everything, for every holder, for good
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Insn))]
+    ret0 = Insn(0x06, 0, 0, 0)          # BPF_RET | BPF_K, 0
+    prog = Prog(1, ctypes.pointer(ret0))
+    s.setsockopt(socket.SOL_SOCKET, 26, bytes(memoryview(prog)))     # SO_ATTACH_FILTER
+    s.setsockopt(socket.SOL_SOCKET, 44, 1)                           # SO_LOCK_FILTER
 print("done", flush=True)
 n = 0
 if s.type == socket.SOCK_DGRAM:
@@ -149,18 +169,19 @@ sys.stdin.read()
 """
 
 
-def holder(broker, procs, endpoint, what, *args):
+def holder(broker, procs, endpoint, what, *args, uid=U1):
     p = procs.spawn([PORTCTL, "--socket", broker.control, "get", endpoint, "--", PYTHON, "-c", HOLDER, what,
-                     *map(str, args)], uid=U1, name=f"holder-{what}")
-    wait_for(lambda: "done" in p.output(), 10, f"the holder to {what}")
+                     *map(str, args)], uid=uid, name=f"holder-{what}")
+    wait_for(lambda: "done" in p.output() or not p.alive(), 10, f"the holder to {what}")
+    assert "done" in p.output(), p.stderr()
     return p
 
 
-def check_listening(broker, endpoint, port):
+def check_listening(broker, endpoint, port, uid=U1):
     """The owner's next get: a socket that listens, and a client gets in."""
     broker.portctl("get", endpoint, "--", PYTHON, "-c",
                    "import socket; s = socket.socket(fileno=3); "
-                   "assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1", uid=U1)
+                   "assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1", uid=uid)
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
@@ -214,6 +235,19 @@ def test_a_socket_turned_into_a_connection_is_replaced_and_the_port_kept(make_br
     check_listening(broker, "tcp:127.0.0.1:9000", 9000)
     assert broker.events("replace"), broker.log()
     target.close()
+
+
+def test_a_socket_with_a_locked_filter_is_replaced(make_broker, procs):
+    """A holder attaches a filter that drops every SYN and locks it
+    (SO_LOCK_FILTER): brokerd cannot detach it, so the owner's next get
+    gets a fresh socket (event=replace). The owner is root here: this
+    machine's kernel refuses socket filters to other uids (EPERM)."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:127.0.0.1:9000", "--user", "root")
+    holder(broker, procs, "tcp:127.0.0.1:9000", "locked-filter", uid=0)
+    check_listening(broker, "tcp:127.0.0.1:9000", 9000, uid=0)
+    assert any("Operation not permitted" in l for l in broker.events("replace")), broker.log()
 
 
 def test_release_frees_the_port_at_once(make_broker, procs):

@@ -13,6 +13,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
+#include <netinet/tcp.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -161,16 +163,66 @@ static void test_shutdown_repaired(void **state) {
         assert_int_equal(l.sock_fd, -1);
 }
 
+/* A lease on a free 127.0.0.1 port of proto ("tcp" or "udp"), bound. */
+static void bind_loopback_lease(struct lease *l, const char *proto, unsigned backlog) {
+        char text[32];
+
+        lease_init(l);
+        l->backlog = backlog;
+        snprintf(text, sizeof(text), "%s:127.0.0.1:%u", proto,
+                 free_port(strcmp(proto, "tcp") == 0 ? SOCK_STREAM : SOCK_DGRAM));
+        assert_int_equal(endpoint_parse(text, &l->endpoint), 0);
+        assert_int_equal(lease_bind(NULL, &l->endpoint, l->backlog, &l->sock_fd), 0);
+}
+
+/* The accept queue's limit of listener fd (TCP_INFO). */
+static unsigned backlog_of(int fd) {
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+
+        assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len), 0);
+        return ti.tcpi_sacked;
+}
+
+static void test_backlog_restored(void **state) {
+        struct lease l;
+        int holder_fd;
+
+        bind_loopback_lease(&l, "tcp", 16);
+        assert_int_equal(lease_ensure_listening(&l), 0);
+        holder_fd = dup(l.sock_fd);
+        assert_int_equal(listen(holder_fd, 1), 0);      /* a holder shrinks the queue for all */
+        assert_int_equal(backlog_of(l.sock_fd), 1);
+        assert_int_equal(lease_ensure_listening(&l), LEASE_FIXED_BACKLOG);
+        assert_int_equal(backlog_of(l.sock_fd), 16);
+        assert_int_equal(lease_ensure_listening(&l), 0);
+        close(holder_fd);
+        l.sock_fd = safe_close(l.sock_fd);
+}
+
+static void test_filter_detached_or_replaced(void **state) {
+        struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
+        struct sock_fprog prog = { .len = 1, .filter = &drop_all };
+        struct lease l;
+        int one = 1;
+
+        bind_loopback_lease(&l, "udp", 0);
+        /* A holder's filter drops every datagram for every holder: detached. */
+        assert_int_equal(setsockopt(l.sock_fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), 0);
+        assert_int_equal(lease_ensure_listening(&l), LEASE_FIXED_FILTER);
+        assert_int_equal(lease_ensure_listening(&l), 0);
+        /* Locked with SO_LOCK_FILTER it cannot be: the socket must be replaced. */
+        assert_int_equal(setsockopt(l.sock_fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), 0);
+        assert_int_equal(setsockopt(l.sock_fd, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof(one)), 0);
+        assert_int_equal(lease_ensure_listening(&l), -EPERM);
+        l.sock_fd = safe_close(l.sock_fd);
+}
+
 static void test_queued(void **state) {
         struct lease l;
-        char text[32];
         int c[3];
 
-        lease_init(&l);
-        l.backlog = 16;
-        snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", free_port(SOCK_STREAM));
-        assert_int_equal(endpoint_parse(text, &l.endpoint), 0);
-        assert_int_equal(lease_bind(NULL, &l.endpoint, l.backlog, &l.sock_fd), 0);
+        bind_loopback_lease(&l, "tcp", 16);
         assert_int_equal(lease_queued(&l), 0);
         for (int i = 0; i < 3; i++)
                 assert_true((c[i] = connect_v4(l.endpoint.port_lo)) >= 0);
@@ -287,6 +339,8 @@ int main(void) {
                 cmocka_unit_test(test_tcp_specific_v6_is_v6only),
                 cmocka_unit_test(test_udp_never_shared),
                 cmocka_unit_test(test_shutdown_repaired),
+                cmocka_unit_test(test_backlog_restored),
+                cmocka_unit_test(test_filter_detached_or_replaced),
                 cmocka_unit_test(test_queued),
                 cmocka_unit_test(test_adopt_from_surviving_holder),
                 cmocka_unit_test(test_table_10000),
