@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fd-util.h"
 #include "sockopt.h"
@@ -422,6 +423,17 @@ static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_ms
         (void) reexec(c->broker, c, req->hdr.id, reply);
 }
 
+static void handle_info(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        const struct guard *g = &c->broker->guard;
+
+        reply->hdr.type = PB_MSG_INFO | PB_MSG_REPLY;
+        reply->info.pid = (uint32_t) getpid();
+        snprintf(reply->info.version, sizeof(reply->info.version), "%s", PB_VERSION);
+        reply->info.guard = g->on;
+        snprintf(reply->info.guard_state, sizeof(reply->info.guard_state), "%.*s",
+                 (int) sizeof(reply->info.guard_state) - 1, g->state);      /* cut to the wire's text */
+}
+
 /* --- the table and dispatch ------------------------------------------------- */
 
 static const struct request_type request_types[] = {
@@ -432,6 +444,7 @@ static const struct request_type request_types[] = {
         { PB_MSG_POLICY_REMOVE, "policy-remove", true, handle_policy_remove },
         { PB_MSG_POLICY_LIST, "policy-list", false, handle_policy_list },
         { PB_MSG_REEXEC, "reexec", true, handle_reexec },
+        { PB_MSG_INFO, "info", false, handle_info },
 };
 
 static const struct request_type *request_type_of(uint16_t type) {
@@ -450,12 +463,16 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
         if (proto_decode_header(buf, len, &hdr) < 0)
                 return "malformed request: bad header or length";
         *ret_id = hdr.id;
-        if (hdr.version != PB_PROTO_VERSION) {
+        if (hdr.version < PB_PROTO_VERSION_MIN || hdr.version > PB_PROTO_VERSION) {
                 *ret_code = EPROTONOSUPPORT;
                 return "unsupported protocol version";
         }
         if (!request_type_of(hdr.type))
                 return "malformed request: unknown message type";
+        if (hdr.version < proto_type_version(hdr.type)) {
+                *ret_code = EPROTONOSUPPORT;
+                return "unsupported protocol version for this message type";
+        }
         if (proto_decode(buf, len, ret_req) < 0)
                 return "malformed request: bad fields or length for its type";
         return NULL;
@@ -477,6 +494,7 @@ int request_handle(struct conn *c, const uint8_t *buf, size_t len) {
 
         memset(&reply, 0, sizeof(reply));
         reply.hdr.id = id;
+        reply.hdr.version = req.hdr.version;   /* answered in the version asked in */
         if (c->peer.doubt) {
                 proto_set_error(&reply, id, EACCES, "permission denied: %s", c->peer.doubt);
                 deny(c, &req, &reply, NULL, NULL, c->peer.doubt);

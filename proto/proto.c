@@ -208,9 +208,16 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 put_be(w, m->reexec.pid, 4);
                 put_text(w, m->reexec.version);
                 break;
+        case PB_MSG_INFO | PB_MSG_REPLY:
+                put_be(w, m->info.pid, 4);
+                put_text(w, m->info.version);
+                put_be(w, m->info.guard, 1);
+                put_text(w, m->info.guard_state);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
+        case PB_MSG_INFO:
                 break;
         case PB_MSG_ERROR:
                 put_be(w, (uint32_t) m->error.code, 4);
@@ -232,11 +239,16 @@ int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size) {
 
         struct wcur h = { .buf = buf, .size = PB_HEADER_SIZE };
         put_be(&h, w.off, 4);
-        put_be(&h, PB_PROTO_VERSION, 2);
+        put_be(&h, msg->hdr.version >= proto_type_version(msg->hdr.type) && msg->hdr.version <= PB_PROTO_VERSION ?
+                           msg->hdr.version : proto_type_version(msg->hdr.type), 2);
         put_be(&h, msg->hdr.type, 2);
         put_be(&h, msg->hdr.id, 4);
         put_be(&h, 0, 4);
         return (int) w.off;
+}
+
+uint16_t proto_type_version(uint16_t type) {
+        return (type & ~PB_MSG_REPLY) == PB_MSG_INFO ? 3 : PB_PROTO_VERSION_MIN;
 }
 
 int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hdr) {
@@ -342,9 +354,16 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->reexec.pid = (uint32_t) get_be(r, 4);
                 get_text(r, m->reexec.version);
                 break;
+        case PB_MSG_INFO | PB_MSG_REPLY:
+                m->info.pid = (uint32_t) get_be(r, 4);
+                get_text(r, m->info.version);
+                m->info.guard = get_bool(r);
+                get_text(r, m->info.guard_state);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
+        case PB_MSG_INFO:
                 break;
         case PB_MSG_ERROR:
                 m->error.code = (int32_t) (uint32_t) get_be(r, 4);
@@ -365,7 +384,7 @@ int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg) {
         k = proto_decode_header(buf, len, &m.hdr);
         if (k < 0)
                 return k;
-        if (m.hdr.version != PB_PROTO_VERSION)
+        if (m.hdr.version < proto_type_version(m.hdr.type) || m.hdr.version > PB_PROTO_VERSION)
                 return -EPROTO;
 
         struct rcur r = { .buf = buf, .len = len, .off = PB_HEADER_SIZE };

@@ -16,7 +16,8 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 2
+#define PB_PROTO_VERSION 3               /* the newest version spoken */
+#define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
@@ -31,6 +32,7 @@ enum pb_msg_type {
         PB_MSG_POLICY_REMOVE = 5,
         PB_MSG_POLICY_LIST = 6,
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
+        PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
         PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
 };
@@ -111,6 +113,12 @@ struct pb_msg {
                         uint32_t pid;           /* brokerd's pid (the same before and after) */
                         char version[PB_TEXT_MAX + 1]; /* the new image's version */
                 } reexec;
+                struct {                        /* PB_MSG_INFO | PB_MSG_REPLY */
+                        uint32_t pid;
+                        char version[PB_TEXT_MAX + 1];  /* brokerd's version */
+                        uint8_t guard;                  /* 1: the bind guard is on */
+                        char guard_state[PB_TEXT_MAX + 1]; /* where it guards, or why it is off */
+                } info;
                 struct {                        /* PB_MSG_ERROR */
                         int32_t code;           /* positive errno value */
                         char message[PB_TEXT_MAX + 1];
@@ -118,11 +126,19 @@ struct pb_msg {
         };
 };
 
-/* Encodes msg into buf (at least PB_MSG_MAX bytes); returns the length or -errno. */
+/* The protocol version a message of type is sent with when its header
+ * does not say (hdr.version 0): the oldest that has the type, so that an
+ * older brokerd understands every request it can. */
+uint16_t proto_type_version(uint16_t type);
+
+/* Encodes msg into buf (at least PB_MSG_MAX bytes) with version
+ * msg->hdr.version when it is one that has the type, else
+ * proto_type_version(); returns the length or -errno. */
 int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size);
 
 /* Decodes one received message of len bytes into ret_msg: checks size, header,
- * version, type and the exact per-type length. Returns 0 or -EBADMSG/-EPROTO. */
+ * version (PB_PROTO_VERSION_MIN..PB_PROTO_VERSION, and no older than the
+ * type), type and the exact per-type length. Returns 0 or -EBADMSG/-EPROTO. */
 int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg);
 
 /* Decodes only the header (for error replies to undecodable requests). */

@@ -769,3 +769,24 @@ int pb_conn_reexec(pb_conn *c, char *version, size_t size, pb_error *err) {
         free(x);
         return r;
 }
+
+int pb_conn_info(pb_conn *c, pb_info *ret, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c || !ret)
+                return fail(err, EINVAL, "pb_conn_info: no connection or result");
+        x = exchange_new(PB_MSG_INFO, err);
+        if (!x)
+                return -ENOMEM;
+        r = request(c, x, NULL, err);
+        if (r >= 0) {
+                *ret = (pb_info) { .pid = (pid_t) (x->reply.info.pid & INT32_MAX), .guard = x->reply.info.guard };
+                snprintf(ret->version, sizeof(ret->version), "%s", x->reply.info.version);
+                snprintf(ret->guard_state, sizeof(ret->guard_state), "%s", x->reply.info.guard_state);
+                r = 0;
+        }
+        free(x);
+        return r;
+}

@@ -63,6 +63,13 @@ typedef struct pb_rule {
         int64_t created;                /* unix seconds */
 } pb_rule;
 
+typedef struct pb_info {
+        pid_t pid;                      /* brokerd's */
+        char version[256];              /* brokerd's version */
+        bool guard;                     /* the kernel refuses others' bind() of leased endpoints */
+        char guard_state[256];          /* where the guard works, or why it is off */
+} pb_info;
+
 /* The control socket path: $PORTBROKER_SOCKET if set and non-empty, else PB_DEFAULT_SOCKET. */
 const char *pb_socket_path(void);
 
@@ -108,6 +115,10 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
  * same as before) and copies its version into version (size bytes; NULL
  * or 0: not wanted). On failure the old image keeps serving. */
 int pb_conn_reexec(pb_conn *c, char *version, size_t size, pb_error *err);
+
+/* brokerd's pid, version and bind guard (brokerd 0.1.0 with protocol
+ * version 3 and later; an older one fails with -EPROTONOSUPPORT). Returns 0. */
+int pb_conn_info(pb_conn *c, pb_info *ret, pb_error *err);
 
 #ifdef __cplusplus
 }

@@ -309,7 +309,16 @@ static int status_table(const struct list *l) {
         return r < 0 ? cli_fail("%s", strerror(ENOMEM)) : 0;
 }
 
-static void status_json(const struct list *l) {
+/* brokerd and its bind guard, one line (text output only). */
+static void status_header(const pb_info *info, int info_r) {
+        if (info_r == -EPROTONOSUPPORT)
+                printf("brokerd is older than this portctl: whether its bind guard is on is not known\n");
+        else if (info_r >= 0)
+                printf("brokerd %s, pid %d; bind guard %s%s\n", info->version, (int) info->pid,
+                       info->guard ? "" : "off: ", info->guard_state);
+}
+
+static void status_json(const struct list *l, const pb_info *info, int info_r) {
         putchar('[');
         for (size_t i = 0; i < l->n; i++) {
                 const pb_lease *x = (const pb_lease *) l->items + i;
@@ -324,13 +333,16 @@ static void status_json(const struct list *l) {
                         fputs("null", stdout);
                 else
                         printf("%d", x->queued);
-                printf(",\"backlog\":%u,\"bound\":%s}", x->backlog, x->bound ? "true" : "false");
+                printf(",\"backlog\":%u,\"bound\":%s,\"guarded\":%s}", x->backlog, x->bound ? "true" : "false",
+                       info_r < 0 ? "null" : info->guard ? "true" : "false");
         }
         puts("]");
 }
 
 int cmd_status(int argc, char **argv) {
         struct list l = { .size = sizeof(pb_lease) };
+        pb_info info;
+        int info_r = -EIO;
         const char *endpoint;
         pb_conn *c;
         pb_error err;
@@ -349,6 +361,8 @@ int cmd_status(int argc, char **argv) {
         if (r != 0)
                 return r;
         r = pb_conn_status(c, endpoint, collect_lease, &l, &err);
+        if (r >= 0)
+                info_r = pb_conn_info(c, &info, NULL);
         pb_disconnect(c);
         if (r < 0)
                 r = cli_fail_pb(&err);
@@ -357,10 +371,12 @@ int cmd_status(int argc, char **argv) {
 
                 r = cli_fail("no lease for %s", canonical_endpoint(endpoint, false, canonical));
         } else if (arg_json) {
-                status_json(&l);
+                status_json(&l, &info, info_r);
                 r = 0;
-        } else
+        } else {
+                status_header(&info, info_r);
                 r = status_table(&l);
+        }
         free(l.items);
         return r;
 }

@@ -116,5 +116,13 @@ void why_print_json(const struct why *w) {
         json_probes(w);
         json_processes(w);
         json_lease(w);
+        fputs(",\"guard\":", stdout);
+        if (w->guard < 0)
+                fputs("null", stdout);
+        else {
+                printf("{\"on\":%s,\"state\":", w->guard ? "true" : "false");
+                json_string(stdout, w->guard_state);
+                putchar('}');
+        }
         printf(",\"broker\":%s}\n", w->broker < 0 ? "false" : "true");
 }

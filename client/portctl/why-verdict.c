@@ -81,7 +81,16 @@ static void verdict_lease(struct why *w) {
         user_text(w->lease.owner_uid, owner, sizeof(owner));
         user_text(w->uid, asker, sizeof(asker));
         w->verdict = "broker-lease";
-        w->summary = why_fmt(w, "brokerd holds %s in a lease owned by %s.", w->lease.endpoint, owner);
+        w->summary = why_fmt(w, "brokerd holds %s in a lease owned by %s%s.", w->lease.endpoint, owner,
+                             w->guard == 1 ? "; the kernel's bind guard refuses bind() of it to every process "
+                                             "but brokerd" : "");
+        if (w->guard == 1)
+                why_evidence(w, "bind guard on (%s): bind() of %s, or of an address overlapping it, fails with "
+                             "EADDRINUSE for every process but brokerd, also while brokerd is down",
+                             w->guard_state + (strncmp(w->guard_state, "on: ", 4) == 0 ? 4 : 0), w->canon);
+        else if (w->guard == 0)
+                why_evidence(w, "bind guard off (%s): only the lease's open socket keeps others from binding it",
+                             w->guard_state);
         why_evidence(w, "lease %" PRIu64 ": owner %s, since %" PRId64 ", %u live holder%s, %" PRIu64 " hand-outs, %s",
                  w->lease.id, owner, w->lease.since, w->lease.holders, w->lease.holders == 1 ? "" : "s",
                  w->lease.handouts, w->lease.bound ? "socket bound" : "no socket bound right now");
@@ -418,8 +427,12 @@ static void verdict_unknown(struct why *w) {
         w->summary = why_fmt(w, "bind() of %s fails with %s, but no socket on the port explains it.",
                              w->canon, why_errno_name(w->probe[0]));
         probe_evidence(w);
-        w->fix = why_fmt(w, "check `ss -tuanp sport = :%u` and the address (EADDRNOTAVAIL: not local).",
-                         w->ep.port_lo);
+        if (w->probe[0] == EADDRINUSE && w->broker < 0)
+                why_evidence(w, "a cgroup bind program may refuse it: portbroker's bind guard keeps every leased "
+                             "endpoint (pinned in /sys/fs/bpf/portbroker) while brokerd is down");
+        w->fix = why_fmt(w, "check `ss -tuanp sport = :%u` and the address (EADDRNOTAVAIL: not local)%s.",
+                         w->ep.port_lo, w->probe[0] == EADDRINUSE && w->broker < 0 ?
+                         "; start brokerd and run this again, or `portctl status`" : "");
 }
 
 /* Evidence on what could not be seen. */

@@ -69,6 +69,13 @@ static void ask_broker(struct why *w) {
         if (pb_conn_status(c, w->canon, take_lease, w, &err) < 0) {
                 w->broker = -1;
                 snprintf(w->broker_msg, sizeof(w->broker_msg), "brokerd did not say: %s", err.message);
+        } else {
+                pb_info info;
+
+                if (pb_conn_info(c, &info, NULL) >= 0) {
+                        w->guard = info.guard;
+                        snprintf(w->guard_state, sizeof(w->guard_state), "%s", info.guard_state);
+                }
         }
         pb_disconnect(c);
 }
@@ -156,7 +163,7 @@ static void why_free(struct why *w) {
 }
 
 int cmd_why(int argc, char **argv) {
-        struct why w = { .uid = geteuid(), .gid = getegid(), .broker = -1 };
+        struct why w = { .uid = geteuid(), .gid = getegid(), .broker = -1, .guard = -1 };
         int r;
 
         r = parse_why_args(argc, argv, &w);

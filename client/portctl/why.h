@@ -80,6 +80,8 @@ struct why {
         int broker;                     /* -1 not reachable, 0 no lease, 1 lease */
         char broker_msg[300];
         pb_lease lease;
+        int guard;                      /* brokerd's bind guard: 1 on, 0 off, -1 not known */
+        char guard_state[256];          /* where it guards, or why it is off */
 
         const char *verdict;
         char *summary, *fix;

@@ -107,6 +107,10 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 return true;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 return a->reexec.pid == b->reexec.pid && strcmp(a->reexec.version, b->reexec.version) == 0;
+        case PB_MSG_INFO | PB_MSG_REPLY:
+                return a->info.pid == b->info.pid && strcmp(a->info.version, b->info.version) == 0 &&
+                       a->info.guard == b->info.guard && strcmp(a->info.guard_state, b->info.guard_state) == 0;
+        case PB_MSG_INFO:
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
@@ -121,7 +125,7 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
 /* What a successful decode promises about the fields. */
 static void check_valid(const struct pb_msg *m, size_t size) {
         CHECK(m->hdr.length == size);
-        CHECK(m->hdr.version == PB_PROTO_VERSION);
+        CHECK(m->hdr.version >= proto_type_version(m->hdr.type) && m->hdr.version <= PB_PROTO_VERSION);
         CHECK(m->hdr.reserved == 0);
 
         switch (m->hdr.type) {
@@ -165,6 +169,10 @@ static void check_valid(const struct pb_msg *m, size_t size) {
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 CHECK(text_ok(m->reexec.version));
                 break;
+        case PB_MSG_INFO | PB_MSG_REPLY:
+                CHECK(text_ok(m->info.version) && text_ok(m->info.guard_state) && m->info.guard <= 1);
+                break;
+        case PB_MSG_INFO:
         case PB_MSG_REEXEC:
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -195,7 +203,8 @@ static void check_message(const uint8_t *data, size_t size) {
         else {
                 CHECK(h.length == size && h.reserved == 0);
                 CHECK(size >= PB_HEADER_SIZE && size <= PB_MSG_MAX);
-                CHECK((r == -EPROTO) == (h.version != PB_PROTO_VERSION));
+                CHECK((r == -EPROTO) ==
+                      (h.version < proto_type_version(h.type) || h.version > PB_PROTO_VERSION));
         }
         if (r < 0) {
                 CHECK(r == -EBADMSG || r == -EPROTO);
@@ -470,6 +479,16 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         m.hdr.type = PB_MSG_REEXEC | PB_MSG_REPLY;
                         m.reexec.pid = 4242;
                         strcpy(m.reexec.version, "0.1.0");
+                        break;
+                case 20:
+                        m.hdr.type = PB_MSG_INFO;
+                        break;
+                case 21:
+                        m.hdr.type = PB_MSG_INFO | PB_MSG_REPLY;
+                        m.info.pid = 4242;
+                        strcpy(m.info.version, "0.1.0");
+                        m.info.guard = 1;
+                        strcpy(m.info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
                         break;
                 default:
                         return;

@@ -24,7 +24,7 @@ from conftest import as_user, child_env, wait_for
 pytestmark = pytest.mark.usefixtures("netns")
 
 HDR = struct.Struct("!IHHII")           # length, version, type, id, reserved
-VERSION = 2                             # PB_PROTO_VERSION
+VERSION = 2                             # PB_PROTO_VERSION_MIN: what every message but INFO is sent with
 GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
 REPLY, ERROR = 0x8000, 0xFFFF
 
@@ -112,7 +112,8 @@ BAD = {
     "get-body-too-long": msg(GET, endpoint(8080) + b"x"),
     "version-0": msg(STATUS, STATUS_BODY, version=0),
     "version-1": msg(STATUS, STATUS_BODY, version=1),
-    "version-3": msg(STATUS, STATUS_BODY, version=3),
+    "version-4": msg(STATUS, STATUS_BODY, version=4),
+    "info-in-version-2": msg(8, version=2),            # INFO came with version 3
     "unknown-type": msg(99, STATUS_BODY),
     "reply-type-from-client": msg(STATUS | REPLY, b"\x00\x00"),
     "error-type-from-client": msg(ERROR, struct.pack("!i", 5) + b"\x02hi"),

@@ -290,3 +290,34 @@ def test_a_restart_takes_the_pinned_guard_over(make_broker, procs, tmp_path):
                             str(scratch / "db" / "pb.db"), *broker.args[:4]],
                            capture_output=True, text=True, timeout=10)
     assert other.returncode == 1 and "another brokerd guards its leases from" in other.stderr, other.stderr
+
+
+def test_status_and_why_name_the_guard(make_broker, procs):
+    """portctl status says whether the guard is on; portctl why names it as
+    what refuses another uid's bind (and, with brokerd down, points at it)."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:9500", "--user", U1)
+    broker.portctl("get", "tcp:9500", uid=U1)
+    text = broker.portctl("status", uid=U2).stdout
+    assert f"bind guard on: cgroup {broker.args[3]}, pinned in {broker.guard_dir}" in text.splitlines()[0], text
+    assert broker.portctl("status", json=True, uid=U2).json[0]["guarded"] is True
+
+    why = broker.portctl("why", "tcp:9500", json=True, uid=U2, check=False).json
+    assert why["verdict"] == "broker-lease" and why["guard"]["on"] is True, why
+    assert "bind guard refuses bind() of it to every process but brokerd" in why["summary"], why
+    assert any(e.startswith("bind guard on") for e in why["evidence"]), why
+
+    broker.kill9()
+    why = broker.portctl("why", "tcp:9500", json=True, uid=U2, check=False).json
+    assert why["verdict"] == "unknown" and why["probe"]["bind_reuseaddr"] == "EADDRINUSE", why
+    assert any("portbroker's bind guard keeps every leased endpoint" in e for e in why["evidence"]), why
+    broker.start()
+
+
+def test_status_says_when_the_guard_is_off(make_broker):
+    broker = make_broker("--no-guard")
+    broker.portctl("policy", "add", "tcp:9500", "--user", U1)
+    broker.portctl("get", "tcp:9500", uid=U1)
+    assert "bind guard off: --no-guard" in broker.portctl("status").stdout.splitlines()[0]
+    assert broker.portctl("status", json=True).json[0]["guarded"] is False

@@ -132,9 +132,16 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 assert_int_equal(a->reexec.pid, b->reexec.pid);
                 assert_string_equal(a->reexec.version, b->reexec.version);
                 break;
+        case PB_MSG_INFO | PB_MSG_REPLY:
+                assert_int_equal(a->info.pid, b->info.pid);
+                assert_string_equal(a->info.version, b->info.version);
+                assert_int_equal(a->info.guard, b->info.guard);
+                assert_string_equal(a->info.guard_state, b->info.guard_state);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
+        case PB_MSG_INFO:
                 break;
         case PB_MSG_ERROR:
                 assert_int_equal(a->error.code, b->error.code);
@@ -268,6 +275,12 @@ static size_t samples(struct pb_msg *out, size_t max) {
         NEXT(PB_MSG_REEXEC | PB_MSG_REPLY, 17);
         m->reexec.pid = 4242;
         strcpy(m->reexec.version, "0.1.0");
+        NEXT(PB_MSG_INFO, 18);
+        NEXT(PB_MSG_INFO | PB_MSG_REPLY, 18);
+        m->info.pid = 4243;
+        strcpy(m->info.version, "0.1.0");
+        m->info.guard = 1;
+        strcpy(m->info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
         NEXT(PB_MSG_ERROR, 15);
         m->error.code = EBUSY;
         strcpy(m->error.message, "tcp:[::]:80 is held by uid 1000 (alice) \xc3\xa9");
@@ -296,14 +309,19 @@ static void test_header_layout(void **state) {
         };
         struct pb_header h;
 
-        /* The encoder fills in length, version and reserved itself. */
+        /* The encoder fills in length and reserved itself, and the version
+         * when the one asked for (99) does not have the type: GET's oldest. */
         m.get.endpoint = ep("8080");
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), (int) sizeof(want));
         assert_memory_equal(buf, want, sizeof(want));
 
         assert_int_equal(proto_decode_header(buf, sizeof(want), &h), 0);
         assert_int_equal(h.length, 40);
-        assert_int_equal(h.version, PB_PROTO_VERSION);
+        assert_int_equal(h.version, 2);
+        /* A version that has the type is kept: a reply in the request's version. */
+        m.hdr.version = 3;
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), (int) sizeof(want));
+        assert_int_equal(buf[5], 3);
         assert_int_equal(h.type, PB_MSG_GET);
         assert_int_equal(h.id, 0x11223344);
         assert_int_equal(h.reserved, 0);
@@ -325,6 +343,7 @@ static void test_encoded_sizes(void **state) {
                 { PB_MSG_POLICY_REMOVE | PB_MSG_REPLY, 16 },
                 { PB_MSG_POLICY_LIST, 24 },
                 { PB_MSG_REEXEC, 16 },
+                { PB_MSG_INFO, 16 },
         };
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
@@ -352,6 +371,9 @@ static void test_encoded_sizes(void **state) {
                         break;
                 case PB_MSG_REEXEC | PB_MSG_REPLY:
                         want = 16 + 4 + 1 + strlen(m[i].reexec.version);
+                        break;
+                case PB_MSG_INFO | PB_MSG_REPLY:
+                        want = 16 + 4 + 1 + strlen(m[i].info.version) + 1 + 1 + strlen(m[i].info.guard_state);
                         break;
                 }
                 assert_int_equal(len, want);
@@ -387,7 +409,7 @@ static void test_round_trip_every_type(void **state) {
         static struct pb_msg m[32], d;
         uint8_t buf[PB_MSG_MAX], again[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        unsigned seen[PB_MSG_REEXEC + 1][2] = { { 0 } };
+        unsigned seen[PB_MSG_INFO + 1][2] = { { 0 } };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -395,7 +417,8 @@ static void test_round_trip_every_type(void **state) {
                 memset(&d, 0xA5, sizeof(d));
                 assert_int_equal(proto_decode(buf, len, &d), 0);
                 assert_int_equal(d.hdr.length, len);
-                assert_int_equal(d.hdr.version, PB_PROTO_VERSION);
+                /* Sent with the oldest version that has the type (INFO: 3). */
+                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO ? 3 : 2);
                 assert_int_equal(d.hdr.reserved, 0);
                 assert_msg_equal(&m[i], &d);
                 /* The encoding is canonical: re-encoding gives the same bytes. */
@@ -407,7 +430,7 @@ static void test_round_trip_every_type(void **state) {
                 else
                         seen[m[i].hdr.type & ~PB_MSG_REPLY][!!(m[i].hdr.type & PB_MSG_REPLY)]++;
         }
-        for (unsigned t = PB_MSG_GET; t <= PB_MSG_REEXEC; t++) {
+        for (unsigned t = PB_MSG_GET; t <= PB_MSG_INFO; t++) {
                 assert_true(seen[t][0] > 0);
                 assert_true(seen[t][1] > 0);
         }
@@ -452,7 +475,7 @@ static void test_encode_refuses(void **state) {
         memset(m.error.message, 'x', sizeof(m.error.message));  /* no terminator: 256 bytes */
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
 
-        static const uint16_t unknown[] = { 0, 8, 0x8000, 0x8008, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
+        static const uint16_t unknown[] = { 0, 9, 0x8000, 0x8009, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
         for (size_t i = 0; i < ELEMENTSOF(unknown); i++) {
                 memset(&m, 0, sizeof(m));
                 m.hdr.type = unknown[i];
@@ -599,7 +622,7 @@ static void test_wrong_version(void **state) {
         static struct pb_msg m[32];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        static const uint16_t versions[] = { 0, 1, 3, 0x0100, 0x8002, 0xffff };
+        static const uint16_t versions[] = { 0, 1, 4, 0x0100, 0x8002, 0xffff };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -617,9 +640,20 @@ static void test_wrong_version(void **state) {
                 }
         }
 
+        /* Version 3 has every type; version 2 all but INFO. */
+        for (size_t i = 0; i < n; i++) {
+                size_t len = encode_ok(&m[i], buf);
+                bool info = (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO;
+
+                buf[5] = 3;
+                assert_int_equal(decode(buf, len), 0);
+                buf[5] = 2;
+                assert_int_equal(decode(buf, len), info ? -EPROTO : 0);
+        }
+
         /* A wrong version with a bad header is a bad header. */
         size_t len = encode_ok(&m[0], buf);
-        buf[5] = 3;
+        buf[5] = 4;
         buf[15] = 1;
         assert_int_equal(decode(buf, len), -EBADMSG);
         /* A wrong version wins over a bad body: the body is not looked at. */
@@ -630,7 +664,7 @@ static void test_wrong_version(void **state) {
 
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
-                0, 8, 9, 0x00ff, 0x7fff, 0x8000, 0x8008, 0x80ff, 0xc001, 0xfffe,
+                0, 9, 10, 0x00ff, 0x7fff, 0x8000, 0x8009, 0x80ff, 0xc001, 0xfffe,
         };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };
