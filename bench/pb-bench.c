@@ -13,6 +13,9 @@
  *   pb-bench spread ...   --gets repeat gets spread over --count leases.
  *   pb-bench concurrent ...  --conns threads, each with its own control
  *       connection open at once, all doing --gets gets (pb_conn_get).
+ *   pb-bench binds PORT ...  --count socket()+bind(127.0.0.1:PORT)+close(),
+ *       what any process does, timed in batches of BIND_BATCH (the bind
+ *       guard's cost on an unrelated bind(); brokerd is not involved).
  * Every client mode prints one JSON object: n, p50/p99/max in microseconds,
  * elapsed seconds and gets per second. Every loop is bounded by a count and
  * by --max-seconds.
@@ -42,6 +45,7 @@
 #define MAX_COUNT 2000000u
 #define MAX_PROCS 16u
 #define MAX_CONNS 5000u
+#define BIND_BATCH 50u
 
 static const char *arg_mode = "lib";
 static const char *arg_socket;
@@ -407,8 +411,42 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
         return 0;
 }
 
+/* --count binds of a fresh TCP socket to 127.0.0.1:port, closed at once
+ * (never listening: no TIME_WAIT); one sample per BIND_BATCH, in ns per bind. */
+static int cmd_binds(unsigned port) {
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        size_t batches = arg_count / BIND_BATCH, n = 0;
+        uint32_t *v = calloc(batches ? batches : 1, sizeof(*v));
+        uint64_t t0 = now_ns(), deadline = t0 + (uint64_t) arg_max_seconds * 1000000000u;
+
+        if (!v)
+                return 1;
+        for (; n < batches && now_ns() < deadline; n++) {
+                uint64_t t = now_ns();
+
+                for (unsigned i = 0; i < BIND_BATCH; i++) {
+                        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+                        if (fd < 0 || bind(fd, (struct sockaddr *) &sin, sizeof(sin)) < 0) {
+                                fprintf(stderr, "pb-bench: bind 127.0.0.1:%u: %s\n", port, strerror(errno));
+                                return 1;
+                        }
+                        close(fd);
+                }
+                v[n] = (uint32_t) ((now_ns() - t) / BIND_BATCH);
+        }
+        qsort(v, n, sizeof(*v), cmp_u32);
+        printf("{\"what\":\"binds\",\"n\":%zu,\"p50_ns\":%u,\"p99_ns\":%u,\"elapsed_s\":%.4f}\n",
+               n * BIND_BATCH, n ? v[(n - 1) / 2] : 0, n ? v[(size_t) ((double) (n - 1) * 0.99)] : 0,
+               (double) (now_ns() - t0) / 1e9);
+        free(v);
+        return n ? 0 : 1;
+}
+
 static void usage(FILE *f) {
         fprintf(f, "usage: pb-bench raw-server SOCKPATH PORT\n"
+                   "       pb-bench binds PORT [--count N] [--max-seconds S]\n"
                    "       pb-bench get|create|spread|concurrent [--socket PATH] [--mode lib|raw]\n"
                    "                [--endpoint E] [--count N] [--procs P] [--first-port P]\n"
                    "                [--gets N] [--conns N] [--max-seconds S]\n");
@@ -446,7 +484,7 @@ int main(int argc, char **argv) {
                 }
                 return raw_server(argv[2], port);
         }
-        optind = 2;
+        optind = strcmp(cmd, "binds") == 0 ? 3 : 2;
         while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0) {
                 switch (c) {
                 case O_MODE: arg_mode = optarg; break;
@@ -464,6 +502,15 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "pb-bench: bad value '%s'\n", optarg);
                         return 2;
                 }
+        }
+        if (strcmp(cmd, "binds") == 0) {
+                unsigned port;
+
+                if (argc < 3 || parse_uint(argv[2], 1, 65535, &port) < 0) {
+                        usage(stderr);
+                        return 2;
+                }
+                return cmd_binds(port);
         }
         if (!arg_socket) {
                 fprintf(stderr, "pb-bench: --socket is required\n");

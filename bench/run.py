@@ -9,7 +9,12 @@ s6-fdholderd, systemd-socket-activate); 3 scale (1..10,000 leases, 1,000
 concurrent connections); 4 fsync counts on the hot path (strace -c);
 5 breakdown of a repeat get beyond the floor: system calls per get by name
 (strace -c, server and client side), and CPU time per phase (connection
-set-up and teardown vs request) of brokerd and the raw floor server.
+set-up and teardown vs request) of brokerd and the raw floor server;
+6 the bind guard's cost: an unrelated process's bind() in the guarded
+cgroup against one beside it, and a repeat get from a guarded brokerd
+against one run with --no-guard.
+Every brokerd guards from a bpffs and a cgroup of the bench's own (run.py
+and all it starts live in that cgroup), never the machine's root cgroup.
 Must run as root inside a fresh network namespace (the Makefile uses
 `unshare -n`); each restart mode gets a namespace of its own as well.
 Nothing sleeps blindly: readiness is READY=1 (brokerd) or "ready PID".
@@ -32,6 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -49,6 +55,65 @@ def new_netns():
     if _libc.unshare(CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+
+
+class GuardPlace:
+    """A bpffs (in a mount namespace of run.py's own) and two sibling cgroup
+    v2 directories: "guarded", which run.py moves into (so everything it
+    starts is under the guard) and where every brokerd attaches its guard,
+    and "plain" beside it, the floor of part 6."""
+
+    def __init__(self, wd):
+        self.ok, self.why, self.n = False, "", 0
+        root = next((Path(l.split(" - ")[0].split()[4]) for l in open("/proc/self/mountinfo")
+                     if " - cgroup2 " in l and l.split()[3] == "/"), None)
+        if root is None:
+            self.why = "no cgroup v2 hierarchy"
+            return
+        if _libc.unshare(CLONE_NEWNS) != 0:
+            self.why = f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}"
+            return
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True, timeout=10)
+        self.bpffs = wd / "bpffs"
+        self.bpffs.mkdir()
+        if subprocess.run(["mount", "-t", "bpf", "-o", "mode=0700", "bpf", str(self.bpffs)], timeout=10).returncode:
+            self.why = "cannot mount a bpffs"
+            return
+        own = next(l[3:] for l in open("/proc/self/cgroup") if l.startswith("0::")).strip().lstrip("/")
+        self.home = root / own
+        self.cgroups = {k: root / f"pb-bench-{os.getpid()}-{k}" for k in ("guarded", "plain")}
+        for d in self.cgroups.values():
+            d.mkdir()
+        (self.cgroups["guarded"] / "cgroup.procs").write_text(str(os.getpid()))
+        self.ok = True
+
+    def args(self, args):
+        """brokerd's guard options: a pin directory of its own in our cgroup."""
+        if any(str(x).startswith(("--guard", "--no-guard")) for x in args):
+            return []
+        if not self.ok:
+            return ["--no-guard"]
+        self.n += 1
+        return ["--guard-dir", str(self.bpffs / f"b{self.n}"), "--guard-cgroup", str(self.cgroups["guarded"])]
+
+    def argv_in(self, cgroup, argv):
+        """argv run from cgroup (guarded or plain)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.cgroups[cgroup] / "cgroup.procs"), *map(str, argv)]
+
+    def close(self):
+        if not self.ok:
+            return
+        (self.home / "cgroup.procs").write_text(str(os.getpid()))
+        for d in self.cgroups.values():
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)  # the last processes of the bench are still exiting
+
+
+GUARD = None                            # the GuardPlace of this run (main)
 
 
 def med(xs):
@@ -110,7 +175,8 @@ class Broker:
     brokerd = None                      # --brokerd: another binary (say, a build from before a change)
 
     def __init__(self, build, d, args=()):
-        self.build, self.dir, self.args = build, d, [str(a) for a in args]
+        self.build, self.dir = build, d
+        self.args = [str(a) for a in [*(GUARD.args(args) if GUARD else []), *args]]
         self.control = str(d / "control.sock")
         self.db = str(d / "portbroker.db")
         self.notify = str(d / "notify.sock")
@@ -159,10 +225,12 @@ class Broker:
                               capture_output=True, text=True, timeout=60, env=env(), check=True).stdout
 
 
-def bench(build, *args, timeout=600, cpus=None):
-    """Runs pb-bench (on the given CPUs only, when cpus is a set) and returns its JSON line."""
+def bench(build, *args, timeout=600, cpus=None, cgroup=None):
+    """Runs pb-bench (on the given CPUs only, when cpus is a set; from
+    GUARD's cgroup, when named) and returns its JSON line."""
     pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
-    cp = subprocess.run([*pin, f"{build}/pb-bench", *map(str, args)], capture_output=True, text=True,
+    argv = [*pin, f"{build}/pb-bench", *map(str, args)]
+    cp = subprocess.run(GUARD.argv_in(cgroup, argv) if cgroup else argv, capture_output=True, text=True,
                         timeout=timeout, env=env())
     if cp.returncode != 0:
         raise RuntimeError(f"pb-bench {' '.join(map(str, args))} failed: {cp.stderr.strip()[-500:]}")
@@ -224,6 +292,57 @@ def part_handoff(a, wd, b, raw):
         out[f"ratio_p50_{procs}"] = med([x[f"lib_{procs}"]["p50_us"] / x[f"raw_{procs}"]["p50_us"] for x in runs])
         out[f"ratio_p99_{procs}"] = med([x[f"lib_{procs}"]["p99_us"] / x[f"raw_{procs}"]["p99_us"] for x in runs])
         out[f"ratio_tput_{procs}"] = med([x[f"lib_{procs}"]["per_s"] / x[f"raw_{procs}"]["per_s"] for x in runs])
+    out["per_run"] = runs
+    return out
+
+
+# --- part 6: the bind guard's cost ----------------------------------------------
+
+
+def part_guard(a, wd):
+    """An unrelated bind() from the guarded cgroup (the guard's programs
+    run, and miss) against the same from the plain one, while a guarded
+    brokerd holds a.guard_leases leases; and repeat gets from that brokerd
+    against one with --no-guard. Alternated within each run."""
+    if not GUARD or not GUARD.ok:
+        return {"skipped": GUARD.why if GUARD else "no guard place"}
+    g = Broker(a.build, wd / "p6-guarded", ["--max-leases-per-user", 20000, "--max-leases", 20000])
+    n = Broker(a.build, wd / "p6-unguarded", ["--no-guard"])
+    for b in (g, n):
+        b.dir.mkdir()
+        b.start()
+    try:
+        bench(a.build, "create", "--socket", g.control, "--first-port", 30000, "--count", a.guard_leases)
+        cpus = sorted(os.sched_getaffinity(0))
+        clients = None
+        if a.pin and len(cpus) >= 2:
+            for b in (g, n):
+                os.sched_setaffinity(b.pid, {cpus[0]})
+            clients = {cpus[1]}
+        runs = []
+        for r in range(a.runs):
+            row = {}
+            for cg in ("plain", "guarded"):
+                row[f"bind_{cg}"] = bench(a.build, "binds", 45000, "--count", a.binds, cpus=clients, cgroup=cg)
+            for name, b, ep in (("get_unguarded", n, "tcp:127.0.0.1:9001"), ("get_guarded", g, "tcp:127.0.0.1:9000")):
+                row[name] = bench(a.build, "get", "--mode", "lib", "--socket", b.control, "--endpoint", ep,
+                                  "--count", a.gets, cpus=clients)
+            runs.append(row)
+            log(f"guard run {r + 1}/{a.runs}: bind {row['bind_guarded']['p50_ns']} ns guarded, "
+                f"{row['bind_plain']['p50_ns']} ns plain; get p50 {row['get_guarded']['p50_us']} µs guarded, "
+                f"{row['get_unguarded']['p50_us']} µs unguarded")
+    finally:
+        g.stop()
+        n.stop()
+    out = {"runs": a.runs, "binds_per_run": a.binds, "gets_per_run": a.gets, "leases": a.guard_leases,
+           "guard": next((l.split(": ", 2)[-1] for l in (g.dir / "brokerd.log").read_text().splitlines()
+                          if "event=guard" in l), "?")}
+    for k in ("bind_plain", "bind_guarded"):
+        out[k] = {m: med([x[k][m] for x in runs]) for m in ("p50_ns", "p99_ns")}
+    for k in ("get_unguarded", "get_guarded"):
+        out[k] = {m: med([x[k][m] for x in runs]) for m in ("p50_us", "p99_us", "per_s")}
+    out["ratio_bind_p50"] = med([x["bind_guarded"]["p50_ns"] / x["bind_plain"]["p50_ns"] for x in runs])
+    out["ratio_get_p50"] = med([x["get_guarded"]["p50_us"] / x["get_unguarded"]["p50_us"] for x in runs])
     out["per_run"] = runs
     return out
 
@@ -647,6 +766,12 @@ def verdicts(res):
             top["rss_kib"] <= 16 * 1024)
         add(f"start-up with {top['leases']} leases to READY=1 (s)", top["start_to_ready_s"], "<= 1",
             top["start_to_ready_s"] <= 1)
+    g = res.get("guard")
+    if g and "ratio_bind_p50" in g:
+        add("guard: unrelated bind() p50, guarded / plain cgroup", g["ratio_bind_p50"], "<= 1.1 (noise)",
+            g["ratio_bind_p50"] <= 1.1)
+        add("guard: repeat get p50, guarded / unguarded brokerd", g["ratio_get_p50"], "<= 1.1 (none)",
+            g["ratio_get_p50"] <= 1.1)
     f = res.get("fsync")
     if f:
         n = f["repeat_get"]["fsync"] + f["repeat_get"]["fdatasync"]
@@ -671,6 +796,18 @@ def markdown(res, plots):
         c = h["first_get"]
         L += ["", f"First get (lease creation: bind + durable commit), {c['n']} leases: "
               f"p50 {c['p50_us']} µs, p99 {c['p99_us']} µs.", ""]
+    g = res.get("guard")
+    if g and "ratio_bind_p50" in g:
+        L += ["## Bind guard: what it costs", "",
+              f"Medians over {g['runs']} runs; the guarded brokerd holds {g['leases']} leases "
+              f"({g['guard']}).", "",
+              "| measurement | without the guard | with the guard | ratio |", "| --- | --- | --- | --- |",
+              f"| unrelated socket()+bind()+close(), p50 ns (plain vs guarded cgroup) | {g['bind_plain']['p50_ns']} | "
+              f"{g['bind_guarded']['p50_ns']} | {g['ratio_bind_p50']}× |",
+              f"| repeat get p50 µs (--no-guard vs guarded brokerd) | {g['get_unguarded']['p50_us']} | "
+              f"{g['get_guarded']['p50_us']} | {g['ratio_get_p50']}× |", ""]
+    elif g:
+        L += ["## Bind guard: what it costs", "", f"Skipped: {g.get('skipped')}.", ""]
     r = res.get("restart")
     if r:
         L += [f"## Restart under load: {r['rate']} connections/s for {r['duration_s']} s, {r['kills']} SIGKILL "
@@ -755,7 +892,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=str(HERE.parent / "build"))
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--parts", default="1,2,3,4,5",
+    ap.add_argument("--binds", type=int, default=20000, help="guard: unrelated binds per run per cgroup")
+    ap.add_argument("--guard-leases", type=int, default=1000, help="guard: leases the guarded brokerd holds")
+    ap.add_argument("--parts", default="1,2,3,4,5,6",
                     help="comma-separated: 1 hand-off, 2 restart, 3 scale, 4 fsync, 5 breakdown")
     ap.add_argument("--breakdown-gets", type=int, default=2000, help="breakdown: gets per measurement")
     ap.add_argument("--brokerd", help="brokerd binary to measure (default: BUILD/brokerd)")
@@ -775,6 +914,7 @@ def main():
     if a.quick:
         a.runs, a.gets, a.creates, a.duration, a.kills, a.scale, a.conns = 2, 1000, 50, 4, 3, "1,100", 50
         a.breakdown_gets = 500
+        a.binds, a.guard_leases = 5000, 100
     Broker.brokerd = str(Path(a.brokerd).resolve()) if a.brokerd else None
     a.scale = [int(x) for x in a.scale.split(",")]
     a.build = str(Path(a.build).resolve())
@@ -788,6 +928,10 @@ def main():
     res = {"measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": os.uname().release,
            "cpus": os.cpu_count(), "args": {k: v for k, v in vars(a).items()}}
     t_start = time.monotonic()
+    global GUARD
+    GUARD = GuardPlace(wd)
+    if not GUARD.ok:
+        log(f"no bind guard in this run ({GUARD.why}): brokerd runs with --no-guard, part 6 is skipped")
     try:
         if parts & {"1", "4", "5"}:
             b, raw = handoff_servers(a, wd)
@@ -808,6 +952,8 @@ def main():
             res["scale"] = part_scale(a, wd)
         if "2" in parts:
             res["restart"] = part_restart(a, wd)
+        if "6" in parts:
+            res["guard"] = part_guard(a, wd)
         plots = plot(res, outdir, wd) if shutil.which("gnuplot") else []
         if "2" in parts and not plots:
             log("no plot: gnuplot missing (apt-get install gnuplot-nox) or it failed")
@@ -821,6 +967,7 @@ def main():
         (outdir / "latest.md").write_text(markdown(res, plots))
         print((outdir / "latest.md").read_text())
     finally:
+        GUARD.close()
         if os.environ.get("PB_BENCH_KEEP"):
             log(f"work dir kept: {wd}")
         else:
