@@ -212,6 +212,8 @@ class Broker:
         return self.proc.pid
 
     def stop(self):
+        """Stops brokerd and removes its bind guard: a stopped brokerd's
+        guard keeps its leases from everyone, the next part's brokerd too."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -219,6 +221,8 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if "--guard-dir" in self.args:
+            shutil.rmtree(self.args[self.args.index("--guard-dir") + 1], ignore_errors=True)
 
     def portctl(self, *args):
         return subprocess.run([f"{self.build}/portctl", "--socket", self.control, *map(str, args)],
