@@ -237,7 +237,7 @@ static bool take_passed_socket(struct broker *b, struct lease *l) {
         return true;
 }
 
-/* A lease from the database: into the table and the guard's map. */
+/* A lease from the database: into the table. */
 static int load_lease(const struct store_lease *sl, void *userdata) {
         struct broker *b = userdata;
         struct lease *l = lease_new();
@@ -253,14 +253,21 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         /* Only a socket of this boot can still be held somewhere. */
         l->adopt_cookie = strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0;
         r = lease_table_add(&b->leases, l);
-        if (r < 0) {
-                lease_free(l);
-                return r;
-        }
-        r = guard_add(&b->guard, &l->endpoint);
         if (r < 0)
-                log_msg(LOG_ERR, "cannot guard lease %llu (%s): %s", (unsigned long long) l->id, l->text, strerror(-r));
+                lease_free(l);
         return r;
+}
+
+/* The guard put port in ip_local_reserved_ports (ours) or took it out. */
+static int record_reserved(unsigned port, bool ours, void *userdata) {
+        struct broker *b = userdata;
+
+        return store_reserved_set(b->store, port, ours);
+}
+
+static int note_reserved(unsigned port, void *userdata) {
+        guard_note_reserved(userdata, port);
+        return 0;
 }
 
 /* Once the guard covers every lease: each lease's socket taken back from
@@ -373,7 +380,14 @@ static int store_setup(struct broker *b) {
                 log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
                 return r;
         }
-        guard_arm(&b->guard);
+        r = store_reserved_load(b->store, note_reserved, &b->guard);
+        if (r < 0) {
+                log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
+                return r;
+        }
+        b->guard.record_reserved = record_reserved;
+        b->guard.userdata = b;
+        guard_arm(&b->guard, &b->leases, b->opt.max_leases);
         restore_lease_sockets(b);
         fdstore_drop_unclaimed(b);
         return 0;
@@ -401,7 +415,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
         }
         r = loop_setup(b);
         if (r >= 0)
-                r = guard_open(&b->guard, &b->opt.guard, b->opt.max_leases);
+                r = guard_open(&b->guard, &b->opt.guard);
         if (r >= 0)
                 r = fdstore_take(b);
         if (r >= 0)

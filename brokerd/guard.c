@@ -21,6 +21,7 @@
 #include <linux/magic.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -29,7 +30,9 @@
 
 #include "bpf/bind-guard.h"
 #include "fd-util.h"
+#include "lease.h"
 #include "log.h"
+#include "reserved.h"
 #include "sockopt.h"
 
 /* The compiled programs, embedded: what runs is what this brokerd was built with. */
@@ -68,7 +71,40 @@ static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap
         return 0;
 }
 
-/* Turns the guard off for good with why (printf-style), logged once. */
+/* Removes the links pinned in our guard directory, unless another brokerd
+ * holds it: a guard we do not run would go on refusing binds of the leases
+ * it knew, our own binds included, from a map nobody updates. */
+static void drop_pins(struct guard *g) {
+        static const char *const names[] = { "bind4", "bind6", "bind4-new", "bind6-new" };
+        struct statfs sfs;
+        unsigned n = 0;
+
+        if (g->dir_fd < 0) {
+                g->dir_fd = open(g->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (g->dir_fd < 0 || fstatfs(g->dir_fd, &sfs) < 0 || sfs.f_type != BPF_FS_MAGIC ||
+                    flock(g->dir_fd, LOCK_EX | LOCK_NB) < 0) {
+                        g->dir_fd = safe_close(g->dir_fd);
+                        return;
+                }
+        }
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                char path[64];
+                _cleanup_close_ int link_fd = -1;
+
+                /* Detached first: the last reference's release is deferred. */
+                snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", g->dir_fd, names[i]);
+                link_fd = bpf_obj_get(path);
+                if (link_fd >= 0)
+                        (void) bpf_link_detach(link_fd);
+                n += unlinkat(g->dir_fd, names[i], 0) == 0;
+        }
+        if (n)
+                log_event(LOG_NOTICE, "guard", &no_fields, "removed the bind guard pinned in %s: nothing would "
+                          "update it", g->dir);
+}
+
+/* Turns the guard off for good with why (printf-style), logged once, and
+ * removes what an earlier brokerd (or this one, half-way) pinned. */
 static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, const char *fmt, ...) {
         va_list ap;
 
@@ -78,6 +114,10 @@ static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, con
         va_end(ap);
         log_event(LOG_WARNING, "guard", &no_fields, "bind guard off: %s; a leased port is kept from others only "
                   "while brokerd or a holder has its socket open", g->state);
+        drop_pins(g);
+        bpf_object__close(g->obj);
+        g->obj = NULL;
+        g->leases_fd = g->allowed_fd = -1;
 }
 
 /* The mount point of the cgroup v2 hierarchy (unified, or beside v1 as
@@ -158,17 +198,18 @@ void guard_init(struct guard *g) {
         *g = (struct guard) { .leases_fd = -1, .allowed_fd = -1, .dir_fd = -1, .cgroup_fd = -1 };
 }
 
-int guard_open(struct guard *g, const struct guard_options *o, unsigned max_leases) {
+int guard_open(struct guard *g, const struct guard_options *o) {
         const char *dir = o->dir ? o->dir : GUARD_DEFAULT_DIR;
         char cgroup[PATH_MAX];
         struct statfs sfs;
-        struct bpf_map *leases;
         int r;
 
         guard_init(g);
+        snprintf(g->dir, sizeof(g->dir), "%s", dir);
         if (o->off) {
                 snprintf(g->state, sizeof(g->state), "--no-guard");
                 log_event(LOG_NOTICE, "guard", &no_fields, "bind guard off (--no-guard)");
+                drop_pins(g);
                 return 0;
         }
         if (o->cgroup)
@@ -201,19 +242,30 @@ int guard_open(struct guard *g, const struct guard_options *o, unsigned max_leas
                 guard_off(g, "cannot read the guard's BPF object: %s", strerror(errno));
                 return 0;
         }
-        leases = bpf_object__find_map_by_name(g->obj, "leases");
-        r = leases ? bpf_map__set_max_entries(leases, max_leases * GUARD_KEYS_MAX + GUARD_MAP_SLACK) : -ENOENT;
-        if (r >= 0)
-                r = bpf_object__load(g->obj);
-        if (r < 0) {
-                guard_off(g, "the kernel refused the guard's BPF programs: %s (they need CAP_BPF and "
-                          "CAP_NET_ADMIN, and Linux 5.18)", strerror(-r));
+        g->ours = calloc(1, sizeof(*g->ours));
+        if (!g->ours) {
+                guard_off(g, "out of memory");
                 return 0;
         }
-        g->leases_fd = bpf_map__fd(leases);
-        g->allowed_fd = bpf_object__find_map_fd_by_name(g->obj, "allowed");
         snprintf(g->state, sizeof(g->state), "on: cgroup %s, pinned in %s", cgroup, dir);
         return 0;
+}
+
+/* Loads the programs with a map sized for n leases. Returns 0 or -errno. */
+static int load(struct guard *g, size_t n) {
+        struct bpf_map *leases = bpf_object__find_map_by_name(g->obj, "leases");
+        int r;
+
+        if (!leases)
+                return -ENOENT;
+        r = bpf_map__set_max_entries(leases, (__u32) (n * GUARD_KEYS_MAX + GUARD_MAP_SLACK));
+        if (r >= 0)
+                r = bpf_object__load(g->obj);
+        if (r < 0)
+                return r;
+        g->leases_fd = bpf_map__fd(leases);
+        g->allowed_fd = bpf_object__find_map_fd_by_name(g->obj, "allowed");
+        return g->allowed_fd < 0 ? -ENOENT : 0;
 }
 
 /* The keys a lease on e needs (see bpf/bind-guard.h). Returns how many. */
@@ -263,13 +315,84 @@ static int adjust(int map_fd, const struct guard_key *k, int delta) {
         return bpf_map_update_elem(map_fd, k, &n, BPF_ANY);
 }
 
-int guard_add(struct guard *g, const struct pb_endpoint *e) {
+/* Says once that leased ports cannot be kept out of the kernel's own choice. */
+static void reserve_failed(struct guard *g, int r) {
+        if (g->reserve_failed)
+                return;
+        g->reserve_failed = true;
+        log_event(LOG_WARNING, "guard", &no_fields, "cannot keep leased ports in net.ipv4.ip_local_reserved_ports: "
+                  "%s; while no socket holds a leased port, a bind() to port 0 or an outgoing connection may "
+                  "take it", strerror(-r));
+}
+
+/* Marks port as ours or not, and has it recorded. */
+static void set_ours(struct guard *g, unsigned port, bool ours) {
+        int r;
+
+        port_set_put(g->ours, port, ours);
+        r = g->record_reserved ? g->record_reserved(port, ours, g->userdata) : 0;
+        if (r < 0)
+                log_event(LOG_WARNING, "guard", &no_fields, "cannot record that port %u is %s reserved by brokerd: "
+                          "%s", port, ours ? "" : "no longer", strerror(-r));
+}
+
+/* Keeps ports[0..n) out of the kernel's automatic choice: adds those not
+ * reserved yet to ip_local_reserved_ports, as ours. */
+static void reserve_ports(struct guard *g, const uint16_t *ports, size_t n) {
+        struct port_set *now = malloc(sizeof(*now)), *added = calloc(1, sizeof(*added));
+        bool changed = false;
+        int r = now && added ? reserved_read(now) : -ENOMEM;
+
+        for (size_t i = 0; i < n && r >= 0; i++)
+                if (!port_set_has(now, ports[i])) {
+                        port_set_put(now, ports[i], true);
+                        port_set_put(added, ports[i], true);
+                        changed = true;
+                }
+        if (r >= 0 && changed)
+                r = reserved_write(now);
+        if (r < 0)
+                reserve_failed(g, r);
+        else
+                for (unsigned port = 1; changed && port < 65536; port++)
+                        if (port_set_has(added, port))
+                                set_ours(g, port, true);
+        free(now);
+        free(added);
+}
+
+/* Takes the ports of ours that no lease needs (drop) out of
+ * ip_local_reserved_ports. */
+static void unreserve_ports(struct guard *g, const struct port_set *drop) {
+        struct port_set *now = malloc(sizeof(*now));
+        int r = now ? reserved_read(now) : -ENOMEM;
+
+        for (unsigned port = 1; port < 65536 && r >= 0; port++)
+                if (port_set_has(drop, port))
+                        port_set_put(now, port, false);
+        if (r >= 0)
+                r = reserved_write(now);
+        if (r < 0)
+                log_event(LOG_WARNING, "guard", &no_fields, "cannot take released ports out of "
+                          "net.ipv4.ip_local_reserved_ports: %s", strerror(-r));
+        else
+                for (unsigned port = 1; port < 65536; port++)
+                        if (port_set_has(drop, port))
+                                set_ours(g, port, false);
+        free(now);
+}
+
+void guard_note_reserved(struct guard *g, unsigned port) {
+        if (g->ours)
+                port_set_put(g->ours, port, true);
+}
+
+/* Adds e's keys to the map. Returns 0 or -errno (nothing changed). */
+static int map_add(struct guard *g, const struct pb_endpoint *e) {
         struct guard_key keys[GUARD_KEYS_MAX];
         size_t n, i;
         int r = 0;
 
-        if (g->leases_fd < 0)
-                return 0;
         n = keys_of(g, e, keys);
         for (i = 0; i < n && r >= 0; i++)
                 r = adjust(g->leases_fd, &keys[i], +1);
@@ -279,17 +402,38 @@ int guard_add(struct guard *g, const struct pb_endpoint *e) {
         return r;
 }
 
-void guard_remove(struct guard *g, const struct pb_endpoint *e) {
+int guard_add(struct guard *g, const struct pb_endpoint *e) {
+        int r;
+
+        if (!g->on)
+                return 0;
+        r = map_add(g, e);
+        if (r >= 0)
+                reserve_ports(g, &e->port_lo, 1);
+        return r;
+}
+
+void guard_remove(struct guard *g, const struct pb_endpoint *e, bool port_still_leased) {
         struct guard_key keys[GUARD_KEYS_MAX];
+        struct port_set *drop;
         size_t n;
 
-        if (g->leases_fd < 0)
+        if (!g->on)
                 return;
         n = keys_of(g, e, keys);
         for (size_t i = 0; i < n; i++)
                 if (adjust(g->leases_fd, &keys[i], -1) < 0)
                         log_event(LOG_ERR, "error", &no_fields, "bind guard: cannot drop a key of a released "
                                   "lease on port %u", (unsigned) e->port_lo);
+        /* Only a reservation we added: an admin's own stays. */
+        if (port_still_leased || !port_set_has(g->ours, e->port_lo))
+                return;
+        drop = calloc(1, sizeof(*drop));
+        if (!drop)
+                return;
+        port_set_put(drop, e->port_lo, true);
+        unreserve_ports(g, drop);
+        free(drop);
 }
 
 /* Points hook h's pinned link at prog_fd: the link an earlier brokerd
@@ -299,19 +443,18 @@ static int attach(struct guard *g, const struct hook *h, int prog_fd, uint64_t c
         char path[64], tmp[64], tmp_name[32];
         struct bpf_link_info info = {};
         __u32 len = sizeof(info);
-        _cleanup_close_ int link_fd = -1;
+        _cleanup_close_ int link_fd = -1, old_fd = -1;
         int r;
 
         /* Paths through our handle on the directory: it cannot be swapped under us. */
         snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", g->dir_fd, h->pin);
         snprintf(tmp_name, sizeof(tmp_name), "%s-new", h->pin);  /* bpffs refuses dots */
         snprintf(tmp, sizeof(tmp), "/proc/self/fd/%d/%s", g->dir_fd, tmp_name);
-        link_fd = bpf_obj_get(path);
-        if (link_fd >= 0 && bpf_obj_get_info_by_fd(link_fd, &info, &len) >= 0 && info.type == BPF_LINK_TYPE_CGROUP &&
+        old_fd = bpf_obj_get(path);
+        if (old_fd >= 0 && bpf_obj_get_info_by_fd(old_fd, &info, &len) >= 0 && info.type == BPF_LINK_TYPE_CGROUP &&
             info.cgroup.cgroup_id == cgroup_id && info.cgroup.attach_type == h->type &&
-            bpf_link_update(link_fd, prog_fd, NULL) >= 0)
+            bpf_link_update(old_fd, prog_fd, NULL) >= 0)
                 return 0;
-        link_fd = safe_close(link_fd);
         link_fd = bpf_link_create(prog_fd, g->cgroup_fd, h->type, NULL);
         if (link_fd < 0)
                 return link_fd;
@@ -319,18 +462,39 @@ static int attach(struct guard *g, const struct hook *h, int prog_fd, uint64_t c
         r = bpf_obj_pin(link_fd, tmp);
         if (r >= 0 && renameat(g->dir_fd, tmp_name, g->dir_fd, h->pin) < 0)
                 r = -errno;
+        /* An earlier link on another cgroup (or a dead one): detached now,
+         * not whenever its last reference's deferred release comes. */
+        if (r >= 0 && old_fd >= 0)
+                (void) bpf_link_detach(old_fd);
         return r;
 }
 
-int guard_arm(struct guard *g) {
+int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases) {
+        struct port_set *stale;
+        uint16_t *ports;
         struct stat st;
+        int r;
 
-        if (!g->obj || fstat(g->cgroup_fd, &st) < 0)
+        if (!g->obj)
                 return 0;
+        /* Room for every lease the database holds, even past --max-leases. */
+        r = load(g, t->n > max_leases ? t->n : max_leases);
+        if (r < 0) {
+                guard_off(g, "the kernel refused the guard's BPF programs: %s (they need CAP_BPF and "
+                          "CAP_NET_ADMIN, and Linux 5.18)", strerror(-r));
+                return 0;
+        }
+        for (size_t i = 0; i < t->n && r >= 0; i++)
+                r = map_add(g, &t->by_id[i]->endpoint);
+        if (r >= 0 && fstat(g->cgroup_fd, &st) < 0)
+                r = -errno;
+        if (r < 0) {
+                guard_off(g, "cannot fill its map: %s", strerror(-r));
+                return 0;
+        }
         for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++) {
                 struct bpf_program *p = bpf_object__find_program_by_name(g->obj, hooks[i].prog);
-                int r = p ? attach(g, &hooks[i], bpf_program__fd(p), (uint64_t) st.st_ino) : -ENOENT;
-
+                r = p ? attach(g, &hooks[i], bpf_program__fd(p), (uint64_t) st.st_ino) : -ENOENT;
                 if (r < 0) {
                         guard_off(g, "cannot attach its %s program: %s", hooks[i].pin, strerror(-r));
                         return 0;
@@ -338,6 +502,23 @@ int guard_arm(struct guard *g) {
         }
         g->on = true;
         log_event(LOG_INFO, "guard", &no_fields, "bind guard %s", g->state);
+        /* Every leased port reserved; ours that no lease needs any more not. */
+        ports = calloc(t->n ? t->n : 1, sizeof(*ports));
+        stale = malloc(sizeof(*stale));
+        if (!ports || !stale)
+                reserve_failed(g, -ENOMEM);
+        else {
+                *stale = *g->ours;
+                for (size_t i = 0; i < t->n; i++) {
+                        ports[i] = t->by_id[i]->endpoint.port_lo;
+                        port_set_put(stale, ports[i], false);
+                }
+                reserve_ports(g, ports, t->n);
+                if (memcmp(stale, &(struct port_set) { { 0 } }, sizeof(*stale)) != 0)
+                        unreserve_ports(g, stale);
+        }
+        free(ports);
+        free(stale);
         return 0;
 }
 
@@ -359,6 +540,8 @@ int guard_bind(const struct guard *g, int fd, const struct sockaddr *sa, socklen
 }
 
 void guard_close(struct guard *g) {
+        free(g->ours);
+        g->ours = NULL;
         bpf_object__close(g->obj);
         g->obj = NULL;
         g->leases_fd = g->allowed_fd = -1;

@@ -17,6 +17,8 @@
 
 #include "endpoint.h"
 
+struct lease_table;
+
 #define GUARD_DEFAULT_DIR "/sys/fs/bpf/portbroker"
 
 struct guard_options {
@@ -26,6 +28,7 @@ struct guard_options {
 };
 
 struct bpf_object;
+struct port_set;
 
 struct guard {
         bool on;                        /* the programs are attached and follow our map */
@@ -35,28 +38,45 @@ struct guard {
         int allowed_fd;                 /* map of socket cookies brokerd is binding (owned by obj) */
         int dir_fd;                     /* the pin directory, locked against a second brokerd */
         int cgroup_fd;                  /* the cgroup the programs attach to */
+        char dir[PATH_MAX];             /* the pin directory */
         uint64_t netns;                 /* our network namespace's cookie */
+        struct port_set *ours;          /* ports brokerd put in ip_local_reserved_ports */
+        bool reserve_failed;            /* that sysctl cannot be written: said once */
+        /* Told when a port becomes one of ours or stops being one (ours),
+         * to keep that in the database; NULL: nobody. Returns 0 or -errno. */
+        int (*record_reserved)(unsigned port, bool ours, void *userdata);
+        void *userdata;
 };
 
 /* An unopened guard: off, no handles (what guard_close() accepts). */
 void guard_init(struct guard *g);
 
-/* Loads the programs with an empty map sized for max_leases, not attached
- * yet. Returns 0 (g->on says whether the guard works; when not, g->state
- * says why, logged once), or -EBUSY when another brokerd uses o->dir. */
-int guard_open(struct guard *g, const struct guard_options *o, unsigned max_leases);
+/* Checks what the guard needs and locks its directory; nothing is loaded
+ * yet. Returns 0 (when the guard cannot be had, g->state says why, logged
+ * once, and a guard an earlier brokerd pinned in its directory is removed:
+ * nothing would update it), or -EBUSY when another brokerd uses o->dir. */
+int guard_open(struct guard *g, const struct guard_options *o);
 
-/* Guards endpoint e (one more lease needs it). Returns 0 or -errno
- * (nothing changed). A no-op when off. */
+/* Notes that brokerd put port in ip_local_reserved_ports before (as the
+ * database says), so that a release takes it out again. Before guard_arm(). */
+void guard_note_reserved(struct guard *g, unsigned port);
+
+/* Guards endpoint e (one more lease needs it): refuses others' bind() of
+ * it and keeps its port in net.ipv4.ip_local_reserved_ports, out of the
+ * kernel's own choice of a port. Returns 0 or -errno (nothing changed; a
+ * sysctl that cannot be written is only said, once). A no-op when off. */
 int guard_add(struct guard *g, const struct pb_endpoint *e);
 
-/* Stops guarding e for one lease (the port is free once no lease needs it). */
-void guard_remove(struct guard *g, const struct pb_endpoint *e);
+/* Stops guarding e for one lease (the endpoint is free once no lease needs
+ * it); unless port_still_leased, takes its port out of the reserved ports
+ * when we put it there. */
+void guard_remove(struct guard *g, const struct pb_endpoint *e, bool port_still_leased);
 
-/* Attaches the programs: takes the pinned links over (an earlier brokerd's)
- * or creates and pins them. Call after every lease was added. Returns 0;
- * on failure the guard is off, logged. */
-int guard_arm(struct guard *g);
+/* Loads the programs with a map of every lease in t (room for max_leases,
+ * or more when t holds more) and attaches them: takes the pinned links over
+ * (an earlier brokerd's) or creates and pins them. Call before binding
+ * anything. Returns 0; on failure the guard is off, logged. */
+int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases);
 
 /* bind() of fd to sa past the guard: brokerd's own sockets. Returns 0 or -errno. */
 int guard_bind(const struct guard *g, int fd, const struct sockaddr *sa, socklen_t len);

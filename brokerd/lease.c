@@ -296,6 +296,13 @@ void lease_table_remove(struct lease_table *t, struct lease *l) {
         }
 }
 
+bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
+        for (size_t i = 0; i < t->n; i++)
+                if (t->by_id[i]->endpoint.port_lo == port)
+                        return true;
+        return false;
+}
+
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
         size_t n = 0;
 

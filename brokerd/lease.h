@@ -109,6 +109,9 @@ size_t lease_table_after(const struct lease_table *t, uint64_t after_id);
 /* Removes l from the table (does not free it). */
 void lease_table_remove(struct lease_table *t, struct lease *l);
 
+/* Whether some lease in t is on port (any transport or address). */
+bool lease_table_has_port(const struct lease_table *t, uint16_t port);
+
 /* Number of leases owned by uid. */
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid);
 

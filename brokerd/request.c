@@ -131,7 +131,7 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         }
         r = lease_bind(&b->guard, e, b->backlog, &sock_fd);
         if (r < 0) {
-                guard_remove(&b->guard, e);
+                guard_remove(&b->guard, e, lease_table_has_port(&b->leases, e->port_lo));
                 proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
                                 r == -EADDRINUSE ? " (another socket holds the port)" : "");
                 log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
@@ -139,7 +139,7 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         }
         l = get_record(c, req, reply, text, sock_fd);
         if (!l) {
-                guard_remove(&b->guard, e);
+                guard_remove(&b->guard, e, lease_table_has_port(&b->leases, e->port_lo));
                 return NULL;
         }
         broker_lease_bound(b, l);
@@ -253,7 +253,7 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         }
         lease_table_remove(&b->leases, l);
         fdstore_remove(b, l->id);
-        guard_remove(&b->guard, &l->endpoint);
+        guard_remove(&b->guard, &l->endpoint, lease_table_has_port(&b->leases, l->endpoint.port_lo));
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
         lease_free(l);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;

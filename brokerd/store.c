@@ -39,6 +39,9 @@ enum stmt {
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
         ST_CHECKPOINT,
+        ST_RESERVED_ADD,
+        ST_RESERVED_REMOVE,
+        ST_RESERVED,
         _ST_MAX,
 };
 
@@ -62,6 +65,9 @@ static const char *const stmt_sql[_ST_MAX] = {
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
         [ST_CHECKPOINT] = "PRAGMA wal_checkpoint(PASSIVE)",
+        [ST_RESERVED_ADD] = "INSERT OR IGNORE INTO reserved_ports (port) VALUES (?)",
+        [ST_RESERVED_REMOVE] = "DELETE FROM reserved_ports WHERE port = ?",
+        [ST_RESERVED] = "SELECT port FROM reserved_ports ORDER BY port",
 };
 
 static const char schema_v1[] =
@@ -91,6 +97,13 @@ static const char schema_v1[] =
         "  endpoint TEXT,"
         "  detail TEXT);"
         "PRAGMA user_version = 1;";
+
+/* Version 2: the ports brokerd put in net.ipv4.ip_local_reserved_ports
+ * (the bind guard), so that a release takes out only its own. */
+static const char schema_v2[] =
+        "CREATE TABLE reserved_ports ("
+        "  port INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535));"
+        "PRAGMA user_version = 2;";
 
 struct store {
         sqlite3 *db;
@@ -368,6 +381,31 @@ static int column_endpoint(sqlite3_stmt *st, int col, bool pattern, struct pb_en
         return endpoint_decode(sqlite3_column_blob(st, col), pattern, ret);
 }
 
+int store_reserved_set(struct store *s, unsigned port, bool ours) {
+        enum stmt k = ours ? ST_RESERVED_ADD : ST_RESERVED_REMOVE;
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(s->stmt[k], 1, port);
+        r = write_pending(s);
+        if (r >= 0)
+                r = run(s, k);
+        return tx_end(s, r);
+}
+
+int store_reserved_load(struct store *s, int (*fn)(unsigned port, void *userdata), void *userdata) {
+        sqlite3_stmt *st = s->stmt[ST_RESERVED];
+        int rc, r = 0;
+
+        while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW)
+                r = fn((unsigned) sqlite3_column_int64(st, 0), userdata);
+        if (r >= 0 && rc != SQLITE_DONE)
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
 int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void *userdata), void *userdata) {
         sqlite3_stmt *st = s->stmt[ST_RULES];
         int rc, r = 0;
@@ -468,9 +506,10 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
         if (version == STORE_SCHEMA_VERSION)
                 return 0;
 
-        /* version 0: a new database. Later migrations go here, one step each. */
+        /* One step per version, from the one found (0: a new database). */
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
-            sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK ||
+            (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK) ||
+            (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &msg) != SQLITE_OK) ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
                 snprintf(errbuf, errlen, "cannot create schema: %s", msg ? msg : sqlite3_errmsg(db));
                 sqlite3_free(msg);

@@ -13,7 +13,7 @@
 
 #include "proto.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
@@ -70,6 +70,14 @@ int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const 
 
 /* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);
+
+/* Durable: records that brokerd put port in net.ipv4.ip_local_reserved_ports
+ * (ours) or took it out. Returns 0 or -errno. */
+int store_reserved_set(struct store *s, unsigned port, bool ours);
+
+/* Calls fn for every port recorded by store_reserved_set(); a negative
+ * return stops and is returned. */
+int store_reserved_load(struct store *s, int (*fn)(unsigned port, void *userdata), void *userdata);
 
 /* Calls fn for every rule / lease in id order; a negative return stops and is returned. */
 int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void *userdata), void *userdata);

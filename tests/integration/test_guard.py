@@ -321,3 +321,109 @@ def test_status_says_when_the_guard_is_off(make_broker):
     broker.portctl("get", "tcp:9500", uid=U1)
     assert "bind guard off: --no-guard" in broker.portctl("status").stdout.splitlines()[0]
     assert broker.portctl("status", json=True).json[0]["guarded"] is False
+
+
+def test_a_guard_nobody_runs_is_removed(make_broker, procs):
+    """A brokerd that starts without the guard (--no-guard here; a kernel
+    that refuses BPF alike) removes the one an earlier brokerd pinned in its
+    guard directory: its frozen map would refuse brokerd's own binds."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:9600", "--user", U1)
+    broker.portctl("get", "tcp:9600", uid=U1)
+    broker.kill9()
+    broker.args = ["--no-guard", "--guard-dir", broker.guard_dir]
+    broker.start()
+    assert any(f"removed the bind guard pinned in {broker.guard_dir}" in l for l in broker.events("guard")), \
+        broker.log()
+    assert os.listdir(broker.guard_dir) == []
+    assert broker.events("rebind"), broker.log()         # its own bind was not refused
+    broker.portctl("release", "tcp:9600", uid=U1)
+    assert attack(procs, [["tcp", "127.0.0.1", 9600, False, 0]])[0]["wins"] == 1
+
+
+def test_more_leases_than_max_leases_are_all_guarded(make_broker, procs):
+    """A database holding more leases than --max-leases (lowered since):
+    the guard's map makes room for all of them."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:9700-9704", "--user", U1)
+    for port in range(9700, 9705):
+        broker.portctl("get", f"tcp:{port}", uid=U1)
+    broker.stop()
+    broker.args += ["--max-leases", "1"]
+    broker.start()
+    assert any("bind guard on" in l for l in broker.events("guard")), broker.log()
+    broker.kill9()
+    got = attack(procs, [["tcp", "127.0.0.1", port, True, 0] for port in range(9700, 9705)])
+    assert all(r["wins"] == 0 for r in got), got
+    broker.start()
+
+
+# Lets the kernel choose the local port, confined to [port, port] with
+# IP_LOCAL_PORT_RANGE, each way it does: bind() to port 0, listen(),
+# connect() and sendto() on an unbound socket. Prints one JSON list: per
+# way, the port got, or the errno.
+AUTOBIND = r"""
+import json, socket, struct, sys
+port, target = int(sys.argv[1]), int(sys.argv[2])
+out = {}
+for way, typ in (("bind0", "tcp"), ("bind0", "udp"), ("listen", "tcp"), ("connect", "tcp"), ("sendto", "udp")):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if typ == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", port | port << 16))     # IP_LOCAL_PORT_RANGE
+    try:
+        if way == "bind0":
+            s.bind(("127.0.0.1", 0))
+        elif way == "listen":
+            s.listen()
+        elif way == "connect":
+            s.connect(("127.0.0.1", target))
+        else:
+            s.sendto(b"x", ("127.0.0.1", target))
+        out[f"{way}-{typ}"] = s.getsockname()[1]
+    except OSError as e:
+        out[f"{way}-{typ}"] = f"errno {e.errno}"
+    s.close()
+print(json.dumps(out))
+"""
+
+
+def reserved_ports():
+    return Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text().strip()
+
+
+def autobind(procs, port, target):
+    p = procs.spawn([PYTHON, "-c", AUTOBIND, str(port), str(target)], uid=U2, name="autobind")
+    assert p.wait(timeout=30) == 0, p.stderr()
+    return json.loads(p.output().strip().splitlines()[-1])
+
+
+def test_the_kernel_never_picks_a_leased_port_for_anyone(make_broker, procs):
+    """bind() to port 0, listen(), connect() and sendto() on an unbound
+    socket let the kernel choose the port, and the guard's bind programs do
+    not see that choice. brokerd keeps leased ports in
+    net.ipv4.ip_local_reserved_ports, which every such choice skips: with
+    brokerd killed and nothing holding the ports, another uid that narrows
+    its range to the leased port (IP_LOCAL_PORT_RANGE) still never gets it.
+    A release takes out the reservations brokerd made, not an admin's."""
+    Path("/proc/sys/net/ipv4/ip_local_reserved_ports").write_text("50002\n")     # the admin's own
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "50000-50002", "--user", U1)
+    broker.portctl("policy", "add", "udp:50000", "--user", U1)
+    for ep in ("udp:127.0.0.1:50000", "tcp:127.0.0.1:50001", "tcp:50002"):
+        broker.portctl("get", ep, uid=U1)
+    assert reserved_ports() == "50000-50002", reserved_ports()
+    target = socket.create_server(("127.0.0.1", 9800))
+    broker.kill9()
+    for port in (50000, 50001):
+        got = autobind(procs, port, 9800)
+        assert port not in got.values(), got
+    # The same attack wins on a port no lease holds.
+    assert 50003 in autobind(procs, 50003, 9800).values()
+
+    broker.start()
+    for ep in ("udp:127.0.0.1:50000", "tcp:127.0.0.1:50001", "tcp:50002"):
+        broker.portctl("release", ep, uid=U1)
+    assert reserved_ports() == "50002", reserved_ports()         # brokerd's went, the admin's stayed
+    target.close()

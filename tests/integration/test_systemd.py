@@ -415,6 +415,9 @@ def test_socket_activation_under_systemd_pid1(pid1):
     mounts = {l.split()[4]: l.split()[5].split(",") for l in
               pid1.run("cat", f"/proc/{main}/mountinfo").stdout.splitlines()}
     assert "ro" in mounts["/sys"] and "ro" in mounts["/proc/sys"] and "rw" in mounts["/sys/fs/bpf"], mounts
+    assert "rw" in mounts["/proc/sys/net/ipv4/ip_local_reserved_ports"], mounts
+    assert "cannot keep leased ports" not in pid1.log(), pid1.diagnostics()
+    assert "8080" in pid1.run("cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").stdout
     assert "bind guard on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker" in pid1.log(), \
         pid1.diagnostics()
 

@@ -193,6 +193,55 @@ static void test_newer_schema_refused(void **state) {
         assert_non_null(strstr(err, "newer"));
 }
 
+static int collect_port(unsigned port, void *userdata) {
+        unsigned *out = userdata;
+
+        out[out[0] == 0 ? 0 : 1] = port;
+        return 0;
+}
+
+/* A version 1 database (before the bind guard) gets the reserved_ports
+ * table and keeps its leases; the ports recorded survive a reopen. */
+static void test_v1_migrated_and_reserved_ports_kept(void **state) {
+        struct store *s;
+        struct store_lease loaded[2] = { { 0 } };
+        unsigned ports[2] = { 0, 0 };
+        sqlite3 *db;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db,
+                "CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT, principal_kind INTEGER NOT NULL, "
+                "principal_id INTEGER NOT NULL, principal_unit TEXT NOT NULL DEFAULT '', pattern BLOB NOT NULL, "
+                "pattern_text TEXT NOT NULL, created INTEGER NOT NULL, created_by INTEGER NOT NULL);"
+                "CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint BLOB NOT NULL UNIQUE, "
+                "endpoint_text TEXT NOT NULL, owner_uid INTEGER NOT NULL, created INTEGER NOT NULL, "
+                "socket_cookie INTEGER NOT NULL DEFAULT 0, boot_id TEXT NOT NULL DEFAULT '');"
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, time_us INTEGER NOT NULL, event TEXT NOT NULL, "
+                "peer_uid INTEGER, peer_pid INTEGER, endpoint TEXT, detail TEXT);"
+                "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created) VALUES "
+                "(x'060027102710000000000000000000000000000000000000', 'tcp:10000', 4242, 1);"
+                "PRAGMA user_version = 1;", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+
+        s = open_ok();
+        assert_int_equal(sql_int("PRAGMA user_version"), 2);
+        assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
+        assert_int_equal(loaded[0].owner_uid, 4242);
+        assert_int_equal(store_reserved_set(s, 50001, true), 0);
+        assert_int_equal(store_reserved_set(s, 50001, true), 0);        /* once is enough */
+        assert_int_equal(store_reserved_set(s, 50000, true), 0);
+        assert_int_equal(store_reserved_set(s, 40000, true), 0);
+        assert_int_equal(store_reserved_set(s, 40000, false), 0);
+        store_close(s);
+
+        s = open_ok();
+        assert_int_equal(store_reserved_load(s, collect_port, ports), 0);
+        assert_int_equal(ports[0], 50000);
+        assert_int_equal(ports[1], 50001);
+        assert_int_equal(sql_int("SELECT count(*) FROM reserved_ports"), 2);
+        store_close(s);
+}
+
 static void test_wal_journal(void **state) {
         struct store *s = open_ok();
 
@@ -216,6 +265,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_v1_migrated_and_reserved_ports_kept, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
