@@ -144,6 +144,21 @@ static int cgroup2_root(char *buf, size_t size) {
         return r;
 }
 
+/* Whether we have CAP_BPF and CAP_NET_ADMIN (CapEff in /proc/self/status). */
+static bool guard_capable(void) {
+        FILE *f = fopen("/proc/self/status", "re");
+        char line[256];
+        unsigned long long eff = 0;
+
+        if (!f)
+                return true;            /* cannot tell: let the kernel say */
+        while (fgets(line, sizeof(line), f))
+                if (sscanf(line, "CapEff: %llx", &eff) == 1)
+                        break;
+        fclose(f);
+        return (eff >> 39 & 1) && (eff >> 12 & 1);     /* CAP_BPF, CAP_NET_ADMIN */
+}
+
 /* Our network namespace's cookie, as the programs see it; 0 if unknown. */
 static uint64_t netns_cookie(void) {
         _cleanup_close_ int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -210,6 +225,11 @@ int guard_open(struct guard *g, const struct guard_options *o) {
                 snprintf(g->state, sizeof(g->state), "--no-guard");
                 log_event(LOG_NOTICE, "guard", &no_fields, "bind guard off (--no-guard)");
                 drop_pins(g);
+                return 0;
+        }
+        if (!guard_capable()) {
+                guard_off(g, "it needs CAP_BPF and CAP_NET_ADMIN (root has them), and brokerd runs as uid %u "
+                          "without them", (unsigned) geteuid());
                 return 0;
         }
         if (o->cgroup)

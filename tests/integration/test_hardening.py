@@ -65,6 +65,8 @@ def test_broker_without_cap_kill_serves_other_uids(make_broker):
                                   "--inh-caps", "-all"])
     status = open(f"/proc/{broker.pid}/status").read()
     assert "CapBnd:\t0000000000080400" in status, status     # NET_BIND_SERVICE (10) + SYS_PTRACE (19)
+    # Without CAP_BPF and CAP_NET_ADMIN the bind guard is off, and it says why, once.
+    assert [l for l in broker.events("guard") if "needs CAP_BPF and CAP_NET_ADMIN" in l], broker.log()
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
     broker.portctl("get", "8080", uid=U1)
     broker.portctl("status", uid=U2)
