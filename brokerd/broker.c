@@ -270,6 +270,20 @@ static int note_reserved(unsigned port, void *userdata) {
         return 0;
 }
 
+/* The guard this brokerd ran from another directory, or before it ran
+ * unguarded, is removed (the database remembers where it was). */
+static void guard_forget_earlier(struct broker *b) {
+        char last[PATH_MAX];
+        const char *now = b->guard.on ? b->guard.dir : "";
+
+        if (store_meta_get(b->store, "guard_dir", last, sizeof(last)) < 0)
+                return;
+        if (last[0] && strcmp(last, now) != 0)
+                guard_drop(last);
+        if (strcmp(last, now) != 0 && store_meta_set(b->store, "guard_dir", now) < 0)
+                log_msg(LOG_WARNING, "cannot record the bind guard's directory %s", now);
+}
+
 /* Once the guard covers every lease: each lease's socket taken back from
  * systemd's fd store, or bound again (or adopted). A busy port is an error
  * event; the lease stays, unbound, and is retried. */
@@ -388,6 +402,7 @@ static int store_setup(struct broker *b) {
         b->guard.record_reserved = record_reserved;
         b->guard.userdata = b;
         guard_arm(&b->guard, &b->leases, b->opt.max_leases);
+        guard_forget_earlier(b);
         restore_lease_sockets(b);
         fdstore_drop_unclaimed(b);
         return 0;
@@ -452,6 +467,7 @@ int broker_run(struct broker *b, int ready_fd) {
         fdstore_serve_carried(b);
         r = sd_event_loop(b->event);
         sd_notify(false, "STOPPING=1");
+        guard_reserve_leases(&b->guard, &b->leases);
         log_event(LOG_INFO, "stop", &f, "stopping; %zu leases stay recorded", b->leases.n);
         return r;
 }

@@ -71,40 +71,58 @@ static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap
         return 0;
 }
 
-/* Removes the links pinned in our guard directory, unless another brokerd
- * holds it: a guard we do not run would go on refusing binds of the leases
- * it knew, our own binds included, from a map nobody updates. */
-static void drop_pins(struct guard *g) {
+/* Detaches and removes the links pinned in directory dir_fd; path names
+ * it for the log. */
+static void unpin(int dir_fd, const char *path) {
         static const char *const names[] = { "bind4", "bind6", "bind4-new", "bind6-new" };
-        struct statfs sfs;
         unsigned n = 0;
 
-        if (g->dir_fd < 0) {
-                g->dir_fd = open(g->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (g->dir_fd < 0 || fstatfs(g->dir_fd, &sfs) < 0 || sfs.f_type != BPF_FS_MAGIC ||
-                    flock(g->dir_fd, LOCK_EX | LOCK_NB) < 0) {
-                        g->dir_fd = safe_close(g->dir_fd);
-                        return;
-                }
-        }
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-                char path[64];
+                char pin[64];
                 _cleanup_close_ int link_fd = -1;
 
                 /* Detached first: the last reference's release is deferred. */
-                snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", g->dir_fd, names[i]);
-                link_fd = bpf_obj_get(path);
+                snprintf(pin, sizeof(pin), "/proc/self/fd/%d/%s", dir_fd, names[i]);
+                link_fd = bpf_obj_get(pin);
                 if (link_fd >= 0)
                         (void) bpf_link_detach(link_fd);
-                n += unlinkat(g->dir_fd, names[i], 0) == 0;
+                n += unlinkat(dir_fd, names[i], 0) == 0;
         }
         if (n)
                 log_event(LOG_NOTICE, "guard", &no_fields, "removed the bind guard pinned in %s: nothing would "
-                          "update it", g->dir);
+                          "update it", path);
 }
 
-/* Turns the guard off for good with why (printf-style), logged once, and
- * removes what an earlier brokerd (or this one, half-way) pinned. */
+/* Opens dir when it is a guard directory: on bpffs, ours, written by nobody
+ * else. Returns the fd, or -errno. */
+static int open_guard_dir(const char *dir, struct stat *ret_st) {
+        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        struct statfs sfs;
+        int r;
+
+        if (fd < 0 || fstatfs(fd, &sfs) < 0 || fstat(fd, ret_st) < 0)
+                return -errno;
+        if (sfs.f_type != BPF_FS_MAGIC)
+                return -EMEDIUMTYPE;
+        if (ret_st->st_uid != geteuid() || (ret_st->st_mode & 0022))
+                return -EPERM;
+        r = fd;
+        fd = -1;
+        return r;
+}
+
+void guard_drop(const char *dir) {
+        struct stat st;
+        _cleanup_close_ int fd = open_guard_dir(dir, &st);
+
+        /* Not while a brokerd runs on it. */
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+                unpin(fd, dir);
+}
+
+/* Turns the guard off for good with why (printf-style), logged once. When
+ * we hold our guard directory, what this brokerd pinned half-way, or an
+ * earlier one of it left, is removed and the directory let go. */
 static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, const char *fmt, ...) {
         va_list ap;
 
@@ -114,7 +132,9 @@ static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, con
         va_end(ap);
         log_event(LOG_WARNING, "guard", &no_fields, "bind guard off: %s; a leased port is kept from others only "
                   "while brokerd or a holder has its socket open", g->state);
-        drop_pins(g);
+        if (g->dir_fd >= 0)
+                unpin(g->dir_fd, g->dir);
+        g->dir_fd = safe_close(g->dir_fd);
         bpf_object__close(g->obj);
         g->obj = NULL;
         g->leases_fd = g->allowed_fd = -1;
@@ -173,31 +193,28 @@ static uint64_t netns_cookie(void) {
 /* Opens (creating it 0700) the pin directory on bpffs and locks it.
  * Returns 0, -EBUSY (another brokerd's), or -1 with the guard off. */
 static int open_dir(struct guard *g, const char *dir) {
-        struct statfs sfs;
         struct stat st;
+        int fd;
 
         if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
                 guard_off(g, "cannot create %s: %s%s", dir, strerror(errno),
-                          errno == ENOENT ? " (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)" :
-                          errno == EACCES || errno == EPERM ? " (the guard needs root)" : "");
+                          errno == ENOENT ? " (is bpffs mounted? mount -t bpf bpf /sys/fs/bpf)" : "");
                 return -1;
         }
-        g->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (g->dir_fd < 0 || fstatfs(g->dir_fd, &sfs) < 0 || fstat(g->dir_fd, &st) < 0) {
-                guard_off(g, "cannot open %s: %s", dir, strerror(errno));
+        fd = open_guard_dir(dir, &st);
+        if (fd == -EMEDIUMTYPE || fd == -EPERM) {
+                guard_off(g, fd == -EPERM ? "%s is not ours, or others may write to it" :
+                          "%s is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)", dir);
                 return -1;
         }
-        if (sfs.f_type != BPF_FS_MAGIC) {
-                guard_off(g, "%s is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)", dir);
+        if (fd < 0) {
+                guard_off(g, "cannot open %s: %s", dir, strerror(-fd));
                 return -1;
         }
-        if (st.st_uid != geteuid() || (st.st_mode & 0022)) {
-                guard_off(g, "%s is not ours, or others may write to it", dir);
-                return -1;
-        }
-        if (flock(g->dir_fd, LOCK_EX | LOCK_NB) < 0) {
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
                 int e = errno;
 
+                safe_close(fd);
                 if (e == EWOULDBLOCK) {
                         log_msg(LOG_ERR, "another brokerd guards its leases from %s; give each brokerd its own "
                                 "--guard-dir (or run this one with --no-guard)", dir);
@@ -206,6 +223,7 @@ static int open_dir(struct guard *g, const char *dir) {
                 guard_off(g, "cannot lock %s: %s", dir, strerror(e));
                 return -1;
         }
+        g->dir_fd = fd;                 /* ours from here: guard_off() may clear it */
         return 0;
 }
 
@@ -224,7 +242,6 @@ int guard_open(struct guard *g, const struct guard_options *o) {
         if (o->off) {
                 snprintf(g->state, sizeof(g->state), "--no-guard");
                 log_event(LOG_NOTICE, "guard", &no_fields, "bind guard off (--no-guard)");
-                drop_pins(g);
                 return 0;
         }
         if (!guard_capable()) {
@@ -369,14 +386,19 @@ static void reserve_ports(struct guard *g, const uint16_t *ports, size_t n) {
                         port_set_put(added, ports[i], true);
                         changed = true;
                 }
+        /* Recorded first: a crash in between leaves a record of a port
+         * not reserved (dropped at the next start), never the reverse. */
+        for (unsigned port = 1; r >= 0 && changed && port < 65536; port++)
+                if (port_set_has(added, port))
+                        set_ours(g, port, true);
         if (r >= 0 && changed)
                 r = reserved_write(now);
-        if (r < 0)
+        if (r < 0) {
                 reserve_failed(g, r);
-        else
                 for (unsigned port = 1; changed && port < 65536; port++)
                         if (port_set_has(added, port))
-                                set_ours(g, port, true);
+                                set_ours(g, port, false);
+        }
         free(now);
         free(added);
 }
@@ -490,8 +512,6 @@ static int attach(struct guard *g, const struct hook *h, int prog_fd, uint64_t c
 }
 
 int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases) {
-        struct port_set *stale;
-        uint16_t *ports;
         struct stat st;
         int r;
 
@@ -522,12 +542,22 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
         }
         g->on = true;
         log_event(LOG_INFO, "guard", &no_fields, "bind guard %s", g->state);
-        /* Every leased port reserved; ours that no lease needs any more not. */
+        guard_reserve_leases(g, t);
+        return 0;
+}
+
+void guard_reserve_leases(struct guard *g, const struct lease_table *t) {
+        struct port_set *stale;
+        uint16_t *ports;
+
+        if (!g->on)
+                return;
         ports = calloc(t->n ? t->n : 1, sizeof(*ports));
         stale = malloc(sizeof(*stale));
         if (!ports || !stale)
                 reserve_failed(g, -ENOMEM);
         else {
+                /* Every leased port reserved; ours that no lease needs any more not. */
                 *stale = *g->ours;
                 for (size_t i = 0; i < t->n; i++) {
                         ports[i] = t->by_id[i]->endpoint.port_lo;
@@ -539,7 +569,6 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
         }
         free(ports);
         free(stale);
-        return 0;
 }
 
 int guard_bind(const struct guard *g, int fd, const struct sockaddr *sa, socklen_t len) {

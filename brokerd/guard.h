@@ -53,8 +53,7 @@ void guard_init(struct guard *g);
 
 /* Checks what the guard needs and locks its directory; nothing is loaded
  * yet. Returns 0 (when the guard cannot be had, g->state says why, logged
- * once, and a guard an earlier brokerd pinned in its directory is removed:
- * nothing would update it), or -EBUSY when another brokerd uses o->dir. */
+ * once), or -EBUSY when another brokerd uses o->dir. */
 int guard_open(struct guard *g, const struct guard_options *o);
 
 /* Notes that brokerd put port in ip_local_reserved_ports before (as the
@@ -72,11 +71,23 @@ int guard_add(struct guard *g, const struct pb_endpoint *e);
  * when we put it there. */
 void guard_remove(struct guard *g, const struct pb_endpoint *e, bool port_still_leased);
 
+/* Removes the guard pinned in dir, unless a brokerd runs on it: what this
+ * brokerd's database says it guarded from last, when that is not where it
+ * guards now (or it runs unguarded). Else that guard would go on refusing
+ * binds from a map nobody updates, our own binds included. */
+void guard_drop(const char *dir);
+
 /* Loads the programs with a map of every lease in t (room for max_leases,
  * or more when t holds more) and attaches them: takes the pinned links over
  * (an earlier brokerd's) or creates and pins them. Call before binding
  * anything. Returns 0; on failure the guard is off, logged. */
 int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases);
+
+/* Puts every port of t in ip_local_reserved_ports again (an admin's write
+ * of that sysctl replaces the whole list), and takes out ours that no lease
+ * needs. At arm, and at stop: the reservations matter most while brokerd
+ * is down. A no-op when off. */
+void guard_reserve_leases(struct guard *g, const struct lease_table *t);
 
 /* bind() of fd to sa past the guard: brokerd's own sockets. Returns 0 or -errno. */
 int guard_bind(const struct guard *g, int fd, const struct sockaddr *sa, socklen_t len);

@@ -42,6 +42,8 @@ enum stmt {
         ST_RESERVED_ADD,
         ST_RESERVED_REMOVE,
         ST_RESERVED,
+        ST_META_SET,
+        ST_META_GET,
         _ST_MAX,
 };
 
@@ -68,6 +70,8 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_RESERVED_ADD] = "INSERT OR IGNORE INTO reserved_ports (port) VALUES (?)",
         [ST_RESERVED_REMOVE] = "DELETE FROM reserved_ports WHERE port = ?",
         [ST_RESERVED] = "SELECT port FROM reserved_ports ORDER BY port",
+        [ST_META_SET] = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [ST_META_GET] = "SELECT value FROM meta WHERE key = ?",
 };
 
 static const char schema_v1[] =
@@ -98,11 +102,15 @@ static const char schema_v1[] =
         "  detail TEXT);"
         "PRAGMA user_version = 1;";
 
-/* Version 2: the ports brokerd put in net.ipv4.ip_local_reserved_ports
- * (the bind guard), so that a release takes out only its own. */
+/* Version 2, the bind guard: the ports brokerd put in
+ * net.ipv4.ip_local_reserved_ports, so that a release takes out only its
+ * own, and brokerd's own settings to remember (the guard's directory). */
 static const char schema_v2[] =
         "CREATE TABLE reserved_ports ("
         "  port INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535));"
+        "CREATE TABLE meta ("
+        "  key TEXT PRIMARY KEY,"
+        "  value TEXT NOT NULL);"
         "PRAGMA user_version = 2;";
 
 struct store {
@@ -392,6 +400,39 @@ int store_reserved_set(struct store *s, unsigned port, bool ours) {
         if (r >= 0)
                 r = run(s, k);
         return tx_end(s, r);
+}
+
+int store_meta_set(struct store *s, const char *key, const char *value) {
+        sqlite3_stmt *st = s->stmt[ST_META_SET];
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+        r = write_pending(s);
+        if (r >= 0)
+                r = run(s, ST_META_SET);
+        return tx_end(s, r);
+}
+
+int store_meta_get(struct store *s, const char *key, char *buf, size_t size) {
+        sqlite3_stmt *st = s->stmt[ST_META_GET];
+        int rc, r = 0;
+
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+                const unsigned char *v = sqlite3_column_text(st, 0);
+
+                snprintf(buf, size, "%s", v ? (const char *) v : "");
+        } else if (rc == SQLITE_DONE)
+                buf[0] = '\0';
+        else
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        return r;
 }
 
 int store_reserved_load(struct store *s, int (*fn)(unsigned port, void *userdata), void *userdata) {

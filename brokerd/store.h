@@ -75,6 +75,12 @@ int store_lease_remove(struct store *s, uint64_t id, const struct store_event *e
  * (ours) or took it out. Returns 0 or -errno. */
 int store_reserved_set(struct store *s, unsigned port, bool ours);
 
+/* Durable: sets brokerd's own setting key to value. Returns 0 or -errno. */
+int store_meta_set(struct store *s, const char *key, const char *value);
+
+/* Brokerd's own setting key into buf ("" when unset). Returns 0 or -errno. */
+int store_meta_get(struct store *s, const char *key, char *buf, size_t size);
+
 /* Calls fn for every port recorded by store_reserved_set(); a negative
  * return stops and is returned. */
 int store_reserved_load(struct store *s, int (*fn)(unsigned port, void *userdata), void *userdata);

@@ -333,8 +333,10 @@ void fuzz_fixup(uint8_t *data, size_t size) {
                 data[3] = (uint8_t) size;
         }
         if (size >= PB_HEADER_SIZE) {
+                /* A version brokerd speaks: the oldest (what every message
+                 * but INFO is sent with) or the newest, by a bit of the id. */
                 data[4] = 0;
-                data[5] = PB_PROTO_VERSION;
+                data[5] = data[8] & 1 ? PB_PROTO_VERSION : PB_PROTO_VERSION_MIN;
                 memset(data + 12, 0, 4);
         }
 }

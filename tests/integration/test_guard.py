@@ -427,3 +427,58 @@ def test_the_kernel_never_picks_a_leased_port_for_anyone(make_broker, procs):
         broker.portctl("release", ep, uid=U1)
     assert reserved_ports() == "50002", reserved_ports()         # brokerd's went, the admin's stayed
     target.close()
+
+
+def test_only_the_guard_of_its_own_database_is_removed(make_broker, procs, tmp_path):
+    """Another brokerd (its own database) run with --no-guard on the same
+    guard directory leaves the stopped brokerd's guard alone and does not
+    hold the directory: that brokerd starts again and takes it over. A
+    brokerd moved to another --guard-dir removes its old guard (its
+    database says where it was), so its own binds are not refused."""
+    a = make_broker()
+    need_guard(a)
+    guard_args = a.args[:4]
+    a.portctl("policy", "add", "tcp:9900", "--user", U1)
+    a.portctl("get", "tcp:9900", uid=U1)
+    a.stop()
+    b = make_broker("--no-guard", "--guard-dir", a.guard_dir)
+    assert sorted(os.listdir(a.guard_dir)) == ["bind4", "bind6"]
+    assert not any("removed the bind guard" in l for l in b.events("guard")), b.log()
+    a.start()                            # not refused: b holds no lock on the directory
+    assert any("bind guard on" in l for l in a.events("guard")), a.log()
+
+    a.kill9()
+    moved = str(Path(a.guard_dir).parent / (Path(a.guard_dir).name + "-moved"))
+    a.args = ["--guard-dir", moved, *guard_args[2:], *a.args[4:]]
+    a.start()
+    assert any(f"removed the bind guard pinned in {guard_args[1]}" in l for l in a.events("guard")), a.log()
+    assert not Path(guard_args[1], "bind4").exists()
+    assert a.events("rebind"), a.log()
+    assert all(r["wins"] == 0 for r in attack(procs, [["tcp", "127.0.0.1", 9900, True, 0]]))
+
+
+def test_a_guard_dir_not_on_bpffs_is_left_alone(make_broker, guard, tmp_path):
+    """A --guard-dir that is not on bpffs: the guard is off, and files there
+    named like its pins are not brokerd's to remove."""
+    if guard is None:
+        pytest.skip("no cgroup v2 or bpffs here")
+    d = tmp_path / "notbpf"
+    d.mkdir(mode=0o700)
+    (d / "bind4").write_text("keep")
+    broker = make_broker("--guard-dir", str(d), "--guard-cgroup", guard.cgroup)
+    assert any(f"{d} is not on a BPF filesystem" in l for l in broker.events("guard")), broker.log()
+    assert (d / "bind4").read_text() == "keep"
+
+
+def test_reservations_are_put_back_at_stop(make_broker):
+    """An admin's write of ip_local_reserved_ports replaces the whole list;
+    brokerd puts its leased ports back when it stops (they matter most
+    while it is down) and at its next start."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:50001", "--user", U1)
+    broker.portctl("get", "tcp:127.0.0.1:50001", uid=U1)
+    Path("/proc/sys/net/ipv4/ip_local_reserved_ports").write_text("8080\n")
+    broker.stop()
+    assert reserved_ports() == "8080,50001", reserved_ports()
+    broker.start()
