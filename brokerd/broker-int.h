@@ -62,6 +62,7 @@ struct broker {
         size_t n_inherited;
         struct carried_conn *carried;   /* control connections carried across a re-exec */
         size_t n_carried;
+        int guard_dir_fd;               /* the guard's directory carried across a re-exec, still locked; -1 */
 };
 
 /* One client on the control socket, identified once at accept. */

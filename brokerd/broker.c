@@ -416,6 +416,7 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
                 return -ENOMEM;
         b->opt = *opt;
         b->control_fd = -1;
+        b->guard_dir_fd = -1;
         b->backlog = listen_backlog(opt->backlog);
         guard_init(&b->guard);
         b->policy.self_uid = geteuid();
@@ -430,9 +431,11 @@ int broker_new(const struct broker_options *opt, struct broker **ret) {
         }
         r = loop_setup(b);
         if (r >= 0)
-                r = guard_open(&b->guard, &b->opt.guard);
-        if (r >= 0)
                 r = fdstore_take(b);
+        if (r >= 0) {
+                r = guard_open(&b->guard, &b->opt.guard, b->guard_dir_fd);
+                b->guard_dir_fd = -1;
+        }
         if (r >= 0)
                 r = store_setup(b);
         if (r >= 0)
@@ -481,6 +484,7 @@ void broker_free(struct broker *b) {
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);
         fdstore_done(b);
+        b->guard_dir_fd = safe_close(b->guard_dir_fd);
         guard_close(&b->guard);
         control_done(b);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);

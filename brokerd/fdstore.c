@@ -131,6 +131,10 @@ static int sort_fd(struct broker *b, int fd, const char *name, const char *ident
                         safe_close(fd);
                 return r;
         }
+        if (strcmp(name, GUARD_DIR_FDNAME) == 0 && b->guard_dir_fd < 0) {
+                b->guard_dir_fd = fd;
+                return 0;
+        }
         if (conn_name(name, &reexec_id)) {
                 int r = keep_conn_fd(b, fd, reexec_id, ident);
 

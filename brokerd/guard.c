@@ -192,8 +192,8 @@ static uint64_t netns_cookie(void) {
 
 /* Opens (creating it 0700) the pin directory on bpffs and locks it.
  * Returns 0, -EBUSY (another brokerd's), or -1 with the guard off. */
-static int open_dir(struct guard *g, const char *dir) {
-        struct stat st;
+static int open_dir(struct guard *g, const char *dir, int *passed_dir_fd) {
+        struct stat st, passed;
         int fd;
 
         if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
@@ -210,6 +210,13 @@ static int open_dir(struct guard *g, const char *dir) {
         if (fd < 0) {
                 guard_off(g, "cannot open %s: %s", dir, strerror(-fd));
                 return -1;
+        }
+        /* The same directory, locked before the re-exec: that lock is ours. */
+        if (*passed_dir_fd >= 0 && fstat(*passed_dir_fd, &passed) == 0 && passed.st_dev == st.st_dev &&
+            passed.st_ino == st.st_ino) {
+                safe_close(fd);
+                fd = *passed_dir_fd;
+                *passed_dir_fd = -1;
         }
         if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
                 int e = errno;
@@ -231,7 +238,8 @@ void guard_init(struct guard *g) {
         *g = (struct guard) { .leases_fd = -1, .allowed_fd = -1, .dir_fd = -1, .cgroup_fd = -1 };
 }
 
-int guard_open(struct guard *g, const struct guard_options *o) {
+int guard_open(struct guard *g, const struct guard_options *o, int passed_dir_fd) {
+        _cleanup_close_ int passed_fd = passed_dir_fd;  /* closed (its lock let go) unless taken */
         const char *dir = o->dir ? o->dir : GUARD_DEFAULT_DIR;
         char cgroup[PATH_MAX];
         struct statfs sfs;
@@ -269,7 +277,7 @@ int guard_open(struct guard *g, const struct guard_options *o) {
                 guard_off(g, "%s is not a cgroup v2 directory", cgroup);
                 return 0;
         }
-        r = open_dir(g, dir);
+        r = open_dir(g, dir, &passed_fd);
         if (r < 0)
                 return r == -EBUSY ? r : 0;
 

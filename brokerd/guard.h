@@ -20,6 +20,7 @@
 struct lease_table;
 
 #define GUARD_DEFAULT_DIR "/sys/fs/bpf/portbroker"
+#define GUARD_DIR_FDNAME "guard-dir"    /* the locked directory, carried across a re-exec */
 
 struct guard_options {
         bool off;                       /* --no-guard */
@@ -51,10 +52,12 @@ struct guard {
 /* An unopened guard: off, no handles (what guard_close() accepts). */
 void guard_init(struct guard *g);
 
-/* Checks what the guard needs and locks its directory; nothing is loaded
- * yet. Returns 0 (when the guard cannot be had, g->state says why, logged
- * once), or -EBUSY when another brokerd uses o->dir. */
-int guard_open(struct guard *g, const struct guard_options *o);
+/* Checks what the guard needs and locks its directory (or takes
+ * passed_dir_fd, the directory locked by the image before a re-exec, when
+ * it is the same; consumed); nothing is loaded yet. Returns 0 (when the
+ * guard cannot be had, g->state says why, logged once), or -EBUSY when
+ * another brokerd uses o->dir. */
+int guard_open(struct guard *g, const struct guard_options *o, int passed_dir_fd);
 
 /* Notes that brokerd put port in ip_local_reserved_ports before (as the
  * database says), so that a release takes it out again. Before guard_arm(). */

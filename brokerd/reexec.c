@@ -104,7 +104,7 @@ struct carry {
 
 /* Every fd the new image needs, into *ret (free it). Returns the count or -ENOMEM. */
 static ssize_t collect(struct broker *b, const struct conn *asker, uint32_t id, struct carry **ret) {
-        size_t n = 1 + b->leases.n + b->n_conns, k = 0;
+        size_t n = 2 + b->leases.n + b->n_conns, k = 0;
         struct carry *v = calloc(n, sizeof(*v));
 
         if (!v)
@@ -112,6 +112,9 @@ static ssize_t collect(struct broker *b, const struct conn *asker, uint32_t id, 
         v[k++] = (struct carry) { .fd = b->control_fd, .name = "control" };
         if (b->control_created)
                 snprintf(v[0].name, sizeof(v[0].name), "control-created");
+        /* The guard's directory, locked: no other brokerd takes it meanwhile. */
+        if (b->guard.dir_fd >= 0)
+                v[k++] = (struct carry) { .fd = b->guard.dir_fd, .name = GUARD_DIR_FDNAME };
         for (size_t i = 0; i < b->leases.n; i++) {
                 const struct lease *l = b->leases.by_id[i];
 

@@ -9,6 +9,7 @@ broker here guards from the test's own cgroup (see conftest's guard fixture).
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -126,24 +127,18 @@ def test_without_the_guard_the_port_is_free_while_brokerd_is_down(make_broker, p
 # A holder (the owner's server): does what the argument says to fd 3, says
 # "done", then counts datagrams (UDP) until "stop" arrives or 20 s pass.
 HOLDER = r"""
-import ctypes, socket, sys
+import ctypes, os, socket, sys, time
 s = socket.socket(fileno=3)
 what = sys.argv[1]
 if what == "shutdown":
     s.shutdown(socket.SHUT_RDWR)
-if what == "shutdown-connect":          # brokerd may listen again in between: retry
-    for _ in range(200):
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            s.connect(("127.0.0.1", int(sys.argv[2])))
-            break
-        except OSError:
-            pass
-    else:
-        sys.exit("could not connect the socket")
+if what == "shutdown-connect":          # once the file sys.argv[3] exists (brokerd is stopped)
+    print("got", flush=True)
+    until = time.monotonic() + 10
+    while not os.path.exists(sys.argv[3]) and time.monotonic() < until:
+        time.sleep(0.005)
+    s.shutdown(socket.SHUT_RDWR)
+    s.connect(("127.0.0.1", int(sys.argv[2])))
 if what == "reuseaddr":
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 if what == "locked-filter":             # drop everything, for every holder, for good
@@ -169,12 +164,17 @@ sys.stdin.read()
 """
 
 
-def holder(broker, procs, endpoint, what, *args, uid=U1):
+def holder(broker, procs, endpoint, what, *args, uid=U1, wait=True):
     p = procs.spawn([PORTCTL, "--socket", broker.control, "get", endpoint, "--", PYTHON, "-c", HOLDER, what,
                      *map(str, args)], uid=uid, name=f"holder-{what}")
-    wait_for(lambda: "done" in p.output() or not p.alive(), 10, f"the holder to {what}")
-    assert "done" in p.output(), p.stderr()
+    if wait:
+        wait_holder(p, "done", what)
     return p
+
+
+def wait_holder(p, word, what):
+    wait_for(lambda: word in p.output() or not p.alive(), 10, f"the holder to {what}")
+    assert word in p.output(), p.stderr()
 
 
 def check_listening(broker, endpoint, port, uid=U1):
@@ -223,13 +223,25 @@ def test_every_datagram_reaches_the_owner(make_broker, procs):
 def test_a_socket_turned_into_a_connection_is_replaced_and_the_port_kept(make_broker, procs):
     """shutdown() then connect(): the shared socket becomes an outgoing
     connection and can never listen again. Meanwhile nobody else binds the
-    port; the owner's next get gets a fresh socket (event=replace)."""
+    port; brokerd replaces the socket (event=replace) and the owner's next
+    get gets it. brokerd is stopped (SIGSTOP) while the holder does it, or
+    it would listen again between the two calls."""
     broker = make_broker()
     need_guard(broker)
     broker.portctl("policy", "add", "tcp:127.0.0.1:9000", "--user", U1)
     target = socket.create_server(("127.0.0.1", 9001))
-    holder(broker, procs, "tcp:127.0.0.1:9000", "shutdown-connect", 9001)
-    target.accept()[0].close()
+    trigger = Path(broker.dir, "act")
+    h = holder(broker, procs, "tcp:127.0.0.1:9000", "shutdown-connect", 9001, trigger, wait=False)
+    wait_holder(h, "got", "get the socket")
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        trigger.touch()
+        wait_holder(h, "done", "turn the socket into a connection")
+        target.accept()[0].close()
+        got = attack(procs, cases_for("tcp", 9000, [("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0)]))
+        assert all(r["wins"] == 0 for r in got), got   # nothing listens there now: only the guard refuses
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
     got = attack(procs, cases_for("tcp", 9000, [("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0)]))
     assert all(r["wins"] == 0 for r in got), got
     check_listening(broker, "tcp:127.0.0.1:9000", 9000)
@@ -482,3 +494,25 @@ def test_reservations_are_put_back_at_stop(make_broker):
     broker.stop()
     assert reserved_ports() == "8080,50001", reserved_ports()
     broker.start()
+
+
+def test_a_reexec_keeps_the_guard_and_its_lock(make_broker, procs):
+    """portctl admin reexec: the new image takes the same pinned links over
+    and the guard directory's lock, carried across exec() (never let go, so
+    no other brokerd can take the directory in between)."""
+    broker = make_broker()
+    need_guard(broker)
+    broker.portctl("policy", "add", "tcp:9950", "--user", U1)
+    broker.portctl("get", "tcp:9950", uid=U1)
+    pins = {p: os.stat(Path(broker.guard_dir, p)).st_ino for p in ("bind4", "bind6")}
+    dir_ino = os.stat(broker.guard_dir).st_ino
+
+    def locked_by_broker():
+        return [l for l in Path("/proc/locks").read_text().splitlines()
+                if " FLOCK " in l and l.split()[4] == str(broker.pid) and l.split()[5].endswith(f":{dir_ino}")]
+    assert locked_by_broker()
+    broker.portctl("admin", "reexec")
+    assert len(broker.events("guard")) == 2 and "bind guard on" in broker.events("guard")[1], broker.log()
+    assert {p: os.stat(Path(broker.guard_dir, p)).st_ino for p in ("bind4", "bind6")} == pins
+    assert locked_by_broker()
+    assert all(r["wins"] == 0 for r in attack(procs, [["tcp", "::", 9950, True, 0]]))
