@@ -52,12 +52,18 @@ static const struct log_fields no_fields = LOG_FIELDS_NONE;
 
 static const struct hook {
         const char *prog;               /* program name in the object */
+        const char *prog_eperm;         /* the same before Linux 5.18 (no bpf_set_retval()) */
         const char *pin;                /* its link's name in the guard directory */
         enum bpf_attach_type type;
 } hooks[] = {
-        { "guard_bind4", "bind4", BPF_CGROUP_INET4_BIND },
-        { "guard_bind6", "bind6", BPF_CGROUP_INET6_BIND },
+        { "guard_bind4", "guard_bind4_eperm", "bind4", BPF_CGROUP_INET4_BIND },
+        { "guard_bind6", "guard_bind6_eperm", "bind6", BPF_CGROUP_INET6_BIND },
 };
+
+/* The program of hook h that is loaded. */
+static struct bpf_program *hook_program(const struct guard *g, const struct hook *h) {
+        return bpf_object__find_program_by_name(g->obj, g->eperm ? h->prog_eperm : h->prog);
+}
 
 /* libbpf's own messages (the verifier's log among them) are debug lines. */
 static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap) {
@@ -296,14 +302,20 @@ int guard_open(struct guard *g, const struct guard_options *o, int passed_dir_fd
         return 0;
 }
 
-/* Loads the programs with a map sized for n leases. Returns 0 or -errno. */
-static int load(struct guard *g, size_t n) {
+/* Loads one variant of the programs (g->eperm says which) with a map sized
+ * for n leases. Returns 0 or -errno. */
+static int load_variant(struct guard *g, size_t n) {
         struct bpf_map *leases = bpf_object__find_map_by_name(g->obj, "leases");
-        int r;
+        int r = leases ? 0 : -ENOENT;
 
-        if (!leases)
-                return -ENOENT;
-        r = bpf_map__set_max_entries(leases, (__u32) (n * GUARD_KEYS_MAX + GUARD_MAP_SLACK));
+        for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]) && r >= 0; i++) {
+                struct bpf_program *p = bpf_object__find_program_by_name(g->obj, g->eperm ? hooks[i].prog :
+                                                                                  hooks[i].prog_eperm);
+
+                r = p ? bpf_program__set_autoload(p, false) : -ENOENT;         /* the other variant */
+        }
+        if (r >= 0)
+                r = bpf_map__set_max_entries(leases, (__u32) (n * GUARD_KEYS_MAX + GUARD_MAP_SLACK));
         if (r >= 0)
                 r = bpf_object__load(g->obj);
         if (r < 0)
@@ -311,6 +323,26 @@ static int load(struct guard *g, size_t n) {
         g->leases_fd = bpf_map__fd(leases);
         g->allowed_fd = bpf_object__find_map_fd_by_name(g->obj, "allowed");
         return g->allowed_fd < 0 ? -ENOENT : 0;
+}
+
+/* Loads the programs that refuse with EADDRINUSE, or where the kernel has
+ * no bpf_set_retval() (before 5.18: the verifier says EINVAL), those that
+ * refuse with the kernel's EPERM. $BROKERD_GUARD_EPERM=1 asks for the
+ * latter (for tests). Returns 0 or -errno. */
+static int load(struct guard *g, size_t n) {
+        const char *e = secure_getenv("BROKERD_GUARD_EPERM");
+        int r;
+
+        g->eperm = e && strcmp(e, "1") == 0;
+        r = load_variant(g, n);
+        if (r != -EINVAL || g->eperm)
+                return r;
+        bpf_object__close(g->obj);
+        g->obj = bpf_object__open_mem(guard_bpf_object, (size_t) (guard_bpf_object_end - guard_bpf_object), NULL);
+        if (!g->obj)
+                return -errno;
+        g->eperm = true;
+        return load_variant(g, n);
 }
 
 /* The keys a lease on e needs (see bpf/bind-guard.h). Returns how many. */
@@ -529,7 +561,7 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
         r = load(g, t->n > max_leases ? t->n : max_leases);
         if (r < 0) {
                 guard_off(g, "the kernel refused the guard's BPF programs: %s (they need CAP_BPF and "
-                          "CAP_NET_ADMIN, and Linux 5.18)", strerror(-r));
+                          "CAP_NET_ADMIN, and Linux 5.14)", strerror(-r));
                 return 0;
         }
         for (size_t i = 0; i < t->n && r >= 0; i++)
@@ -541,7 +573,8 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
                 return 0;
         }
         for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++) {
-                struct bpf_program *p = bpf_object__find_program_by_name(g->obj, hooks[i].prog);
+                struct bpf_program *p = hook_program(g, &hooks[i]);
+
                 r = p ? attach(g, &hooks[i], bpf_program__fd(p), (uint64_t) st.st_ino) : -ENOENT;
                 if (r < 0) {
                         guard_off(g, "cannot attach its %s program: %s", hooks[i].pin, strerror(-r));
@@ -549,6 +582,9 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
                 }
         }
         g->on = true;
+        if (g->eperm)
+                snprintf(g->state + strlen(g->state), sizeof(g->state) - strlen(g->state),
+                         "; refusing with EPERM (no bpf_set_retval() before Linux 5.18)");
         log_event(LOG_INFO, "guard", &no_fields, "bind guard %s", g->state);
         guard_reserve_leases(g, t);
         return 0;

@@ -33,6 +33,7 @@ struct port_set;
 
 struct guard {
         bool on;                        /* the programs are attached and follow our map */
+        bool eperm;                     /* the variant that refuses with EPERM (before Linux 5.18) */
         char state[PATH_MAX + 128];     /* for status and logs: where it guards, or why it is off */
         struct bpf_object *obj;         /* the loaded programs and maps */
         int leases_fd;                  /* map of guard keys (owned by obj), -1 off */

@@ -4,8 +4,10 @@
  * bind() of an endpoint brokerd holds a lease on, with EADDRINUSE, to every
  * socket but the one brokerd is binding. brokerd keeps the maps; the
  * programs stay attached (pinned links) while brokerd is away. Compiled by
- * clang -target bpf; no CO-RE, no kernel headers beyond the UAPI. Needs
- * Linux 5.18 (bpf_set_retval). See bind-guard.h for the keys.
+ * clang -target bpf; no CO-RE, no kernel headers beyond the UAPI. The
+ * *_eperm variants are for kernels before 5.18, which have no
+ * bpf_set_retval(): the refusal is the kernel's EPERM there. See
+ * bind-guard.h for the keys.
  */
 #include <linux/bpf.h>
 #include <linux/errno.h>
@@ -44,7 +46,8 @@ static __always_inline int has(struct guard_key *k, __u32 a0, __u32 a1, __u32 a2
 }
 
 /* The verdict on binding address a0..a3 (IPv6 layout, network order). */
-static __always_inline int check(struct bpf_sock_addr *ctx, __u32 a0, __u32 a1, __u32 a2, __u32 a3) {
+static __always_inline int check(struct bpf_sock_addr *ctx, __u32 a0, __u32 a1, __u32 a2, __u32 a3,
+                                 int addrinuse) {
         struct guard_key k = {};
         __u64 cookie;
         int hit;
@@ -73,18 +76,29 @@ static __always_inline int check(struct bpf_sock_addr *ctx, __u32 a0, __u32 a1, 
         cookie = bpf_get_socket_cookie(ctx);
         if (bpf_map_lookup_elem(&allowed, &cookie))
                 return 1;
-        bpf_set_retval(-EADDRINUSE);
+        if (addrinuse)
+                bpf_set_retval(-EADDRINUSE);
         return 0;
 }
 
 SEC("cgroup/bind4")
 int guard_bind4(struct bpf_sock_addr *ctx) {
-        return check(ctx, 0, 0, bpf_htonl(0xffff), ctx->user_ip4);
+        return check(ctx, 0, 0, bpf_htonl(0xffff), ctx->user_ip4, 1);
 }
 
 SEC("cgroup/bind6")
 int guard_bind6(struct bpf_sock_addr *ctx) {
-        return check(ctx, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]);
+        return check(ctx, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3], 1);
+}
+
+SEC("cgroup/bind4")
+int guard_bind4_eperm(struct bpf_sock_addr *ctx) {
+        return check(ctx, 0, 0, bpf_htonl(0xffff), ctx->user_ip4, 0);
+}
+
+SEC("cgroup/bind6")
+int guard_bind6_eperm(struct bpf_sock_addr *ctx) {
+        return check(ctx, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3], 0);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

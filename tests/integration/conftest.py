@@ -333,6 +333,7 @@ class Broker:
         self.runs = 0
         self.fd_base = None             # set by start(): see fd_baseline()
         self.expected_log = []          # regexes: error lines the test provokes on purpose
+        self.env = {}                   # extra environment of brokerd
 
     # --- life cycle -----------------------------------------------------
 
@@ -350,7 +351,8 @@ class Broker:
                 log.write(f"--- run {self.runs}: {' '.join(argv)}\n".encode())
                 log.flush()
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                             env=child_env(NOTIFY_SOCKET=self.notify_path), close_fds=True)
+                                             env=child_env(NOTIFY_SOCKET=self.notify_path, **self.env),
+                                             close_fds=True)
             self.runs += 1
             self.pid = self.proc.pid
             deadline = time.monotonic() + timeout

@@ -516,3 +516,23 @@ def test_a_reexec_keeps_the_guard_and_its_lock(make_broker, procs):
     assert {p: os.stat(Path(broker.guard_dir, p)).st_ino for p in ("bind4", "bind6")} == pins
     assert locked_by_broker()
     assert all(r["wins"] == 0 for r in attack(procs, [["tcp", "::", 9950, True, 0]]))
+
+
+def test_before_linux_5_18_the_guard_refuses_with_eperm(make_broker, procs):
+    """Kernels before 5.18 have no bpf_set_retval(): brokerd falls back to
+    programs that refuse with the kernel's EPERM (asked for here with
+    $BROKERD_GUARD_EPERM=1), and says so."""
+    broker = make_broker(start=False)
+    if broker.guard_dir is None:
+        pytest.skip("no cgroup v2 or bpffs here: the bind guard cannot be tested")
+    broker.env["BROKERD_GUARD_EPERM"] = "1"
+    broker.start()
+    assert any("refusing with EPERM" in l for l in broker.events("guard")), broker.log()
+    assert "refusing with EPERM" in broker.portctl("status").stdout.splitlines()[0]
+    broker.portctl("policy", "add", "tcp:9960", "--user", U1)
+    broker.portctl("get", "tcp:9960", uid=U1)
+    broker.kill9()
+    got = attack(procs, cases_for("tcp", 9960, [("127.0.0.1", 0), ("::", 0)]))
+    assert all(r == {"wins": 0, "errnos": {str(errno.EPERM): 1}} for r in got), got
+    broker.start()                       # its own bind passes
+    assert broker.events("rebind"), broker.log()
