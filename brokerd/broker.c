@@ -261,8 +261,10 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
 /* The guard put port in ip_local_reserved_ports (ours) or took it out. */
 static int record_reserved(unsigned port, bool ours, void *userdata) {
         struct broker *b = userdata;
+        int r = store_reserved_set(b->store, port, ours);
 
-        return store_reserved_set(b->store, port, ours);
+        broker_arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
+        return r;
 }
 
 static int note_reserved(unsigned port, void *userdata) {

@@ -143,7 +143,8 @@ static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, con
         g->dir_fd = safe_close(g->dir_fd);
         bpf_object__close(g->obj);
         g->obj = NULL;
-        g->leases_fd = g->allowed_fd = -1;
+        g->leases_fd = safe_close(g->leases_fd);
+        g->allowed_fd = safe_close(g->allowed_fd);
 }
 
 /* The mount point of the cgroup v2 hierarchy (unified, or beside v1 as
@@ -320,9 +321,10 @@ static int load_variant(struct guard *g, size_t n) {
                 r = bpf_object__load(g->obj);
         if (r < 0)
                 return r;
-        g->leases_fd = bpf_map__fd(leases);
-        g->allowed_fd = bpf_object__find_map_fd_by_name(g->obj, "allowed");
-        return g->allowed_fd < 0 ? -ENOENT : 0;
+        /* Our own handles on the maps: the object is closed once attached. */
+        g->leases_fd = fcntl(bpf_map__fd(leases), F_DUPFD_CLOEXEC, 3);
+        g->allowed_fd = fcntl(bpf_object__find_map_fd_by_name(g->obj, "allowed"), F_DUPFD_CLOEXEC, 3);
+        return g->leases_fd < 0 || g->allowed_fd < 0 ? -errno : 0;
 }
 
 /* Loads the programs that refuse with EADDRINUSE, or where the kernel has
@@ -416,28 +418,28 @@ static void set_ours(struct guard *g, unsigned port, bool ours) {
 /* Keeps ports[0..n) out of the kernel's automatic choice: adds those not
  * reserved yet to ip_local_reserved_ports, as ours. */
 static void reserve_ports(struct guard *g, const uint16_t *ports, size_t n) {
-        struct port_set *now = malloc(sizeof(*now)), *added = calloc(1, sizeof(*added));
-        bool changed = false;
+        struct port_set *now = malloc(sizeof(*now));
+        uint16_t *added = calloc(n ? n : 1, sizeof(*added));
+        size_t n_added = 0;
         int r = now && added ? reserved_read(now) : -ENOMEM;
 
         for (size_t i = 0; i < n && r >= 0; i++)
                 if (!port_set_has(now, ports[i])) {
                         port_set_put(now, ports[i], true);
-                        port_set_put(added, ports[i], true);
-                        changed = true;
+                        added[n_added++] = ports[i];
                 }
-        /* Recorded first: a crash in between leaves a record of a port
-         * not reserved (dropped at the next start), never the reverse. */
-        for (unsigned port = 1; r >= 0 && changed && port < 65536; port++)
-                if (port_set_has(added, port))
-                        set_ours(g, port, true);
-        if (r >= 0 && changed)
+        /* Recorded first (written with the next transaction: a new lease's
+         * own commit, just after): a record of a port that is not reserved
+         * is dropped at the next start; a crash before the write leaves the
+         * port reserved, as if an admin had. */
+        for (size_t i = 0; r >= 0 && i < n_added; i++)
+                set_ours(g, added[i], true);
+        if (r >= 0 && n_added)
                 r = reserved_write(now);
         if (r < 0) {
                 reserve_failed(g, r);
-                for (unsigned port = 1; changed && port < 65536; port++)
-                        if (port_set_has(added, port))
-                                set_ours(g, port, false);
+                for (size_t i = 0; i < n_added; i++)
+                        set_ours(g, added[i], false);
         }
         free(now);
         free(added);
@@ -582,6 +584,10 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
                 }
         }
         g->on = true;
+        /* The links keep the programs: libbpf's copy of them (and of their
+         * BTF) is not needed any more. */
+        bpf_object__close(g->obj);
+        g->obj = NULL;
         if (g->eperm)
                 snprintf(g->state + strlen(g->state), sizeof(g->state) - strlen(g->state),
                          "; refusing with EPERM (no bpf_set_retval() before Linux 5.18)");
@@ -637,7 +643,8 @@ void guard_close(struct guard *g) {
         g->ours = NULL;
         bpf_object__close(g->obj);
         g->obj = NULL;
-        g->leases_fd = g->allowed_fd = -1;
+        g->leases_fd = safe_close(g->leases_fd);
+        g->allowed_fd = safe_close(g->allowed_fd);
         g->dir_fd = safe_close(g->dir_fd);
         g->cgroup_fd = safe_close(g->cgroup_fd);
         g->on = false;

@@ -35,9 +35,9 @@ struct guard {
         bool on;                        /* the programs are attached and follow our map */
         bool eperm;                     /* the variant that refuses with EPERM (before Linux 5.18) */
         char state[PATH_MAX + 128];     /* for status and logs: where it guards, or why it is off */
-        struct bpf_object *obj;         /* the loaded programs and maps */
-        int leases_fd;                  /* map of guard keys (owned by obj), -1 off */
-        int allowed_fd;                 /* map of socket cookies brokerd is binding (owned by obj) */
+        struct bpf_object *obj;         /* the programs and maps, until they are attached */
+        int leases_fd;                  /* map of guard keys, -1 off */
+        int allowed_fd;                 /* map of socket cookies brokerd is binding, -1 off */
         int dir_fd;                     /* the pin directory, locked against a second brokerd */
         int cgroup_fd;                  /* the cgroup the programs attach to */
         char dir[PATH_MAX];             /* the pin directory */

@@ -22,6 +22,7 @@
 
 #define RESERVED_PATH "/proc/sys/net/ipv4/ip_local_reserved_ports"
 #define RESERVED_TEXT_MAX (65536u * 7u) /* every port on its own, "65535," each */
+#define RESERVED_READ_CHUNK 4096u
 
 bool port_set_has(const struct port_set *s, unsigned port) {
         return port < 65536 && (s->bits[port / 64] >> (port % 64)) & 1;
@@ -84,6 +85,10 @@ size_t reserved_format(const struct port_set *s, char *buf, size_t size) {
                 unsigned hi = port;
                 int n;
 
+                if (s->bits[port / 64] == 0) {  /* 64 at a time: most of the set is empty */
+                        port |= 63;
+                        continue;
+                }
                 if (!port_set_has(s, port))
                         continue;
                 while (hi + 1 < 65536 && port_set_has(s, hi + 1))
@@ -98,32 +103,44 @@ size_t reserved_format(const struct port_set *s, char *buf, size_t size) {
         return len;
 }
 
+/* Buffers grow as the text needs (a few bytes, usually): a fixed 450 KiB
+ * one would be malloc()ed from the heap after the first free, for good. */
 int reserved_read(struct port_set *ret) {
         _cleanup_close_ int fd = open(RESERVED_PATH, O_RDONLY | O_CLOEXEC);
-        char *text = malloc(RESERVED_TEXT_MAX + 1);
-        size_t len = 0;
+        char *text = NULL;
+        size_t len = 0, size = 0;
         ssize_t n = 1;
-        int r;
+        int r = fd < 0 ? -errno : 0;
 
-        if (fd < 0 || !text) {
-                r = fd < 0 ? -errno : -ENOMEM;
-                free(text);
-                return r;
+        while (r >= 0 && n > 0) {
+                if (size - len < RESERVED_READ_CHUNK) {
+                        char *t = size <= RESERVED_TEXT_MAX ? realloc(text, size + RESERVED_READ_CHUNK) : NULL;
+
+                        if (!t) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        text = t;
+                        size += RESERVED_READ_CHUNK;
+                }
+                n = read(fd, text + len, size - len - 1);
+                if (n < 0)
+                        r = -errno;
+                else
+                        len += (size_t) n;
         }
-        while (len < RESERVED_TEXT_MAX && (n = read(fd, text + len, RESERVED_TEXT_MAX - len)) > 0)
-                len += (size_t) n;
-        r = n < 0 ? -errno : 0;
-        text[len] = '\0';
-        if (r >= 0)
+        if (r >= 0) {
+                text[len] = '\0';
                 r = reserved_parse(text, ret);
+        }
         free(text);
         return r;
 }
 
 int reserved_write(const struct port_set *s) {
         _cleanup_close_ int fd = open(RESERVED_PATH, O_WRONLY | O_CLOEXEC);
-        char *text = malloc(RESERVED_TEXT_MAX + 2);
-        size_t len, off = 0;
+        size_t len = reserved_format(s, NULL, 0), off = 0;
+        char *text = malloc(len + 2);
         int r = 0;
 
         if (fd < 0 || !text) {
@@ -131,7 +148,7 @@ int reserved_write(const struct port_set *s) {
                 free(text);
                 return r;
         }
-        len = reserved_format(s, text, RESERVED_TEXT_MAX + 1);
+        reserved_format(s, text, len + 1);
         text[len++] = '\n';
         /* The kernel takes a page per write() and merges the rest in. */
         while (off < len && r >= 0) {

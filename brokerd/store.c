@@ -118,6 +118,11 @@ struct store {
         sqlite3_stmt *stmt[_ST_MAX];
         struct pending pending[STORE_PENDING_MAX];
         unsigned n_pending;
+        struct {                        /* reserved_ports changes for the next transaction */
+                uint16_t port;
+                bool ours;
+        } reserved[STORE_RESERVED_PENDING_MAX];
+        unsigned n_reserved;
         unsigned since_prune;           /* events written since the last prune */
         int wal_pages;                  /* from the WAL hook */
 };
@@ -191,12 +196,21 @@ static void pending_fill(struct pending *p, const struct store_event *ev) {
         snprintf(p->detail, sizeof(p->detail), "%s", ev->detail ? ev->detail : "");
 }
 
-/* Inside a transaction: writes the queued events, then prunes old ones now and then. */
+/* Inside a transaction: writes the queued events and reserved_ports
+ * changes, then prunes old events now and then. */
 static int write_pending(struct store *s) {
         int r;
 
         for (unsigned i = 0; i < s->n_pending; i++) {
                 r = insert_event(s, &s->pending[i]);
+                if (r < 0)
+                        return r;
+        }
+        for (unsigned i = 0; i < s->n_reserved; i++) {
+                enum stmt k = s->reserved[i].ours ? ST_RESERVED_ADD : ST_RESERVED_REMOVE;
+
+                sqlite3_bind_int64(s->stmt[k], 1, s->reserved[i].port);
+                r = run(s, k);
                 if (r < 0)
                         return r;
         }
@@ -221,6 +235,7 @@ static int tx_end(struct store *s, int r) {
                 int k = run(s, ST_COMMIT);
                 if (k >= 0) {
                         s->n_pending = 0;
+                        s->n_reserved = 0;
                         return r;
                 }
                 r = k;
@@ -247,7 +262,7 @@ static int durable_event(struct store *s, const struct store_event *ev) {
 int store_flush(struct store *s) {
         int r;
 
-        if (s->n_pending == 0)
+        if (s->n_pending == 0 && s->n_reserved == 0)
                 return 0;
         r = run(s, ST_SYNC_OFF);
         if (r < 0)
@@ -289,7 +304,7 @@ int store_checkpoint(struct store *s) {
 }
 
 unsigned store_pending(const struct store *s) {
-        return s->n_pending;
+        return s->n_pending + s->n_reserved;
 }
 
 int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *ev) {
@@ -389,17 +404,18 @@ static int column_endpoint(sqlite3_stmt *st, int col, bool pattern, struct pb_en
         return endpoint_decode(sqlite3_column_blob(st, col), pattern, ret);
 }
 
+/* Queued like audit events: written by the next transaction (a new
+ * lease's own commit, or the next batch), so a lease costs no commit more. */
 int store_reserved_set(struct store *s, unsigned port, bool ours) {
-        enum stmt k = ours ? ST_RESERVED_ADD : ST_RESERVED_REMOVE;
-        int r = tx_begin(s);
+        int r = 0;
 
+        if (s->n_reserved == STORE_RESERVED_PENDING_MAX)
+                r = store_flush(s);
         if (r < 0)
                 return r;
-        sqlite3_bind_int64(s->stmt[k], 1, port);
-        r = write_pending(s);
-        if (r >= 0)
-                r = run(s, k);
-        return tx_end(s, r);
+        s->reserved[s->n_reserved].port = (uint16_t) port;
+        s->reserved[s->n_reserved++].ours = ours;
+        return 0;
 }
 
 int store_meta_set(struct store *s, const char *key, const char *value) {

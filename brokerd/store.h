@@ -16,6 +16,7 @@
 #define STORE_SCHEMA_VERSION 2
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
+#define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
 
 struct store;
@@ -71,8 +72,9 @@ int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const 
 /* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);
 
-/* Durable: records that brokerd put port in net.ipv4.ip_local_reserved_ports
- * (ours) or took it out. Returns 0 or -errno. */
+/* Records that brokerd put port in net.ipv4.ip_local_reserved_ports (ours)
+ * or took it out: queued for the next transaction, like audit events (see
+ * store_flush()). Returns 0 or -errno. */
 int store_reserved_set(struct store *s, unsigned port, bool ours);
 
 /* Durable: sets brokerd's own setting key to value. Returns 0 or -errno. */
