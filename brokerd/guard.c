@@ -2,14 +2,17 @@
 /*
  * The bind guard, brokerd's side. The BPF object (bpf/bind-guard.bpf.c,
  * built by clang and embedded below) is loaded at every start with a fresh
- * "leases" map, which the broker fills with every lease before guard_arm()
- * attaches it: a link pinned in the guard directory from an earlier brokerd
- * is switched to the new programs in one step (bpf_link_update), so the
- * port stays guarded through a crash, a restart or an upgrade, and the old
- * programs and map go with their last reference. The directory is flock()ed
- * so two brokerds cannot take turns undoing each other's map. brokerd's own
- * bind() passes by putting its socket's cookie in the "allowed" map for the
- * length of that one call.
+ * "leases" map, filled with every lease before guard_arm() attaches it: a
+ * link pinned in the guard directory from an earlier brokerd is switched
+ * to the new programs in one step (bpf_link_update), so the port stays
+ * guarded through a crash, a restart or an upgrade, and the old programs
+ * and map go with their last reference. The directory is flock()ed (the
+ * lock is carried across a re-exec) so two brokerds cannot take turns
+ * undoing each other's map. brokerd's own bind() passes by putting its
+ * socket's cookie in the "allowed" map for the length of that one call.
+ * The ports the kernel picks by itself never meet the programs: leased
+ * ports also go in ip_local_reserved_ports (reserved.c), and those we put
+ * there are recorded (through record_reserved) to be taken out at release.
  */
 #include "guard.h"
 

@@ -114,6 +114,7 @@ BAD = {
     "version-1": msg(STATUS, STATUS_BODY, version=1),
     "version-4": msg(STATUS, STATUS_BODY, version=4),
     "info-in-version-2": msg(8, version=2),            # INFO came with version 3
+    "info-with-body": msg(8, b"\x00", version=3),       # INFO has none
     "unknown-type": msg(99, STATUS_BODY),
     "reply-type-from-client": msg(STATUS | REPLY, b"\x00\x00"),
     "error-type-from-client": msg(ERROR, struct.pack("!i", 5) + b"\x02hi"),

@@ -40,9 +40,11 @@ def test_help_and_usage_errors():
     r = run_brokerd("--help")
     assert r.returncode == 0
     assert "--admin-group" in r.stdout and "--max-leases-per-user" in r.stdout and "--log-level" in r.stdout
+    assert "--guard-dir" in r.stdout and "--guard-cgroup" in r.stdout and "--no-guard" in r.stdout
     for bad in (["--backlog", "0"], ["--idle-timeout", "x"], ["--no-such-flag"],
                 ["--control", "relative.sock"], ["extra-arg"], ["--admin-group", "no-such-group-xyz"],
-                ["--log-level", "loud"], ["--max-connections", "100001"]):
+                ["--log-level", "loud"], ["--max-connections", "100001"], ["--guard-dir", "relative"],
+                ["--guard-cgroup", "relative"]):
         r = run_brokerd("--foreground", *bad)
         assert r.returncode == 2, (bad, r.stderr)
         assert r.stderr.strip(), bad
