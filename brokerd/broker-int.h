@@ -116,8 +116,13 @@ int control_setup(struct broker *b);
 void control_done(struct broker *b);
 
 /* Creates dir (one level) or checks an existing one: a real directory, ours
- * or root's, writable by nobody else unless sticky. Returns 0 or -errno, logged. */
+ * or root's, writable by nobody else (sticky or not). Returns 0 or -errno, logged. */
 int control_ensure_private_dir(const char *dir, mode_t mode);
+
+/* A file brokerd relies on (its database and its -wal and -shm files):
+ * absent, or a plain file (or socket) of brokerd's uid that nobody else may
+ * write. Returns 0 or -errno, logged naming its owner. */
+int control_check_owned_file(const char *path);
 
 /* The directory part of path into buf. Returns 0 or -ENAMETOOLONG. */
 int control_parent_dir(const char *path, char *buf, size_t len);

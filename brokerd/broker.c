@@ -373,6 +373,20 @@ static int loop_setup(struct broker *b) {
         return 0;
 }
 
+/* The database and its -wal and -shm files, each brokerd's own and written
+ * by nobody else (or absent). Returns 0 or -EPERM, logged. */
+static int check_db_files(const char *path) {
+        static const char *const suffixes[] = { "", "-wal", "-shm" };
+        char name[4200];
+        int r = 0;
+
+        for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]) && r >= 0; i++) {
+                snprintf(name, sizeof(name), "%s%s", path, suffixes[i]);
+                r = control_check_owned_file(name);
+        }
+        return r;
+}
+
 /* Opens the database in its private directory and loads rules and leases. */
 static int store_setup(struct broker *b) {
         const char *path = b->opt.db_path;
@@ -384,11 +398,17 @@ static int store_setup(struct broker *b) {
                 r = control_ensure_private_dir(dir, 0700);
         if (r < 0)
                 return r;
+        r = check_db_files(path);       /* before SQLite reads any of them */
+        if (r < 0)
+                return r;
         r = store_open(path, &b->store, errbuf, sizeof(errbuf));
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot use database %s: %s (refusing to start without its policy)", path, errbuf);
                 return r;
         }
+        r = check_db_files(path);       /* and the -wal and -shm that SQLite made */
+        if (r < 0)
+                return r;
         r = store_rules_load(b->store, load_rule, &b->policy);
         if (r >= 0)
                 r = store_leases_load(b->store, load_lease, b);

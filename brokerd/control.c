@@ -48,10 +48,26 @@ int control_ensure_private_dir(const char *dir, mode_t mode) {
                 log_msg(LOG_ERR, "%s is not a directory (a symlink?); refusing to use it", dir);
                 return -ENOTDIR;
         }
-        /* A sticky directory (like /tmp) keeps others from replacing our files. */
-        if ((st.st_uid != geteuid() && st.st_uid != 0) || ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))) {
-                log_msg(LOG_ERR, "%s must be owned by uid %u or root and not writable by group or others",
-                        dir, (unsigned) geteuid());
+        /* Not even a sticky one (like /tmp): there anyone may create the
+         * database or the socket before we do, and have us use theirs. */
+        if ((st.st_uid != geteuid() && st.st_uid != 0) || (st.st_mode & 022)) {
+                log_msg(LOG_ERR, "%s must be owned by uid %u or root and not writable by group or others%s",
+                        dir, (unsigned) geteuid(), st.st_mode & S_ISVTX ? " (sticky or not)" : "");
+                return -EPERM;
+        }
+        return 0;
+}
+
+int control_check_owned_file(const char *path) {
+        struct stat st;
+
+        if (lstat(path, &st) < 0)
+                return errno == ENOENT ? 0 : -errno;
+        if (st.st_uid != geteuid() || (st.st_mode & 022) || !(S_ISREG(st.st_mode) || S_ISSOCK(st.st_mode))) {
+                log_msg(LOG_ERR, "%s is %s uid %u%s; refusing to use it (brokerd runs as uid %u)", path,
+                        S_ISREG(st.st_mode) || S_ISSOCK(st.st_mode) ? "owned by" : "not a plain file, owned by",
+                        (unsigned) st.st_uid, st.st_mode & 022 ? " and writable by group or others" : "",
+                        (unsigned) geteuid());
                 return -EPERM;
         }
         return 0;
@@ -81,6 +97,12 @@ static int check_existing_socket(const char *path, const struct sockaddr_un *sa)
         if (!S_ISSOCK(st.st_mode)) {
                 log_msg(LOG_ERR, "%s exists and is not a socket; refusing to replace it", path);
                 return -EEXIST;
+        }
+        /* Another uid's socket there, live or not, was planted. */
+        if (st.st_uid != geteuid()) {
+                log_msg(LOG_ERR, "%s is a socket of uid %u, not brokerd's (uid %u); refusing to use or replace it",
+                        path, (unsigned) st.st_uid, (unsigned) geteuid());
+                return -EPERM;
         }
         probe_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         if (probe_fd < 0)

@@ -188,3 +188,75 @@ def test_make_install(tmp_path):
     env = dict(os.environ, LD_LIBRARY_PATH=str(dest / "usr/lib"), ASAN_OPTIONS="verify_asan_link_order=0")
     r = subprocess.run([str(tmp_path / "client")], env=env)
     assert r.returncode == 0
+
+
+# --- planted state: another uid prepares what brokerd would use --------------
+
+U1 = 4242
+
+
+def plant(path, uid=U1, mode=0o644, listening_socket=False):
+    """A file (or a Unix socket) at path, owned by uid: what another user
+    could have put there first."""
+    if listening_socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.bind(str(path))
+        s.listen()
+    else:
+        path.write_bytes(b"")
+        s = None
+    os.chown(path, uid, uid)
+    os.chmod(path, mode)
+    return s
+
+
+def test_sticky_world_writable_directories_refused(tmp_path):
+    """/tmp-like directories (1777): another uid could create the database or
+    the control socket there first. Refused, for --control and for --db."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    tmp_path.chmod(0o755)
+    planted = plant(sticky / "c.sock", listening_socket=True)
+    try:
+        r = run_brokerd("--foreground", "--control", str(sticky / "c.sock"), "--db", str(tmp_path / "db" / "pb.db"))
+        assert r.returncode == 1 and "not writable by group or others (sticky or not)" in r.stderr, r.stderr
+    finally:
+        planted.close()
+    plant(sticky / "pb.db")
+    r = run_brokerd("--foreground", "--control", str(tmp_path / "run" / "c.sock"), "--db", str(sticky / "pb.db"))
+    assert r.returncode == 1 and "(sticky or not)" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name,uid,mode", [("pb.db", U1, 0o600), ("pb.db-wal", U1, 0o600), ("pb.db-shm", U1, 0o600),
+                                           ("pb.db", 0, 0o666)])
+def test_database_files_of_another_uid_or_writable_refused(tmp_path, name, uid, mode):
+    """The database and its -wal and -shm must be brokerd's and written by
+    nobody else: one found otherwise is named, and brokerd does not start."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    plant(state / name, uid=uid, mode=mode)
+    r = run_brokerd("--foreground", "--control", str(tmp_path / "run" / "c.sock"), "--db", str(state / "pb.db"))
+    assert r.returncode == 1, r.stderr
+    assert f"{state / name} is owned by uid {uid}" in r.stderr, r.stderr
+    if mode & 0o022:
+        assert "writable by group or others" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("live", [True, False])
+def test_control_socket_of_another_uid_refused(tmp_path, live):
+    """A socket at the control path owned by another uid (listening or
+    stale) is named and neither used nor replaced."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    planted = plant(run / "c.sock", listening_socket=True)
+    if not live:
+        planted.close()
+    try:
+        r = run_brokerd("--foreground", "--control", str(run / "c.sock"), "--db", str(tmp_path / "db" / "pb.db"))
+        assert r.returncode == 1, r.stderr
+        assert f"{run / 'c.sock'} is a socket of uid {U1}, not brokerd's" in r.stderr, r.stderr
+        assert os.stat(run / "c.sock").st_uid == U1                     # not replaced
+    finally:
+        if live:
+            planted.close()
