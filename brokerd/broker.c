@@ -22,6 +22,7 @@
 #include "sockopt.h"
 
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
+#define FLUSH_RETRY_USEC (1000 * 1000)  /* after a failed flush */
 #define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
 #define CHECKPOINT_IDLE_USEC (5 * 1000 * 1000) /* WAL checkpoint after this long without writes */
 
@@ -60,7 +61,11 @@ void broker_audit(struct broker *b, const char *event, const struct peer *p, con
                 .detail = detail,
         };
 
-        store_event_queue(b->store, &ev);
+        int lost = store_event_queue(b->store, &ev);
+
+        if (lost > 0)
+                log_msg(LOG_ERR, "audit trail: %d events lost: the database could not take them (see the errors "
+                        "above) and the queue was full", lost);
         broker_arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
 }
 
@@ -102,8 +107,13 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         struct broker *b = userdata;
         int r = store_flush(b->store);
 
-        if (r < 0)
-                log_msg(LOG_ERR, "cannot write audit events: %s", strerror(-r));
+        if (r < 0) {
+                /* Kept: tried again, and lost (and said) only when the queue fills. */
+                log_msg(LOG_ERR, "cannot write audit events: %s; %u kept, tried again in 1 s", strerror(-r),
+                        store_pending(b->store));
+                broker_arm_oneshot(b, b->flush_source, FLUSH_RETRY_USEC);
+                return 0;
+        }
         schedule_checkpoint(b);
         return 0;
 }

@@ -275,13 +275,15 @@ int store_flush(struct store *s) {
 }
 
 int store_event_queue(struct store *s, const struct store_event *ev) {
+        int r = 0;
+
         if (s->n_pending == STORE_PENDING_MAX) {
-                int r = store_flush(s);
+                r = store_flush(s);
                 if (r < 0)
                         s->n_pending = 0;       /* drop the batch rather than grow without bound */
         }
         pending_fill(&s->pending[s->n_pending++], ev);
-        return 0;
+        return r < 0 ? STORE_PENDING_MAX : 0;
 }
 
 static int on_wal_commit(void *userdata, sqlite3 *db, const char *name, int pages) {

@@ -91,7 +91,10 @@ int store_reserved_load(struct store *s, int (*fn)(unsigned port, void *userdata
 int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void *userdata), void *userdata);
 int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, void *userdata), void *userdata);
 
-/* Queues an event for the next batch; flushes when the queue is full. */
+/* Queues an event for the next batch; flushes when the queue is full.
+ * Returns 0, or how many queued events were dropped because that flush
+ * failed too (STORE_PENDING_MAX; ev itself is queued). A failed
+ * store_flush() keeps the events for the next one. */
 int store_event_queue(struct store *s, const struct store_event *ev);
 
 /* Number of queued events. */

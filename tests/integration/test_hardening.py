@@ -188,3 +188,22 @@ def test_unit_rule_matches_cgroup_path_only(broker, unit_cgroups):
     assert r.returncode == 0, r.stderr
     st = broker.portctl("status", "8085", json=True).json
     assert st[0]["owner_uid"] == U1, st
+
+
+@pytest.mark.expect_log(r"cannot write audit events: .*; \d+ kept, tried again in 1 s")
+def test_a_failed_audit_flush_is_tried_again(broker):
+    """The database refuses the audit rows for a while (a trigger here; a
+    full disk or a lock in life): they are kept and written once it takes
+    them again, with no new event needed to bring that about."""
+    broker.portctl("get", "tcp:9990")                  # created: its audit rows are in
+    wait_for(lambda: broker.events("grant") and broker.portctl("status", json=True).json, 10, "the lease")
+    db = sqlite3.connect(broker.db, timeout=10)
+    with db:
+        db.execute("CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    broker.portctl("get", "tcp:9990")                  # a repeat get: an audit row only, queued
+    wait_for(lambda: "cannot write audit events" in broker.log(), 10, "a failed audit flush")
+    with db:
+        db.execute("DROP TRIGGER no_events")
+    wait_for(lambda: db.execute("SELECT count(*) FROM events WHERE event = 'grant' AND endpoint = 'tcp:[::]:9990'")
+             .fetchone()[0] == 2, 10, "both grants in the audit trail")
+    db.close()

@@ -144,6 +144,35 @@ static void test_events_batched_until_flush(void **state) {
         assert_int_equal(sql_int("SELECT count(*) FROM events"), 10 + STORE_PENDING_MAX + 5);
 }
 
+static void exec_sql(const char *sql) {
+        sqlite3 *db;
+
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
+}
+
+/* A flush the database refuses keeps its events for the next one; only a
+ * full queue that cannot be written either drops them, and says how many. */
+static void test_failed_flush_keeps_events(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
+
+        exec_sql("CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+        for (int i = 0; i < 10; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_true(store_flush(s) < 0);
+        assert_int_equal(store_pending(s), 10);
+        for (int i = 10; i < STORE_PENDING_MAX; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_int_equal(store_event_queue(s, &ev), STORE_PENDING_MAX);
+        assert_int_equal(store_pending(s), 1);
+        exec_sql("DROP TRIGGER no_events");
+        assert_int_equal(store_flush(s), 0);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 1);
+}
+
 static void test_no_automatic_checkpoint(void **state) {
         struct store *s = open_ok();
         struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
@@ -262,6 +291,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules_and_leases_survive_reopen, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_batched_until_flush, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_failed_flush_keeps_events, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
