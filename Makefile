@@ -135,8 +135,10 @@ $(BUILD)/test_%: tests/unit/test_%.c $(BROKERD_OBJ) $(PROTO_OBJ) $(COMMON_OBJ) $
 $(BUILD)/test_cli: $(BUILD)/obj/client/portctl/cli.o
 $(BUILD)/test_cli: CPPFLAGS += -Iclient/portctl
 
-# test_proto plays a kernel race through a wrapper of recvmsg().
+# test_proto plays a kernel race through a wrapper of recvmsg(); test_peer
+# older kernels' SO_PEERPIDFD through one of getsockopt().
 $(BUILD)/test_proto: LDHARDEN += -Wl,--wrap=recvmsg
+$(BUILD)/test_peer: LDHARDEN += -Wl,--wrap=getsockopt
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@

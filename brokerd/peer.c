@@ -6,8 +6,10 @@
  * we check through the pidfd that the same process is still alive, so a
  * recycled pid cannot lend its identity. The namespaces are the process's,
  * not its socket's: a socket can be handed to a process elsewhere. Kernels
- * without SO_PEERPIDFD (before 6.5) get a pidfd from pidfd_open() checked
- * against the uid.
+ * without SO_PEERPIDFD (before 6.5: ENOPROTOOPT) get a pidfd from
+ * pidfd_open() checked against the uid; any other failure of SO_PEERPIDFD
+ * (EINVAL: a peer already reaped, on 6.5 to 6.15) is doubt, never that
+ * fallback: its pid may be another process's by now.
  */
 #include "peer.h"
 
@@ -149,7 +151,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         len = sizeof(p.pid_fd);
         if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERPIDFD, &p.pid_fd, &len) < 0) {
                 p.pid_fd = -1;
-                if ((errno != ENOPROTOOPT && errno != EINVAL) || p.pid <= 0 ||
+                if (errno != ENOPROTOOPT || p.pid <= 0 ||
                     pidfd_for_peer(p.pid, p.uid, &p.pid_fd) < 0)
                         p.doubt = "cannot get a pidfd for the peer";
         }

@@ -191,6 +191,39 @@ static void test_other_user_namespace(void **state) {
         peer_done(&p);
 }
 
+/* SO_PEERPIDFD as a given kernel answers it: 0 the real one, else fails with that errno. */
+static int peerpidfd_errno;
+int __real_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
+int __wrap_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
+int __wrap_getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
+        if (level == SOL_SOCKET && name == 77 /* SO_PEERPIDFD */ && peerpidfd_errno) {
+                errno = peerpidfd_errno;
+                return -1;
+        }
+        return __real_getsockopt(fd, level, name, val, len);
+}
+
+/* Before 6.5 (ENOPROTOOPT) the pidfd comes from pidfd_open(), checked
+ * against the uid; an EINVAL (6.5-6.15: the peer was reaped) is doubt, not
+ * that fallback, which could read a recycled pid's namespaces and unit. */
+static void test_pidfd_fallback_only_without_so_peerpidfd(void **state) {
+        struct peer p;
+
+        peerpidfd_errno = ENOPROTOOPT;
+        p = identify(*state, PLAIN, false);
+        assert_null(p.doubt);
+        assert_true(p.pid_fd >= 0);
+        peer_done(&p);
+
+        peerpidfd_errno = EINVAL;
+        p = identify(*state, PLAIN, false);
+        peerpidfd_errno = 0;
+        assert_non_null(p.doubt);
+        assert_string_equal(p.doubt, "cannot get a pidfd for the peer");
+        assert_int_equal(p.pid_fd, -1);
+        peer_done(&p);
+}
+
 static void test_peer_gone(void **state) {
         struct peer p = identify(*state, PLAIN, true);
 
@@ -206,6 +239,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_socket_from_our_netns_used_elsewhere, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_other_user_namespace, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_peer_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_pidfd_fallback_only_without_so_peerpidfd, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
