@@ -285,7 +285,6 @@ def test_a_restart_takes_the_pinned_guard_over(make_broker, procs, tmp_path):
     second brokerd on the same guard directory refuses to start."""
     broker = make_broker()
     need_guard(broker)
-    scratch = tmp_path
     broker.portctl("policy", "add", "tcp:9400", "--user", U1)
     broker.portctl("get", "tcp:9400", uid=U1)
     pins = sorted(os.listdir(broker.guard_dir))
@@ -298,8 +297,8 @@ def test_a_restart_takes_the_pinned_guard_over(make_broker, procs, tmp_path):
     assert sorted(os.listdir(broker.guard_dir)) == pins
     assert all(r["wins"] == 0 for r in attack(procs, cases_for("tcp", 9400, [("::", 0)])))
 
-    other = subprocess.run([BROKERD, "--foreground", "--control", str(scratch / "c.sock"), "--db",
-                            str(scratch / "db" / "pb.db"), *broker.args[:4]],
+    other = subprocess.run([BROKERD, "--foreground", "--control", str(tmp_path / "c.sock"), "--db",
+                            str(tmp_path / "db" / "pb.db"), *broker.args[:4]],
                            capture_output=True, text=True, timeout=10)
     assert other.returncode == 1 and "another brokerd guards its leases from" in other.stderr, other.stderr
 
@@ -441,7 +440,7 @@ def test_the_kernel_never_picks_a_leased_port_for_anyone(make_broker, procs):
     target.close()
 
 
-def test_only_the_guard_of_its_own_database_is_removed(make_broker, procs, tmp_path):
+def test_only_the_guard_of_its_own_database_is_removed(make_broker, procs):
     """Another brokerd (its own database) run with --no-guard on the same
     guard directory leaves the stopped brokerd's guard alone and does not
     hold the directory: that brokerd starts again and takes it over. A
