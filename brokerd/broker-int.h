@@ -47,9 +47,12 @@ struct broker {
         sd_event_source *flush_source;  /* writes the queued audit events */
         sd_event_source *rebind_source; /* retries unbound leases */
         sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
-        struct conn *conns;             /* open control connections */
+        struct conn *conns, *conns_tail; /* open control connections, the most recently active
+                                         * first: the tail has been idle longest */
         unsigned n_conns;
-        uint64_t refused_conns;         /* over --max-connections, since start */
+        unsigned n_admin_conns;         /* of them, admins' */
+        uint64_t refused_conns;         /* refused at a limit, since start */
+        uint64_t evicted_conns;         /* closed to make room, since start */
         struct peer_self self;          /* our own namespaces, compared with each peer's */
         char boot_id[STORE_BOOT_ID_MAX]; /* this boot's id: socket cookies are unique within it */
         struct policy policy;
@@ -70,8 +73,12 @@ struct conn {
         struct broker *broker;
         int sock_fd;                    /* the accepted connection */
         sd_event_source *io_source;
-        sd_event_source *idle_source;   /* closes the connection after --idle-timeout */
+        sd_event_source *idle_source;   /* closes the connection after --idle-timeout or --max-connection-age */
         struct peer peer;
+        bool admin;                     /* counted against the admins' reserve, never evicted */
+        bool denied;                    /* its last request was denied: not activity */
+        uint64_t accepted_usec;         /* CLOCK_MONOTONIC at accept */
+        uint64_t active_usec;           /* ... at its last request served */
         struct conn *prev, *next;       /* in broker->conns */
 };
 
@@ -129,8 +136,9 @@ int control_parent_dir(const char *path, char *buf, size_t len);
 
 /* --- conn.c --- */
 
-/* Identifies the peer of fd and serves it, or refuses it when a limit is
- * reached. Consumes fd. */
+/* Identifies the peer of fd, then serves it, making room by closing the
+ * longest-idle connection of a non-admin when the table is full, or
+ * refuses it at its uid's limit. Consumes fd. */
 void conn_new(struct broker *b, int fd);
 
 /* Takes over a connection carried across a re-exec whose peer p was

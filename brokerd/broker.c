@@ -26,11 +26,16 @@
 #define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
 #define CHECKPOINT_IDLE_USEC (5 * 1000 * 1000) /* WAL checkpoint after this long without writes */
 
+/* The uid logged and audited for p: -1 (none) for an unidentified peer, never a uid it may not have. */
+static long peer_uid_field(const struct peer *p) {
+        return p->uid == PEER_UID_UNKNOWN ? -1 : (long) p->uid;
+}
+
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e) {
         return (struct log_fields) {
                 .endpoint = endpoint,
                 .port = e ? e->port_lo : 0,
-                .uid = (long) p->uid,
+                .uid = peer_uid_field(p),
                 .pid = (long) p->pid,
         };
 }
@@ -55,7 +60,7 @@ void broker_audit(struct broker *b, const char *event, const struct peer *p, con
                   const char *detail) {
         struct store_event ev = {
                 .event = event,
-                .uid = p ? (long) p->uid : -1,
+                .uid = p ? peer_uid_field(p) : -1,
                 .pid = p ? (long) p->pid : -1,
                 .endpoint = endpoint,
                 .detail = detail,

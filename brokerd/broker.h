@@ -25,6 +25,7 @@ struct broker_options {
         unsigned max_connections;       /* open control connections */
         unsigned max_connections_per_user; /* of one non-admin uid */
         unsigned idle_timeout_sec;      /* per connection */
+        unsigned max_connection_age_sec; /* per connection, however active */
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
         struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */

@@ -1,10 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Control connections: one per client, its peer identified once at accept
- * (never from anything the peer sends), limited per uid, closed after
- * --idle-timeout without a request. Reads one message at a time and hands
- * it to the request table; a message with fds or control data attached, or
- * too large, is rejected and the connection closed.
+ * (never from anything the peer sends). Reads one message at a time and
+ * hands it to the request table; a message with fds or control data
+ * attached, or too large, is rejected and the connection closed.
+ *
+ * No set of non-admin peers can keep an admin or a new peer out. The peer
+ * is identified before any limit is applied: an admin may use the whole
+ * table, others all but a sixteenth of it, and a uid (with every uid of the
+ * user namespaces below ours that it owns) --max-connections-per-user.
+ * When the table is full, the longest-idle connection of a non-admin is
+ * closed for the new one: the list runs from the most recently active to
+ * the longest idle, and a new connection enters at the front, so a flood
+ * of connections evicts its own before a new peer's (whose request is
+ * served as soon as it arrives: sd-event dispatches the oldest pending
+ * source first). A denied request is no activity, a peer in doubt is closed
+ * after its error, and no connection lives past --max-connection-age.
+ * Clients reconnect and resend on a connection closed without a reply.
  */
 #include "broker-int.h"
 
@@ -53,6 +65,51 @@ void conn_reject(struct conn *c, uint32_t id, int code, const char *why) {
         conn_free(c);
 }
 
+static void conn_arm_timer(struct conn *c);
+
+/* --- the list of connections, from the most recently active to the longest idle --- */
+
+static void conn_link(struct broker *b, struct conn *c) {
+        c->prev = NULL;
+        c->next = b->conns;
+        if (b->conns)
+                b->conns->prev = c;
+        else
+                b->conns_tail = c;
+        b->conns = c;
+}
+
+static void conn_unlink(struct broker *b, struct conn *c) {
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                b->conns = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        else
+                b->conns_tail = c->prev;
+}
+
+/* A request of c was served: c moves to the front, the most recently active. */
+static void conn_touch(struct conn *c) {
+        struct broker *b = c->broker;
+
+        sd_event_now(b->event, CLOCK_MONOTONIC, &c->active_usec);
+        if (b->conns != c) {
+                conn_unlink(b, c);
+                conn_link(b, c);
+        }
+}
+
+/* Counts c in and puts it at the front, accepted now. */
+static void conn_add(struct broker *b, struct conn *c) {
+        sd_event_now(b->event, CLOCK_MONOTONIC, &c->accepted_usec);
+        c->active_usec = c->accepted_usec;
+        conn_link(b, c);
+        b->n_conns++;
+        b->n_admin_conns += c->admin;
+}
+
 /* Reads one message, if one is there, and serves it. Returns true while
  * the connection stays open, false once it was closed (c is freed). */
 static bool conn_serve(struct conn *c) {
@@ -74,26 +131,52 @@ static bool conn_serve(struct conn *c) {
                 conn_free(c);           /* EOF or a dead peer */
                 return false;
         }
-        return request_handle(c, buf, (size_t) n) >= 0;
+        c->denied = false;
+        if (request_handle(c, buf, (size_t) n) < 0)
+                return false;
+        if (c->denied && c->peer.doubt) {
+                /* Nothing it asks will be granted: its error said why. */
+                conn_free(c);
+                return false;
+        }
+        if (!c->denied)
+                conn_touch(c);
+        return true;
 }
 
 static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         struct conn *c = userdata;
-        uint64_t now;
 
-        if (!conn_serve(c))
-                return 0;
-        sd_event_now(c->broker->event, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(c->idle_source, now + c->broker->opt.idle_timeout_sec * USEC_PER_SEC);
+        if (conn_serve(c))
+                conn_arm_timer(c);
         return 0;
 }
 
-static int on_conn_idle(sd_event_source *s, uint64_t usec, void *userdata) {
+static uint64_t conn_idle_deadline(const struct conn *c) {
+        return c->active_usec + c->broker->opt.idle_timeout_sec * USEC_PER_SEC;
+}
+
+static uint64_t conn_age_deadline(const struct conn *c) {
+        return c->accepted_usec + c->broker->opt.max_connection_age_sec * USEC_PER_SEC;
+}
+
+/* Sets c's timer to whichever comes first: its idle timeout or its age limit. */
+static void conn_arm_timer(struct conn *c) {
+        uint64_t idle = conn_idle_deadline(c), age = conn_age_deadline(c);
+
+        sd_event_source_set_time(c->idle_source, idle < age ? idle : age);
+}
+
+static int on_conn_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         struct conn *c = userdata;
         struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
 
-        log_event(LOG_INFO, "idle-timeout", &f, "no request for %u s; closing the connection",
-                  c->broker->opt.idle_timeout_sec);
+        if (usec >= conn_age_deadline(c))
+                log_event(LOG_INFO, "conn-age", &f, "open for %u s, the most allowed; closing the connection",
+                          c->broker->opt.max_connection_age_sec);
+        else
+                log_event(LOG_INFO, "idle-timeout", &f, "no request for %u s; closing the connection",
+                          c->broker->opt.idle_timeout_sec);
         conn_free(c);
         return 0;
 }
@@ -105,53 +188,105 @@ void conn_free(struct conn *c) {
         c->idle_source = sd_event_source_disable_unref(c->idle_source);
         c->sock_fd = safe_close(c->sock_fd);
         peer_done(&c->peer);
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                b->conns = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
+        conn_unlink(b, c);
         b->n_conns--;
+        b->n_admin_conns -= c->admin;
         free(c);
 }
 
-static unsigned conns_of_uid(const struct broker *b, uid_t uid) {
+/* True for the 1st, 2nd, 4th, 8th, ... time *count is counted: a flood
+ * at a limit is logged, but not line by line. */
+static bool log_sampled(uint64_t *count) {
+        ++*count;
+        return (*count & (*count - 1)) == 0;
+}
+
+static unsigned conns_of_account(const struct broker *b, uid_t account) {
         unsigned n = 0;
 
         for (const struct conn *c = b->conns; c; c = c->next)
-                n += c->peer.uid == uid;
+                n += c->peer.account == account;
         return n;
 }
 
 /* One uid cannot take every slot; admins are trusted. True when the peer
  * is over its limit, with the reason in why. */
 static bool over_user_limit(const struct broker *b, const struct conn *c, char *why, size_t size) {
-        if (policy_is_admin(&b->policy, &c->peer) ||
-            conns_of_uid(b, c->peer.uid) < b->opt.max_connections_per_user)
+        if (c->admin || conns_of_account(b, c->peer.account) < b->opt.max_connections_per_user)
                 return false;
-        snprintf(why, size, "uid %u already has %u connections to brokerd, the most allowed",
-                 (unsigned) c->peer.uid, b->opt.max_connections_per_user);
+        if (c->peer.account != c->peer.uid)
+                snprintf(why, size, "uid %u, the owner of uid %u's user namespace, already has %u connections "
+                         "to brokerd, the most allowed", (unsigned) c->peer.account, (unsigned) c->peer.uid,
+                         b->opt.max_connections_per_user);
+        else
+                snprintf(why, size, "uid %u already has %u connections to brokerd, the most allowed",
+                         (unsigned) c->peer.uid, b->opt.max_connections_per_user);
         return true;
 }
 
-static void conn_link(struct broker *b, struct conn *c) {
-        c->next = b->conns;
-        if (b->conns)
-                b->conns->prev = c;
-        b->conns = c;
-        b->n_conns++;
+/* The slots of --max-connections kept for admins: a sixteenth. */
+static unsigned admin_reserve(const struct broker *b) {
+        return b->opt.max_connections / 16;
 }
 
-/* Watches c for requests and for idleness. Returns 0 or -errno. */
-static int conn_watch(struct broker *b, struct conn *c) {
+/* True when c (not linked yet) would go over the table's limit for its kind of peer. */
+static bool table_full_for(const struct broker *b, const struct conn *c) {
+        if (b->n_conns >= b->opt.max_connections)
+                return true;
+        return !c->admin && b->n_conns - b->n_admin_conns >= b->opt.max_connections - admin_reserve(b);
+}
+
+/* The longest-idle connection of a non-admin, or NULL. */
+static struct conn *eviction_victim(const struct broker *b) {
+        for (struct conn *c = b->conns_tail; c; c = c->prev)
+                if (!c->admin)
+                        return c;
+        return NULL;
+}
+
+/* Closes the longest-idle non-admin connection to make room for c. Returns
+ * false when there is none (every connection is an admin's). */
+static bool evict_for(struct broker *b, const struct conn *c) {
+        struct conn *victim = eviction_victim(b);
         uint64_t now;
+
+        if (!victim)
+                return false;
+        if (log_sampled(&b->evicted_conns)) {
+                struct log_fields f = broker_peer_fields(&victim->peer, NULL, NULL);
+
+                sd_event_now(b->event, CLOCK_MONOTONIC, &now);
+                log_event(LOG_WARNING, "conn-evict", &f, "%u connections, the most allowed: closing the one idle "
+                          "longest (%llu ms) for uid %u's; %llu closed so far", b->n_conns,
+                          (unsigned long long) (now - victim->active_usec) / 1000, (unsigned) c->peer.uid,
+                          (unsigned long long) b->evicted_conns);
+        }
+        conn_free(victim);      /* without a reply: its client reconnects if it has more to ask */
+        return true;
+}
+
+/* Refuses c, not linked yet, with why (an error reply) and frees it. */
+static void conn_refuse_new(struct broker *b, struct conn *c, const char *why) {
+        if (log_sampled(&b->refused_conns)) {
+                struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
+
+                log_event(LOG_WARNING, "conn-limit", &f, "%s; %llu connections refused so far", why,
+                          (unsigned long long) b->refused_conns);
+        }
+        conn_refuse(c->sock_fd, EUSERS, why);
+        peer_done(&c->peer);
+        free(c);
+}
+
+/* Watches c for requests and for its timer. Returns 0 or -errno. */
+static int conn_watch(struct broker *b, struct conn *c) {
         int r;
 
-        sd_event_now(b->event, CLOCK_MONOTONIC, &now);
         r = sd_event_add_io(b->event, &c->io_source, c->sock_fd, EPOLLIN, on_conn_io, c);
         if (r >= 0)
-                r = sd_event_add_time(b->event, &c->idle_source, CLOCK_MONOTONIC,
-                                      now + b->opt.idle_timeout_sec * USEC_PER_SEC, 100 * 1000, on_conn_idle, c);
+                r = sd_event_add_time(b->event, &c->idle_source, CLOCK_MONOTONIC, 0, 100 * 1000, on_conn_timer, c);
+        if (r >= 0)
+                conn_arm_timer(c);
         return r;
 }
 
@@ -168,7 +303,8 @@ void conn_carried(struct broker *b, int fd, const struct peer *p) {
         c->peer.conn_fd = fd;
         /* For holder watches only; the identity stays the one read at accept. */
         c->peer.pid_fd = peer_pidfd(fd);
-        conn_link(b, c);
+        c->admin = policy_is_admin(&b->policy, &c->peer);
+        conn_add(b, c);
         if (conn_watch(b, c) < 0) {
                 log_msg(LOG_ERR, "cannot watch a connection carried over; closing it");
                 conn_free(c);
@@ -177,7 +313,7 @@ void conn_carried(struct broker *b, int fd, const struct peer *p) {
 
 void conn_new(struct broker *b, int fd) {
         struct conn *c = calloc(1, sizeof(*c));
-        char why[128];
+        char why[160];
         int r;
 
         if (!c) {
@@ -186,23 +322,26 @@ void conn_new(struct broker *b, int fd) {
         }
         c->broker = b;
         c->sock_fd = fd;
-        c->peer.pid_fd = -1;
         /* A connection sees the unit rules that existed when it was accepted. */
         r = peer_identify(fd, &b->self, b->policy.n_unit_rules > 0, &c->peer);
         if (r < 0) {
-                c->peer.pid_fd = -1;
-                c->peer.doubt = "cannot read the peer's credentials";
-        }
-        if (over_user_limit(b, c, why, sizeof(why))) {
                 struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
 
-                log_event(LOG_WARNING, "conn-limit", &f, "%s", why);
-                conn_refuse(fd, EUSERS, why);
-                peer_done(&c->peer);
-                free(c);
+                log_event(LOG_WARNING, "unidentified", &f, "cannot read a new peer's credentials: %s; it will be "
+                          "denied everything", strerror(-r));
+        }
+        c->admin = policy_is_admin(&b->policy, &c->peer);
+        if (over_user_limit(b, c, why, sizeof(why))) {
+                conn_refuse_new(b, c, why);
                 return;
         }
-        conn_link(b, c);
+        if (table_full_for(b, c) && !evict_for(b, c)) {
+                snprintf(why, sizeof(why), "brokerd is at its limit of %u connections; try again",
+                         b->opt.max_connections);
+                conn_refuse_new(b, c, why);
+                return;
+        }
+        conn_add(b, c);
         /* Clients send their request right after connect(), so it is usually
          * queued already: serving it before the connection is watched keeps
          * the watch's set-up (epoll_ctl, the idle timer) and a loop

@@ -3,9 +3,9 @@
  * The control socket: taken from systemd socket activation, or created at
  * --control in a private directory, replacing a stale socket atomically and
  * never a live broker's. Accepts one connection per wake-up (in bursts only
- * to drain what was queued before the listener refused fds), refuses
- * politely at the connection limit, and pauses briefly when out of file
- * descriptors.
+ * to drain what was queued before the listener refused fds) and pauses
+ * briefly when out of file descriptors; conn.c applies the connection
+ * limits, once it knows who connected.
  */
 #include "broker-int.h"
 
@@ -185,20 +185,6 @@ static int on_accept_resume(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-/* Over --max-connections: an error reply, and one log line per power of two
- * refused, so a flood does not flood the log. Consumes fd. */
-static void refuse_over_limit(struct broker *b, int fd) {
-        char why[128];
-
-        snprintf(why, sizeof(why), "brokerd is at its limit of %u connections; try again", b->opt.max_connections);
-        conn_refuse(fd, EUSERS, why);
-        b->refused_conns++;
-        if ((b->refused_conns & (b->refused_conns - 1)) == 0)
-                log_event(LOG_WARNING, "conn-limit", &(struct log_fields) LOG_FIELDS_NONE,
-                          "%llu connections refused so far at the limit of %u",
-                          (unsigned long long) b->refused_conns, b->opt.max_connections);
-}
-
 /* Accepts one connection per wake-up: the listener is level-triggered, so a
  * second one pending wakes us at once, while looping until EAGAIN costs a
  * failing accept4() on nearly every wake-up. Connections accepted once the
@@ -224,10 +210,7 @@ static int on_control(sd_event_source *s, int fd, uint32_t revents, void *userda
                 }
                 if (b->accept_drain)
                         (void) setsockopt(conn_fd, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero));
-                if (b->n_conns >= b->opt.max_connections)
-                        refuse_over_limit(b, conn_fd);
-                else
-                        conn_new(b, conn_fd);
+                conn_new(b, conn_fd);          /* identified first, then limited */
                 if (!b->accept_drain)
                         break;
         }

@@ -65,17 +65,22 @@ static int keep_lease_fd(struct broker *b, uint64_t id, int fd) {
 }
 
 /* Keeps a carried connection; ident is the rest of its line: "UID GID PID
- * DOUBTFUL UNIT" (UNIT "-" for none), its peer as read at accept. */
+ * DOUBTFUL UNIT [ACCOUNT]", its peer as read at accept (UNIT "-" for none;
+ * ACCOUNT, the uid its connections count under, is UID when an older
+ * brokerd left it out). */
 static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id, const char *ident) {
         struct carried_conn *v, x = { .fd = fd, .reexec_id = reexec_id };
         char unit[PEER_UNIT_MAX];
-        unsigned uid, gid;
-        int pid, doubtful;
+        unsigned uid, gid, account;
+        int pid, doubtful, n;
 
-        if (!ident || sscanf(ident, "%u %u %d %d %255s", &uid, &gid, &pid, &doubtful, unit) != 5)
+        n = ident ? sscanf(ident, "%u %u %d %d %255s %u", &uid, &gid, &pid, &doubtful, unit, &account) : 0;
+        if (n < 5)
                 return -EBADMSG;
-        x.peer = (struct peer) { .uid = uid, .gid = gid, .pid = pid, .pid_fd = -1, .conn_fd = fd,
-                                 .groups_unread = true };
+        if (n == 5)
+                account = uid;
+        x.peer = (struct peer) { .uid = uid, .account = account, .gid = gid, .pid = pid, .pid_fd = -1,
+                                 .conn_fd = fd, .groups_unread = true };
         if (strcmp(unit, "-") != 0)
                 snprintf(x.peer.unit, sizeof(x.peer.unit), "%s", unit);
         if (doubtful)

@@ -29,6 +29,7 @@ static struct broker_options arg_opt = {
         .max_connections = 256,
         .max_connections_per_user = 32,
         .idle_timeout_sec = 10,
+        .max_connection_age_sec = 600,
         .max_leases_per_user = 64,
         .max_leases = 4096,
 };
@@ -47,9 +48,14 @@ static void usage(FILE *out) {
                 "  -g, --admin-group NAME|GID    members may change policy and release any lease\n"
                 "  -f, --foreground              do not detach (implied under systemd)\n"
                 "      --backlog N               TCP listen backlog (default 4096)\n"
-                "      --max-connections N       open control connections (default 256)\n"
-                "      --max-connections-per-user N  of one uid; admins exempt (default 32)\n"
+                "      --max-connections N       open control connections (default 256; a sixteenth\n"
+                "                                kept for admins; when full, the longest-idle\n"
+                "                                connection of a non-admin is closed for a new one)\n"
+                "      --max-connections-per-user N  of one uid, a user namespace's uids counted as\n"
+                "                                its owner's; admins exempt (default 32)\n"
                 "      --idle-timeout SECONDS    close idle control connections (default 10)\n"
+                "      --max-connection-age SECONDS  close a control connection this long after it\n"
+                "                                was accepted, however busy (default 600)\n"
                 "      --max-leases-per-user N   leases one uid may own (default 64)\n"
                 "      --max-leases N            leases in all (default 4096; under systemd, keep\n"
                 "                                the unit's FileDescriptorStoreMax= as large)\n"
@@ -109,6 +115,7 @@ static const struct number_option {
         { "max-connections", 1, 100000, &arg_opt.max_connections },
         { "max-connections-per-user", 1, 100000, &arg_opt.max_connections_per_user },
         { "idle-timeout", 1, 86400, &arg_opt.idle_timeout_sec },
+        { "max-connection-age", 1, 86400, &arg_opt.max_connection_age_sec },
         { "max-leases-per-user", 1, 1000000, &arg_opt.max_leases_per_user },
         { "max-leases", 1, 1000000, &arg_opt.max_leases },
 };

@@ -14,11 +14,15 @@
 #include "peer.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/nsfs.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <systemd/sd-login.h>
 #include <unistd.h>
 
@@ -48,9 +52,52 @@ static int ns_link(const char *pid, const char *ns, char *buf, size_t size) {
 }
 
 int peer_self_init(struct peer_self *self) {
+        struct stat st;
         int r = ns_link("self", "user", self->userns, sizeof(self->userns));
 
-        return r < 0 ? r : ns_link("self", "net", self->netns, sizeof(self->netns));
+        if (r >= 0)
+                r = ns_link("self", "net", self->netns, sizeof(self->netns));
+        if (r >= 0 && stat("/proc/self/ns/user", &st) < 0)
+                r = -errno;
+        if (r >= 0) {
+                self->userns_dev = st.st_dev;
+                self->userns_ino = st.st_ino;
+        }
+        return r;
+}
+
+/* The deepest nesting of user namespaces the kernel allows. */
+#define USERNS_DEPTH_MAX 32
+
+/*
+ * The uid a peer in another user namespace counts under: the owner of the
+ * namespace just below ours on the way up from the peer's. Every uid of a
+ * user's subordinate range (/etc/subuid), however deeply nested, counts as
+ * that user. Read by pid: the caller checks afterwards that the pid still
+ * names the peer. Returns 0 and *ret, or -errno (-EPERM: the peer's
+ * namespace is not below ours).
+ */
+static int userns_owner_below_us(pid_t pid, const struct peer_self *self, uid_t *ret) {
+        char path[64];
+        _cleanup_close_ int fd = -1;
+
+        snprintf(path, sizeof(path), "/proc/%d/ns/user", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        for (int depth = 0; depth < USERNS_DEPTH_MAX; depth++) {
+                _cleanup_close_ int parent_fd = ioctl(fd, NS_GET_PARENT);
+                struct stat st;
+
+                if (parent_fd < 0 || fstat(parent_fd, &st) < 0)
+                        return -errno;
+                if (st.st_dev == self->userns_dev && st.st_ino == self->userns_ino)
+                        return ioctl(fd, NS_GET_OWNER_UID, ret) < 0 ? -errno : 0;
+                safe_close(fd);
+                fd = parent_fd;
+                parent_fd = -1;
+        }
+        return -ELOOP;
 }
 
 static int read_groups(int fd, struct peer *p) {
@@ -113,16 +160,20 @@ static int pidfd_for_peer(pid_t pid, uid_t uid, int *ret) {
         return 0;
 }
 
-/* Why the peer's namespaces are not ours, or NULL when they are. Read from
- * /proc/PID: the caller checks afterwards that pid still names the peer. */
-static const char *namespaces_doubt(pid_t peer_pid, const struct peer_self *self) {
+/* Why the peer's namespaces are not ours, or NULL when they are; a peer in
+ * a user namespace below ours gets that namespace's owner as its account.
+ * Read from /proc/PID: the caller checks afterwards that pid still names
+ * the peer. */
+static const char *namespaces_doubt(struct peer *p, const struct peer_self *self) {
         char pid[16], userns[PEER_NS_MAX], netns[PEER_NS_MAX];
 
-        snprintf(pid, sizeof(pid), "%d", (int) peer_pid);
+        snprintf(pid, sizeof(pid), "%d", (int) p->pid);
         if (ns_link(pid, "user", userns, sizeof(userns)) < 0 || ns_link(pid, "net", netns, sizeof(netns)) < 0)
                 return "cannot read the peer's namespaces";
-        if (strcmp(userns, self->userns) != 0)
+        if (strcmp(userns, self->userns) != 0) {
+                (void) userns_owner_below_us(p->pid, self, &p->account);   /* else: its uid as we see it */
                 return "the peer is in another user namespace";
+        }
         if (strcmp(netns, self->netns) != 0)
                 return "the peer is in another network namespace";
         return NULL;
@@ -142,10 +193,16 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         char *unit = NULL;
         int r;
 
-        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-                return -errno;
+        if (getsockopt(conn_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+                r = -errno;
+                *ret = (struct peer) { .uid = PEER_UID_UNKNOWN, .account = PEER_UID_UNKNOWN,
+                                       .gid = (gid_t) -1, .pid_fd = -1, .conn_fd = conn_fd,
+                                       .doubt = "cannot read the peer's credentials" };
+                return r;
+        }
         p.pid = cred.pid;
         p.uid = cred.uid;
+        p.account = cred.uid;
         p.gid = cred.gid;
 
         len = sizeof(p.pid_fd);
@@ -161,7 +218,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
         if (p.pid <= 0 && !p.doubt)
                 p.doubt = "the peer's pid is not visible from the broker's pid namespace";
         if (!p.doubt)
-                p.doubt = namespaces_doubt(p.pid, self);
+                p.doubt = namespaces_doubt(&p, self);
         if (!p.doubt && want_unit) {
                 /* The unit comes from the cgroup path; -ENODATA: not in a system unit. */
                 r = sd_pid_get_unit(p.pid, &unit);

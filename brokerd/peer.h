@@ -18,9 +18,13 @@
 #define PEER_UNIT_MAX 256
 #define PEER_GROUPS_MAX 65536
 
+#define PEER_UID_UNKNOWN ((uid_t) -1)  /* uid of a peer whose credentials could not be read */
+
 struct peer {
         pid_t pid;
-        uid_t uid;
+        uid_t uid;                      /* PEER_UID_UNKNOWN: unidentified (doubt says why) */
+        uid_t account;                  /* the uid its connections count under: uid, or for a peer in a
+                                         * user namespace below ours, that namespace's owner */
         gid_t gid;
         gid_t *groups;                  /* supplementary groups (SO_PEERGROUPS), owned */
         size_t n_groups;
@@ -36,6 +40,8 @@ struct peer {
 #define PEER_NS_MAX 64
 struct peer_self {
         char userns[PEER_NS_MAX], netns[PEER_NS_MAX];
+        dev_t userns_dev;               /* our user namespace's nsfs inode, to find it among a peer's ancestors */
+        ino_t userns_ino;
 };
 
 /* Reads the broker's own namespaces. Returns 0 or -errno. */
@@ -46,8 +52,9 @@ int peer_pidfd(int conn_fd);
 
 /* Identifies the peer of connected socket conn_fd into *ret; its unit only
  * when want_unit (reading the cgroup costs a third of a hand-off, and only
- * unit rules need it). Returns 0 (check ret->doubt) or -errno when the
- * socket itself fails. Free with peer_done(). */
+ * unit rules need it). Returns 0 (check ret->doubt), or -errno when the
+ * socket itself fails: *ret is then an unidentified peer (uid and account
+ * PEER_UID_UNKNOWN, pid 0) in doubt. Free with peer_done(). */
 int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, struct peer *ret);
 
 /* True when gid is the peer's primary or a supplementary group. Reads the

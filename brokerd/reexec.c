@@ -156,8 +156,8 @@ static int write_list(const struct carry *v, size_t n) {
 
                 fprintf(f, "%d %s", v[i].fd, v[i].name);
                 if (p)
-                        fprintf(f, " %u %u %d %d %s", (unsigned) p->uid, (unsigned) p->gid, (int) p->pid,
-                                p->doubt != NULL, p->unit[0] ? p->unit : "-");
+                        fprintf(f, " %u %u %d %d %s %u", (unsigned) p->uid, (unsigned) p->gid, (int) p->pid,
+                                p->doubt != NULL, p->unit[0] ? p->unit : "-", (unsigned) p->account);
                 fputc('\n', f);
         }
         if (fclose(f) != 0)

@@ -31,6 +31,7 @@ static void deny(struct conn *c, const struct pb_msg *req, struct pb_msg *reply,
 
         log_event(LOG_NOTICE, "deny", &f, "%s", reply->error.message);
         broker_audit(c->broker, "deny", &c->peer, endpoint, audit_detail);
+        c->denied = true;       /* no activity: the idle timer runs on (conn.c) */
 }
 
 /* --- get: authorize, create the lease if needed, hand it out ---------------- */

@@ -20,49 +20,10 @@ import time
 import pytest
 
 from conftest import as_user, child_env, wait_for
+from rawproto import (ERROR, GET, HDR, POLICY_ADD, POLICY_LIST, REPLY, STATUS, STATUS_BODY, VERSION, answer,
+                      check_error_reply, endpoint, msg)
 
 pytestmark = pytest.mark.usefixtures("netns")
-
-HDR = struct.Struct("!IHHII")           # length, version, type, id, reserved
-VERSION = 2                             # PB_PROTO_VERSION_MIN: what every message but INFO is sent with
-GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
-REPLY, ERROR = 0x8000, 0xFFFF
-
-
-def msg(mtype, body=b"", version=VERSION, mid=7, length=None, reserved=0):
-    return HDR.pack(16 + len(body) if length is None else length, version, mtype, mid, reserved) + body
-
-
-def endpoint(port, transport=6, family=0):
-    return struct.pack("!BBHHH", transport, family, port, port, 0) + bytes(16)
-
-
-STATUS_BODY = b"\x00" + bytes(24) + struct.pack("!Q", 0)
-
-
-def answer(s, timeout=5.0):
-    """What the broker did with our last message: ("reply", header, data),
-    ("closed", None, b"") or ("silent", None, b"") after timeout."""
-    s.settimeout(timeout)
-    try:
-        data = s.recv(8192)
-    except (ConnectionResetError, BrokenPipeError):
-        return "closed", None, b""
-    except socket.timeout:
-        return "silent", None, b""
-    if not data:
-        return "closed", None, b""
-    return "reply", HDR.unpack(data[:16]), data
-
-
-def check_error_reply(hdr, data):
-    length, version, mtype, _, reserved = hdr
-    assert length == len(data) and version == VERSION and mtype == ERROR and reserved == 0, (hdr, data)
-    code = struct.unpack("!i", data[16:20])[0]
-    text = data[21:21 + data[20]].decode()
-    assert code > 0 and text and text.isprintable(), (code, text)
-    return code, text
-
 
 def assert_rejected(s, what):
     """The broker answered with an error and/or closed the connection."""

@@ -35,7 +35,22 @@ struct fixture {
         struct peer_self self;
 };
 
-enum child_setup { PLAIN, OTHER_NETNS, SOCKET_THEN_OTHER_NETNS, OTHER_USERNS, GROUPS };
+enum child_setup { PLAIN, OTHER_NETNS, SOCKET_THEN_OTHER_NETNS, OTHER_USERNS, GROUPS, USERNS_OF_4242,
+                   NESTED_USERNS_OF_4242 };
+
+/* Maps uids and gids 0-9 of pid's user namespace to 104242-104251 (we are root outside it). */
+static void map_subordinate_ids(pid_t pid) {
+        for (int i = 0; i < 2; i++) {
+                char path[64];
+                int fd;
+
+                snprintf(path, sizeof(path), "/proc/%d/%s", (int) pid, i ? "gid_map" : "uid_map");
+                fd = open(path, O_WRONLY | O_CLOEXEC);
+                assert_true(fd >= 0);
+                assert_int_equal(write(fd, "0 104242 10\n", 12), 12);
+                safe_close(fd);
+        }
+}
 
 /* A peer: a child that sets itself up, connects, then waits until told to
  * exit (or exits at once when exit_first). Returns the accepted end. */
@@ -61,6 +76,15 @@ static int connect_child(struct fixture *fx, enum child_setup how, bool exit_fir
                         ok = unshare(CLONE_NEWUSER) == 0;
                 else if (how == GROUPS)
                         ok = setgroups(2, groups) == 0;
+                else if (how == USERNS_OF_4242 || how == NESTED_USERNS_OF_4242) {
+                        /* uid 4242 makes a user namespace; we map 0-9 in it to 104242-104251 (as
+                         * newuidmap would from /etc/subuid); inside, uid 1 connects, or makes
+                         * another namespace and connects from there */
+                        ok = setresuid(4242, 4242, 4242) == 0 && unshare(CLONE_NEWUSER) == 0;
+                        (void) !write(ready[1], ok ? "m" : "n", 1);
+                        ok = ok && read(go[0], &byte, 1) == 1 && setresgid(1, 1, 1) == 0 &&
+                             setresuid(1, 1, 1) == 0 && (how == USERNS_OF_4242 || unshare(CLONE_NEWUSER) == 0);
+                }
                 strcpy(sa.sun_path, fx->path);
                 fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
                 if (how == SOCKET_THEN_OTHER_NETNS)     /* a socket made in ours, used from elsewhere */
@@ -74,6 +98,11 @@ static int connect_child(struct fixture *fx, enum child_setup how, bool exit_fir
         close(ready[1]);
         close(go[0]);
         assert_int_equal(read(ready[0], &byte, 1), 1);
+        if (byte == 'm') {
+                map_subordinate_ids(pid);
+                assert_int_equal(write(go[1], "c", 1), 1);
+                assert_int_equal(read(ready[0], &byte, 1), 1);
+        }
         assert_int_equal(byte, 'y');
         close(ready[0]);
         conn_fd = accept4(fx->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -188,8 +217,27 @@ static void test_other_user_namespace(void **state) {
 
         assert_non_null(p.doubt);
         assert_string_equal(p.doubt, "the peer is in another user namespace");
+        assert_int_equal(p.account, 0);         /* we (root) made it */
         peer_done(&p);
 }
+
+/* The uids of a user's namespaces count as that user's, however deep. */
+static void test_user_namespace_counts_under_its_owner(void **state) {
+        enum child_setup how[] = { USERNS_OF_4242, NESTED_USERNS_OF_4242 };
+
+        for (size_t i = 0; i < sizeof(how) / sizeof(how[0]); i++) {
+                struct peer p = identify(*state, how[i], false);
+
+                assert_non_null(p.doubt);
+                assert_string_equal(p.doubt, "the peer is in another user namespace");
+                assert_int_equal(p.uid, 104243);        /* its uid 1, as we see it */
+                assert_int_equal(p.account, 4242);
+                peer_done(&p);
+        }
+}
+
+/* SO_PEERCRED as a given kernel answers it: 0 the real one, else fails with that errno. */
+static int peercred_errno;
 
 /* SO_PEERPIDFD as a given kernel answers it: 0 the real one, else fails with that errno. */
 static int peerpidfd_errno;
@@ -198,6 +246,10 @@ int __wrap_getsockopt(int fd, int level, int name, void *val, socklen_t *len);
 int __wrap_getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
         if (level == SOL_SOCKET && name == 77 /* SO_PEERPIDFD */ && peerpidfd_errno) {
                 errno = peerpidfd_errno;
+                return -1;
+        }
+        if (level == SOL_SOCKET && name == SO_PEERCRED && peercred_errno) {
+                errno = peercred_errno;
                 return -1;
         }
         return __real_getsockopt(fd, level, name, val, len);
@@ -224,6 +276,26 @@ static void test_pidfd_fallback_only_without_so_peerpidfd(void **state) {
         peer_done(&p);
 }
 
+/* A peer whose credentials cannot be read is nobody: never uid 0. */
+static void test_unidentified_peer(void **state) {
+        struct fixture *fx = *state;
+        struct peer p;
+        pid_t pid;
+        int go_fd, conn_fd = connect_child(fx, PLAIN, false, &pid, &go_fd);
+
+        peercred_errno = ENOBUFS;
+        assert_int_equal(peer_identify(conn_fd, &fx->self, false, &p), -ENOBUFS);
+        peercred_errno = 0;
+        assert_non_null(p.doubt);
+        assert_string_equal(p.doubt, "cannot read the peer's credentials");
+        assert_int_equal(p.uid, PEER_UID_UNKNOWN);
+        assert_int_equal(p.account, PEER_UID_UNKNOWN);
+        assert_int_equal(p.pid_fd, -1);
+        peer_done(&p);
+        finish_child(pid, go_fd, false);
+        safe_close(conn_fd);
+}
+
 static void test_peer_gone(void **state) {
         struct peer p = identify(*state, PLAIN, true);
 
@@ -238,6 +310,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_other_network_namespace, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_socket_from_our_netns_used_elsewhere, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_other_user_namespace, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_user_namespace_counts_under_its_owner, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_unidentified_peer, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_peer_gone, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_pidfd_fallback_only_without_so_peerpidfd, setup, teardown),
         };
