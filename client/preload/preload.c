@@ -19,7 +19,8 @@
  * up to BROKER_TIMEOUT_SEC for the reply, and a refusal is formatted with
  * snprintf()). The connection to brokerd is close-on-exec and closed before
  * bind() returns. Configuration
- * comes from the environment, read once at load:
+ * comes from the environment, read once at load (never in a set-user-ID or
+ * file-capability program: there every bind() passes through):
  *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker; unset
  *                                 or empty: try every bind to a port, and
  *                                 pass through whatever brokerd refuses
@@ -33,6 +34,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -101,9 +103,9 @@ static void parse_endpoints(const char *list) {
 }
 
 __attribute__((constructor)) static void preload_init(void) {
-        const char *list = getenv("PORTBROKER_PRELOAD_ENDPOINTS");
-        const char *path = getenv(PB_SOCKET_ENV);
-        const char *ready = getenv("PORTBROKER_READY");
+        const char *list = secure_getenv("PORTBROKER_PRELOAD_ENDPOINTS");
+        const char *path = secure_getenv(PB_SOCKET_ENV);
+        const char *ready = secure_getenv("PORTBROKER_READY");
 
         next.bind = (int (*)(int, const struct sockaddr *, socklen_t)) dlsym(RTLD_NEXT, "bind");
         next.listen = (int (*)(int, int)) dlsym(RTLD_NEXT, "listen");
@@ -112,6 +114,12 @@ __attribute__((constructor)) static void preload_init(void) {
         next.accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int)) dlsym(RTLD_NEXT, "accept4");
         next.epoll_ctl = (int (*)(int, int, int, struct epoll_event *)) dlsym(RTLD_NEXT, "epoll_ctl");
         next.shutdown = (int (*)(int, int)) dlsym(RTLD_NEXT, "shutdown");
+        /* A set-user-ID or file-capability program (secure execution) is
+         * not steered by its caller's environment, which secure_getenv()
+         * does not read there: the shim (loaded into one only through
+         * /etc/ld.so.preload) then brokers no bind at all. */
+        if (getauxval(AT_SECURE))
+                return;
         parse_endpoints(list);
         cfg.all = !list || !*list;
         if (!path || !*path || strlen(path) >= sizeof(cfg.control.sun_path))

@@ -54,6 +54,7 @@ BROKERD = str(BUILD / "brokerd")
 PORTCTL = str(BUILD / "portctl")
 TESTSERVER = str(BUILD / "pb-testserver")
 LOAD = str(BUILD / "pb-load")
+PRELOAD = str(BUILD / "libportbroker-preload.so")
 PYTHON = "/usr/bin/python3"
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -8,17 +8,18 @@ get the same socket, UDP works, and what is not named passes through."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import PORTCTL, PYTHON, as_user, child_env, fetch, wait_for
+from conftest import PORTCTL, PRELOAD, PYTHON, as_user, child_env, fetch, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
-U1 = 4242
+U1, U2 = 4242, 4343
 
 PROBE = r"""
 import ctypes, json, os, socket, subprocess, sys
@@ -286,3 +287,48 @@ def test_shutdown_of_a_brokered_listener_is_a_no_op(broker, procs):
     srv.wait_ready()
     assert fetch(8080) == "ok shut\n"
     assert not broker.events("repair"), broker.log()
+
+
+SECURE_PROBE = r"""
+import json, os, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind(("::", 8080))
+print(json.dumps({"secure": os.getuid() != os.geteuid(), "inode": os.fstat(s.fileno()).st_ino}))
+"""
+
+
+def test_shim_ignores_the_environment_of_a_setuid_program(broker, workdir):
+    """Loaded into a set-user-ID program (only /etc/ld.so.preload can do
+    that), the shim is not steered by its caller's environment: U2 runs a
+    copy of python that is set-user-ID U1, with the shim's variables set,
+    and the program's bind() is its own; brokerd is never asked. The same
+    program without set-user-ID, as U1, is brokered (the shim was there)."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    suid = workdir / "suid"
+    suid.mkdir(mode=0o755)
+    python = suid / "python3"
+    shutil.copy(os.path.realpath(PYTHON), python)
+    os.chown(python, U1, U1)
+    python.chmod(0o4755)
+    upper, work = workdir / "etc-upper", workdir / "etc-work"
+    upper.mkdir()
+    work.mkdir()
+    (upper / "ld.so.preload").write_text(f"{PRELOAD}\n")
+
+    def run(uid, program):
+        # /etc/ld.so.preload in a mount namespace of its own: an overlay on /etc.
+        setup = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc && "
+                 'exec "$@"')
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh",
+                *as_user(uid), program, "-c", SECURE_PROBE]
+        env = child_env(PORTBROKER_PRELOAD_ENDPOINTS="8080", PORTBROKER_SOCKET=broker.control)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    out = run(U2, str(python))
+    assert out["secure"], out                           # euid U1, uid U2: secure execution
+    assert broker.portctl("status", json=True).json == [], "the shim asked brokerd for a set-user-ID program"
+    out = run(U1, PYTHON)
+    assert not out["secure"], out
+    assert [l["endpoint"] for l in broker.portctl("status", json=True).json] == ["tcp:[::]:8080"]
