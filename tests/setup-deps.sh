@@ -11,15 +11,15 @@ set -euo pipefail
 # nginx (with its stream module) and socat are the unmodified third-party
 # servers that test_thirdparty.py and test_upgrade.py run under portctl;
 # libcap2-bin gives setcap (a program with file capabilities).
-# make bench compares against s6-fdholderd, counts syncs with strace and
-# plots with gnuplot.
+# valgrind runs brokerd under memcheck in make check. make bench compares
+# against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 packages=(
 	gcc libc6-dev make pkg-config clang
 	libsystemd-dev libsqlite3-dev libcmocka-dev libbpf-dev
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
-	s6 strace gnuplot-nox
+	valgrind s6 strace gnuplot-nox
 )
 
 missing=()

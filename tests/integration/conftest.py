@@ -313,6 +313,24 @@ class Procs:
             check_sanitizers(p.stderr(), p.name)
 
 
+VALGRIND = bool(os.environ.get("PB_VALGRIND"))   # make check-valgrind: brokerd runs under memcheck
+# The first line of each kind of memcheck error report.
+VALGRIND_ERROR = re.compile(r"==\d+== (Invalid (read|write|free)|Conditional jump|Use of uninitialised|"
+                            r"Syscall param|Mismatched free|Source and destination overlap|Argument .* of function|"
+                            r"Process terminating|.* bytes in .* blocks are (definitely|indirectly|possibly) lost)")
+
+
+def valgrind_prefix(d, run):
+    """argv prefix running brokerd under valgrind's memcheck (PB_VALGRIND=1),
+    its reports in d; [] otherwise. Errors and leaks (definite, indirect,
+    possible) fail the test at teardown (Broker.check_valgrind)."""
+    if not VALGRIND:
+        return []
+    return ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
+            "--errors-for-leak-kinds=definite,indirect,possible", "--gen-suppressions=all",
+            f"--suppressions={ROOT}/tests/valgrind.supp", f"--log-file={d}/valgrind.{run}.%p.log"]
+
+
 class Broker:
     """One brokerd process (restartable) over a control socket and database in dir."""
 
@@ -346,8 +364,8 @@ class Broker:
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             ns.bind(self.notify_path)
-            argv = [*self.wrapper, self.binary, "--foreground", "--control", self.control, "--db", self.db,
-                    *self.args]
+            argv = [*self.wrapper, *valgrind_prefix(self.dir, self.runs), self.binary, "--foreground",
+                    "--control", self.control, "--db", self.db, *self.args]
             with open(self.logpath, "ab") as log:
                 log.write(f"--- run {self.runs}: {' '.join(argv)}\n".encode())
                 log.flush()
@@ -589,7 +607,8 @@ class Broker:
     # --- teardown --------------------------------------------------------
 
     def finish(self):
-        """Teardown: fds (check_fds), then SIGTERM and exit 0, then the log (check_log)."""
+        """Teardown: fds (check_fds), then SIGTERM and exit 0, then the log
+        (check_log) and valgrind's reports (check_valgrind)."""
         try:
             self.check_fds()
         finally:
@@ -598,6 +617,20 @@ class Broker:
         check_sanitizers(text, "brokerd")
         assert rc == 0, f"brokerd exited with {rc} (expected 0 on SIGTERM):\n{text[-3000:]}"
         self.check_log()
+        self.check_valgrind()
+
+    def check_valgrind(self):
+        """Under PB_VALGRIND: no error and no leak in any run's report: its
+        ERROR SUMMARY says 0 (leaks count as errors), and, for a run killed
+        before it could sum up, no error report at all."""
+        reports = sorted(self.dir.glob("valgrind.*.log"))
+        assert reports or not VALGRIND, "PB_VALGRIND is set, yet brokerd left no valgrind report"
+        for path in reports:
+            text = path.read_text(errors="replace")
+            summary = re.findall(r"ERROR SUMMARY: (\d+) errors", text)
+            errors = [l for l in text.splitlines() if VALGRIND_ERROR.match(l)]
+            assert not errors and summary in ([], ["0"]), \
+                f"valgrind found errors or leaks in brokerd ({path.name}):\n{text[-6000:]}"
 
 
 def _alive(pid):
@@ -713,7 +746,17 @@ def procs(workdir):
     p.cleanup()
 
 
+def pytest_collection_modifyitems(config, items):
+    if not VALGRIND:
+        return
+    for item in items:
+        for m in item.iter_markers("not_under_valgrind"):
+            item.add_marker(pytest.mark.skip(reason=f"under valgrind: {m.args[0]}"))
+
+
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "not_under_valgrind(reason): skipped under PB_VALGRIND, saying why")
     config.addinivalue_line(
         "markers", "expect_log(*regexes): brokerd error lines this test provokes on purpose; "
                    "each must appear, and only matching error lines are allowed")

@@ -19,6 +19,7 @@ import pytest
 from conftest import BROKERD, PORTCTL, PYTHON, wait_for
 
 U1, U2 = 4242, 4343
+REEXEC_UNDER_VALGRIND = "a re-exec executes brokerd's binary, which valgrind does not follow (brokerd would go on natively)"
 
 # Binds each case as the uid it runs as, repeatedly for a bounded time (or
 # once); prints one JSON list: per case {"wins": binds that succeeded,
@@ -495,6 +496,7 @@ def test_reservations_are_put_back_at_stop(make_broker):
     broker.start()
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_a_reexec_keeps_the_guard_and_its_lock(make_broker, procs):
     """portctl admin reexec: the new image takes the same pinned links over
     and the guard directory's lock, carried across exec() (never let go, so

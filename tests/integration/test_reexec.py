@@ -28,6 +28,8 @@ from conftest import BROKERD, Binder, Load, tcp_listener_inode
 
 pytestmark = pytest.mark.usefixtures("netns")
 
+REEXEC_UNDER_VALGRIND = "a re-exec executes brokerd's binary, which valgrind does not follow (brokerd would go on natively)"
+
 U1, U2 = 4242, 4343
 PORT = 8080
 
@@ -47,6 +49,7 @@ def broker_of_own_binary(make_broker, workdir):
     return broker, binary
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_reexec_keeps_every_port_under_load(broker, procs):
     broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
     broker.portctl("get", "udp:5353")
@@ -78,6 +81,7 @@ def test_reexec_keeps_every_port_under_load(broker, procs):
     early.close()
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_reexec_runs_the_binary_installed_since(make_broker, workdir):
     broker, binary = broker_of_own_binary(make_broker, workdir)
     # An upgrade: a new file at the same path; the running image is the old inode.
@@ -96,6 +100,7 @@ def test_reexec_is_for_admins_only(broker):
     assert not broker.events("reexec")
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 @pytest.mark.expect_log(r"event=error .*re-execution refused")
 def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdir):
     broker, binary = broker_of_own_binary(make_broker, workdir)
@@ -143,6 +148,7 @@ p.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [c.fi
 """
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_connections_keep_their_identity_across_reexec(broker):
     """A connection whose process exited before the re-exec is served after
     it (its identity is the one read at accept, carried over, not read again
@@ -168,6 +174,7 @@ def test_connections_keep_their_identity_across_reexec(broker):
         conn.close()
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 @pytest.mark.expect_log(r"event=error .*re-execution refused")
 def test_reexec_refused_when_the_database_is_too_new_for_the_binary(broker):
     """A downgrade: the binary at the path cannot use the database, so
