@@ -328,12 +328,22 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
         return 0;
 }
 
-/* Runs one request on c under its lock. */
+/* Whether brokerd may see a request of type twice with the same outcome. */
+static bool repeatable(uint16_t type) {
+        return type == PB_MSG_GET || type == PB_MSG_STATUS || type == PB_MSG_POLICY_LIST || type == PB_MSG_INFO;
+}
+
+/* Runs one request on c under its lock. One that brokerd may see twice is
+ * sent again, once, on a new connection when brokerd closed the connection
+ * without answering (the worker that had it was replaced, or its idle time
+ * ran out as the request came). */
 static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
         int r;
 
         pthread_mutex_lock(&c->lock);
         r = transact(c, x, ret_fd, err);
+        if (r == -ECONNRESET && repeatable(x->req.hdr.type))
+                r = transact(c, x, ret_fd, err);
         pthread_mutex_unlock(&c->lock);
         return r;
 }

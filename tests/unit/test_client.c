@@ -512,16 +512,76 @@ static void test_get_wrong_socket(void **state) {
         expect_failure(script_get_other_endpoint, call_get, EPROTO, "instead of tcp:127.0.0.1:");
 }
 
+/* brokerd hangs up without a reply, on both connections a get tries. */
 static void script_hang_up(struct server *s) {
-        int fd = accept_one(s);
-        struct pb_msg req;
+        for (int i = 0; i < 2; i++) {
+                int fd = accept_one(s);
+                struct pb_msg req;
 
-        recv_request(s, fd, &req);
-        close(fd);
+                recv_request(s, fd, &req);
+                close(fd);
+        }
 }
 
 static void test_hang_up(void **state) {
         expect_failure(script_hang_up, call_get, ECONNRESET, "closed the connection");
+}
+
+/* brokerd hangs up once without a reply (its worker was replaced), then answers. */
+static void script_hang_up_once(struct server *s) {
+        struct pb_msg req, reply;
+        int fd = accept_one(s);
+
+        recv_request(s, fd, &req);
+        close(fd);
+        fd = accept_one(s);
+        if (recv_request(s, fd, &req) == 0) {
+                reply_to(&req, &reply);
+                send_msg(s, fd, &reply, req.hdr.type == PB_MSG_GET ? s->port_fd : -1);
+        }
+        close(fd);
+}
+
+/* brokerd hangs up without a reply; no second connection may come. */
+static void script_hang_up_no_retry(struct server *s) {
+        struct pb_msg req;
+        int fd = accept_one(s);
+
+        recv_request(s, fd, &req);
+        close(fd);
+        if (s->nreq != 1)
+                s->failed = 1;
+}
+
+static int call_policy_add(pb_conn *c, struct server *s, pb_error *err) {
+        int64_t r = pb_conn_policy_add(c, PB_USER, 4242, NULL, "tcp:8080", err);
+
+        return r < 0 ? (int) r : 0;
+}
+
+/* A get, a status, a list are sent again once on a new connection; a
+ * policy change is not (brokerd may have made it before it hung up). */
+static void test_a_repeatable_request_is_sent_again_once(void **state) {
+        struct server s;
+        pb_error err;
+        pb_conn *c;
+        int fd;
+        char ep[64];
+
+        server_start(&s, script_hang_up_once);
+        make_port(&s);
+        server_run(&s);
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+        port_endpoint(&s, ep);
+        fd = pb_conn_get(c, ep, 0, NULL, &err);
+        assert_true(fd >= 0);
+        close(fd);
+        pb_disconnect(c);
+        server_join(&s);
+        assert_int_equal(s.nreq, 2);
+        server_stop(&s);
+
+        expect_failure(script_hang_up_no_retry, call_policy_add, ECONNRESET, "closed the connection");
 }
 
 /* Lists whose ids do not grow would page forever. */
@@ -928,6 +988,7 @@ int main(void) {
                 cmocka_unit_test(test_get_no_fd),
                 cmocka_unit_test(test_get_wrong_socket),
                 cmocka_unit_test(test_hang_up),
+                cmocka_unit_test(test_a_repeatable_request_is_sent_again_once),
                 cmocka_unit_test(test_status_loop),
                 cmocka_unit_test(test_error_reply),
                 cmocka_unit_test(test_get_ok),
