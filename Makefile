@@ -10,6 +10,7 @@ LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 DESTDIR    ?=
 
 VERSION    := 0.1.0
@@ -143,6 +144,11 @@ $(BUILD)/test_peer: LDHARDEN += -Wl,--wrap=getsockopt
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@
 
+# The monitor's message set is brokerd's (with the peer it carries).
+$(BUILD)/fuzz_privsep: tests/fuzz/fuzz_privsep.c tests/fuzz/driver.c $(call obj,brokerd/privsep.c brokerd/peer.c) \
+		$(PROTO_OBJ) $(COMMON_OBJ)
+	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -o $@
+
 $(BUILD)/examples/%: examples/%.c $(BUILD)/libportbroker.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -lpthread -o $@
@@ -200,7 +206,7 @@ run: all
 	@echo "brokerd: state in $(CURDIR)/.portbroker; you are its admin. In another shell:"
 	@echo "  export PORTBROKER_SOCKET=$(CURDIR)/.portbroker/control.sock"
 	exec $(BUILD)/brokerd --foreground --control $(CURDIR)/.portbroker/control.sock \
-		--db $(CURDIR)/.portbroker/portbroker.db
+		--db $(CURDIR)/.portbroker/db/portbroker.db
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
@@ -220,6 +226,11 @@ install: all
 	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' systemd/portbrokerd.service.in \
 		> $(DESTDIR)$(UNITDIR)/portbrokerd.service
 	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket
+	install -d $(DESTDIR)$(SYSUSERSDIR)
+	install -m 0644 systemd/portbroker.sysusers $(DESTDIR)$(SYSUSERSDIR)/portbroker.conf
+	@# The user the unit runs brokerd as: made now when installing for this machine.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent passwd portbroker >/dev/null; then \
+		systemd-sysusers $(SYSUSERSDIR)/portbroker.conf 2>/dev/null || bash tests/add-user.sh; fi
 
 clean:
 	rm -rf build build-sanitize

@@ -178,7 +178,7 @@ class Broker:
         self.build, self.dir = build, d
         self.args = [str(a) for a in [*(GUARD.args(args) if GUARD else []), *args]]
         self.control = str(d / "control.sock")
-        self.db = str(d / "portbroker.db")
+        self.db = str(d / "db" / "portbroker.db")       # the worker's directory, not the control socket's
         self.notify = str(d / "notify.sock")
         self.proc = None
 
@@ -210,6 +210,21 @@ class Broker:
     @property
     def pid(self):
         return self.proc.pid
+
+    def pids(self):
+        """brokerd's processes: the monitor and its worker (brokerd --worker)."""
+        out = [self.proc.pid]
+        for c in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            try:
+                if b"--worker" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0"):
+                    out.append(int(c))
+            except OSError:
+                pass
+        return out
+
+    def rss_kib(self):
+        """Resident memory of the monitor and the worker together."""
+        return sum(rss_kib(p) or 0 for p in self.pids())
 
     def stop(self):
         """Stops brokerd. Its bind guard stays (until the bench's cgroup
@@ -265,7 +280,7 @@ def handoff_cpus(a, b, raw):
     cpus = sorted(os.sched_getaffinity(0))
     if not a.pin or len(cpus) < 2:
         return None
-    for pid in (b.proc.pid, raw.p.pid):
+    for pid in (*b.pids(), raw.p.pid):
         os.sched_setaffinity(pid, {cpus[0]})
     return {cpus[1]}
 
@@ -320,7 +335,8 @@ def part_guard(a, wd):
         clients = None
         if a.pin and len(cpus) >= 2:
             for b in (g, n):
-                os.sched_setaffinity(b.pid, {cpus[0]})
+                for pid in b.pids():
+                    os.sched_setaffinity(pid, {cpus[0]})
             clients = {cpus[1]}
         runs = []
         for r in range(a.runs):
@@ -364,19 +380,21 @@ def strace_calls(path):
 
 
 def strace_attached(wd, pid, name, action, trace=None):
-    """Runs action() with strace -c -f attached to pid; returns {syscall: calls} (all, or those in trace)."""
+    """Runs action() with strace -c -f attached to pid (a list: to each);
+    returns {syscall: calls} (all, or those in trace)."""
+    pids = pid if isinstance(pid, (list, tuple)) else [pid]
     out = wd / f"strace-{name}.txt"
     st = subprocess.Popen(["strace", "-f", "-c", *(["-e", "trace=" + trace] if trace else []), "-o", str(out),
-                           "-p", str(pid)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    # strace says "Process N attached" once it is in place.
+                           *[x for p in pids for x in ("-p", str(p))]], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # strace says "Process N attached" for each, once it is in place.
     deadline = time.monotonic() + 10
-    line = ""
-    while "attached" not in line:
+    attached = 0
+    while attached < len(pids):
         if time.monotonic() > deadline or st.poll() is not None:
             st.kill()
             raise RuntimeError("strace did not attach")
-        line = st.stderr.readline()
+        attached += "attached" in st.stderr.readline()
     try:
         action()
     finally:
@@ -394,15 +412,15 @@ def strace_count(a, wd, pid, name, action):
 def part_fsync(a, wd, b):
     res = {}
     n = 2000
-    res["repeat_get"] = dict(strace_count(a, wd, b.pid, "repeat", lambda: bench(
+    res["repeat_get"] = dict(strace_count(a, wd, b.pids(), "repeat", lambda: bench(
         a.build, "get", "--socket", b.control, "--endpoint", "tcp:127.0.0.1:9000", "--count", n)), n=n)
-    res["lease_creation"] = dict(strace_count(a, wd, b.pid, "create", lambda: bench(
+    res["lease_creation"] = dict(strace_count(a, wd, b.pids(), "create", lambda: bench(
         a.build, "create", "--socket", b.control, "--first-port", 31000, "--count", 20)), n=20)
 
     def rules():
         for i in range(10):
             b.portctl("policy", "add", f"tcp:{32000 + i}", "--user", 4000 + i)
-    res["rule_add"] = dict(strace_count(a, wd, b.pid, "rules", rules), n=10)
+    res["rule_add"] = dict(strace_count(a, wd, b.pids(), "rules", rules), n=10)
     return res
 
 
@@ -433,7 +451,10 @@ SYSCALL_PURPOSE = {
 
 
 def cpu_ns(pid):
-    """CPU time (all threads) pid has used so far: its process CPU clock."""
+    """CPU time (all threads) pid (a list: all of them together) has used so
+    far: its process CPU clock."""
+    if isinstance(pid, (list, tuple)):
+        return sum(cpu_ns(p) for p in pid)
     return time.clock_gettime_ns(((~pid) << 3) | 2)
 
 
@@ -487,8 +508,8 @@ def part_breakdown(a, wd, b, raw):
     bench(a.build, *lib_get, "--count", 10)                   # the lease exists: every get below repeats
     ops = {
         # name: (server pid, pb-bench arguments, ops per run: warm-up get included where there is one)
-        "get": (b.pid, [*lib_get, "--count", n], n + 1),
-        "request": (b.pid, ["concurrent", "--socket", b.control, "--endpoint", ep, "--conns", 1, "--gets", n], n),
+        "get": (b.pids(), [*lib_get, "--count", n], n + 1),
+        "request": (b.pids(), ["concurrent", "--socket", b.control, "--endpoint", ep, "--conns", 1, "--gets", n], n),
         "raw_get": (raw.pid, [*raw_get, "--count", n], n + 1),
     }
     out = {"n": n, "server_calls": {}, "cpu_us": {}, "client_cpu_us": {}, "p50_us": {}}
@@ -539,14 +560,14 @@ def part_scale(a, wd):
                 have = n
             s = bench(a.build, "spread", "--socket", b.control, "--first-port", 20000, "--count", n,
                       "--gets", a.gets)
-            rss = rss_kib(b.pid)
+            rss = b.rss_kib()
             b.stop()
             ready = b.start()
             after = bench(a.build, "spread", "--socket", b.control, "--first-port", 20000, "--count", n,
                           "--gets", min(a.gets, 500))
             out["levels"].append({"leases": n, "get_p50_us": s["p50_us"], "get_p99_us": s["p99_us"],
                                   "rss_kib": rss, "start_to_ready_s": round(ready, 4),
-                                  "rss_after_restart_kib": rss_kib(b.pid), "gets_after_restart_failed": after["failed"]})
+                                  "rss_after_restart_kib": b.rss_kib(), "gets_after_restart_failed": after["failed"]})
             log(f"scale {n}: p50 {s['p50_us']} us, RSS {rss} KiB, start {ready:.3f} s")
         c = bench(a.build, "concurrent", "--socket", b.control, "--endpoint", "tcp:127.0.0.1:20000", "--conns",
                   a.conns, "--gets", 20)

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The broker's insides, shared by the files that make up its event loop
- * and by no one else (as OpenBSD ntpd has ntpd.h): the broker itself
- * (broker.c: life cycle, timers, audit), the control socket (control.c),
- * client connections (conn.c), the request table and its handlers
- * (request.c), the watches on listeners and holders (watch.c), and the
- * sockets kept outside the process: systemd's fd store (fdstore.c).
+ * The worker's insides (brokerd's unprivileged process, see privsep.h),
+ * shared by the files that make up its event loop and by no one else (as
+ * OpenBSD ntpd has ntpd.h): the broker itself (broker.c: life cycle,
+ * timers, audit), client connections (conn.c), the request table and its
+ * handlers (request.c), the watches on listeners and holders (watch.c),
+ * and what it asks of the monitor (monitor-wrap.c).
  */
 #pragma once
 
@@ -22,28 +22,18 @@
 #include "store.h"
 #include "log.h"
 
-/* A lease's socket passed at start, until its lease claims it. */
-struct fdstore_entry {
-        uint64_t lease_id;
-        int fd;                         /* -1 once claimed or closed */
-};
-
-/* A control connection carried across a re-exec, until it is served again. */
-struct carried_conn {
-        int fd;
-        uint32_t reexec_id;             /* the REEXEC request to answer on it, 0: none */
-        struct peer peer;               /* its identity as read at accept by the earlier image */
-};
-
 struct broker {
         struct broker_options opt;
         sd_event *event;
-        int control_fd;                 /* listening control socket, -1 before set-up */
-        bool control_created;           /* we created opt.control_path: unlink at exit */
-        bool accept_drain;              /* connections queued before the listener refused fds: accept
-                                         * until EAGAIN, refusing fds on each (SO_PASSRIGHTS) */
-        sd_event_source *control_source; /* accepts on control_fd */
-        sd_event_source *accept_pause_source; /* resumes accepting after running out of fds */
+        int req_fd, ev_fd;              /* the monitor's request and event channels */
+        sd_event_source *ev_source;     /* connections and news from the monitor */
+        pid_t monitor_pid;              /* brokerd's pid, as clients know it */
+        bool units_wanted;              /* the monitor reads peers' units (we have unit rules) */
+        bool detach;                    /* brokerd detaches from its terminal once ready */
+        bool reexecuting;               /* our connections went to the monitor, which executes brokerd again */
+        bool guard_on;                  /* the monitor's bind guard works */
+        char guard_state[PATH_MAX + 128]; /* where it guards, or why it does not */
+        char guard_dir[PATH_MAX];       /* where it guards, "" when unguarded */
         sd_event_source *flush_source;  /* writes the queued audit events */
         sd_event_source *rebind_source; /* retries unbound leases */
         sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
@@ -53,19 +43,11 @@ struct broker {
         unsigned n_admin_conns;         /* of them, admins' */
         uint64_t refused_conns;         /* refused at a limit, since start */
         uint64_t evicted_conns;         /* closed to make room, since start */
-        struct peer_self self;          /* our own namespaces, compared with each peer's */
         char boot_id[STORE_BOOT_ID_MAX]; /* this boot's id: socket cookies are unique within it */
         struct policy policy;
         struct store *store;
         struct lease_table leases;
         unsigned backlog;               /* --backlog as listen() keeps it: net.core.somaxconn at most */
-        struct guard guard;             /* the kernel's refusal of others' bind() on our leases */
-        bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
-        struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
-        size_t n_inherited;
-        struct carried_conn *carried;   /* control connections carried across a re-exec */
-        size_t n_carried;
-        int guard_dir_fd;               /* the guard's directory carried across a re-exec, still locked; -1 */
 };
 
 /* One client on the control socket, identified once at accept. */
@@ -91,17 +73,20 @@ void broker_arm_oneshot(struct broker *b, sd_event_source *s, uint64_t delay);
 void broker_audit(struct broker *b, const char *event, const struct peer *p, const char *endpoint,
                   const char *detail);
 
-/* Tells systemd the counts of leases, rules and connections. */
+/* Writes the queued database changes soon (a batch window from now). */
+void broker_flush_soon(struct broker *b);
+
+/* Tells systemd (through the monitor) the counts of leases, rules and connections. */
 void broker_notify_status(struct broker *b);
 
-/* After l got a socket: puts it in systemd's fd store and watches its
- * listener (failures are logged; the lease stays usable). Returns 0. */
+/* After l got a socket: watches its listener (a failure is logged; the
+ * lease stays usable). Returns 0. */
 int broker_lease_bound(struct broker *b, struct lease *l);
 
-/* Binds an unbound lease again, or adopts the socket a holder kept from an
- * earlier broker when adopt_cookie is that socket's; then watches it.
- * Returns 0 or -errno (the caller reports the failure). */
-int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie);
+/* Takes l's socket from the monitor (which binds it again, or at start
+ * may keep or adopt it; see privsep.h), then watches it. Returns 0 or
+ * -errno (the caller reports the failure). */
+int broker_rebind_lease(struct broker *b, struct lease *l);
 
 /* l's socket cannot be repaired (error, -errno: a holder turned it into a
  * connection, or locked a filter on it): holders keep that one, the lease
@@ -113,33 +98,12 @@ int broker_replace_socket(struct broker *b, struct lease *l, int error, const st
 /* Log fields naming peer p and, when given, an endpoint. */
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
 
-/* --- control.c --- */
-
-/* Takes the control socket from systemd or creates it safely at
- * opt.control_path, and starts accepting. Returns 0 or -errno, logged. */
-int control_setup(struct broker *b);
-
-/* Stops accepting, closes the control socket, unlinks what we created. */
-void control_done(struct broker *b);
-
-/* Creates dir (one level) or checks an existing one: a real directory, ours
- * or root's, writable by nobody else (sticky or not). Returns 0 or -errno, logged. */
-int control_ensure_private_dir(const char *dir, mode_t mode);
-
-/* A file brokerd relies on (its database and its -wal and -shm files):
- * absent, or a plain file (or socket) of brokerd's uid that nobody else may
- * write. Returns 0 or -errno, logged naming its owner. */
-int control_check_owned_file(const char *path);
-
-/* The directory part of path into buf. Returns 0 or -ENAMETOOLONG. */
-int control_parent_dir(const char *path, char *buf, size_t len);
-
 /* --- conn.c --- */
 
-/* Identifies the peer of fd, then serves it, making room by closing the
- * longest-idle connection of a non-admin when the table is full, or
- * refuses it at its uid's limit. Consumes fd. */
-void conn_new(struct broker *b, int fd);
+/* Serves fd, whose peer p the monitor identified, making room by closing
+ * the longest-idle connection of a non-admin when the table is full, or
+ * refuses it at its uid's limit. Consumes fd and p. */
+void conn_new(struct broker *b, int fd, const struct peer *p);
 
 /* Takes over a connection carried across a re-exec whose peer p was
  * identified at accept: watched, served from the loop. Consumes fd. */
@@ -178,46 +142,60 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
  * gets an error reply and closes it, and so does a reply that cannot be sent. */
 int request_handle(struct conn *c, const uint8_t *buf, size_t len);
 
-/* --- fdstore.c --- */
+/* Sends the new image's REEXEC reply (brokerd's pid and version) for request id on fd. */
+void request_reexec_answer(struct broker *b, int fd, uint32_t id);
 
-/* Reads the sockets passed at start (LISTEN_FDS, LISTEN_FDNAMES; after a
- * re-exec, the list in $PORTBROKER_REEXEC_FDS): lease sockets ("lease-ID")
- * are kept for fdstore_claim(), control connections for
- * fdstore_serve_carried(), the first other one becomes b->control_fd
- * (control.c checks it), others are closed. Also notes whether systemd
- * may keep fds for us. Returns 0 or -errno, logged. */
-int fdstore_take(struct broker *b);
+/* --- monitor-wrap.c: the worker's requests to the monitor (privsep.h) --- */
 
-/* The socket passed at start for lease_id, now owned by the caller, or -1. */
-int fdstore_claim(struct broker *b, uint64_t lease_id);
+/* What the monitor said of a lease's socket. */
+struct mm_socket {
+        uint64_t cookie;                /* SO_COOKIE */
+        uint8_t how;                    /* enum privsep_how */
+        pid_t adopted_from;
+};
 
-/* Serves the control connections carried across a re-exec, answering the
- * REEXEC request of the one that asked. After READY=1. */
-void fdstore_serve_carried(struct broker *b);
+/* Hello: the guard's state into b. Returns 0 or -errno. */
+int mm_hello(struct broker *b);
 
-/* Closes the passed sockets no lease claimed and drops them from the store. */
-void fdstore_drop_unclaimed(struct broker *b);
+/* At start: lease l of the database (and its socket's cookie of this boot,
+ * for adoption), a port brokerd reserved, where it last guarded from; then
+ * the guard is armed with every lease declared, and whatever the monitor
+ * held that the database no longer has is closed. */
+void mm_declare(struct broker *b, const struct lease *l);
+void mm_note_reserved(struct broker *b, unsigned port);
+void mm_last_guard(struct broker *b, const char *dir);
+void mm_arm(struct broker *b, unsigned max_leases);
 
-/* Closes our copies of passed sockets not claimed yet, leaving the store
- * as it is (brokerd failed to start: the next one gets them). */
-void fdstore_done(struct broker *b);
+/* The socket of lease id for e (created, guarded and bound if the monitor
+ * has no such lease): *ret_fd, owned by the caller. Returns 0 or -errno. */
+int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
-/* Puts l's socket in systemd's fd store (a no-op without systemd; the
- * store ignores a socket it has). Returns 0 or -errno. */
-int fdstore_add(struct broker *b, const struct lease *l);
+/* A fresh socket for lease id in place of one that cannot be repaired. Returns 0 or -errno. */
+int mm_replace(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
-/* Drops the socket of lease lease_id from systemd's fd store. */
-void fdstore_remove(struct broker *b, uint64_t lease_id);
+/* Lease id is gone: the monitor closes its socket and unguards it. */
+void mm_release(struct broker *b, uint64_t id);
 
-/* --- reexec.c --- */
+/* Ready to serve, with unbound leases not bound yet: READY=1, and connections come. */
+void mm_ready(struct broker *b, size_t unbound);
 
-/* Executes brokerd's binary again for the REEXEC request id on c, carrying
- * every socket. Returns only on failure: -errno, with why in reply (the old
- * image goes on serving). */
-int reexec(struct broker *b, struct conn *c, uint32_t id, struct pb_msg *reply);
+/* Tells the monitor whether to read peers' units (when b has unit rules), if that changed. */
+void mm_want_units(struct broker *b);
 
-/* Sends the new image's REEXEC reply for request id on fd. */
-void reexec_answer(int fd, uint32_t id);
+/* The counts for systemd's STATUS=. */
+void mm_status(struct broker *b);
+
+/* Whether brokerd's binary would start with these arguments and database.
+ * Returns 0, or -errno with why. */
+int mm_reexec_check(struct broker *b, char *why, size_t size);
+
+/* Hands every open connection to the monitor (request id to be answered
+ * on asker's by the new image), then has it execute brokerd again; the
+ * worker then stops. */
+void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id);
+
+/* Watches the event channel: connections and news from the monitor. Returns 0 or -errno. */
+int mm_watch(struct broker *b);
 
 /* --- watch.c --- */
 

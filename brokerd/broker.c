@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The broker's life cycle and timers: start-up (database, rules, leases
- * bound again or adopted, control socket), readiness, the loop, shutdown;
+ * The worker's life cycle and timers (the unprivileged half of brokerd; see
+ * privsep.h): start-up (database, rules, its leases declared to the
+ * monitor and their sockets taken from it), readiness, the loop, shutdown;
  * the batched audit writes and the idle WAL checkpoint; the retry of leases
  * whose port was busy at start. Connections, requests and watches live in
  * their own files (see broker-int.h).
@@ -13,11 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <systemd/sd-daemon.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include "adopt.h"
 #include "fd-util.h"
+#include "kernel.h"
+#include "privsep.h"
+#include "safepath.h"
 #include "sockaddr.h"
 #include "sockopt.h"
 
@@ -74,9 +77,12 @@ void broker_audit(struct broker *b, const char *event, const struct peer *p, con
         broker_arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
 }
 
+void broker_flush_soon(struct broker *b) {
+        broker_arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
+}
+
 void broker_notify_status(struct broker *b) {
-        sd_notifyf(false, "STATUS=%zu leases, %zu rules, %u connections", b->leases.n, b->policy.n_rules,
-                   b->n_conns);
+        mm_status(b);
 }
 
 /* --- audit batches and checkpoints ------------------------------------------ */
@@ -125,74 +131,66 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
 
 /* --- leases bound again ----------------------------------------------------- */
 
-/* Takes back the socket a holder kept from an earlier broker. Returns 0 or -errno. */
-static int adopt_lease(struct lease *l, uint64_t cookie) {
-        struct log_fields f = lease_fields(l);
-        pid_t from;
-        int r;
-
-        if (!cookie)
-                return -ENOENT;
-        r = adopt_socket(&l->endpoint, geteuid(), cookie, &l->sock_fd, &from);
-        if (r >= 0)
-                log_event(LOG_INFO, "adopt", &f, "lease %llu: took its socket back from pid %d, which still held it",
-                          (unsigned long long) l->id, (int) from);
-        return r;
-}
-
-/* Puts l's socket in systemd's fd store; a failure is logged, not fatal. */
-static void store_lease_socket(struct broker *b, const struct lease *l) {
-        struct log_fields f = lease_fields(l);
-        int r = fdstore_add(b, l);
-
-        if (r < 0)
-                log_event(LOG_WARNING, "error", &f, "cannot put lease %llu's socket in systemd's fd store: %s; "
-                          "a restart of brokerd will bind it again", (unsigned long long) l->id, strerror(-r));
-}
-
 int broker_lease_bound(struct broker *b, struct lease *l) {
         struct log_fields f = lease_fields(l);
 
-        store_lease_socket(b, l);
         if (watch_listener(b, l) < 0)
                 log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
         return 0;
 }
 
-int broker_rebind_lease(struct broker *b, struct lease *l, uint64_t adopt_cookie) {
+/* Logs how l got the socket the monitor gave it, and records a new one. */
+static void note_socket(struct broker *b, struct lease *l, const struct mm_socket *got) {
         struct log_fields f = lease_fields(l);
-        int r = lease_bind(&b->guard, &l->endpoint, l->backlog, &l->sock_fd);
+        int r;
 
-        if (r == -EADDRINUSE && adopt_lease(l, adopt_cookie) >= 0)
-                r = 0;
-        else if (r < 0)
-                return r;
-        else {
+        switch (got->how) {
+        case PS_HOW_KEPT:
+                log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
+                          (unsigned long long) l->id);
+                break;
+        case PS_HOW_ADOPTED:
+                log_event(LOG_INFO, "adopt", &f, "lease %llu: took its socket back from pid %d, which still held it",
+                          (unsigned long long) l->id, (int) got->adopted_from);
+                break;
+        case PS_HOW_BOUND:
                 log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
-                r = store_lease_set_socket(b->store, l->id, socket_cookie(l->sock_fd), b->boot_id);
+                r = store_lease_set_socket(b->store, l->id, got->cookie, b->boot_id);
                 if (r < 0)
                         log_event(LOG_WARNING, "error", &f, "cannot record the new socket: %s; a holder that "
                                   "outlives a broker crash will not be taken back", strerror(-r));
+                break;
         }
+}
+
+int broker_rebind_lease(struct broker *b, struct lease *l) {
+        struct mm_socket got;
+        int r = mm_socket(b, l->id, &l->endpoint, &l->sock_fd, &got);
+
+        if (r < 0)
+                return r;
+        note_socket(b, l, &got);
         return broker_lease_bound(b, l);
 }
 
 int broker_replace_socket(struct broker *b, struct lease *l, int error, const struct peer *p) {
         struct log_fields f = p ? broker_peer_fields(p, l->text, &l->endpoint) : lease_fields(l);
+        struct mm_socket got;
         int r;
 
         log_event(LOG_WARNING, "replace", &f, "lease %llu: its socket cannot be used again (%s); binding a fresh "
                   "one%s", (unsigned long long) l->id, strerror(-error),
-                  b->guard.on ? " (the bind guard keeps the port meanwhile)" : "");
+                  b->guard_on ? " (the bind guard keeps the port meanwhile)" : "");
         broker_audit(b, "replace", p, l->text, strerror(-error));
-        fdstore_remove(b, l->id);
         lease_unbind(l);
-        r = broker_rebind_lease(b, l, 0);
-        if (r < 0) {
-                log_event(LOG_ERR, "error", &f, "cannot bind lease %llu afresh: %s; brokerd retries",
-                          (unsigned long long) l->id, strerror(-r));
-                broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        r = mm_replace(b, l->id, &l->endpoint, &l->sock_fd, &got);
+        if (r >= 0) {
+                note_socket(b, l, &got);
+                return broker_lease_bound(b, l);
         }
+        log_event(LOG_ERR, "error", &f, "cannot bind lease %llu afresh: %s; brokerd retries",
+                  (unsigned long long) l->id, strerror(-r));
+        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
         return r;
 }
 
@@ -205,7 +203,7 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
         for (size_t i = 0; i < b->leases.n; i++) {
                 struct lease *l = b->leases.by_id[i];
 
-                if (l->sock_fd < 0 && broker_rebind_lease(b, l, 0) < 0)
+                if (l->sock_fd < 0 && broker_rebind_lease(b, l) < 0)
                         pending = true;
         }
         if (pending)
@@ -217,39 +215,6 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
 
 static int load_rule(const struct store_rule *r, void *userdata) {
         return policy_add(userdata, r);
-}
-
-/* The socket passed at start for l (kept by systemd's fd store, or carried
- * across a re-exec), when there is one and it is the socket l names: then
- * l has it, listening, and true is returned. One that is not is closed. */
-static bool take_passed_socket(struct broker *b, struct lease *l) {
-        struct log_fields f = lease_fields(l);
-        int fd = fdstore_claim(b, l->id), r;
-
-        if (fd < 0)
-                return false;
-        r = socket_is_for_endpoint(fd, &l->endpoint);
-        if (r <= 0) {
-                log_event(LOG_ERR, "error", &f, "lease %llu: the socket passed at start is not one for %s (%s); "
-                          "closing it and binding again", (unsigned long long) l->id, l->text,
-                          r < 0 ? strerror(-r) : "another family, type, address or port");
-                safe_close(fd);
-                fdstore_remove(b, l->id);
-                return false;
-        }
-        l->sock_fd = fd;
-        r = lease_ensure_listening(l);
-        if (r < 0) {
-                log_event(LOG_ERR, "error", &f, "lease %llu: cannot listen on the socket passed at start: %s; "
-                          "closing it and binding again", (unsigned long long) l->id, strerror(-r));
-                l->sock_fd = safe_close(l->sock_fd);
-                fdstore_remove(b, l->id);
-                return false;
-        }
-        log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
-                  (unsigned long long) l->id);
-        broker_lease_bound(b, l);
-        return true;
 }
 
 /* A lease from the database: into the table. */
@@ -273,81 +238,48 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         return r;
 }
 
-/* The guard put port in ip_local_reserved_ports (ours) or took it out. */
-static int record_reserved(unsigned port, bool ours, void *userdata) {
-        struct broker *b = userdata;
-        int r = store_reserved_set(b->store, port, ours);
-
-        broker_arm_oneshot(b, b->flush_source, FLUSH_DELAY_USEC);
-        return r;
-}
-
 static int note_reserved(unsigned port, void *userdata) {
-        guard_note_reserved(userdata, port);
+        mm_note_reserved(userdata, port);
         return 0;
 }
 
-/* The guard this brokerd ran from another directory, or before it ran
- * unguarded, is removed (the database remembers where it was). */
-static void guard_forget_earlier(struct broker *b) {
-        char last[PATH_MAX];
-        const char *now = b->guard.on ? b->guard.dir : "";
+/* Tells the monitor every lease (which guards them all before anything is
+ * bound), what the database says of the guard, then takes each lease's
+ * socket from it: the one it holds, kept, bound again or adopted. A busy
+ * port is an error event; the lease stays, unbound, and is retried. */
+static int restore_leases(struct broker *b) {
+        char last[PATH_MAX] = "";
+        int r;
 
-        if (store_meta_get(b->store, "guard_dir", last, sizeof(last)) < 0)
-                return;
-        if (last[0] && strcmp(last, now) != 0)
-                guard_drop(last);
-        if (strcmp(last, now) != 0 && store_meta_set(b->store, "guard_dir", now) < 0)
-                log_msg(LOG_WARNING, "cannot record the bind guard's directory %s", now);
-}
-
-/* Once the guard covers every lease: each lease's socket taken back from
- * systemd's fd store, or bound again (or adopted). A busy port is an error
- * event; the lease stays, unbound, and is retried. */
-static void restore_lease_sockets(struct broker *b) {
+        for (size_t i = 0; i < b->leases.n; i++)
+                mm_declare(b, b->leases.by_id[i]);
+        r = store_reserved_load(b->store, note_reserved, b);
+        if (r >= 0)
+                r = store_meta_get(b->store, "guard_dir", last, sizeof(last));
+        if (r < 0) {
+                log_msg(LOG_ERR, "cannot load database %s: %s", b->opt.db_path, strerror(-r));
+                return r;
+        }
+        mm_last_guard(b, last);
+        mm_arm(b, b->opt.max_leases);
+        if (strcmp(last, b->guard_dir) != 0 && store_meta_set(b->store, "guard_dir", b->guard_dir) < 0)
+                log_msg(LOG_WARNING, "cannot record the bind guard's directory %s", b->guard_dir);
         for (size_t i = 0; i < b->leases.n; i++) {
                 struct lease *l = b->leases.by_id[i];
-                struct log_fields f;
-                int r;
 
-                if (take_passed_socket(b, l))
-                        continue;
-                r = broker_rebind_lease(b, l, l->adopt_cookie);
+                r = broker_rebind_lease(b, l);
+                l->adopt_cookie = 0;
                 if (r < 0) {
-                        f = lease_fields(l);
+                        struct log_fields f = lease_fields(l);
+
                         log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see "
                                   "portctl status) and brokerd retries until the port is free",
                                   (unsigned long long) l->id, strerror(-r));
                         broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
                         broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
                 }
-                l->adopt_cookie = 0;
         }
-}
-
-/* The backlog listen(fd, backlog) gives in our network namespace: the
- * kernel caps it at net.core.somaxconn (what the check before every
- * hand-out compares with). */
-static unsigned listen_backlog(unsigned backlog) {
-        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
-        unsigned max = 0;
-
-        if (f) {
-                if (fscanf(f, "%u", &max) != 1)
-                        max = 0;
-                fclose(f);
-        }
-        return max && max < backlog ? max : backlog;
-}
-
-static int read_boot_id(char *buf, size_t len) {
-        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
-        int r = f && fgets(buf, (int) len, f) ? 0 : -EIO;
-
-        if (f)
-                fclose(f);
-        buf[strcspn(buf, "\n")] = '\0';
-        return r;
+        return 0;
 }
 
 static int on_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
@@ -384,7 +316,6 @@ static int loop_setup(struct broker *b) {
             (r = add_timer(b, &b->rebind_source, 50 * 1000, on_rebind)) < 0 ||
             (r = add_timer(b, &b->checkpoint_source, 500 * 1000, on_checkpoint)) < 0)
                 return r;
-        (void) sd_event_set_watchdog(b->event, true);
         return 0;
 }
 
@@ -397,7 +328,7 @@ static int check_db_files(const char *path) {
 
         for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]) && r >= 0; i++) {
                 snprintf(name, sizeof(name), "%s%s", path, suffixes[i]);
-                r = control_check_owned_file(name);
+                r = safepath_owned_file(name, geteuid());
         }
         return r;
 }
@@ -408,9 +339,9 @@ static int store_setup(struct broker *b) {
         char errbuf[256] = "", dir[4096];
         int r;
 
-        r = control_parent_dir(path, dir, sizeof(dir));
+        r = safepath_parent_dir(path, dir, sizeof(dir));
         if (r >= 0)
-                r = control_ensure_private_dir(dir, 0700);
+                r = safepath_private_dir(dir, 0700, geteuid());
         if (r < 0)
                 return r;
         r = check_db_files(path);       /* before SQLite reads any of them */
@@ -431,52 +362,41 @@ static int store_setup(struct broker *b) {
                 log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
                 return r;
         }
-        r = store_reserved_load(b->store, note_reserved, &b->guard);
-        if (r < 0) {
-                log_msg(LOG_ERR, "cannot load database %s: %s", path, strerror(-r));
-                return r;
-        }
-        b->guard.record_reserved = record_reserved;
-        b->guard.userdata = b;
-        guard_arm(&b->guard, &b->leases, b->opt.max_leases);
-        guard_forget_earlier(b);
-        restore_lease_sockets(b);
-        fdstore_drop_unclaimed(b);
-        return 0;
+        return restore_leases(b);
 }
 
-int broker_new(const struct broker_options *opt, struct broker **ret) {
+int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct broker **ret) {
         struct broker *b = calloc(1, sizeof(*b));
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
         int r;
 
         if (!b)
                 return -ENOMEM;
         b->opt = *opt;
-        b->control_fd = -1;
-        b->guard_dir_fd = -1;
-        b->backlog = listen_backlog(opt->backlog);
-        guard_init(&b->guard);
-        b->policy.self_uid = geteuid();
+        b->req_fd = req_fd;
+        b->ev_fd = ev_fd;
+        b->backlog = kernel_listen_backlog(opt->backlog);
         b->policy.admin_group = &b->opt.admin_group;
 
-        r = read_boot_id(b->boot_id, sizeof(b->boot_id));
-        if (r >= 0)
-                r = peer_self_init(&b->self);
+        /* brokerd's pid and uid (an admin) are the monitor's, as the kernel tells. */
+        r = getsockopt(req_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ? -errno : 0;
+        if (r >= 0) {
+                b->monitor_pid = cred.pid;
+                b->policy.self_uid = cred.uid;
+                r = kernel_boot_id(b->boot_id, sizeof(b->boot_id));
+        }
         if (r < 0) {
-                log_msg(LOG_ERR, "cannot read the broker's own namespaces: %s", strerror(-r));
+                log_msg(LOG_ERR, "cannot read the monitor's credentials or the boot id: %s", strerror(-r));
                 goto fail;
         }
         r = loop_setup(b);
         if (r >= 0)
-                r = fdstore_take(b);
-        if (r >= 0) {
-                r = guard_open(&b->guard, &b->opt.guard, b->guard_dir_fd);
-                b->guard_dir_fd = -1;
-        }
+                r = mm_hello(b);
         if (r >= 0)
                 r = store_setup(b);
         if (r >= 0)
-                r = control_setup(b);
+                r = mm_watch(b);
         if (r < 0)
                 goto fail;
         *ret = b;
@@ -487,7 +407,7 @@ fail:
         return r;
 }
 
-int broker_run(struct broker *b, int ready_fd) {
+int broker_run(struct broker *b) {
         struct log_fields f = LOG_FIELDS_NONE;
         size_t unbound = 0;
         int r;
@@ -499,16 +419,14 @@ int broker_run(struct broker *b, int ready_fd) {
                           "yet (their ports are busy; see portctl status)", b->leases.n, b->policy.n_rules, unbound);
         else
                 log_event(LOG_INFO, "ready", &f, "serving %zu leases and %zu rules", b->leases.n, b->policy.n_rules);
-        sd_notifyf(false, "READY=1\nSTATUS=%zu leases, %zu rules", b->leases.n, b->policy.n_rules);
-        if (ready_fd >= 0) {
-                (void) !write(ready_fd, "", 1);
-                safe_close(ready_fd);
-        }
-        fdstore_serve_carried(b);
+        mm_want_units(b);
+        mm_ready(b, unbound);
         r = sd_event_loop(b->event);
-        sd_notify(false, "STOPPING=1");
-        guard_reserve_leases(&b->guard, &b->leases);
-        log_event(LOG_INFO, "stop", &f, "stopping; %zu leases stay recorded", b->leases.n);
+        /* Nothing queued is lost: the audit trail is written before we go. */
+        if (store_pending(b->store) > 0 && store_flush(b->store) < 0)
+                log_msg(LOG_ERR, "cannot write %u audit events before stopping", store_pending(b->store));
+        if (!b->reexecuting)
+                log_event(LOG_INFO, "stop", &f, "stopping; %zu leases stay recorded", b->leases.n);
         return r;
 }
 
@@ -520,10 +438,7 @@ void broker_free(struct broker *b) {
         for (size_t i = 0; i < b->leases.n; i++)
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);
-        fdstore_done(b);
-        b->guard_dir_fd = safe_close(b->guard_dir_fd);
-        guard_close(&b->guard);
-        control_done(b);
+        b->ev_source = sd_event_source_disable_unref(b->ev_source);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
         b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);

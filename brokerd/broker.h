@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The broker: one sd-event loop owning the control socket, the client
- * connections, the policy, the store and the lease table. Its life cycle
- * is all main.c sees; the insides are in broker-int.h.
+ * brokerd's options, and the worker: one sd-event loop owning the client
+ * connections, the policy, the store and the lease table, unprivileged
+ * (the monitor, monitor.h, does what needs privilege; see privsep.h). Its
+ * life cycle is all main.c sees; the insides are in broker-int.h.
  */
 #pragma once
 
@@ -29,19 +30,22 @@ struct broker_options {
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
         struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */
+        const char *worker_user;        /* --user: the worker's, when the monitor runs as root */
         const char *exe_path;           /* our binary, as started: what a re-exec executes */
         char **argv;                    /* our arguments, for a re-exec */
 };
 
 struct broker;
 
-/* Sets up everything (store, policy, leases re-bound, control socket, loop).
- * Returns 0 or -errno after logging one line saying why. */
-int broker_new(const struct broker_options *opt, struct broker **ret);
+/* The worker (see privsep.h): sets up its loop, says hello to the monitor
+ * on req_fd and ev_fd (its channels), opens the database, declares its
+ * leases and takes their sockets. Returns 0 or -errno after logging one
+ * line saying why. */
+int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct broker **ret);
 
-/* Announces readiness (ready_fd >= 0: writes one byte to it and closes it, for
- * the daemonizing parent) and runs until SIGTERM/SIGINT. Returns 0 or -errno. */
-int broker_run(struct broker *b, int ready_fd);
+/* Tells the monitor it is ready and serves until SIGTERM/SIGINT, or until
+ * a re-execution or a lost monitor ends it. Returns 0 or -errno. */
+int broker_run(struct broker *b);
 
 /* Closes everything; NULL is fine. */
 void broker_free(struct broker *b);

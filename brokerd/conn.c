@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Control connections: one per client, its peer identified once at accept
- * (never from anything the peer sends). Reads one message at a time and
+ * by the monitor (never from anything the peer sends). Reads one message at a time and
  * hands it to the request table; a message with fds or control data
  * attached, or too large, is rejected and the connection closed.
  *
@@ -300,9 +300,6 @@ void conn_carried(struct broker *b, int fd, const struct peer *p) {
         c->broker = b;
         c->sock_fd = fd;
         c->peer = *p;
-        c->peer.conn_fd = fd;
-        /* For holder watches only; the identity stays the one read at accept. */
-        c->peer.pid_fd = peer_pidfd(fd);
         c->admin = policy_is_admin(&b->policy, &c->peer);
         conn_add(b, c);
         if (conn_watch(b, c) < 0) {
@@ -311,25 +308,21 @@ void conn_carried(struct broker *b, int fd, const struct peer *p) {
         }
 }
 
-void conn_new(struct broker *b, int fd) {
+void conn_new(struct broker *b, int fd, const struct peer *p) {
         struct conn *c = calloc(1, sizeof(*c));
         char why[160];
         int r;
 
         if (!c) {
+                struct peer gone = *p;
+
+                peer_done(&gone);
                 safe_close(fd);
                 return;
         }
         c->broker = b;
         c->sock_fd = fd;
-        /* A connection sees the unit rules that existed when it was accepted. */
-        r = peer_identify(fd, &b->self, b->policy.n_unit_rules > 0, &c->peer);
-        if (r < 0) {
-                struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
-
-                log_event(LOG_WARNING, "unidentified", &f, "cannot read a new peer's credentials: %s; it will be "
-                          "denied everything", strerror(-r));
-        }
+        c->peer = *p;
         c->admin = policy_is_admin(&b->policy, &c->peer);
         if (over_user_limit(b, c, why, sizeof(why))) {
                 conn_refuse_new(b, c, why);

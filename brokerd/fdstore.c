@@ -9,9 +9,10 @@
  * socket by id; what nobody claims is closed and removed from the store.
  * A re-exec (reexec.c) passes its sockets with the same names, listed in a
  * memfd, and its open control connections too ("conn", and "reexec-ID"
- * for the one that asked, which the new image answers once it is ready).
+ * for the one that asked, which the new image's worker answers once it is
+ * ready). The monitor's: it alone talks to systemd.
  */
-#include "broker-int.h"
+#include "monitor.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -49,18 +50,18 @@ static void fdname_of_lease(uint64_t id, char *buf, size_t size) {
 }
 
 /* Tells the service manager to forget every fd named name. */
-static void store_remove_name(const struct broker *b, const char *name) {
-        if (b->fdstore)
+static void store_remove_name(const struct monitor *m, const char *name) {
+        if (m->fdstore)
                 (void) sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", name);
 }
 
-static int keep_lease_fd(struct broker *b, uint64_t id, int fd) {
-        struct fdstore_entry *v = reallocarray(b->inherited, b->n_inherited + 1, sizeof(*v));
+static int keep_lease_fd(struct monitor *m, uint64_t id, int fd) {
+        struct fdstore_entry *v = reallocarray(m->inherited, m->n_inherited + 1, sizeof(*v));
 
         if (!v)
                 return -ENOMEM;
-        b->inherited = v;
-        v[b->n_inherited++] = (struct fdstore_entry) { .lease_id = id, .fd = fd };
+        m->inherited = v;
+        v[m->n_inherited++] = (struct fdstore_entry) { .lease_id = id, .fd = fd };
         return 0;
 }
 
@@ -68,7 +69,7 @@ static int keep_lease_fd(struct broker *b, uint64_t id, int fd) {
  * DOUBTFUL UNIT [ACCOUNT]", its peer as read at accept (UNIT "-" for none;
  * ACCOUNT, the uid its connections count under, is UID when an older
  * brokerd left it out). */
-static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id, const char *ident) {
+static int keep_conn_fd(struct monitor *m, int fd, uint32_t reexec_id, const char *ident) {
         struct carried_conn *v, x = { .fd = fd, .reexec_id = reexec_id };
         char unit[PEER_UNIT_MAX];
         unsigned uid, gid, account;
@@ -85,11 +86,11 @@ static int keep_conn_fd(struct broker *b, int fd, uint32_t reexec_id, const char
                 snprintf(x.peer.unit, sizeof(x.peer.unit), "%s", unit);
         if (doubtful)
                 x.peer.doubt = "the peer's identity was in doubt before brokerd executed itself again";
-        v = reallocarray(b->carried, b->n_carried + 1, sizeof(*v));
+        v = reallocarray(m->carried, m->n_carried + 1, sizeof(*v));
         if (!v)
                 return -ENOMEM;
-        b->carried = v;
-        v[b->n_carried++] = x;
+        m->carried = v;
+        v[m->n_carried++] = x;
         return 0;
 }
 
@@ -119,7 +120,7 @@ static bool conn_name(const char *name, uint32_t *ret_id) {
  * the control socket (control.c checks it), anything else is closed and
  * dropped from the store. ident: the rest of a re-exec's line, or NULL.
  * Consumes fd. */
-static int sort_fd(struct broker *b, int fd, const char *name, const char *ident) {
+static int sort_fd(struct monitor *m, int fd, const char *name, const char *ident) {
         uint64_t id = lease_id_of_name(name);
         uint32_t reexec_id;
 
@@ -130,32 +131,32 @@ static int sort_fd(struct broker *b, int fd, const char *name, const char *ident
                 return r;
         }
         if (id > 0) {
-                int r = keep_lease_fd(b, id, fd);
+                int r = keep_lease_fd(m, id, fd);
 
                 if (r < 0)
                         safe_close(fd);
                 return r;
         }
-        if (strcmp(name, GUARD_DIR_FDNAME) == 0 && b->guard_dir_fd < 0) {
-                b->guard_dir_fd = fd;
+        if (strcmp(name, GUARD_DIR_FDNAME) == 0 && m->guard_dir_fd < 0) {
+                m->guard_dir_fd = fd;
                 return 0;
         }
         if (conn_name(name, &reexec_id)) {
-                int r = keep_conn_fd(b, fd, reexec_id, ident);
+                int r = keep_conn_fd(m, fd, reexec_id, ident);
 
                 if (r < 0)
                         safe_close(fd);
                 return r;
         }
-        if (b->control_fd < 0) {
-                b->control_fd = fd;
+        if (m->control_fd < 0) {
+                m->control_fd = fd;
                 /* One brokerd made itself (not systemd): unlinked at exit. */
-                b->control_created = strcmp(name, "control-created") == 0;
+                m->control_created = strcmp(name, "control-created") == 0;
                 return 0;
         }
         log_msg(LOG_WARNING, "closing the unexpected file descriptor \"%s\" that was passed at start", name);
         safe_close(fd);
-        store_remove_name(b, name);
+        store_remove_name(m, name);
         return 0;
 }
 
@@ -173,7 +174,7 @@ static bool fdstore_enabled(void) {
 
 /* The fds an earlier image of brokerd passed across exec(): the memfd named
  * by $PORTBROKER_REEXEC_FDS lists them, one "FD NAME" line each. */
-static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
+static int take_reexec_fds(struct monitor *m, const char *list_fd_text) {
         char *end, *text = NULL, *line, *save = NULL;
         long list_fd = strtol(list_fd_text, &end, 10);
         struct stat st;
@@ -211,7 +212,7 @@ static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
                         safe_close(fd);
                         continue;
                 }
-                k = sort_fd(b, fd, name, used > 0 ? line + used : NULL);
+                k = sort_fd(m, fd, name, used > 0 ? line + used : NULL);
                 if (k < 0 && r == 0)
                         r = k;
         }
@@ -219,14 +220,14 @@ static int take_reexec_fds(struct broker *b, const char *list_fd_text) {
         return r;
 }
 
-int fdstore_take(struct broker *b) {
+int fdstore_take(struct monitor *m) {
         const char *reexec = getenv(REEXEC_FDS_ENV);
         char **names = NULL;
         int n, r = 0;
 
-        b->fdstore = fdstore_enabled();
+        m->fdstore = fdstore_enabled();
         if (reexec) {
-                r = take_reexec_fds(b, reexec);
+                r = take_reexec_fds(m, reexec);
                 unsetenv(REEXEC_FDS_ENV);
                 if (r < 0) {
                         log_msg(LOG_ERR, "cannot take the sockets of the earlier image: %s", strerror(-r));
@@ -234,7 +235,7 @@ int fdstore_take(struct broker *b) {
                 }
                 log_event(LOG_INFO, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
                           "re-executed: %zu lease sockets and %zu connections carried over",
-                        b->n_inherited, b->n_carried);
+                        m->n_inherited, m->n_carried);
                 return 0;
         }
         n = sd_listen_fds_with_names(true, &names);
@@ -243,7 +244,7 @@ int fdstore_take(struct broker *b) {
                 return n;
         }
         for (int i = 0; i < n; i++) {
-                int k = sort_fd(b, SD_LISTEN_FDS_START + i, names && names[i] ? names[i] : "unknown", NULL);
+                int k = sort_fd(m, SD_LISTEN_FDS_START + i, names && names[i] ? names[i] : "unknown", NULL);
 
                 if (k < 0 && r == 0)
                         r = k;
@@ -253,15 +254,15 @@ int fdstore_take(struct broker *b) {
         free(names);
         if (r < 0)
                 log_msg(LOG_ERR, "cannot keep the sockets passed at start: %s", strerror(-r));
-        if (b->n_inherited > 0)
+        if (m->n_inherited > 0)
                 log_event(LOG_INFO, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
-                          "%zu lease sockets were passed at start", b->n_inherited);
+                          "%zu lease sockets were passed at start", m->n_inherited);
         return r;
 }
 
-int fdstore_claim(struct broker *b, uint64_t lease_id) {
-        for (size_t i = 0; i < b->n_inherited; i++) {
-                struct fdstore_entry *x = &b->inherited[i];
+int fdstore_claim(struct monitor *m, uint64_t lease_id) {
+        for (size_t i = 0; i < m->n_inherited; i++) {
+                struct fdstore_entry *x = &m->inherited[i];
 
                 if (x->lease_id == lease_id && x->fd >= 0) {
                         int fd = x->fd;
@@ -273,11 +274,11 @@ int fdstore_claim(struct broker *b, uint64_t lease_id) {
         return -1;
 }
 
-void fdstore_drop_unclaimed(struct broker *b) {
+void fdstore_drop_unclaimed(struct monitor *m) {
         char name[32];
 
-        for (size_t i = 0; i < b->n_inherited; i++) {
-                struct fdstore_entry *x = &b->inherited[i];
+        for (size_t i = 0; i < m->n_inherited; i++) {
+                struct fdstore_entry *x = &m->inherited[i];
 
                 if (x->fd < 0)
                         continue;
@@ -285,46 +286,42 @@ void fdstore_drop_unclaimed(struct broker *b) {
                 log_event(LOG_NOTICE, "inherit", &(struct log_fields) LOG_FIELDS_NONE,
                           "closing the passed socket \"%s\": no such lease", name);
                 x->fd = safe_close(x->fd);
-                store_remove_name(b, name);
+                store_remove_name(m, name);
         }
-        free(b->inherited);
-        b->inherited = NULL;
-        b->n_inherited = 0;
+        free(m->inherited);
+        m->inherited = NULL;
+        m->n_inherited = 0;
 }
 
-void fdstore_done(struct broker *b) {
-        for (size_t i = 0; i < b->n_inherited; i++)
-                safe_close(b->inherited[i].fd);
-        free(b->inherited);
-        b->inherited = NULL;
-        b->n_inherited = 0;
-        for (size_t i = 0; i < b->n_carried; i++)
-                safe_close(b->carried[i].fd);
-        free(b->carried);
-        b->carried = NULL;
-        b->n_carried = 0;
+void fdstore_done(struct monitor *m) {
+        for (size_t i = 0; i < m->n_inherited; i++)
+                safe_close(m->inherited[i].fd);
+        free(m->inherited);
+        m->inherited = NULL;
+        m->n_inherited = 0;
+        for (size_t i = 0; i < m->n_carried; i++)
+                safe_close(m->carried[i].fd);
+        free(m->carried);
+        m->carried = NULL;
+        m->n_carried = 0;
 }
 
-void fdstore_serve_carried(struct broker *b) {
-        /* Every connection is watched before any is served (the loop serves
-         * what they queued), so a request cannot act on a half-carried set. */
-        for (size_t i = 0; i < b->n_carried; i++) {
-                struct carried_conn *x = &b->carried[i];
+void fdstore_pass_carried(struct monitor *m) {
+        for (size_t i = 0; i < m->n_carried; i++) {
+                struct carried_conn *x = &m->carried[i];
 
-                if (x->reexec_id)
-                        reexec_answer(x->fd, x->reexec_id);
-                conn_carried(b, x->fd, &x->peer);
+                monitor_pass_conn(m, x->fd, &x->peer, x->reexec_id);
         }
-        free(b->carried);
-        b->carried = NULL;
-        b->n_carried = 0;
+        free(m->carried);
+        m->carried = NULL;
+        m->n_carried = 0;
 }
 
-int fdstore_add(struct broker *b, const struct lease *l) {
+int fdstore_add(struct monitor *m, const struct lease *l) {
         char msg[96];
         int r;
 
-        if (!b->fdstore || l->sock_fd < 0)
+        if (!m->fdstore || l->sock_fd < 0)
                 return 0;
         /* FDPOLL=0: a listener that a holder shut down reports POLLHUP, and
          * the store would drop it while brokerd repairs it. */
@@ -333,9 +330,9 @@ int fdstore_add(struct broker *b, const struct lease *l) {
         return r < 0 ? r : 0;
 }
 
-void fdstore_remove(struct broker *b, uint64_t lease_id) {
+void fdstore_remove(struct monitor *m, uint64_t lease_id) {
         char name[32];
 
         fdname_of_lease(lease_id, name, sizeof(name));
-        store_remove_name(b, name);
+        store_remove_name(m, name);
 }

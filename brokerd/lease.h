@@ -37,6 +37,7 @@ struct lease {
         unsigned backlog;               /* TCP listen() backlog, as the kernel keeps it (net.core.somaxconn at most) */
         uint64_t handouts;              /* gets served since the broker started */
         uint64_t adopt_cookie;          /* at start: SO_COOKIE recorded for it in this boot, 0: none */
+        bool declared;                  /* monitor: the current worker's database has it */
         struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
         unsigned holders_next;          /* ring position */
         struct sd_event_source *hup_source; /* the broker's watch on the listener */

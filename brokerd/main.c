@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * brokerd: parse options, build one broker, run its loop. Without
- * --foreground and outside systemd it detaches, and the parent exits only
- * once the child is ready (or with the child's failure).
+ * brokerd: parse options, then run the monitor, which starts the worker
+ * (this binary again, with --worker; see privsep.h). Without --foreground
+ * and outside systemd it detaches, and the parent exits only once brokerd
+ * is ready (or with its failure).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -15,9 +16,13 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "broker.h"
+#include "monitor.h"
+#include "privsep.h"
+#include "sandbox.h"
 #include "fd-util.h"
 #include "log.h"
 #include "store.h"
@@ -35,6 +40,7 @@ static struct broker_options arg_opt = {
 };
 static int arg_foreground;
 static int arg_check;                   /* --check: validate the arguments and the database, exit */
+static int arg_worker;                  /* --worker: the monitor started us as its worker (internal) */
 static int arg_log_level = -1;          /* --log-level; -1: $BROKERD_LOG_LEVEL or info */
 
 static void usage(FILE *out) {
@@ -65,6 +71,9 @@ static void usage(FILE *out) {
                 "                                (default: the root of the cgroup v2 hierarchy)\n"
                 "      --no-guard                no bind guard: a leased port is kept from others\n"
                 "                                only while its socket is open somewhere\n"
+                "  -u, --user NAME|UID           the worker's user, which reads clients' messages and\n"
+                "                                keeps the database, when brokerd runs as root\n"
+                "                                (default %s); otherwise brokerd's own\n"
                 "      --log-level LEVEL         least urgent priority logged: err, warning, notice,\n"
                 "                                info (default) or debug (every grant), or 0-7\n"
                 "      --check                   check the arguments and that the database can be\n"
@@ -73,7 +82,7 @@ static void usage(FILE *out) {
                 "  -V, --version                 show the version\n\n"
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
                 "See brokerd(8) and portctl(1).\n",
-                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR);
+                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR, SANDBOX_DEFAULT_USER);
 }
 
 static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
@@ -168,6 +177,12 @@ static int parse_option(int c, const char *arg) {
         case 'N':
                 arg_opt.guard.off = true;
                 return 0;
+        case 'u':
+                arg_opt.worker_user = arg;
+                return 0;
+        case 'W':
+                arg_worker = 1;
+                return 0;
         case 'l':
                 arg_log_level = log_parse_level(arg);
                 if (arg_log_level < 0) {
@@ -190,7 +205,7 @@ static int parse_option(int c, const char *arg) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[10 + N_NUMBER_OPTIONS + 2] = {
+        struct option options[12 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
@@ -201,15 +216,17 @@ static int parse_argv(int argc, char **argv) {
                 { "guard-dir", required_argument, NULL, 'G' },
                 { "guard-cgroup", required_argument, NULL, 'P' },
                 { "no-guard", no_argument, NULL, 'N' },
+                { "user", required_argument, NULL, 'u' },
+                { "worker", no_argument, NULL, 'W' },
         };
         int c, r;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[10 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[12 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[10 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[12 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
-        while ((c = getopt_long(argc, argv, "c:d:g:fhV", options, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "c:d:g:fhu:V", options, NULL)) >= 0) {
                 r = parse_option(c, optarg);
                 if (r != 0)
                         return r;
@@ -264,9 +281,35 @@ static bool stderr_is_devnull(void) {
                a.st_rdev == b.st_rdev;
 }
 
+/* brokerd --worker: the unprivileged half, started by the monitor with
+ * its channels at PRIVSEP_WORKER_REQ_FD and PRIVSEP_WORKER_EV_FD and every
+ * privilege dropped already; it seals itself before anything else. */
+static int worker_main(void) {
+        struct broker *b = NULL;
+        int r;
+
+        if (stderr_is_devnull())
+                log_setup_detached();
+        r = sandbox_enter();
+        if (r < 0) {
+                log_msg(LOG_ERR, "cannot confine the worker: %s", strerror(-r));
+                return EXIT_FAILURE;
+        }
+        if (sd_is_socket_unix(PRIVSEP_WORKER_REQ_FD, SOCK_SEQPACKET, 0, NULL, 0) <= 0 ||
+            sd_is_socket_unix(PRIVSEP_WORKER_EV_FD, SOCK_SEQPACKET, 0, NULL, 0) <= 0) {
+                log_msg(LOG_ERR, "--worker is brokerd's own: it runs only as started by brokerd");
+                return EXIT_FAILURE;
+        }
+        r = broker_new(&arg_opt, PRIVSEP_WORKER_REQ_FD, PRIVSEP_WORKER_EV_FD, &b);
+        if (r >= 0)
+                r = broker_run(b);
+        broker_free(b);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 int main(int argc, char **argv) {
         static char exe_path[PATH_MAX];
-        struct broker *b = NULL;
+        struct monitor *m = NULL;
         struct rlimit rl;
         int r, ready_fd = -1;
 
@@ -286,12 +329,6 @@ int main(int argc, char **argv) {
         log_setup();
         if (arg_log_level >= 0)
                 log_set_max_level(arg_log_level);
-        /* Every lease is an fd: use the whole hard limit. */
-        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                (void) setrlimit(RLIMIT_NOFILE, &rl);
-        }
-
         /* A re-exec runs what was started at this path, upgraded or not. */
         if (!realpath("/proc/self/exe", exe_path)) {
                 fprintf(stderr, "brokerd: cannot read /proc/self/exe: %s\n", strerror(errno));
@@ -299,6 +336,14 @@ int main(int argc, char **argv) {
         }
         arg_opt.exe_path = exe_path;
         arg_opt.argv = argv;
+        if (arg_worker)
+                return worker_main();
+
+        /* Every lease is an fd: use the whole hard limit (the worker inherits it). */
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                (void) setrlimit(RLIMIT_NOFILE, &rl);
+        }
         if (getenv(REEXEC_FDS_ENV) && stderr_is_devnull())
                 log_setup_detached();   /* an image that had detached, executed again */
         else if (!arg_foreground && !getenv("NOTIFY_SOCKET") && !getenv("LISTEN_FDS")) {
@@ -309,19 +354,10 @@ int main(int argc, char **argv) {
                 }
         }
 
-        r = broker_new(&arg_opt, &b);
+        r = monitor_new(&arg_opt, &m);
         if (r < 0)
                 return EXIT_FAILURE;
-        if (ready_fd >= 0) {
-                int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-
-                log_setup_detached();
-                if (devnull >= 0) {
-                        dup2(devnull, STDERR_FILENO);
-                        safe_close(devnull);
-                }
-        }
-        r = broker_run(b, ready_fd);
-        broker_free(b);
+        r = monitor_run(m, ready_fd);
+        monitor_free(m);
         return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

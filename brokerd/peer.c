@@ -34,6 +34,33 @@
 #endif
 
 
+/* Every doubt a peer can be in, by what made it; a doubt told by another
+ * process is mapped back here (peer_doubt_of()). */
+enum {
+        DOUBT_CREDENTIALS, DOUBT_PIDFD, DOUBT_PID_NS, DOUBT_NAMESPACES, DOUBT_USERNS, DOUBT_NETNS, DOUBT_CGROUP,
+        DOUBT_EXITED, DOUBT_GROUPS, DOUBT_REEXEC, DOUBT_ELSEWHERE,
+};
+static const char *const doubts[] = {
+        [DOUBT_CREDENTIALS] = "cannot read the peer's credentials",
+        [DOUBT_PIDFD] = "cannot get a pidfd for the peer",
+        [DOUBT_PID_NS] = "the peer's pid is not visible from the broker's pid namespace",
+        [DOUBT_NAMESPACES] = "cannot read the peer's namespaces",
+        [DOUBT_USERNS] = "the peer is in another user namespace",
+        [DOUBT_NETNS] = "the peer is in another network namespace",
+        [DOUBT_CGROUP] = "cannot read the peer's cgroup",
+        [DOUBT_EXITED] = "the peer exited while being identified",
+        [DOUBT_GROUPS] = "cannot read the peer's groups",
+        [DOUBT_REEXEC] = "the peer's identity was in doubt before brokerd executed itself again",
+        [DOUBT_ELSEWHERE] = "the peer's identity is in doubt",
+};
+
+const char *peer_doubt_of(const char *text) {
+        for (size_t i = 0; i < sizeof(doubts) / sizeof(doubts[0]); i++)
+                if (strcmp(text, doubts[i]) == 0)
+                        return doubts[i];
+        return doubts[DOUBT_ELSEWHERE];
+}
+
 /* The text of the link /proc/PID/ns/NS, such as "net:[4026531840]": it names
  * the namespace by its inode, as a stat() of the link would, at less than
  * half the cost (a stat also looks up the namespace's nsfs file). */
@@ -169,13 +196,13 @@ static const char *namespaces_doubt(struct peer *p, const struct peer_self *self
 
         snprintf(pid, sizeof(pid), "%d", (int) p->pid);
         if (ns_link(pid, "user", userns, sizeof(userns)) < 0 || ns_link(pid, "net", netns, sizeof(netns)) < 0)
-                return "cannot read the peer's namespaces";
+                return doubts[DOUBT_NAMESPACES];
         if (strcmp(userns, self->userns) != 0) {
                 (void) userns_owner_below_us(p->pid, self, &p->account);   /* else: its uid as we see it */
-                return "the peer is in another user namespace";
+                return doubts[DOUBT_USERNS];
         }
         if (strcmp(netns, self->netns) != 0)
-                return "the peer is in another network namespace";
+                return doubts[DOUBT_NETNS];
         return NULL;
 }
 
@@ -197,7 +224,7 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                 r = -errno;
                 *ret = (struct peer) { .uid = PEER_UID_UNKNOWN, .account = PEER_UID_UNKNOWN,
                                        .gid = (gid_t) -1, .pid_fd = -1, .conn_fd = conn_fd,
-                                       .doubt = "cannot read the peer's credentials" };
+                                       .doubt = doubts[DOUBT_CREDENTIALS] };
                 return r;
         }
         p.pid = cred.pid;
@@ -210,13 +237,13 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                 p.pid_fd = -1;
                 if (errno != ENOPROTOOPT || p.pid <= 0 ||
                     pidfd_for_peer(p.pid, p.uid, &p.pid_fd) < 0)
-                        p.doubt = "cannot get a pidfd for the peer";
+                        p.doubt = doubts[DOUBT_PIDFD];
         }
         p.groups_unread = true;         /* read by peer_in_group() when a rule asks */
         p.conn_fd = conn_fd;
 
         if (p.pid <= 0 && !p.doubt)
-                p.doubt = "the peer's pid is not visible from the broker's pid namespace";
+                p.doubt = doubts[DOUBT_PID_NS];
         if (!p.doubt)
                 p.doubt = namespaces_doubt(&p, self);
         if (!p.doubt && want_unit) {
@@ -226,11 +253,11 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
                         snprintf(p.unit, sizeof(p.unit), "%s", unit);
                 free(unit);
                 if (r < 0 && r != -ENODATA && r != -ENOENT && r != -ENXIO)
-                        p.doubt = "cannot read the peer's cgroup";
+                        p.doubt = doubts[DOUBT_CGROUP];
         }
         /* What was read by pid belongs to the peer only if it is still alive. */
         if (!p.doubt && !pidfd_alive(p.pid_fd))
-                p.doubt = "the peer exited while being identified";
+                p.doubt = doubts[DOUBT_EXITED];
 
         *ret = p;
         return 0;
@@ -244,7 +271,7 @@ bool peer_in_group(const struct peer *p, gid_t gid) {
 
                 mp->groups_unread = false;
                 if (read_groups(p->conn_fd, mp) < 0) {
-                        mp->doubt = "cannot read the peer's groups";
+                        mp->doubt = doubts[DOUBT_GROUPS];
                         return false;
                 }
         }

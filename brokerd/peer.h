@@ -62,5 +62,9 @@ int peer_identify(int conn_fd, const struct peer_self *self, bool want_unit, str
  * cache); when that fails, sets p->doubt and returns false. */
 bool peer_in_group(const struct peer *p, gid_t gid);
 
+/* The doubt of ours whose text is text (as another process told it), or a
+ * general one: never NULL. */
+const char *peer_doubt_of(const char *text);
+
 /* Releases the peer's groups and pidfd. */
 void peer_done(struct peer *p);

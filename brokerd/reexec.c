@@ -1,28 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Re-execution (`portctl admin reexec`, `systemctl reload`): brokerd
- * executes its binary again, from the path it was started from, so an
- * upgrade installed there since is what runs, with the same arguments and
- * the same pid. Every socket crosses exec(): the control socket, each
- * lease's socket and every open control connection, listed with their
- * names in a memfd that $PORTBROKER_REEXEC_FDS names (fdstore.c reads it in
- * the new image). No port is unbound and no client refused at any moment:
+ * Re-execution (`portctl admin reexec`, `systemctl reload`): the monitor
+ * executes brokerd's binary again, from the path it was started from, so
+ * an upgrade installed there since is what runs, with the same arguments
+ * and the same pid; the new image starts a new worker. Every socket
+ * crosses exec(): the control socket, each lease's socket, the guard's
+ * locked directory and every open control connection (the worker hands
+ * them over with PS_CARRY before it exits), listed with their names in a
+ * memfd that $PORTBROKER_REEXEC_FDS names (fdstore.c reads it in the new
+ * image). No port is unbound and no client refused at any moment:
  * connections queue on the control socket meanwhile.
  *
  * Before the point of no return the binary must accept its arguments and
- * the database (`brokerd ARGS --check`); when it does not, or exec() fails,
- * the old image makes its fds close-on-exec again and goes on serving, and
+ * the database (`brokerd ARGS --check`, run as the worker runs: its uid,
+ * no privilege); when it does not, the worker answers why and goes on
+ * serving. When exec() itself fails, the monitor starts a new worker and
  * the reply says why. A new image that passes the check and fails later is
  * a crash: under systemd the fd store keeps the sockets, otherwise ports
  * without a live holder are unbound until brokerd is back.
  */
-#include "broker-int.h"
+#include "monitor.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,21 +35,38 @@
 
 #include "fd-util.h"
 #include "pidfd-util.h"
+#include "sandbox.h"
 
 #define CHECK_TIMEOUT_MS 3000           /* for `brokerd --check` to exit: well inside WatchdogSec= */
 
-extern char **environ;
+/* In the child: `exe ARGS --check` with no privilege and its output
+ * discarded; why execv() failed, if it does, goes to err_fd. Never returns. */
+static void __attribute__((noreturn)) check_exec(const struct monitor *m, char **argv, int err_fd) {
+        sigset_t none;
+        int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC), e;
 
-/* Runs `exe ARGS --check` (our arguments; output discarded) and waits for
- * it, bounded. Returns 0 when it exited 0, else -errno with why. */
-static int check_binary(const char *exe, char *const *args, char *why, size_t size) {
+        err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+        if (devnull < 0 || err_fd < 0 || dup2(devnull, STDOUT_FILENO) < 0 || dup2(devnull, STDERR_FILENO) < 0)
+                _exit(127);
+        close_range(err_fd + 1, ~0U, 0);
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        e = -sandbox_drop(m->worker_uid, m->worker_gid);
+        if (e == 0) {
+                execv(m->opt.exe_path, argv);
+                e = errno;
+        }
+        (void) !write(err_fd, &e, sizeof(e));
+        _exit(127);
+}
+
+int reexec_check(struct monitor *m, char *why, size_t size) {
+        const char *exe = m->opt.exe_path;
+        char *const *args = m->opt.argv;
+        struct pollfd pfd = { .events = POLLIN };
         size_t n = 0;
         char **argv;
-        posix_spawn_file_actions_t actions;
-        posix_spawnattr_t attr;
-        sigset_t none;
-        struct pollfd pfd = { .events = POLLIN };
-        int status = 0, r;
+        int status = 0, r = 0, pipefd[2], e = 0;
         pid_t pid;
 
         while (args[n])
@@ -61,21 +80,32 @@ static int check_binary(const char *exe, char *const *args, char *why, size_t si
         for (size_t i = 1; i < n; i++)
                 argv[i] = args[i];
         argv[n > 0 ? n : 1] = (char *) "--check";
-        sigemptyset(&none);
-        posix_spawnattr_init(&attr);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-        posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-        r = -posix_spawn(&pid, exe, &actions, &attr, argv, environ);
-        posix_spawn_file_actions_destroy(&actions);
-        posix_spawnattr_destroy(&attr);
-        free(argv);
-        if (r < 0) {
+        if (pipe2(pipefd, O_CLOEXEC) < 0) {
+                free(argv);
+                r = -errno;
                 snprintf(why, size, "cannot run %s: %s", exe, strerror(-r));
                 return r;
         }
+        pid = fork();
+        if (pid == 0)
+                check_exec(m, argv, pipefd[1]);
+        free(argv);
+        safe_close(pipefd[1]);
+        if (pid < 0) {
+                r = -errno;
+                safe_close(pipefd[0]);
+                snprintf(why, size, "cannot run %s: %s", exe, strerror(-r));
+                return r;
+        }
+        /* EOF once it executed; an errno when it could not. */
+        if (read(pipefd[0], &e, sizeof(e)) == sizeof(e) && e > 0) {
+                safe_close(pipefd[0]);
+                while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                        ;
+                snprintf(why, size, "cannot run %s: %s", exe, strerror(e));
+                return -e;
+        }
+        safe_close(pipefd[0]);
         pfd.fd = pidfd_open_pid(pid);
         if (pfd.fd < 0 || poll(&pfd, 1, CHECK_TIMEOUT_MS) == 0) {
                 kill(pid, SIGKILL);
@@ -103,33 +133,41 @@ struct carry {
 };
 
 /* Every fd the new image needs, into *ret (free it). Returns the count or -ENOMEM. */
-static ssize_t collect(struct broker *b, const struct conn *asker, uint32_t id, struct carry **ret) {
-        size_t n = 2 + b->leases.n + b->n_conns, k = 0;
+static ssize_t collect(struct monitor *m, struct carry **ret) {
+        size_t n = 2 + m->leases.n + m->n_carried + m->n_pending, k = 0;
         struct carry *v = calloc(n, sizeof(*v));
 
         if (!v)
                 return -ENOMEM;
-        v[k++] = (struct carry) { .fd = b->control_fd, .name = "control" };
-        if (b->control_created)
+        v[k++] = (struct carry) { .fd = m->control_fd, .name = "control" };
+        if (m->control_created)
                 snprintf(v[0].name, sizeof(v[0].name), "control-created");
         /* The guard's directory, locked: no other brokerd takes it meanwhile. */
-        if (b->guard.dir_fd >= 0)
-                v[k++] = (struct carry) { .fd = b->guard.dir_fd, .name = GUARD_DIR_FDNAME };
-        for (size_t i = 0; i < b->leases.n; i++) {
-                const struct lease *l = b->leases.by_id[i];
+        if (m->guard.dir_fd >= 0)
+                v[k++] = (struct carry) { .fd = m->guard.dir_fd, .name = GUARD_DIR_FDNAME };
+        for (size_t i = 0; i < m->leases.n; i++) {
+                const struct lease *l = m->leases.by_id[i];
 
                 if (l->sock_fd >= 0) {
                         v[k].fd = l->sock_fd;
                         snprintf(v[k++].name, sizeof(v[0].name), "lease-%llu", (unsigned long long) l->id);
                 }
         }
-        for (const struct conn *c = b->conns; c && k < n; c = c->next) {
-                v[k].fd = c->sock_fd;
-                v[k].peer = &c->peer;
-                if (c == asker)
-                        snprintf(v[k++].name, sizeof(v[0].name), "reexec-%u", id);
+        for (size_t i = 0; i < m->n_carried && k < n; i++) {
+                const struct carried_conn *x = &m->carried[i];
+
+                v[k].fd = x->fd;
+                v[k].peer = &x->peer;
+                if (x->reexec_id)
+                        snprintf(v[k++].name, sizeof(v[0].name), "reexec-%u", x->reexec_id);
                 else
                         snprintf(v[k++].name, sizeof(v[0].name), "conn");
+        }
+        /* Accepted, not yet passed to the worker: they go too. */
+        for (size_t i = 0; i < m->n_pending && k < n; i++) {
+                v[k].fd = m->pending[i].fd;
+                v[k].peer = &m->pending[i].peer;
+                snprintf(v[k++].name, sizeof(v[0].name), "conn");
         }
         *ret = v;
         return (ssize_t) k;
@@ -178,7 +216,7 @@ static void set_cloexec(const struct carry *v, size_t n, bool on) {
 
 /* The point of no return, unless exec() fails: returns -errno then, with
  * everything as it was. */
-static int exec_carrying(struct broker *b, const struct carry *v, size_t n) {
+static int exec_carrying(struct monitor *m, const struct carry *v, size_t n) {
         char list_fd_text[16];
         int list_fd = write_list(v, n), r;
 
@@ -190,7 +228,7 @@ static int exec_carrying(struct broker *b, const struct carry *v, size_t n) {
                 r = -errno;
         else {
                 (void) sd_notify(false, "RELOADING=1\nSTATUS=re-executing");
-                execv(b->opt.exe_path, b->opt.argv);
+                execv(m->opt.exe_path, m->opt.argv);
                 r = -errno;
                 (void) sd_notify(false, "READY=1");
         }
@@ -200,43 +238,14 @@ static int exec_carrying(struct broker *b, const struct carry *v, size_t n) {
         return r;
 }
 
-int reexec(struct broker *b, struct conn *c, uint32_t id, struct pb_msg *reply) {
-        struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
+int reexec(struct monitor *m) {
         struct carry *v = NULL;
-        char why[PB_TEXT_MAX + 1] = "";
-        ssize_t n;
+        ssize_t n = collect(m, &v);
         int r;
 
-        r = check_binary(b->opt.exe_path, b->opt.argv, why, sizeof(why));
-        if (r < 0)
-                goto fail;
-        n = collect(b, c, id, &v);
-        if (n < 0) {
-                r = (int) n;
-                snprintf(why, sizeof(why), "out of memory");
-                goto fail;
-        }
-        log_event(LOG_NOTICE, "reexec", &f, "executing %s again; %zu leases and %u connections carried over",
-                  b->opt.exe_path, b->leases.n, b->n_conns);
-        broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);
-        r = store_flush(b->store);      /* no audit event is lost across exec() */
-        if (r < 0) {
-                snprintf(why, sizeof(why), "cannot write the audit trail first: %s", strerror(-r));
-                goto fail;
-        }
-        r = exec_carrying(b, v, (size_t) n);
-        snprintf(why, sizeof(why), "cannot execute %s: %s", b->opt.exe_path, strerror(-r));
-fail:
+        if (n < 0)
+                return (int) n;
+        r = exec_carrying(m, v, (size_t) n);
         free(v);
-        log_event(LOG_ERR, "error", &f, "re-execution refused: %s; this brokerd keeps serving", why);
-        proto_set_error(reply, id, -r, "%s; brokerd keeps serving", why);
         return r;
-}
-
-void reexec_answer(int fd, uint32_t id) {
-        struct pb_msg reply = { .hdr = { .type = PB_MSG_REEXEC | PB_MSG_REPLY, .id = id } };
-
-        reply.reexec.pid = (uint32_t) getpid();
-        snprintf(reply.reexec.version, sizeof(reply.reexec.version), "%s", PB_VERSION);
-        (void) conn_send_fd(fd, &reply, -1);
 }

@@ -71,14 +71,14 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
         return true;
 }
 
-/* Records a new lease for the peer with socket sock_fd (consumed) in the
+/* Records lease id for the peer, with socket sock_fd (consumed), in the
  * store and the table. Returns the lease, or NULL with reply set. */
 static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                                int sock_fd) {
+                                uint64_t id, int sock_fd, uint64_t cookie) {
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
         const struct pb_endpoint *e = &req->get.endpoint;
-        struct store_lease sl = { .endpoint = *e, .owner_uid = p->uid, .socket_cookie = socket_cookie(sock_fd) };
+        struct store_lease sl = { .id = id, .endpoint = *e, .owner_uid = p->uid, .socket_cookie = cookie };
         struct store_event ev = { .event = "create", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_new();
         int r;
@@ -115,32 +115,34 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
         return l;
 }
 
-/* Binds e and records the new lease. Returns it, or NULL with reply set. */
+/* Has the monitor guard and bind e for a new lease, and records it.
+ * Returns the lease, or NULL with reply set. */
 static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text) {
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         struct log_fields f = broker_peer_fields(&c->peer, text, e);
+        struct mm_socket got;
         struct lease *l;
+        uint64_t id;
         int sock_fd, r;
 
-        /* Guarded first: from its bind() on, nobody else may bind it. */
-        r = guard_add(&b->guard, e);
+        r = store_lease_next_id(b->store, &id);
         if (r < 0) {
-                proto_set_error(reply, req->hdr.id, -r, "cannot guard %s: %s", text, strerror(-r));
+                proto_set_error(reply, req->hdr.id, -r, "cannot number a new lease: %s", strerror(-r));
                 log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
-        r = lease_bind(&b->guard, e, b->backlog, &sock_fd);
+        /* Guarded by the monitor first: from its bind() on, nobody else may bind it. */
+        r = mm_socket(b, id, e, &sock_fd, &got);
         if (r < 0) {
-                guard_remove(&b->guard, e, lease_table_has_port(&b->leases, e->port_lo));
                 proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
                                 r == -EADDRINUSE ? " (another socket holds the port)" : "");
-                log_event(LOG_WARNING, "error", &f, "%s", reply->error.message);
+                log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
-        l = get_record(c, req, reply, text, sock_fd);
+        l = get_record(c, req, reply, text, id, sock_fd, got.cookie);
         if (!l) {
-                guard_remove(&b->guard, e, lease_table_has_port(&b->leases, e->port_lo));
+                mm_release(b, id);
                 return NULL;
         }
         broker_lease_bound(b, l);
@@ -168,7 +170,7 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
         int r;
 
         if (l->sock_fd < 0) {
-                r = broker_rebind_lease(c->broker, l, 0);
+                r = broker_rebind_lease(c->broker, l);
                 if (r < 0) {
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s again: %s%s", text, strerror(-r),
                                         r == -EADDRINUSE ? " (another socket holds the port; brokerd retries)" : "");
@@ -253,8 +255,7 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
                 return;
         }
         lease_table_remove(&b->leases, l);
-        fdstore_remove(b, l->id);
-        guard_remove(&b->guard, &l->endpoint, lease_table_has_port(&b->leases, l->endpoint.port_lo));
+        mm_release(b, l->id);
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
         lease_free(l);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;
@@ -419,20 +420,56 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
 
 /* --- admin ------------------------------------------------------------------ */
 
-/* On success the new image answers; this returns only with an error reply. */
+/*
+ * The monitor checks that the binary would start (as the worker would run
+ * it); then every connection goes to the monitor, which executes brokerd
+ * again once this worker has written its database and exited, and the new
+ * image's worker answers the request. A check that fails is answered here,
+ * and nothing changes.
+ */
 static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
-        (void) reexec(c->broker, c, req->hdr.id, reply);
+        struct broker *b = c->broker;
+        struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
+        char why[PB_TEXT_MAX + 1] = "";
+        int r = mm_reexec_check(b, why, sizeof(why));
+
+        if (r >= 0) {
+                broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);
+                r = store_flush(b->store);      /* no audit event is lost across exec() */
+                if (r < 0)
+                        snprintf(why, sizeof(why), "cannot write the audit trail first: %s", strerror(-r));
+        }
+        if (r < 0) {
+                log_event(LOG_ERR, "error", &f, "re-execution refused: %s; this brokerd keeps serving", why);
+                proto_set_error(reply, req->hdr.id, -r, "%s; brokerd keeps serving", why);
+                return;
+        }
+        log_event(LOG_NOTICE, "reexec", &f, "executing %s again; %zu leases and %u connections carried over",
+                  b->opt.exe_path, b->leases.n, b->n_conns);
+        mm_reexec(b, c, req->hdr.id);
+        /* The connections are the monitor's now; this worker is done. */
+        b->reexecuting = true;
+        sd_event_exit(b->event, 0);
+}
+
+void request_reexec_answer(struct broker *b, int fd, uint32_t id) {
+        struct pb_msg reply = { .hdr = { .type = PB_MSG_REEXEC | PB_MSG_REPLY, .id = id,
+                                         .version = proto_type_version(PB_MSG_REEXEC) } };
+
+        reply.reexec.pid = (uint32_t) b->monitor_pid;
+        snprintf(reply.reexec.version, sizeof(reply.reexec.version), "%s", PB_VERSION);
+        (void) conn_send_fd(fd, &reply, -1);
 }
 
 static void handle_info(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
-        const struct guard *g = &c->broker->guard;
+        const struct broker *b = c->broker;
 
         reply->hdr.type = PB_MSG_INFO | PB_MSG_REPLY;
-        reply->info.pid = (uint32_t) getpid();
+        reply->info.pid = (uint32_t) b->monitor_pid;
         snprintf(reply->info.version, sizeof(reply->info.version), "%s", PB_VERSION);
-        reply->info.guard = g->on;
+        reply->info.guard = b->guard_on;
         snprintf(reply->info.guard_state, sizeof(reply->info.guard_state), "%.*s",
-                 (int) sizeof(reply->info.guard_state) - 1, g->state);      /* cut to the wire's text */
+                 (int) sizeof(reply->info.guard_state) - 1, b->guard_state);        /* cut to the wire's text */
 }
 
 /* --- the table and dispatch ------------------------------------------------- */
@@ -503,6 +540,8 @@ int request_handle(struct conn *c, const uint8_t *buf, size_t len) {
                 policy_denied(c, &req, &reply);
         else
                 rt->handle(c, &req, &reply, &fd);
+        if (c->broker->reexecuting)
+                return 0;               /* the new image answers */
 
         r = conn_send(c, &reply, reply.hdr.type == PB_MSG_ERROR ? -1 : fd);
         if (r < 0) {

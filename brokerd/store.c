@@ -33,6 +33,7 @@ enum stmt {
         ST_RULE_REMOVE,
         ST_RULES,
         ST_LEASE_ADD,
+        ST_LEASE_NEXT_ID,
         ST_LEASE_REMOVE,
         ST_LEASE_SOCKET,
         ST_LEASES,
@@ -58,8 +59,11 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
         [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created "
                      "FROM rules ORDER BY id",
-        [ST_LEASE_ADD] = "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
+        [ST_LEASE_ADD] = "INSERT INTO leases (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, "
+                         "boot_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        /* AUTOINCREMENT's next id: never one a released lease had. */
+        [ST_LEASE_NEXT_ID] = "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'leases'), 0), "
+                             "coalesce((SELECT max(id) FROM leases), 0)) + 1",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
         [ST_LEASE_SOCKET] = "UPDATE leases SET socket_cookie = ?, boot_id = ? WHERE id = ?",
         [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id FROM leases ORDER BY id",
@@ -364,18 +368,34 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
         r = tx_begin(s);
         if (r < 0)
                 return r;
-        sqlite3_bind_blob(st, 1, blob, sizeof(blob), SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, endpoint_format(&l->endpoint, text), -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, l->owner_uid);
-        sqlite3_bind_int64(st, 4, l->created);
-        sqlite3_bind_int64(st, 5, (sqlite3_int64) l->socket_cookie);
-        sqlite3_bind_text(st, 6, l->boot_id, -1, SQLITE_STATIC);
+        if (l->id)
+                sqlite3_bind_int64(st, 1, (sqlite3_int64) l->id);
+        else
+                sqlite3_bind_null(st, 1);
+        sqlite3_bind_blob(st, 2, blob, sizeof(blob), SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, endpoint_format(&l->endpoint, text), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, l->owner_uid);
+        sqlite3_bind_int64(st, 5, l->created);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64) l->socket_cookie);
+        sqlite3_bind_text(st, 7, l->boot_id, -1, SQLITE_STATIC);
         r = run(s, ST_LEASE_ADD);
         if (r >= 0) {
                 l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
         return tx_end(s, r);
+}
+
+int store_lease_next_id(struct store *s, uint64_t *ret) {
+        sqlite3_stmt *st = s->stmt[ST_LEASE_NEXT_ID];
+        int rc = sqlite3_step(st), r = 0;
+
+        if (rc == SQLITE_ROW)
+                *ret = (uint64_t) sqlite3_column_int64(st, 0);
+        else
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
 }
 
 int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id) {

@@ -63,8 +63,12 @@ int store_rule_add(struct store *s, struct store_rule *r, const struct store_eve
 /* Durable: removes rule id with its event. Returns 0 or -ENOENT. */
 int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev);
 
-/* Durable: records lease l (id and created filled in) with its event. */
+/* Durable: records lease l with its event: under l->id (store_lease_next_id()), or the next id when 0
+ * (filled in), and created filled in. */
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev);
+
+/* The id the next lease gets (one no lease ever had). Returns 0 or -errno. */
+int store_lease_next_id(struct store *s, uint64_t *ret);
 
 /* Durable: records which socket (cookie, boot) lease id now has. */
 int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id);

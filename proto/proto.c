@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Encoding and decoding of control messages. Every field is written and
- * read explicitly, big-endian, through a bounds-checked cursor; a decoder
+ * read explicitly, big-endian, through a bounds-checked cursor (wire.h); a decoder
  * consumes exactly the message's length or rejects it. See PROTOCOL.md.
  */
 #include "proto.h"
@@ -11,58 +11,11 @@
 #include <stdio.h>
 #include <string.h>
 
-struct wcur {
-        uint8_t *buf;
-        size_t size, off;
-        bool overflow;
-};
+#include "wire.h"
 
-struct rcur {
-        const uint8_t *buf;
-        size_t len, off;
-        bool bad;
-};
-
-static uint8_t *wtake(struct wcur *w, size_t n) {
-        if (w->overflow || n > w->size - w->off) {
-                w->overflow = true;
-                return NULL;
-        }
-        w->off += n;
-        return w->buf + w->off - n;
-}
-
-static void put_u8(struct wcur *w, uint8_t v) {
-        uint8_t *p = wtake(w, 1);
-        if (p)
-                p[0] = v;
-}
-
-static void put_be(struct wcur *w, uint64_t v, size_t n) {
-        uint8_t *p = wtake(w, n);
-        if (p)
-                for (size_t i = 0; i < n; i++)
-                        p[i] = (uint8_t) (v >> (8 * (n - 1 - i)));
-}
-
+/* Text fields of the control protocol: at most PB_TEXT_MAX bytes. */
 static void put_text(struct wcur *w, const char *s) {
-        size_t n = strnlen(s, PB_TEXT_MAX + 1);
-        uint8_t *p;
-
-        if (n > PB_TEXT_MAX) {
-                w->overflow = true;
-                return;
-        }
-        put_u8(w, (uint8_t) n);
-        p = wtake(w, n);
-        if (p)
-                memcpy(p, s, n);
-}
-
-static void put_endpoint(struct wcur *w, const struct pb_endpoint *e) {
-        uint8_t *p = wtake(w, PB_ENDPOINT_WIRE_SIZE);
-        if (p)
-                endpoint_encode(e, p);
+        put_text_max(w, s, PB_TEXT_MAX);
 }
 
 static void put_principal(struct wcur *w, const struct pb_principal *p) {
@@ -71,56 +24,8 @@ static void put_principal(struct wcur *w, const struct pb_principal *p) {
         put_text(w, p->unit);
 }
 
-static const uint8_t *rtake(struct rcur *r, size_t n) {
-        if (r->bad || n > r->len - r->off) {
-                r->bad = true;
-                return NULL;
-        }
-        r->off += n;
-        return r->buf + r->off - n;
-}
-
-static uint8_t get_u8(struct rcur *r) {
-        const uint8_t *p = rtake(r, 1);
-        return p ? p[0] : 0;
-}
-
-static uint64_t get_be(struct rcur *r, size_t n) {
-        const uint8_t *p = rtake(r, n);
-        uint64_t v = 0;
-
-        if (p)
-                for (size_t i = 0; i < n; i++)
-                        v = v << 8 | p[i];
-        return v;
-}
-
-static uint8_t get_bool(struct rcur *r) {
-        uint8_t v = get_u8(r);
-        if (v > 1)
-                r->bad = true;
-        return v;
-}
-
-/* Text: a length byte, then that many bytes, none NUL or control characters. */
 static void get_text(struct rcur *r, char out[static PB_TEXT_MAX + 1]) {
-        size_t n = get_u8(r);
-        const uint8_t *p = rtake(r, n);
-
-        out[0] = '\0';
-        if (!p)
-                return;
-        for (size_t i = 0; i < n; i++)
-                if (p[i] < 0x20 || p[i] == 0x7f)
-                        r->bad = true;
-        memcpy(out, p, n);
-        out[n] = '\0';
-}
-
-static void get_endpoint(struct rcur *r, bool pattern, struct pb_endpoint *ret) {
-        const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
-        if (p && endpoint_decode(p, pattern, ret) < 0)
-                r->bad = true;
+        get_text_max(r, out, PB_TEXT_MAX);
 }
 
 static void get_principal(struct rcur *r, struct pb_principal *ret) {

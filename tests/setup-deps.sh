@@ -22,6 +22,12 @@ packages=(
 	valgrind s6 strace gnuplot-nox
 )
 
+# brokerd, run as root, runs its worker as user portbroker, and its unit runs
+# it as that user: the tests need the user, as an installed system has it.
+if ((EUID == 0)); then
+	bash "$(dirname "${BASH_SOURCE[0]}")/add-user.sh"
+fi
+
 missing=()
 for p in "${packages[@]}"; do
 	status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)

@@ -320,15 +320,25 @@ VALGRIND_ERROR = re.compile(r"==\d+== (Invalid (read|write|free)|Conditional jum
                             r"Process terminating|.* bytes in .* blocks are (definitely|indirectly|possibly) lost)")
 
 
+def is_valgrinds(link):
+    """Whether an fd of a process under valgrind is valgrind's own (its
+    report, its copies of /proc files, the client's binary, its pipe)."""
+    return "valgrind" in link or link.startswith("pipe:") or link == BROKERD
+
+
 def valgrind_prefix(d, run):
-    """argv prefix running brokerd under valgrind's memcheck (PB_VALGRIND=1),
-    its reports in d; [] otherwise. Errors and leaks (definite, indirect,
-    possible) fail the test at teardown (Broker.check_valgrind)."""
+    """argv prefix running brokerd (the monitor, and its worker: children are
+    traced) under valgrind's memcheck (PB_VALGRIND=1), the reports in
+    d/valgrind; [] otherwise. Errors and leaks (definite, indirect, possible)
+    fail the test at teardown (Broker.check_valgrind)."""
     if not VALGRIND:
         return []
-    return ["valgrind", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
+    d = d / "valgrind"
+    d.mkdir(exist_ok=True)
+    d.chmod(0o1777)                     # the worker writes its report as user portbroker
+    return ["valgrind", "--trace-children=yes", "--vgdb=no", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
             "--errors-for-leak-kinds=definite,indirect,possible", "--gen-suppressions=all",
-            f"--suppressions={ROOT}/tests/valgrind.supp", f"--log-file={d}/valgrind.{run}.%p.log"]
+            f"--suppressions={ROOT}/tests/valgrind.supp", f"--log-file={d}/valgrind.{run}.%p.%n.log"]
 
 
 class Broker:
@@ -342,7 +352,7 @@ class Broker:
             args = ["--guard-dir", self.guard_dir, "--guard-cgroup", guard.cgroup, *args]
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
         self.control = str(self.dir / "control.sock")
-        self.db = str(self.dir / "portbroker.db")
+        self.db = str(self.dir / "db" / "portbroker.db")   # the worker's directory, not the control socket's
         self.logpath = self.dir / "brokerd.log"
         self.notify_path = str(self.dir / "notify.sock")
         self.args = [str(a) for a in args]
@@ -364,6 +374,7 @@ class Broker:
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             ns.bind(self.notify_path)
+            os.chmod(self.notify_path, 0o666)   # a brokerd run as another uid notifies too
             argv = [*self.wrapper, *valgrind_prefix(self.dir, self.runs), self.binary, "--foreground",
                     "--control", self.control, "--db", self.db, *self.args]
             with open(self.logpath, "ab") as log:
@@ -409,8 +420,13 @@ class Broker:
         return self.start()
 
     def kill9(self):
+        """SIGKILL to the monitor; its worker dies with it (PR_SET_PDEATHSIG):
+        waits for both."""
+        worker = self.worker_pid()
         self.proc.kill()
         self.proc.wait(timeout=10)
+        if worker:
+            wait_for(lambda: not _alive(worker), 10, "brokerd's worker to die with its monitor")
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
@@ -429,17 +445,48 @@ class Broker:
         return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout,
                         f"{count}x event={name} in brokerd's log")
 
-    def fds(self):
-        out = []
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+    def worker_pid(self):
+        """The pid of brokerd's worker (its unprivileged process), or None."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return None
+        for c in children:
             try:
-                out.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+                if b"--worker" in Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0"):
+                    return int(c)
             except OSError:
-                pass
+                continue
+        return None
+
+    def pids(self):
+        """brokerd's processes: the monitor, and its worker when it has one."""
+        w = self.worker_pid()
+        return [self.pid] + ([w] if w else [])
+
+    def _fd_links(self):
+        """(pid, fd, link) of every fd of brokerd's processes."""
+        out = []
+        for pid in self.pids():
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if not (VALGRIND and is_valgrinds(link)):
+                    out.append((pid, fd, link))
         return out
 
+    def fds(self):
+        return [link for _, _, link in self._fd_links()]
+
     def fd_count(self):
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """fds of the monitor and the worker together."""
+        return len(self._fd_links())
 
     def connections(self):
         """Control connections the broker has open: its accepted sockets, which
@@ -467,19 +514,15 @@ class Broker:
         return wait_for(steady, timeout, "brokerd to close every control connection")
 
     def fd_census(self):
-        """{kind: count} of the broker's fds (fd_kind), and the pids its
-        pidfds name (-1: the process is gone)."""
+        """{kind: count} of the fds of brokerd's processes (fd_kind), and
+        the pids their pidfds name (-1: the process is gone)."""
         kinds, pids = {}, []
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{self.pid}/fd/{fd}")
-            except OSError:
-                continue
+        for pid, fd, link in self._fd_links():
             k = fd_kind(link)
             kinds[k] = kinds.get(k, 0) + 1
             if k == "pidfd":
                 try:
-                    info = Path(f"/proc/{self.pid}/fdinfo/{fd}").read_text()
+                    info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
                     pids.append(int(re.search(r"^Pid:\s*(-?\d+)", info, re.M).group(1)))
                 except (OSError, AttributeError):
                     pass
@@ -493,10 +536,11 @@ class Broker:
         return sum(1 for l in st if l["bound"]), sum(l["holders"] for l in st)
 
     def fd_baseline(self):
-        """The fds the broker has once ready, after one round trip (lazily
+        """The fds brokerd has once ready, after one round trip (lazily
         opened fds included) and with no client connected, less those its
-        leases explain (one socket per bound lease, one pidfd per holder).
-        What teardown compares with (check_fds)."""
+        leases explain (two sockets per bound lease, the monitor's and the
+        worker's; one pidfd per holder). What teardown compares with
+        (check_fds)."""
         def steady():
             bound, holders = self._leases_now()
             a = self.fd_census()[0]
@@ -504,9 +548,9 @@ class Broker:
             return (a, bound, holders) if a == b and self.connections() == 0 else None
         kinds, bound, holders = wait_for(steady, 10, "brokerd's fds to settle after start")
         base = dict(kinds)
-        base["socket"] = base.get("socket", 0) - bound
+        base["socket"] = base.get("socket", 0) - 2 * bound
         base["pidfd"] = base.get("pidfd", 0) - holders
-        assert base["pidfd"] == 0 and base["socket"] >= 1, \
+        assert base["pidfd"] >= 0 and base["socket"] >= 1, \
             f"brokerd's fds after start do not match its leases ({bound} bound, {holders} holders): {kinds}"
         return base
 
@@ -515,7 +559,7 @@ class Broker:
         bound, holders = self._leases_now()
         kinds, pids = self.fd_census()
         want = dict(self.fd_base)
-        want["socket"] += bound
+        want["socket"] += 2 * bound
         want["pidfd"] += holders
         gone = [p for p in pids if p <= 0 or not _alive(p)]
         if {k: v for k, v in kinds.items() if v} == {k: v for k, v in want.items() if v} and not gone:
@@ -623,7 +667,7 @@ class Broker:
         """Under PB_VALGRIND: no error and no leak in any run's report: its
         ERROR SUMMARY says 0 (leaks count as errors), and, for a run killed
         before it could sum up, no error report at all."""
-        reports = sorted(self.dir.glob("valgrind.*.log"))
+        reports = sorted(self.dir.glob("valgrind/valgrind.*.log"))
         assert reports or not VALGRIND, "PB_VALGRIND is set, yet brokerd left no valgrind report"
         for path in reports:
             text = path.read_text(errors="replace")
@@ -736,7 +780,8 @@ def workdir(netns):
     scratch.mkdir()
     scratch.chmod(0o1777)               # other uids write server output here
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("PB_KEEP"):  # PB_KEEP=1: left for a look (brokerd's log, valgrind's reports)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -233,8 +233,9 @@ def test_forged_credentials_are_ignored(broker):
                        capture_output=True, text=True, timeout=20, env=child_env())
     assert r.stdout.strip() == "EPERM", r
     broker.portctl("status")
-    # The lease's socket, and the pidfd watching its holder (this process, alive).
-    broker.wait_fd_count(base + 2)
+    # The lease's socket (the monitor's copy and the worker's), and the pidfd
+    # watching its holder (this process, alive).
+    broker.wait_fd_count(base + 3)
 
 
 @pytest.mark.expect_log(r"event=error .*cannot send the status reply: Resource temporarily unavailable; closing")
@@ -290,7 +291,7 @@ def test_500_idle_connections(make_broker):
     assert kind == "reply" and hdr[2] == STATUS | REPLY
     for s in conns:
         s.close()
-    broker.wait_fd_count(base + 1)                          # + the socket of the lease on 8080
+    broker.wait_fd_count(base + 2)                          # + the lease's socket, the monitor's and the worker's
 
 
 def test_connection_limit(make_broker):

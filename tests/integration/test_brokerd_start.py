@@ -4,6 +4,7 @@ or newer database, a live broker's socket never stolen, a stale one
 replaced, and `make install` laying out every file."""
 
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -24,6 +25,16 @@ BROKERD = str(BUILD / "brokerd")
 NO_GUARD = "--no-guard"
 
 
+@pytest.fixture
+def tmp_path():
+    """A fresh 0755 directory under /tmp, in place of pytest's (under a 0700
+    one): brokerd's worker runs as another uid and must reach what is in it."""
+    d = Path(tempfile.mkdtemp(prefix="pb-start-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def run_brokerd(*args, timeout=10):
     return subprocess.run([BROKERD, NO_GUARD, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -32,7 +43,7 @@ def read_ready(stream):
     """Reads brokerd's stderr up to its event=ready line (returned)."""
     while True:
         line = read_line(stream, 10, "brokerd's stderr")
-        if "event=guard" not in line:
+        if "event=guard" not in line and "event=worker" not in line:
             return line
 
 
@@ -52,7 +63,8 @@ def test_help_and_usage_errors():
 
 
 def test_corrupt_database_is_fatal(tmp_path):
-    db = tmp_path / "pb.db"
+    db = tmp_path / "db" / "pb.db"
+    db.parent.mkdir(mode=0o700)
     db.write_bytes(b"this is not a database" * 500)
     r = run_brokerd("--foreground", "--control", str(tmp_path / "c.sock"), "--db", str(db))
     assert r.returncode == 1
@@ -61,7 +73,8 @@ def test_corrupt_database_is_fatal(tmp_path):
 
 
 def test_newer_schema_is_fatal(tmp_path):
-    db = tmp_path / "pb.db"
+    db = tmp_path / "db" / "pb.db"
+    db.parent.mkdir(mode=0o700)
     with sqlite3.connect(db) as c:
         c.execute("PRAGMA user_version = 7")
     r = run_brokerd("--foreground", "--control", str(tmp_path / "c.sock"), "--db", str(db))
@@ -73,7 +86,7 @@ def test_unsafe_state_directory_refused(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     state.chmod(0o777)
-    r = run_brokerd("--foreground", "--control", str(state / "c.sock"), "--db", str(tmp_path / "pb.db"))
+    r = run_brokerd("--foreground", "--control", str(state / "c.sock"), "--db", str(tmp_path / "db" / "pb.db"))
     assert r.returncode == 1
     assert "not writable by group or others" in r.stderr
 
@@ -98,20 +111,20 @@ def test_live_socket_kept_stale_socket_replaced(tmp_path):
     live = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     live.bind(str(sock_path))
     live.listen()
-    r = run_brokerd("--foreground", "--control", str(sock_path), "--db", str(tmp_path / "pb.db"))
+    r = run_brokerd("--foreground", "--control", str(sock_path), "--db", str(tmp_path / "db" / "pb.db"))
     assert r.returncode == 1 and "another brokerd is listening" in r.stderr
     live.close()                                    # now a stale socket file remains
     assert sock_path.exists()
 
     not_socket = tmp_path / "file.sock"
     not_socket.write_text("x")
-    r = run_brokerd("--foreground", "--control", str(not_socket), "--db", str(tmp_path / "pb.db"))
+    r = run_brokerd("--foreground", "--control", str(not_socket), "--db", str(tmp_path / "db" / "pb.db"))
     assert r.returncode == 1 and "not a socket" in r.stderr
 
     # The stale socket is replaced: brokerd starts and answers on it.
     env = dict(os.environ, PORTBROKER_SOCKET=str(sock_path))
     p = subprocess.Popen([BROKERD, NO_GUARD, "--foreground", "--control", str(sock_path), "--db",
-                          str(tmp_path / "pb.db")], stderr=subprocess.PIPE, text=True)
+                          str(tmp_path / "db" / "pb.db")], stderr=subprocess.PIPE, text=True)
     try:
         line = read_ready(p.stderr)
         assert "event=ready" in line, line
@@ -143,7 +156,7 @@ def test_detaches_only_when_ready(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")}
     # stderr to a file, not a pipe: the parent's exit is what is awaited, not the daemon's EOF.
     with open(tmp_path / "stderr", "w+") as err:
-        r = subprocess.run([BROKERD, NO_GUARD, "--control", str(sock_path), "--db", str(tmp_path / "pb.db")],
+        r = subprocess.run([BROKERD, NO_GUARD, "--control", str(sock_path), "--db", str(tmp_path / "db" / "pb.db")],
                            env=env, stdout=subprocess.DEVNULL, stderr=err, timeout=10)
         err.seek(0)
         stderr = err.read()
@@ -158,7 +171,8 @@ def test_detaches_only_when_ready(tmp_path):
         if pid:
             os.kill(pid, 15)
     # Failure to start is reported by the parent's exit status.
-    bad = tmp_path / "bad.db"
+    bad = tmp_path / "bad" / "bad.db"
+    bad.parent.mkdir(mode=0o700)
     bad.write_bytes(b"garbage" * 1000)
     r = subprocess.run([BROKERD, NO_GUARD, "--control", str(tmp_path / "d.sock"), "--db", str(bad)],
                        env=env, capture_output=True, text=True, timeout=10)
@@ -173,7 +187,7 @@ def test_make_install(tmp_path):
     for f in ("usr/sbin/brokerd", "usr/bin/portctl", "usr/lib/libportbroker.so", "usr/lib/libportbroker.a",
               "usr/lib/pkgconfig/portbroker.pc", "usr/include/portbroker.h", "usr/share/man/man1/portctl.1",
               "usr/share/man/man8/brokerd.8", "usr/lib/systemd/system/portbrokerd.service",
-              "usr/lib/systemd/system/portbrokerd.socket"):
+              "usr/lib/systemd/system/portbrokerd.socket", "usr/lib/sysusers.d/portbroker.conf"):
         assert (dest / f).exists(), f
     assert "ExecStart=/usr/sbin/brokerd" in (dest / "usr/lib/systemd/system/portbrokerd.service").read_text()
     pc = (dest / "usr/lib/pkgconfig/portbroker.pc").read_text()

@@ -193,6 +193,7 @@ def test_a_holders_shutdown_leaves_no_window(make_broker, procs):
     broker = make_broker()
     need_guard(broker)
     broker.portctl("policy", "add", "tcp:127.0.0.1:9000", "--user", U1)
+    broker.portctl("get", "tcp:127.0.0.1:9000", uid=U1)       # leased before the racer's first try
     racer = procs.spawn([PYTHON, "-c", ATTACKER, json.dumps(
         [["tcp", "127.0.0.1", 9000, True, 0], ["tcp", "0.0.0.0", 9000, True, 0], ["tcp", "::", 9000, True, 0]]),
         "3"], uid=U2, name="racer")
@@ -234,7 +235,9 @@ def test_a_socket_turned_into_a_connection_is_replaced_and_the_port_kept(make_br
     trigger = Path(broker.dir, "act")
     h = holder(broker, procs, "tcp:127.0.0.1:9000", "shutdown-connect", 9001, trigger, wait=False)
     wait_holder(h, "got", "get the socket")
-    os.kill(broker.pid, signal.SIGSTOP)
+    stopped = broker.pids()                             # the monitor and the worker: both hold the socket
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
     try:
         trigger.touch()
         wait_holder(h, "done", "turn the socket into a connection")
@@ -242,7 +245,8 @@ def test_a_socket_turned_into_a_connection_is_replaced_and_the_port_kept(make_br
         got = attack(procs, cases_for("tcp", 9000, [("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0)]))
         assert all(r["wins"] == 0 for r in got), got   # nothing listens there now: only the guard refuses
     finally:
-        os.kill(broker.pid, signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     got = attack(procs, cases_for("tcp", 9000, [("127.0.0.1", 0), ("0.0.0.0", 0), ("::", 0)]))
     assert all(r["wins"] == 0 for r in got), got
     check_listening(broker, "tcp:127.0.0.1:9000", 9000)

@@ -7,6 +7,7 @@ exit."""
 
 import errno
 import os
+import pwd
 import socket
 import sqlite3
 import subprocess
@@ -59,12 +60,22 @@ def test_foreign_root_socket_is_not_adopted(make_broker, procs):
 
 
 def test_broker_without_cap_kill_serves_other_uids(make_broker):
-    """portbrokerd.service bounds brokerd to CAP_NET_BIND_SERVICE and
-    CAP_SYS_PTRACE: identifying a peer of another uid must not need CAP_KILL."""
-    broker = make_broker(wrapper=["setpriv", "--bounding-set", "-all,+net_bind_service,+sys_ptrace",
-                                  "--inh-caps", "-all"])
+    """portbrokerd.service runs brokerd as user portbroker with ambient
+    CAP_NET_BIND_SERVICE and CAP_SYS_PTRACE (and the guard's two): its
+    monitor identifies peers of other uids without CAP_KILL, its worker
+    runs with none at all."""
+    pw = pwd.getpwnam("portbroker")
+    broker = make_broker(start=False, wrapper=[
+        "setpriv", "--reuid", str(pw.pw_uid), "--regid", str(pw.pw_gid), "--clear-groups",
+        "--bounding-set", "-all,+net_bind_service,+sys_ptrace", "--inh-caps", "-all,+net_bind_service,+sys_ptrace",
+        "--ambient-caps", "-all,+net_bind_service,+sys_ptrace"])
+    os.chown(broker.dir, pw.pw_uid, pw.pw_gid)      # its state is its own, as the unit's is
+    broker.start()
     status = open(f"/proc/{broker.pid}/status").read()
     assert "CapBnd:\t0000000000080400" in status, status     # NET_BIND_SERVICE (10) + SYS_PTRACE (19)
+    assert "CapEff:\t0000000000080400" in status, status
+    worker = open(f"/proc/{broker.worker_pid()}/status").read()
+    assert "CapEff:\t0000000000000000" in worker and "CapPrm:\t0000000000000000" in worker, worker
     # Without CAP_BPF and CAP_NET_ADMIN the bind guard is off, and it says why, once.
     assert [l for l in broker.events("guard") if "needs CAP_BPF and CAP_NET_ADMIN" in l], broker.log()
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
@@ -124,8 +135,10 @@ def test_holders_counted_until_they_exit(broker, procs):
     srv.kill9()
     wait_for(lambda: broker.portctl("status", "8080", json=True).json[0]["holders"] == 0, 5,
              "holders to drop to 0 once the server exited")
-    # The watch on the holder is gone with it: no fd kept for a dead process.
-    wait_for(lambda: not any("pidfd" in f for f in broker.fds()), 5, "brokerd to close the holder's pidfd")
+    # The watch on the holder is gone with it: no fd kept for a dead process
+    # (the one pidfd left is the monitor's on its worker).
+    wait_for(lambda: [p for p in broker.fd_census()[1] if p != broker.worker_pid()] == [], 5,
+             "brokerd to close the holder's pidfd")
 
 
 def systemd_cgroup_root():

@@ -28,7 +28,9 @@ How the PID-1 harness works (the host's PID 1 need not be systemd):
 
 import json
 import os
+import pwd
 import pty
+import re
 import select
 import shlex
 import shutil
@@ -94,7 +96,9 @@ def test_units_match_the_contract(installed):
     assert sock[("Socket", "ListenSequentialPacket")] == [CONTROL]
     assert sock[("Socket", "Accept")] == ["no"]
     assert svc[("Service", "Type")] == ["notify"]
-    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd"]
+    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd --guard-dir /run/portbroker-guard"]
+    # Not root: the monitor has the unit's few capabilities, the worker none.
+    assert svc[("Service", "User")] == ["portbroker"]
     assert svc[("Service", "ExecReload")] == [f"{PORTCTL} admin reexec"]
     # The fd store holds every lease's socket: as many as brokerd's default --max-leases.
     assert svc[("Service", "FileDescriptorStoreMax")] == ["4096"]
@@ -124,6 +128,19 @@ def test_systemd_analyze_verify(tmp_path, installed):
     )
     ours = [l for l in (r.stdout + r.stderr).splitlines() if "portbrokerd" in l]
     assert r.returncode == 0 and not ours, f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+
+
+def test_systemd_analyze_security_exposure(tmp_path, installed):
+    """The installed unit's exposure, as `systemd-analyze security` rates it:
+    no worse than 2.4, what it was before brokerd split in two."""
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    (tmp_path / "portbrokerd.service").write_text(installed_unit(installed, "portbrokerd.service"))
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", "./portbrokerd.service"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    level = re.search(r"Overall exposure level for portbrokerd.service: (\d+\.\d+)", r.stdout)
+    assert level, f"rc={r.returncode}\n{r.stdout}{r.stderr}"
+    assert float(level.group(1)) <= 2.4, r.stdout
 
 
 # --- systemd as PID 1 -----------------------------------------------------------
@@ -411,15 +428,24 @@ def test_socket_activation_under_systemd_pid1(pid1):
     assert capbnd == (1 << 10) | (1 << 12) | (1 << 19) | (1 << 39), hex(capbnd)
     assert "NoNewPrivs:\t1" in status
     # /sys and /proc/sys read-only (ProtectKernelTunables= spelled out), but
-    # bpffs, where the bind guard pins its programs; and the guard works.
+    # the bind guard's own directory of bpffs, bind-mounted where user
+    # portbroker reaches it; and the guard works.
     mounts = {l.split()[4]: l.split()[5].split(",") for l in
               pid1.run("cat", f"/proc/{main}/mountinfo").stdout.splitlines()}
-    assert "ro" in mounts["/sys"] and "ro" in mounts["/proc/sys"] and "rw" in mounts["/sys/fs/bpf"], mounts
+    assert "ro" in mounts["/sys"] and "ro" in mounts["/proc/sys"] and "rw" in mounts["/run/portbroker-guard"], mounts
     assert "rw" in mounts["/proc/sys/net/ipv4/ip_local_reserved_ports"], mounts
     assert "cannot keep leased ports" not in pid1.log(), pid1.diagnostics()
-    assert "8080" in pid1.run("cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").stdout
-    assert "bind guard on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker" in pid1.log(), \
+    assert "8080" in pid1.run("cat", "/proc/sys/net/ipv4/ip_local_reserved_ports").stdout, pid1.diagnostics()
+    assert "bind guard on: cgroup /sys/fs/cgroup, pinned in /run/portbroker-guard" in pid1.log(), \
         pid1.diagnostics()
+    assert pid1.run("stat", "-c", "%U", "/sys/fs/bpf/portbroker/bind4").stdout.strip() == "portbroker"
+    # The monitor runs as portbroker with the unit's capabilities; its worker
+    # as portbroker with none, no_new_privs, a seccomp filter, not dumpable.
+    uid = str(pwd.getpwnam("portbroker").pw_uid)
+    assert status.split("Uid:\t")[1].split()[:2] == [uid, uid], status
+    worker = pid1.run("cat", f"/proc/{worker_of(pid1, main)}/status").stdout
+    assert all(f"{c}:\t0000000000000000" in worker for c in ("CapInh", "CapPrm", "CapEff", "CapAmb")), worker
+    assert "NoNewPrivs:\t1" in worker and "Seccomp:\t2" in worker, worker
 
     # A crash: systemd restarts brokerd on the same control socket, and the
     # rule and lease are still there.
@@ -443,6 +469,11 @@ def test_socket_activation_under_systemd_pid1(pid1):
     # Nothing leaked to the host.
     assert Path("/proc/sys/kernel/core_pattern").read_text() == host_core_pattern
     assert Path("/run/portbroker").exists() == host_run_existed
+
+
+def worker_of(pid1, main):
+    """The pid (in the namespace) of brokerd's worker, the child of main."""
+    return pid1.run("cat", f"/proc/{main}/task/{main}/children").stdout.split()[0]
 
 
 # --- ports survive brokerd itself ------------------------------------------------
