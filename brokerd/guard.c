@@ -120,13 +120,24 @@ static int open_guard_dir(const char *dir, struct stat *ret_st) {
         return r;
 }
 
+/* The pin directory writable by its owner while we pin (or unpin) there,
+ * read-only (0500) once the links hold: then a process of our uid without
+ * CAP_FOWNER (brokerd's worker under its unit) cannot remove a pin unless
+ * it chmod()s first, which its seccomp filter refuses. */
+static void dir_writable(int dir_fd, bool writable) {
+        if (dir_fd >= 0)
+                (void) fchmod(dir_fd, writable ? 0700 : 0500);
+}
+
 void guard_drop(const char *dir) {
         struct stat st;
         _cleanup_close_ int fd = open_guard_dir(dir, &st);
 
         /* Not while a brokerd runs on it. */
-        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0)
+        if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0) {
+                dir_writable(fd, true);
                 unpin(fd, dir);
+        }
 }
 
 /* Turns the guard off for good with why (printf-style), logged once. When
@@ -141,8 +152,10 @@ static void __attribute__((format(printf, 2, 3))) guard_off(struct guard *g, con
         va_end(ap);
         log_event(LOG_WARNING, "guard", &no_fields, "bind guard off: %s; a leased port is kept from others only "
                   "while brokerd or a holder has its socket open", g->state);
-        if (g->dir_fd >= 0)
+        if (g->dir_fd >= 0) {
+                dir_writable(g->dir_fd, true);
                 unpin(g->dir_fd, g->dir);
+        }
         g->dir_fd = safe_close(g->dir_fd);
         bpf_object__close(g->obj);
         g->obj = NULL;
@@ -562,6 +575,7 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
 
         if (!g->obj)
                 return 0;
+        dir_writable(g->dir_fd, true);
         /* Room for every lease the database holds, even past --max-leases. */
         r = load(g, t->n > max_leases ? t->n : max_leases);
         if (r < 0) {
@@ -587,6 +601,7 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
                 }
         }
         g->on = true;
+        dir_writable(g->dir_fd, false);
         /* The links keep the programs: libbpf's copy of them (and of their
          * BTF) is not needed any more. */
         bpf_object__close(g->obj);

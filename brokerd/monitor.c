@@ -920,6 +920,8 @@ int monitor_new(const struct broker_options *opt, struct monitor **ret) {
 
         if (!m)
                 return -ENOMEM;
+        /* Under its unit the worker has our uid: our memory and /proc files are not its to read. */
+        (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
         m->opt = *opt;
         m->control_fd = m->req_fd = m->ev_fd = m->guard_dir_fd = -1;
         m->backlog = kernel_listen_backlog(opt->backlog);

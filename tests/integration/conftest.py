@@ -336,9 +336,12 @@ def valgrind_prefix(d, run):
     d = d / "valgrind"
     d.mkdir(exist_ok=True)
     d.chmod(0o1777)                     # the worker writes its report as user portbroker
+    supp = d / "valgrind.supp"          # and reads the suppressions, wherever the tree is (/root: 0700)
+    shutil.copy(ROOT / "tests" / "valgrind.supp", supp)
+    supp.chmod(0o644)
     return ["valgrind", "--trace-children=yes", "--vgdb=no", "--leak-check=full", "--show-leak-kinds=definite,indirect,possible",
             "--errors-for-leak-kinds=definite,indirect,possible", "--gen-suppressions=all",
-            f"--suppressions={ROOT}/tests/valgrind.supp", f"--log-file={d}/valgrind.{run}.%p.%n.log"]
+            f"--suppressions={supp}", f"--log-file={d}/valgrind.{run}.%p.%n.log"]
 
 
 class Broker:

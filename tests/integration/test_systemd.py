@@ -439,6 +439,14 @@ def test_socket_activation_under_systemd_pid1(pid1):
     assert "bind guard on: cgroup /sys/fs/cgroup, pinned in /run/portbroker-guard" in pid1.log(), \
         pid1.diagnostics()
     assert pid1.run("stat", "-c", "%U", "/sys/fs/bpf/portbroker/bind4").stdout.strip() == "portbroker"
+    # Armed, the pins' directory is read-only, even to its owner: a process
+    # of uid portbroker (the worker's uid, the worker's view) cannot remove a
+    # pin; it would have to chmod first, which the worker's seccomp refuses.
+    assert pid1.run("stat", "-c", "%a", "/sys/fs/bpf/portbroker").stdout.strip() == "500"
+    rm = pid1.run("nsenter", "-t", str(worker_of(pid1, main)), "-m", "setpriv", "--reuid", "portbroker",
+                  "--regid", "portbroker", "--clear-groups", "--inh-caps", "-all", "rm", "/run/portbroker-guard/bind4",
+                  check=False)
+    assert rm.returncode != 0 and "Permission denied" in rm.stderr, rm
     # The monitor runs as portbroker with the unit's capabilities; its worker
     # as portbroker with none, no_new_privs, a seccomp filter, not dumpable.
     uid = str(pwd.getpwnam("portbroker").pw_uid)
