@@ -84,7 +84,7 @@ void broker_notify_status(struct broker *b);
 int broker_lease_bound(struct broker *b, struct lease *l);
 
 /* Takes l's socket from the monitor (which binds it again, or at start
- * may keep or adopt it; see privsep.h), then watches it. Returns 0 or
+ * may keep it; see privsep.h), then watches it. Returns 0 or
  * -errno (the caller reports the failure). */
 int broker_rebind_lease(struct broker *b, struct lease *l);
 
@@ -151,14 +151,12 @@ void request_reexec_answer(struct broker *b, int fd, uint32_t id);
 struct mm_socket {
         uint64_t cookie;                /* SO_COOKIE */
         uint8_t how;                    /* enum privsep_how */
-        pid_t adopted_from;
 };
 
 /* Hello: the guard's state into b. Returns 0 or -errno. */
 int mm_hello(struct broker *b);
 
-/* At start: lease l of the database (and its socket's cookie of this boot,
- * for adoption), a port brokerd reserved, where it last guarded from; then
+/* At start: lease l of the database, a port brokerd reserved, where it last guarded from; then
  * the guard is armed with every lease declared, and whatever the monitor
  * held that the database no longer has is closed. */
 void mm_declare(struct broker *b, const struct lease *l);

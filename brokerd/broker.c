@@ -149,10 +149,6 @@ static void note_socket(struct broker *b, struct lease *l, const struct mm_socke
                 log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
                           (unsigned long long) l->id);
                 break;
-        case PS_HOW_ADOPTED:
-                log_event(LOG_INFO, "adopt", &f, "lease %llu: took its socket back from pid %d, which still held it",
-                          (unsigned long long) l->id, (int) got->adopted_from);
-                break;
         case PS_HOW_BOUND:
                 log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
                 r = store_lease_set_socket(b->store, l->id, got->cookie, b->boot_id);
@@ -230,8 +226,6 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
         l->backlog = b->backlog;
-        /* Only a socket of this boot can still be held somewhere. */
-        l->adopt_cookie = strcmp(sl->boot_id, b->boot_id) == 0 ? sl->socket_cookie : 0;
         r = lease_table_add(&b->leases, l);
         if (r < 0)
                 lease_free(l);
@@ -245,7 +239,7 @@ static int note_reserved(unsigned port, void *userdata) {
 
 /* Tells the monitor every lease (which guards them all before anything is
  * bound), what the database says of the guard, then takes each lease's
- * socket from it: the one it holds, kept, bound again or adopted. A busy
+ * socket from it: the one it holds, kept, or bound again. A busy
  * port is an error event; the lease stays, unbound, and is retried. */
 static int restore_leases(struct broker *b) {
         char last[PATH_MAX] = "";
@@ -268,7 +262,6 @@ static int restore_leases(struct broker *b) {
                 struct lease *l = b->leases.by_id[i];
 
                 r = broker_rebind_lease(b, l);
-                l->adopt_cookie = 0;
                 if (r < 0) {
                         struct log_fields f = lease_fields(l);
 

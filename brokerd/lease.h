@@ -36,7 +36,6 @@ struct lease {
         int sock_fd;                    /* the broker's copy, -1 when not bound */
         unsigned backlog;               /* TCP listen() backlog, as the kernel keeps it (net.core.somaxconn at most) */
         uint64_t handouts;              /* gets served since the broker started */
-        uint64_t adopt_cookie;          /* at start: SO_COOKIE recorded for it in this boot, 0: none */
         bool declared;                  /* monitor: the current worker's database has it */
         struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
         unsigned holders_next;          /* ring position */

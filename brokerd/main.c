@@ -319,6 +319,8 @@ int main(int argc, char **argv) {
         if (arg_check) {
                 char err[256] = "";
 
+                /* As the monitor runs it (no privilege left): confined like the worker. */
+                (void) sandbox_enter();
                 r = store_check(arg_opt.db_path, err, sizeof(err));
                 if (r < 0)
                         fprintf(stderr, "brokerd: cannot use database %s: %s\n", arg_opt.db_path, err);

@@ -100,8 +100,7 @@ int mm_hello(struct broker *b) {
 
 void mm_declare(struct broker *b, const struct lease *l) {
         struct privsep_msg m = { .type = PS_DECLARE_LEASE,
-                                 .lease = { .lease_id = l->id, .endpoint = l->endpoint,
-                                            .adopt_cookie = l->adopt_cookie } };
+                                 .lease = { .lease_id = l->id, .endpoint = l->endpoint } };
 
         send_request(b, &m, -1);
 }
@@ -143,8 +142,7 @@ static int socket_reply(struct broker *b, const struct privsep_msg *m, uint64_t 
         if (r.socket.error)
                 return -r.socket.error;
         *ret_fd = fd;
-        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how,
-                                    .adopted_from = r.socket.adopted_from };
+        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how };
         return 0;
 }
 

@@ -21,11 +21,12 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
-#include "adopt.h"
 #include "fd-util.h"
 #include "kernel.h"
 #include "privsep.h"
@@ -90,9 +91,14 @@ static void reply_ok(struct monitor *m) {
 int monitor_record_reserved(unsigned port, bool ours, void *userdata) {
         struct monitor *m = userdata;
         struct privsep_msg msg = { .type = PS_RESERVED, .reserved = { .port = (uint16_t) port, .ours = ours } };
+        /* During a request, before its reply: the worker records it in the
+         * same commit as the lease it came with, and waits for it anyway. */
+        int fd = m->in_request ? m->req_fd : m->ev_fd;
+        int r;
 
-        int r = m->ev_fd < 0 ? -ENOTCONN : privsep_send(m->ev_fd, &msg, -1, MSG_DONTWAIT);
-
+        if (fd < 0)
+                return -ENOTCONN;       /* no worker to record it (stopping) */
+        r = privsep_send(fd, &msg, -1, m->in_request ? 0 : MSG_DONTWAIT);
         /* Not recorded: at worst a reservation of ours stays behind at release. */
         if (r < 0)
                 log_msg(LOG_WARNING, "cannot tell the worker that port %u is %s reserved by brokerd: %s", port,
@@ -200,10 +206,11 @@ static bool take_passed_socket(struct monitor *m, struct lease *l) {
         return true;
 }
 
-/* Gives l a socket: the one passed at start, a fresh bind, or, when the port
- * is busy and l had a socket in this boot, that socket taken back from a
- * holder that outlived brokerd. Returns 0 and *ret_how, or -errno. */
-static int lease_socket(struct monitor *m, struct lease *l, uint8_t *ret_how, pid_t *ret_from) {
+/* Gives l a socket: the one passed at start, or a fresh bind. (One a
+ * holder kept from before a crash is not taken from it: the port stays its
+ * until it exits, the guard keeping everyone else out, then is bound
+ * again.) Returns 0 and *ret_how, or -errno. */
+static int lease_socket(struct monitor *m, struct lease *l, uint8_t *ret_how) {
         int r;
 
         if (take_passed_socket(m, l)) {
@@ -211,13 +218,8 @@ static int lease_socket(struct monitor *m, struct lease *l, uint8_t *ret_how, pi
                 return 0;
         }
         r = lease_bind(&m->guard, &l->endpoint, m->backlog, &l->sock_fd);
-        if (r == -EADDRINUSE && l->adopt_cookie &&
-            adopt_socket(&l->endpoint, geteuid(), l->adopt_cookie, &l->sock_fd, ret_from) >= 0) {
-                *ret_how = PS_HOW_ADOPTED;
-                r = 0;
-        } else if (r >= 0)
+        if (r >= 0)
                 *ret_how = PS_HOW_BOUND;
-        l->adopt_cookie = 0;            /* only ever at start */
         if (r >= 0 && fdstore_add(m, l) < 0)
                 log_event(LOG_WARNING, "error", &(struct log_fields) { .endpoint = l->text, .uid = -1, .pid = -1 },
                           "cannot put lease %llu's socket in systemd's fd store; a restart of brokerd will bind "
@@ -225,10 +227,10 @@ static int lease_socket(struct monitor *m, struct lease *l, uint8_t *ret_how, pi
         return r;
 }
 
-static void reply_socket(struct monitor *m, const struct lease *l, uint64_t id, int error, uint8_t how, pid_t from) {
+static void reply_socket(struct monitor *m, const struct lease *l, uint64_t id, int error, uint8_t how) {
         struct privsep_msg msg = {
                 .type = PS_SOCKET_REPLY,
-                .socket = { .lease_id = id, .error = error, .how = error ? 0 : how, .adopted_from = from },
+                .socket = { .lease_id = id, .error = error, .how = error ? 0 : how },
         };
 
         if (!error)
@@ -244,12 +246,16 @@ static void create_lease(struct monitor *m, const struct privsep_msg *msg) {
         int r;
 
         if (lease_table_find(&m->leases, e)) {
-                reply_socket(m, NULL, msg->lease.lease_id, EEXIST, 0, 0);
+                reply_socket(m, NULL, msg->lease.lease_id, EEXIST, 0);
+                return;
+        }
+        if (m->leases.n >= m->opt.max_leases) {
+                reply_socket(m, NULL, msg->lease.lease_id, EDQUOT, 0);
                 return;
         }
         l = lease_new();
         if (!l) {
-                reply_socket(m, NULL, msg->lease.lease_id, ENOMEM, 0, 0);
+                reply_socket(m, NULL, msg->lease.lease_id, ENOMEM, 0);
                 return;
         }
         l->id = msg->lease.lease_id;
@@ -265,18 +271,17 @@ static void create_lease(struct monitor *m, const struct privsep_msg *msg) {
         }
         if (r < 0) {
                 lease_free(l);
-                reply_socket(m, NULL, msg->lease.lease_id, -r, 0, 0);
+                reply_socket(m, NULL, msg->lease.lease_id, -r, 0);
                 return;
         }
         (void) fdstore_add(m, l);
-        reply_socket(m, l, l->id, 0, PS_HOW_BOUND, 0);
+        reply_socket(m, l, l->id, 0, PS_HOW_BOUND);
 }
 
 static void handle_socket(struct monitor *m, const struct privsep_msg *msg) {
         struct lease *l = lease_by_id(m, msg->lease.lease_id);
         char text[PB_ENDPOINT_STRLEN];
         uint8_t how = PS_HOW_HELD;
-        pid_t from = 0;
         int r = 0;
 
         if (!l) {
@@ -289,8 +294,8 @@ static void handle_socket(struct monitor *m, const struct privsep_msg *msg) {
                 return;
         }
         if (l->sock_fd < 0)
-                r = lease_socket(m, l, &how, &from);
-        reply_socket(m, l, l->id, r < 0 ? -r : 0, how, from);
+                r = lease_socket(m, l, &how);
+        reply_socket(m, l, l->id, r < 0 ? -r : 0, how);
 }
 
 static void handle_replace(struct monitor *m, uint64_t id) {
@@ -298,7 +303,7 @@ static void handle_replace(struct monitor *m, uint64_t id) {
         int fd = -1, r;
 
         if (!l) {
-                reply_socket(m, NULL, id, ENOENT, 0, 0);
+                reply_socket(m, NULL, id, ENOENT, 0);
                 return;
         }
         /* Holders keep the old socket; the lease (and the fd store) get a
@@ -311,7 +316,7 @@ static void handle_replace(struct monitor *m, uint64_t id) {
                 l->sock_fd = fd;
                 (void) fdstore_add(m, l);
         }
-        reply_socket(m, l, id, r < 0 ? -r : 0, PS_HOW_BOUND, 0);
+        reply_socket(m, l, id, r < 0 ? -r : 0, PS_HOW_BOUND);
 }
 
 static void lease_drop(struct monitor *m, struct lease *l) {
@@ -360,6 +365,12 @@ static void handle_hello(struct monitor *m, const struct privsep_msg *msg) {
         reply_state(m);
 }
 
+/* The most leases a database may declare: more than --max-leases (an admin
+ * may have lowered it since), not without bound. */
+static size_t declared_max(const struct monitor *m) {
+        return m->opt.max_leases < 16384 ? 65536 : (size_t) m->opt.max_leases * 4;
+}
+
 static void handle_declare(struct monitor *m, const struct privsep_msg *msg) {
         struct lease *l = lease_by_id(m, msg->lease.lease_id), *other;
         char text[PB_ENDPOINT_STRLEN];
@@ -368,6 +379,10 @@ static void handle_declare(struct monitor *m, const struct privsep_msg *msg) {
         if ((l && !endpoint_equal(&l->endpoint, &msg->lease.endpoint)) || (other && other != l)) {
                 worker_abort(m, "declared lease %llu for %s against the leases it has",
                              (unsigned long long) msg->lease.lease_id, endpoint_format(&msg->lease.endpoint, text));
+                return;
+        }
+        if (!l && m->leases.n >= declared_max(m)) {
+                worker_abort(m, "declared more than %zu leases", declared_max(m));
                 return;
         }
         if (!l) {
@@ -379,7 +394,6 @@ static void handle_declare(struct monitor *m, const struct privsep_msg *msg) {
                         return;
                 }
                 l->backlog = m->backlog;
-                l->adopt_cookie = msg->lease.adopt_cookie;
                 /* A lease the guard does not know yet (the first start arms it with all). */
                 if (m->armed)
                         (void) guard_add(&m->guard, &l->endpoint);
@@ -399,7 +413,7 @@ static void guard_forget_earlier(struct monitor *m) {
 static void handle_arm(struct monitor *m, const struct privsep_msg *msg) {
         m->worker_state = WORKER_STARTING;
         if (!m->armed) {
-                guard_arm(&m->guard, &m->leases, msg->arm.max_leases);
+                guard_arm(&m->guard, &m->leases, m->opt.max_leases);    /* ours, not the worker's number */
                 guard_forget_earlier(m);
                 m->armed = true;
         }
@@ -436,10 +450,30 @@ static void handle_ready(struct monitor *m, const struct privsep_msg *msg) {
 
 /* --- re-execution ------------------------------------------------------------ */
 
-static void handle_carry(struct monitor *m, const struct privsep_msg *msg, int fd) {
-        struct carried_conn *v = reallocarray(m->carried, m->n_carried + 1, sizeof(*v));
-        struct carried_conn *x;
+/* Whether fd is a connection accepted on our control socket (an accepted
+ * socket has its listener's address). */
+static bool is_control_connection(const struct monitor *m, int fd) {
+        struct sockaddr_un a, b;
+        socklen_t la = sizeof(a), lb = sizeof(b);
+        int type = 0;
+        socklen_t lt = sizeof(type);
 
+        return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &lt) == 0 && type == SOCK_SEQPACKET &&
+               getsockname(fd, (struct sockaddr *) &a, &la) == 0 && a.sun_family == AF_UNIX &&
+               getsockname(m->control_fd, (struct sockaddr *) &b, &lb) == 0 && la == lb && memcmp(&a, &b, la) == 0;
+}
+
+static void handle_carry(struct monitor *m, const struct privsep_msg *msg, int fd) {
+        struct carried_conn *v, *x;
+
+        /* At most what the worker can hold, and only our own connections. */
+        if (m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 || !is_control_connection(m, fd)) {
+                safe_close(fd);
+                worker_abort(m, "carried %s", m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 ?
+                             "more connections than it can have" : "something that is not a control connection");
+                return;
+        }
+        v = reallocarray(m->carried, m->n_carried + 1, sizeof(*v));
         if (!v) {
                 safe_close(fd);
                 return;
@@ -489,9 +523,10 @@ static bool request_in_turn(enum worker_state state, uint8_t type) {
         case PS_READY:
                 return state == WORKER_STARTING;
         case PS_REEXEC_CHECK:
+                return state == WORKER_SERVING;
         case PS_CARRY:
         case PS_REEXEC:
-                return state == WORKER_SERVING;
+                return state == WORKER_REEXEC;          /* only once the binary passed its check */
         default:
                 return false;
         }
@@ -514,7 +549,9 @@ static void handle_request(struct monitor *m, const struct privsep_msg *msg, int
                 handle_declare(m, msg);
                 break;
         case PS_NOTE_RESERVED:
-                if (!m->armed)
+                /* Only for a port a declared lease has: else a database could
+                 * make the guard take an admin's reservations out. */
+                if (!m->armed && lease_table_has_port(&m->leases, msg->reserved.port))
                         guard_note_reserved(&m->guard, msg->reserved.port);
                 break;
         case PS_LAST_GUARD:
@@ -543,6 +580,8 @@ static void handle_request(struct monitor *m, const struct privsep_msg *msg, int
                 reply_done(m, r < 0 ? -r : 0, "%s", why);
                 if (r < 0)
                         control_resume(m, true);
+                else
+                        m->worker_state = WORKER_REEXEC;
                 break;
         case PS_CARRY:
                 handle_carry(m, msg, fd);
@@ -648,7 +687,7 @@ static char **worker_argv(const struct monitor *m) {
 static void __attribute__((noreturn)) worker_exec(const struct monitor *m, pid_t monitor_pid, int req_fd, int ev_fd,
                                                   char **argv) {
         sigset_t none;
-        int r;
+        int null_fd, r;
 
         /* Out of the way of 3 and 4 first, then into them (dup2 clears close-on-exec). */
         req_fd = fcntl(req_fd, F_DUPFD_CLOEXEC, 10);
@@ -656,6 +695,10 @@ static void __attribute__((noreturn)) worker_exec(const struct monitor *m, pid_t
         if (req_fd < 0 || ev_fd < 0 || dup2(req_fd, PRIVSEP_WORKER_REQ_FD) < 0 || dup2(ev_fd, PRIVSEP_WORKER_EV_FD) < 0)
                 _exit(127);
         close_range(PRIVSEP_WORKER_EV_FD + 1, ~0U, 0);
+        /* No terminal of ours to type into (TIOCSTI) or signal: a session of its own, stdin /dev/null. */
+        null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null_fd < 0 || dup2(null_fd, STDIN_FILENO) < 0 || setsid() < 0)
+                _exit(127);
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
@@ -703,6 +746,10 @@ static int worker_spawn(struct monitor *m) {
         m->req_fd = req[0];
         m->ev_fd = ev[0];
         req[0] = ev[0] = -1;
+        /* News sent during a request may wait while the worker reads it; a
+         * worker that does not read cannot hold the monitor longer. */
+        (void) setsockopt(m->req_fd, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval) { .tv_sec = 10 },
+                          sizeof(struct timeval));
         sd_event_now(m->event, CLOCK_MONOTONIC, &m->worker_started_usec);
         log_event(LOG_INFO, "worker", &(struct log_fields) LOG_FIELDS_NONE, "started the worker: pid %d, uid %u",
                   (int) pid, (unsigned) m->worker_uid);
@@ -743,8 +790,10 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si, void *userdat
         uint64_t now, delay = 0;
         int r;
 
-        /* What it said before it went (a re-execution's connections) comes first. */
-        while (m->req_fd >= 0 && sd_event_source_get_enabled(m->req_source, NULL) > 0 && privsep_pending(m->req_fd))
+        /* What it said before it went (a re-execution's connections) comes
+         * first: what was queued, bounded (the queue's own limit). */
+        for (unsigned i = 0; i < 2 * m->opt.max_connections + 128 && m->req_fd >= 0 &&
+                             sd_event_source_get_enabled(m->req_source, NULL) > 0 && privsep_pending(m->req_fd); i++)
                 on_request(m->req_source, m->req_fd, EPOLLIN, m);
         m->worker_source = sd_event_source_disable_unref(m->worker_source);
         m->worker_pid = 0;
@@ -921,7 +970,7 @@ int monitor_new(const struct broker_options *opt, struct monitor **ret) {
         if (!m)
                 return -ENOMEM;
         /* Under its unit the worker has our uid: our memory and /proc files are not its to read. */
-        (void) prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        (void) prctl(PR_SET_DUMPABLE, 0, 0, 0);
         m->opt = *opt;
         m->control_fd = m->req_fd = m->ev_fd = m->guard_dir_fd = -1;
         m->backlog = kernel_listen_backlog(opt->backlog);

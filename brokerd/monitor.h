@@ -62,6 +62,7 @@ struct monitor {
                 WORKER_DECLARING,       /* its leases, reserved ports, last guard; then PS_ARM */
                 WORKER_STARTING,        /* its leases' sockets; then PS_READY */
                 WORKER_SERVING,
+                WORKER_REEXEC,          /* the binary passed its check: its connections, then PS_REEXEC */
         } worker_state;
         uid_t worker_uid;               /* --user, when the monitor runs as root; else ours */
         gid_t worker_gid;

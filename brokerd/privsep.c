@@ -134,8 +134,10 @@ static void get_peer(struct rcur *r, struct privsep_peer *p) {
         p->unidentified = get_bool(r);
         get_text(r, p->doubt);
         get_text(r, p->unit);
-        /* An unidentified peer is always in doubt. */
-        if (p->pid < 0 || (p->unidentified && !p->doubt[0]))
+        /* An unidentified peer is always in doubt, and has no uid ((uid_t) -1,
+         * which no identified one has). */
+        if (p->pid < 0 || (p->unidentified && !p->doubt[0]) || p->unidentified != (p->uid == UINT32_MAX) ||
+            p->unidentified != (p->account == UINT32_MAX))
                 r->bad = true;
 }
 
@@ -155,7 +157,6 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
         case PS_SOCKET:
                 put_be(w, m->lease.lease_id, 8);
                 put_endpoint(w, &m->lease.endpoint);
-                put_be(w, m->lease.adopt_cookie, 8);
                 break;
         case PS_NOTE_RESERVED:
         case PS_RESERVED:
@@ -201,7 +202,6 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
                 put_errno(w, m->socket.error);
                 put_be(w, m->socket.cookie, 8);
                 put_u8(w, m->socket.how);
-                put_be(w, (uint32_t) m->socket.adopted_from, 4);
                 break;
         case PS_WANT_UNITS:
                 put_u8(w, m->units.want);
@@ -228,7 +228,6 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
         case PS_SOCKET:
                 m->lease.lease_id = get_id(r);
                 get_endpoint(r, false, &m->lease.endpoint);
-                m->lease.adopt_cookie = get_be(r, 8);
                 break;
         case PS_NOTE_RESERVED:
         case PS_RESERVED:
@@ -281,9 +280,8 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                 m->socket.error = get_errno(r);
                 m->socket.cookie = get_be(r, 8);
                 m->socket.how = get_u8(r);
-                m->socket.adopted_from = (int32_t) get_be(r, 4);
                 /* A socket says how it came; an error has none. */
-                if (m->socket.error ? m->socket.how != 0 : m->socket.how < PS_HOW_HELD || m->socket.how > PS_HOW_ADOPTED)
+                if (m->socket.error ? m->socket.how != 0 : m->socket.how < PS_HOW_HELD || m->socket.how > PS_HOW_BOUND)
                         r->bad = true;
                 break;
         case PS_WANT_UNITS:
@@ -323,6 +321,10 @@ int privsep_recv(int sock_fd, struct privsep_msg *ret, int *ret_fd, int flags) {
         int fd = -1, n;
 
         n = fdpass_recv(sock_fd, buf, sizeof(buf), &fd, flags | MSG_CMSG_CLOEXEC);
+        if (n == 0 && fd >= 0) {
+                safe_close(fd);         /* an empty message with an fd: no message at all */
+                return -EBADMSG;
+        }
         if (n == 0)
                 return -ENOTCONN;
         if (n < 0)

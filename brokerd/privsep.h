@@ -73,7 +73,6 @@ enum privsep_how {
         PS_HOW_HELD = 1,                /* the monitor had it */
         PS_HOW_KEPT = 2,                /* systemd's fd store or a re-exec kept it */
         PS_HOW_BOUND = 3,               /* bound now */
-        PS_HOW_ADOPTED = 4,             /* taken back from a holder that outlived brokerd (pid in adopted_from) */
 };
 
 /* A peer as the monitor identified it at accept (see peer.h). */
@@ -93,7 +92,6 @@ struct privsep_msg {
                 struct {
                         uint64_t lease_id;
                         struct pb_endpoint endpoint;
-                        uint64_t adopt_cookie;  /* SO_COOKIE recorded in this boot, 0: none */
                 } lease;                        /* PS_DECLARE_LEASE, PS_SOCKET */
                 struct { uint64_t lease_id; } id;       /* PS_REPLACE, PS_RELEASE */
                 struct { uint16_t port; bool ours; } reserved;  /* PS_NOTE_RESERVED (ours), PS_RESERVED */
@@ -116,7 +114,6 @@ struct privsep_msg {
                         int32_t error;          /* 0, or why there is no socket (errno) */
                         uint64_t cookie;        /* SO_COOKIE of the socket */
                         uint8_t how;            /* enum privsep_how */
-                        int32_t adopted_from;   /* PS_HOW_ADOPTED: the pid it came from */
                 } socket;
         };
 };

@@ -43,10 +43,11 @@
  * discarded; why execv() failed, if it does, goes to err_fd. Never returns. */
 static void __attribute__((noreturn)) check_exec(const struct monitor *m, char **argv, int err_fd) {
         sigset_t none;
-        int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC), e;
+        int devnull = open("/dev/null", O_RDWR | O_CLOEXEC), e;
 
         err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
-        if (devnull < 0 || err_fd < 0 || dup2(devnull, STDOUT_FILENO) < 0 || dup2(devnull, STDERR_FILENO) < 0)
+        if (devnull < 0 || err_fd < 0 || dup2(devnull, STDIN_FILENO) < 0 || dup2(devnull, STDOUT_FILENO) < 0 ||
+            dup2(devnull, STDERR_FILENO) < 0 || setsid() < 0)
                 _exit(127);
         close_range(err_fd + 1, ~0U, 0);
         sigemptyset(&none);

@@ -431,14 +431,16 @@ static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_ms
         struct broker *b = c->broker;
         struct log_fields f = broker_peer_fields(&c->peer, NULL, NULL);
         char why[PB_TEXT_MAX + 1] = "";
-        int r = mm_reexec_check(b, why, sizeof(why));
+        int r;
 
-        if (r >= 0) {
-                broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);
-                r = store_flush(b->store);      /* no audit event is lost across exec() */
-                if (r < 0)
-                        snprintf(why, sizeof(why), "cannot write the audit trail first: %s", strerror(-r));
-        }
+        /* The audit trail first (no event is lost across exec()): once the
+         * binary passed its check, nothing stops the re-execution. */
+        broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);
+        r = store_flush(b->store);
+        if (r < 0)
+                snprintf(why, sizeof(why), "cannot write the audit trail first: %s", strerror(-r));
+        else
+                r = mm_reexec_check(b, why, sizeof(why));
         if (r < 0) {
                 log_event(LOG_ERR, "error", &f, "re-execution refused: %s; this brokerd keeps serving", why);
                 proto_set_error(reply, req->hdr.id, -r, "%s; brokerd keeps serving", why);

@@ -3,12 +3,16 @@
  * The worker's confinement (see sandbox.h). The seccomp filter is a short
  * deny list written by hand: the architecture is checked first (a system
  * call of another ABI is refused outright), then each denied number
- * returns EPERM, and everything else is allowed. The unit's own
- * SystemCallFilter= still applies on top of it.
+ * returns EPERM (a few after a look at an argument: fcntl() and ioctl()
+ * commands, clone() without CLONE_THREAD, socket() families), and
+ * everything else is allowed. On an architecture the filter does not know
+ * the worker does not start. The unit's own SystemCallFilter= still applies
+ * on top of it.
  */
 #include "sandbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <linux/audit.h>
 #include <linux/capability.h>
@@ -17,7 +21,10 @@
 #include <pwd.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,6 +39,15 @@
 
 #ifndef __NR_fchmodat2
 #define __NR_fchmodat2 452
+#endif
+#ifndef __NR_clone3
+#define __NR_clone3 435
+#endif
+#ifndef __NR_mount_setattr
+#define __NR_mount_setattr 442
+#endif
+#ifndef __NR_process_madvise
+#define __NR_process_madvise 440
 #endif
 
 int sandbox_lookup_user(const char *user, uid_t *ret_uid, gid_t *ret_gid) {
@@ -92,40 +108,70 @@ int sandbox_drop(uid_t uid, gid_t gid) {
 }
 
 #ifdef SANDBOX_AUDIT_ARCH
-#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
-                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA))
+#define RET(v) BPF_STMT(BPF_RET | BPF_K, (v))
+#define RET_ERRNO(e) RET(SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+#define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), RET_ERRNO(EPERM)
+/* The low 32 bits of argument i (little-endian: the architectures above). */
+#define LOAD_ARG(i) BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[i]))
+/* System call nr when argument i is none of three values, else EPERM. The
+ * block ends in a return either way, so the accumulator need not be nr again. */
+#define DENY_ARG3(nr, i, a, b, c) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 6), LOAD_ARG(i), \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (a), 3, 0), BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (b), 2, 0), \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (c), 1, 0), RET(SECCOMP_RET_ALLOW), RET_ERRNO(EPERM)
 
 static int seccomp_on(void) {
         struct sock_filter filter[] = {
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
                 BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SANDBOX_AUDIT_ARCH, 1, 0),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+                RET(SECCOMP_RET_KILL_PROCESS),
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
 #ifdef SANDBOX_X32_BIT
                 BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, SANDBOX_X32_BIT, 0, 1),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+                RET_ERRNO(EPERM),
 #endif
-                /* other processes: signals, tracing, their memory and fds */
+                /* other processes: signals (sent, or asked for by F_SETOWN and
+                 * its ioctl twins, which the kernel checks against our uid
+                 * only), tracing, their memory and fds, a terminal's input */
                 DENY(__NR_kill), DENY(__NR_tkill), DENY(__NR_tgkill), DENY(__NR_rt_sigqueueinfo),
                 DENY(__NR_rt_tgsigqueueinfo), DENY(__NR_pidfd_send_signal), DENY(__NR_pidfd_getfd),
                 DENY(__NR_ptrace), DENY(__NR_process_vm_readv), DENY(__NR_process_vm_writev),
+                DENY(__NR_process_madvise), DENY(__NR_kcmp),
+                DENY_ARG3(__NR_fcntl, 1, F_SETOWN, F_SETOWN_EX, F_SETSIG),
+                DENY_ARG3(__NR_ioctl, 1, FIOSETOWN, SIOCSPGRP, TIOCSTI),
+                /* processes of its own (a child would outlive a replaced worker) */
+#ifdef __NR_fork
+                DENY(__NR_fork), DENY(__NR_vfork),
+#endif
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 4), LOAD_ARG(0),
+                BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1), RET(SECCOMP_RET_ALLOW), RET_ERRNO(EPERM),
+                /* clone3's flags are in memory a filter cannot read: as if it did not exist */
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1), RET_ERRNO(ENOSYS),
+                /* sockets: Unix ones only (the journal, its channels); no netlink, no raw */
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_socket, 0, 4), LOAD_ARG(0),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 0, 1), RET(SECCOMP_RET_ALLOW),
+                RET_ERRNO(EAFNOSUPPORT),
                 /* the bind guard's programs, links and maps */
                 DENY(__NR_bpf),
                 /* files' modes and owners (the guard's pins are the monitor's) */
 #ifdef __NR_chmod
                 DENY(__NR_chmod), DENY(__NR_chown), DENY(__NR_lchown),
 #endif
+#ifdef __NR_chown32
+                DENY(__NR_chown32), DENY(__NR_fchown32), DENY(__NR_lchown32),
+#endif
                 DENY(__NR_fchmod), DENY(__NR_fchmodat), DENY(__NR_fchmodat2), DENY(__NR_fchown),
                 DENY(__NR_fchownat),
                 /* running anything else, mounts and namespaces */
                 DENY(__NR_execve), DENY(__NR_execveat), DENY(__NR_mount), DENY(__NR_umount2),
                 DENY(__NR_pivot_root), DENY(__NR_chroot), DENY(__NR_unshare), DENY(__NR_setns),
+                DENY(__NR_open_tree), DENY(__NR_move_mount), DENY(__NR_fsopen), DENY(__NR_fsconfig),
+                DENY(__NR_fsmount), DENY(__NR_fspick), DENY(__NR_mount_setattr),
                 /* kernel surfaces a worker has no use for */
                 DENY(__NR_keyctl), DENY(__NR_add_key), DENY(__NR_request_key), DENY(__NR_perf_event_open),
                 DENY(__NR_userfaultfd), DENY(__NR_io_uring_setup), DENY(__NR_init_module),
                 DENY(__NR_finit_module), DENY(__NR_delete_module), DENY(__NR_kexec_load),
-                DENY(__NR_open_by_handle_at), DENY(__NR_name_to_handle_at),
-                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+                DENY(__NR_open_by_handle_at), DENY(__NR_name_to_handle_at), DENY(__NR_personality),
+                RET(SECCOMP_RET_ALLOW),
         };
         struct sock_fprog prog = { .len = sizeof(filter) / sizeof(filter[0]), .filter = filter };
 
@@ -133,7 +179,7 @@ static int seccomp_on(void) {
 }
 #else
 static int seccomp_on(void) {
-        return 0;                       /* an architecture this filter does not know: no filter */
+        return -ENOSYS;                 /* an architecture this filter does not know: the worker does not start */
 }
 #endif
 

@@ -77,7 +77,7 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
         struct pb_endpoint e = { .transport = PB_TCP, .family = PB_FAMILY_ANY, .port_lo = 8080, .port_hi = 8080 };
         struct privsep_msg v[] = {
                 { .type = PS_HELLO, .hello.version = PRIVSEP_VERSION },
-                { .type = PS_DECLARE_LEASE, .lease = { .lease_id = 7, .endpoint = e, .adopt_cookie = 99 } },
+                { .type = PS_DECLARE_LEASE, .lease = { .lease_id = 7, .endpoint = e } },
                 { .type = PS_NOTE_RESERVED, .reserved = { .port = 80, .ours = true } },
                 { .type = PS_LAST_GUARD, .last_guard.dir = "/sys/fs/bpf/portbroker" },
                 { .type = PS_ARM, .arm.max_leases = 4096 },
@@ -93,8 +93,7 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                 { .type = PS_DONE, .done = { .error = 8, .why = "brokerd --check failed" } },
                 { .type = PS_STATE, .state = { .guard_on = true, .declare = true, .guard_state = "on",
                                                .guard_dir = "/run/portbroker-guard" } },
-                { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 1, .cookie = 1234, .how = PS_HOW_ADOPTED,
-                                                       .adopted_from = 77 } },
+                { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 1, .cookie = 1234, .how = PS_HOW_KEPT } },
                 { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 2, .error = 98 } },
                 { .type = PS_CONN, .peer = { .uid = PEER_UID_UNKNOWN, .account = PEER_UID_UNKNOWN,
                                              .unidentified = true,

@@ -19,7 +19,7 @@ import pytest
 from conftest import BROKERD, PORTCTL, PYTHON, wait_for
 
 U1, U2 = 4242, 4343
-REEXEC_UNDER_VALGRIND = "a re-exec executes brokerd's binary, which valgrind does not follow (brokerd would go on natively)"
+REEXEC_UNDER_VALGRIND = "under valgrind the re-executed image is valgrind's binary (/proc/PID/exe, the --check child)"
 
 # Binds each case as the uid it runs as, repeatedly for a bounded time (or
 # once); prints one JSON list: per case {"wins": binds that succeeded,

@@ -9,6 +9,7 @@ no connection outlives --max-connection-age."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +24,17 @@ pytestmark = pytest.mark.usefixtures("netns")
 U1, U2 = 4242, 4343
 HOGS = range(5000, 5010)                # ten uids
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def libdir(workdir):
+    """A directory with rawproto.py that the other uids' scripts can import
+    (the tree itself may be under a 0700 /root)."""
+    d = workdir / "lib"
+    d.mkdir(mode=0o755, exist_ok=True)
+    shutil.copy(os.path.join(HERE, "rawproto.py"), d)
+    (d / "rawproto.py").chmod(0o644)
+    return str(d)
 
 # Holds N control connections for SECONDS, opening a new one whenever
 # brokerd closes one (evicted, or refused), at most one per 2 ms and
@@ -153,11 +165,11 @@ os.waitpid(pid, 0)
 """
 
 
-def test_subordinate_uids_count_as_their_owner(make_broker):
+def test_subordinate_uids_count_as_their_owner(make_broker, libdir):
     broker = make_broker()
     broker.portctl("policy", "add", "tcp:8080", "--user", U2)
     base = broker.connections()
-    hogs = subprocess.Popen([sys.executable, "-c", USERNS_HOGS, broker.control, str(U1), "8", "32", HERE],
+    hogs = subprocess.Popen([sys.executable, "-c", USERNS_HOGS, broker.control, str(U1), "8", "32", libdir],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         for _ in range(8):
@@ -185,7 +197,7 @@ def test_subordinate_uids_count_as_their_owner(make_broker):
     wait_for(lambda: broker.connections() == base, 10, "brokerd to close the denied peers' connections")
 
 
-def test_longest_idle_connection_is_evicted(make_broker):
+def test_longest_idle_connection_is_evicted(make_broker, libdir):
     """32 slots, 2 of them the admins': 30 for everyone else."""
     broker = make_broker("--max-connections", "32", "--idle-timeout", "60")
     held = [broker.raw() for _ in range(30)]               # root's, so admins': never evicted
@@ -218,7 +230,7 @@ print("ready", flush=True)
 sys.stdin.readline()                    # U2 connected meanwhile
 print(" ".join(str(i) for i, s in enumerate(held) if answer(s, timeout=0.2)[0] == "closed"), flush=True)
 """
-    hog = subprocess.Popen(as_user(U1) + [sys.executable, "-c", script, broker.control, HERE],
+    hog = subprocess.Popen(as_user(U1) + [sys.executable, "-c", script, broker.control, libdir],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env())
     try:
         assert read_line(hog.stdout, 10, "U1's 30 connections") == "ready"
@@ -232,7 +244,7 @@ print(" ".join(str(i) for i, s in enumerate(held) if answer(s, timeout=0.2)[0] =
     assert [l for l in broker.events("conn-evict") if "uid=4242" in l and "for uid 4343" in l], broker.log()
 
 
-def test_denied_requests_are_no_activity(make_broker):
+def test_denied_requests_are_no_activity(make_broker, libdir):
     broker = make_broker("--idle-timeout", "1")
     script = r"""
 import socket, sys, time
@@ -255,7 +267,7 @@ while time.monotonic() - t0 < 10:
     time.sleep(0.2)                     # pacing the client, not waiting on a condition
 print(denied, round(time.monotonic() - t0, 2))
 """
-    r = subprocess.run(as_user(U1) + [sys.executable, "-c", script, broker.control, HERE],
+    r = subprocess.run(as_user(U1) + [sys.executable, "-c", script, broker.control, libdir],
                        capture_output=True, text=True, timeout=30, env=child_env())
     assert r.returncode == 0, r.stderr
     denied, took = r.stdout.split()

@@ -100,7 +100,7 @@ def worker_channel(broker):
 def socket_request(lease_id, port):
     """PS_SOCKET for lease_id as tcp:[::]:port (privsep.c's encoding)."""
     endpoint = struct.pack("!BBHHH", 6, 0, port, port, 0) + bytes(16)
-    return struct.pack("!BQ", 6, lease_id) + endpoint + struct.pack("!Q", 0)
+    return struct.pack("!BQ", 6, lease_id) + endpoint
 
 
 BAD_REQUESTS = {

@@ -28,7 +28,7 @@ from conftest import BROKERD, Binder, Load, tcp_listener_inode
 
 pytestmark = pytest.mark.usefixtures("netns")
 
-REEXEC_UNDER_VALGRIND = "a re-exec executes brokerd's binary, which valgrind does not follow (brokerd would go on natively)"
+REEXEC_UNDER_VALGRIND = "under valgrind the re-executed image is valgrind's binary (/proc/PID/exe, the --check child)"
 
 U1, U2 = 4242, 4343
 PORT = 8080

@@ -114,12 +114,15 @@ def test_a_listener_turned_into_a_connection_is_replaced(broker, procs, workdir)
     holder = broker.serve(procs, "8080", uid=U1, cmd=[PYTHON, "-I", "-c", CONNECT_AWAY,
                                                       str(target.getsockname()[1]), str(go)], name="holder")
     holder.wait_ready()
-    os.kill(broker.pid, signal.SIGSTOP)
+    stopped = broker.pids()                             # the monitor and the worker: both hold the socket
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
     try:
         go.write_text("")
         wait_for(lambda: "connected" in holder.output(), 10, "the holder to connect the lease's socket away")
     finally:
-        os.kill(broker.pid, signal.SIGCONT)
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
     srv = broker.serve(procs, "8080", uid=U1)
     pid = srv.wait_ready()
     assert fetch(8080) == f"ok {pid}\n"

@@ -25,7 +25,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "adopt.h"
 #include "fd-util.h"
 #include "lease.h"
 #include "sockopt.h"
@@ -235,54 +234,6 @@ static void test_queued(void **state) {
         assert_int_equal(lease_queued(&l), -EBADF);
 }
 
-static void test_adopt_from_surviving_holder(void **state) {
-        struct pb_endpoint e;
-        char text[32];
-        int fd, adopted_fd, pipefd[2];
-        pid_t child, from = 0;
-        uint64_t cookie;
-        char byte;
-
-        snprintf(text, sizeof(text), "tcp:%u", free_port(SOCK_STREAM));
-        assert_int_equal(endpoint_parse(text, &e), 0);
-        assert_int_equal(lease_bind(NULL, &e, 16, &fd), 0);
-        cookie = socket_cookie(fd);
-        assert_true(cookie != 0);
-        assert_int_equal(pipe(pipefd), 0);
-        child = fork();
-        assert_true(child >= 0);
-        if (child == 0) {                       /* the holder that outlives the "broker" */
-                close(pipefd[1]);
-                (void) !read(pipefd[0], &byte, 1);
-                _exit(0);
-        }
-        close(pipefd[0]);
-        close(fd);                              /* the "broker" is gone; only the child holds it */
-        assert_int_equal(lease_bind(NULL, &e, 16, &fd), -EADDRINUSE);
-
-        /* Not another socket (cookie), nor another uid's sockets, nor another address on the port. */
-        assert_int_equal(adopt_socket(&e, geteuid(), cookie + 1, &adopted_fd, &from), -ENOENT);
-        assert_int_equal(adopt_socket(&e, geteuid(), 0, &adopted_fd, &from), -ENOENT);
-        assert_int_equal(adopt_socket(&e, geteuid() + 1, cookie, &adopted_fd, &from), -ENOENT);
-        snprintf(text, sizeof(text), "tcp:127.0.0.1:%u", e.port_lo);
-        {
-                struct pb_endpoint other;
-                assert_int_equal(endpoint_parse(text, &other), 0);
-                assert_int_equal(adopt_socket(&other, geteuid(), cookie, &adopted_fd, &from), -ENOENT);
-        }
-
-        assert_int_equal(adopt_socket(&e, geteuid(), cookie, &adopted_fd, &from), 0);
-        assert_int_equal(from, child);
-        assert_int_equal(socket_cookie(adopted_fd), cookie);
-        assert_true(fcntl(adopted_fd, F_GETFD) & FD_CLOEXEC);
-        assert_int_equal(getopt_int(adopted_fd, SOL_SOCKET, SO_ACCEPTCONN), 1);
-        close(pipefd[1]);
-        assert_int_equal(waitpid(child, NULL, 0), child);
-        /* The holder is gone and the port is still held: by the adopted copy. */
-        assert_int_equal(plain_bind(AF_INET6, SOCK_STREAM, "::", e.port_lo, true), -EADDRINUSE);
-        close(adopted_fd);
-}
-
 static void test_table_10000(void **state) {
         enum { N = 10000 };
         struct lease_table t = { 0 };
@@ -342,7 +293,6 @@ int main(void) {
                 cmocka_unit_test(test_backlog_restored),
                 cmocka_unit_test(test_filter_detached_or_replaced),
                 cmocka_unit_test(test_queued),
-                cmocka_unit_test(test_adopt_from_surviving_holder),
                 cmocka_unit_test(test_table_10000),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

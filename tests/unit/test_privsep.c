@@ -34,7 +34,7 @@ static size_t samples(struct privsep_msg *v) {
 
         v[n++] = (struct privsep_msg) { .type = PS_HELLO, .hello.version = PRIVSEP_VERSION };
         v[n++] = (struct privsep_msg) { .type = PS_DECLARE_LEASE,
-                                        .lease = { .lease_id = 7, .endpoint = tcp_any(8080), .adopt_cookie = 99 } };
+                                        .lease = { .lease_id = 7, .endpoint = tcp_any(8080) } };
         v[n++] = (struct privsep_msg) { .type = PS_NOTE_RESERVED, .reserved = { .port = 80, .ours = true } };
         v[n] = (struct privsep_msg) { .type = PS_LAST_GUARD };
         strcpy(v[n++].last_guard.dir, "/sys/fs/bpf/portbroker");
@@ -55,11 +55,10 @@ static size_t samples(struct privsep_msg *v) {
         strcpy(v[n].state.guard_state, "on: cgroup /sys/fs/cgroup");
         strcpy(v[n++].state.guard_dir, "/run/portbroker-guard");
         v[n++] = (struct privsep_msg) { .type = PS_SOCKET_REPLY,
-                                        .socket = { .lease_id = 1, .cookie = 1234, .how = PS_HOW_ADOPTED,
-                                                    .adopted_from = 77 } };
+                                        .socket = { .lease_id = 1, .cookie = 1234, .how = PS_HOW_KEPT } };
         v[n++] = (struct privsep_msg) { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 2, .error = EADDRINUSE } };
         v[n++] = (struct privsep_msg) { .type = PS_CONN, .peer = { .pid = 0, .uid = PEER_UID_UNKNOWN,
-                                                                   .unidentified = true,
+                                                                   .account = PEER_UID_UNKNOWN, .unidentified = true,
                                                                    .doubt = "cannot read the peer's credentials" } };
         v[n++] = (struct privsep_msg) { .type = PS_RESERVED, .reserved = { .port = 8080, .ours = false } };
         v[n++] = (struct privsep_msg) { .type = PS_STATUS, .counts = { .leases = 1, .rules = 2, .conns = 3 } };
@@ -118,10 +117,10 @@ static void test_values_out_of_range_are_refused(void **state) {
         m = (struct privsep_msg) { .type = PS_DONE };
         assert_int_equal(decode_with_byte(&m, 2, 0x10), -EBADMSG);
         m = (struct privsep_msg) { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 1, .how = PS_HOW_BOUND } };
-        assert_int_equal(decode_with_byte(&m, -5, 0), -EBADMSG);
-        assert_int_equal(decode_with_byte(&m, -5, PS_HOW_ADOPTED + 1), -EBADMSG);
+        assert_int_equal(decode_with_byte(&m, -1, 0), -EBADMSG);
+        assert_int_equal(decode_with_byte(&m, -1, PS_HOW_BOUND + 1), -EBADMSG);
         m = (struct privsep_msg) { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 1, .error = EIO } };
-        assert_int_equal(decode_with_byte(&m, -5, PS_HOW_BOUND), -EBADMSG);
+        assert_int_equal(decode_with_byte(&m, -1, PS_HOW_BOUND), -EBADMSG);
         /* max_leases 0; a range where an endpoint must be one port; a control character in text. */
         m = (struct privsep_msg) { .type = PS_ARM, .arm.max_leases = 1 };
         assert_int_equal(decode_with_byte(&m, -1, 0), -EBADMSG);
@@ -130,9 +129,17 @@ static void test_values_out_of_range_are_refused(void **state) {
         m = (struct privsep_msg) { .type = PS_LAST_GUARD };
         strcpy(m.last_guard.dir, "/x");
         assert_int_equal(decode_with_byte(&m, -1, '\n'), -EBADMSG);
-        /* An unidentified peer with no doubt. */
-        m = (struct privsep_msg) { .type = PS_CONN, .peer = { .unidentified = true } };
+        /* An unidentified peer with no doubt, or with a uid; an identified one without. */
+        m = (struct privsep_msg) { .type = PS_CONN, .peer = { .unidentified = true, .uid = PEER_UID_UNKNOWN,
+                                                              .account = PEER_UID_UNKNOWN } };
         assert_int_equal(decode_with_byte(&m, 0, PS_CONN), -EBADMSG);
+        strcpy(m.peer.doubt, "x");
+        assert_int_equal(decode_with_byte(&m, 0, PS_CONN), 0);
+        assert_int_equal(decode_with_byte(&m, 5, 0), -EBADMSG);          /* uid's last byte */
+        m = (struct privsep_msg) { .type = PS_CONN, .peer = { .uid = 4242, .account = 4242 } };
+        assert_int_equal(decode_with_byte(&m, 5, 0xff), 0);
+        m.peer.uid = 0xffffff00;
+        assert_int_equal(decode_with_byte(&m, 8, 0xff), -EBADMSG);        /* uid (uid_t) -1 */
         /* Text longer than the limit cannot even be encoded. */
         m = (struct privsep_msg) { .type = PS_DONE };
         memset(m.done.why, 'x', PRIVSEP_TEXT_MAX);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -74,6 +75,7 @@ static int sealed(void) {
 
         /* Before: chmod of our own file and signalling ourselves work. */
         EXPECT_OK(fd >= 0 && fchmod(fd, 0600) == 0 && kill(getpid(), 0) == 0);
+        EXPECT_OK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0);
         if (geteuid() == 0)
                 EXPECT_OK(chown(path, TEST_UID, TEST_UID) == 0);
         EXPECT_OK(sandbox_drop(uid, uid) == 0);
@@ -95,8 +97,21 @@ static int sealed(void) {
         EXPECT_EPERM(unshare(CLONE_NEWUSER));
         EXPECT_EPERM(syscall(SYS_io_uring_setup, 1, NULL));
         EXPECT_EPERM(syscall(SYS_pidfd_getfd, 0, 0, 0));
-        /* What a worker does goes on: files, sockets, its own memory. */
+        /* Signals asked for by fd ownership, a terminal's input, processes of its own, other sockets. */
+        EXPECT_EPERM(fcntl(sv[0], F_SETOWN, getppid()));
+        EXPECT_EPERM(fcntl(sv[0], F_SETSIG, SIGKILL));
+        EXPECT_EPERM(ioctl(sv[0], FIOSETOWN, &(int) { getppid() }));
+        EXPECT_EPERM(ioctl(STDIN_FILENO, TIOCSTI, "x"));
+        EXPECT_EPERM(fork());
+        errno = 0;
+        EXPECT_OK(syscall(SYS_clone3, NULL, 0) == -1 && errno == ENOSYS);
+        errno = 0;
+        EXPECT_OK(socket(AF_NETLINK, SOCK_RAW, 0) == -1 && errno == EAFNOSUPPORT);
+        EXPECT_OK(socket(AF_INET, SOCK_STREAM, 0) == -1 && errno == EAFNOSUPPORT);
+        EXPECT_OK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0);
+        /* What a worker does goes on: files, Unix sockets, its own memory. */
         EXPECT_OK(write(fd, "x", 1) == 1 && socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv) == 0);
+        EXPECT_OK(socket(AF_UNIX, SOCK_DGRAM, 0) >= 0);
         unlink(path);
         return 0;
 }
