@@ -163,7 +163,8 @@ static void pass_pending(struct monitor *m) {
                 peer_done(&x->peer);
                 i++;
         }
-        memmove(m->pending, m->pending + i, (m->n_pending - i) * sizeof(*m->pending));
+        if (i > 0 && i < m->n_pending)
+                memmove(m->pending, m->pending + i, (m->n_pending - i) * sizeof(*m->pending));
         m->n_pending -= i;
         if (m->n_pending)
                 return;
@@ -702,6 +703,7 @@ static void __attribute__((noreturn)) worker_exec(const struct monitor *m, pid_t
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
+        sandbox_sanitizer_env();
         /* systemd talks to the monitor only. */
         unsetenv("NOTIFY_SOCKET");
         unsetenv("WATCHDOG_PID");

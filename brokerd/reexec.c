@@ -52,6 +52,7 @@ static void __attribute__((noreturn)) check_exec(const struct monitor *m, char *
         close_range(err_fd + 1, ~0U, 0);
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        sandbox_sanitizer_env();
         e = -sandbox_drop(m->worker_uid, m->worker_gid);
         if (e == 0) {
                 execv(m->opt.exe_path, argv);

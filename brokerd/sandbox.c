@@ -20,6 +20,7 @@
 #include <linux/seccomp.h>
 #include <pwd.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -182,6 +183,16 @@ static int seccomp_on(void) {
         return -ENOSYS;                 /* an architecture this filter does not know: the worker does not start */
 }
 #endif
+
+void sandbox_sanitizer_env(void) {
+#ifdef __SANITIZE_ADDRESS__
+        const char *asan = getenv("ASAN_OPTIONS");
+        char opts[1024];
+
+        snprintf(opts, sizeof(opts), "%s%sdetect_leaks=0", asan ? asan : "", asan && *asan ? ":" : "");
+        setenv("ASAN_OPTIONS", opts, 1);
+#endif
+}
 
 int sandbox_enter(void) {
         if (has_capabilities() || prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1)

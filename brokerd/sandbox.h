@@ -26,6 +26,12 @@ int sandbox_lookup_user(const char *user, uid_t *ret_uid, gid_t *ret_gid);
  * Returns 0 or -errno. In the worker's process, before it is executed. */
 int sandbox_drop(uid_t uid, gid_t gid);
 
+/* Built with AddressSanitizer only (else a no-op): turns LeakSanitizer off
+ * for a process about to be sealed, in its environment. It stops the world
+ * with ptrace() and clone(), which the filter refuses; the worker's leaks
+ * are valgrind's to find (make check's first pass). */
+void sandbox_sanitizer_env(void);
+
 /* Seals the (unprivileged) worker: not dumpable, the seccomp filter on.
  * Refuses (-EPERM) to go on with any capability left or without
  * no_new_privs. Returns 0 or -errno. */
