@@ -144,6 +144,25 @@ $(BUILD)/test_peer: LDHARDEN += -Wl,--wrap=getsockopt
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@
 
+# Coverage-guided fuzzing with clang's libFuzzer (`make fuzz`): each target
+# as above, instrumented, with the sources it needs. FUZZ_TIME seconds each.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TIME    ?= 60
+LIBFUZZER_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_SRC_proto   := proto/proto.c proto/endpoint.c
+FUZZ_SRC_privsep := brokerd/privsep.c brokerd/peer.c proto/fdpass.c proto/endpoint.c common/pidfd-util.c
+FUZZ_LIBS_privsep := $(shell $(PKG_CONFIG) --libs libsystemd 2>/dev/null)
+
+$(BUILD)/libfuzzer_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h
+	@mkdir -p $(BUILD)
+	clang $(CPPFLAGS) -Ibrokerd $(LIBFUZZER_FLAGS) $< $(FUZZ_SRC_$*) $(FUZZ_LIBS_$*) -o $@
+
+$(foreach t,$(FUZZ_TARGETS),$(eval $(BUILD)/libfuzzer_$(t): $(FUZZ_SRC_$(t))))
+
+.PHONY: fuzz
+fuzz: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/libfuzzer_$(t))
+	bash tests/fuzz/run.sh $(BUILD) $(FUZZ_TIME) $(FUZZ_TARGETS)
+
 # The monitor's message set is brokerd's (with the peer it carries).
 $(BUILD)/fuzz_privsep: tests/fuzz/fuzz_privsep.c tests/fuzz/driver.c $(call obj,brokerd/privsep.c brokerd/peer.c) \
 		$(PROTO_OBJ) $(COMMON_OBJ)
@@ -172,6 +191,7 @@ check-deps:
 check: check-deps
 	$(MAKE) test VALGRIND=1
 	$(MAKE) test BUILD=build-sanitize SANITIZE=address,undefined
+	$(MAKE) fuzz FUZZ_TIME=10
 	@echo "make check: all suites passed (plain with brokerd under valgrind, and SANITIZE=address,undefined)"
 
 test: all unit-tests helpers fuzzers
@@ -183,7 +203,8 @@ check-valgrind: all helpers
 
 check-unit: unit-tests fuzzers
 	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; $$t; done
-	@set -e; for f in $(FUZZERS); do echo "== $$f"; $$f; done
+	@set -e; for f in $(FUZZERS); do echo "== $$f"; $$f; \
+		c=tests/fuzz/corpus/$${f##*/fuzz_}; if [ -d $$c ]; then $$f $$c/*; fi; done
 
 # As root only (else it says the tests were skipped and fails); from a copy
 # other uids can reach when they cannot reach $(BUILD). See the script.

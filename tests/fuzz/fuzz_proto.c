@@ -9,13 +9,8 @@
  * the same endpoint. Any mismatch abort()s.
  *
  * Standalone (gcc, no libFuzzer): `make build/fuzz_proto`, linked with
- * tests/fuzz/driver.c. With libFuzzer, if clang is installed:
- *
- *   clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Iproto -fsanitize=fuzzer,address,undefined \
- *         tests/fuzz/fuzz_proto.c proto/proto.c proto/endpoint.c -o build/libfuzzer_proto
- *   mkdir -p build/corpus && build/fuzz_proto --write-seeds build/corpus
- *   build/libfuzzer_proto -max_len=4200 build/corpus
- *
+ * tests/fuzz/driver.c; make check runs it and replays tests/fuzz/corpus/proto.
+ * Coverage-guided, with clang's libFuzzer: `make fuzz` (tests/fuzz/run.sh).
  * A crash file from libFuzzer replays with `build/fuzz_proto FILE`.
  */
 #include "fuzz.h"
