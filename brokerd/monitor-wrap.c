@@ -254,8 +254,7 @@ static int on_monitor_event(sd_event_source *s, int fd, uint32_t revents, void *
                 note_reserved(b, &m);
                 return 0;
         }
-        privsep_peer_from_wire(&m.peer, msg_fd, &p);
-        p.pid_fd = peer_pidfd(msg_fd);  /* ours, for holder watches; the identity stays the monitor's */
+        privsep_peer_from_wire(&m.peer, msg_fd, &p);      /* a pidfd only when a holder is watched */
         if (m.peer.reexec_id) {
                 request_reexec_answer(b, msg_fd, m.peer.reexec_id);
                 conn_carried(b, msg_fd, &p);

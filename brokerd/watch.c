@@ -61,13 +61,15 @@ static int on_holder_exit(sd_event_source *s, int fd, uint32_t revents, void *us
 void watch_holder(struct broker *b, struct lease *l, const struct peer *p) {
         struct lease_holder *h = &l->holders[l->holders_next];
 
-        if (p->pid_fd < 0)
+        if (p->pid <= 0)
                 return;
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
                 if (l->holders[i].pid == p->pid)
                         return;
         lease_holder_clear(h);
-        h->pid_fd = fcntl(p->pid_fd, F_DUPFD_CLOEXEC, 3);
+        /* A new holder: its pidfd, from the connection (the monitor read the
+         * identity; this only watches the process that connected). */
+        h->pid_fd = p->pid_fd >= 0 ? fcntl(p->pid_fd, F_DUPFD_CLOEXEC, 3) : peer_pidfd(p->conn_fd);
         if (h->pid_fd < 0)
                 return;
         h->pid = p->pid;
