@@ -11,6 +11,19 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* A broken invariant: says which and where, then abort()s (libFuzzer keeps the input). */
+#define CHECK(cond)                                                                             \
+        do {                                                                                    \
+                if (!(cond)) {                                                                  \
+                        fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+                        abort();                                                                \
+                }                                                                               \
+        } while (0)
 
 #define FUZZ_SEED_MESSAGE 1u            /* mutants of this seed get fuzz_fixup() most of the time */
 

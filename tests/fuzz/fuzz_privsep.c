@@ -20,18 +20,7 @@
 #include "peer.h"
 #include "privsep.h"
 
-#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
-
 static size_t n_accepted, n_peers;
-
-#define CHECK(cond)                                                                             \
-        do {                                                                                    \
-                if (!(cond)) {                                                                  \
-                        fprintf(stderr, "fuzz_privsep: check failed at %s:%d: %s\n", __FILE__,  \
-                                __LINE__, #cond);                                               \
-                        abort();                                                                \
-                }                                                                               \
-        } while (0)
 
 static const uint8_t types[] = {
         PS_HELLO, PS_DECLARE_LEASE, PS_NOTE_RESERVED, PS_LAST_GUARD, PS_ARM, PS_SOCKET, PS_REPLACE, PS_RELEASE,

@@ -23,19 +23,8 @@
 #include "endpoint.h"
 #include "proto.h"
 
-#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
-
 /* Counters for the driver's summary and corpus only. */
 static size_t n_decoded, n_endpoints, n_patterns, n_wire, n_accepted;
-
-#define CHECK(cond)                                                                             \
-        do {                                                                                    \
-                if (!(cond)) {                                                                  \
-                        fprintf(stderr, "fuzz_proto: check failed at %s:%d: %s\n", __FILE__,    \
-                                __LINE__, #cond);                                               \
-                        abort();                                                                \
-                }                                                                               \
-        } while (0)
 
 /* --- messages -------------------------------------------------------------- */
 
