@@ -141,17 +141,29 @@ $(BUILD)/test_cli: CPPFLAGS += -Iclient/portctl
 $(BUILD)/test_proto: LDHARDEN += -Wl,--wrap=recvmsg
 $(BUILD)/test_peer: LDHARDEN += -Wl,--wrap=getsockopt
 
-$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c $(PROTO_OBJ)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) -o $@
+# Fuzz targets (tests/fuzz/fuzz_<name>.c). FUZZ_SRC_<name> lists the
+# sources each needs besides itself: linked as objects into the standalone
+# build (gcc, with tests/fuzz/driver.c; make check-unit runs it and replays
+# its corpus) and compiled in, instrumented, for libFuzzer.
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SRC_proto    := proto/proto.c proto/endpoint.c
+# The monitor's message set is brokerd's (with the peer it carries).
+FUZZ_SRC_privsep  := brokerd/privsep.c brokerd/peer.c proto/fdpass.c proto/endpoint.c common/pidfd-util.c
+FUZZ_LIBS_privsep := $(shell $(PKG_CONFIG) --libs libsystemd 2>/dev/null)
+# Endpoints, rules and the reserved-ports list (policy.c asks peer.c for groups).
+FUZZ_SRC_endpoint  := proto/endpoint.c proto/proto.c brokerd/policy.c brokerd/reserved.c brokerd/peer.c \
+                      common/pidfd-util.c
+FUZZ_LIBS_endpoint := $(FUZZ_LIBS_privsep)
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c
+	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(FUZZ_LIBS_$*) -o $@
+
+$(foreach t,$(FUZZ_TARGETS),$(eval $(BUILD)/fuzz_$(t): $(call obj,$(FUZZ_SRC_$(t)))))
 
 # Coverage-guided fuzzing with clang's libFuzzer (`make fuzz`): each target
-# as above, instrumented, with the sources it needs. FUZZ_TIME seconds each.
-FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+# as above, instrumented. FUZZ_TIME seconds each.
 FUZZ_TIME    ?= 60
 LIBFUZZER_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_SRC_proto   := proto/proto.c proto/endpoint.c
-FUZZ_SRC_privsep := brokerd/privsep.c brokerd/peer.c proto/fdpass.c proto/endpoint.c common/pidfd-util.c
-FUZZ_LIBS_privsep := $(shell $(PKG_CONFIG) --libs libsystemd 2>/dev/null)
 
 $(BUILD)/libfuzzer_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h
 	@mkdir -p $(BUILD)
@@ -162,11 +174,6 @@ $(foreach t,$(FUZZ_TARGETS),$(eval $(BUILD)/libfuzzer_$(t): $(FUZZ_SRC_$(t))))
 .PHONY: fuzz
 fuzz: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/libfuzzer_$(t))
 	bash tests/fuzz/run.sh $(BUILD) $(FUZZ_TIME) $(FUZZ_TARGETS)
-
-# The monitor's message set is brokerd's (with the peer it carries).
-$(BUILD)/fuzz_privsep: tests/fuzz/fuzz_privsep.c tests/fuzz/driver.c $(call obj,brokerd/privsep.c brokerd/peer.c) \
-		$(PROTO_OBJ) $(COMMON_OBJ)
-	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(DEPS_LIBS) -o $@
 
 $(BUILD)/examples/%: examples/%.c $(BUILD)/libportbroker.a
 	@mkdir -p $(dir $@)
