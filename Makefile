@@ -154,6 +154,14 @@ FUZZ_LIBS_privsep := $(shell $(PKG_CONFIG) --libs libsystemd 2>/dev/null)
 FUZZ_SRC_endpoint  := proto/endpoint.c proto/proto.c brokerd/policy.c brokerd/reserved.c brokerd/peer.c \
                       common/pidfd-util.c
 FUZZ_LIBS_endpoint := $(FUZZ_LIBS_privsep)
+# The worker's whole connection state machine. Its monitor is a stand-in in
+# the target, answering inside the worker's poll() (hence the wrap); no
+# bind guard (the worker never binds).
+FUZZ_SRC_conn  := $(addprefix brokerd/,broker.c conn.c request.c watch.c monitor-wrap.c lease.c policy.c \
+                  store.c peer.c privsep.c log.c kernel.c safepath.c) $(PROTO_SRC) $(COMMON_SRC)
+FUZZ_LIBS_conn := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 2>/dev/null) -Wl,--wrap=poll
+FUZZ_CLANG_conn := -include tests/fuzz/clang-compat.h
+$(BUILD)/libfuzzer_conn: tests/fuzz/clang-compat.h
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/driver.c
 	$(CC) $(CPPFLAGS) -Ibrokerd $(ALL_CFLAGS) $(LDHARDEN) $(SOURCES) $(FUZZ_LIBS_$*) -o $@
@@ -167,7 +175,7 @@ LIBFUZZER_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sa
 
 $(BUILD)/libfuzzer_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz.h
 	@mkdir -p $(BUILD)
-	clang $(CPPFLAGS) -Ibrokerd $(LIBFUZZER_FLAGS) $< $(FUZZ_SRC_$*) $(FUZZ_LIBS_$*) -o $@
+	clang $(CPPFLAGS) -Ibrokerd $(LIBFUZZER_FLAGS) $(FUZZ_CLANG_$*) $< $(FUZZ_SRC_$*) $(FUZZ_LIBS_$*) -o $@
 
 $(foreach t,$(FUZZ_TARGETS),$(eval $(BUILD)/libfuzzer_$(t): $(FUZZ_SRC_$(t))))
 
