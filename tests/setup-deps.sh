@@ -5,7 +5,9 @@
 set -euo pipefail
 
 # gcc only recommends libc6-dev, so it is named; clang compiles the bind
-# guard's BPF programs, libbpf-dev loads them; util-linux gives unshare,
+# guard's BPF programs, libbpf-dev loads them; clang only recommends
+# libclang-rt-dev, whose libFuzzer and sanitizer runtimes make fuzz links
+# with, so it is named too; util-linux gives unshare,
 # nsenter and setsid, iproute2 gives ip and ss, systemd gives systemd-analyze,
 # the PID-1 test, systemd-socket-proxyd and systemd-socket-activate.
 # nginx (with its stream module) and socat are the unmodified third-party
@@ -14,7 +16,7 @@ set -euo pipefail
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 packages=(
-	gcc libc6-dev make pkg-config clang
+	gcc libc6-dev make pkg-config clang libclang-rt-dev
 	libsystemd-dev libsqlite3-dev libcmocka-dev libbpf-dev
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
