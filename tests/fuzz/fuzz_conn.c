@@ -130,7 +130,7 @@ static struct standin {
 } sm = { .req_fd = -1, .ev_fd = -1, .worker_req_fd = -1, .worker_ev_fd = -1 };
 
 /* The sockets given to the worker lately, for lease ids. */
-#define GIVEN_MAX 256
+#define GIVEN_MAX 4096                  /* more than one loop run can bind */
 static struct given {
         uint64_t lease_id, cookie;
 } given[GIVEN_MAX];
