@@ -32,9 +32,10 @@
  * reply decodes, answers the client's requests in order (same id, the
  * request's type or an error; an error for a malformed message, which
  * then ends the connection; none for an empty one), and comes with an fd
- * exactly when it is a GET reply: the lease's current socket (its cookie),
- * of the endpoint's transport, listening, with no SO_REUSEPORT or filter
- * left by a holder; on a connection still open once the loop settles,
+ * exactly when it is a GET reply: a socket the monitor gave for that lease
+ * (its cookie), of the endpoint's transport, fit to use whatever a holder
+ * did (TCP listening; UDP not connected, no SO_REUSEADDR; no SO_REUSEPORT,
+ * no filter); on a connection still open once the loop settles,
  * every request was answered, and a half-closed one is closed. After each
  * input every client is closed (and every fd received): the worker has no
  * connection left; the fds open in the process are those before the input
@@ -44,7 +45,8 @@
  * the input. One worker serves every input (replaced by one on a fresh
  * database every FUZZ_CONN_RESTART inputs, 1000 by default);
  * BROKERD_LOG_LEVEL shows its log (silent but for critical lines otherwise),
- * FUZZ_CONN_TRACE=1 what each input does.
+ * FUZZ_CONN_TRACE=1 what each input does. Inputs steer clear of bugs found
+ * and not fixed yet (see may_send()) unless FUZZ_CONN_KNOWN_BUGS=1.
  *
  * Standalone (gcc, no libFuzzer): `make build/fuzz_conn`, linked with
  * tests/fuzz/driver.c; `build/fuzz_conn FILE` replays a crash file.
@@ -74,7 +76,7 @@
 #define HELD_MAX 16                     /* sockets clients received and still hold */
 #define SEEN_MAX 32                     /* lease and rule ids learnt from replies */
 #define TURNS_MAX 20000                 /* loop iterations before "it never settles" */
-#define CARRIED_MAX 64
+#define CARRIED_MAX 1024                /* more than the event channel holds */
 #define STANDIN_LEASES_MAX 64
 #define ADMIN_GID 4242
 #define RESTART_DEFAULT 1000
@@ -140,6 +142,7 @@ static struct broker *b;
 static bool in_input;
 static bool trace;                      /* FUZZ_CONN_TRACE=1: what each input does, on stderr */
 static bool known_bugs;                 /* FUZZ_CONN_KNOWN_BUGS=1: run into the bugs found already */
+static unsigned conns_queued;           /* PS_CONN sent since the worker last read them all */
 static unsigned restarts_left;          /* worker restarts (and re-executions) this input may still make:
                                          * each costs as much as a hundred requests */
 
@@ -371,8 +374,12 @@ static void sm_handle(const struct privsep_msg *m, int fd) {
                 }
                 break;
         case PS_CARRY:
-                /* Only control connections, and no more than it can have. */
-                CHECK(fd >= 0 && sm.n_carried < CARRIED_MAX);
+                /* Only control connections, and no more than it can have:
+                 * monitor.c kills a worker carrying more than 2 * --max-connections + 64. */
+                if (sm.n_carried >= 2 * options.max_connections + 64)
+                        fprintf(stderr, "fuzz_conn: the worker carries more than %u connections across a "
+                                "re-execution\n", 2 * options.max_connections + 64);
+                CHECK(fd >= 0 && sm.n_carried < 2 * options.max_connections + 64 && sm.n_carried < CARRIED_MAX);
                 CHECK(getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &(socklen_t) { sizeof(type) }) == 0 &&
                       type == SOCK_SEQPACKET);
                 sm.carried[sm.n_carried++] = (struct carried) { .fd = fd, .peer = m->peer };
@@ -512,6 +519,7 @@ static void run_loop(void) {
         }
         sm_serve();
         sm_events();
+        conns_queued = 0;
 }
 
 /* --- clients ------------------------------------------------------------------ */
@@ -568,7 +576,8 @@ static bool may_send(const struct client *c, const struct sent *s) {
          * the monitor: lost, or a request to the monitor out of turn. */
         if (c->reexec_sent)
                 return false;
-        /* A REEXEC request with id 0 is carried as "nothing to answer". */
+        /* A REEXEC request with id 0 is carried as "nothing to answer". (And
+         * see connect_client() for a third.) */
         return !(s->kind == SENT_REQUEST && s->type == PB_MSG_REEXEC && s->id == 0);
 }
 
@@ -808,8 +817,12 @@ static struct client *connect_client(const struct privsep_peer *who) {
         for (size_t i = 0; i < CLIENTS_MAX && !c; i++)
                 if (clients[i].fd < 0)
                         c = &clients[i];
-        if (!c)
+        /* A re-execution carries the connections the worker has (at most
+         * --max-connections) and those still queued, without bound; monitor.c
+         * kills a worker carrying more than 2 * --max-connections + 64. */
+        if (!c || (!known_bugs && conns_queued >= options.max_connections + 64))
                 return NULL;
+        conns_queued++;
         CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0);
         r = privsep_send(sm.ev_fd, &m, sv[1], MSG_DONTWAIT);
         safe_close(sv[1]);
