@@ -46,7 +46,8 @@
  * database every FUZZ_CONN_RESTART inputs, 1000 by default);
  * BROKERD_LOG_LEVEL shows its log (silent but for critical lines otherwise),
  * FUZZ_CONN_TRACE=1 what each input does. Inputs steer clear of bugs found
- * and not fixed yet (see may_send()) unless FUZZ_CONN_KNOWN_BUGS=1.
+ * and not fixed yet (see may_send() and connect_client()) unless
+ * FUZZ_CONN_KNOWN_BUGS=1; tests/fuzz/corpus/conn/known-bug-* reproduce them.
  *
  * Standalone (gcc, no libFuzzer): `make build/fuzz_conn`, linked with
  * tests/fuzz/driver.c; `build/fuzz_conn FILE` replays a crash file.
