@@ -57,9 +57,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/filter.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1278,14 +1280,19 @@ static void reset(int baseline) {
 static char dir[256], db_path[300];
 static int baseline = -1;
 
-static void remove_db(void) {
+/* Removes the database files in directory d (which stays). */
+static void remove_db_in(const char *d) {
         static const char *const suffixes[] = { "", "-wal", "-shm", "-journal" };
-        char path[sizeof(db_path) + 16];
+        char path[PATH_MAX];
 
         for (size_t i = 0; i < ELEMENTSOF(suffixes); i++) {
-                snprintf(path, sizeof(path), "%s%s", db_path, suffixes[i]);
+                snprintf(path, sizeof(path), "%s/portbroker.db%s", d, suffixes[i]);
                 (void) unlink(path);
         }
+}
+
+static void remove_db(void) {
+        remove_db_in(dir);
 }
 
 static void remove_dir(void) {
@@ -1293,6 +1300,26 @@ static void remove_dir(void) {
                 return;
         remove_db();
         (void) rmdir(dir);
+}
+
+/* Our directories in base whose process is gone (a crash skips atexit()): removed. */
+static void remove_stale_dirs(const char *base) {
+        DIR *d = opendir(base);
+        struct dirent *de;
+
+        while (d && (de = readdir(d))) {
+                char path[sizeof(dir) + sizeof(de->d_name) + 2];
+                int pid;
+
+                if (sscanf(de->d_name, "portbroker-fuzz-%d-", &pid) != 1 || pid <= 0 ||
+                    kill(pid, 0) == 0 || errno != ESRCH)
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s", base, de->d_name);
+                remove_db_in(path);
+                (void) rmdir(path);
+        }
+        if (d)
+                closedir(d);
 }
 
 static void on_exit_check(void) {
@@ -1308,7 +1335,8 @@ static void setup(void) {
 
         if (!base)
                 base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-        snprintf(dir, sizeof(dir), "%s/portbroker-fuzz-XXXXXX", base);
+        remove_stale_dirs(base);
+        snprintf(dir, sizeof(dir), "%s/portbroker-fuzz-%d-XXXXXX", base, (int) getpid());
         CHECK(mkdtemp(dir));
         snprintf(db_path, sizeof(db_path), "%s/portbroker.db", dir);
         options.db_path = db_path;
