@@ -47,6 +47,10 @@ struct broker {
         struct policy policy;
         struct store *store;
         struct lease_table leases;
+        int listeners_fd;               /* epoll set of the TCP leases' listeners (watch.c) */
+        sd_event_source *listeners_source;
+        struct holder_set holders;      /* processes that got a lease's socket, until they exit */
+        sd_event_source *holders_source;
         unsigned backlog;               /* --backlog as listen() keeps it: net.core.somaxconn at most */
 };
 
@@ -168,6 +172,11 @@ void mm_arm(struct broker *b, unsigned max_leases);
  * has no such lease): *ret_fd, owned by the caller. Returns 0 or -errno. */
 int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
+/* At start: the sockets of n leases, many requests in flight, into each
+ * lease's sock_fd; done() is called for each in order, with 0 or -errno. */
+typedef void (*mm_socket_done_fn)(struct broker *b, struct lease *l, int r, const struct mm_socket *got);
+void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_socket_done_fn done);
+
 /* A fresh socket for lease id in place of one that cannot be repaired. Returns 0 or -errno. */
 int mm_replace(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
@@ -196,6 +205,12 @@ void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id);
 int mm_watch(struct broker *b);
 
 /* --- watch.c --- */
+
+/* The epoll sets of listeners and holders, watched by the loop. Returns 0 or -errno. */
+int watch_setup(struct broker *b);
+
+/* Stops watching; closes the holders' pidfds (after every lease is freed). */
+void watch_done(struct broker *b);
 
 /* Watches l's TCP listener so a holder's shutdown() is repaired at once.
  * Returns 0 (also for UDP or an unbound lease) or -errno. */
