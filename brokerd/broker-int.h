@@ -39,6 +39,8 @@ struct broker {
         sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
         struct conn *conns, *conns_tail; /* open control connections, the most recently active
                                          * first: the tail has been idle longest */
+        int conns_fd;                   /* epoll set of the connections watched (conn.c) */
+        sd_event_source *conns_source;
         unsigned n_conns;
         unsigned n_admin_conns;         /* of them, admins' */
         uint64_t refused_conns;         /* refused at a limit, since start */
@@ -58,7 +60,7 @@ struct broker {
 struct conn {
         struct broker *broker;
         int sock_fd;                    /* the accepted connection */
-        sd_event_source *io_source;
+        bool watched;                   /* in broker->conns_fd */
         sd_event_source *idle_source;   /* closes the connection after --idle-timeout or --max-connection-age */
         struct peer peer;
         bool admin;                     /* counted against the admins' reserve, never evicted */
@@ -103,6 +105,12 @@ int broker_replace_socket(struct broker *b, struct lease *l, int error, const st
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
 
 /* --- conn.c --- */
+
+/* The epoll set of connections, watched by the loop. Returns 0 or -errno. */
+int conn_setup(struct broker *b);
+
+/* Closes every connection and the set. */
+void conn_done(struct broker *b);
 
 /* Serves fd, whose peer p the monitor identified, making room by closing
  * the longest-idle connection of a non-admin when the table is full, or

@@ -365,6 +365,7 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
         b->backlog = kernel_listen_backlog(opt->backlog);
         b->policy.admin_group = &b->opt.admin_group;
         b->listeners_fd = -1;
+        b->conns_fd = -1;
         b->holders.epoll_fd = -1;
 
         /* brokerd's pid and uid (an admin) are the monitor's, as the kernel tells. */
@@ -381,6 +382,8 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
         r = loop_setup(b);
         if (r >= 0)
                 r = watch_setup(b);
+        if (r >= 0)
+                r = conn_setup(b);
         if (r >= 0)
                 r = mm_hello(b);
         if (r >= 0)
@@ -423,8 +426,7 @@ int broker_run(struct broker *b) {
 void broker_free(struct broker *b) {
         if (!b)
                 return;
-        while (b->conns)
-                conn_free(b->conns);
+        conn_done(b);
         for (size_t i = 0; i < b->leases.n; i++)
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);

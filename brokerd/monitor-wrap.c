@@ -27,7 +27,8 @@
 #define MM_SOCKETS_WINDOW 32            /* PS_SOCKET requests in flight at start */
 
 static void __attribute__((noreturn)) monitor_lost(struct broker *b, const char *what, int r) {
-        if (r == -ENOTCONN)
+        /* Closed, or killed with our messages unread (ECONNRESET, EPIPE): gone. */
+        if (r == -ENOTCONN || r == -ECONNRESET || r == -EPIPE)
                 log_event(LOG_NOTICE, "worker", &(struct log_fields) LOG_FIELDS_NONE, "the monitor is gone; the "
                           "worker stops");
         else
@@ -272,7 +273,7 @@ static int on_monitor_event(sd_event_source *s, int fd, uint32_t revents, void *
         r = privsep_recv(b->ev_fd, &m, &msg_fd, MSG_DONTWAIT);
         if (r == -EAGAIN)
                 return 0;
-        if (r == -ENOTCONN)
+        if (r == -ENOTCONN || r == -ECONNRESET)
                 monitor_lost(b, "is gone", r);
         if (r < 0 || (m.type != PS_CONN && m.type != PS_RESERVED)) {
                 safe_close(msg_fd);
