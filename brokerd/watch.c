@@ -55,18 +55,23 @@ static int on_holders(sd_event_source *s, int fd, uint32_t revents, void *userda
 }
 
 /* Holders the worker can watch: its fd limit, less a lease and a
- * connection at every limit and a reserve; at most one per lease's slot. */
+ * connection at every limit and a reserve; at most one per lease's slot.
+ * Fewer than there may be leases is said once. */
 static size_t holders_max(const struct broker_options *opt) {
         struct rlimit rl;
         size_t others = (size_t) opt->max_leases + opt->max_connections + FD_RESERVE;
-        size_t limit;
+        size_t limit, all = (size_t) opt->max_leases * LEASE_HOLDERS_MAX;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
                 rl.rlim_cur = 1024;
         limit = rl.rlim_cur > others ? (size_t) rl.rlim_cur - others : 0;
-        if (limit < (size_t) opt->max_leases * LEASE_HOLDERS_MAX)
-                return limit;
-        return (size_t) opt->max_leases * LEASE_HOLDERS_MAX;
+        if (limit < opt->max_leases)
+                log_event(LOG_WARNING, "fd-limit", &(struct log_fields) LOG_FIELDS_NONE,
+                          "the fd limit (%llu) leaves room to watch %zu holders beside %u leases and %u connections "
+                          "(--max-leases, --max-connections): status counts no holder past that; raise "
+                          "LimitNOFILE= (ulimit -n)", (unsigned long long) rl.rlim_cur, limit, opt->max_leases,
+                          opt->max_connections);
+        return limit < all ? limit : all;
 }
 
 int watch_setup(struct broker *b) {
