@@ -108,15 +108,17 @@ int monitor_record_reserved(unsigned port, bool ours, void *userdata) {
 
 /* --- passing connections ---------------------------------------------------- */
 
-/* Sends connection fd with its peer; -EAGAIN when the channel is full. Consumes fd on anything else. */
+/* Sends connection fd with its peer; -EAGAIN when the channel is full or
+ * the worker is gone (its exit not seen yet: the connection waits for the
+ * next one). Consumes fd on anything else. */
 static int send_conn(struct monitor *m, int fd, const struct peer *p, uint32_t reexec_id) {
         struct privsep_msg msg = { .type = PS_CONN };
         int r;
 
         privsep_peer_to_wire(p, reexec_id, &msg.peer);
         r = m->ev_fd < 0 ? -ENOTCONN : privsep_send(m->ev_fd, &msg, fd, MSG_DONTWAIT);
-        if (r == -EAGAIN)
-                return r;
+        if (r == -EAGAIN || r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN)
+                return -EAGAIN;
         safe_close(fd);                 /* the worker has its own copy now (or the client sees EOF) */
         return r;
 }

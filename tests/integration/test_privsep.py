@@ -11,12 +11,14 @@ import ctypes
 import os
 import pwd
 import re
+import signal
 import socket
 import struct
 import time
 
 import pytest
 
+import rawproto
 from conftest import Binder, Load, tcp_listener_inode, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -82,6 +84,36 @@ def test_worker_killed_under_load_keeps_every_port(broker, procs):
     assert len(workers) == 4, workers
     st = broker.portctl("status", json=True).json
     assert [(x["endpoint"], x["bound"]) for x in st] == [(f"tcp:[::]:{PORT}", True)], st
+
+
+def zombie(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.expect_log(r"event=error: the worker was killed by signal 9")
+def test_a_connection_accepted_as_the_worker_dies_waits_for_the_next(broker):
+    """The monitor may accept a connection after its worker died and before
+    it saw the exit (the channel to the worker already broken): that
+    connection waits for the next worker and is answered, never closed
+    unanswered. The monitor is stopped while the worker dies and the client
+    connects and asks, so that it finds all of it at once."""
+    for i in range(1, 6):
+        worker = broker.worker_pid()
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: zombie(worker), 10, "the worker to die")
+            s = broker.raw(timeout=10)
+            s.sendall(rawproto.msg(rawproto.STATUS, rawproto.STATUS_BODY))
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        kind, hdr, _ = rawproto.answer(s, timeout=20)
+        s.close()
+        assert kind == "reply" and hdr[2] == rawproto.STATUS | rawproto.REPLY, (i, kind, hdr)
+        wait_for(lambda: new_workers(broker) >= i, 10, "a new worker to serve")
 
 
 def worker_channel(broker):
