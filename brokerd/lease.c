@@ -381,6 +381,11 @@ int lease_table_add(struct lease_table *t, struct lease *l) {
                 if (r < 0)
                         return r;
         }
+        if (!t->port_leases) {
+                t->port_leases = calloc(UINT16_MAX + 1, sizeof(*t->port_leases));
+                if (!t->port_leases)
+                        return -ENOMEM;
+        }
         if (t->n == t->by_id_cap) {
                 size_t cap = t->by_id_cap ? t->by_id_cap * 2 : 64;
                 struct lease **by_id = realloc(t->by_id, cap * sizeof(*by_id));
@@ -403,6 +408,7 @@ int lease_table_add(struct lease_table *t, struct lease *l) {
         memmove(&t->by_id[j + 1], &t->by_id[j], (t->n - j) * sizeof(*t->by_id));
         t->by_id[j] = l;
         t->n++;
+        t->port_leases[l->endpoint.port_lo]++;
         return 0;
 }
 
@@ -447,6 +453,7 @@ void lease_table_remove(struct lease_table *t, struct lease *l) {
         if (!found || t->slots[j] != l)
                 return;
         t->slots[j] = TOMBSTONE;
+        t->port_leases[l->endpoint.port_lo]--;
         j = lease_table_after(t, l->id - 1);
         if (j < t->n && t->by_id[j] == l) {
                 memmove(&t->by_id[j], &t->by_id[j + 1], (t->n - j - 1) * sizeof(*t->by_id));
@@ -455,10 +462,7 @@ void lease_table_remove(struct lease_table *t, struct lease *l) {
 }
 
 bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
-        for (size_t i = 0; i < t->n; i++)
-                if (t->by_id[i]->endpoint.port_lo == port)
-                        return true;
-        return false;
+        return t->port_leases && t->port_leases[port] > 0;
 }
 
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
@@ -473,5 +477,6 @@ size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
 void lease_table_done(struct lease_table *t) {
         free(t->slots);
         free(t->by_id);
+        free(t->port_leases);
         *t = (struct lease_table) { 0 };
 }

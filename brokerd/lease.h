@@ -62,6 +62,8 @@ struct lease_table {
         size_t used;                    /* live + tombstones */
         struct lease **by_id;           /* sorted by id */
         size_t n, by_id_cap;
+        uint32_t *port_leases;          /* leases on each port, any transport or address (65,536 counts;
+                                         * untouched pages cost no memory) */
 };
 
 /* Binds a socket for e past the bind guard g (NULL: none): TCP with
