@@ -217,6 +217,12 @@ int mm_watch(struct broker *b);
 /* The epoll sets of listeners and holders, watched by the loop. Returns 0 or -errno. */
 int watch_setup(struct broker *b);
 
+/* Sets how many holders may be watched, once the leases are loaded: the
+ * fds the limit leaves beside the leases (--max-leases, or more if the
+ * database has more), the connections and a reserve; said when fewer than
+ * leases. */
+void watch_limit_holders(struct broker *b);
+
 /* Stops watching; closes the holders' pidfds (after every lease is freed). */
 void watch_done(struct broker *b);
 

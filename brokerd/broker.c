@@ -389,6 +389,8 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
         if (r >= 0)
                 r = store_setup(b);
         if (r >= 0)
+                watch_limit_holders(b);
+        if (r >= 0)
                 r = mm_watch(b);
         if (r < 0)
                 goto fail;

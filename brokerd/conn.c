@@ -372,8 +372,8 @@ void conn_new(struct broker *b, int fd, const struct peer *p) {
          * client with one request (pb_get()) shuts its side down after it:
          * the second read usually sees that end already, and the connection
          * is closed at once, never watched; if not, the watch sees it. */
-        if (!conn_serve(c) || !conn_serve(c))
-                return;
+        if (!conn_serve(c) || b->reexecuting || !conn_serve(c))
+                return;                 /* closed; or carried to the next image with what it has queued */
         r = conn_watch(b, c);
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot watch a new connection: %s", strerror(-r));

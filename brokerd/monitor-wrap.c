@@ -163,17 +163,29 @@ int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *r
         return await_socket(b, id, ret_fd, ret);
 }
 
-void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_socket_done_fn done) {
-        size_t sent = 0;
+/* Requests in flight at start: the monitor's replies wait in its send
+ * buffer (made as ours is, SO_SNDBUF), a reply with its fd taking under
+ * 1 KiB of it, and a reply it cannot send is a worker gone wrong. */
+static size_t sockets_window(const struct broker *b) {
+        int sndbuf = 0;
+        socklen_t len = sizeof(sndbuf);
+        size_t fit;
 
-        /* The monitor answers in order, and never waits for us to read (a
-         * socketpair's queue is bounded by its buffer, which a window of
-         * small replies stays far below): no round trip per lease. */
+        if (getsockopt(b->req_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0 || sndbuf <= 0)
+                return 1;
+        fit = (size_t) sndbuf / 1024;
+        return fit < 1 ? 1 : fit < MM_SOCKETS_WINDOW ? fit : MM_SOCKETS_WINDOW;
+}
+
+void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_socket_done_fn done) {
+        size_t sent = 0, window = sockets_window(b);
+
+        /* The monitor answers in order: no round trip per lease. */
         for (size_t i = 0; i < n; i++) {
                 struct mm_socket got = {};
                 int r;
 
-                for (; sent < n && sent - i < MM_SOCKETS_WINDOW; sent++)
+                for (; sent < n && sent - i < window; sent++)
                         send_socket(b, leases[sent]->id, &leases[sent]->endpoint);
                 r = await_socket(b, leases[i]->id, &leases[i]->sock_fd, &got);
                 done(b, leases[i], r, &got);

@@ -54,24 +54,27 @@ static int on_holders(sd_event_source *s, int fd, uint32_t revents, void *userda
         return 0;
 }
 
-/* Holders the worker can watch: its fd limit, less a lease and a
- * connection at every limit and a reserve; at most one per lease's slot.
- * Fewer than there may be leases is said once. */
-static size_t holders_max(const struct broker_options *opt) {
+/* The worker's fd limit. */
+static size_t fd_limit(void) {
         struct rlimit rl;
-        size_t others = (size_t) opt->max_leases + opt->max_connections + FD_RESERVE;
-        size_t limit, all = (size_t) opt->max_leases * LEASE_HOLDERS_MAX;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
-                rl.rlim_cur = 1024;
-        limit = rl.rlim_cur > others ? (size_t) rl.rlim_cur - others : 0;
-        if (limit < opt->max_leases)
+                return 1024;
+        return (size_t) rl.rlim_cur;
+}
+
+void watch_limit_holders(struct broker *b) {
+        /* The database may hold more leases than --max-leases (an admin lowered it). */
+        size_t leases = b->leases.n > b->opt.max_leases ? b->leases.n : b->opt.max_leases;
+        size_t others = leases + b->opt.max_connections + FD_RESERVE, limit = fd_limit();
+        size_t room = limit > others ? limit - others : 0, all = leases * LEASE_HOLDERS_MAX;
+
+        if (room < leases)
                 log_event(LOG_WARNING, "fd-limit", &(struct log_fields) LOG_FIELDS_NONE,
-                          "the fd limit (%llu) leaves room to watch %zu holders beside %u leases and %u connections "
+                          "the fd limit (%zu) leaves room to watch %zu holders beside %zu leases and %u connections "
                           "(--max-leases, --max-connections): status counts no holder past that; raise "
-                          "LimitNOFILE= (ulimit -n)", (unsigned long long) rl.rlim_cur, limit, opt->max_leases,
-                          opt->max_connections);
-        return limit < all ? limit : all;
+                          "LimitNOFILE= (ulimit -n)", limit, room, leases, b->opt.max_connections);
+        b->holders.max_live = room < all ? room : all;
 }
 
 int watch_setup(struct broker *b) {
@@ -80,7 +83,7 @@ int watch_setup(struct broker *b) {
         b->listeners_fd = epoll_create1(EPOLL_CLOEXEC);
         if (b->listeners_fd < 0)
                 return -errno;
-        r = holder_set_init(&b->holders, holders_max(&b->opt));
+        r = holder_set_init(&b->holders, 0);          /* none until watch_limit_holders() */
         if (r < 0)
                 return r;
         r = sd_event_add_io(b->event, &b->listeners_source, b->listeners_fd, EPOLLIN, on_listeners, b);
@@ -111,9 +114,15 @@ void watch_holder(struct broker *b, struct lease *l, const struct peer *p) {
                 return;
         h = holder_set_find(&b->holders, p->pid);
         if (!h) {
+                if (b->holders.n_live >= b->holders.max_live)
+                        return;
                 /* A new holder: its pidfd, from the connection (the monitor read
                  * the identity; this only watches the process that connected). */
                 pid_fd = p->pid_fd >= 0 ? fcntl(p->pid_fd, F_DUPFD_CLOEXEC, 3) : peer_pidfd(p->conn_fd);
+                /* New fds take the lowest number free: one this high means the
+                 * table is nearly full, whatever the counts say. Not watched. */
+                if (pid_fd >= 0 && (size_t) pid_fd + FD_RESERVE >= fd_limit())
+                        pid_fd = safe_close(pid_fd);
                 if (pid_fd < 0 || holder_set_add(&b->holders, p->pid, pid_fd, &h) < 0)
                         return;
         }

@@ -189,6 +189,35 @@ def test_holders_cannot_exhaust_brokerds_fds(make_broker, procs):
     assert broker.worker_pid() == worker, broker.log()
 
 
+def test_holders_cannot_exhaust_fds_when_the_database_has_more_leases(make_broker, procs):
+    """An admin lowered --max-leases below the leases the database has:
+    the worker holds all 150 of them, and counts them, not the flag, when
+    it works out how many holders its 220 fds leave room for (none here,
+    and it says so). 120 holders later it still serves, never restarted."""
+    broker = make_broker("--max-leases", "200", "--max-leases-per-user", "200")
+    broker.portctl("policy", "add", "tcp:9000-9199", "--user", U1)
+    ports = [f"tcp:127.0.0.1:{9000 + i}" for i in range(150)]
+    for i in range(0, 150, 50):
+        broker.portctl("get", *ports[i:i + 50], uid=U1)
+    broker.stop()
+    broker.args += ["--max-leases", "51", "--max-leases-per-user", "50", "--max-connections", "16",
+                    "--max-connections-per-user", "16"]     # the last of each flag counts
+    broker.wrapper = ["prlimit", "--nofile=220:220"]
+    broker.start()
+    worker = broker.worker_pid()
+    assert [l for l in broker.events("fd-limit") if "room to watch 0 holders beside 150 leases" in l], broker.log()
+    servers = []
+    for i in range(120):
+        servers.append(broker.serve(procs, ports[i], uid=U1, name=f"holder{i}"))
+        if len(servers) % 10 == 0:
+            for s in servers[-10:]:
+                s.wait_ready()
+    assert broker.worker_pid() == worker, broker.log()
+    broker.portctl("status")
+    for s in servers:
+        s.kill9()
+
+
 def systemd_cgroup_root():
     """Where libsystemd reads a process's unit from: the "0::" (cgroup2)
     hierarchy, at /sys/fs/cgroup/unified on a hybrid layout, else /sys/fs/cgroup."""

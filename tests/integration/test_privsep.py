@@ -116,13 +116,33 @@ def test_a_connection_accepted_as_the_worker_dies_waits_for_the_next(broker):
         wait_for(lambda: new_workers(broker) >= i, 10, "a new worker to serve")
 
 
-def worker_channel(broker):
-    """A copy of the worker's request channel (fd 3), as a worker gone bad
-    would write on it."""
+@pytest.mark.expect_log(r"event=error: the worker \(pid \d+\) no longer reads its connections; killing it",
+                        r"event=error: the worker was killed by signal 9")
+def test_a_worker_that_stops_reading_connections_is_replaced(broker):
+    """A worker that shuts its event channel's reading side (what a
+    compromised one could do) leaves the channel writable and broken: the
+    monitor kills it rather than spin waiting for it to drain, and the next
+    worker answers the connection that was waiting."""
+    worker = broker.worker_pid()
+    ev = worker_channel(broker, fd=4)
+    os.kill(worker, signal.SIGSTOP)     # it reads nothing more, nor sees the shutdown
+    ev.shutdown(socket.SHUT_RD)
+    s = broker.raw(timeout=10)
+    s.sendall(rawproto.msg(rawproto.STATUS, rawproto.STATUS_BODY))
+    kind, hdr, _ = rawproto.answer(s, timeout=10)
+    assert kind == "reply" and hdr[2] == rawproto.STATUS | rawproto.REPLY, (kind, hdr)
+    assert broker.worker_pid() != worker
+    ev.close()
+    s.close()
+
+
+def worker_channel(broker, fd=3):
+    """A copy of the worker's request channel (fd 3; its event channel is
+    fd 4), as a worker gone bad would use it."""
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(broker.worker_pid())
     try:
-        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, 3, 0)
+        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
         assert fd >= 0, os.strerror(ctypes.get_errno())
     finally:
         os.close(pidfd)

@@ -15,6 +15,7 @@ control socket and every open control connection across exec().
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import struct
@@ -98,6 +99,24 @@ def test_reexec_is_for_admins_only(broker):
     r = broker.portctl("admin", "reexec", uid=U1, check=1)
     assert "permission denied" in r.stderr or "admin" in r.stderr, r.stderr
     assert not broker.events("reexec")
+
+
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
+def test_a_request_queued_behind_reexec_is_answered_by_the_new_image(broker):
+    """A client that sends its next request right behind REEXEC, both
+    queued before brokerd read either (its monitor is stopped meanwhile):
+    the request behind goes across with the connection, unread, and the new
+    image answers both, in order."""
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        s = broker.raw(timeout=10)
+        s.sendall(reexec_req(1))
+        s.sendall(STATUS_REQ)
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    assert reply_type(s.recv(4096)) == 0x8007
+    assert reply_type(s.recv(4096)) == 0x8003
+    s.close()
 
 
 @pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
