@@ -492,14 +492,28 @@ static bool is_control_connection(const struct monitor *m, int fd) {
                getsockname(m->control_fd, (struct sockaddr *) &b, &lb) == 0 && la == lb && memcmp(&a, &b, la) == 0;
 }
 
+/* The most connections a worker may carry across a re-execution: those it
+ * serves (--max-connections) and those passed to it that it has not read
+ * yet, which the event channel's send buffer bounds (each message with its
+ * fd takes more than 256 bytes of it), and some room. */
+static size_t carry_max(const struct monitor *m) {
+        int sndbuf = 0;
+        socklen_t len = sizeof(sndbuf);
+
+        if (m->ev_fd < 0 || getsockopt(m->ev_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0 || sndbuf <= 0)
+                sndbuf = 1024 * 256;
+        return (size_t) m->opt.max_connections + (size_t) sndbuf / 256 + 64;
+}
+
 static void handle_carry(struct monitor *m, const struct privsep_msg *msg, int fd) {
         struct carried_conn *v, *x;
+        bool too_many = m->n_carried >= carry_max(m);
 
         /* At most what the worker can hold, and only our own connections. */
-        if (m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 || !is_control_connection(m, fd)) {
+        if (too_many || !is_control_connection(m, fd)) {
                 safe_close(fd);
-                worker_abort(m, "carried %s", m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 ?
-                             "more connections than it can have" : "something that is not a control connection");
+                worker_abort(m, "carried %s", too_many ? "more connections than it can have" :
+                             "something that is not a control connection");
                 return;
         }
         v = reallocarray(m->carried, m->n_carried + 1, sizeof(*v));
@@ -822,7 +836,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 
         /* What it said before it went (a re-execution's connections) comes
          * first: what was queued, bounded (the queue's own limit). */
-        for (unsigned i = 0; i < 2 * m->opt.max_connections + 128 && m->req_fd >= 0 &&
+        for (size_t i = 0, most = carry_max(m) + 64; i < most && m->req_fd >= 0 &&
                              sd_event_source_get_enabled(m->req_source, NULL) > 0 && privsep_pending(m->req_fd); i++)
                 on_request(m->req_source, m->req_fd, EPOLLIN, m);
         m->worker_source = sd_event_source_disable_unref(m->worker_source);
