@@ -260,7 +260,7 @@ def bench(build, *args, timeout=600, cpus=None, cgroup=None):
 
 def handoff_servers(a, wd):
     """brokerd and the raw floor server, both ready; the lease tcp:127.0.0.1:9000 is not created yet."""
-    b = Broker(a.build, wd / "p1", ["--max-leases-per-user", 20000, "--max-leases", 20000])
+    b = Broker(a.build, wd / "p1", ["--max-leases-per-user", 2000, "--max-leases", 2000])
     b.dir.mkdir()
     b.start()
     try:
@@ -324,7 +324,8 @@ def part_guard(a, wd):
     against one with --no-guard. Alternated within each run."""
     if not GUARD or not GUARD.ok:
         return {"skipped": GUARD.why if GUARD else "no guard place"}
-    g = Broker(a.build, wd / "p6-guarded", ["--max-leases-per-user", 20000, "--max-leases", 20000])
+    most = max(2000, a.guard_leases + 1)
+    g = Broker(a.build, wd / "p6-guarded", ["--max-leases-per-user", most, "--max-leases", most])
     n = Broker(a.build, wd / "p6-unguarded", ["--no-guard"])
     for b in (g, n):
         b.dir.mkdir()
@@ -545,7 +546,10 @@ def part_breakdown(a, wd, b, raw):
 
 
 def part_scale(a, wd):
-    b = Broker(a.build, wd / "p3", ["--max-leases-per-user", 20000, "--max-leases", 20000, "--max-connections", 1200,
+    # As many leases as the scale needs: each is an fd of brokerd's processes,
+    # and the fds its limit leaves beyond --max-leases are the holders it watches.
+    most = max(a.scale) + 1
+    b = Broker(a.build, wd / "p3", ["--max-leases-per-user", most, "--max-leases", most, "--max-connections", 1200,
                                     "--max-connections-per-user", 1200])
     b.dir.mkdir()
     b.start()

@@ -39,6 +39,8 @@ struct broker {
         sd_event_source *checkpoint_source; /* WAL checkpoint once writes pause */
         struct conn *conns, *conns_tail; /* open control connections, the most recently active
                                          * first: the tail has been idle longest */
+        int conns_fd;                   /* epoll set of the connections watched (conn.c) */
+        sd_event_source *conns_source;
         unsigned n_conns;
         unsigned n_admin_conns;         /* of them, admins' */
         uint64_t refused_conns;         /* refused at a limit, since start */
@@ -47,6 +49,10 @@ struct broker {
         struct policy policy;
         struct store *store;
         struct lease_table leases;
+        int listeners_fd;               /* epoll set of the TCP leases' listeners (watch.c) */
+        sd_event_source *listeners_source;
+        struct holder_set holders;      /* processes that got a lease's socket, until they exit */
+        sd_event_source *holders_source;
         unsigned backlog;               /* --backlog as listen() keeps it: net.core.somaxconn at most */
 };
 
@@ -54,7 +60,7 @@ struct broker {
 struct conn {
         struct broker *broker;
         int sock_fd;                    /* the accepted connection */
-        sd_event_source *io_source;
+        bool watched;                   /* in broker->conns_fd */
         sd_event_source *idle_source;   /* closes the connection after --idle-timeout or --max-connection-age */
         struct peer peer;
         bool admin;                     /* counted against the admins' reserve, never evicted */
@@ -99,6 +105,12 @@ int broker_replace_socket(struct broker *b, struct lease *l, int error, const st
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
 
 /* --- conn.c --- */
+
+/* The epoll set of connections, watched by the loop. Returns 0 or -errno. */
+int conn_setup(struct broker *b);
+
+/* Closes every connection and the set. */
+void conn_done(struct broker *b);
 
 /* Serves fd, whose peer p the monitor identified, making room by closing
  * the longest-idle connection of a non-admin when the table is full, or
@@ -168,6 +180,11 @@ void mm_arm(struct broker *b, unsigned max_leases);
  * has no such lease): *ret_fd, owned by the caller. Returns 0 or -errno. */
 int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
+/* At start: the sockets of n leases, many requests in flight, into each
+ * lease's sock_fd; done() is called for each in order, with 0 or -errno. */
+typedef void (*mm_socket_done_fn)(struct broker *b, struct lease *l, int r, const struct mm_socket *got);
+void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_socket_done_fn done);
+
 /* A fresh socket for lease id in place of one that cannot be repaired. Returns 0 or -errno. */
 int mm_replace(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
 
@@ -196,6 +213,18 @@ void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id);
 int mm_watch(struct broker *b);
 
 /* --- watch.c --- */
+
+/* The epoll sets of listeners and holders, watched by the loop. Returns 0 or -errno. */
+int watch_setup(struct broker *b);
+
+/* Sets how many holders may be watched, once the leases are loaded: the
+ * fds the limit leaves beside the leases (--max-leases, or more if the
+ * database has more), the connections and a reserve; said when fewer than
+ * leases. */
+void watch_limit_holders(struct broker *b);
+
+/* Stops watching; closes the holders' pidfds (after every lease is freed). */
+void watch_done(struct broker *b);
 
 /* Watches l's TCP listener so a holder's shutdown() is repaired at once.
  * Returns 0 (also for UDP or an unbound lease) or -errno. */

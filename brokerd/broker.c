@@ -139,24 +139,15 @@ int broker_lease_bound(struct broker *b, struct lease *l) {
         return 0;
 }
 
-/* Logs how l got the socket the monitor gave it, and records a new one. */
+/* Logs how l got the socket the monitor gave it. */
 static void note_socket(struct broker *b, struct lease *l, const struct mm_socket *got) {
         struct log_fields f = lease_fields(l);
-        int r;
 
-        switch (got->how) {
-        case PS_HOW_KEPT:
+        if (got->how == PS_HOW_KEPT)
                 log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
                           (unsigned long long) l->id);
-                break;
-        case PS_HOW_BOUND:
+        else if (got->how == PS_HOW_BOUND)
                 log_event(LOG_INFO, "rebind", &f, "lease %llu bound again", (unsigned long long) l->id);
-                r = store_lease_set_socket(b->store, l->id, got->cookie, b->boot_id);
-                if (r < 0)
-                        log_event(LOG_WARNING, "error", &f, "cannot record the new socket: %s; a holder that "
-                                  "outlives a broker crash will not be taken back", strerror(-r));
-                break;
-        }
 }
 
 int broker_rebind_lease(struct broker *b, struct lease *l) {
@@ -241,6 +232,21 @@ static int note_reserved(unsigned port, void *userdata) {
  * bound), what the database says of the guard, then takes each lease's
  * socket from it: the one it holds, kept, or bound again. A busy
  * port is an error event; the lease stays, unbound, and is retried. */
+/* At start: lease l got its socket (r == 0), or not. */
+static void restored(struct broker *b, struct lease *l, int r, const struct mm_socket *got) {
+        struct log_fields f = lease_fields(l);
+
+        if (r >= 0) {
+                note_socket(b, l, got);
+                (void) broker_lease_bound(b, l);
+                return;
+        }
+        log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see portctl status) "
+                  "and brokerd retries until the port is free", (unsigned long long) l->id, strerror(-r));
+        broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
+        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+}
+
 static int restore_leases(struct broker *b) {
         char last[PATH_MAX] = "";
         int r;
@@ -258,20 +264,7 @@ static int restore_leases(struct broker *b) {
         mm_arm(b, b->opt.max_leases);
         if (strcmp(last, b->guard_dir) != 0 && store_meta_set(b->store, "guard_dir", b->guard_dir) < 0)
                 log_msg(LOG_WARNING, "cannot record the bind guard's directory %s", b->guard_dir);
-        for (size_t i = 0; i < b->leases.n; i++) {
-                struct lease *l = b->leases.by_id[i];
-
-                r = broker_rebind_lease(b, l);
-                if (r < 0) {
-                        struct log_fields f = lease_fields(l);
-
-                        log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see "
-                                  "portctl status) and brokerd retries until the port is free",
-                                  (unsigned long long) l->id, strerror(-r));
-                        broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
-                        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
-                }
-        }
+        mm_sockets(b, b->leases.by_id, b->leases.n, restored);
         return 0;
 }
 
@@ -371,6 +364,9 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
         b->ev_fd = ev_fd;
         b->backlog = kernel_listen_backlog(opt->backlog);
         b->policy.admin_group = &b->opt.admin_group;
+        b->listeners_fd = -1;
+        b->conns_fd = -1;
+        b->holders.epoll_fd = -1;
 
         /* brokerd's pid and uid (an admin) are the monitor's, as the kernel tells. */
         r = getsockopt(req_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ? -errno : 0;
@@ -385,9 +381,15 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
         }
         r = loop_setup(b);
         if (r >= 0)
+                r = watch_setup(b);
+        if (r >= 0)
+                r = conn_setup(b);
+        if (r >= 0)
                 r = mm_hello(b);
         if (r >= 0)
                 r = store_setup(b);
+        if (r >= 0)
+                watch_limit_holders(b);
         if (r >= 0)
                 r = mm_watch(b);
         if (r < 0)
@@ -426,11 +428,11 @@ int broker_run(struct broker *b) {
 void broker_free(struct broker *b) {
         if (!b)
                 return;
-        while (b->conns)
-                conn_free(b->conns);
+        conn_done(b);
         for (size_t i = 0; i < b->leases.n; i++)
                 lease_free(b->leases.by_id[i]);
         lease_table_done(&b->leases);
+        watch_done(b);
         b->ev_source = sd_event_source_disable_unref(b->ev_source);
         b->flush_source = sd_event_source_disable_unref(b->flush_source);
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);

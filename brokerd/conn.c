@@ -31,6 +31,7 @@
 #include "fdpass.h"
 
 #define USEC_PER_SEC 1000000ULL
+#define CONN_BATCH 64                   /* connections served per turn of the loop */
 
 int conn_send_fd(int sock_fd, const struct pb_msg *reply, int fd) {
         uint8_t buf[PB_MSG_MAX];
@@ -144,12 +145,38 @@ static bool conn_serve(struct conn *c) {
         return true;
 }
 
-static int on_conn_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
-        struct conn *c = userdata;
+/* The connections with something to read, a batch per turn of the loop,
+ * one message each: with a thousand clients busy, a turn costs what its
+ * batch does (a source per connection had sd-event collect every ready
+ * connection from epoll for each one it served). Level-triggered: one
+ * with more to read comes back in a later batch, after the others. */
+static int on_conns(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        struct broker *b = userdata;
+        struct epoll_event evs[CONN_BATCH];
+        int n = epoll_wait(fd, evs, CONN_BATCH, 0);
 
-        if (conn_serve(c))
-                conn_arm_timer(c);
+        for (int i = 0; i < n && !b->reexecuting; i++) {
+                struct conn *c = evs[i].data.ptr;
+
+                /* Serving one never frees another: each entry is alive. */
+                if (conn_serve(c))
+                        conn_arm_timer(c);
+        }
         return 0;
+}
+
+int conn_setup(struct broker *b) {
+        b->conns_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (b->conns_fd < 0)
+                return -errno;
+        return sd_event_add_io(b->event, &b->conns_source, b->conns_fd, EPOLLIN, on_conns, b);
+}
+
+void conn_done(struct broker *b) {
+        while (b->conns)
+                conn_free(b->conns);
+        b->conns_source = sd_event_source_disable_unref(b->conns_source);
+        b->conns_fd = safe_close(b->conns_fd);
 }
 
 static uint64_t conn_idle_deadline(const struct conn *c) {
@@ -184,7 +211,8 @@ static int on_conn_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 void conn_free(struct conn *c) {
         struct broker *b = c->broker;
 
-        c->io_source = sd_event_source_disable_unref(c->io_source);
+        if (c->watched)
+                (void) epoll_ctl(b->conns_fd, EPOLL_CTL_DEL, c->sock_fd, NULL);
         c->idle_source = sd_event_source_disable_unref(c->idle_source);
         c->sock_fd = safe_close(c->sock_fd);
         peer_done(&c->peer);
@@ -280,9 +308,11 @@ static void conn_refuse_new(struct broker *b, struct conn *c, const char *why) {
 
 /* Watches c for requests and for its timer. Returns 0 or -errno. */
 static int conn_watch(struct broker *b, struct conn *c) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
         int r;
 
-        r = sd_event_add_io(b->event, &c->io_source, c->sock_fd, EPOLLIN, on_conn_io, c);
+        r = epoll_ctl(b->conns_fd, EPOLL_CTL_ADD, c->sock_fd, &ev) < 0 ? -errno : 0;
+        c->watched = r >= 0;
         if (r >= 0)
                 r = sd_event_add_time(b->event, &c->idle_source, CLOCK_MONOTONIC, 0, 100 * 1000, on_conn_timer, c);
         if (r >= 0)
@@ -342,8 +372,8 @@ void conn_new(struct broker *b, int fd, const struct peer *p) {
          * client with one request (pb_get()) shuts its side down after it:
          * the second read usually sees that end already, and the connection
          * is closed at once, never watched; if not, the watch sees it. */
-        if (!conn_serve(c) || !conn_serve(c))
-                return;
+        if (!conn_serve(c) || b->reexecuting || !conn_serve(c))
+                return;                 /* closed; or carried to the next image with what it has queued */
         r = conn_watch(b, c);
         if (r < 0) {
                 log_msg(LOG_ERR, "cannot watch a new connection: %s", strerror(-r));

@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
-#include <systemd/sd-event.h>
 #include <unistd.h>
 
 #include "fd-util.h"
@@ -127,9 +127,7 @@ int lease_queued(const struct lease *l) {
 }
 
 void lease_init(struct lease *l) {
-        *l = (struct lease) { .sock_fd = -1 };
-        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
-                l->holders[i].pid_fd = -1;
+        *l = (struct lease) { .sock_fd = -1, .watch_fd = -1 };
 }
 
 void lease_set_endpoint(struct lease *l, const struct pb_endpoint *e) {
@@ -145,33 +143,193 @@ struct lease *lease_new(void) {
         return l;
 }
 
-void lease_holder_clear(struct lease_holder *h) {
-        h->exit_source = sd_event_source_disable_unref(h->exit_source);
-        h->pid_fd = safe_close(h->pid_fd);
-        h->pid = 0;
+int lease_watch(struct lease *l, int epoll_fd) {
+        struct epoll_event ev = { .events = 0, .data.ptr = l };
+
+        if (l->watch_fd >= 0)
+                return 0;
+        if (epoll_ctl(epoll_fd, EPOLL_CTL_ADD, l->sock_fd, &ev) < 0)
+                return -errno;
+        l->watch_fd = epoll_fd;
+        return 0;
 }
 
-unsigned lease_holders_live(const struct lease *l) {
-        unsigned n = 0;
-
-        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
-                n += l->holders[i].pid_fd >= 0;
-        return n;
+void lease_unwatch(struct lease *l) {
+        if (l->watch_fd >= 0)
+                (void) epoll_ctl(l->watch_fd, EPOLL_CTL_DEL, l->sock_fd, NULL);
+        l->watch_fd = -1;
 }
 
 void lease_unbind(struct lease *l) {
-        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        lease_unwatch(l);
         l->sock_fd = safe_close(l->sock_fd);
 }
 
 void lease_free(struct lease *l) {
         if (!l)
                 return;
-        l->hup_source = sd_event_source_disable_unref(l->hup_source);
+        lease_unbind(l);
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
-                lease_holder_clear(&l->holders[i]);
-        l->sock_fd = safe_close(l->sock_fd);
+                holder_unref(l->holders[i]);
         free(l);
+}
+
+/* --- holders ------------------------------------------------------------------ */
+
+static bool holder_alive(const struct lease_holder *h) {
+        return h && h->pid_fd >= 0;
+}
+
+bool lease_held_by(const struct lease *l, pid_t pid) {
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                if (holder_alive(l->holders[i]) && l->holders[i]->pid == pid)
+                        return true;
+        return false;
+}
+
+void lease_add_holder(struct lease *l, struct lease_holder *h) {
+        struct lease_holder **slot = &l->holders[l->holders_next];
+
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                if (l->holders[i] == h)
+                        return;
+        holder_unref(*slot);
+        h->refs++;
+        *slot = h;
+        l->holders_next = (l->holders_next + 1) % LEASE_HOLDERS_MAX;
+}
+
+unsigned lease_holders_live(const struct lease *l) {
+        unsigned n = 0;
+
+        for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
+                n += holder_alive(l->holders[i]);
+        return n;
+}
+
+static struct lease_holder **holder_bucket(const struct holder_set *hs, pid_t pid) {
+        return &hs->buckets[((uint32_t) pid * 2654435761u) & (hs->n_buckets - 1)];
+}
+
+int holder_set_init(struct holder_set *hs, size_t max_live) {
+        *hs = (struct holder_set) { .max_live = max_live, .n_buckets = 64, .epoll_fd = -1 };
+        hs->buckets = calloc(hs->n_buckets, sizeof(*hs->buckets));
+        if (!hs->buckets)
+                return -ENOMEM;
+        hs->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        if (hs->epoll_fd < 0) {
+                int r = -errno;
+
+                free(hs->buckets);
+                hs->buckets = NULL;
+                return r;
+        }
+        return 0;
+}
+
+struct lease_holder *holder_set_find(const struct holder_set *hs, pid_t pid) {
+        for (struct lease_holder *h = *holder_bucket(hs, pid); h; h = h->next)
+                if (h->pid == pid)
+                        return h;
+        return NULL;
+}
+
+/* Twice the buckets once there are as many live holders as buckets. */
+static void holder_set_grow(struct holder_set *hs) {
+        size_t old_n = hs->n_buckets;
+        struct lease_holder **old = hs->buckets, **nb = calloc(old_n * 2, sizeof(*nb));
+
+        if (!nb)
+                return;                 /* longer chains, still correct */
+        hs->buckets = nb;
+        hs->n_buckets = old_n * 2;
+        for (size_t i = 0; i < old_n; i++)
+                for (struct lease_holder *h = old[i], *next; h; h = next) {
+                        struct lease_holder **b = holder_bucket(hs, h->pid);
+
+                        next = h->next;
+                        h->next = *b;
+                        *b = h;
+                }
+        free(old);
+}
+
+int holder_set_add(struct holder_set *hs, pid_t pid, int pid_fd, struct lease_holder **ret) {
+        struct epoll_event ev = { .events = EPOLLIN };
+        struct lease_holder *h, **b;
+
+        if (hs->n_live >= hs->max_live) {
+                safe_close(pid_fd);
+                return -ENOSPC;
+        }
+        h = malloc(sizeof(*h));
+        if (!h) {
+                safe_close(pid_fd);
+                return -ENOMEM;
+        }
+        *h = (struct lease_holder) { .pid = pid, .pid_fd = pid_fd, .set = hs };
+        ev.data.ptr = h;
+        /* A pidfd turns readable when its process exits. */
+        if (epoll_ctl(hs->epoll_fd, EPOLL_CTL_ADD, pid_fd, &ev) < 0) {
+                int r = -errno;
+
+                safe_close(pid_fd);
+                free(h);
+                return r;
+        }
+        if (hs->n_live >= hs->n_buckets)
+                holder_set_grow(hs);
+        b = holder_bucket(hs, pid);
+        h->next = *b;
+        *b = h;
+        hs->n_live++;
+        *ret = h;
+        return 0;
+}
+
+/* h's process exited, or no lease lists it any more: out of the set, its pidfd closed. */
+static void holder_forget(struct lease_holder *h) {
+        struct holder_set *hs = h->set;
+
+        if (h->pid_fd < 0)
+                return;
+        for (struct lease_holder **p = holder_bucket(hs, h->pid); *p; p = &(*p)->next)
+                if (*p == h) {
+                        *p = h->next;
+                        break;
+                }
+        (void) epoll_ctl(hs->epoll_fd, EPOLL_CTL_DEL, h->pid_fd, NULL);
+        h->pid_fd = safe_close(h->pid_fd);
+        h->next = NULL;
+        hs->n_live--;
+}
+
+void holder_unref(struct lease_holder *h) {
+        if (!h || (h->refs > 0 && --h->refs > 0))
+                return;
+        holder_forget(h);
+        free(h);
+}
+
+void holder_set_reap(struct holder_set *hs) {
+        struct epoll_event evs[64];
+        int n = epoll_wait(hs->epoll_fd, evs, (int) (sizeof(evs) / sizeof(evs[0])), 0);
+
+        for (int i = 0; i < n; i++)
+                holder_forget(evs[i].data.ptr);         /* leases still list it, dead */
+}
+
+void holder_set_done(struct holder_set *hs) {
+        for (size_t i = 0; hs->buckets && i < hs->n_buckets; i++)
+                while (hs->buckets[i]) {
+                        struct lease_holder *h = hs->buckets[i];
+
+                        holder_forget(h);
+                        free(h);
+                }
+        free(hs->buckets);
+        hs->buckets = NULL;
+        hs->epoll_fd = safe_close(hs->epoll_fd);
 }
 
 /* FNV-1a over the endpoint's wire form. */
@@ -223,6 +381,11 @@ int lease_table_add(struct lease_table *t, struct lease *l) {
                 if (r < 0)
                         return r;
         }
+        if (!t->port_leases) {
+                t->port_leases = calloc(UINT16_MAX + 1, sizeof(*t->port_leases));
+                if (!t->port_leases)
+                        return -ENOMEM;
+        }
         if (t->n == t->by_id_cap) {
                 size_t cap = t->by_id_cap ? t->by_id_cap * 2 : 64;
                 struct lease **by_id = realloc(t->by_id, cap * sizeof(*by_id));
@@ -245,6 +408,7 @@ int lease_table_add(struct lease_table *t, struct lease *l) {
         memmove(&t->by_id[j + 1], &t->by_id[j], (t->n - j) * sizeof(*t->by_id));
         t->by_id[j] = l;
         t->n++;
+        t->port_leases[l->endpoint.port_lo]++;
         return 0;
 }
 
@@ -289,6 +453,7 @@ void lease_table_remove(struct lease_table *t, struct lease *l) {
         if (!found || t->slots[j] != l)
                 return;
         t->slots[j] = TOMBSTONE;
+        t->port_leases[l->endpoint.port_lo]--;
         j = lease_table_after(t, l->id - 1);
         if (j < t->n && t->by_id[j] == l) {
                 memmove(&t->by_id[j], &t->by_id[j + 1], (t->n - j - 1) * sizeof(*t->by_id));
@@ -297,10 +462,7 @@ void lease_table_remove(struct lease_table *t, struct lease *l) {
 }
 
 bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
-        for (size_t i = 0; i < t->n; i++)
-                if (t->by_id[i]->endpoint.port_lo == port)
-                        return true;
-        return false;
+        return t->port_leases && t->port_leases[port] > 0;
 }
 
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
@@ -315,5 +477,6 @@ size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
 void lease_table_done(struct lease_table *t) {
         free(t->slots);
         free(t->by_id);
+        free(t->port_leases);
         *t = (struct lease_table) { 0 };
 }

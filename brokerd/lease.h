@@ -17,14 +17,28 @@
 
 #define LEASE_HOLDERS_MAX 4             /* recipients watched per lease */
 
-struct sd_event_source;
 struct guard;
+struct holder_set;
 
-/* A process that got the socket, watched through its pidfd until it exits. */
+/* A process that got a lease's socket, watched through its pidfd until it
+ * exits: one per process, shared by every lease that lists it (a server
+ * holding 10,000 leases costs one pidfd), freed once no lease does. */
 struct lease_holder {
-        pid_t pid;                      /* 0: empty */
-        int pid_fd;                     /* its pidfd, -1: empty */
-        struct sd_event_source *exit_source; /* the broker's watch on pid_fd */
+        pid_t pid;
+        int pid_fd;                     /* -1 once it exited */
+        unsigned refs;                  /* leases listing it */
+        struct holder_set *set;
+        struct lease_holder *next;      /* in set's hash chain, while alive */
+};
+
+/* The live holders by pid, their pidfds in one epoll set (readable when
+ * one of them exits: holder_set_reap()), at most max_live of them (each
+ * is an fd). */
+struct holder_set {
+        struct lease_holder **buckets;
+        size_t n_buckets;               /* power of two */
+        size_t n_live, max_live;
+        int epoll_fd;                   /* -1 before holder_set_init() */
 };
 
 struct lease {
@@ -37,9 +51,9 @@ struct lease {
         unsigned backlog;               /* TCP listen() backlog, as the kernel keeps it (net.core.somaxconn at most) */
         uint64_t handouts;              /* gets served since the broker started */
         bool declared;                  /* monitor: the current worker's database has it */
-        struct lease_holder holders[LEASE_HOLDERS_MAX]; /* recent distinct live recipients */
+        int watch_fd;                   /* the epoll set watching sock_fd (the worker's), -1: none */
+        struct lease_holder *holders[LEASE_HOLDERS_MAX]; /* recent distinct recipients, NULL: empty */
         unsigned holders_next;          /* ring position */
-        struct sd_event_source *hup_source; /* the broker's watch on the listener */
 };
 
 struct lease_table {
@@ -48,6 +62,8 @@ struct lease_table {
         size_t used;                    /* live + tombstones */
         struct lease **by_id;           /* sorted by id */
         size_t n, by_id_cap;
+        uint32_t *port_leases;          /* leases on each port, any transport or address (65,536 counts;
+                                         * untouched pages cost no memory) */
 };
 
 /* Binds a socket for e past the bind guard g (NULL: none): TCP with
@@ -89,11 +105,44 @@ void lease_free(struct lease *l);
 /* Closes l's socket (and stops watching it); the lease itself stays. */
 void lease_unbind(struct lease *l);
 
-/* Forgets holder h: stops watching it and closes its pidfd. */
-void lease_holder_clear(struct lease_holder *h);
+/* Watches l's socket in epoll set epoll_fd (no events asked for: EPOLLHUP
+ * and EPOLLERR come anyway; data.ptr is l), unless it is watched already.
+ * Returns 0 or -errno. */
+int lease_watch(struct lease *l, int epoll_fd);
+
+/* Stops watching l's socket (before it is closed: another process's copy
+ * would keep it in the set). */
+void lease_unwatch(struct lease *l);
+
+/* Lists h among l's holders (a ring: the oldest entry gives way), unless it is listed. */
+void lease_add_holder(struct lease *l, struct lease_holder *h);
+
+/* Whether a live holder with pid is among l's. */
+bool lease_held_by(const struct lease *l, pid_t pid);
 
 /* Holders of l still alive (as far as their watches have told). */
 unsigned lease_holders_live(const struct lease *l);
+
+/* An empty set for at most max_live holders. Returns 0 or -errno. */
+int holder_set_init(struct holder_set *hs, size_t max_live);
+
+/* The live holder with pid, or NULL. */
+struct lease_holder *holder_set_find(const struct holder_set *hs, pid_t pid);
+
+/* A new live holder, watched through pid_fd (consumed): unlisted until
+ * lease_add_holder(), so free it with holder_unref() if it never is.
+ * Returns 0, -ENOSPC (max_live reached) or -errno. */
+int holder_set_add(struct holder_set *hs, pid_t pid, int pid_fd, struct lease_holder **ret);
+
+/* Takes note of the holders that exited (the epoll set is readable):
+ * their pidfds closed, each counted dead by the leases that list it. */
+void holder_set_reap(struct holder_set *hs);
+
+/* Drops a lease's reference to h (freed with the last one). */
+void holder_unref(struct lease_holder *h);
+
+/* Closes every live holder's pidfd and the epoll set (after the leases that list them are freed). */
+void holder_set_done(struct holder_set *hs);
 
 /* Adds l to the index (not copied, not owned: l is freed with lease_free()
  * by whoever added it, after lease_table_remove(), or for all leases at

@@ -24,9 +24,11 @@
 #include "privsep.h"
 
 #define REPLY_TIMEOUT_MS (30 * 1000)    /* well above the re-execution check's 3 s */
+#define MM_SOCKETS_WINDOW 32            /* PS_SOCKET requests in flight at start */
 
 static void __attribute__((noreturn)) monitor_lost(struct broker *b, const char *what, int r) {
-        if (r == -ENOTCONN)
+        /* Closed, or killed with our messages unread (ECONNRESET, EPIPE): gone. */
+        if (r == -ENOTCONN || r == -ECONNRESET || r == -EPIPE)
                 log_event(LOG_NOTICE, "worker", &(struct log_fields) LOG_FIELDS_NONE, "the monitor is gone; the "
                           "worker stops");
         else
@@ -50,14 +52,12 @@ static void send_request(struct broker *b, const struct privsep_msg *m, int fd) 
                 monitor_lost(b, "takes no request", r);
 }
 
-/* Sends m and waits for its reply of type reply_type; its fd (-1 if none)
- * into *ret_fd, or closed when ret_fd is NULL. */
-static void ask(struct broker *b, const struct privsep_msg *m, uint8_t reply_type, struct privsep_msg *ret,
-                int *ret_fd) {
+/* Waits for the reply to the oldest request not answered yet, of type
+ * reply_type; its fd (-1 if none) into *ret_fd, or closed when ret_fd is NULL. */
+static void await_reply(struct broker *b, uint8_t reply_type, struct privsep_msg *ret, int *ret_fd) {
         struct pollfd pfd = { .fd = b->req_fd, .events = POLLIN };
         int fd = -1, r;
 
-        send_request(b, m, -1);
         for (;;) {
                 do
                         r = poll(&pfd, 1, REPLY_TIMEOUT_MS);
@@ -80,6 +80,13 @@ static void ask(struct broker *b, const struct privsep_msg *m, uint8_t reply_typ
                 *ret_fd = fd;
         else
                 safe_close(fd);
+}
+
+/* Sends m and waits for its reply (see await_reply()). */
+static void ask(struct broker *b, const struct privsep_msg *m, uint8_t reply_type, struct privsep_msg *ret,
+                int *ret_fd) {
+        send_request(b, m, -1);
+        await_reply(b, reply_type, ret, ret_fd);
 }
 
 /* The monitor's PS_STATE: the guard's state into b. */
@@ -128,13 +135,12 @@ void mm_arm(struct broker *b, unsigned max_leases) {
         take_state(b, &r);
 }
 
-/* The reply to PS_SOCKET or PS_REPLACE for lease id. Returns 0 or -errno. */
-static int socket_reply(struct broker *b, const struct privsep_msg *m, uint64_t id, int *ret_fd,
-                        struct mm_socket *ret) {
+/* Waits for the reply to PS_SOCKET or PS_REPLACE for lease id. Returns 0 or -errno. */
+static int await_socket(struct broker *b, uint64_t id, int *ret_fd, struct mm_socket *ret) {
         struct privsep_msg r;
         int fd = -1;
 
-        ask(b, m, PS_SOCKET_REPLY, &r, &fd);
+        await_reply(b, PS_SOCKET_REPLY, &r, &fd);
         if (r.socket.lease_id != id) {
                 safe_close(fd);
                 monitor_lost(b, "answered for another lease", -EPROTO);
@@ -146,16 +152,51 @@ static int socket_reply(struct broker *b, const struct privsep_msg *m, uint64_t 
         return 0;
 }
 
-int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret) {
+static void send_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e) {
         struct privsep_msg m = { .type = PS_SOCKET, .lease = { .lease_id = id, .endpoint = *e } };
 
-        return socket_reply(b, &m, id, ret_fd, ret);
+        send_request(b, &m, -1);
+}
+
+int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret) {
+        send_socket(b, id, e);
+        return await_socket(b, id, ret_fd, ret);
+}
+
+/* Requests in flight at start: the monitor's replies wait in its send
+ * buffer (made as ours is, SO_SNDBUF), a reply with its fd taking under
+ * 1 KiB of it, and a reply it cannot send is a worker gone wrong. */
+static size_t sockets_window(const struct broker *b) {
+        int sndbuf = 0;
+        socklen_t len = sizeof(sndbuf);
+        size_t fit;
+
+        if (getsockopt(b->req_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0 || sndbuf <= 0)
+                return 1;
+        fit = (size_t) sndbuf / 1024;
+        return fit < 1 ? 1 : fit < MM_SOCKETS_WINDOW ? fit : MM_SOCKETS_WINDOW;
+}
+
+void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_socket_done_fn done) {
+        size_t sent = 0, window = sockets_window(b);
+
+        /* The monitor answers in order: no round trip per lease. */
+        for (size_t i = 0; i < n; i++) {
+                struct mm_socket got = {};
+                int r;
+
+                for (; sent < n && sent - i < window; sent++)
+                        send_socket(b, leases[sent]->id, &leases[sent]->endpoint);
+                r = await_socket(b, leases[i]->id, &leases[i]->sock_fd, &got);
+                done(b, leases[i], r, &got);
+        }
 }
 
 int mm_replace(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret) {
         struct privsep_msg m = { .type = PS_REPLACE, .id.lease_id = id };
 
-        return socket_reply(b, &m, id, ret_fd, ret);
+        send_request(b, &m, -1);
+        return await_socket(b, id, ret_fd, ret);
 }
 
 void mm_release(struct broker *b, uint64_t id) {
@@ -244,7 +285,7 @@ static int on_monitor_event(sd_event_source *s, int fd, uint32_t revents, void *
         r = privsep_recv(b->ev_fd, &m, &msg_fd, MSG_DONTWAIT);
         if (r == -EAGAIN)
                 return 0;
-        if (r == -ENOTCONN)
+        if (r == -ENOTCONN || r == -ECONNRESET)
                 monitor_lost(b, "is gone", r);
         if (r < 0 || (m.type != PS_CONN && m.type != PS_RESERVED)) {
                 safe_close(msg_fd);

@@ -108,7 +108,10 @@ int monitor_record_reserved(unsigned port, bool ours, void *userdata) {
 
 /* --- passing connections ---------------------------------------------------- */
 
-/* Sends connection fd with its peer; -EAGAIN when the channel is full. Consumes fd on anything else. */
+/* Sends connection fd with its peer. Returns 0; -EAGAIN when the channel
+ * is full, -EPIPE when the worker no longer reads it (gone, its exit not
+ * seen yet): the connection waits either way, fd kept. Consumes fd on
+ * anything else. */
 static int send_conn(struct monitor *m, int fd, const struct peer *p, uint32_t reexec_id) {
         struct privsep_msg msg = { .type = PS_CONN };
         int r;
@@ -117,8 +120,30 @@ static int send_conn(struct monitor *m, int fd, const struct peer *p, uint32_t r
         r = m->ev_fd < 0 ? -ENOTCONN : privsep_send(m->ev_fd, &msg, fd, MSG_DONTWAIT);
         if (r == -EAGAIN)
                 return r;
+        if (r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN)
+                return -EPIPE;
         safe_close(fd);                 /* the worker has its own copy now (or the client sees EOF) */
         return r;
+}
+
+/* The event channel is full (-EAGAIN: passing resumes once it is writable)
+ * or broken (-EPIPE): a worker that exited is replaced once its exit is
+ * seen; one still running that no longer reads its connections is killed
+ * (waiting for the channel to drain would spin: a broken one stays
+ * writable). */
+static void channel_stuck(struct monitor *m, int r) {
+        siginfo_t si = { 0 };
+
+        if (r == -EAGAIN) {
+                if (m->ev_source)
+                        sd_event_source_set_io_events(m->ev_source, EPOLLIN | EPOLLOUT);
+                return;
+        }
+        if (m->ev_source)
+                sd_event_source_set_io_events(m->ev_source, EPOLLIN);
+        if (m->worker_pid > 0 && waitid(P_PID, (id_t) m->worker_pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            si.si_pid == 0)
+                worker_abort(m, "no longer reads its connections");
 }
 
 void monitor_pass_conn(struct monitor *m, int fd, struct peer *p, uint32_t reexec_id) {
@@ -126,15 +151,15 @@ void monitor_pass_conn(struct monitor *m, int fd, struct peer *p, uint32_t reexe
         /* In order: behind what waits; and while no worker serves, it waits too. */
         int r = m->n_pending || m->worker_state != WORKER_SERVING ? -EAGAIN : send_conn(m, fd, p, reexec_id);
 
-        if (r == -EAGAIN) {
-                /* The worker is behind: this one waits, in order, and accepting pauses. */
+        if (r == -EAGAIN || r == -EPIPE) {
+                /* The worker is behind, or gone: this one waits, in order, and accepting pauses. */
                 v = reallocarray(m->pending, m->n_pending + 1, sizeof(*v));
                 if (v) {
                         m->pending = v;
                         v[m->n_pending++] = (struct pending_conn) { .fd = fd, .peer = *p, .reexec_id = reexec_id };
                         control_resume(m, false);
-                        if (m->ev_source)
-                                sd_event_source_set_io_events(m->ev_source, EPOLLIN | EPOLLOUT);
+                        if (m->worker_state == WORKER_SERVING)
+                                channel_stuck(m, r);
                         return;
                 }
                 safe_close(fd);
@@ -149,14 +174,15 @@ void monitor_pass_conn(struct monitor *m, int fd, struct peer *p, uint32_t reexe
  * waits goes, in order, and accepting resumes once none is left. */
 static void pass_pending(struct monitor *m) {
         size_t i = 0;
+        int r = 0;
 
         if (m->worker_state != WORKER_SERVING)
                 return;
         while (i < m->n_pending) {
                 struct pending_conn *x = &m->pending[i];
-                int r = send_conn(m, x->fd, &x->peer, x->reexec_id);
 
-                if (r == -EAGAIN)
+                r = send_conn(m, x->fd, &x->peer, x->reexec_id);
+                if (r == -EAGAIN || r == -EPIPE)
                         break;
                 if (r < 0)
                         log_msg(LOG_WARNING, "cannot pass a connection to the worker: %s", strerror(-r));
@@ -166,8 +192,10 @@ static void pass_pending(struct monitor *m) {
         if (i > 0 && i < m->n_pending)
                 memmove(m->pending, m->pending + i, (m->n_pending - i) * sizeof(*m->pending));
         m->n_pending -= i;
-        if (m->n_pending)
+        if (m->n_pending) {
+                channel_stuck(m, r);
                 return;
+        }
         if (m->ev_source)
                 sd_event_source_set_io_events(m->ev_source, EPOLLIN);
         if (m->worker_state == WORKER_SERVING)
@@ -464,14 +492,28 @@ static bool is_control_connection(const struct monitor *m, int fd) {
                getsockname(m->control_fd, (struct sockaddr *) &b, &lb) == 0 && la == lb && memcmp(&a, &b, la) == 0;
 }
 
+/* The most connections a worker may carry across a re-execution: those it
+ * serves (--max-connections) and those passed to it that it has not read
+ * yet, which the event channel's send buffer bounds (each message with its
+ * fd takes more than 256 bytes of it), and some room. */
+static size_t carry_max(const struct monitor *m) {
+        int sndbuf = 0;
+        socklen_t len = sizeof(sndbuf);
+
+        if (m->ev_fd < 0 || getsockopt(m->ev_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &len) < 0 || sndbuf <= 0)
+                sndbuf = 1024 * 256;
+        return (size_t) m->opt.max_connections + (size_t) sndbuf / 256 + 64;
+}
+
 static void handle_carry(struct monitor *m, const struct privsep_msg *msg, int fd) {
         struct carried_conn *v, *x;
+        bool too_many = m->n_carried >= carry_max(m);
 
         /* At most what the worker can hold, and only our own connections. */
-        if (m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 || !is_control_connection(m, fd)) {
+        if (too_many || !is_control_connection(m, fd)) {
                 safe_close(fd);
-                worker_abort(m, "carried %s", m->n_carried >= 2 * (size_t) m->opt.max_connections + 64 ?
-                             "more connections than it can have" : "something that is not a control connection");
+                worker_abort(m, "carried %s", too_many ? "more connections than it can have" :
+                             "something that is not a control connection");
                 return;
         }
         v = reallocarray(m->carried, m->n_carried + 1, sizeof(*v));
@@ -794,7 +836,7 @@ static int on_worker_exit(sd_event_source *s, const siginfo_t *si, void *userdat
 
         /* What it said before it went (a re-execution's connections) comes
          * first: what was queued, bounded (the queue's own limit). */
-        for (unsigned i = 0; i < 2 * m->opt.max_connections + 128 && m->req_fd >= 0 &&
+        for (size_t i = 0, most = carry_max(m) + 64; i < most && m->req_fd >= 0 &&
                              sd_event_source_get_enabled(m->req_source, NULL) > 0 && privsep_pending(m->req_fd); i++)
                 on_request(m->req_source, m->req_fd, EPOLLIN, m);
         m->worker_source = sd_event_source_disable_unref(m->worker_source);

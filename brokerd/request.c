@@ -187,8 +187,7 @@ static bool get_ready_socket(struct conn *c, const struct pb_msg *req, struct pb
         }
         if (r > 0) {
                 log_repairs(&f, r);
-                if (l->hup_source)
-                        sd_event_source_set_enabled(l->hup_source, SD_EVENT_ON);
+                (void) watch_listener(c->broker, l);  /* again, if an error had stopped it */
         }
         return true;
 }

@@ -35,7 +35,6 @@ enum stmt {
         ST_LEASE_ADD,
         ST_LEASE_NEXT_ID,
         ST_LEASE_REMOVE,
-        ST_LEASE_SOCKET,
         ST_LEASES,
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
@@ -65,7 +64,6 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_LEASE_NEXT_ID] = "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'leases'), 0), "
                              "coalesce((SELECT max(id) FROM leases), 0)) + 1",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
-        [ST_LEASE_SOCKET] = "UPDATE leases SET socket_cookie = ?, boot_id = ? WHERE id = ?",
         [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
@@ -398,23 +396,6 @@ int store_lease_next_id(struct store *s, uint64_t *ret) {
         return r;
 }
 
-int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id) {
-        sqlite3_stmt *st = s->stmt[ST_LEASE_SOCKET];
-        int r = tx_begin(s);
-
-        if (r < 0)
-                return r;
-        sqlite3_bind_int64(st, 1, (sqlite3_int64) cookie);
-        sqlite3_bind_text(st, 2, boot_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64) id);
-        r = write_pending(s);
-        if (r >= 0)
-                r = run(s, ST_LEASE_SOCKET);
-        if (r >= 0 && sqlite3_changes(s->db) == 0)
-                r = -ENOENT;
-        return tx_end(s, r);
-}
-
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev) {
         return remove_by_id(s, ST_LEASE_REMOVE, id, ev);
 }
@@ -637,7 +618,13 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
         }
         sqlite3_extended_result_codes(s->db, 1);
         sqlite3_busy_timeout(s->db, 5000);
-
+        /* A small page cache (256 KiB, not 2 MiB): only start-up reads the
+         * whole database (the check, the leases); a get reads none of it. */
+        r = query_int(s->db, "PRAGMA cache_size=-256", NULL);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(s->db));
+                goto fail;
+        }
         r = check_integrity(s->db, errbuf, errlen);
         if (r < 0)
                 goto fail;

@@ -42,7 +42,8 @@ struct store_lease {
         struct pb_endpoint endpoint;
         uid_t owner_uid;
         int64_t created;
-        uint64_t socket_cookie;         /* SO_COOKIE of the broker's socket, 0: none */
+        uint64_t socket_cookie;         /* SO_COOKIE of the socket it was created with (a record
+                                         * only: brokerd never takes a socket back by it), 0: none */
         char boot_id[STORE_BOOT_ID_MAX]; /* boot the cookie belongs to */
 };
 
@@ -69,9 +70,6 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
 
 /* The id the next lease gets (one no lease ever had). Returns 0 or -errno. */
 int store_lease_next_id(struct store *s, uint64_t *ret);
-
-/* Durable: records which socket (cookie, boot) lease id now has. */
-int store_lease_set_socket(struct store *s, uint64_t id, uint64_t cookie, const char *boot_id);
 
 /* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);

@@ -542,33 +542,43 @@ class Broker:
         """The fds brokerd has once ready, after one round trip (lazily
         opened fds included) and with no client connected, less those its
         leases explain (two sockets per bound lease, the monitor's and the
-        worker's; one pidfd per holder). What teardown compares with
+        worker's; the holders' pidfds). What teardown compares with
         (check_fds)."""
         def steady():
             bound, holders = self._leases_now()
-            a = self.fd_census()[0]
-            b = self.fd_census()[0]
-            return (a, bound, holders) if a == b and self.connections() == 0 else None
-        kinds, bound, holders = wait_for(steady, 10, "brokerd's fds to settle after start")
+            a = self.fd_census()
+            b = self.fd_census()
+            return (a, bound) if a == b and self.connections() == 0 else None
+        (kinds, pids), bound = wait_for(steady, 10, "brokerd's fds to settle after start")
         base = dict(kinds)
         base["socket"] = base.get("socket", 0) - 2 * bound
-        base["pidfd"] = base.get("pidfd", 0) - holders
-        assert base["pidfd"] >= 0 and base["socket"] >= 1, \
-            f"brokerd's fds after start do not match its leases ({bound} bound, {holders} holders): {kinds}"
+        base["pidfd"] = base.get("pidfd", 0) - len(self._holder_pids(pids))
+        assert base["socket"] >= 1, f"brokerd's fds after start do not match its {bound} bound leases: {kinds}"
         return base
 
+    def _holder_pids(self, pids):
+        """The pids of the holders' pidfds: every pidfd but the monitor's on its worker."""
+        worker = self.worker_pid()
+        return [p for p in pids if p != worker]
+
     def fds_explained(self):
-        """None when the fds are what fd_base and the leases explain, else why not."""
+        """None when the fds are what fd_base and the leases explain, else
+        why not. A holder is one pidfd however many leases it holds: one
+        per live process, no more than the leases count holders."""
         bound, holders = self._leases_now()
         kinds, pids = self.fd_census()
+        held = self._holder_pids(pids)
         want = dict(self.fd_base)
         want["socket"] += 2 * bound
-        want["pidfd"] += holders
+        want["pidfd"] += len(held)
         gone = [p for p in pids if p <= 0 or not _alive(p)]
-        if {k: v for k, v in kinds.items() if v} == {k: v for k, v in want.items() if v} and not gone:
+        twice = sorted({p for p in held if held.count(p) > 1})
+        if ({k: v for k, v in kinds.items() if v} == {k: v for k, v in want.items() if v} and not gone
+                and not twice and len(held) <= holders and (holders == 0) == (not held)):
             return None
-        return (f"brokerd holds {kinds}, expected {want} ({bound} bound leases, {holders} live holders); "
-                f"pidfds of exited processes: {gone}; fds: {sorted(self.fds())}")
+        return (f"brokerd holds {kinds}, expected {want} ({bound} bound leases, {holders} live holders, "
+                f"pidfds of {len(held)} holders); pidfds of exited processes: {gone}; more than one pidfd "
+                f"for: {twice}; fds: {sorted(self.fds())}")
 
     def check_fds(self, timeout=10.0):
         """Waits (holders' pidfds are closed when brokerd sees their exit)

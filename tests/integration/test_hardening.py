@@ -141,6 +141,83 @@ def test_holders_counted_until_they_exit(broker, procs):
              "brokerd to close the holder's pidfd")
 
 
+def test_one_pidfd_per_holder_however_many_leases(broker, procs):
+    """A server holding 40 leases is one process to watch: brokerd keeps one
+    pidfd for it, not one per lease (10,000 leases held by one server once
+    cost 10,000 pidfds and took brokerd's worker past its fd limit)."""
+    ports = range(9000, 9040)
+    broker.portctl("policy", "add", "tcp:9000-9039", "--user", U1)
+    srv = broker.serve(procs, list(ports), uid=U1)
+    pid = srv.wait_ready()
+    st = broker.portctl("status", json=True).json
+    assert len(st) == 40 and all(l["holders"] == 1 for l in st), st
+    assert broker.fd_census()[1].count(pid) == 1, broker.fd_census()
+    srv.kill9()
+    wait_for(lambda: all(l["holders"] == 0 for l in broker.portctl("status", json=True).json), 5,
+             "holders to drop to 0 once the server exited")
+    wait_for(lambda: pid not in broker.fd_census()[1], 5, "brokerd to close the holder's pidfd")
+
+
+def test_holders_cannot_exhaust_brokerds_fds(make_broker, procs):
+    """Another uid's 200 processes, four on each of its 50 leases, would
+    have the worker watch 200 pidfds beside its 50 sockets: past a 220-fd
+    limit, where it could no longer take a socket or a connection from the
+    monitor. brokerd watches only as many holders as its fd limit spares
+    (220 - 51 leases - 16 connections - 64 in reserve = 89): every get is
+    served, the worker never restarts, and root is served after."""
+    broker = make_broker("--max-leases", "51", "--max-connections", "16", "--max-connections-per-user", "16",
+                         "--max-leases-per-user", "50", wrapper=["prlimit", "--nofile=220:220"])
+    worker = broker.worker_pid()
+    broker.portctl("policy", "add", "tcp:9000-9049", "--user", U1)
+    servers = []
+    for i in range(200):
+        servers.append(broker.serve(procs, 9000 + i % 50, uid=U1, name=f"holder{i}"))
+        if len(servers) % 10 == 0:          # within the connection limits: ten at a time
+            for s in servers[-10:]:
+                s.wait_ready()
+    st = broker.portctl("status", json=True).json
+    holders = sum(l["holders"] for l in st)
+    assert len(st) == 50 and 1 <= holders <= 89, st
+    assert broker.worker_pid() == worker, broker.log()
+    kinds, pids = broker.fd_census()
+    assert len(broker._holder_pids(pids)) == holders, (kinds, holders)
+    broker.portctl("policy", "add", "tcp:9100", "--user", "0")
+    broker.portctl("get", "9100")
+    for s in servers:
+        s.kill9()
+    wait_for(lambda: not broker._holder_pids(broker.fd_census()[1]), 30, "brokerd to close the holders' pidfds")
+    assert broker.worker_pid() == worker, broker.log()
+
+
+def test_holders_cannot_exhaust_fds_when_the_database_has_more_leases(make_broker, procs):
+    """An admin lowered --max-leases below the leases the database has:
+    the worker holds all 150 of them, and counts them, not the flag, when
+    it works out how many holders its 220 fds leave room for (none here,
+    and it says so). 120 holders later it still serves, never restarted."""
+    broker = make_broker("--max-leases", "200", "--max-leases-per-user", "200")
+    broker.portctl("policy", "add", "tcp:9000-9199", "--user", U1)
+    ports = [f"tcp:127.0.0.1:{9000 + i}" for i in range(150)]
+    for i in range(0, 150, 50):
+        broker.portctl("get", *ports[i:i + 50], uid=U1)
+    broker.stop()
+    broker.args += ["--max-leases", "51", "--max-leases-per-user", "50", "--max-connections", "16",
+                    "--max-connections-per-user", "16"]     # the last of each flag counts
+    broker.wrapper = ["prlimit", "--nofile=220:220"]
+    broker.start()
+    worker = broker.worker_pid()
+    assert [l for l in broker.events("fd-limit") if "room to watch 0 holders beside 150 leases" in l], broker.log()
+    servers = []
+    for i in range(120):
+        servers.append(broker.serve(procs, ports[i], uid=U1, name=f"holder{i}"))
+        if len(servers) % 10 == 0:
+            for s in servers[-10:]:
+                s.wait_ready()
+    assert broker.worker_pid() == worker, broker.log()
+    broker.portctl("status")
+    for s in servers:
+        s.kill9()
+
+
 def systemd_cgroup_root():
     """Where libsystemd reads a process's unit from: the "0::" (cgroup2)
     hierarchy, at /sys/fs/cgroup/unified on a hybrid layout, else /sys/fs/cgroup."""

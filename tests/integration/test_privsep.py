@@ -11,12 +11,14 @@ import ctypes
 import os
 import pwd
 import re
+import signal
 import socket
 import struct
 import time
 
 import pytest
 
+import rawproto
 from conftest import Binder, Load, tcp_listener_inode, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -84,13 +86,63 @@ def test_worker_killed_under_load_keeps_every_port(broker, procs):
     assert [(x["endpoint"], x["bound"]) for x in st] == [(f"tcp:[::]:{PORT}", True)], st
 
 
-def worker_channel(broker):
-    """A copy of the worker's request channel (fd 3), as a worker gone bad
-    would write on it."""
+def zombie(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.expect_log(r"event=error: the worker was killed by signal 9")
+def test_a_connection_accepted_as_the_worker_dies_waits_for_the_next(broker):
+    """The monitor may accept a connection after its worker died and before
+    it saw the exit (the channel to the worker already broken): that
+    connection waits for the next worker and is answered, never closed
+    unanswered. The monitor is stopped while the worker dies and the client
+    connects and asks, so that it finds all of it at once."""
+    for i in range(1, 6):
+        worker = broker.worker_pid()
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            os.kill(worker, signal.SIGKILL)
+            wait_for(lambda: zombie(worker), 10, "the worker to die")
+            s = broker.raw(timeout=10)
+            s.sendall(rawproto.msg(rawproto.STATUS, rawproto.STATUS_BODY))
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        kind, hdr, _ = rawproto.answer(s, timeout=20)
+        s.close()
+        assert kind == "reply" and hdr[2] == rawproto.STATUS | rawproto.REPLY, (i, kind, hdr)
+        wait_for(lambda: new_workers(broker) >= i, 10, "a new worker to serve")
+
+
+@pytest.mark.expect_log(r"event=error: the worker \(pid \d+\) no longer reads its connections; killing it",
+                        r"event=error: the worker was killed by signal 9")
+def test_a_worker_that_stops_reading_connections_is_replaced(broker):
+    """A worker that shuts its event channel's reading side (what a
+    compromised one could do) leaves the channel writable and broken: the
+    monitor kills it rather than spin waiting for it to drain, and the next
+    worker answers the connection that was waiting."""
+    worker = broker.worker_pid()
+    ev = worker_channel(broker, fd=4)
+    os.kill(worker, signal.SIGSTOP)     # it reads nothing more, nor sees the shutdown
+    ev.shutdown(socket.SHUT_RD)
+    s = broker.raw(timeout=10)
+    s.sendall(rawproto.msg(rawproto.STATUS, rawproto.STATUS_BODY))
+    kind, hdr, _ = rawproto.answer(s, timeout=10)
+    assert kind == "reply" and hdr[2] == rawproto.STATUS | rawproto.REPLY, (kind, hdr)
+    assert broker.worker_pid() != worker
+    ev.close()
+    s.close()
+
+
+def worker_channel(broker, fd=3):
+    """A copy of the worker's request channel (fd 3; its event channel is
+    fd 4), as a worker gone bad would use it."""
     libc = ctypes.CDLL(None, use_errno=True)
     pidfd = os.pidfd_open(broker.worker_pid())
     try:
-        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, 3, 0)
+        fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
         assert fd >= 0, os.strerror(ctypes.get_errno())
     finally:
         os.close(pidfd)

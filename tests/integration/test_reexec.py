@@ -15,6 +15,7 @@ control socket and every open control connection across exec().
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import struct
@@ -24,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import BROKERD, Binder, Load, tcp_listener_inode
+from conftest import BROKERD, Binder, Load, tcp_listener_inode, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -101,6 +102,64 @@ def test_reexec_is_for_admins_only(broker):
 
 
 @pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
+def test_a_request_queued_behind_reexec_is_answered_by_the_new_image(broker):
+    """A client that sends its next request right behind REEXEC, both
+    queued before brokerd read either (its monitor is stopped meanwhile):
+    the request behind goes across with the connection, unread, and the new
+    image answers both, in order."""
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        s = broker.raw(timeout=10)
+        s.sendall(reexec_req(1))
+        s.sendall(STATUS_REQ)
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+    assert reply_type(s.recv(4096)) == 0x8007
+    assert reply_type(s.recv(4096)) == 0x8003
+    s.close()
+
+
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
+def test_reexec_carries_connections_queued_for_the_worker(make_broker):
+    """Connections the monitor passed that the worker has not read yet go
+    across too: 120 queued behind an admin's REEXEC (the worker stopped
+    meanwhile), with --max-connections 16. The monitor bounds what a worker
+    may carry by what the event channel can hold, not by twice the
+    connection limit (which killed the worker mid-way and lost the
+    re-execution): the new image runs, and answers each connection, past
+    its limit with the error that says so."""
+    broker = make_broker("--max-connections", "16")
+    worker = broker.worker_pid()
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        asker = broker.raw(timeout=20)
+        asker.sendall(reexec_req(1))
+        queued = [broker.raw(timeout=20) for _ in range(120)]
+        wait_for(lambda: accept_queue(broker.control) == 0, 10, "the monitor to pass every connection")
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert reply_type(asker.recv(4096)) == 0x8007
+    # The new image keeps what its limit allows and refuses the rest, with an error each.
+    wait_for(lambda: broker.connections() == 16, 10, "the new image to take the connections in")
+    answers = {}
+    for conn in queued:
+        conn.settimeout(0)
+        try:
+            t = reply_type(conn.recv(4096))     # refused: its error is there already
+        except BlockingIOError:
+            conn.settimeout(20)
+            conn.sendall(STATUS_REQ)
+            t = reply_type(conn.recv(4096))
+        answers[t] = answers.get(t, 0) + 1
+    assert answers == {0x8003: 15, 0xFFFF: 105}, answers
+    assert len(broker.events("reexec")) == 1 and broker.events("inherit"), broker.log()
+    assert "121 connections carried over" in broker.events("inherit")[0], broker.log()
+    for conn in (asker, *queued):
+        conn.close()
+    wait_for(lambda: broker.connections() == 0, 10, "brokerd to close the connections")
+
+
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 @pytest.mark.expect_log(r"event=error .*re-execution refused")
 def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdir):
     broker, binary = broker_of_own_binary(make_broker, workdir)
@@ -124,6 +183,17 @@ def test_a_binary_that_does_not_start_leaves_brokerd_serving(make_broker, workdi
 
 HDR = struct.Struct("!IHHII")                   # length, version, type, id, reserved
 STATUS_REQ = HDR.pack(16 + 33, 2, 3, 9, 0) + bytes(33)
+
+
+def accept_queue(path):
+    """Connections waiting to be accepted on the listening socket at path
+    (ss's Recv-Q; bound under a temporary name renamed to path, see
+    Broker.connections)."""
+    for line in subprocess.run(["ss", "-xlnH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        f = line.split()
+        if len(f) >= 5 and (f[4] == path or f[4].startswith(path + ".")):
+            return int(f[2])
+    raise AssertionError(f"no listening socket at {path}")
 
 
 def reexec_req(mid):

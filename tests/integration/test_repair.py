@@ -128,7 +128,9 @@ def test_a_listener_turned_into_a_connection_is_replaced(broker, procs, workdir)
     assert fetch(8080) == f"ok {pid}\n"
     assert broker.events("replace"), broker.log()
     db = sqlite3.connect(broker.db)
-    assert db.execute("SELECT count(*) FROM events WHERE event = 'replace'").fetchone()[0] == 1
+    # Audit rows are written in batches, within moments.
+    wait_for(lambda: db.execute("SELECT count(*) FROM events WHERE event = 'replace'").fetchone()[0] == 1, 5,
+             "the replace to be audited")
     db.close()
     target.close()
 

@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -255,6 +257,8 @@ static void test_table_10000(void **state) {
         }
         assert_int_equal(t.n, N);
         assert_int_equal(lease_table_add(&t, &leases[5]), -EEXIST);
+        assert_true(lease_table_has_port(&t, 1) && lease_table_has_port(&t, N / 2));
+        assert_false(lease_table_has_port(&t, N / 2 + 1));
         for (int i = 0; i < N; i++)
                 assert_ptr_equal(lease_table_find(&t, &leases[i].endpoint), &leases[i]);
         assert_int_equal(lease_table_count_owner(&t, 3), N / 7 + (N % 7 > 3));
@@ -270,6 +274,11 @@ static void test_table_10000(void **state) {
                 assert_ptr_equal(lease_table_find(&t, &leases[i].endpoint), i % 2 ? &leases[i] : NULL);
         assert_int_equal(t.by_id[lease_table_after(&t, 1)]->id, 2);
         assert_int_equal(t.by_id[lease_table_after(&t, 2)]->id, 4);
+        /* Each port keeps its UDP lease; one without any is free. */
+        assert_true(lease_table_has_port(&t, 1) && lease_table_has_port(&t, N / 2));
+        lease_table_remove(&t, &leases[1]);
+        assert_false(lease_table_has_port(&t, 1));
+        assert_int_equal(lease_table_add(&t, &leases[1]), 0);
 
         /* Re-adding after tombstones works and ids stay sorted. */
         for (int i = 0; i < N; i += 2) {
@@ -284,6 +293,67 @@ static void test_table_10000(void **state) {
         free(leases);
 }
 
+/* A child that waits for its parent to kill it (or to exit), and a pidfd for it. */
+static pid_t child(int *ret_pidfd) {
+        pid_t pid = fork();
+
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                pause();
+                _exit(0);
+        }
+        *ret_pidfd = (int) syscall(SYS_pidfd_open, pid, 0);
+        assert_true(*ret_pidfd >= 0);
+        return pid;
+}
+
+/* One holder per process, shared by the leases it holds, counted dead
+ * once it exits, freed with the last lease listing it; no more live ones
+ * than the set allows. */
+static void test_holders_shared(void **state) {
+        struct holder_set hs;
+        struct lease *a = lease_new(), *b = lease_new();
+        struct lease_holder *h1, *h2, *h3;
+        int fd1, fd2, fd3;
+        pid_t p1 = child(&fd1), p2 = child(&fd2), p3 = child(&fd3);
+
+        assert_int_equal(holder_set_init(&hs, 2), 0);
+        assert_int_equal(holder_set_add(&hs, p1, fd1, &h1), 0);
+        lease_add_holder(a, h1);
+        lease_add_holder(b, h1);
+        lease_add_holder(b, h1);                /* listed once */
+        assert_ptr_equal(holder_set_find(&hs, p1), h1);
+        assert_int_equal(h1->refs, 2);
+        assert_int_equal(holder_set_add(&hs, p2, fd2, &h2), 0);
+        lease_add_holder(b, h2);
+        assert_int_equal(holder_set_add(&hs, p3, fd3, &h3), -ENOSPC);   /* fd3 closed */
+        assert_true(lease_held_by(a, p1) && lease_held_by(b, p1) && lease_held_by(b, p2));
+        assert_false(lease_held_by(a, p2));
+        assert_int_equal(lease_holders_live(b), 2);
+
+        /* p1 exits: its pidfd turns readable; reaped, it is dead for both leases. */
+        kill(p1, SIGKILL);
+        assert_int_equal(waitpid(p1, NULL, 0), p1);
+        holder_set_reap(&hs);
+        assert_null(holder_set_find(&hs, p1));
+        assert_false(lease_held_by(a, p1) || lease_held_by(b, p1));
+        assert_int_equal(lease_holders_live(a), 0);
+        assert_int_equal(lease_holders_live(b), 1);
+        assert_int_equal(hs.n_live, 1);
+
+        /* Freeing the leases frees what they listed: h2, alive, leaves the set with b. */
+        lease_free(a);
+        lease_free(b);
+        assert_null(holder_set_find(&hs, p2));
+        assert_int_equal(hs.n_live, 0);
+        holder_set_done(&hs);
+        kill(p2, SIGKILL);
+        kill(p3, SIGKILL);
+        waitpid(p2, NULL, 0);
+        waitpid(p3, NULL, 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_tcp_wildcard_options),
@@ -294,6 +364,7 @@ int main(void) {
                 cmocka_unit_test(test_filter_detached_or_replaced),
                 cmocka_unit_test(test_queued),
                 cmocka_unit_test(test_table_10000),
+                cmocka_unit_test(test_holders_shared),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
