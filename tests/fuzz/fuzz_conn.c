@@ -39,15 +39,16 @@
  * every request was answered, and a half-closed one is closed. After each
  * input every client is closed (and every fd received): the worker has no
  * connection left; the fds open in the process are those before the input
- * plus the leases' sockets (the worker's and the monitor's) and holders'
- * pidfds that STATUS reports; then an admin releases every lease and
+ * plus the leases' sockets (the worker's and the monitor's) that STATUS
+ * reports, and a pidfd per holder process (at least as many as one lease
+ * lists, at most all they list); then an admin releases every lease and
  * removes every rule, and the process is back to exactly its fds before
  * the input. One worker serves every input (replaced by one on a fresh
  * database every FUZZ_CONN_RESTART inputs, 1000 by default);
  * BROKERD_LOG_LEVEL shows its log (silent but for critical lines otherwise),
  * FUZZ_CONN_TRACE=1 what each input does. Inputs steer clear of bugs found
- * and not fixed yet (see may_send() and connect_client()) unless
- * FUZZ_CONN_KNOWN_BUGS=1; tests/fuzz/corpus/conn/known-bug-* reproduce them.
+ * and not fixed yet (see may_send()) unless FUZZ_CONN_KNOWN_BUGS=1;
+ * tests/fuzz/corpus/conn/known-bug-* reproduce them.
  *
  * Standalone (gcc, no libFuzzer): `make build/fuzz_conn`, linked with
  * tests/fuzz/driver.c; `build/fuzz_conn FILE` replays a crash file.
@@ -79,7 +80,7 @@
 #define HELD_MAX 16                     /* sockets clients received and still hold */
 #define SEEN_MAX 32                     /* lease and rule ids learnt from replies */
 #define TURNS_MAX 20000                 /* loop iterations before "it never settles" */
-#define CARRIED_MAX 1024                /* more than the event channel holds */
+#define CARRIED_MAX 4096                /* more than the event channel holds */
 #define STANDIN_LEASES_MAX 64
 #define ADMIN_GID 4242
 #define RESTART_DEFAULT 1000
@@ -145,7 +146,6 @@ static struct broker *b;
 static bool in_input;
 static bool trace;                      /* FUZZ_CONN_TRACE=1: what each input does, on stderr */
 static bool known_bugs;                 /* FUZZ_CONN_KNOWN_BUGS=1: run into the bugs found already */
-static unsigned conns_queued;           /* PS_CONN sent since the worker last read them all */
 static unsigned restarts_left;          /* worker restarts (and re-executions) this input may still make:
                                          * each costs as much as a hundred requests */
 
@@ -292,6 +292,15 @@ static void sm_handle_release(uint64_t id) {
         sm_done(0, "");
 }
 
+/* The most connections a worker may carry across a re-execution, as
+ * monitor.c's carry_max() says: those it serves and those the event
+ * channel can hold unread (each message with its fd takes over 256 bytes). */
+static size_t sm_carry_max(void) {
+        int sndbuf = sockopt_get_int(sm.ev_fd, SOL_SOCKET, SO_SNDBUF);
+
+        return (size_t) options.max_connections + (size_t) (sndbuf > 0 ? sndbuf : 256 * 1024) / 256 + 64;
+}
+
 /* Whether the worker may send type now (monitor.c's request_in_turn()). */
 static bool sm_in_turn(uint8_t type) {
         switch (type) {
@@ -377,12 +386,11 @@ static void sm_handle(const struct privsep_msg *m, int fd) {
                 }
                 break;
         case PS_CARRY:
-                /* Only control connections, and no more than it can have:
-                 * monitor.c kills a worker carrying more than 2 * --max-connections + 64. */
-                if (sm.n_carried >= 2 * options.max_connections + 64)
-                        fprintf(stderr, "fuzz_conn: the worker carries more than %u connections across a "
-                                "re-execution\n", 2 * options.max_connections + 64);
-                CHECK(fd >= 0 && sm.n_carried < 2 * options.max_connections + 64 && sm.n_carried < CARRIED_MAX);
+                /* Only control connections, and no more than monitor.c's carry_max(). */
+                if (sm.n_carried >= sm_carry_max())
+                        fprintf(stderr, "fuzz_conn: the worker carries more than %zu connections across a "
+                                "re-execution\n", sm_carry_max());
+                CHECK(fd >= 0 && sm.n_carried < sm_carry_max() && sm.n_carried < CARRIED_MAX);
                 CHECK(getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &(socklen_t) { sizeof(type) }) == 0 &&
                       type == SOCK_SEQPACKET);
                 sm.carried[sm.n_carried++] = (struct carried) { .fd = fd, .peer = m->peer };
@@ -522,7 +530,6 @@ static void run_loop(void) {
         }
         sm_serve();
         sm_events();
-        conns_queued = 0;
 }
 
 /* --- clients ------------------------------------------------------------------ */
@@ -545,7 +552,6 @@ struct client {
         bool half_closed;               /* we shut our side down */
         bool eof;                       /* the worker closed its side */
         bool ended;                     /* it answered what ends the connection: nothing may follow */
-        bool reexec_sent;               /* a REEXEC request went since the loop last ran */
         struct sent sent[SENT_MAX];
         unsigned n_sent, n_answered;
 };
@@ -574,13 +580,7 @@ static bool may_send(const struct client *c, const struct sent *s) {
                 return false;
         if (known_bugs)
                 return true;
-        /* A new connection's second message, right behind a REEXEC request,
-         * is read by conn_new() after the worker handed its connections to
-         * the monitor: lost, or a request to the monitor out of turn. */
-        if (c->reexec_sent)
-                return false;
-        /* A REEXEC request with id 0 is carried as "nothing to answer". (And
-         * see connect_client() for a third.) */
+        /* A REEXEC request with id 0 is carried as "nothing to answer". */
         return !(s->kind == SENT_REQUEST && s->type == PB_MSG_REEXEC && s->id == 0);
 }
 
@@ -588,7 +588,6 @@ static void sent(struct client *c, const struct sent *s, size_t len) {
         TRACE("client %d: sent %zu bytes: %s type %u id %u", (int) (c - clients), len,
               s->kind == SENT_REQUEST ? "request" : s->kind == SENT_BAD ? "malformed" : "empty", s->type, s->id);
         c->sent[c->n_sent++] = *s;
-        c->reexec_sent |= s->kind == SENT_REQUEST && s->type == PB_MSG_REEXEC;
         n_requests++;
 }
 
@@ -756,7 +755,6 @@ static void settle(void) {
 
                 if (c->fd < 0)
                         continue;
-                c->reexec_sent = false;
                 client_read(c);
                 if (c->eof)
                         continue;
@@ -820,12 +818,8 @@ static struct client *connect_client(const struct privsep_peer *who) {
         for (size_t i = 0; i < CLIENTS_MAX && !c; i++)
                 if (clients[i].fd < 0)
                         c = &clients[i];
-        /* A re-execution carries the connections the worker has (at most
-         * --max-connections) and those still queued, without bound; monitor.c
-         * kills a worker carrying more than 2 * --max-connections + 64. */
-        if (!c || (!known_bugs && conns_queued >= options.max_connections + 64))
+        if (!c)
                 return NULL;
-        conns_queued++;
         CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0);
         r = privsep_send(sm.ev_fd, &m, sv[1], MSG_DONTWAIT);
         safe_close(sv[1]);
@@ -1149,41 +1143,50 @@ enum { OP_CONNECT, OP_REQUEST, OP_RAW, OP_OVERSIZE, OP_CONTROL, OP_HALF_CLOSE, O
 
 /* --- after each input: nothing left behind ------------------------------------ */
 
-/* The fds open in the process, but pipes: libFuzzer's symbolizer keeps
- * two once it names a new function, and nothing here makes any. */
-static int count_fds(bool show) {
+/* The fds open in the process, but pipes (libFuzzer's symbolizer keeps two
+ * once it names a new function; nothing here makes any): pidfds apart. */
+struct fds {
+        int other, pidfds;
+};
+
+static struct fds count_fds(bool show) {
         DIR *d = opendir("/proc/self/fd");
         struct dirent *de;
-        int n = 0;
+        struct fds n = { 0 };
 
         CHECK(d);
         while ((de = readdir(d))) {
                 char target[256] = "";
-
                 struct stat st;
                 int fd = atoi(de->d_name);
 
-                if (de->d_name[0] == '.' || fd == dirfd(d) || (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)))
+                if (de->d_name[0] == '.' || fd == dirfd(d) || fstat(fd, &st) < 0 || S_ISFIFO(st.st_mode))
                         continue;
-                n++;
-                if (!show)
-                        continue;
-                if (readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1) < 0)
+                /* Only anonymous inodes (epoll, signalfd, timerfd, pidfd) have no file type. */
+                if ((show || (st.st_mode & S_IFMT) == 0) &&
+                    readlinkat(dirfd(d), de->d_name, target, sizeof(target) - 1) < 0)
                         snprintf(target, sizeof(target), "?");
-                fprintf(stderr, "  fd %s: %s\n", de->d_name, target);
+                if (strstr(target, "[pidfd]"))
+                        n.pidfds++;
+                else
+                        n.other++;
+                if (show)
+                        fprintf(stderr, "  fd %s: %s\n", de->d_name, target);
         }
         closedir(d);
         return n;
 }
 
-static void check_fds(int expected, const char *when) {
-        int n = count_fds(false);
+/* Fails unless the fds open are other fds but pidfds, and pidfds in pidfds_min..pidfds_max. */
+static void check_fds(int other, int pidfds_min, int pidfds_max, const char *when) {
+        struct fds n = count_fds(false);
 
-        if (n != expected) {
-                fprintf(stderr, "fuzz_conn: %d fds open %s, %d expected:\n", n, when, expected);
+        if (n.other != other || n.pidfds < pidfds_min || n.pidfds > pidfds_max) {
+                fprintf(stderr, "fuzz_conn: %d fds and %d pidfds open %s, %d and %d to %d expected:\n", n.other,
+                        n.pidfds, when, other, pidfds_min, pidfds_max);
                 count_fds(true);
         }
-        CHECK(n == expected);
+        CHECK(n.other == other && n.pidfds >= pidfds_min && n.pidfds <= pidfds_max);
 }
 
 /* An admin's request on c; the reply into *ret. */
@@ -1216,10 +1219,11 @@ static struct client *admin_connect(void) {
 
 /* Every lease released and every rule removed, by an admin; first, the
  * fds open are checked against baseline and what the leases account for. */
-static void reset(int baseline) {
+static void reset(struct fds baseline) {
         static struct pb_msg req, reply, list;
         struct pb_endpoint endpoints[STANDIN_LEASES_MAX];
         size_t n = 0, expected;
+        unsigned holders = 0, holders_max = 0;
         struct client *c;
         uint64_t after = 0;
         bool more = true;
@@ -1235,8 +1239,9 @@ static void reset(int baseline) {
 
         c = admin_connect();
         /* The fds: ours, the admin's connection (both ends), and per lease the
-         * worker's socket if bound, the monitor's, and a pidfd per holder. */
-        expected = (size_t) baseline + 2;
+         * worker's socket if bound and the monitor's; a pidfd per holder
+         * process, which a lease counts once and the leases it holds each. */
+        expected = (size_t) baseline.other + 2;
         while (more) {
                 req = (struct pb_msg) { .hdr.type = PB_MSG_STATUS, .status.after_id = after };
                 admin_ask(c, &req, &reply);
@@ -1245,7 +1250,9 @@ static void reset(int baseline) {
 
                         CHECK(n < STANDIN_LEASES_MAX);
                         endpoints[n++] = l->endpoint;
-                        expected += l->bound + l->holders;
+                        expected += l->bound;
+                        holders += l->holders;
+                        holders_max = l->holders > holders_max ? l->holders : holders_max;
                         after = l->id;
                 }
                 more = reply.leases.more;
@@ -1253,7 +1260,8 @@ static void reset(int baseline) {
         CHECK(n == b->leases.n && n == sm.n_leases);
         for (size_t i = 0; i < sm.n_leases; i++)
                 expected += sm.leases[i].fd >= 0;
-        check_fds((int) expected, "with every client gone");
+        check_fds((int) expected, baseline.pidfds + (int) holders_max, baseline.pidfds + (int) holders,
+                  "with every client gone");
 
         for (size_t i = 0; i < n; i++) {
                 req = (struct pb_msg) { .hdr.type = PB_MSG_RELEASE, .get.endpoint = endpoints[i] };
@@ -1278,7 +1286,7 @@ static void reset(int baseline) {
 /* --- setup ------------------------------------------------------------------------- */
 
 static char dir[256], db_path[300];
-static int baseline = -1;
+static struct fds baseline = { -1, -1 };
 
 /* Removes the database files in directory d (which stays). */
 static void remove_db_in(const char *d) {
@@ -1362,7 +1370,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct program pr = { data, size };
         size_t granted = n_granted;
 
-        if (baseline < 0) {
+        if (baseline.other < 0) {
                 const char *e = getenv("FUZZ_CONN_RESTART");
 
                 restart_every = e ? strtoul(e, NULL, 0) : RESTART_DEFAULT;
@@ -1401,7 +1409,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         run_loop();
         CHECK(b->n_conns == 0);
         reset(baseline);
-        check_fds(baseline, "after the input");
+        check_fds(baseline.other, baseline.pidfds, baseline.pidfds, "after the input");
         in_input = false;
         if (n_granted != granted)
                 n_accepted++;
