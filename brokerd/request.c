@@ -432,6 +432,12 @@ static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_ms
         char why[PB_TEXT_MAX + 1] = "";
         int r;
 
+        /* The new image answers the request by its id, and 0 means "none"
+         * on the way there (privsep.h): refused, rather than never answered. */
+        if (req->hdr.id == 0) {
+                proto_set_error(reply, 0, EINVAL, "REEXEC needs a request id other than 0");
+                return;
+        }
         /* The audit trail first (no event is lost across exec()): once the
          * binary passed its check, nothing stops the re-execution. */
         broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);

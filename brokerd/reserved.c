@@ -83,6 +83,8 @@ size_t reserved_format(const struct port_set *s, char *buf, size_t size) {
                 buf[0] = '\0';
         for (unsigned port = 0; port < 65536; port++) {
                 unsigned hi = port;
+                size_t room;
+                char *at;
                 int n;
 
                 if (s->bits[port / 64] == 0) {  /* 64 at a time: most of the set is empty */
@@ -93,10 +95,12 @@ size_t reserved_format(const struct port_set *s, char *buf, size_t size) {
                         continue;
                 while (hi + 1 < 65536 && port_set_has(s, hi + 1))
                         hi++;
-                n = hi > port ? snprintf(buf + (len < size ? len : size), len < size ? size - len : 0, "%s%u-%u",
-                                         len ? "," : "", port, hi)
-                              : snprintf(buf + (len < size ? len : size), len < size ? size - len : 0, "%s%u",
-                                         len ? "," : "", port);
+                /* Past the buffer (or with none: buf NULL, size 0), only counted. */
+                at = len < size ? buf + len : NULL;
+                room = len < size ? size - len : 0;
+
+                n = hi > port ? snprintf(at, room, "%s%u-%u", len ? "," : "", port, hi)
+                              : snprintf(at, room, "%s%u", len ? "," : "", port);
                 len += (size_t) n;
                 port = hi;
         }

@@ -46,9 +46,8 @@
  * the input. One worker serves every input (replaced by one on a fresh
  * database every FUZZ_CONN_RESTART inputs, 1000 by default);
  * BROKERD_LOG_LEVEL shows its log (silent but for critical lines otherwise),
- * FUZZ_CONN_TRACE=1 what each input does. Inputs steer clear of bugs found
- * and not fixed yet (see may_send()) unless FUZZ_CONN_KNOWN_BUGS=1;
- * tests/fuzz/corpus/conn/known-bug-* reproduce them.
+ * FUZZ_CONN_TRACE=1 what each input does. The named files in
+ * tests/fuzz/corpus/conn reproduce the bugs it found (fixed since).
  *
  * Standalone (gcc, no libFuzzer): `make build/fuzz_conn`, linked with
  * tests/fuzz/driver.c; `build/fuzz_conn FILE` replays a crash file.
@@ -145,7 +144,6 @@ static unsigned n_given;
 static struct broker *b;
 static bool in_input;
 static bool trace;                      /* FUZZ_CONN_TRACE=1: what each input does, on stderr */
-static bool known_bugs;                 /* FUZZ_CONN_KNOWN_BUGS=1: run into the bugs found already */
 static unsigned restarts_left;          /* worker restarts (and re-executions) this input may still make:
                                          * each costs as much as a hundred requests */
 
@@ -573,15 +571,9 @@ static bool is_request_type(uint16_t type) {
         return type >= PB_MSG_GET && type <= PB_MSG_INFO;
 }
 
-/* Whether s may be sent on c now. Unless FUZZ_CONN_KNOWN_BUGS=1, not what
- * runs into a bug found already and not fixed yet (each says which). */
+/* Whether s may be sent on c now. */
 static bool may_send(const struct client *c, const struct sent *s) {
-        if (c->n_sent == SENT_MAX || c->half_closed)
-                return false;
-        if (known_bugs)
-                return true;
-        /* A REEXEC request with id 0 is carried as "nothing to answer". */
-        return !(s->kind == SENT_REQUEST && s->type == PB_MSG_REEXEC && s->id == 0);
+        return c->n_sent < SENT_MAX && !c->half_closed;
 }
 
 static void sent(struct client *c, const struct sent *s, size_t len) {
@@ -1352,7 +1344,6 @@ static void setup(void) {
         atexit(on_exit_check);
         log_set_max_level(level && log_parse_level(level) >= 0 ? log_parse_level(level) : LOG_CRIT);
         trace = getenv("FUZZ_CONN_TRACE") && strcmp(getenv("FUZZ_CONN_TRACE"), "1") == 0;
-        known_bugs = getenv("FUZZ_CONN_KNOWN_BUGS") && strcmp(getenv("FUZZ_CONN_KNOWN_BUGS"), "1") == 0;
 
         devnull_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         listener_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

@@ -101,6 +101,18 @@ def test_reexec_is_for_admins_only(broker):
     assert not broker.events("reexec")
 
 
+def test_reexec_with_request_id_0_is_refused(broker):
+    """The new image answers REEXEC by its request id, 0 meaning "none" on
+    the way: such a request is refused at once (it went unanswered, found
+    by fuzz_conn), and nothing is executed."""
+    s = broker.raw(timeout=10)
+    s.sendall(reexec_req(0))
+    data = s.recv(4096)
+    assert reply_type(data) == 0xFFFF and b"request id other than 0" in data, data
+    assert not broker.events("reexec"), broker.log()
+    s.close()
+
+
 @pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_a_request_queued_behind_reexec_is_answered_by_the_new_image(broker):
     """A client that sends its next request right behind REEXEC, both
