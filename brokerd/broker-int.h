@@ -174,7 +174,7 @@ int mm_hello(struct broker *b);
 void mm_declare(struct broker *b, const struct lease *l);
 void mm_note_reserved(struct broker *b, unsigned port);
 void mm_last_guard(struct broker *b, const char *dir);
-void mm_arm(struct broker *b, unsigned max_leases);
+void mm_arm(struct broker *b);
 
 /* The socket of lease id for e (created, guarded and bound if the monitor
  * has no such lease): *ret_fd, owned by the caller. Returns 0 or -errno. */

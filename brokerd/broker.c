@@ -261,7 +261,7 @@ static int restore_leases(struct broker *b) {
                 return r;
         }
         mm_last_guard(b, last);
-        mm_arm(b, b->opt.max_leases);
+        mm_arm(b);
         if (strcmp(last, b->guard_dir) != 0 && store_meta_set(b->store, "guard_dir", b->guard_dir) < 0)
                 log_msg(LOG_WARNING, "cannot record the bind guard's directory %s", b->guard_dir);
         mm_sockets(b, b->leases.by_id, b->leases.n, restored);

@@ -128,8 +128,8 @@ void mm_last_guard(struct broker *b, const char *dir) {
         send_request(b, &m, -1);
 }
 
-void mm_arm(struct broker *b, unsigned max_leases) {
-        struct privsep_msg m = { .type = PS_ARM, .arm.max_leases = max_leases }, r;
+void mm_arm(struct broker *b) {
+        struct privsep_msg m = { .type = PS_ARM }, r;
 
         ask(b, &m, PS_STATE, &r, NULL);
         take_state(b, &r);

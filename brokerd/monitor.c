@@ -373,7 +373,6 @@ static void reply_state(struct monitor *m) {
         struct privsep_msg r = { .type = PS_STATE };
 
         r.state.guard_on = m->guard.on;
-        r.state.declare = true;
         r.state.detach = m->detach && !m->ready;
         snprintf(r.state.guard_state, sizeof(r.state.guard_state), "%.*s", PRIVSEP_TEXT_MAX,
                  m->guard.state);

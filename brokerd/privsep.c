@@ -17,7 +17,6 @@
 #include "wire.h"
 
 #define ERRNO_MAX 4095                  /* the largest errno a reply may carry */
-#define MAX_LEASES_LIMIT 1000000        /* brokerd --max-leases at most */
 
 static const struct {
         uint8_t type;
@@ -166,9 +165,6 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
         case PS_LAST_GUARD:
                 put_text(w, m->last_guard.dir);
                 break;
-        case PS_ARM:
-                put_be(w, m->arm.max_leases, 4);
-                break;
         case PS_REPLACE:
         case PS_RELEASE:
                 put_be(w, m->id.lease_id, 8);
@@ -177,6 +173,7 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
         case PS_STATUS:
                 put_counts(w, m);
                 break;
+        case PS_ARM:
         case PS_REEXEC_CHECK:
                 break;
         case PS_CARRY:
@@ -192,7 +189,6 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
                 break;
         case PS_STATE:
                 put_u8(w, m->state.guard_on);
-                put_u8(w, m->state.declare);
                 put_u8(w, m->state.detach);
                 put_text(w, m->state.guard_state);
                 put_text(w, m->state.guard_dir);
@@ -239,11 +235,6 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
         case PS_LAST_GUARD:
                 get_text(r, m->last_guard.dir);
                 break;
-        case PS_ARM:
-                m->arm.max_leases = (uint32_t) get_be(r, 4);
-                if (m->arm.max_leases == 0 || m->arm.max_leases > MAX_LEASES_LIMIT)
-                        r->bad = true;
-                break;
         case PS_REPLACE:
         case PS_RELEASE:
                 m->id.lease_id = get_id(r);
@@ -255,6 +246,7 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                 m->counts.conns = (uint32_t) get_be(r, 4);
                 m->counts.unbound = (uint32_t) get_be(r, 4);
                 break;
+        case PS_ARM:
         case PS_REEXEC_CHECK:
                 break;
         case PS_CARRY:
@@ -270,7 +262,6 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                 break;
         case PS_STATE:
                 m->state.guard_on = get_bool(r);
-                m->state.declare = get_bool(r);
                 m->state.detach = get_bool(r);
                 get_text(r, m->state.guard_state);
                 get_text(r, m->state.guard_dir);

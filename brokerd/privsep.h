@@ -57,7 +57,7 @@ enum privsep_type {
 
         /* replies, monitor to worker */
         PS_DONE = 0x21,                 /* error (0: done) and why */
-        PS_STATE = 0x22,                /* the guard's state, and whether to declare the leases */
+        PS_STATE = 0x22,                /* the guard's state */
         PS_SOCKET_REPLY = 0x23,         /* lease id, error, cookie, how; the fd when error is 0 */
 
         /* event channel */
@@ -96,7 +96,6 @@ struct privsep_msg {
                 struct { uint64_t lease_id; } id;       /* PS_REPLACE, PS_RELEASE */
                 struct { uint16_t port; bool ours; } reserved;  /* PS_NOTE_RESERVED (ours), PS_RESERVED */
                 struct { char dir[PRIVSEP_TEXT_MAX + 1]; } last_guard;
-                struct { uint32_t max_leases; } arm;
                 struct { uint32_t leases, rules, conns, unbound; } counts;      /* PS_READY, PS_STATUS */
                 struct { bool want; } units;
                 struct privsep_peer peer;       /* PS_CONN, PS_CARRY */
@@ -104,7 +103,6 @@ struct privsep_msg {
                 struct { int32_t error; char why[PRIVSEP_TEXT_MAX + 1]; } done;
                 struct {
                         bool guard_on;
-                        bool declare;           /* a fresh monitor: declare every lease, then PS_ARM */
                         bool detach;            /* brokerd detaches once ready: log to the journal or syslog then */
                         char guard_state[PRIVSEP_TEXT_MAX + 1];
                         char guard_dir[PRIVSEP_TEXT_MAX + 1];   /* "" when unguarded */

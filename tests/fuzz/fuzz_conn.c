@@ -170,7 +170,7 @@ static void sm_done(int error, const char *why) {
 }
 
 static void sm_state(void) {
-        struct privsep_msg m = { .type = PS_STATE, .state = { .guard_on = true, .declare = true } };
+        struct privsep_msg m = { .type = PS_STATE, .state = { .guard_on = true } };
 
         snprintf(m.state.guard_state, sizeof(m.state.guard_state), "on: the fuzz stand-in guards nothing");
         snprintf(m.state.guard_dir, sizeof(m.state.guard_dir), "/run/portbroker-fuzz/guard");

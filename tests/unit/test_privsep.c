@@ -38,7 +38,7 @@ static size_t samples(struct privsep_msg *v) {
         v[n++] = (struct privsep_msg) { .type = PS_NOTE_RESERVED, .reserved = { .port = 80, .ours = true } };
         v[n] = (struct privsep_msg) { .type = PS_LAST_GUARD };
         strcpy(v[n++].last_guard.dir, "/sys/fs/bpf/portbroker");
-        v[n++] = (struct privsep_msg) { .type = PS_ARM, .arm.max_leases = 4096 };
+        v[n++] = (struct privsep_msg) { .type = PS_ARM };
         v[n++] = (struct privsep_msg) { .type = PS_SOCKET, .lease = { .lease_id = 1, .endpoint = tcp_any(443) } };
         v[n++] = (struct privsep_msg) { .type = PS_REPLACE, .id.lease_id = 3 };
         v[n++] = (struct privsep_msg) { .type = PS_RELEASE, .id.lease_id = 4 };
@@ -51,7 +51,7 @@ static size_t samples(struct privsep_msg *v) {
         v[n++] = (struct privsep_msg) { .type = PS_REEXEC, .reexec.request_id = 9 };
         v[n] = (struct privsep_msg) { .type = PS_DONE, .done.error = ENOEXEC };
         strcpy(v[n++].done.why, "brokerd --check failed");
-        v[n] = (struct privsep_msg) { .type = PS_STATE, .state = { .guard_on = true, .declare = true } };
+        v[n] = (struct privsep_msg) { .type = PS_STATE, .state = { .guard_on = true } };
         strcpy(v[n].state.guard_state, "on: cgroup /sys/fs/cgroup");
         strcpy(v[n++].state.guard_dir, "/run/portbroker-guard");
         v[n++] = (struct privsep_msg) { .type = PS_SOCKET_REPLY,
@@ -121,9 +121,7 @@ static void test_values_out_of_range_are_refused(void **state) {
         assert_int_equal(decode_with_byte(&m, -1, PS_HOW_BOUND + 1), -EBADMSG);
         m = (struct privsep_msg) { .type = PS_SOCKET_REPLY, .socket = { .lease_id = 1, .error = EIO } };
         assert_int_equal(decode_with_byte(&m, -1, PS_HOW_BOUND), -EBADMSG);
-        /* max_leases 0; a range where an endpoint must be one port; a control character in text. */
-        m = (struct privsep_msg) { .type = PS_ARM, .arm.max_leases = 1 };
-        assert_int_equal(decode_with_byte(&m, -1, 0), -EBADMSG);
+        /* A range where an endpoint must be one port; a control character in text. */
         m = (struct privsep_msg) { .type = PS_SOCKET, .lease = { .lease_id = 1, .endpoint = tcp_any(80) } };
         assert_int_equal(decode_with_byte(&m, 9 + 5, 81), -EBADMSG);        /* port_hi */
         m = (struct privsep_msg) { .type = PS_LAST_GUARD };
