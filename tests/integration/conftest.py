@@ -552,11 +552,11 @@ class Broker:
         (kinds, pids), bound = wait_for(steady, 10, "brokerd's fds to settle after start")
         base = dict(kinds)
         base["socket"] = base.get("socket", 0) - 2 * bound
-        base["pidfd"] = base.get("pidfd", 0) - len(self._holder_pids(pids))
+        base["pidfd"] = base.get("pidfd", 0) - len(self.holder_pids(pids))
         assert base["socket"] >= 1, f"brokerd's fds after start do not match its {bound} bound leases: {kinds}"
         return base
 
-    def _holder_pids(self, pids):
+    def holder_pids(self, pids):
         """The pids of the holders' pidfds: every pidfd but the monitor's on its worker."""
         worker = self.worker_pid()
         return [p for p in pids if p != worker]
@@ -567,7 +567,7 @@ class Broker:
         per live process, no more than the leases count holders."""
         bound, holders = self._leases_now()
         kinds, pids = self.fd_census()
-        held = self._holder_pids(pids)
+        held = self.holder_pids(pids)
         want = dict(self.fd_base)
         want["socket"] += 2 * bound
         want["pidfd"] += len(held)

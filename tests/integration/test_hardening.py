@@ -180,12 +180,12 @@ def test_holders_cannot_exhaust_brokerds_fds(make_broker, procs):
     assert len(st) == 50 and 1 <= holders <= 89, st
     assert broker.worker_pid() == worker, broker.log()
     kinds, pids = broker.fd_census()
-    assert len(broker._holder_pids(pids)) == holders, (kinds, holders)
+    assert len(broker.holder_pids(pids)) == holders, (kinds, holders)
     broker.portctl("policy", "add", "tcp:9100", "--user", "0")
     broker.portctl("get", "9100")
     for s in servers:
         s.kill9()
-    wait_for(lambda: not broker._holder_pids(broker.fd_census()[1]), 30, "brokerd to close the holders' pidfds")
+    wait_for(lambda: not broker.holder_pids(broker.fd_census()[1]), 30, "brokerd to close the holders' pidfds")
     assert broker.worker_pid() == worker, broker.log()
 
 
