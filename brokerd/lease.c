@@ -465,6 +465,15 @@ bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
         return t->port_leases && t->port_leases[port] > 0;
 }
 
+struct lease *lease_table_overlapping(const struct lease_table *t, const struct pb_endpoint *e) {
+        if (!lease_table_has_port(t, e->port_lo))
+                return NULL;
+        for (size_t i = 0; i < t->n; i++)
+                if (endpoint_overlaps(&t->by_id[i]->endpoint, e))
+                        return t->by_id[i];
+        return NULL;
+}
+
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid) {
         size_t n = 0;
 

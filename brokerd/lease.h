@@ -161,6 +161,9 @@ void lease_table_remove(struct lease_table *t, struct lease *l);
 /* Whether some lease in t is on port (any transport or address). */
 bool lease_table_has_port(const struct lease_table *t, uint16_t port);
 
+/* A lease whose endpoint overlaps e's (endpoint_overlaps()), or NULL. */
+struct lease *lease_table_overlapping(const struct lease_table *t, const struct pb_endpoint *e);
+
 /* Number of leases owned by uid. */
 size_t lease_table_count_owner(const struct lease_table *t, uid_t uid);
 

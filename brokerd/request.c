@@ -135,8 +135,15 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
         /* Guarded by the monitor first: from its bind() on, nobody else may bind it. */
         r = mm_socket(b, id, e, &sock_fd, &got);
         if (r < 0) {
-                proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
-                                r == -EADDRINUSE ? " (another socket holds the port)" : "");
+                const struct lease *other = r == -EADDRINUSE ? lease_table_overlapping(&b->leases, e) : NULL;
+
+                if (other)      /* tcp:[::]:P beside tcp:0.0.0.0:P, say: which one stands in the way */
+                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s (the lease %s of uid %u holds "
+                                        "the port; release it first)", text, strerror(-r), other->text,
+                                        (unsigned) other->owner_uid);
+                else
+                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
+                                        r == -EADDRINUSE ? " (another socket holds the port)" : "");
                 log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
@@ -222,6 +229,30 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
          * audit trail records every grant. */
         log_event(created ? LOG_INFO : LOG_DEBUG, "grant", &f, "lease %llu handed out", (unsigned long long) l->id);
         broker_audit(c->broker, "grant", &c->peer, text, created ? "created" : NULL);
+}
+
+/* Whether the peer may get an endpoint now, as a GET would find (rule,
+ * owner, limits, a lease of another endpoint holding the port), with
+ * nothing bound or recorded: `portctl run 8080`
+ * asks before its server starts, since which lease of the port the server
+ * gets depends on the socket it makes. A refusal is a denial like a GET's,
+ * logged and audited. */
+static void handle_check(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        const struct pb_endpoint *e = &req->get.endpoint;
+        struct lease *l = lease_table_find(&c->broker->leases, e);
+        char buf[PB_ENDPOINT_STRLEN];
+        const char *text = l ? l->text : endpoint_format(e, buf);
+
+        const struct lease *other = l ? NULL : lease_table_overlapping(&c->broker->leases, e);
+
+        if (!get_authorize(c, req, reply, text, l))
+                return;
+        if (other) {            /* a GET would find the port bound: say by which lease */
+                proto_set_error(reply, req->hdr.id, EADDRINUSE, "%s overlaps the lease %s of uid %u", text,
+                                other->text, (unsigned) other->owner_uid);
+                return;
+        }
+        reply->hdr.type = PB_MSG_CHECK | PB_MSG_REPLY;
 }
 
 /* --- release, status ----------------------------------------------------- */
@@ -490,6 +521,7 @@ static const struct request_type request_types[] = {
         { PB_MSG_POLICY_LIST, "policy-list", false, handle_policy_list },
         { PB_MSG_REEXEC, "reexec", true, handle_reexec },
         { PB_MSG_INFO, "info", false, handle_info },
+        { PB_MSG_CHECK, "check", false, handle_check },
 };
 
 static const struct request_type *request_type_of(uint16_t type) {

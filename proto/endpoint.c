@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Endpoint text and wire forms. Text is `[tcp:|udp:][ADDRESS:]PORT` where
- * ADDRESS is dotted IPv4 or a bracketed IPv6 address; `[::]` and an omitted
- * address both mean the dual-stack wildcard. Parsing is strict: no spaces,
- * no signs, no leading zeros beyond "0", ports 1..65535, and IPv4-mapped
- * IPv6 addresses are refused (use the IPv4 form).
+ * Endpoint text and wire forms. Text is `[TRANSPORT:][ADDRESS:]PORT` where
+ * TRANSPORT is tcp or udp, alone or with a family: tcp4/udp4 (IPv4 only)
+ * or tcp6/udp6 (IPv6 only), as Go's network names. ADDRESS is dotted IPv4
+ * or a bracketed IPv6 address; `[::]` and an omitted address both mean the
+ * dual-stack wildcard, and with tcp6/udp6 the IPv6-only wildcard. Parsing
+ * is strict: no spaces, no signs, no leading zeros beyond "0", ports
+ * 1..65535, a family that fits the address, and IPv4-mapped IPv6 addresses
+ * are refused (use the IPv4 form).
  */
 #include "endpoint.h"
 
@@ -49,20 +52,57 @@ static int parse_ports(const char *s, bool pattern, struct pb_endpoint *e) {
         return e->port_lo <= e->port_hi ? 0 : -EINVAL;
 }
 
+/* The transport prefix, if any: tcp, udp, and each with 4 or 6. Sets
+ * e->transport and *only (the family it names, 0 for both); returns what
+ * follows it. */
+static const char *parse_transport(const char *s, struct pb_endpoint *e, int *only) {
+        static const struct {
+                const char *prefix;
+                uint8_t transport;
+                int only;
+        } prefixes[] = {
+                { "tcp:", PB_TCP, 0 }, { "udp:", PB_UDP, 0 }, { "tcp4:", PB_TCP, 4 },
+                { "udp4:", PB_UDP, 4 }, { "tcp6:", PB_TCP, 6 }, { "udp6:", PB_UDP, 6 },
+        };
+
+        *only = 0;
+        for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+                size_t n = strlen(prefixes[i].prefix);
+
+                if (strncmp(s, prefixes[i].prefix, n) == 0) {
+                        e->transport = prefixes[i].transport;
+                        *only = prefixes[i].only;
+                        return s + n;
+                }
+        }
+        return s;
+}
+
+/* The family of what the address said (ANY: none), with a tcp4/tcp6
+ * family applied: no address becomes that family's wildcard, an address of
+ * the other family is refused, and `[::]` is the dual-stack wildcard but
+ * for tcp6, whose wildcard it is. */
+static int apply_family(struct pb_endpoint *e, int only) {
+        if ((only == 4 && e->family == PB_FAMILY_INET6) || (only == 6 && e->family == PB_FAMILY_INET))
+                return -EINVAL;
+        if (e->family == PB_FAMILY_INET6 && memcmp(e->addr, &in6addr_any, sizeof(e->addr)) == 0 && only != 6)
+                e->family = PB_FAMILY_ANY;
+        if (only == 4 && e->family == PB_FAMILY_ANY)
+                e->family = PB_FAMILY_INET;     /* 0.0.0.0 */
+        else if (only == 6 && e->family == PB_FAMILY_ANY)
+                e->family = PB_FAMILY_INET6;    /* [::], IPv6 only */
+        return 0;
+}
+
 static int parse(const char *s, bool pattern, struct pb_endpoint *ret) {
         struct pb_endpoint e = { .transport = PB_TCP, .family = PB_FAMILY_ANY };
         char host[INET6_ADDRSTRLEN + 1];
         const char *port;
-        int r;
+        int only, r;
 
         if (!s || strlen(s) >= PB_ENDPOINT_STRLEN)
                 return -EINVAL;
-        if (strncmp(s, "tcp:", 4) == 0)
-                s += 4;
-        else if (strncmp(s, "udp:", 4) == 0) {
-                e.transport = PB_UDP;
-                s += 4;
-        }
+        s = parse_transport(s, &e, &only);
 
         if (s[0] == '[') {
                 const char *end = strchr(s, ']');
@@ -94,10 +134,9 @@ static int parse(const char *s, bool pattern, struct pb_endpoint *ret) {
         } else
                 port = s;
 
-        /* `[::]` is the dual-stack wildcard, the same as no address. */
-        if (e.family == PB_FAMILY_INET6 && memcmp(e.addr, &in6addr_any, sizeof(e.addr)) == 0)
-                e.family = PB_FAMILY_ANY;
-
+        r = apply_family(&e, only);
+        if (r < 0)
+                return r;
         r = parse_ports(port, pattern, &e);
         if (r < 0)
                 return r;
@@ -133,7 +172,9 @@ static char *format(const struct pb_endpoint *e, bool pattern, char buf[static P
                 break;
         case PB_FAMILY_INET6:
                 inet_ntop(AF_INET6, e->addr, host, sizeof(host));
-                snprintf(buf, PB_ENDPOINT_STRLEN, "%s:[%s]:%s", transport, host, ports);
+                /* The IPv6-only wildcard needs its family said: `[::]` alone is dual-stack. */
+                snprintf(buf, PB_ENDPOINT_STRLEN, "%s%s:[%s]:%s", transport, endpoint_is_v6only_any(e) ? "6" : "",
+                         host, ports);
                 break;
         default:
                 if (pattern)
@@ -174,19 +215,35 @@ int endpoint_validate(const struct pb_endpoint *e, bool pattern) {
         case PB_FAMILY_INET6: {
                 struct in6_addr a;
 
-                /* e->addr is not aligned for struct in6_addr: test a copy. */
+                /* e->addr is not aligned for struct in6_addr: test a copy. [::]
+                 * here is the IPv6-only wildcard. */
                 memcpy(&a, e->addr, sizeof(a));
-                return IN6_IS_ADDR_V4MAPPED(&a) || IN6_IS_ADDR_UNSPECIFIED(&a) ? -EINVAL : 0;
+                return IN6_IS_ADDR_V4MAPPED(&a) ? -EINVAL : 0;
         }
         default:
                 return -EINVAL;
         }
 }
 
+bool endpoint_is_v6only_any(const struct pb_endpoint *e) {
+        return e->family == PB_FAMILY_INET6 && all_zero(e->addr, 16);
+}
+
 bool endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b) {
         return a->transport == b->transport && a->family == b->family &&
                a->port_lo == b->port_lo && a->port_hi == b->port_hi &&
                memcmp(a->addr, b->addr, sizeof(a->addr)) == 0;
+}
+
+bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b) {
+        size_t n = a->family == PB_FAMILY_INET ? 4 : 16;
+
+        if (a->transport != b->transport || a->port_lo != b->port_lo)
+                return false;
+        if (a->family == PB_FAMILY_ANY || b->family == PB_FAMILY_ANY)
+                return true;
+        return a->family == b->family &&
+               (all_zero(a->addr, n) || all_zero(b->addr, n) || memcmp(a->addr, b->addr, n) == 0);
 }
 
 bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e) {

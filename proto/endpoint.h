@@ -2,8 +2,11 @@
 /*
  * Endpoints: `[proto:][address:]port`, parsed from and formatted to text,
  * and encoded in 24 bytes on the wire. An omitted address and `[::]` both
- * mean the dual-stack wildcard (PB_FAMILY_ANY). Policy patterns may give a
- * port range `lo-hi`; a pattern with no address matches any address.
+ * mean the dual-stack wildcard (PB_FAMILY_ANY); `tcp6:` / `udp6:` name the
+ * IPv6-only wildcard (PB_FAMILY_INET6, address ::) and `tcp4:` / `udp4:`
+ * IPv4 (0.0.0.0 when no address is given). Policy patterns may give a port
+ * range `lo-hi`; a pattern with no address and no family matches any
+ * address.
  */
 #pragma once
 
@@ -22,7 +25,7 @@ enum pb_transport {
 enum pb_family {
         PB_FAMILY_ANY = 0,              /* [::] dual-stack wildcard (IPV6_V6ONLY=0) */
         PB_FAMILY_INET = 4,             /* an IPv4 address, 0.0.0.0 included */
-        PB_FAMILY_INET6 = 6,            /* a specific IPv6 address (IPV6_V6ONLY=1) */
+        PB_FAMILY_INET6 = 6,            /* an IPv6 address, :: too (IPV6_V6ONLY=1) */
 };
 
 struct pb_endpoint {
@@ -40,7 +43,7 @@ int endpoint_parse(const char *s, struct pb_endpoint *ret);
 int endpoint_parse_pattern(const char *s, struct pb_endpoint *ret);
 
 /* Formats endpoint e as canonical text (`tcp:[::]:8080`, `udp:127.0.0.1:53`,
- * `tcp:[::1]:8443`) into buf. Returns buf. */
+ * `tcp:[::1]:8443`, `udp6:[::]:53`) into buf. Returns buf. */
 char *endpoint_format(const struct pb_endpoint *e, char buf[static PB_ENDPOINT_STRLEN]);
 
 /* Formats pattern p (`tcp:8000-8099` when it matches any address). Returns buf. */
@@ -50,7 +53,16 @@ char *endpoint_format_pattern(const struct pb_endpoint *p, char buf[static PB_EN
  * padding, no v4-mapped IPv6. pattern=false also requires port_lo == port_hi. */
 int endpoint_validate(const struct pb_endpoint *e, bool pattern);
 
+/* True for the IPv6-only wildcard `tcp6:[::]:P` (wire version 4 and later). */
+bool endpoint_is_v6only_any(const struct pb_endpoint *e);
+
 bool endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b);
+
+/* True when sockets bound to a and b (endpoints, not patterns) could not
+ * both listen: the same transport and port, and addresses that meet (the
+ * dual-stack wildcard meets every address, 0.0.0.0 every IPv4 one, the
+ * IPv6-only wildcard every IPv6 one). */
+bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b);
 
 /* True when endpoint e (not a pattern) falls inside pattern p. */
 bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e);

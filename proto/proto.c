@@ -77,6 +77,7 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 put_endpoint(w, &m->get.endpoint);
                 break;
         case PB_MSG_GET | PB_MSG_REPLY:
@@ -123,6 +124,7 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
         case PB_MSG_INFO:
+        case PB_MSG_CHECK | PB_MSG_REPLY:
                 break;
         case PB_MSG_ERROR:
                 put_be(w, (uint32_t) m->error.code, 4);
@@ -144,8 +146,8 @@ int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size) {
 
         struct wcur h = { .buf = buf, .size = PB_HEADER_SIZE };
         put_be(&h, w.off, 4);
-        put_be(&h, msg->hdr.version >= proto_type_version(msg->hdr.type) && msg->hdr.version <= PB_PROTO_VERSION ?
-                           msg->hdr.version : proto_type_version(msg->hdr.type), 2);
+        uint16_t oldest = proto_msg_version(msg);
+        put_be(&h, msg->hdr.version >= oldest && msg->hdr.version <= PB_PROTO_VERSION ? msg->hdr.version : oldest, 2);
         put_be(&h, msg->hdr.type, 2);
         put_be(&h, msg->hdr.id, 4);
         put_be(&h, 0, 4);
@@ -153,7 +155,55 @@ int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size) {
 }
 
 uint16_t proto_type_version(uint16_t type) {
-        return (type & ~PB_MSG_REPLY) == PB_MSG_INFO ? 3 : PB_PROTO_VERSION_MIN;
+        switch (type & ~PB_MSG_REPLY) {
+        case PB_MSG_INFO:
+                return 3;
+        case PB_MSG_CHECK:
+                return 4;
+        default:
+                return PB_PROTO_VERSION_MIN;
+        }
+}
+
+/* The oldest version whose rules allow m's fields: an IPv6-only wildcard
+ * endpoint (tcp6:[::]:P) is version 4's, a family 6 endpoint before it
+ * had to name a specific address. */
+static uint16_t content_version(const struct pb_msg *m) {
+        bool v6only_any = false;
+
+        switch (m->hdr.type) {
+        case PB_MSG_GET:
+        case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
+                v6only_any = endpoint_is_v6only_any(&m->get.endpoint);
+                break;
+        case PB_MSG_GET | PB_MSG_REPLY:
+                v6only_any = endpoint_is_v6only_any(&m->got.endpoint);
+                break;
+        case PB_MSG_STATUS:
+                v6only_any = m->status.has_endpoint && endpoint_is_v6only_any(&m->status.endpoint);
+                break;
+        case PB_MSG_STATUS | PB_MSG_REPLY:
+                for (unsigned i = 0; i < m->leases.count && i < PB_LIST_MAX; i++)
+                        v6only_any |= endpoint_is_v6only_any(&m->leases.leases[i].endpoint);
+                break;
+        case PB_MSG_POLICY_ADD:
+                v6only_any = endpoint_is_v6only_any(&m->policy_add.pattern);
+                break;
+        case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                for (unsigned i = 0; i < m->rules.count && i < PB_RULES_MAX; i++)
+                        v6only_any |= endpoint_is_v6only_any(&m->rules.rules[i].pattern);
+                break;
+        default:
+                break;
+        }
+        return v6only_any ? 4 : 0;
+}
+
+uint16_t proto_msg_version(const struct pb_msg *m) {
+        uint16_t type = proto_type_version(m->hdr.type), content = content_version(m);
+
+        return content > type ? content : type;
 }
 
 int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hdr) {
@@ -228,6 +278,7 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 get_endpoint(r, false, &m->get.endpoint);
                 break;
         case PB_MSG_GET | PB_MSG_REPLY:
@@ -269,6 +320,7 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
         case PB_MSG_INFO:
+        case PB_MSG_CHECK | PB_MSG_REPLY:
                 break;
         case PB_MSG_ERROR:
                 m->error.code = (int32_t) (uint32_t) get_be(r, 4);
@@ -294,7 +346,7 @@ int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg) {
 
         struct rcur r = { .buf = buf, .len = len, .off = PB_HEADER_SIZE };
         decode_body(&r, &m);
-        if (r.bad || r.off != len)
+        if (r.bad || r.off != len || m.hdr.version < content_version(&m))
                 return -EBADMSG;
         *ret_msg = m;
         return 0;

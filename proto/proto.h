@@ -16,7 +16,7 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 3               /* the newest version spoken */
+#define PB_PROTO_VERSION 4               /* the newest version spoken */
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
@@ -33,6 +33,7 @@ enum pb_msg_type {
         PB_MSG_POLICY_LIST = 6,
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
+        PB_MSG_CHECK = 9,               /* may the peer get an endpoint? nothing bound (since version 4) */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
         PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
 };
@@ -61,7 +62,7 @@ struct pb_principal {
 struct pb_msg {
         struct pb_header hdr;
         union {
-                struct {                        /* PB_MSG_GET, PB_MSG_RELEASE */
+                struct {                        /* PB_MSG_GET, PB_MSG_RELEASE, PB_MSG_CHECK */
                         struct pb_endpoint endpoint;
                 } get;
                 struct {                        /* PB_MSG_GET | PB_MSG_REPLY; one fd attached */
@@ -131,14 +132,19 @@ struct pb_msg {
  * older brokerd understands every request it can. */
 uint16_t proto_type_version(uint16_t type);
 
+/* The oldest version msg can be sent with: its type's, or newer when a
+ * field needs it (an IPv6-only wildcard endpoint: 4). */
+uint16_t proto_msg_version(const struct pb_msg *msg);
+
 /* Encodes msg into buf (at least PB_MSG_MAX bytes) with version
- * msg->hdr.version when it is one that has the type, else
- * proto_type_version(); returns the length or -errno. */
+ * msg->hdr.version when it is one that has the type and the fields, else
+ * proto_msg_version(); returns the length or -errno. */
 int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size);
 
 /* Decodes one received message of len bytes into ret_msg: checks size, header,
  * version (PB_PROTO_VERSION_MIN..PB_PROTO_VERSION, and no older than the
- * type), type and the exact per-type length. Returns 0 or -EBADMSG/-EPROTO. */
+ * type: else -EPROTO), type, the exact per-type length and the fields
+ * under that version's rules (-EBADMSG). Returns 0 or -EBADMSG/-EPROTO. */
 int proto_decode(const uint8_t *buf, size_t len, struct pb_msg *ret_msg);
 
 /* Decodes only the header (for error replies to undecodable requests). */

@@ -330,7 +330,8 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
 
 /* Whether brokerd may see a request of type twice with the same outcome. */
 static bool repeatable(uint16_t type) {
-        return type == PB_MSG_GET || type == PB_MSG_STATUS || type == PB_MSG_POLICY_LIST || type == PB_MSG_INFO;
+        return type == PB_MSG_GET || type == PB_MSG_STATUS || type == PB_MSG_POLICY_LIST || type == PB_MSG_INFO ||
+               type == PB_MSG_CHECK;
 }
 
 /* Runs one request on c under its lock. One that brokerd may see twice is
@@ -478,11 +479,12 @@ int pb_get(const char *endpoint, unsigned flags, pb_error *err) {
         return r;
 }
 
-static int conn_release(pb_conn *c, const struct pb_endpoint *e, pb_error *err) {
+/* A request whose body is one endpoint and whose reply has none (RELEASE, CHECK). Returns 0 or -errno. */
+static int conn_endpoint_request(pb_conn *c, uint16_t type, const struct pb_endpoint *e, pb_error *err) {
         struct exchange *x;
         int r;
 
-        x = exchange_new(PB_MSG_RELEASE, err);
+        x = exchange_new(type, err);
         if (!x)
                 return -ENOMEM;
         x->req.get.endpoint = *e;
@@ -491,17 +493,26 @@ static int conn_release(pb_conn *c, const struct pb_endpoint *e, pb_error *err) 
         return r < 0 ? r : 0;
 }
 
-int pb_conn_release(pb_conn *c, const char *endpoint, pb_error *err) {
+/* conn_endpoint_request() for the public function fn, on endpoint text. */
+static int endpoint_request(pb_conn *c, const char *fn, uint16_t type, const char *endpoint, pb_error *err) {
         struct pb_endpoint e;
         int r;
 
         clear_error(err);
         if (!c)
-                return fail(err, EINVAL, "pb_conn_release: no connection");
+                return fail(err, EINVAL, "%s: no connection", fn);
         r = parse_endpoint(endpoint, &e, err);
         if (r < 0)
                 return r;
-        return conn_release(c, &e, err);
+        return conn_endpoint_request(c, type, &e, err);
+}
+
+int pb_conn_release(pb_conn *c, const char *endpoint, pb_error *err) {
+        return endpoint_request(c, "pb_conn_release", PB_MSG_RELEASE, endpoint, err);
+}
+
+int pb_conn_check(pb_conn *c, const char *endpoint, pb_error *err) {
+        return endpoint_request(c, "pb_conn_check", PB_MSG_CHECK, endpoint, err);
 }
 
 int pb_release(const char *endpoint, pb_error *err) {
@@ -517,7 +528,7 @@ int pb_release(const char *endpoint, pb_error *err) {
         if (r < 0)
                 return r;
         c->one_shot = true;
-        r = conn_release(c, &e, err);
+        r = conn_endpoint_request(c, PB_MSG_RELEASE, &e, err);
         pb_disconnect(c);
         return r;
 }

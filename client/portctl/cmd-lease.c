@@ -25,8 +25,8 @@
 /*
  * The LISTEN_FDNAMES name of an endpoint. systemd forbids ':' in fd names,
  * so the parts are joined with '-': `tcp-8080` for the [::] wildcard,
- * `tcp-127.0.0.1-8080`, and `tcp-__1-8443` for [::1] (an IPv6 address with
- * its ':' turned into '_').
+ * `tcp6-8080` for the IPv6-only one, `tcp-127.0.0.1-8080`, and
+ * `tcp-__1-8443` for [::1] (an IPv6 address with its ':' turned into '_').
  */
 static void fd_name(const char *endpoint, char *buf, size_t size) {
         char host[INET6_ADDRSTRLEN] = "";
@@ -38,7 +38,10 @@ static void fd_name(const char *endpoint, char *buf, size_t size) {
         }
         if (e.family == PB_FAMILY_INET)
                 inet_ntop(AF_INET, e.addr, host, sizeof(host));
-        else if (e.family == PB_FAMILY_INET6) {
+        else if (endpoint_is_v6only_any(&e)) {
+                snprintf(buf, size, "%s6-%u", e.transport == PB_UDP ? "udp" : "tcp", e.port_lo);
+                return;
+        } else if (e.family == PB_FAMILY_INET6) {
                 inet_ntop(AF_INET6, e.addr, host, sizeof(host));
                 for (char *p = host; *p; p++)
                         if (*p == ':')

@@ -64,10 +64,10 @@ static bool overlaps(const struct why *w, const struct why_sock *s) {
                         return is_zero(e->addr, 4) || is_zero(s->addr, 4) || memcmp(e->addr, s->addr, 4) == 0;
                 /* an IPv6 wildcard that is not v6-only covers IPv4 too */
                 return is_zero(s->addr, 16) && (s->v6only == 0 || (s->v6only < 0 && w->bindv6only == 0));
-        default:
+        default:                        /* an IPv6 address; [::] IPv6-only: every IPv6 address */
                 if (s->v4)
                         return false;
-                return is_zero(s->addr, 16) || memcmp(e->addr, s->addr, 16) == 0;
+                return is_zero(e->addr, 16) || is_zero(s->addr, 16) || memcmp(e->addr, s->addr, 16) == 0;
         }
 }
 

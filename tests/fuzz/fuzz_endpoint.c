@@ -76,12 +76,18 @@ static bool ref_parse(const char *s, bool pattern, struct pb_endpoint *ret) {
         char host[128];
         size_t hlen;
 
+        char only = 0;                  /* '4' or '6' after tcp/udp: that family only */
+
         if (strlen(s) >= PB_ENDPOINT_STRLEN)
                 return false;
-        if (strncmp(s, "udp:", 4) == 0)
+        if (strncmp(s, "udp", 3) == 0)
                 e.transport = PB_UDP;
-        if (strncmp(s, "udp:", 4) == 0 || strncmp(s, "tcp:", 4) == 0)
-                s += 4;
+        if (strncmp(s, "udp", 3) == 0 || strncmp(s, "tcp", 3) == 0) {
+                if ((s[3] == '4' || s[3] == '6') && s[4] == ':')
+                        only = s[3];
+                if (s[3] == ':' || only)
+                        s += only ? 5 : 4;
+        }
         colon = strrchr(s, ':');
         port = colon ? colon + 1 : s;
         if (colon) {
@@ -94,15 +100,16 @@ static bool ref_parse(const char *s, bool pattern, struct pb_endpoint *ret) {
                         host[hlen - 1] = '\0';
                         if (inet_pton(AF_INET6, host + 1, e.addr) != 1)
                                 return false;
-                        e.family = all_zero(e.addr, 16) ? PB_FAMILY_ANY : PB_FAMILY_INET6;
-                        if (e.addr[10] == 0xff && e.addr[11] == 0xff && all_zero(e.addr, 10))
+                        e.family = all_zero(e.addr, 16) && only != '6' ? PB_FAMILY_ANY : PB_FAMILY_INET6;
+                        if ((e.addr[10] == 0xff && e.addr[11] == 0xff && all_zero(e.addr, 10)) || only == '4')
                                 return false;           /* v4-mapped: the IPv4 form is the one */
                 } else {
-                        if (inet_pton(AF_INET, host, e.addr) != 1)
+                        if (inet_pton(AF_INET, host, e.addr) != 1 || only == '6')
                                 return false;
                         e.family = PB_FAMILY_INET;
                 }
-        }
+        } else if (only)                /* no address: that family's wildcard */
+                e.family = only == '4' ? PB_FAMILY_INET : PB_FAMILY_INET6;
         dash = strchr(port, '-');
         if (dash && !pattern)
                 return false;
@@ -127,7 +134,8 @@ static void ref_format(const struct pb_endpoint *e, bool pattern, char *buf, siz
         if (e->family == PB_FAMILY_INET)
                 snprintf(buf, size, "%s:%s:%s", t, inet_ntop(AF_INET, e->addr, host, sizeof(host)), ports);
         else if (e->family == PB_FAMILY_INET6)
-                snprintf(buf, size, "%s:[%s]:%s", t, inet_ntop(AF_INET6, e->addr, host, sizeof(host)), ports);
+                snprintf(buf, size, "%s%s:[%s]:%s", t, all_zero(e->addr, 16) ? "6" : "",
+                         inet_ntop(AF_INET6, e->addr, host, sizeof(host)), ports);
         else
                 snprintf(buf, size, pattern ? "%s:%s" : "%s:[::]:%s", t, ports);
 }
@@ -143,7 +151,7 @@ static bool ref_valid(const struct pb_endpoint *e, bool pattern) {
         case PB_FAMILY_INET:
                 return all_zero(e->addr + 4, 12);
         case PB_FAMILY_INET6:
-                return !all_zero(e->addr, 16) && !(all_zero(e->addr, 10) && e->addr[10] == 0xff && e->addr[11] == 0xff);
+                return !(all_zero(e->addr, 10) && e->addr[10] == 0xff && e->addr[11] == 0xff);    /* :: is IPv6-only */
         default:
                 return false;
         }
@@ -699,6 +707,7 @@ static void seed_add(uint8_t *prog, size_t *n, uint8_t kind, uint32_t id, const 
 void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, void *userdata), void *userdata) {
         static const char *const texts[] = {
                 "8080", "udp:5353", "tcp:127.0.0.1:8080", "tcp:[::1]:8443", "tcp:[::]:80", "tcp:0.0.0.0:80",
+                "tcp6:80", "udp6:[::]:53", "tcp4:80", "udp4:127.0.0.1:53", "tcp6:[::1]:80", "tcp6:1.2.3.4:80",
                 "udp:[2001:db8::1]:65535", "tcp:8000-8099", "udp:127.0.0.1:53-54", "tcp:[fe80::1]:1-65535",
                 "[::ffff:1.2.3.4]:80", "tcp:[::1.2.3.4]:80", "080", "65536", "tcp:", "[::1]8080", "[::1]:80:81",
                 "80,8000-8080\n", "0-65535", "1,3,5-7,9\n", "00080,65535", "80,", "8080-80", "1\nx",

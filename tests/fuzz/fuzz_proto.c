@@ -51,6 +51,7 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         switch (a->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 return endpoint_equal(&a->get.endpoint, &b->get.endpoint);
         case PB_MSG_GET | PB_MSG_REPLY:
                 return endpoint_equal(&a->got.endpoint, &b->got.endpoint) && a->got.lease_id == b->got.lease_id &&
@@ -98,6 +99,7 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
+        case PB_MSG_CHECK | PB_MSG_REPLY:
                 return true;
         case PB_MSG_ERROR:
                 return a->error.code == b->error.code && strcmp(a->error.message, b->error.message) == 0;
@@ -110,11 +112,13 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
 static void check_valid(const struct pb_msg *m, size_t size) {
         CHECK(m->hdr.length == size);
         CHECK(m->hdr.version >= proto_type_version(m->hdr.type) && m->hdr.version <= PB_PROTO_VERSION);
+        CHECK(m->hdr.version >= proto_msg_version(m));  /* an IPv6-only wildcard: version 4 and later */
         CHECK(m->hdr.reserved == 0);
 
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 CHECK(endpoint_validate(&m->get.endpoint, false) == 0);
                 break;
         case PB_MSG_GET | PB_MSG_REPLY:
@@ -163,6 +167,7 @@ static void check_valid(const struct pb_msg *m, size_t size) {
         case PB_MSG_POLICY_LIST:
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
+        case PB_MSG_CHECK | PB_MSG_REPLY:
                 break;
         default:
                 CHECK(!"decoded an unknown type");
@@ -475,6 +480,18 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         strcpy(m.info.version, "0.1.0");
                         m.info.guard = 1;
                         strcpy(m.info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
+                        break;
+                case 22:
+                        m.hdr.type = PB_MSG_CHECK;
+                        m.get.endpoint = seed_endpoint("udp6:53", false);
+                        break;
+                case 23:
+                        m.hdr.type = PB_MSG_CHECK | PB_MSG_REPLY;
+                        break;
+                case 24:
+                        m.hdr.type = PB_MSG_GET | PB_MSG_REPLY;
+                        m.got.endpoint = seed_endpoint("tcp6:[::]:443", false);
+                        m.got.lease_id = 7;
                         break;
                 default:
                         return;

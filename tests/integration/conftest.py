@@ -158,13 +158,13 @@ def fd_kind(link):
     return link
 
 
-def try_bind(port, proto="tcp", addr="::", reuseaddr=True, reuseport=False):
+def try_bind(port, proto="tcp", addr="::", reuseaddr=True, reuseport=False, v6only=False):
     """Binds addr:port in this process (root) and closes it; returns 0 or the errno."""
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         if reuseaddr:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:

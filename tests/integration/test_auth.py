@@ -96,6 +96,49 @@ def test_owner_and_other_uid(broker):
     assert broker.portctl("status", "8080", json=True).json[0]["owner_uid"] == U2
 
 
+# Prints, for fd 3: family, IPV6_V6ONLY (-1 for IPv4), the bound address, LISTEN_FDNAMES.
+FAMILYINFO = r"""
+import os, socket
+s = socket.socket(fileno=3)
+v6only = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) if s.family == socket.AF_INET6 else -1
+print(int(s.family), v6only, s.getsockname()[0], os.environ.get("LISTEN_FDNAMES"))
+s.detach()
+"""
+
+
+def familyinfo(broker, endpoint, uid):
+    f = broker.portctl("get", endpoint, "--", PYTHON, "-I", "-c", FAMILYINFO, uid=uid).stdout.split()
+    return int(f[0]), int(f[1]), f[2], f[3]
+
+
+@pytest.mark.expect_log(r"event=error endpoint=tcp:\[::\]:8080 .*the lease tcp6:\[::\]:8080 of uid 4242")
+def test_ipv4_and_ipv6_only_wildcards_are_leases_of_their_own(broker):
+    """tcp6:P is [::] with IPV6_V6ONLY=1, tcp4:P (tcp:0.0.0.0:P) IPv4: one
+    uid holds both, each a socket of its family (nginx's `listen P; listen
+    [::]:P;`, dnsmasq's wildcard mode); the dual-stack [::]:P overlaps them
+    and is refused, naming the lease in the way. Nobody else binds any
+    address of P; released, the IPv4 lease frees IPv4 alone."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    assert familyinfo(broker, "tcp6:8080", U1) == (socket.AF_INET6, 1, "::", "tcp6-8080")
+    assert familyinfo(broker, "tcp4:8080", U1) == (socket.AF_INET, -1, "0.0.0.0", "tcp-0.0.0.0-8080")
+    st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
+    assert set(st) == {"tcp6:[::]:8080", "tcp:0.0.0.0:8080"}, st
+    assert all(l["owner_uid"] == U1 and l["bound"] for l in st.values()), st
+    # The same leases by their canonical names (the same sockets), and a second get.
+    assert familyinfo(broker, "tcp6:[::]:8080", U1)[:2] == (socket.AF_INET6, 1)
+    r = broker.portctl("get", "8080", uid=U1, check=1)
+    assert "the lease tcp6:[::]:8080 of uid 4242 holds the port" in r.stderr, r.stderr
+
+    for addr, v6only in (("::", True), ("::", False), ("::1", True), ("127.0.0.1", False), ("0.0.0.0", False)):
+        assert try_bind(8080, addr=addr, v6only=v6only) == 98, addr
+        assert try_bind(8080, addr=addr, v6only=v6only, reuseport=True) == 98, addr
+    broker.portctl("release", "tcp4:8080", uid=U1)
+    assert try_bind(8080, addr="127.0.0.1") == 0      # IPv4 is free for anyone now
+    assert try_bind(8080, addr="0.0.0.0") == 0
+    assert try_bind(8080, addr="::1", v6only=True) == 98
+    assert try_bind(8080, addr="::", v6only=True) == 98
+
+
 def test_policy_changes_need_admin(broker):
     rid = broker.portctl("policy", "add", "tcp:9000", "--user", U1, json=True).json["id"]
     for args in (["policy", "add", "tcp:9001", "--user", U1],

@@ -73,8 +73,11 @@ BAD = {
     "get-body-too-long": msg(GET, endpoint(8080) + b"x"),
     "version-0": msg(STATUS, STATUS_BODY, version=0),
     "version-1": msg(STATUS, STATUS_BODY, version=1),
-    "version-4": msg(STATUS, STATUS_BODY, version=4),
+    "version-5": msg(STATUS, STATUS_BODY, version=5),
     "info-in-version-2": msg(8, version=2),            # INFO came with version 3
+    "check-in-version-3": msg(9, bytes(24), version=3),    # CHECK came with version 4
+    "v6only-wildcard-in-version-3":                        # so did the IPv6-only wildcard [::]
+        msg(1, bytes([6, 6, 0x1f, 0x90, 0x1f, 0x90, 0, 0]) + bytes(16), version=3),
     "info-with-body": msg(8, b"\x00", version=3),       # INFO has none
     "unknown-type": msg(99, STATUS_BODY),
     "reply-type-from-client": msg(STATUS | REPLY, b"\x00\x00"),

@@ -2,7 +2,7 @@
 /*
  * Unit tests of proto/endpoint.c: parsing and formatting every text form
  * (port only, transport prefix, IPv4, bracketed IPv6, `[::]` as the omitted
- * address), rejection of malformed text, policy patterns and matching,
+ * address, tcp4/tcp6 and the IPv6-only wildcard), rejection of malformed text, policy patterns and matching,
  * field validation, and the 24-byte wire encoding with its reserved bytes.
  */
 #include <stdarg.h>
@@ -129,6 +129,71 @@ static void test_parse_ipv4_any(void **state) {
         assert_string_equal(endpoint_format(&e, buf), "tcp:0.0.0.0:80");
 }
 
+/* tcp6/udp6 name the IPv6-only wildcard `[::]` (IPV6_V6ONLY=1), a
+ * different endpoint from the dual-stack one; tcp4/udp4 IPv4, 0.0.0.0 when
+ * no address is given. With an address the family must fit it. */
+static void test_parse_family_prefixes(void **state) {
+        struct pb_endpoint v6 = parse_ok("tcp6:53"), v6b = parse_ok("tcp6:[::]:53"), dual = parse_ok("tcp:[::]:53");
+        struct pb_endpoint u6 = parse_ok("udp6:53"), v4 = parse_ok("tcp4:53"), v4b = parse_ok("tcp:0.0.0.0:53");
+        struct pb_endpoint lo6 = parse_ok("tcp6:[::1]:53"), lo6b = parse_ok("tcp:[::1]:53");
+        struct pb_endpoint lo4 = parse_ok("udp4:127.0.0.1:53"), lo4b = parse_ok("udp:127.0.0.1:53");
+        char buf[PB_ENDPOINT_STRLEN];
+
+        assert_int_equal(v6.family, PB_FAMILY_INET6);
+        assert_true(addr_zero_from(&v6, 0));
+        assert_true(endpoint_is_v6only_any(&v6));
+        assert_true(endpoint_equal(&v6, &v6b));
+        assert_false(endpoint_equal(&v6, &dual));
+        assert_false(endpoint_is_v6only_any(&dual));
+        assert_string_equal(endpoint_format(&v6, buf), "tcp6:[::]:53");
+        assert_int_equal(u6.transport, PB_UDP);
+        assert_string_equal(endpoint_format(&u6, buf), "udp6:[::]:53");
+        assert_true(endpoint_equal(&v4, &v4b));
+        assert_string_equal(endpoint_format(&v4, buf), "tcp:0.0.0.0:53");
+        assert_true(endpoint_equal(&lo6, &lo6b));
+        assert_false(endpoint_is_v6only_any(&lo6));
+        assert_string_equal(endpoint_format(&lo6, buf), "tcp:[::1]:53");
+        assert_true(endpoint_equal(&lo4, &lo4b));
+        assert_int_equal(endpoint_validate(&v6, false), 0);
+
+        /* As patterns: the IPv6-only wildcard matches itself only. */
+        struct pb_endpoint p = pattern_ok("tcp6:50-60"), any = pattern_ok("tcp:50-60");
+        assert_string_equal(endpoint_format_pattern(&p, buf), "tcp6:[::]:50-60");
+        assert_true(endpoint_matches(&p, &v6));
+        assert_false(endpoint_matches(&p, &dual));
+        assert_false(endpoint_matches(&p, &lo6));
+        assert_true(endpoint_matches(&any, &v6));
+        assert_true(endpoint_matches(&any, &v4));
+}
+
+/* Which leases of one port can be held at once (the kernel's bind rules). */
+static void test_overlaps(void **state) {
+        static const struct {
+                const char *a, *b;
+                bool overlap;
+        } cases[] = {
+                { "tcp:8080", "tcp:0.0.0.0:8080", true },       /* dual-stack meets everything */
+                { "tcp:8080", "tcp6:8080", true },
+                { "tcp:8080", "tcp:[::1]:8080", true },
+                { "tcp:0.0.0.0:8080", "tcp6:8080", false },     /* nginx's `listen 8080; listen [::]:8080;` */
+                { "tcp:0.0.0.0:8080", "tcp:127.0.0.1:8080", true },
+                { "tcp:127.0.0.2:8080", "tcp:127.0.0.1:8080", false },
+                { "tcp6:8080", "tcp:[::1]:8080", true },
+                { "tcp:[::2]:8080", "tcp:[::1]:8080", false },
+                { "tcp:[::1]:8080", "tcp:127.0.0.1:8080", false },
+                { "tcp:8080", "udp:8080", false },
+                { "tcp:8080", "tcp:8081", false },
+                { "udp6:53", "udp6:53", true },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                struct pb_endpoint a = parse_ok(cases[i].a), b = parse_ok(cases[i].b);
+
+                if (endpoint_overlaps(&a, &b) != cases[i].overlap || endpoint_overlaps(&b, &a) != cases[i].overlap)
+                        fail_msg("%s and %s: overlap should be %d", cases[i].a, cases[i].b, cases[i].overlap);
+        }
+}
+
 static void test_parse_port_edges(void **state) {
         struct pb_endpoint e = parse_ok("1");
         assert_int_equal(e.port_lo, 1);
@@ -158,6 +223,11 @@ static void test_round_trip(void **state) {
                 { "tcp:[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
                   "tcp:[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535" },
                 { "tcp:[::2.0.0.0]:80", NULL },      /* v4-compatible: allowed, inet_ntop decides */
+                { "tcp6:8080", "tcp6:[::]:8080" },
+                { "udp6:[::]:53", "udp6:[::]:53" },
+                { "udp6:[::1]:53", "udp:[::1]:53" },
+                { "tcp4:80", "tcp:0.0.0.0:80" },
+                { "udp4:10.0.0.1:53", "udp:10.0.0.1:53" },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
@@ -203,8 +273,11 @@ static const char *const bad_text[] = {
         /* ranges outside patterns */
         "8000-8099", "tcp:8000-8099", "tcp:127.0.0.1:1-2", "tcp:[::1]:80-80",
         /* transport */
-        "sctp:80", "TCP:80", "Tcp:80", "tcp4:80", "tcp6:80", "ip:80", "raw:80", "tcp:tcp:80", "tcp:udp:80",
-        "udp:tcp:80", "unix:80", "tcp;80", "tcp/80", "80/tcp",
+        "sctp:80", "TCP:80", "Tcp:80", "TCP6:80", "tcp46:80", "tcp5:80", "ip:80", "raw:80", "tcp:tcp:80",
+        "tcp:udp:80", "udp:tcp:80", "unix:80", "tcp;80", "tcp/80", "80/tcp", "tcp6:tcp:80", "tcp:tcp6:80",
+        "6:80", "tcp6", "tcp6:", "udp4:",
+        /* a family that does not fit the address */
+        "tcp6:127.0.0.1:80", "tcp6:0.0.0.0:80", "udp4:[::1]:53", "tcp4:[::]:80", "tcp6:[::ffff:1.2.3.4]:80",
         /* over-long */
         "tcp:[0000:0000:0000:0000:0000:0000:0000:0001]:8080aaaaaaaaaaaaaa",
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:80",
@@ -434,8 +507,8 @@ static void test_validate(void **state) {
         assert_int_equal(endpoint_validate(&e, false), -EINVAL);
 
         e = parse_ok("[::1]:80");
-        memset(e.addr, 0, 16);                  /* [::] must be sent as ANY */
-        assert_int_equal(endpoint_validate(&e, false), -EINVAL);
+        memset(e.addr, 0, 16);                  /* [::] as INET6: the IPv6-only wildcard */
+        assert_int_equal(endpoint_validate(&e, false), 0);
         e.addr[10] = e.addr[11] = 0xff;         /* ::ffff:0.0.0.0, v4-mapped */
         assert_int_equal(endpoint_validate(&e, false), -EINVAL);
         e.addr[15] = 1;
@@ -562,8 +635,10 @@ static void test_decode_rejects(void **state) {
 
         memcpy(in, good, sizeof(in));
         in[1] = PB_FAMILY_INET6;
-        memset(in + 8, 0, 16);                  /* [::] as INET6 */
-        EXPECT_BAD(false);
+        memset(in + 8, 0, 16);                  /* [::] as INET6: the IPv6-only wildcard */
+        assert_int_equal(endpoint_decode(in, false, &d), 0);
+        assert_true(endpoint_is_v6only_any(&d));
+        d = before;
         in[18] = in[19] = 0xff;                 /* ::ffff:0.0.0.0 */
         EXPECT_BAD(false);
         in[20] = 1;
@@ -630,6 +705,8 @@ int main(void) {
                 cmocka_unit_test(test_parse_ipv6),
                 cmocka_unit_test(test_parse_wildcard_is_omitted),
                 cmocka_unit_test(test_parse_ipv4_any),
+                cmocka_unit_test(test_parse_family_prefixes),
+                cmocka_unit_test(test_overlaps),
                 cmocka_unit_test(test_parse_port_edges),
                 cmocka_unit_test(test_round_trip),
                 cmocka_unit_test(test_parse_rejects),

@@ -77,6 +77,7 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         switch (a->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 assert_endpoint_equal(&a->get.endpoint, &b->get.endpoint);
                 break;
         case PB_MSG_GET | PB_MSG_REPLY:
@@ -142,6 +143,7 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
         case PB_MSG_INFO:
+        case PB_MSG_CHECK | PB_MSG_REPLY:
                 break;
         case PB_MSG_ERROR:
                 assert_int_equal(a->error.code, b->error.code);
@@ -281,6 +283,8 @@ static size_t samples(struct pb_msg *out, size_t max) {
         strcpy(m->info.version, "0.1.0");
         m->info.guard = 1;
         strcpy(m->info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
+        NEXT(PB_MSG_CHECK, 19)->get.endpoint = ep("udp:10.0.0.1:53");
+        NEXT(PB_MSG_CHECK | PB_MSG_REPLY, 19);
         NEXT(PB_MSG_ERROR, 15);
         m->error.code = EBUSY;
         strcpy(m->error.message, "tcp:[::]:80 is held by uid 1000 (alice) \xc3\xa9");
@@ -344,6 +348,8 @@ static void test_encoded_sizes(void **state) {
                 { PB_MSG_POLICY_LIST, 24 },
                 { PB_MSG_REEXEC, 16 },
                 { PB_MSG_INFO, 16 },
+                { PB_MSG_CHECK, 40 },
+                { PB_MSG_CHECK | PB_MSG_REPLY, 16 },
         };
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
@@ -409,7 +415,7 @@ static void test_round_trip_every_type(void **state) {
         static struct pb_msg m[32], d;
         uint8_t buf[PB_MSG_MAX], again[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        unsigned seen[PB_MSG_INFO + 1][2] = { { 0 } };
+        unsigned seen[PB_MSG_CHECK + 1][2] = { { 0 } };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -417,8 +423,10 @@ static void test_round_trip_every_type(void **state) {
                 memset(&d, 0xA5, sizeof(d));
                 assert_int_equal(proto_decode(buf, len, &d), 0);
                 assert_int_equal(d.hdr.length, len);
-                /* Sent with the oldest version that has the type (INFO: 3). */
-                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO ? 3 : 2);
+                /* Sent with the oldest version that has the type (INFO: 3, CHECK: 4). */
+                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO    ? 3
+                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK ? 4
+                                                                                                  : 2);
                 assert_int_equal(d.hdr.reserved, 0);
                 assert_msg_equal(&m[i], &d);
                 /* The encoding is canonical: re-encoding gives the same bytes. */
@@ -430,7 +438,7 @@ static void test_round_trip_every_type(void **state) {
                 else
                         seen[m[i].hdr.type & ~PB_MSG_REPLY][!!(m[i].hdr.type & PB_MSG_REPLY)]++;
         }
-        for (unsigned t = PB_MSG_GET; t <= PB_MSG_INFO; t++) {
+        for (unsigned t = PB_MSG_GET; t <= PB_MSG_CHECK; t++) {
                 assert_true(seen[t][0] > 0);
                 assert_true(seen[t][1] > 0);
         }
@@ -475,7 +483,7 @@ static void test_encode_refuses(void **state) {
         memset(m.error.message, 'x', sizeof(m.error.message));  /* no terminator: 256 bytes */
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
 
-        static const uint16_t unknown[] = { 0, 9, 0x8000, 0x8009, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
+        static const uint16_t unknown[] = { 0, 10, 0x8000, 0x800a, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
         for (size_t i = 0; i < ELEMENTSOF(unknown); i++) {
                 memset(&m, 0, sizeof(m));
                 m.hdr.type = unknown[i];
@@ -622,7 +630,7 @@ static void test_wrong_version(void **state) {
         static struct pb_msg m[32];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        static const uint16_t versions[] = { 0, 1, 4, 0x0100, 0x8002, 0xffff };
+        static const uint16_t versions[] = { 0, 1, PB_PROTO_VERSION + 1, 0x0100, 0x8002, 0xffff };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -640,20 +648,23 @@ static void test_wrong_version(void **state) {
                 }
         }
 
-        /* Version 3 has every type; version 2 all but INFO. */
+        /* Version 4 has every type; version 3 all but CHECK; version 2 all but INFO and CHECK. */
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
                 bool info = (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO;
+                bool check = (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK;
 
-                buf[5] = 3;
+                buf[5] = 4;
                 assert_int_equal(decode(buf, len), 0);
+                buf[5] = 3;
+                assert_int_equal(decode(buf, len), check ? -EPROTO : 0);
                 buf[5] = 2;
-                assert_int_equal(decode(buf, len), info ? -EPROTO : 0);
+                assert_int_equal(decode(buf, len), info || check ? -EPROTO : 0);
         }
 
         /* A wrong version with a bad header is a bad header. */
         size_t len = encode_ok(&m[0], buf);
-        buf[5] = 4;
+        buf[5] = PB_PROTO_VERSION + 1;
         buf[15] = 1;
         assert_int_equal(decode(buf, len), -EBADMSG);
         /* A wrong version wins over a bad body: the body is not looked at. */
@@ -662,9 +673,48 @@ static void test_wrong_version(void **state) {
         assert_int_equal(decode(buf, len - 1), -EPROTO);
 }
 
+/* The IPv6-only wildcard (family 6, address ::) is version 4's: every
+ * message carrying one is sent with version 4 whatever the header asked
+ * for, and under versions 2 and 3 the same bytes are malformed. */
+static void test_v6only_any_needs_version_4(void **state) {
+        struct pb_endpoint v6 = { .transport = PB_UDP, .family = PB_FAMILY_INET6, .port_lo = 53, .port_hi = 53 };
+        struct pb_msg m[6] = {
+                { .hdr = { .type = PB_MSG_GET, .id = 1 }, .get.endpoint = v6 },
+                { .hdr = { .type = PB_MSG_GET | PB_MSG_REPLY, .id = 1, .version = 2 }, .got.endpoint = v6 },
+                { .hdr = { .type = PB_MSG_STATUS, .id = 1 }, .status = { .has_endpoint = true, .endpoint = v6 } },
+                { .hdr = { .type = PB_MSG_STATUS | PB_MSG_REPLY, .id = 1, .version = 3 },
+                  .leases = { .count = 2, .leases = { { .id = 1, .endpoint = v6 }, { .id = 2, .endpoint = v6 } } } },
+                { .hdr = { .type = PB_MSG_POLICY_ADD, .id = 1 },
+                  .policy_add = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 1000 }, .pattern = v6 } },
+                { .hdr = { .type = PB_MSG_POLICY_LIST | PB_MSG_REPLY, .id = 1 },
+                  .rules = { .count = 1, .rules = { { .id = 1, .principal = { .kind = PB_PRINCIPAL_USER },
+                                                      .pattern = v6 } } } },
+        };
+        uint8_t buf[PB_MSG_MAX];
+
+        m[3].leases.leases[0].endpoint.family = PB_FAMILY_ANY;      /* the second one needs version 4 */
+        for (size_t i = 0; i < ELEMENTSOF(m); i++) {
+                size_t len = encode_ok(&m[i], buf);
+                struct pb_msg d;
+
+                assert_int_equal(proto_msg_version(&m[i]), 4);
+                assert_int_equal(buf[4] << 8 | buf[5], 4);
+                assert_int_equal(proto_decode(buf, len, &d), 0);
+                buf[5] = 3;
+                assert_int_equal(decode(buf, len), -EBADMSG);
+                buf[5] = 2;
+                assert_int_equal(decode(buf, len), -EBADMSG);
+        }
+        /* Any other endpoint leaves a message at its type's version. */
+        m[0].get.endpoint.family = PB_FAMILY_ANY;
+        assert_int_equal(proto_msg_version(&m[0]), 2);
+        encode_ok(&m[0], buf);
+        assert_int_equal(buf[4] << 8 | buf[5], 2);
+}
+
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
-                0, 9, 10, 0x00ff, 0x7fff, 0x8000, 0x8009, 0x80ff, 0xc001, 0xfffe,
+                0, 10, 11, 0x00ff, 0x7fff, 0x8000, 0x800a, 0x80ff, 0xc001, 0xfffe,
         };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };
@@ -683,7 +733,7 @@ static void test_unknown_type(void **state) {
         /* Unknown types with a body that would fit a known type are refused too. */
         m = (struct pb_msg) { .hdr = { .type = PB_MSG_POLICY_LIST, .id = 3 } };
         len = encode_ok(&m, buf);
-        buf[7] = 9;
+        buf[7] = 10;
         assert_int_equal(decode(buf, len), -EBADMSG);
 }
 
@@ -1294,6 +1344,7 @@ int main(void) {
                 cmocka_unit_test(test_wrong_length_field),
                 cmocka_unit_test(test_reserved_nonzero),
                 cmocka_unit_test(test_wrong_version),
+                cmocka_unit_test(test_v6only_any_needs_version_4),
                 cmocka_unit_test(test_unknown_type),
                 cmocka_unit_test(test_bool_fields),
                 cmocka_unit_test(test_counts_above_max),
