@@ -309,8 +309,31 @@ static int check_preloadable(const char *name, int depth) {
         return check_elf(path, file_fd);
 }
 
+/* Whether the caller may get some wildcard of the port that e (the
+ * dual-stack wildcard) names: dual-stack, IPv4 or IPv6-only. Returns 0 or
+ * the exit status, with brokerd's reason for the dual-stack one. */
+static int check_port(pb_conn *c, const struct pb_endpoint *e) {
+        struct pb_endpoint v4 = *e, v6 = *e;
+        char text[PB_ENDPOINT_STRLEN];
+        pb_error err, other;
+        int r = pb_conn_check(c, endpoint_format(e, text), &err);
+
+        if (r == 0 || r == -EPROTONOSUPPORT)    /* an older brokerd: the shim's get says it */
+                return 0;
+        v4.family = PB_FAMILY_INET;
+        v6.family = PB_FAMILY_INET6;
+        if (pb_conn_check(c, endpoint_format(&v4, text), &other) == 0 ||
+            pb_conn_check(c, endpoint_format(&v6, text), &other) == 0)
+                return 0;
+        return cli_fail_pb(&err);
+}
+
 /* Gets each named lease once (creating it), so a denial stops us before the server starts;
- * list gets their canonical texts, comma-separated. Returns 0 or the exit status. */
+ * list gets their canonical texts, comma-separated. A port named as a whole
+ * (`8080`, the dual-stack wildcard) is checked, not got: which of its
+ * wildcards the server binds (0.0.0.0, [::] IPv6-only, dual-stack [::])
+ * decides its lease, and the shim asks for that one then. Returns 0 or the
+ * exit status. */
 static int prefetch(const struct run_args *a, char *list, size_t size) {
         pb_conn *c = NULL;
         pb_lease lease;
@@ -320,13 +343,21 @@ static int prefetch(const struct run_args *a, char *list, size_t size) {
 
         list[0] = '\0';
         for (size_t i = 0; r == 0 && i < a->n_endpoints; i++) {
-                int lease_fd = pb_conn_get(c, a->endpoints[i], 0, &lease, &err);
+                struct pb_endpoint e;
+                char text[PB_ENDPOINT_STRLEN];
+                int lease_fd;
 
-                if (lease_fd < 0) {
+                if (endpoint_parse(a->endpoints[i], &e) == 0 && e.family == PB_FAMILY_ANY) {
+                        r = check_port(c, &e);
+                        if (r != 0)
+                                break;
+                        snprintf(lease.endpoint, sizeof(lease.endpoint), "%s", endpoint_format(&e, text));
+                } else if ((lease_fd = pb_conn_get(c, a->endpoints[i], 0, &lease, &err)) >= 0)
+                        safe_close(lease_fd);
+                else {
                         r = cli_fail_pb(&err);
                         break;
                 }
-                safe_close(lease_fd);
                 used += (size_t) snprintf(list + used, size - used, "%s%s", used ? "," : "", lease.endpoint);
                 if (used >= size)
                         r = cli_fail("%s: too many endpoints", a->verb);

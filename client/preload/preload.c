@@ -5,10 +5,14 @@
  * when a TCP or UDP AF_INET/AF_INET6 socket is bound to an endpoint the
  * caller may hold, brokerd's socket takes its place on the same fd number
  * (its FD_CLOEXEC and O_NONBLOCK kept) and bind() returns 0; every other
- * bind() passes through untouched, errno included. On a socket it swapped
- * in, listen() never shrinks the broker's backlog, and SO_REUSEADDR,
- * SO_REUSEPORT and IPV6_V6ONLY are left as brokerd set them. accept() and
- * epoll_ctl(ADD) on one tell `portctl upgrade` that the server serves.
+ * bind() passes through untouched, errno included. The lease asked for is
+ * exactly what the server made: its family (0.0.0.0:P is an IPv4 lease),
+ * its type, and for [::] its IPV6_V6ONLY (tcp6:[::]:P, or the dual-stack
+ * tcp:[::]:P); the options it set before bind() are carried over
+ * (carry_options()). On a socket it swapped in, listen() never shrinks the
+ * broker's backlog, and SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY are
+ * left as brokerd set them. accept() and epoll_ctl(ADD) on one tell
+ * `portctl upgrade` that the server serves.
  *
  * Only the wrapped calls are exported (preload.sym). Each wrapper calls the
  * next definition (RTLD_NEXT, found once at load: other preloaded libraries
@@ -21,7 +25,10 @@
  * bind() returns. Configuration
  * comes from the environment, read once at load (never in a set-user-ID or
  * file-capability program: there every bind() passes through):
- *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker; unset
+ *   PORTBROKER_PRELOAD_ENDPOINTS  comma-separated endpoints to broker (a
+ *                                 dual-stack wildcard, such as a bare port,
+ *                                 stands for each wildcard of its port:
+ *                                 0.0.0.0, [::] and [::] IPv6-only); unset
  *                                 or empty: try every bind to a port, and
  *                                 pass through whatever brokerd refuses
  *   PORTBROKER_SOCKET             brokerd's control socket
@@ -31,6 +38,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,11 +178,12 @@ static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct
                 const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *) sa;
                 e.port_lo = ntohs(sin6->sin6_port);
                 memcpy(e.addr, &sin6->sin6_addr, 16);
-                /* [::], v6-only or not, is the dual-stack lease; v4-mapped stays the server's own. */
-                if (IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr))
-                        e.family = PB_FAMILY_ANY;
-                else if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) || sin6->sin6_scope_id)
+                /* [::] is the dual-stack lease, or with IPV6_V6ONLY the IPv6-only
+                 * one (tcp6:[::]:P); v4-mapped and scoped addresses stay the server's own. */
+                if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr) || sin6->sin6_scope_id)
                         return false;
+                if (IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) && sockopt_get_int(fd, IPPROTO_IPV6, IPV6_V6ONLY) == 0)
+                        e.family = PB_FAMILY_ANY;
                 else
                         e.family = PB_FAMILY_INET6;
         } else
@@ -193,26 +203,27 @@ static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct
         return true;
 }
 
+static bool is_wildcard(const struct pb_endpoint *e) {
+        static const uint8_t zero[16];
+
+        return memcmp(e->addr, zero, sizeof(zero)) == 0;
+}
+
+/* Whether e is named: exactly, or as a wildcard of a port named as a
+ * whole (a dual-stack wildcard: `portctl run 8080` serves a server that
+ * binds 0.0.0.0:8080, [::]:8080 or both with IPV6_V6ONLY, each with the
+ * lease of what it made). */
 static bool wanted(const struct pb_endpoint *e) {
         if (cfg.all)
                 return true;
-        for (size_t i = 0; i < cfg.n_endpoints; i++)
-                if (endpoint_equal(&cfg.endpoints[i], e))
+        for (size_t i = 0; i < cfg.n_endpoints; i++) {
+                const struct pb_endpoint *n = &cfg.endpoints[i];
+
+                if (endpoint_equal(n, e) || (n->family == PB_FAMILY_ANY && n->transport == e->transport &&
+                                             n->port_lo == e->port_lo && is_wildcard(e)))
                         return true;
+        }
         return false;
-}
-
-/* A bind to 0.0.0.0:P beside a named dual-stack lease of P (nginx's
- * `listen 8080; listen [::]:8080;`) gets that lease's socket: it serves
- * IPv4 too, and its port leaves no room for a second socket. */
-static void widen_to_dual_stack(struct pb_endpoint *e) {
-        struct pb_endpoint any = *e;
-
-        if (cfg.all || e->family != PB_FAMILY_INET || memcmp(e->addr, "\0\0\0\0", 4) != 0)
-                return;
-        any.family = PB_FAMILY_ANY;
-        if (wanted(&any))
-                *e = any;
 }
 
 /* One GET over a connection of our own. Returns the fd or -errno; msg gets brokerd's words. */
@@ -278,16 +289,110 @@ static void complain(const struct pb_endpoint *e, int code, const char *msg) {
         (void) !write(STDERR_FILENO, line, n);
 }
 
+/*
+ * The options a server sets before bind() that brokerd's socket can take
+ * for it: those of its buffers, what it receives with each datagram or
+ * connection (IP_PKTINFO, IPV6_RECVPKTINFO, timestamps, ...), and what its
+ * accepted connections inherit (TCP_NODELAY, keepalive, ...). Each is read
+ * from the server's socket and set on brokerd's where the two differ; a
+ * value the kernel refuses (SO_RCVBUF above net.core.rmem_max without
+ * SO_RCVBUFFORCE's privilege) is left. Never carried, by design:
+ * SO_REUSEADDR, SO_REUSEPORT and IPV6_V6ONLY (brokerd's choice, the last
+ * one chose the lease), SO_BINDTODEVICE, SO_MARK and IP_TRANSPARENT (they
+ * change which packets the port gets, or need privilege the server's
+ * bind() did not), socket filters (brokerd detaches them before each
+ * hand-out), and multicast group memberships (getsockopt() cannot read
+ * them: join after bind()). portctl(1) has the list.
+ */
+static const struct carried_option {
+        int level, name;
+        int family;                     /* 0: any; AF_INET or AF_INET6: that family's sockets only */
+        int transport;                  /* 0: any; SOCK_STREAM or SOCK_DGRAM */
+        bool buffer;                    /* SO_RCVBUF/SO_SNDBUF: read back doubled, set half */
+} carried_options[] = {
+        { SOL_SOCKET, SO_RCVBUF, 0, 0, true },
+        { SOL_SOCKET, SO_SNDBUF, 0, 0, true },
+        { SOL_SOCKET, SO_KEEPALIVE, 0, SOCK_STREAM, false },
+        { SOL_SOCKET, SO_OOBINLINE, 0, SOCK_STREAM, false },
+        { SOL_SOCKET, SO_LINGER, 0, SOCK_STREAM, false },
+        { SOL_SOCKET, SO_BROADCAST, 0, SOCK_DGRAM, false },
+        { SOL_SOCKET, SO_PRIORITY, 0, 0, false },
+        { SOL_SOCKET, SO_RCVLOWAT, 0, 0, false },
+        { SOL_SOCKET, SO_TIMESTAMP, 0, 0, false },
+        { SOL_SOCKET, SO_TIMESTAMPNS, 0, 0, false },
+        { SOL_SOCKET, SO_RXQ_OVFL, 0, SOCK_DGRAM, false },
+        { IPPROTO_IP, IP_PKTINFO, AF_INET, 0, false },
+        { IPPROTO_IP, IP_RECVTOS, AF_INET, 0, false },
+        { IPPROTO_IP, IP_RECVTTL, AF_INET, 0, false },
+        { IPPROTO_IP, IP_RECVERR, AF_INET, 0, false },
+        { IPPROTO_IP, IP_RECVORIGDSTADDR, AF_INET, SOCK_DGRAM, false },
+        { IPPROTO_IP, IP_TOS, AF_INET, 0, false },
+        { IPPROTO_IP, IP_TTL, AF_INET, 0, false },
+        { IPPROTO_IP, IP_MTU_DISCOVER, AF_INET, 0, false },
+        { IPPROTO_IP, IP_FREEBIND, AF_INET, 0, false },
+        { IPPROTO_IP, IP_MULTICAST_TTL, AF_INET, SOCK_DGRAM, false },
+        { IPPROTO_IP, IP_MULTICAST_LOOP, AF_INET, SOCK_DGRAM, false },
+        { IPPROTO_IPV6, IPV6_RECVPKTINFO, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_RECVTCLASS, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_RECVHOPLIMIT, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_RECVERR, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, AF_INET6, SOCK_DGRAM, false },
+        { IPPROTO_IPV6, IPV6_TCLASS, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_UNICAST_HOPS, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_MTU_DISCOVER, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_FREEBIND, AF_INET6, 0, false },
+        { IPPROTO_IPV6, IPV6_MULTICAST_HOPS, AF_INET6, SOCK_DGRAM, false },
+        { IPPROTO_IPV6, IPV6_MULTICAST_LOOP, AF_INET6, SOCK_DGRAM, false },
+        { IPPROTO_TCP, TCP_NODELAY, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_MAXSEG, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_KEEPIDLE, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_KEEPINTVL, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_KEEPCNT, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_USER_TIMEOUT, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_DEFER_ACCEPT, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_FASTOPEN, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_NOTSENT_LOWAT, 0, SOCK_STREAM, false },
+        { IPPROTO_TCP, TCP_CONGESTION, 0, SOCK_STREAM, false },
+        { IPPROTO_UDP, UDP_SEGMENT, 0, SOCK_DGRAM, false },
+        { IPPROTO_UDP, UDP_GRO, 0, SOCK_DGRAM, false },
+};
+
+/* Sets on to (brokerd's socket) the options from (the server's own) has
+ * that differ. Errors are ignored: a server gets no worse a socket than
+ * brokerd's, and its own setsockopt() after bind() reports for itself. */
+static void carry_options(int from, int to) {
+        int family = sockopt_get_int(from, SOL_SOCKET, SO_DOMAIN);
+        int type = sockopt_get_int(from, SOL_SOCKET, SO_TYPE);
+
+        for (size_t i = 0; i < sizeof(carried_options) / sizeof(carried_options[0]); i++) {
+                const struct carried_option *o = &carried_options[i];
+                union {
+                        int i;
+                        struct linger linger;
+                        char name[32];
+                } want = { 0 }, have = { 0 };
+                socklen_t want_len = sizeof(want), have_len = sizeof(have);
+
+                if ((o->family && o->family != family) || (o->transport && o->transport != type))
+                        continue;
+                if (getsockopt(from, o->level, o->name, &want, &want_len) < 0 ||
+                    getsockopt(to, o->level, o->name, &have, &have_len) < 0 ||
+                    (want_len == have_len && memcmp(&want, &have, want_len) == 0))
+                        continue;
+                if (o->buffer)
+                        want.i /= 2;    /* the kernel doubles what it is given (socket(7)) */
+                if (o->name == TCP_CONGESTION && o->level == IPPROTO_TCP)
+                        want_len = (socklen_t) strnlen(want.name, sizeof(want.name));
+                (void) next_setsockopt(to, o->level, o->name, &want, want_len);
+        }
+}
+
 int bind(int fd, const struct sockaddr *sa, socklen_t len) {
         int saved_errno = errno, fd_flags, fl_flags, new_fd, cur;
         struct pb_endpoint e;
         char msg[PB_TEXT_MAX + 1];
-        bool ours = endpoint_of(fd, sa, len, &e);
+        bool ours = endpoint_of(fd, sa, len, &e) && wanted(&e);
 
-        if (ours) {
-                widen_to_dual_stack(&e);
-                ours = wanted(&e);
-        }
         if (!ours) {
                 errno = saved_errno;
                 return next_bind(fd, sa, len);
@@ -304,6 +409,7 @@ int bind(int fd, const struct sockaddr *sa, socklen_t len) {
                 errno = -new_fd;
                 return -1;
         }
+        carry_options(fd, new_fd);
         /* Same fd number, the caller's close-on-exec; the socket's file status
          * flags are shared by every holder: set O_NONBLOCK as this caller had it. */
         if (fd_flags < 0 || fl_flags < 0 ||

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: MIT
 """libportbroker-preload.so under `portctl run`, probed from inside a real
 process (Python calls libc's bind/listen/setsockopt, so the shim is what it
-calls): the swap keeps the fd number and its flags, errno is untouched on
-the pass-through path, listen() keeps the broker's backlog, SO_REUSEPORT
-cannot be set, no broker connection is left behind, children (fork + exec)
-get the same socket, UDP works, and what is not named passes through."""
+calls): the swap keeps the fd number and its flags, and the family, type
+and IPV6_V6ONLY the server gave its socket (0.0.0.0 an IPv4 lease, [::]
+with IPV6_V6ONLY the IPv6-only one, beside it), the options it set before
+bind() are carried over, errno is untouched on the pass-through path,
+listen() keeps the broker's backlog, SO_REUSEPORT cannot be set, no broker
+connection is left behind, children (fork + exec) get the same socket, UDP
+works, and what is not named passes through."""
 
 import json
 import os
@@ -15,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import PORTCTL, PRELOAD, PYTHON, as_user, child_env, fetch, wait_for
+from conftest import PORTCTL, PRELOAD, PYTHON, as_user, child_env, fetch, try_bind, wait_for
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -73,6 +76,7 @@ out["udp_inode"] = os.fstat(d.fileno()).st_ino
 # A child that execs and binds again (the shim is in its environment) gets the same socket.
 child = subprocess.run([sys.executable, "-c",
     "import os, socket; s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); "
+    "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); "
     "s.bind(('::', 8080)); print(os.fstat(s.fileno()).st_ino)"], capture_output=True, text=True)
 out["child_inode"] = int(child.stdout) if child.stdout.strip() else child.stderr
 
@@ -82,20 +86,23 @@ subprocess.run([sys.executable, "-c",
     "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.detach()"], pass_fds=[fd], check=True)
 out["reuseport_after_exec"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
 
-# nginx's `listen 8080; listen [::]:8080;`: the IPv4 wildcard gets the dual-stack socket too.
+# nginx's `listen 8080; listen [::]:8080;`: beside the IPv6-only socket, the
+# IPv4 wildcard gets an IPv4 socket of its own, as the server made it.
 v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 try:
     v4.bind(("0.0.0.0", 8080))
     out["v4_inode"] = os.fstat(v4.fileno()).st_ino
+    out["v4_family"] = v4.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    out["v4_name"] = list(v4.getsockname())
 except OSError as e:
     out["v4_inode"] = str(e)
 print(json.dumps(out))
 """
 
 
-def run_probe(broker, *endpoints):
+def run_probe(broker, *endpoints, probe=PROBE):
     argv = as_user(U1) + [PORTCTL, "--socket", broker.control, "run", *endpoints, "--",
-                          sys.executable, "-c", PROBE]
+                          sys.executable, "-c", probe]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=child_env())
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -108,37 +115,99 @@ def test_shim_swaps_in_the_brokered_socket(broker):
     assert out["passthrough_rc"] == 0 and out["passthrough_errno"] == 1234, out
     assert out["same_fd"] and out["cloexec"] and out["nonblocking"], out
     assert out["reuseport"] == 0, out
-    assert out["v6only"] == 0, out                      # brokerd's dual-stack socket, unchanged
+    assert out["v6only"] == 1, out                      # the IPv6-only lease the server's socket asked for
     assert out["sockets_added"] == 1, out               # the swapped socket; no broker connection left
     assert out["other_port_bound"] == 8095, out
     assert out["child_inode"] == out["inode"], out
     assert out["reuseport_after_exec"] == 0, out
-    assert out["v4_inode"] == out["inode"], out
-    # The server holds brokerd's socket, listening with brokerd's backlog, not its own 5
+    assert isinstance(out["v4_inode"], int) and out["v4_inode"] != out["inode"], out
+    assert out["v4_family"] == socket.AF_INET and out["v4_name"] == ["0.0.0.0", 8080], out
+    # The server holds brokerd's sockets, listening with brokerd's backlog, not its own 5
     # (nor the exec'd child's 5).
     ss = subprocess.run(["ss", "-Hltn", "sport = :8080"], capture_output=True, text=True).stdout
-    assert ss.split()[2] == "4096", ss
+    assert [l.split()[2] for l in ss.splitlines()] == ["4096", "4096"], ss
     st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
-    assert set(st) == {"tcp:[::]:8080", "udp:[::]:5353"}, st   # 8095 never went to brokerd
+    # A port named as a whole (8080) covers each wildcard the server binds, each its own
+    # lease; udp:5353 is dual-stack as the server made it; 8095 never went to brokerd.
+    assert set(st) == {"tcp6:[::]:8080", "tcp:0.0.0.0:8080", "udp:[::]:5353"}, st
 
 
-@pytest.mark.expect_log(r"event=error endpoint=tcp:0\.0\.0\.0:8080 .*Address already in use")
 def test_shim_without_endpoints_tries_every_bind(broker):
-    """No endpoints named: 8080 (allowed) is brokered; 8095 (no rule) passes
-    through. The IPv4 wildcard bind of 8080 is not widened to the dual-stack
-    lease (only a named lease is): brokerd is asked for tcp:0.0.0.0:8080,
-    refuses it (its own [::]:8080 socket holds the port), and the
-    pass-through bind fails the same way."""
+    """No endpoints named: 8080 (allowed) is brokered, each bind with the
+    lease of what it made; 8095 (no rule) passes through."""
     broker.portctl("policy", "add", "tcp:8080", "--user", U1)
     broker.portctl("policy", "add", "udp:5353", "--user", U1)
     out = run_probe(broker)
-    assert out["same_fd"] and out["child_inode"] == out["inode"], out
+    assert out["same_fd"] and out["child_inode"] == out["inode"] and out["v6only"] == 1, out
     assert out["other_port_bound"] == 8095, out
-    assert "Address already in use" in str(out["v4_inode"]), out
+    assert out["v4_family"] == socket.AF_INET and out["v4_inode"] != out["inode"], out
     denied = [l for l in broker.events("deny") if "8095" in l]
     assert len(denied) == 1 and f"uid={U1}" in denied[0], broker.events("deny")   # 8095: asked for, refused
     st = {l["endpoint"] for l in broker.portctl("status", json=True).json}
-    assert st == {"tcp:[::]:8080", "udp:[::]:5353"}, st
+    assert st == {"tcp6:[::]:8080", "tcp:0.0.0.0:8080", "udp:[::]:5353"}, st
+
+
+# A server that sets options before bind(), as dnsmasq and memcached do: an
+# IPv4 UDP socket with IP_PKTINFO, a receive buffer and SO_BROADCAST; an
+# IPv6-only TCP listener whose connections inherit TCP_NODELAY and
+# SO_KEEPALIVE. Each is read back after the swap, and used.
+OPTIONS_PROBE = r"""
+import json, os, socket
+IP_PKTINFO = 8                  # <linux/in.h>; Python's socket module lacks it
+out = {}
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+own = os.fstat(u.fileno()).st_ino
+u.bind(("0.0.0.0", 5353))
+out["udp_swapped"] = os.fstat(u.fileno()).st_ino != own
+out["udp_family"] = u.family == socket.AF_INET and u.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_INET
+out["udp_name"] = list(u.getsockname())
+out["pktinfo"] = u.getsockopt(socket.IPPROTO_IP, IP_PKTINFO)
+out["rcvbuf"] = u.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+out["broadcast"] = u.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.sendto(b"q", ("127.0.0.1", 5353))
+data, anc, flags, peer = u.recvmsg(16, socket.CMSG_SPACE(12))
+out["from"] = peer[0]
+out["cmsg"] = [[level, ctype] for level, ctype, _ in anc]
+
+t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+t.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+own = os.fstat(t.fileno()).st_ino
+t.bind(("::", 8080))
+t.listen(16)
+out["tcp_swapped"] = os.fstat(t.fileno()).st_ino != own
+out["v6only"] = t.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+k = socket.create_connection(("::1", 8080), timeout=5)
+a, peer = t.accept()
+out["peer"] = peer[0]
+out["accepted_nodelay"] = a.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+out["accepted_keepalive"] = a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+print(json.dumps(out))
+"""
+
+
+def test_shim_keeps_the_family_and_carries_the_options(broker):
+    """The issue's http.server and dnsmasq: a server that made an AF_INET
+    socket gets an AF_INET one (sockaddr_in from getsockname() and
+    recvmsg(), IP_PKTINFO where it looks for it), a [::] IPv6-only one an
+    IPv6-only one; and what it set before bind() holds on brokerd's socket."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    broker.portctl("policy", "add", "udp:5353", "--user", U1)
+    out = run_probe(broker, "8080", "udp:5353", probe=OPTIONS_PROBE)
+    assert out["udp_swapped"] and out["udp_family"] and out["udp_name"] == ["0.0.0.0", 5353], out
+    assert out["pktinfo"] == 1 and out["broadcast"] == 1, out
+    assert out["rcvbuf"] == 2 * 65536, out              # the kernel doubles what it is given
+    assert out["from"] == "127.0.0.1", out
+    assert out["cmsg"] == [[socket.IPPROTO_IP, 8]], out               # IP_PKTINFO
+    assert out["tcp_swapped"] and out["v6only"] == 1 and out["peer"] == "::1", out
+    assert out["accepted_nodelay"] == 1 and out["accepted_keepalive"] == 1, out
+    st = {l["endpoint"] for l in broker.portctl("status", json=True).json}
+    assert st == {"udp:0.0.0.0:5353", "tcp6:[::]:8080"}, st
 
 
 def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
@@ -157,6 +226,30 @@ def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
     # A denied endpoint stops run before the server starts.
     r = broker.portctl("run", "9999", "--", "/usr/bin/true", uid=U1, check=1)
     assert "no rule" in r.stderr
+
+
+@pytest.mark.expect_log(r"event=error endpoint=tcp:0\.0\.0\.0:8081 .*the lease tcp:\[::\]:8081 of uid 4343")
+def test_run_checks_a_port_without_taking_it(broker):
+    """`portctl run PORT` asks brokerd (CHECK) whether the caller may have
+    some wildcard of the port, creating no lease: which one the server gets
+    is its socket's business. A port whose leases are another uid's, or
+    that another uid's lease overlaps, stops it before the server starts."""
+    broker.portctl("policy", "add", "tcp:8080-8081", "--user", U1)
+    broker.portctl("policy", "add", "tcp:8081", "--user", U2)
+    r = broker.portctl("run", "8080", "--", "/bin/sh", "-c", "echo started", uid=U1)
+    assert r.stdout == "started\n" and broker.portctl("status", json=True).json == [], r
+    assert try_bind(8080) == 0                          # nothing bound for a check
+    broker.portctl("get", "tcp6:8081", uid=U2)           # U2's IPv6-only lease leaves IPv4 to U1
+    r = broker.portctl("run", "8081", "--", "/bin/sh", "-c", "echo started", uid=U1)
+    assert r.stdout == "started\n", r
+    r = broker.portctl("run", "tcp6:8081", "--", "/bin/sh", "-c", "echo started", uid=U1, check=1)
+    assert "held by uid 4343" in r.stderr and "started" not in r.stdout, r
+    broker.portctl("release", "tcp6:8081", uid=U2)
+    broker.portctl("get", "tcp:[::]:8081", uid=U2)       # U2's dual-stack lease overlaps every wildcard
+    r = broker.portctl("run", "8081", "--", "/bin/sh", "-c", "echo started", uid=U1, check=1)
+    assert "held by uid 4343" in r.stderr, r
+    r = broker.portctl("run", "tcp4:8081", "--", "/bin/sh", "-c", "echo started", uid=U1, check=1)
+    assert "the lease tcp:[::]:8081 of uid 4343 holds the port" in r.stderr, r
 
 
 OLD_SERVER = r"""

@@ -13,21 +13,24 @@ it runs there is exactly one listener on the port, brokerd's, and every
 server process holds that very socket.
 
   * nginx, HTTP and stream, via `portctl run 8080 -- nginx ... 'daemon off;'`
-    (LD_PRELOAD shim; master_process on, worker_processes 2,
-    `listen [::]:8080` which nginx binds with IPV6_V6ONLY=1, yet IPv4
-    clients are served: the lease is the dual-stack [::]:8080).
+    (LD_PRELOAD shim; master_process on, worker_processes 2, `listen 8080;
+    listen [::]:8080;`, which nginx binds as an IPv4 socket and an IPv6 one
+    with IPV6_V6ONLY=1: two leases, tcp:0.0.0.0:8080 and tcp6:[::]:8080,
+    each its own brokered socket).
     HTTP is loaded with conftest.HttpLoad (pb-load sends no request); the
     stream server answers "ok nginx PID" on connect, so pb-load loads it.
   * systemd-socket-proxyd, socket-activation aware (sd_listen_fds), via
     `portctl get 8080 -- systemd-socket-proxyd 127.0.0.1:BACKEND` in front
     of an nginx stream server; only the proxy is killed. pb-load.
-  * `python3 -m http.server 8080 --bind ::` via `portctl run -- ...` with no
-    endpoint named (every bind is tried with the broker). It listens with a
-    backlog of 5: the shim keeps the broker's (4096), which the test checks.
-    HttpLoad.
+  * `python3 -m http.server 8080 --bind ::` (dual-stack) and `--bind
+    0.0.0.0` (an AF_INET socket, which must stay one: its log shows
+    127.0.0.1, not ::ffff:127.0.0.1 or worse) via `portctl run -- ...` with
+    no endpoint named (every bind is tried with the broker). It listens with
+    a backlog of 5: the shim keeps the broker's (4096), which the test
+    checks. HttpLoad.
   * socat (1.7.4: it cannot accept on an inherited fd) via `portctl run`,
-    on 8080 and on 80 as a non-root uid: replies through the broker's
-    socket (no load).
+    on 8080 and on 80 as a non-root uid, IPv6 only as it asks: replies
+    through the broker's socket (no load).
   * what LD_PRELOAD cannot reach: `portctl run` refuses a static binary and
     a setuid one with one line, pointing to socket activation.
 
@@ -145,12 +148,14 @@ def portctl_argv(broker, *args):
 # --- nginx -------------------------------------------------------------------
 
 
-def nginx_dir(scratch, name, body, listen=f"[::]:{PORT}", module="http", uid=U1, server_extra=""):
+def nginx_dir(scratch, name, body, listen=(f"{PORT}", f"[::]:{PORT}"), module="http", uid=U1, server_extra=""):
     """A prefix directory for an nginx run as uid: config, pid, logs and temp
     paths inside it. body is what every connection gets (nginx variables
     allowed, e.g. $pid: the worker's pid); for http, at location /, and
-    server_extra goes into the server block."""
+    server_extra goes into the server block. listen: the addresses (by
+    default nginx's usual pair, IPv4 and IPv6: two sockets)."""
     need_tool(NGINX, "nginx")
+    listen = "".join(f"        listen {a};\n" for a in ([listen] if isinstance(listen, str) else listen))
     d = scratch / name
     (d / "tmp").mkdir(parents=True)
     common = (f"worker_processes 2;\n"
@@ -163,7 +168,7 @@ def nginx_dir(scratch, name, body, listen=f"[::]:{PORT}", module="http", uid=U1,
         conf = (f"load_module {STREAM_MODULE};\n" + common +
                 f"stream {{\n"
                 f"    server {{\n"
-                f"        listen {listen};\n"
+                f"{listen}"
                 f"        return \"{body}\\n\";\n"
                 f"    }}\n"
                 f"}}\n")
@@ -174,7 +179,7 @@ def nginx_dir(scratch, name, body, listen=f"[::]:{PORT}", module="http", uid=U1,
                 f"http {{\n"
                 f"    access_log off;\n{temp}"
                 f"    server {{\n"
-                f"        listen {listen};\n"
+                f"{listen}"
                 f"        default_type text/plain;\n"
                 f"        location / {{ return 200 \"{body}\\n\"; }}\n"
                 f"{server_extra}"
@@ -213,23 +218,23 @@ def nginx_ready(g, module, workers=2):
     return nginx_workers(g.pid)
 
 
-def assert_one_brokered_listener(broker, pids):
-    """Exactly one socket listens on PORT, brokerd holds it, and so does every pid."""
+def assert_brokered_listeners(broker, pids, n=1):
+    """Exactly n sockets listen on PORT, brokerd holds them, and so does every pid."""
     ls = listeners(PORT)
-    assert len(ls) == 1, f"expected one listener on {PORT}, got {ls}"
-    (ino,) = ls
-    assert ino in socket_inodes(broker.pid), "the listener is not brokerd's socket"
+    assert len(ls) == n, f"expected {n} listeners on {PORT}, got {ls}"
+    assert ls <= socket_inodes(broker.pid), "a listener is not brokerd's socket"
     for p in pids:
-        assert ino in socket_inodes(p), f"pid {p} does not hold brokerd's socket {ino}"
-    return ino
+        assert ls <= socket_inodes(p), f"pid {p} does not hold brokerd's sockets {ls}"
+    return ls
 
 
 # --- the kill/restart cycle -----------------------------------------------------
 
 
-def kill_restart_cycle(broker, start, ready, make_load):
+def kill_restart_cycle(broker, start, ready, make_load, lease=str(PORT)):
     """Starts the server, then the load; at even intervals SIGKILLs the whole
-    server and restarts it, KILLS times. Returns (load result, per-kill details)."""
+    server and restarts it, KILLS times. Returns (load result, per-kill
+    details). lease: the endpoint the load reaches (its queue is recorded)."""
     g = start()
     ready(g)
     load = make_load()
@@ -238,7 +243,7 @@ def kill_restart_cycle(broker, start, ready, make_load):
         at = load.t0 + k * DURATION / (KILLS + 1)
         time.sleep(max(0.0, at - time.monotonic()))          # a schedule, not a wait for a condition
         t_kill = g.kill9()
-        st = broker.portctl("status", PORT, json=True).json[0]
+        st = broker.portctl("status", lease, json=True).json[0]
         detail = {"bind_errno": try_bind(PORT, reuseaddr=True), "listeners": len(listeners(PORT)),
                   "queued": st["queued"]}
         g = start()
@@ -249,7 +254,7 @@ def kill_restart_cycle(broker, start, ready, make_load):
     return res, kills, g
 
 
-def check_and_save(name, res, kills, **extra):
+def check_and_save(name, res, kills, listening=1, **extra):
     keys = ("attempted", "ok", "refused", "timed_out", "lost", "bad_reply", "errors", "error_kinds",
             "reply_us", "bodies")
     s = {k: res[k] for k in keys if k in res}
@@ -257,7 +262,7 @@ def check_and_save(name, res, kills, **extra):
              queued_while_down=[k["queued"] for k in kills], **extra)
     save_results(name, s)
     for k in kills:
-        assert k["bind_errno"] == errno.EADDRINUSE and k["listeners"] == 1, k
+        assert k["bind_errno"] == errno.EADDRINUSE and k["listeners"] == listening, k
     assert res["attempted"] == RATE * DURATION, s
     assert res["refused"] == 0, s
     assert res["timed_out"] == 0, s
@@ -281,7 +286,7 @@ def test_nginx_unmodified_survives_kill9_of_master_and_workers(broker, procs, gr
 
     def ready(g):
         workers = nginx_ready(g, module)
-        assert_one_brokered_listener(broker, [g.pid, *workers])
+        assert_brokered_listeners(broker, [g.pid, *workers], 2)
 
     if module == "http":
         def make_load():
@@ -290,16 +295,16 @@ def test_nginx_unmodified_survives_kill9_of_master_and_workers(broker, procs, gr
         def make_load():
             return Load(procs, PORT, RATE, DURATION)
 
-    res, kills, g = kill_restart_cycle(broker, start, ready, make_load)
-    # IPv4 and IPv6 clients both reach it: nginx asked for [::] v6only, got dual-stack.
+    res, kills, g = kill_restart_cycle(broker, start, ready, make_load, lease=f"tcp4:{PORT}")
+    # IPv4 and IPv6 clients both reach it, each through the socket nginx made for them.
     for addr in ("127.0.0.1", "::1"):
         body = http_get(PORT, addr=addr)[1] if module == "http" else fetch(PORT, addr)
         assert body.startswith("ok nginx "), body
-    st = broker.portctl("status", PORT, json=True).json[0]
-    s = check_and_save(f"thirdparty_nginx_{module}", res, kills, server="nginx " + module,
-                       handouts=st["handouts"])
-    assert st["owner_uid"] == U1 and st["endpoint"] == f"tcp:[::]:{PORT}", st
-    assert st["handouts"] >= KILLS + 1, st
+    st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
+    s = check_and_save(f"thirdparty_nginx_{module}", res, kills, listening=2, server="nginx " + module,
+                       handouts=st[f"tcp:0.0.0.0:{PORT}"]["handouts"])
+    assert set(st) == {f"tcp:0.0.0.0:{PORT}", f"tcp6:[::]:{PORT}"}, st
+    assert all(l["owner_uid"] == U1 and l["handouts"] >= KILLS + 1 for l in st.values()), st
     assert all(b.startswith("ok nginx ") for b in s.get("bodies", {})), s
     assert "emerg" not in (d / "error.log").read_text(), (d / "error.log").read_text()[-2000:]
 
@@ -328,7 +333,7 @@ def test_systemd_socket_proxyd_survives_kill9(broker, procs, groups, scratch):
         wait_for(lambda: broker.portctl("status", PORT, check=False).returncode == 0, 10,
                  f"portctl get to create the lease of {PORT}")
         wait_for(lambda: fetch(PORT).startswith("ok nginx "), 10, "an answer through the proxy")
-        assert_one_brokered_listener(broker, [g.pid])
+        assert_brokered_listeners(broker, [g.pid])
 
     res, kills, g = kill_restart_cycle(broker, start, ready, lambda: Load(procs, PORT, RATE, DURATION))
     assert backend.alive() and g.alive()
@@ -345,7 +350,11 @@ def listen_backlog(port):
     return int(out[2])
 
 
-def test_python_http_server_survives_kill9(broker, groups, scratch):
+@pytest.mark.parametrize("bind,lease", [("::", f"tcp:[::]:{PORT}"), ("0.0.0.0", f"tcp:0.0.0.0:{PORT}")])
+def test_python_http_server_survives_kill9(broker, groups, scratch, bind, lease):
+    """--bind :: makes a dual-stack socket, --bind 0.0.0.0 an AF_INET one:
+    each gets the lease of what it made, and the log shows its clients'
+    addresses as it would without the broker."""
     need_run()
     broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
     www = scratch / "www"
@@ -355,7 +364,7 @@ def test_python_http_server_survives_kill9(broker, groups, scratch):
 
     # No endpoint named: every bind() to a non-zero port is tried with the broker.
     def start():
-        return groups(portctl_argv(broker, "run", "--", PYTHON, "-m", "http.server", PORT, "--bind", "::",
+        return groups(portctl_argv(broker, "run", "--", PYTHON, "-m", "http.server", PORT, "--bind", bind,
                                    "--directory", www), name="http.server")
 
     def ready(g):
@@ -365,17 +374,24 @@ def test_python_http_server_survives_kill9(broker, groups, scratch):
             except OSError:
                 return False
         wait_for(answered, 10, "http.server to answer")
-        assert_one_brokered_listener(broker, [g.pid])
+        assert_brokered_listeners(broker, [g.pid])
         # socketserver listens with a backlog of 5; the broker's stays.
         assert listen_backlog(PORT) >= 4096
 
     res, kills, g = kill_restart_cycle(broker, start, ready,
-                                       lambda: HttpLoad(PORT, RATE, DURATION, path="/ok"))
-    assert http_get(PORT, "/ok", addr="::1") == (200, "ok http.server\n")
-    s = check_and_save("thirdparty_python_http_server", res, kills, server="python3 -m http.server")
+                                       lambda: HttpLoad(PORT, RATE, DURATION, path="/ok"), lease=lease)
+    if bind == "::":
+        assert http_get(PORT, "/ok", addr="::1") == (200, "ok http.server\n")
+    s = check_and_save(f"thirdparty_python_http_server_{'v4' if bind == '0.0.0.0' else 'dual'}", res, kills,
+                       server=f"python3 -m http.server --bind {bind}")
     assert s["bodies"] == {"ok http.server\n": res["ok"]}, s
-    st = broker.portctl("status", PORT, json=True).json[0]
-    assert st["owner_uid"] == U1 and st["endpoint"] == f"tcp:[::]:{PORT}" and st["handouts"] >= KILLS + 1, st
+    st = broker.portctl("status", lease, json=True).json[0]
+    assert st["owner_uid"] == U1 and st["handouts"] >= KILLS + 1, st
+    # Its access log: one line per request, the client as the socket family gives it, no errors.
+    log = [l for l in g.proc.stderr().splitlines() if '"GET /ok ' in l]
+    clients = ("127.0.0.1",) if bind == "0.0.0.0" else ("::ffff:127.0.0.1", "::1")
+    assert log and all(l.split(" - - ")[0] in clients for l in log), log[:5]
+    assert "Traceback" not in g.proc.stderr() and "Error" not in g.proc.stderr(), g.proc.stderr()[-2000:]
 
 
 # --- socat ------------------------------------------------------------------------------
@@ -383,8 +399,9 @@ def test_python_http_server_survives_kill9(broker, groups, scratch):
 
 @pytest.mark.parametrize("port,via_exec", [(PORT, False), (80, False), (PORT, True)])
 def test_socat_listen_gets_the_brokered_socket(broker, groups, port, via_exec):
-    """socat binds [::]:PORT v6only itself; it gets the dual-stack brokered
-    socket. Port 80 too: brokerd binds it, so the non-root server needs no
+    """socat binds [::]:PORT v6only itself; it gets the IPv6-only brokered
+    socket (IPv4 clients are refused, as they would be without the broker).
+    Port 80 too: brokerd binds it, so the non-root server needs no
     privilege (CAP_NET_BIND_SERVICE) of its own. via_exec: a shell execs
     socat (the shim survives exec)."""
     need_run()
@@ -397,13 +414,15 @@ def test_socat_listen_gets_the_brokered_socket(broker, groups, port, via_exec):
 
     def answered():
         try:
-            return fetch(port)
+            return fetch(port, "::1")
         except ConnectionRefusedError:
             return None
     assert wait_for(answered, 10, "socat to answer") == "ok socat\n"
-    assert fetch(port, "::1") == "ok socat\n"
+    with pytest.raises(ConnectionRefusedError):
+        fetch(port)
     ls = listeners(port)
     assert len(ls) == 1 and ls <= socket_inodes(g.pid) & socket_inodes(broker.pid), ls
+    assert [l["endpoint"] for l in broker.portctl("status", json=True).json] == [f"tcp6:[::]:{port}"]
 
 
 # --- what LD_PRELOAD cannot reach -----------------------------------------------

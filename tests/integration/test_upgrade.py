@@ -31,7 +31,7 @@ import time
 import pytest
 
 from conftest import HttpLoad, http_get, save_results, wait_for
-from test_thirdparty import (PORT, U1, assert_one_brokered_listener, need_run, nginx_argv,
+from test_thirdparty import (PORT, U1, assert_brokered_listeners, need_run, nginx_argv,
                              nginx_dir, nginx_ready, nginx_workers, portctl_argv)
 from test_thirdparty import groups  # noqa: F401  (the fixture)
 
@@ -141,9 +141,10 @@ def test_nginx_upgrade_under_load_loses_nothing(broker, groups, scratch):  # noq
     assert int(m[0].group(1)) in [new.pid, *new_workers], (lines, new.pid, new_workers)
     wait_for(lambda: not old.members(), 10, "the old nginx's workers to be gone")
     assert new.alive() and len(new_workers) == 2, new.proc.stderr()
-    assert_one_brokered_listener(broker, [new.pid, *new_workers])
+    assert_brokered_listeners(broker, [new.pid, *new_workers], 2)
     assert not set(old_workers) & set(new_workers)
     for addr in ("127.0.0.1", "::1"):
         assert http_get(PORT, addr=addr)[1].startswith("ok nginx-new "), addr
-    st = broker.portctl("status", PORT, json=True).json[0]
-    assert st["owner_uid"] == U1 and st["endpoint"] == f"tcp:[::]:{PORT}", st
+    st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
+    assert set(st) == {f"tcp:0.0.0.0:{PORT}", f"tcp6:[::]:{PORT}"}, st
+    assert all(l["owner_uid"] == U1 for l in st.values()), st
