@@ -78,9 +78,7 @@ int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_m
         const char *operand = NULL;
 
         for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
+                if (argv[i][0] == '-' && argv[i][1])
                         return cli_usage("%s: unknown option '%s'", verb, argv[i]);
                 else if (!too_many)
                         return cli_usage("%s: unexpected argument '%s'", verb, argv[i]);

@@ -22,6 +22,7 @@
 #define EXIT_CANNOT_EXEC 126             /* the command after `--` exists but cannot be run */
 #define EXIT_NOT_FOUND 127              /* the command after `--` was not found */
 
+/* Options every command shares, before or after the command's name (portctl.c takes them). */
 extern const char *arg_socket;          /* --socket; NULL: $PORTBROKER_SOCKET or the default */
 extern bool arg_json;                   /* --json */
 
@@ -46,9 +47,10 @@ int cli_check_endpoint(const char *text, bool pattern);
 /* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE. */
 int cli_connect(pb_conn **ret);
 
-/* Parses the arguments of a command that takes --json and at most one operand: *ret_operand
- * gets it, or NULL. A second operand is a usage error saying too_many, or, when too_many is
- * NULL, no operand is allowed ("VERB: unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
+/* Parses the arguments of a command that takes at most one operand and no option of its own
+ * (main took --json and --socket out): *ret_operand gets it, or NULL. A second operand is a
+ * usage error saying too_many, or, when too_many is NULL, no operand is allowed ("VERB:
+ * unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
 int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand);
 
 /* --- text helpers ------------------------------------------------------------ */

@@ -142,8 +142,6 @@ static int parse_get_args(int argc, char **argv, struct get_args *ret) {
                                 return cli_usage("get: no command after '--'");
                 } else if (strcmp(argv[i], "--nonblock") == 0)
                         nonblock = true;
-                else if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
                 else if (argv[i][0] == '-' && argv[i][1])
                         return cli_usage("get: unknown option '%s'", argv[i]);
                 else {

@@ -63,10 +63,6 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 const char *opt = argv[i], *value, **slot;
                 size_t len;
 
-                if (strcmp(opt, "--json") == 0) {
-                        arg_json = true;
-                        continue;
-                }
                 slot = principal_slot(&a, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
                         return cli_usage("policy add: unknown option '%s'", opt);

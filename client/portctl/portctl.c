@@ -77,10 +77,10 @@ static void help(void) {
         for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
                 fputs(commands[i].help, stdout);
         printf("\n"
-               "Options:\n"
+               "Options (--socket and --json may also follow the command, before any '--'):\n"
                "  --socket PATH         brokerd's control socket (default: $" PB_SOCKET_ENV ",\n"
                "                        else " PB_DEFAULT_SOCKET ")\n"
-               "  --json                Print JSON instead of text (also after the command)\n"
+               "  --json                Print JSON instead of text\n"
                "  --nonblock            get: set O_NONBLOCK on the sockets (shared by every holder);\n"
                "                        with CMD the sockets are otherwise made blocking\n"
                "  --help                Show this help\n"
@@ -123,6 +123,26 @@ static bool wants_help(int argc, char **argv) {
         return false;
 }
 
+/* Takes argv[*i] when it is an option every command shares (--json, --socket PATH, --socket=PATH),
+ * moving *i past its value. Returns 0 when taken, -1 for any other argument, or EXIT_USAGE. */
+static int take_shared_option(int argc, char **argv, int *i) {
+        const char *a = argv[*i];
+
+        if (strcmp(a, "--json") == 0)
+                arg_json = true;
+        else if (strcmp(a, "--socket") == 0) {
+                if (*i + 1 >= argc)
+                        return cli_usage("--socket needs a path");
+                arg_socket = argv[++*i];
+        } else if (strncmp(a, "--socket=", 9) == 0)
+                arg_socket = a + 9;
+        else
+                return -1;
+        if (arg_socket && !arg_socket[0])
+                return cli_usage("--socket needs a path");
+        return 0;
+}
+
 /* Parses the options before the command; *ret_index: where the command is. Returns -1 to go on,
  * or the exit status to return now. */
 static int parse_global_options(int argc, char **argv, int *ret_index) {
@@ -130,6 +150,7 @@ static int parse_global_options(int argc, char **argv, int *ret_index) {
 
         for (i = 1; i < argc && argv[i][0] == '-'; i++) {
                 const char *a = argv[i];
+                int r;
 
                 if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
                         help();
@@ -137,20 +158,35 @@ static int parse_global_options(int argc, char **argv, int *ret_index) {
                 } else if (strcmp(a, "--version") == 0) {
                         printf("portctl %s\n", PB_VERSION);
                         return fflush(stdout) == 0 ? 0 : EXIT_FAILURE;
-                } else if (strcmp(a, "--json") == 0)
-                        arg_json = true;
-                else if (strcmp(a, "--socket") == 0) {
-                        if (i + 1 >= argc)
-                                return cli_usage("--socket needs a path");
-                        arg_socket = argv[++i];
-                } else if (strncmp(a, "--socket=", 9) == 0)
-                        arg_socket = a + 9;
-                else
+                }
+                r = take_shared_option(argc, argv, &i);
+                if (r > 0)
+                        return r;
+                if (r < 0)
                         return cli_usage("unknown option '%s'", a);
-                if (arg_socket && !arg_socket[0])
-                        return cli_usage("--socket needs a path");
         }
         *ret_index = i;
+        return -1;
+}
+
+/* Takes the shared options out of a command's arguments argv[1..argc) up to `--` (what follows
+ * belongs to CMD); the others move down in order, argv stays NULL-terminated. Returns -1 and
+ * *ret_argc, or the exit status to return now. */
+static int take_command_options(int argc, char **argv, int *ret_argc) {
+        int i, n = 1;
+
+        for (i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+                int r = take_shared_option(argc, argv, &i);
+
+                if (r > 0)
+                        return r;
+                if (r < 0)
+                        argv[n++] = argv[i];
+        }
+        while (i < argc)
+                argv[n++] = argv[i++];
+        argv[n] = NULL;
+        *ret_argc = n;
         return -1;
 }
 
@@ -165,7 +201,7 @@ static int print_help(const struct command *c) {
 
 int main(int argc, char **argv) {
         const struct command *c;
-        int i = 0, r;
+        int i = 0, n = 0, r;
 
         open_std_fds();
         r = parse_global_options(argc, argv, &i);
@@ -180,8 +216,11 @@ int main(int argc, char **argv) {
                 return print_help(c);
         if (!c)
                 return cli_usage("unknown command '%s'", argv[i]);
+        r = take_command_options(argc - i, argv + i, &n);
+        if (r >= 0)
+                return r;
 
-        r = c->run(argc - i, argv + i);
+        r = c->run(n, argv + i);
         if ((fflush(stdout) != 0 || ferror(stdout)) && r == 0)
                 r = cli_fail("cannot write the output: %m");
         return r;

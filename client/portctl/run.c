@@ -84,7 +84,7 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
         bool upgrade = strcmp(verb, "upgrade") == 0;
 
         *a = (struct run_args) { .verb = verb, .signal = SIGQUIT, .timeout_sec = 30 };
-        if (arg_json)           /* given before the command */
+        if (arg_json)           /* main took it, before or after the command */
                 return cli_usage("%s: --json is not supported: the server's output is its own", verb);
         a->endpoints = argv + 1;
         for (int i = 1; i < argc; i++) {
@@ -94,9 +94,7 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
                 if (strcmp(opt, "--") == 0) {
                         a->cmd = argv + i + 1;
                         break;
-                } else if (strcmp(opt, "--json") == 0)
-                        return cli_usage("%s: --json is not supported: the server's output is its own", verb);
-                else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
+                } else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
                         char *end;
                         long pid = strtol(val, &end, 10);
                         if (*end || pid <= 1 || pid > INT_MAX)

@@ -107,9 +107,7 @@ static int parse_why_args(int argc, char **argv, struct why *w) {
         int r;
 
         for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (strcmp(argv[i], "--as") == 0) {
+                if (strcmp(argv[i], "--as") == 0) {
                         if (i + 1 >= argc || !argv[i + 1][0])
                                 return cli_usage("why: --as needs a user");
                         as = argv[++i];

@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: MIT
 """brokerd's tuning options seen from clients (--backlog,
---max-leases-per-user, --max-leases, --log-level), portctl's human output, and a clean stop."""
+--max-leases-per-user, --max-leases, --log-level), portctl's human output,
+its options and help, and a clean stop."""
+
+import subprocess
 
 import pytest
 
-from conftest import fetch
+from conftest import PORTCTL, Result, check_sanitizers, child_env, fetch
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -111,3 +114,30 @@ def test_command_help(broker):
             assert f"\n  {cmd} " in out and len(out) < len(full), out
     assert broker.portctl("get", "--", "cat", "--help", check=False).stdout != full
     assert broker.portctl("frob", "--help").stdout == full
+
+
+def run_portctl(*args):
+    """portctl ARGS as root, without the --socket the harness puts first."""
+    argv = [PORTCTL, *map(str, args)]
+    cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env(),
+                        timeout=20)
+    res = Result(argv, cp)
+    check_sanitizers(res.stderr, "portctl")
+    return res
+
+
+def test_shared_options_after_the_command(broker):
+    """--socket and --json go before or after the command's name (the last --socket wins);
+    after `--` they are CMD's."""
+    s = broker.control
+    broker.portctl("get", "8080")
+    for argv in (("status", "--socket", s, "--json"), ("status", "--json", f"--socket={s}"),
+                 ("--json", "status", "--socket", s), ("--socket", "/nonexistent", "status", "--json", "--socket", s)):
+        r = run_portctl(*argv)
+        assert r.returncode == 0 and [x["endpoint"] for x in r.json] == ["tcp:[::]:8080"], r
+    assert run_portctl("policy", "list", "--socket", s, "--json").json == []
+    assert run_portctl("why", "8080", "--json", "--socket", s).json["lease"]["endpoint"] == "tcp:[::]:8080"
+    r = run_portctl("get", "8080", "--socket", s, "--", "echo", "--socket", "x", "--json")
+    assert (r.returncode, r.stdout) == (0, "--socket x --json\n"), r
+    r = run_portctl("status", "--socket")
+    assert r.returncode == 2 and "--socket needs a path" in r.stderr, r
