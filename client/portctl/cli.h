@@ -115,6 +115,15 @@ void table_print(const struct table *t);
 /* Frees the cells; t keeps its ncols. */
 void table_free(struct table *t);
 
+/* --- help (help.c) ---------------------------------------------------------- */
+
+/* Prints portctl's whole help on stdout. */
+void help_all(void);
+
+/* Prints the help of command name and its subcommand sub (NULL: all of them) on stdout: its
+ * usage, what it does and the options it takes; the whole help for an unknown command. */
+void help_command(const char *name, const char *sub);
+
 /* --- commands ---------------------------------------------------------------- */
 
 /* portctl get / release / status (cmd-lease.c). */

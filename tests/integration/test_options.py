@@ -3,6 +3,7 @@
 --max-leases-per-user, --max-leases, --log-level), portctl's human output,
 its options and help, and a clean stop."""
 
+import re
 import subprocess
 
 import pytest
@@ -104,14 +105,42 @@ def test_run_and_upgrade_refuse_json(broker):
     assert broker.portctl("status", json=True).json == []   # nothing was got
 
 
+# Each command's own options; every command also takes --socket and --help, and all but run and
+# upgrade --json. (test_completion.py completes the same.)
+OWN_OPTIONS = {
+    "get": {"--nonblock"}, "release": set(), "status": set(),
+    "policy add": {"--user", "--group", "--unit"}, "policy remove": set(), "policy list": set(),
+    "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+}
+NO_JSON = {"run", "upgrade"}
+
+
+def help_options(text):
+    """The options a help text names."""
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+
+
 def test_command_help(broker):
-    """`portctl CMD --help` and `portctl help CMD` print that command's part of the help."""
+    """`portctl CMD [SUBCOMMAND] --help` and `portctl help CMD [SUBCOMMAND]` print that command's
+    usage with its options and no other command's; a group (policy, admin) shows all of its
+    subcommands; exit 0."""
     full = broker.portctl("--help").stdout
-    for cmd in ("get", "release", "status", "policy", "run", "upgrade", "why"):
-        for argv in ((cmd, "--help"), ("help", cmd)):
+    groups = {}
+    for cmd, own in OWN_OPTIONS.items():
+        words = cmd.split()
+        groups.setdefault(words[0], []).append(cmd)
+        shared = {"--socket", "--help"} | (set() if cmd in NO_JSON else {"--json"})
+        for argv in ((*words, "--help"), ("help", *words), (*words, "--json", "-h")):
             out = broker.portctl(*argv).stdout
-            assert out.startswith(f"Usage: portctl [OPTIONS] {cmd} "), out
-            assert f"\n  {cmd} " in out and len(out) < len(full), out
+            assert out.startswith(f"Usage: portctl [OPTIONS] {cmd}") and "\n       portctl" not in out, out
+            assert help_options(out) == own | shared, (argv, out)
+            assert len(out) < len(full), out
+    for group, cmds in groups.items():
+        out = broker.portctl(group, "--help").stdout
+        usages = re.findall(r"^(?:Usage:|      ) portctl \[OPTIONS\] (.*)$", out, re.M)
+        assert [u[:len(c)] for u, c in zip(usages, cmds)] == cmds and len(usages) == len(cmds), out
+        want = {"--socket", "--help"} | set().union(*(OWN_OPTIONS[c] for c in cmds))
+        assert help_options(out) - {"--json"} == want, out
     assert broker.portctl("get", "--", "cat", "--help", check=False).stdout != full
     assert broker.portctl("frob", "--help").stdout == full
 
