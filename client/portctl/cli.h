@@ -4,8 +4,11 @@
  * the one-line failure messages, endpoint checks, the connection to brokerd,
  * the JSON string writer, the table printer, user and group names, times and
  * a growable array. Functions named cli_* return an exit status (0, or the
- * EXIT_* below after printing `portctl: MESSAGE` on stderr), never -errno;
- * the others follow the usual >= 0 / -errno rule or return nothing.
+ * EXIT_* below after printing `portctl: MESSAGE` on stderr and, under --json,
+ * {"error":MESSAGE,"code":CODE} on stdout), never -errno; the others follow
+ * the usual >= 0 / -errno rule or return nothing. CODE is "usage" for a
+ * usage error, "connect" when brokerd cannot be reached, else the name of
+ * the errno value that says why ("EACCES", brokerd's or our own).
  */
 #pragma once
 
@@ -28,13 +31,14 @@ extern bool arg_json;                   /* --json */
 
 /* --- exit statuses (cli.c) -------------------------------------------------- */
 
-/* Prints `portctl: MESSAGE` and the --help hint; returns EXIT_USAGE. */
+/* Prints `portctl: MESSAGE` and the --help hint (code "usage"); returns EXIT_USAGE. */
 int cli_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Prints `portctl: MESSAGE` (%m allowed); returns EXIT_FAILURE. */
-int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints `portctl: MESSAGE` for the failure errno value e (%m is e's text; its name the code);
+ * returns EXIT_FAILURE. */
+int cli_fail(int e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Prints the library's error (or strerror of its code); returns EXIT_FAILURE. */
+/* Prints the library's error (or strerror of its code), its code's name the code; returns EXIT_FAILURE. */
 int cli_fail_pb(const pb_error *err);
 
 /* Prints `portctl: cannot run CMD: ERROR` for execvp's error e; returns EXIT_NOT_FOUND
@@ -44,7 +48,7 @@ int cli_exec_failed(const char *cmd, int e);
 /* Checks endpoint (or pattern) text before anything is sent. Returns 0 or EXIT_USAGE. */
 int cli_check_endpoint(const char *text, bool pattern);
 
-/* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE. */
+/* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE (code "connect"). */
 int cli_connect(pb_conn **ret);
 
 /* Parses the arguments of a command that takes at most one operand and no option of its own

@@ -55,12 +55,12 @@ static void open_std_fds(void) {
                 }
 }
 
-/* True when the arguments of a command ask for help (before any `--`). */
-static bool wants_help(int argc, char **argv) {
+/* True when argv[1..argc) holds option a or b (may be NULL) before any `--`. */
+static bool has_option(int argc, char **argv, const char *a, const char *b) {
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--") == 0)
                         return false;
-                if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+                if (strcmp(argv[i], a) == 0 || (b && strcmp(argv[i], b) == 0))
                         return true;
         }
         return false;
@@ -148,6 +148,8 @@ int main(int argc, char **argv) {
         int i = 0, n = 0, r;
 
         open_std_fds();
+        /* Known before anything can fail, so that every failure under --json is JSON. */
+        arg_json = has_option(argc, argv, "--json", NULL);
         r = parse_global_options(argc, argv, &i);
         if (r >= 0)
                 return r;
@@ -158,7 +160,7 @@ int main(int argc, char **argv) {
         r = take_command_options(argc - i, argv + i, &n);
         if (r >= 0)
                 return r;
-        if (wants_help(n, argv + i))
+        if (has_option(n, argv + i, "--help", "-h"))
                 return print_help(n, argv + i);
         c = find_command(argv[i]);
         if (!c)
@@ -166,6 +168,6 @@ int main(int argc, char **argv) {
 
         r = c->run(n, argv + i);
         if ((fflush(stdout) != 0 || ferror(stdout)) && r == 0)
-                r = cli_fail("cannot write the output: %m");
+                r = cli_fail(errno ? errno : EIO, "cannot write the output: %m");
         return r;
 }

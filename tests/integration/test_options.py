@@ -94,14 +94,13 @@ def test_clean_stop_and_restart(broker):
 
 
 def test_run_and_upgrade_refuse_json(broker):
-    """run and upgrade print nothing of their own to format: --json is a usage error, not ignored."""
+    """run and upgrade print nothing of their own to format: --json is a usage error, not ignored
+    (said in JSON, as every failure under --json)."""
     for argv, json in ((("run", "--json", "8080", "--", "/bin/true"), False),
                        (("run", "8080", "--", "/bin/true"), True),
                        (("upgrade", "--pid", "2", "--json", "--", "/bin/true"), False)):
         r = broker.portctl(*argv, json=json, check=2)
-        assert r.stdout == "", r
-        first = r.stderr.splitlines()[0]
-        assert first.startswith("portctl: ") and "--json is not supported" in first, r
+        assert "--json is not supported" in json_failure(r, 2, "usage"), r
     assert broker.portctl("status", json=True).json == []   # nothing was got
 
 
@@ -170,3 +169,36 @@ def test_shared_options_after_the_command(broker):
     assert (r.returncode, r.stdout) == (0, "--socket x --json\n"), r
     r = run_portctl("status", "--socket")
     assert r.returncode == 2 and "--socket needs a path" in r.stderr, r
+
+
+def json_failure(res, status, code):
+    """Checks that res failed with status, saying so in one line on stderr and in one JSON error
+    object on stdout with code; returns its message."""
+    assert res.returncode == status, res
+    err = res.json
+    assert set(err) == {"error", "code"} and err["code"] == code, res
+    assert res.stdout.count("\n") == 1 and res.stderr.splitlines()[0] == f"portctl: {err['error']}", res
+    return err["error"]
+
+
+def test_json_failures(broker):
+    """Under --json (before or after the command) a failure also prints {"error": MESSAGE,
+    "code": CODE} on stdout: brokerd's errno by name, "usage", or "connect"; exit statuses as
+    without it."""
+    p = broker.portctl
+    assert "uid 4242" in json_failure(p("get", "8080", uid=U1, json=True, check=1), 1, "EACCES")
+    p("policy", "add", "tcp:8080", "--user", U1)
+    p("get", "8080")
+    json_failure(p("get", "8080", "--json", uid=U1, check=1), 1, "EBUSY")
+    json_failure(p("policy", "add", "tcp:8080", "--user", U1, json=True, check=1), 1, "EEXIST")
+    json_failure(p("policy", "remove", "1", "--json", uid=U1, check=1), 1, "EPERM")
+    json_failure(p("release", "9999", json=True, check=1), 1, "ENOENT")
+    json_failure(p("status", "9999", json=True, check=1), 1, "ENOENT")
+    json_failure(p("policy", "add", "9000", "--user", "no-such-user-pb", json=True, check=1), 1, "ENOENT")
+    assert "8080\"\\\x01" in json_failure(p("get", "8080\"\\\x01", json=True, check=2), 2, "usage")
+    json_failure(p("frob", json=True, check=2), 2, "usage")
+    json_failure(p("status", "--bogus", "--json", check=2), 2, "usage")
+    json_failure(p("get", "8081", "--json", "--", "/nonexistent/cmd", check=127), 127, "ENOENT")
+    json_failure(run_portctl("--socket", "/nonexistent/control.sock", "status", "--json"), 1, "connect")
+    r = p("get", "8080", uid=U1 + 1, check=1)                # no --json: stdout stays empty
+    assert r.stdout == "", r
