@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * portctl's shared helpers (see cli.h): the parsed global options, the
- * one-line failure and usage messages with their exit statuses, endpoint
- * checks and canonical text, the connection to brokerd, the one JSON string
- * writer every --json output uses, user and group names, times, a growable
- * array and the table printer of the human output.
+ * one-line failure and usage messages with their exit statuses (and under
+ * --json their JSON error objects and codes), endpoint checks and canonical
+ * text, the connection to brokerd, the one JSON string writer every --json
+ * output uses, user and group names, times, a growable array and the table
+ * printer of the human output.
  */
 #include "cli.h"
 

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * portctl: the command line client of brokerd, built on libportbroker.
- * This file holds main: the global options, when to print help (help.c: all
- * of it, or one command's with `portctl COMMAND --help`) and the dispatch to
- * the commands:
- * get/release/status (cmd-lease.c), policy (cmd-policy.c), run/upgrade
+ * This file holds main: the options every command shares, when to print
+ * help (help.c has it: all of it, or one command's with `portctl COMMAND
+ * --help`) and the dispatch to the commands: get/release/status
+ * (cmd-lease.c), policy (cmd-policy.c), admin (cmd-admin.c), run/upgrade
  * (run.c) and why (why*.c); what they share is in cli.c. Output is a human
  * table or line by default and JSON with --json. This is the only part of
  * portbroker that prints for users: on failure exactly one line
- * `portctl: MESSAGE` on stderr and exit status 1; usage errors exit with 2.
+ * `portctl: MESSAGE` on stderr (under --json also a JSON error object on
+ * stdout, cli.c) and exit status 1; usage errors exit with 2.
  */
 #include <errno.h>
 #include <fcntl.h>
