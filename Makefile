@@ -11,6 +11,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 DESTDIR    ?=
 
 VERSION    := 0.1.0
@@ -259,6 +260,8 @@ install: all
 	install -m 0755 $(BUILD)/libportbroker-preload.so $(DESTDIR)$(PRELOAD_PATH)
 	install -m 0644 man/portctl.1 $(DESTDIR)$(MANDIR)/man1/portctl.1
 	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8
+	install -d $(DESTDIR)$(BASHCOMPDIR)
+	install -m 0644 client/portctl/portctl.bash-completion $(DESTDIR)$(BASHCOMPDIR)/portctl
 	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' systemd/portbrokerd.service.in \
 		> $(DESTDIR)$(UNITDIR)/portbrokerd.service
 	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * portctl's shared helpers (see cli.h): the parsed global options, the
- * one-line failure and usage messages with their exit statuses, endpoint
- * checks and canonical text, the connection to brokerd, the one JSON string
- * writer every --json output uses, user and group names, times, a growable
- * array and the table printer of the human output.
+ * one-line failure and usage messages with their exit statuses (and under
+ * --json their JSON error objects and codes), endpoint checks and canonical
+ * text, the connection to brokerd, the one JSON string writer every --json
+ * output uses, user and group names, times, a growable array and the table
+ * printer of the human output.
  */
 #include "cli.h"
 
@@ -21,38 +22,77 @@ bool arg_json = false;
 
 /* --- exit statuses ------------------------------------------------------------ */
 
-int cli_usage(const char *fmt, ...) {
-        va_list ap;
+/* The code of errno value e in a --json failure: its name, "EACCES". */
+static const char *errno_code(int e) {
+        const char *name = strerrorname_np(e);
 
-        fputs("portctl: ", stderr);
-        va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputs("\nTry 'portctl --help'.\n", stderr);
-        return EXIT_USAGE;
+        return name ? name : "error";
 }
 
-int cli_fail(const char *fmt, ...) {
-        int saved_errno = errno;        /* for %m */
-        va_list ap;
+/* Prints `portctl: MESSAGE` and hint (may be NULL) on stderr and, under --json,
+ * {"error":MESSAGE,"code":code} on stdout. Returns status. */
+static int vreport(int status, const char *code, const char *hint, const char *fmt, va_list ap) {
+        char *message = NULL;
 
-        fputs("portctl: ", stderr);
-        errno = saved_errno;
+        if (vasprintf(&message, fmt, ap) < 0)   /* %m: the caller's errno, untouched so far */
+                message = NULL;
+        fprintf(stderr, "portctl: %s\n%s", message ? message : strerror(ENOMEM), hint ? hint : "");
+        if (arg_json) {
+                fputs("{\"error\":", stdout);
+                json_string(stdout, message ? message : strerror(ENOMEM));
+                fputs(",\"code\":", stdout);
+                json_string(stdout, code);
+                fputs("}\n", stdout);
+                fflush(stdout);
+        }
+        free(message);
+        return status;
+}
+
+static int report(int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int report(int status, const char *code, const char *fmt, ...) {
+        va_list ap;
+        int r;
+
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        r = vreport(status, code, NULL, fmt, ap);
         va_end(ap);
-        fputc('\n', stderr);
-        return EXIT_FAILURE;
+        return r;
+}
+
+int cli_usage(const char *fmt, ...) {
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        r = vreport(EXIT_USAGE, "usage", "Try 'portctl --help'.\n", fmt, ap);
+        va_end(ap);
+        return r;
+}
+
+int cli_fail(int e, const char *fmt, ...) {
+        const char *code = errno_code(e);
+        va_list ap;
+        int r;
+
+        errno = e;                      /* for %m */
+        va_start(ap, fmt);
+        r = vreport(EXIT_FAILURE, code, NULL, fmt, ap);
+        va_end(ap);
+        return r;
 }
 
 int cli_fail_pb(const pb_error *err) {
-        return cli_fail("%s", err->message[0] ? err->message : strerror(err->code ? err->code : EIO));
+        int e = err->code > 0 ? err->code : EIO;
+
+        return err->message[0] ? cli_fail(e, "%s", err->message) : cli_fail(e, "%m");
 }
 
 int cli_exec_failed(const char *cmd, int e) {
-        errno = e;
-        cli_fail("cannot run %s: %m", cmd);
-        return e == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC;
+        const char *code = errno_code(e);
+
+        errno = e;                      /* for %m */
+        return report(e == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC, code, "cannot run %s: %m", cmd);
 }
 
 int cli_check_endpoint(const char *text, bool pattern) {
@@ -70,7 +110,7 @@ int cli_connect(pb_conn **ret) {
         pb_error err;
 
         if (pb_connect(arg_socket, ret, &err) < 0)
-                return cli_fail_pb(&err);
+                return report(EXIT_FAILURE, "connect", "%s", err.message[0] ? err.message : strerror(err.code));
         return 0;
 }
 
@@ -78,9 +118,7 @@ int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_m
         const char *operand = NULL;
 
         for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (argv[i][0] == '-' && argv[i][1])
+                if (argv[i][0] == '-' && argv[i][1])
                         return cli_usage("%s: unknown option '%s'", verb, argv[i]);
                 else if (!too_many)
                         return cli_usage("%s: unexpected argument '%s'", verb, argv[i]);

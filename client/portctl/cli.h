@@ -4,8 +4,11 @@
  * the one-line failure messages, endpoint checks, the connection to brokerd,
  * the JSON string writer, the table printer, user and group names, times and
  * a growable array. Functions named cli_* return an exit status (0, or the
- * EXIT_* below after printing `portctl: MESSAGE` on stderr), never -errno;
- * the others follow the usual >= 0 / -errno rule or return nothing.
+ * EXIT_* below after printing `portctl: MESSAGE` on stderr and, under --json,
+ * {"error":MESSAGE,"code":CODE} on stdout), never -errno; the others follow
+ * the usual >= 0 / -errno rule or return nothing. CODE is "usage" for a
+ * usage error, "connect" when brokerd cannot be reached, else the name of
+ * the errno value that says why ("EACCES", brokerd's or our own).
  */
 #pragma once
 
@@ -22,18 +25,20 @@
 #define EXIT_CANNOT_EXEC 126             /* the command after `--` exists but cannot be run */
 #define EXIT_NOT_FOUND 127              /* the command after `--` was not found */
 
+/* Options every command shares, before or after the command's name (portctl.c takes them). */
 extern const char *arg_socket;          /* --socket; NULL: $PORTBROKER_SOCKET or the default */
 extern bool arg_json;                   /* --json */
 
 /* --- exit statuses (cli.c) -------------------------------------------------- */
 
-/* Prints `portctl: MESSAGE` and the --help hint; returns EXIT_USAGE. */
+/* Prints `portctl: MESSAGE` and the --help hint (code "usage"); returns EXIT_USAGE. */
 int cli_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Prints `portctl: MESSAGE` (%m allowed); returns EXIT_FAILURE. */
-int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints `portctl: MESSAGE` for the failure errno value e (%m is e's text; its name the code);
+ * returns EXIT_FAILURE. */
+int cli_fail(int e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Prints the library's error (or strerror of its code); returns EXIT_FAILURE. */
+/* Prints the library's error (or strerror of its code), its code's name the code; returns EXIT_FAILURE. */
 int cli_fail_pb(const pb_error *err);
 
 /* Prints `portctl: cannot run CMD: ERROR` for execvp's error e; returns EXIT_NOT_FOUND
@@ -43,12 +48,13 @@ int cli_exec_failed(const char *cmd, int e);
 /* Checks endpoint (or pattern) text before anything is sent. Returns 0 or EXIT_USAGE. */
 int cli_check_endpoint(const char *text, bool pattern);
 
-/* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE. */
+/* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE (code "connect"). */
 int cli_connect(pb_conn **ret);
 
-/* Parses the arguments of a command that takes --json and at most one operand: *ret_operand
- * gets it, or NULL. A second operand is a usage error saying too_many, or, when too_many is
- * NULL, no operand is allowed ("VERB: unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
+/* Parses the arguments of a command that takes at most one operand and no option of its own
+ * (main took --json and --socket out): *ret_operand gets it, or NULL. A second operand is a
+ * usage error saying too_many, or, when too_many is NULL, no operand is allowed ("VERB:
+ * unexpected argument 'X'"). Returns 0 or EXIT_USAGE. */
 int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand);
 
 /* --- text helpers ------------------------------------------------------------ */
@@ -112,6 +118,15 @@ void table_print(const struct table *t);
 
 /* Frees the cells; t keeps its ncols. */
 void table_free(struct table *t);
+
+/* --- help (help.c) ---------------------------------------------------------- */
+
+/* Prints portctl's whole help on stdout. */
+void help_all(void);
+
+/* Prints the help of command name and its subcommand sub (NULL: all of them) on stdout: its
+ * usage, what it does and the options it takes; the whole help for an unknown command. */
+void help_command(const char *name, const char *sub);
 
 /* --- commands ---------------------------------------------------------------- */
 

@@ -105,19 +105,18 @@ static int exec_with_fds(int *fds, const pb_lease *leases, size_t n, char **cmd)
 
         if (!names) {
                 close_fds(fds, n);
-                return cli_fail("cannot run %s: %s", cmd[0], strerror(ENOMEM));
+                return cli_fail(ENOMEM, "cannot run %s: %m", cmd[0]);
         }
         r = place_fds(fds, n);
         if (r < 0) {
                 free(names);
-                errno = -r;
-                return cli_fail("cannot pass the sockets to %s: %m", cmd[0]);
+                return cli_fail(-r, "cannot pass the sockets to %s: %m", cmd[0]);
         }
         snprintf(count, sizeof(count), "%zu", n);
         snprintf(pid, sizeof(pid), "%ld", (long) getpid());     /* we exec, so the pid stays */
         if (setenv("LISTEN_FDS", count, 1) < 0 || setenv("LISTEN_PID", pid, 1) < 0 ||
             setenv("LISTEN_FDNAMES", names, 1) < 0) {
-                r = cli_fail("cannot run %s: %m", cmd[0]);
+                r = cli_fail(errno, "cannot run %s: %m", cmd[0]);
                 free(names);
                 return r;
         }
@@ -145,8 +144,6 @@ static int parse_get_args(int argc, char **argv, struct get_args *ret) {
                                 return cli_usage("get: no command after '--'");
                 } else if (strcmp(argv[i], "--nonblock") == 0)
                         nonblock = true;
-                else if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
                 else if (argv[i][0] == '-' && argv[i][1])
                         return cli_usage("get: unknown option '%s'", argv[i]);
                 else {
@@ -214,7 +211,7 @@ int cmd_get(int argc, char **argv) {
         leases = calloc(a.n, sizeof(*leases));
         fds = malloc(a.n * sizeof(int));
         if (!leases || !fds)
-                r = cli_fail("%s", strerror(ENOMEM));
+                r = cli_fail(ENOMEM, "%m");
         else {
                 for (size_t i = 0; i < a.n; i++)
                         fds[i] = -1;
@@ -309,7 +306,7 @@ static int status_table(const struct list *l) {
         if (r == 0)
                 table_print(&t);
         table_free(&t);
-        return r < 0 ? cli_fail("%s", strerror(ENOMEM)) : 0;
+        return r < 0 ? cli_fail(ENOMEM, "%m") : 0;
 }
 
 /* brokerd and its bind guard, one line (text output only). */
@@ -372,7 +369,7 @@ int cmd_status(int argc, char **argv) {
         else if (endpoint && l.n == 0) {
                 char canonical[PB_ENDPOINT_STRLEN];
 
-                r = cli_fail("no lease for %s", canonical_endpoint(endpoint, false, canonical));
+                r = cli_fail(ENOENT, "no lease for %s", canonical_endpoint(endpoint, false, canonical));
         } else if (arg_json) {
                 status_json(&l, &info, info_r);
                 r = 0;

@@ -63,10 +63,6 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 const char *opt = argv[i], *value, **slot;
                 size_t len;
 
-                if (strcmp(opt, "--json") == 0) {
-                        arg_json = true;
-                        continue;
-                }
                 slot = principal_slot(&a, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
                         return cli_usage("policy add: unknown option '%s'", opt);
@@ -103,12 +99,12 @@ static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_ki
 
         if (a->user) {
                 if (parse_user(a->user, &uid) < 0)
-                        return cli_fail("no such user '%s'", a->user);
+                        return cli_fail(ENOENT, "no such user '%s'", a->user);
                 *ret_kind = PB_USER;
                 *ret_id = (uint32_t) uid;
         } else if (a->group) {
                 if (parse_group(a->group, &gid) < 0)
-                        return cli_fail("no such group '%s'", a->group);
+                        return cli_fail(ENOENT, "no such group '%s'", a->group);
                 *ret_kind = PB_GROUP;
                 *ret_id = (uint32_t) gid;
         } else {
@@ -243,7 +239,7 @@ static int policy_table(const struct list *l) {
         if (r == 0)
                 table_print(&t);
         table_free(&t);
-        return r < 0 ? cli_fail("%s", strerror(ENOMEM)) : 0;
+        return r < 0 ? cli_fail(ENOMEM, "%m") : 0;
 }
 
 static int cmd_policy_list(int argc, char **argv) {

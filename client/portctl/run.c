@@ -84,7 +84,7 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
         bool upgrade = strcmp(verb, "upgrade") == 0;
 
         *a = (struct run_args) { .verb = verb, .signal = SIGQUIT, .timeout_sec = 30 };
-        if (arg_json)           /* given before the command */
+        if (arg_json)           /* main took it, before or after the command */
                 return cli_usage("%s: --json is not supported: the server's output is its own", verb);
         a->endpoints = argv + 1;
         for (int i = 1; i < argc; i++) {
@@ -94,9 +94,7 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
                 if (strcmp(opt, "--") == 0) {
                         a->cmd = argv + i + 1;
                         break;
-                } else if (strcmp(opt, "--json") == 0)
-                        return cli_usage("%s: --json is not supported: the server's output is its own", verb);
-                else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
+                } else if (upgrade && strcmp(opt, "--pid") == 0 && val) {
                         char *end;
                         long pid = strtol(val, &end, 10);
                         if (*end || pid <= 1 || pid > INT_MAX)
@@ -140,7 +138,7 @@ static int find_preload(char *buf, size_t size) {
 
         if (env && *env) {
                 snprintf(buf, size, "%s", env);
-                return access(buf, R_OK) == 0 ? 0 : cli_fail("PORTBROKER_PRELOAD=%s: %m", env);
+                return access(buf, R_OK) == 0 ? 0 : cli_fail(errno, "PORTBROKER_PRELOAD=%s: %m", env);
         }
         n = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (n > 0) {
@@ -153,7 +151,7 @@ static int find_preload(char *buf, size_t size) {
         snprintf(buf, size, "%s", PB_PRELOAD_PATH);
         if (access(buf, R_OK) == 0)
                 return 0;
-        return cli_fail("cannot find %s (looked beside portctl and at %s; set PORTBROKER_PRELOAD)", PRELOAD_NAME,
+        return cli_fail(ENOENT, "cannot find %s (looked beside portctl and at %s; set PORTBROKER_PRELOAD)", PRELOAD_NAME,
                        PB_PRELOAD_PATH);
 }
 
@@ -272,14 +270,14 @@ static int check_elf(const char *path, int fd) {
         int r;
 
         if (elf_is_foreign(fd))
-                return cli_fail("%s is built for another architecture or word size than %s: the loader would "
+                return cli_fail(ENOTSUP, "%s is built for another architecture or word size than %s: the loader would "
                                 "run it without the shim", path, PRELOAD_NAME);
         r = elf_is_dynamic(fd, &dynamic, &go);
         if (r == 0 && !dynamic)
-                return cli_fail("%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
+                return cli_fail(ENOTSUP, "%s is statically linked: LD_PRELOAD cannot reach its bind(); give it its "
                                 "socket by socket activation instead (portctl get ENDPOINT -- CMD)", path);
         if (r == 0 && go)
-                return cli_fail("%s is a Go program: its runtime makes the bind system call itself, which "
+                return cli_fail(ENOTSUP, "%s is a Go program: its runtime makes the bind system call itself, which "
                                 "LD_PRELOAD cannot reach; use socket activation (portctl get ENDPOINT -- CMD, "
                                 "net.FileListener on fd 3)", path);
         return 0;
@@ -298,10 +296,10 @@ static int check_preloadable(const char *name, int depth) {
         if (file_fd < 0 || fstat(file_fd, &st) < 0)
                 return 0;
         if ((st.st_mode & (S_ISUID | S_ISGID)) && (st.st_uid != geteuid() || st.st_gid != getegid()))
-                return cli_fail("%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
+                return cli_fail(ENOTSUP, "%s is setuid or setgid: the dynamic loader ignores LD_PRELOAD for it, so its "
                                 "bind() would never reach brokerd", path);
         if (fgetxattr(file_fd, "security.capability", NULL, 0) > 0 && geteuid() != 0)
-                return cli_fail("%s has file capabilities: the dynamic loader ignores LD_PRELOAD for it, so its "
+                return cli_fail(ENOTSUP, "%s has file capabilities: the dynamic loader ignores LD_PRELOAD for it, so its "
                                 "bind() would never reach brokerd", path);
         n = pread(file_fd, head, sizeof(head) - 1, 0);
         if (n > 2 && head[0] == '#' && head[1] == '!' && depth < 2)
@@ -360,7 +358,7 @@ static int prefetch(const struct run_args *a, char *list, size_t size) {
                 }
                 used += (size_t) snprintf(list + used, size - used, "%s%s", used ? "," : "", lease.endpoint);
                 if (used >= size)
-                        r = cli_fail("%s: too many endpoints", a->verb);
+                        r = cli_fail(E2BIG, "%s: too many endpoints", a->verb);
         }
         pb_disconnect(c);
         return r;
@@ -371,7 +369,7 @@ static int setup_environment(const struct run_args *a, const char *preload, cons
         char *value = NULL;
 
         if (asprintf(&value, "%s%s%s", preload, old && *old ? " " : "", old && *old ? old : "") < 0)
-                return cli_fail("%s", strerror(ENOMEM));
+                return cli_fail(ENOMEM, "%m");
         /* Absolute, so a server that changes directory still finds brokerd. */
         char socket_path[PATH_MAX];
         const char *path = arg_socket ? arg_socket : pb_socket_path();
@@ -380,7 +378,7 @@ static int setup_environment(const struct run_args *a, const char *preload, cons
         if (setenv("LD_PRELOAD", value, 1) < 0 || setenv("PORTBROKER_PRELOAD_ENDPOINTS", endpoints, 1) < 0 ||
             setenv(PB_SOCKET_ENV, socket_path, 1) < 0) {
                 free(value);
-                return cli_fail("cannot set the environment: %m");
+                return cli_fail(errno, "cannot set the environment: %m");
         }
         free(value);
         return 0;
@@ -558,7 +556,7 @@ static int start_watcher(const struct run_args *a, int ready_fd, int self_pid_fd
         fflush(NULL);
         child = fork();
         if (child < 0)
-                return cli_fail("upgrade: cannot fork: %m");
+                return cli_fail(errno, "upgrade: cannot fork: %m");
         if (child == 0) {
                 /* Fork again so the watcher is not the server's child (no zombie for it to reap). */
                 int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -607,12 +605,11 @@ int cmd_upgrade(int argc, char **argv) {
                 return r;
         old_pid_fd = pidfd_open_pid(a.old_pid);
         if (old_pid_fd < 0) {
-                errno = -old_pid_fd;
-                return cli_fail("upgrade: no process %d to replace: %m", (int) a.old_pid);
+                return cli_fail(-old_pid_fd, "upgrade: no process %d to replace: %m", (int) a.old_pid);
         }
         /* Say so now, not after the new server started and --timeout ran out. */
         if (ignores_signal(a.old_pid, a.signal))
-                return cli_fail("upgrade: pid %d ignores %s, so it would never stop; name the signal it stops on "
+                return cli_fail(EINVAL, "upgrade: pid %d ignores %s, so it would never stop; name the signal it stops on "
                                 "with --signal", (int) a.old_pid, signal_name(a.signal));
         r = prepare(&a);
         if (r != 0)
@@ -620,10 +617,9 @@ int cmd_upgrade(int argc, char **argv) {
         ready_fd = ready_socket(name, sizeof(name));
         self_pid_fd = pidfd_open_pid(getpid());
         if (ready_fd < 0 || self_pid_fd < 0)
-                return cli_fail("upgrade: cannot set up the watcher: %s",
-                                strerror(ready_fd < 0 ? -ready_fd : -self_pid_fd));
+                return cli_fail(ready_fd < 0 ? -ready_fd : -self_pid_fd, "upgrade: cannot set up the watcher: %m");
         if (setenv("PORTBROKER_READY", name, 1) < 0)
-                return cli_fail("upgrade: cannot set the environment: %m");
+                return cli_fail(errno, "upgrade: cannot set the environment: %m");
         a.new_pid = getpid();           /* exec keeps it */
 
         r = start_watcher(&a, ready_fd, self_pid_fd, old_pid_fd);

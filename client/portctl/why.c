@@ -94,7 +94,7 @@ static int resolve_user(struct why *w, const char *as) {
                 return 0;
         }
         if (parse_user(as, &w->uid) < 0)
-                return cli_fail("why: no such user '%s'", as);
+                return cli_fail(ENOENT, "why: no such user '%s'", as);
         pw = getpwuid(w->uid);
         w->gid = pw ? pw->pw_gid : (gid_t) w->uid;
         snprintf(w->user, sizeof(w->user), "%s", pw ? pw->pw_name : as);
@@ -107,9 +107,7 @@ static int parse_why_args(int argc, char **argv, struct why *w) {
         int r;
 
         for (int i = 1; i < argc; i++) {
-                if (strcmp(argv[i], "--json") == 0)
-                        arg_json = true;
-                else if (strcmp(argv[i], "--as") == 0) {
+                if (strcmp(argv[i], "--as") == 0) {
                         if (i + 1 >= argc || !argv[i + 1][0])
                                 return cli_usage("why: --as needs a user");
                         as = argv[++i];
@@ -139,13 +137,11 @@ static int gather(struct why *w) {
         read_sysctls(w);
         r = why_list_sockets(w);
         if (r < 0) {
-                errno = -r;
-                return cli_fail("why: cannot list the sockets (sock_diag netlink): %m");
+                return cli_fail(-r, "why: cannot list the sockets (sock_diag netlink): %m");
         }
         r = why_scan_holders(w);
         if (r < 0) {
-                errno = -r;
-                return cli_fail("why: cannot read /proc: %m");
+                return cli_fail(-r, "why: cannot read /proc: %m");
         }
         why_run_probes(w);
         ask_broker(w);
@@ -172,7 +168,7 @@ int cmd_why(int argc, char **argv) {
         if (r == 0) {
                 why_decide(&w);
                 if (w.oom || !w.summary || !w.fix)
-                        r = cli_fail("why: %s", strerror(ENOMEM));
+                        r = cli_fail(ENOMEM, "why: %m");
                 else if (arg_json)
                         why_print_json(&w);
                 else

@@ -1,10 +1,14 @@
 # SPDX-License-Identifier: MIT
 """brokerd's tuning options seen from clients (--backlog,
---max-leases-per-user, --max-leases, --log-level), portctl's human output, and a clean stop."""
+--max-leases-per-user, --max-leases, --log-level), portctl's human output,
+its options and help, and a clean stop."""
+
+import re
+import subprocess
 
 import pytest
 
-from conftest import fetch
+from conftest import PORTCTL, Result, check_sanitizers, child_env, fetch
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -90,24 +94,111 @@ def test_clean_stop_and_restart(broker):
 
 
 def test_run_and_upgrade_refuse_json(broker):
-    """run and upgrade print nothing of their own to format: --json is a usage error, not ignored."""
+    """run and upgrade print nothing of their own to format: --json is a usage error, not ignored
+    (said in JSON, as every failure under --json)."""
     for argv, json in ((("run", "--json", "8080", "--", "/bin/true"), False),
                        (("run", "8080", "--", "/bin/true"), True),
                        (("upgrade", "--pid", "2", "--json", "--", "/bin/true"), False)):
         r = broker.portctl(*argv, json=json, check=2)
-        assert r.stdout == "", r
-        first = r.stderr.splitlines()[0]
-        assert first.startswith("portctl: ") and "--json is not supported" in first, r
+        assert "--json is not supported" in json_failure(r, 2, "usage"), r
     assert broker.portctl("status", json=True).json == []   # nothing was got
 
 
+# Each command's own options; every command also takes --socket and --help, and all but run and
+# upgrade --json. (test_completion.py completes the same.)
+OWN_OPTIONS = {
+    "get": {"--nonblock"}, "release": set(), "status": set(),
+    "policy add": {"--user", "--group", "--unit"}, "policy remove": set(), "policy list": set(),
+    "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+}
+NO_JSON = {"run", "upgrade"}
+
+
+def help_options(text):
+    """The options a help text names."""
+    return set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+
+
 def test_command_help(broker):
-    """`portctl CMD --help` and `portctl help CMD` print that command's part of the help."""
+    """`portctl CMD [SUBCOMMAND] --help` and `portctl help CMD [SUBCOMMAND]` print that command's
+    usage with its options and no other command's; a group (policy, admin) shows all of its
+    subcommands; exit 0."""
     full = broker.portctl("--help").stdout
-    for cmd in ("get", "release", "status", "policy", "run", "upgrade", "why"):
-        for argv in ((cmd, "--help"), ("help", cmd)):
+    groups = {}
+    for cmd, own in OWN_OPTIONS.items():
+        words = cmd.split()
+        groups.setdefault(words[0], []).append(cmd)
+        shared = {"--socket", "--help"} | (set() if cmd in NO_JSON else {"--json"})
+        for argv in ((*words, "--help"), ("help", *words), (*words, "--json", "-h")):
             out = broker.portctl(*argv).stdout
-            assert out.startswith(f"Usage: portctl [OPTIONS] {cmd} "), out
-            assert f"\n  {cmd} " in out and len(out) < len(full), out
+            assert out.startswith(f"Usage: portctl [OPTIONS] {cmd}") and "\n       portctl" not in out, out
+            assert help_options(out) == own | shared, (argv, out)
+            assert len(out) < len(full), out
+    for group, cmds in groups.items():
+        out = broker.portctl(group, "--help").stdout
+        usages = re.findall(r"^(?:Usage:|      ) portctl \[OPTIONS\] (.*)$", out, re.M)
+        assert [u[:len(c)] for u, c in zip(usages, cmds)] == cmds and len(usages) == len(cmds), out
+        want = {"--socket", "--help"} | set().union(*(OWN_OPTIONS[c] for c in cmds))
+        assert help_options(out) - {"--json"} == want, out
     assert broker.portctl("get", "--", "cat", "--help", check=False).stdout != full
     assert broker.portctl("frob", "--help").stdout == full
+
+
+def run_portctl(*args):
+    """portctl ARGS as root, without the --socket the harness puts first."""
+    argv = [PORTCTL, *map(str, args)]
+    cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=child_env(),
+                        timeout=20)
+    res = Result(argv, cp)
+    check_sanitizers(res.stderr, "portctl")
+    return res
+
+
+def test_shared_options_after_the_command(broker):
+    """--socket and --json go before or after the command's name (the last --socket wins);
+    after `--` they are CMD's."""
+    s = broker.control
+    broker.portctl("get", "8080")
+    for argv in (("status", "--socket", s, "--json"), ("status", "--json", f"--socket={s}"),
+                 ("--json", "status", "--socket", s), ("--socket", "/nonexistent", "status", "--json", "--socket", s)):
+        r = run_portctl(*argv)
+        assert r.returncode == 0 and [x["endpoint"] for x in r.json] == ["tcp:[::]:8080"], r
+    assert run_portctl("policy", "list", "--socket", s, "--json").json == []
+    assert run_portctl("why", "8080", "--json", "--socket", s).json["lease"]["endpoint"] == "tcp:[::]:8080"
+    r = run_portctl("get", "8080", "--socket", s, "--", "echo", "--socket", "x", "--json")
+    assert (r.returncode, r.stdout) == (0, "--socket x --json\n"), r
+    r = run_portctl("status", "--socket")
+    assert r.returncode == 2 and "--socket needs a path" in r.stderr, r
+
+
+def json_failure(res, status, code):
+    """Checks that res failed with status, saying so in one line on stderr and in one JSON error
+    object on stdout with code; returns its message."""
+    assert res.returncode == status, res
+    err = res.json
+    assert set(err) == {"error", "code"} and err["code"] == code, res
+    assert res.stdout.count("\n") == 1 and res.stderr.splitlines()[0] == f"portctl: {err['error']}", res
+    return err["error"]
+
+
+def test_json_failures(broker):
+    """Under --json (before or after the command) a failure also prints {"error": MESSAGE,
+    "code": CODE} on stdout: brokerd's errno by name, "usage", or "connect"; exit statuses as
+    without it."""
+    p = broker.portctl
+    assert "uid 4242" in json_failure(p("get", "8080", uid=U1, json=True, check=1), 1, "EACCES")
+    p("policy", "add", "tcp:8080", "--user", U1)
+    p("get", "8080")
+    json_failure(p("get", "8080", "--json", uid=U1, check=1), 1, "EBUSY")
+    json_failure(p("policy", "add", "tcp:8080", "--user", U1, json=True, check=1), 1, "EEXIST")
+    json_failure(p("policy", "remove", "1", "--json", uid=U1, check=1), 1, "EPERM")
+    json_failure(p("release", "9999", json=True, check=1), 1, "ENOENT")
+    json_failure(p("status", "9999", json=True, check=1), 1, "ENOENT")
+    json_failure(p("policy", "add", "9000", "--user", "no-such-user-pb", json=True, check=1), 1, "ENOENT")
+    assert "8080\"\\\x01" in json_failure(p("get", "8080\"\\\x01", json=True, check=2), 2, "usage")
+    json_failure(p("frob", json=True, check=2), 2, "usage")
+    json_failure(p("status", "--bogus", "--json", check=2), 2, "usage")
+    json_failure(p("get", "8081", "--json", "--", "/nonexistent/cmd", check=127), 127, "ENOENT")
+    json_failure(run_portctl("--socket", "/nonexistent/control.sock", "status", "--json"), 1, "connect")
+    r = p("get", "8080", uid=U1 + 1, check=1)                # no --json: stdout stays empty
+    assert r.stdout == "", r

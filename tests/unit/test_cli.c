@@ -4,7 +4,8 @@
  * UTF-8 passes through; invalid bytes, overlongs, surrogates and truncated
  * sequences become \ufffd; quotes, backslashes, control characters and DEL
  * are escaped), null for NULL, the canonical-or-raw endpoint text, decimal
- * ids, and the exit statuses of an exec that failed.
+ * ids, the exit statuses of an exec that failed, and the failures' JSON
+ * error objects under --json.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -96,6 +98,81 @@ static void test_exec_failed(void **state) {
         assert_int_equal(cli_exec_failed("nope", ENOEXEC), EXIT_CANNOT_EXEC);
 }
 
+/* A failure printed under --json (or not): its exit status and what it put on stdout. */
+struct printed {
+        int status;
+        char out[512];
+};
+
+/* Runs failure(arg) with stdout in a file (stderr in /dev/null) and returns what it printed. */
+static struct printed capture(bool json, int (*failure)(const void *arg), const void *arg) {
+        struct printed p = { 0 };
+        int saved_out = dup(STDOUT_FILENO), saved_err = dup(STDERR_FILENO);
+        FILE *tmp = tmpfile(), *null = fopen("/dev/null", "we");
+        ssize_t n;
+
+        assert_true(saved_out >= 0 && saved_err >= 0 && tmp && null);
+        fflush(stdout);
+        fflush(stderr);
+        assert_true(dup2(fileno(tmp), STDOUT_FILENO) >= 0 && dup2(fileno(null), STDERR_FILENO) >= 0);
+        arg_json = json;
+        p.status = failure(arg);
+        arg_json = false;
+        fflush(stdout);
+        fflush(stderr);
+        assert_true(dup2(saved_out, STDOUT_FILENO) >= 0 && dup2(saved_err, STDERR_FILENO) >= 0);
+        n = pread(fileno(tmp), p.out, sizeof(p.out) - 1, 0);
+        assert_true(n >= 0);
+        p.out[n] = '\0';
+        close(saved_out);
+        close(saved_err);
+        fclose(tmp);
+        fclose(null);
+        return p;
+}
+
+static int fail_denied(const void *arg) {
+        return cli_fail(EACCES, "no rule lets uid %d get %s", 4242, (const char *) arg);
+}
+
+static int fail_usage(const void *arg) {
+        return cli_usage("invalid endpoint '%s'", (const char *) arg);
+}
+
+static int fail_pb(const void *arg) {
+        return cli_fail_pb(arg);
+}
+
+static int fail_exec(const void *arg) {
+        return cli_exec_failed(arg, ENOENT);
+}
+
+static void check_printed(struct printed p, int status, const char *out) {
+        assert_int_equal(p.status, status);
+        assert_string_equal(p.out, out);
+}
+
+static void test_json_errors(void **state) {
+        pb_error busy = { .code = EBUSY, .message = "tcp:[::]:80 is leased to uid 1000" };
+        pb_error bare = { .code = EUSERS, .message = "" }, none = { 0 };
+
+        check_printed(capture(true, fail_denied, "tcp:[::]:80"), EXIT_FAILURE,
+                      "{\"error\":\"no rule lets uid 4242 get tcp:[::]:80\",\"code\":\"EACCES\"}\n");
+        check_printed(capture(true, fail_usage, "a\"b\\c\n\x01"), EXIT_USAGE,
+                      "{\"error\":\"invalid endpoint 'a\\\"b\\\\c\\n\\u0001'\",\"code\":\"usage\"}\n");
+        check_printed(capture(true, fail_pb, &busy), EXIT_FAILURE,
+                      "{\"error\":\"tcp:[::]:80 is leased to uid 1000\",\"code\":\"EBUSY\"}\n");
+        check_printed(capture(true, fail_pb, &bare), EXIT_FAILURE,
+                      "{\"error\":\"Too many users\",\"code\":\"EUSERS\"}\n");
+        check_printed(capture(true, fail_pb, &none), EXIT_FAILURE,
+                      "{\"error\":\"Input/output error\",\"code\":\"EIO\"}\n");
+        check_printed(capture(true, fail_exec, "nope"), EXIT_NOT_FOUND,
+                      "{\"error\":\"cannot run nope: No such file or directory\",\"code\":\"ENOENT\"}\n");
+        /* Without --json, stdout stays empty. */
+        check_printed(capture(false, fail_denied, "x"), EXIT_FAILURE, "");
+        check_printed(capture(false, fail_usage, "x"), EXIT_USAGE, "");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_json_ascii),
@@ -104,6 +181,7 @@ int main(void) {
                 cmocka_unit_test(test_canonical_endpoint),
                 cmocka_unit_test(test_parse_id),
                 cmocka_unit_test(test_exec_failed),
+                cmocka_unit_test(test_json_errors),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
