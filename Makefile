@@ -34,7 +34,7 @@ HARDEN   := -fstack-protector-strong -fPIC -D_FORTIFY_SOURCE=2
 OPT      ?= -O2 -g
 CFLAGS   ?=
 PRELOAD_PATH := $(LIBDIR)/portbroker/libportbroker-preload.so
-CPPFLAGS += -Iproto -Icommon -Iclient/lib -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"' -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+CPPFLAGS += -Iproto -Icommon -Iclient/lib -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"'
 ALL_CFLAGS = -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(DEPS_CFLAGS) -MMD -MP $(CFLAGS)
 LDHARDEN := -pie -Wl,-z,relro,-z,now,-z,noexecstack -Wl,--as-needed
 
@@ -117,11 +117,26 @@ $(BUILD)/libportbroker-preload.so: $(PRELOAD_OBJ) client/preload/preload.sym
 $(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
 
+# What the build takes from where `make install` puts things: portctl the
+# shim's path, portbroker.pc the directories. $(BUILD)/install-dirs holds
+# them and is rewritten only when one changes, so that `make install
+# PREFIX=/usr` after a plain `make` rebuilds what uses them (make compares
+# times, not variables).
+INSTALL_DIRS = PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) INCLUDEDIR=$(INCLUDEDIR) PRELOAD_PATH=$(PRELOAD_PATH)
+.PHONY: FORCE
+FORCE:
+$(BUILD)/install-dirs: FORCE
+	@mkdir -p $(BUILD)
+	@printf '%s\n' $(INSTALL_DIRS) | cmp -s - $@ || printf '%s\n' $(INSTALL_DIRS) > $@
+
+$(BUILD)/obj/client/portctl/run.o: $(BUILD)/install-dirs
+$(BUILD)/obj/client/portctl/run.o: CPPFLAGS += -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+
 $(BUILD)/portbroker.h: client/lib/portbroker.h
 	@mkdir -p $(BUILD)
 	cp $< $@
 
-$(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile
+$(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile $(BUILD)/install-dirs
 	@mkdir -p $(BUILD)
 	$(PC_SED) $< > $@
 
