@@ -6,6 +6,7 @@
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
 SBINDIR    ?= $(PREFIX)/sbin
+# Debian's multiarch directory: LIBDIR=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
@@ -282,6 +283,20 @@ install: all
 	@# The user the unit runs brokerd as: made now when installing for this machine.
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent passwd portbroker >/dev/null; then \
 		systemd-sysusers $(SYSUSERSDIR)/portbroker.conf 2>/dev/null || bash tests/add-user.sh; fi
+
+# Every file `make install` writes, with the same variables: `make uninstall`
+# removes them and the shim's directory. User portbroker stays: files
+# elsewhere may still be its.
+INSTALLED = $(SBINDIR)/brokerd $(BINDIR)/portctl $(INCLUDEDIR)/portbroker.h $(PRELOAD_PATH) \
+	$(addprefix $(LIBDIR)/,libportbroker.so.$(VERSION) libportbroker.so.$(SOVERSION) libportbroker.so \
+		libportbroker.a pkgconfig/portbroker.pc) \
+	$(MANDIR)/man1/portctl.1 $(MANDIR)/man8/brokerd.8 $(UNITDIR)/portbrokerd.service \
+	$(UNITDIR)/portbrokerd.socket $(SYSUSERSDIR)/portbroker.conf
+
+.PHONY: uninstall
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	if [ -d $(DESTDIR)$(LIBDIR)/portbroker ]; then rmdir $(DESTDIR)$(LIBDIR)/portbroker; fi
 
 clean:
 	rm -rf build build-sanitize

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """brokerd's command line and start-up: usage errors, refusal of a corrupt
 or newer database, a live broker's socket never stolen, a stale one
-replaced, and `make install` laying out every file."""
+replaced, and `make install` laying out every file (`make uninstall`
+removing them)."""
 
 import os
 import shutil
@@ -220,6 +221,27 @@ def test_make_install(tmp_path):
     env = dict(os.environ, LD_LIBRARY_PATH=str(dest / "usr/lib"), ASAN_OPTIONS="verify_asan_link_order=0")
     r = subprocess.run([str(tmp_path / "client")], env=env)
     assert r.returncode == 0
+
+
+def test_make_install_multiarch_then_uninstall(tmp_path):
+    """LIBDIR in the multiarch directory, as Debian's packages have it: the
+    libraries, portbroker.pc and the shim (where portctl looks) go there; make
+    uninstall, with the same variables, leaves no file behind, nor the
+    shim's directory."""
+    r = subprocess.run(["cc", "-print-multiarch"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        pytest.skip("cc -print-multiarch: no multiarch directory here")
+    libdir = f"/usr/lib/{r.stdout.strip()}"
+    dest = tmp_path / "dest"
+    dirs = ("PREFIX=/usr", f"LIBDIR={libdir}")
+    make("install", dest, *dirs)
+    for f in ("libportbroker.so.0", "libportbroker.so", "libportbroker.a"):
+        assert (dest / libdir.lstrip("/") / f).exists(), f
+    assert f"libdir={libdir}\n" in (dest / libdir.lstrip("/") / "pkgconfig/portbroker.pc").read_text()
+    assert_portctl_finds_shim(dest, f"{libdir}/portbroker/libportbroker-preload.so")
+    make("uninstall", dest, *dirs)
+    left = [str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() or p.name == "portbroker"]
+    assert not left, left
 
 
 # --- planted state: another uid prepares what brokerd would use --------------
