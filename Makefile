@@ -220,6 +220,7 @@ check-deps:
 # say why they are skipped); the sanitizer build's runs it natively, timing
 # and all.
 check: check-deps
+	$(MAKE) check-deb
 	$(MAKE) test VALGRIND=1
 	$(MAKE) test BUILD=build-sanitize SANITIZE=address,undefined
 	$(MAKE) fuzz FUZZ_TIME=10
@@ -241,6 +242,13 @@ check-unit: unit-tests fuzzers
 # other uids can reach when they cannot reach $(BUILD). See the script.
 check-integration: all helpers
 	PYTEST='$(PYTEST)' PB_VALGRIND='$(VALGRIND)' bash tests/run-integration.sh $(BUILD) -q -ra $(PYTEST_ARGS)
+
+# The Debian packages (root, about 20 s): built from a copy of the tree,
+# lintian, installed into an overlay of this machine's root, run and purged.
+# See tests/package/test_deb.py.
+.PHONY: check-deb
+check-deb:
+	$(PYTEST) -q -ra tests/package
 
 # `make bench` (root): builds what it needs, then runs bench/run.py in a
 # network namespace of its own (loopback only). See bench/README.md.
