@@ -6,6 +6,7 @@
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
 SBINDIR    ?= $(PREFIX)/sbin
+# Debian's multiarch directory: LIBDIR=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
@@ -35,7 +36,7 @@ HARDEN   := -fstack-protector-strong -fPIC -D_FORTIFY_SOURCE=2
 OPT      ?= -O2 -g
 CFLAGS   ?=
 PRELOAD_PATH := $(LIBDIR)/portbroker/libportbroker-preload.so
-CPPFLAGS += -Iproto -Icommon -Iclient/lib -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"' -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+CPPFLAGS += -Iproto -Icommon -Iclient/lib -D_GNU_SOURCE -DPB_VERSION='"$(VERSION)"'
 ALL_CFLAGS = -std=gnu11 $(OPT) $(WARN) $(HARDEN) $(DEPS_CFLAGS) -MMD -MP $(CFLAGS)
 LDHARDEN := -pie -Wl,-z,relro,-z,now,-z,noexecstack -Wl,--as-needed
 
@@ -118,11 +119,26 @@ $(BUILD)/libportbroker-preload.so: $(PRELOAD_OBJ) client/preload/preload.sym
 $(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
 
+# What the build takes from where `make install` puts things: portctl the
+# shim's path, portbroker.pc the directories. $(BUILD)/install-dirs holds
+# them and is rewritten only when one changes, so that `make install
+# PREFIX=/usr` after a plain `make` rebuilds what uses them (make compares
+# times, not variables).
+INSTALL_DIRS = PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) INCLUDEDIR=$(INCLUDEDIR) PRELOAD_PATH=$(PRELOAD_PATH)
+.PHONY: FORCE
+FORCE:
+$(BUILD)/install-dirs: FORCE
+	@mkdir -p $(BUILD)
+	@printf '%s\n' $(INSTALL_DIRS) | cmp -s - $@ || printf '%s\n' $(INSTALL_DIRS) > $@
+
+$(BUILD)/obj/client/portctl/run.o: $(BUILD)/install-dirs
+$(BUILD)/obj/client/portctl/run.o: CPPFLAGS += -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+
 $(BUILD)/portbroker.h: client/lib/portbroker.h
 	@mkdir -p $(BUILD)
 	cp $< $@
 
-$(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile
+$(BUILD)/portbroker.pc: client/lib/portbroker.pc.in Makefile $(BUILD)/install-dirs
 	@mkdir -p $(BUILD)
 	$(PC_SED) $< > $@
 
@@ -205,6 +221,7 @@ check-deps:
 # say why they are skipped); the sanitizer build's runs it natively, timing
 # and all.
 check: check-deps
+	$(MAKE) check-deb
 	$(MAKE) test VALGRIND=1
 	$(MAKE) test BUILD=build-sanitize SANITIZE=address,undefined
 	$(MAKE) fuzz FUZZ_TIME=10
@@ -226,6 +243,13 @@ check-unit: unit-tests fuzzers
 # other uids can reach when they cannot reach $(BUILD). See the script.
 check-integration: all helpers
 	PYTEST='$(PYTEST)' PB_VALGRIND='$(VALGRIND)' bash tests/run-integration.sh $(BUILD) -q -ra $(PYTEST_ARGS)
+
+# The Debian packages (root, about 20 s): built from a copy of the tree,
+# lintian, installed into an overlay of this machine's root, run and purged.
+# See tests/package/test_deb.py.
+.PHONY: check-deb
+check-deb:
+	$(PYTEST) -q -ra tests/package
 
 # `make bench` (root): builds what it needs, then runs bench/run.py in a
 # network namespace of its own (loopback only). See bench/README.md.
@@ -270,6 +294,20 @@ install: all
 	@# The user the unit runs brokerd as: made now when installing for this machine.
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent passwd portbroker >/dev/null; then \
 		systemd-sysusers $(SYSUSERSDIR)/portbroker.conf 2>/dev/null || bash tests/add-user.sh; fi
+
+# Every file `make install` writes, with the same variables: `make uninstall`
+# removes them and the shim's directory. User portbroker stays: files
+# elsewhere may still be its.
+INSTALLED = $(SBINDIR)/brokerd $(BINDIR)/portctl $(INCLUDEDIR)/portbroker.h $(PRELOAD_PATH) \
+	$(addprefix $(LIBDIR)/,libportbroker.so.$(VERSION) libportbroker.so.$(SOVERSION) libportbroker.so \
+		libportbroker.a pkgconfig/portbroker.pc) \
+	$(MANDIR)/man1/portctl.1 $(MANDIR)/man8/brokerd.8 $(UNITDIR)/portbrokerd.service \
+	$(UNITDIR)/portbrokerd.socket $(SYSUSERSDIR)/portbroker.conf
+
+.PHONY: uninstall
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	if [ -d $(DESTDIR)$(LIBDIR)/portbroker ]; then rmdir $(DESTDIR)$(LIBDIR)/portbroker; fi
 
 clean:
 	rm -rf build build-sanitize

@@ -15,6 +15,10 @@ set -euo pipefail
 # libcap2-bin gives setcap (a program with file capabilities).
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
+# make check-deb builds the Debian packages (build-essential, dpkg-dev,
+# debhelper; dpkg-buildpackage checks for build-essential itself), checks
+# them with lintian, copies the tree it builds from with git and finds the
+# installed brokerd's worker with ps (procps).
 packages=(
 	gcc libc6-dev make pkg-config clang libclang-rt-dev
 	libsystemd-dev libsqlite3-dev libcmocka-dev libbpf-dev
@@ -22,6 +26,7 @@ packages=(
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
 	valgrind s6 strace gnuplot-nox
+	build-essential dpkg-dev debhelper lintian git procps
 )
 
 # brokerd, run as root, runs its worker as user portbroker, and its unit runs

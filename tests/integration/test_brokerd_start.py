@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: MIT
 """brokerd's command line and start-up: usage errors, refusal of a corrupt
 or newer database, a live broker's socket never stolen, a stale one
-replaced, and `make install` laying out every file."""
+replaced, and `make install` laying out every file (`make uninstall`
+removing them)."""
 
 import os
 import shutil
@@ -179,11 +180,28 @@ def test_detaches_only_when_ready(tmp_path):
     assert r.returncode == 1
 
 
+def make(target, dest, *variables):
+    """make TARGET with this build and DESTDIR=dest. The build was made with
+    the default PREFIX: installing elsewhere rebuilds what has paths compiled
+    in (portctl), with the build's SANITIZE (make check passes it down; a
+    sanitizer build's tests run by hand get make check's)."""
+    if b"__asan_init" in (BUILD / "portctl").read_bytes() and "SANITIZE=" not in os.environ.get("MAKEFLAGS", ""):
+        variables += ("SANITIZE=address,undefined",)
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), target, f"BUILD={BUILD}", f"DESTDIR={dest}", *variables],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+
+
+def assert_portctl_finds_shim(dest, shim):
+    """portctl looks for the shim where make install put it."""
+    assert (dest / shim.lstrip("/")).is_file()
+    assert b"\0" + shim.encode() + b"\0" in (dest / "usr/bin/portctl").read_bytes(), \
+        f"the installed portctl does not look for the shim at {shim}"
+
+
 def test_make_install(tmp_path):
     dest = tmp_path / "dest"
-    r = subprocess.run(["make", "-s", "-C", str(ROOT), "install", f"BUILD={BUILD}", f"DESTDIR={dest}",
-                        "PREFIX=/usr"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    make("install", dest, "PREFIX=/usr")
     for f in ("usr/sbin/brokerd", "usr/bin/portctl", "usr/lib/libportbroker.so", "usr/lib/libportbroker.a",
               "usr/lib/pkgconfig/portbroker.pc", "usr/include/portbroker.h", "usr/share/man/man1/portctl.1",
               "usr/share/man/man8/brokerd.8", "usr/lib/systemd/system/portbrokerd.service",
@@ -192,6 +210,7 @@ def test_make_install(tmp_path):
     assert "ExecStart=/usr/sbin/brokerd" in (dest / "usr/lib/systemd/system/portbrokerd.service").read_text()
     pc = (dest / "usr/lib/pkgconfig/portbroker.pc").read_text()
     assert "-lportbroker" in pc and "includedir=/usr/include" in pc and "libdir=/usr/lib" in pc
+    assert_portctl_finds_shim(dest, "/usr/lib/portbroker/libportbroker-preload.so")
     # The installed library and header build a client.
     src = tmp_path / "client.c"
     src.write_text('#include <portbroker.h>\nint main(void) { pb_error e; return pb_get("x", 0, &e) == -22 ? 0 : 1; }\n')
@@ -202,6 +221,27 @@ def test_make_install(tmp_path):
     env = dict(os.environ, LD_LIBRARY_PATH=str(dest / "usr/lib"), ASAN_OPTIONS="verify_asan_link_order=0")
     r = subprocess.run([str(tmp_path / "client")], env=env)
     assert r.returncode == 0
+
+
+def test_make_install_multiarch_then_uninstall(tmp_path):
+    """LIBDIR in the multiarch directory, as Debian's packages have it: the
+    libraries, portbroker.pc and the shim (where portctl looks) go there; make
+    uninstall, with the same variables, leaves no file behind, nor the
+    shim's directory."""
+    r = subprocess.run(["cc", "-print-multiarch"], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        pytest.skip("cc -print-multiarch: no multiarch directory here")
+    libdir = f"/usr/lib/{r.stdout.strip()}"
+    dest = tmp_path / "dest"
+    dirs = ("PREFIX=/usr", f"LIBDIR={libdir}")
+    make("install", dest, *dirs)
+    for f in ("libportbroker.so.0", "libportbroker.so", "libportbroker.a"):
+        assert (dest / libdir.lstrip("/") / f).exists(), f
+    assert f"libdir={libdir}\n" in (dest / libdir.lstrip("/") / "pkgconfig/portbroker.pc").read_text()
+    assert_portctl_finds_shim(dest, f"{libdir}/portbroker/libportbroker-preload.so")
+    make("uninstall", dest, *dirs)
+    left = [str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() or p.name == "portbroker"]
+    assert not left, left
 
 
 # --- planted state: another uid prepares what brokerd would use --------------
