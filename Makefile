@@ -302,7 +302,7 @@ INSTALLED = $(SBINDIR)/brokerd $(BINDIR)/portctl $(INCLUDEDIR)/portbroker.h $(PR
 	$(addprefix $(LIBDIR)/,libportbroker.so.$(VERSION) libportbroker.so.$(SOVERSION) libportbroker.so \
 		libportbroker.a pkgconfig/portbroker.pc) \
 	$(MANDIR)/man1/portctl.1 $(MANDIR)/man8/brokerd.8 $(UNITDIR)/portbrokerd.service \
-	$(UNITDIR)/portbrokerd.socket $(SYSUSERSDIR)/portbroker.conf
+	$(UNITDIR)/portbrokerd.socket $(SYSUSERSDIR)/portbroker.conf $(BASHCOMPDIR)/portctl
 
 .PHONY: uninstall
 uninstall:

@@ -18,7 +18,8 @@ set -euo pipefail
 # make check-deb builds the Debian packages (build-essential, dpkg-dev,
 # debhelper; dpkg-buildpackage checks for build-essential itself), checks
 # them with lintian, copies the tree it builds from with git and finds the
-# installed brokerd's worker with ps (procps).
+# installed brokerd's worker with ps (procps). bash-completion loads
+# portctl's completion as an installed system does (test_completion.py).
 packages=(
 	gcc libc6-dev make pkg-config clang libclang-rt-dev
 	libsystemd-dev libsqlite3-dev libcmocka-dev libbpf-dev
@@ -27,6 +28,7 @@ packages=(
 	nginx libnginx-mod-stream socat libcap2-bin
 	valgrind s6 strace gnuplot-nox
 	build-essential dpkg-dev debhelper lintian git procps
+	bash-completion
 )
 
 # brokerd, run as root, runs its worker as user portbroker, and its unit runs

@@ -130,7 +130,8 @@ def test_each_file_in_its_package(build, multiarch):
         "portbroker": {"usr/sbin/brokerd", "usr/bin/portctl", f"{lib}/portbroker/libportbroker-preload.so",
                        "usr/share/man/man1/portctl.1.gz", "usr/share/man/man8/brokerd.8.gz",
                        "lib/systemd/system/portbrokerd.service", "lib/systemd/system/portbrokerd.socket",
-                       "usr/lib/sysusers.d/portbroker.conf", "usr/share/doc/portbroker/copyright"},
+                       "usr/lib/sysusers.d/portbroker.conf", "usr/share/doc/portbroker/copyright",
+                       "usr/share/bash-completion/completions/portctl"},
         "libportbroker0": {f"{lib}/libportbroker.so.0", f"{lib}/libportbroker.so.{makefile_version()}"},
         "libportbroker-dev": {"usr/include/portbroker.h", f"{lib}/libportbroker.a", f"{lib}/libportbroker.so",
                               f"{lib}/pkgconfig/portbroker.pc"},
@@ -193,7 +194,7 @@ def test_installed_tree(root, multiarch):
              f"{lib}/libportbroker.so.{version}", f"{lib}/libportbroker.a", "/usr/include/portbroker.h",
              "/usr/share/man/man1/portctl.1.gz", "/usr/share/man/man8/brokerd.8.gz",
              "/lib/systemd/system/portbrokerd.service", "/lib/systemd/system/portbrokerd.socket",
-             "/usr/lib/sysusers.d/portbroker.conf"]
+             "/usr/lib/sysusers.d/portbroker.conf", "/usr/share/bash-completion/completions/portctl"]
     r = root.run("sh", "-c", 'for f; do [ -f "$f" ] || echo "missing: $f"; done', "sh", *files)
     assert not r.stdout, r.stdout
     # The SONAME's link (libportbroker0), the link for -lportbroker (-dev).
