@@ -17,6 +17,10 @@
 #define PB_ENDPOINT_WIRE_SIZE 24
 #define PB_ENDPOINT_STRLEN 64           /* buffer for endpoint_format() */
 
+/* What an error about endpoint or pattern text says is expected. */
+#define PB_ENDPOINT_SYNTAX "expected [tcp|udp|tcp4|udp4|tcp6|udp6:][ADDRESS:]PORT"
+#define PB_PATTERN_SYNTAX PB_ENDPOINT_SYNTAX "[-PORT]"
+
 enum pb_transport {
         PB_TCP = 6,
         PB_UDP = 17,

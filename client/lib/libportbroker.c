@@ -31,8 +31,6 @@
 #include "sockaddr.h"
 #include "sockopt.h"
 
-#define ENDPOINT_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT"
-#define PATTERN_SYNTAX "expected [tcp|udp:][ADDRESS:]PORT[-PORT]"
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *) NULL)->sun_path))
 
 struct pb_conn {
@@ -152,17 +150,17 @@ void pb_disconnect(pb_conn *c) {
 
 static int parse_endpoint(const char *text, struct pb_endpoint *ret, pb_error *err) {
         if (!text)
-                return fail(err, EINVAL, "no endpoint given: " ENDPOINT_SYNTAX);
+                return fail(err, EINVAL, "no endpoint given: " PB_ENDPOINT_SYNTAX);
         if (endpoint_parse(text, ret) < 0)
-                return fail(err, EINVAL, "invalid endpoint '%.100s': " ENDPOINT_SYNTAX, text);
+                return fail(err, EINVAL, "invalid endpoint '%.100s': " PB_ENDPOINT_SYNTAX, text);
         return 0;
 }
 
 static int parse_pattern(const char *text, struct pb_endpoint *ret, pb_error *err) {
         if (!text)
-                return fail(err, EINVAL, "no endpoint pattern given: " PATTERN_SYNTAX);
+                return fail(err, EINVAL, "no endpoint pattern given: " PB_PATTERN_SYNTAX);
         if (endpoint_parse_pattern(text, ret) < 0)
-                return fail(err, EINVAL, "invalid endpoint pattern '%.100s': " PATTERN_SYNTAX, text);
+                return fail(err, EINVAL, "invalid endpoint pattern '%.100s': " PB_PATTERN_SYNTAX, text);
         return 0;
 }
 

@@ -10,12 +10,16 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 const char *arg_socket = NULL;
 bool arg_json = false;
@@ -99,10 +103,9 @@ int cli_check_endpoint(const char *text, bool pattern) {
         struct pb_endpoint e;
 
         if (!pattern && endpoint_parse(text, &e) < 0)
-                return cli_usage("invalid endpoint '%s': expected [tcp|udp:][ADDRESS:]PORT", text);
+                return cli_usage("invalid endpoint '%s': " PB_ENDPOINT_SYNTAX, text);
         if (pattern && endpoint_parse_pattern(text, &e) < 0)
-                return cli_usage("invalid endpoint pattern '%s': expected [tcp|udp:][ADDRESS:]PORT[-PORT]",
-                                 text);
+                return cli_usage("invalid endpoint pattern '%s': " PB_PATTERN_SYNTAX, text);
         return 0;
 }
 
@@ -111,6 +114,54 @@ int cli_connect(pb_conn **ret) {
 
         if (pb_connect(arg_socket, ret, &err) < 0)
                 return report(EXIT_FAILURE, "connect", "%s", err.message[0] ? err.message : strerror(err.code));
+        return 0;
+}
+
+/* Closes every fd above stderr but the n in keep (at most 8): a watcher
+ * must not keep open what the server closes (a pipe a reader waits on). */
+static void close_all_but(const int *keep, size_t n) {
+        int sorted[8];
+        unsigned from = 3;
+
+        n = n < 8 ? n : 8;
+        for (size_t i = 0; i < n; i++) {
+                size_t j = i;
+
+                for (; j > 0 && sorted[j - 1] > keep[i]; j--)
+                        sorted[j] = sorted[j - 1];
+                sorted[j] = keep[i];
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (sorted[i] < 3)
+                        continue;
+                if ((unsigned) sorted[i] > from)
+                        (void) syscall(SYS_close_range, from, (unsigned) sorted[i] - 1, 0);
+                from = (unsigned) sorted[i] + 1;
+        }
+        (void) syscall(SYS_close_range, from, ~0U, 0);
+}
+
+int cli_start_watcher(const int *keep, size_t n) {
+        int status, null_fd;
+        pid_t child, watcher;
+
+        fflush(NULL);
+        child = fork();
+        if (child < 0)
+                return -errno;
+        if (child > 0) {
+                (void) waitpid(child, &status, 0);
+                return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : -ECHILD;
+        }
+        watcher = fork();
+        if (watcher != 0)
+                _exit(watcher < 0 ? EXIT_FAILURE : 0);
+        null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd >= 0) {
+                dup2(null_fd, STDIN_FILENO);
+                dup2(null_fd, STDOUT_FILENO);
+        }
+        close_all_but(keep, n);
         return 0;
 }
 

@@ -51,6 +51,13 @@ int cli_check_endpoint(const char *text, bool pattern);
 /* Connects to brokerd (--socket, else the default). Returns 0 and *ret, or EXIT_FAILURE (code "connect"). */
 int cli_connect(pb_conn **ret);
 
+/* Starts a watcher for the server this process becomes when it execs: a
+ * process of its own (detached by a second fork, so that the server has no
+ * child of ours to reap), stdin and stdout on /dev/null, every fd closed
+ * but stderr and the n in keep. Returns 0 in the watcher (which _exit()s
+ * when done), 1 here once it started, or -errno. */
+int cli_start_watcher(const int *keep, size_t n);
+
 /* Parses the arguments of a command that takes at most one operand and no option of its own
  * (main took --json and --socket out): *ret_operand gets it, or NULL. A second operand is a
  * usage error saying too_many, or, when too_many is NULL, no operand is allowed ("VERB:
@@ -118,6 +125,34 @@ void table_print(const struct table *t);
 
 /* Frees the cells; t keeps its ncols. */
 void table_free(struct table *t);
+
+/* --- the sockets of a port (sockdiag.c) ------------------------------------ */
+
+struct inet_diag_msg;
+struct rtattr;
+
+/* Called for each socket of a dump, with its family and attributes (len bytes). */
+typedef void (*sockdiag_fn)(const struct inet_diag_msg *m, int family, const struct rtattr *attrs, int len,
+                            void *userdata);
+
+/* Dumps the sockets of family and protocol (IPPROTO_TCP or IPPROTO_UDP) on local port, in
+ * states (a mask of 1 << TCP_* states; ~0U: all), with the extensions ext (a mask of
+ * 1 << (INET_DIAG_* - 1)), calling fn for each. Returns 0 or -errno. */
+int sockdiag_dump(int family, int protocol, uint16_t port, uint32_t states, uint8_t ext, sockdiag_fn fn,
+                  void *userdata);
+
+/* How long a connection may wait in a listener's accept queue before portctl says no
+ * server accepts (get's watcher, status). */
+#define ACCEPT_STALL_MS 3000
+
+/* The connections a TCP lease's listener queued that no process accepted yet. */
+struct accept_queue {
+        unsigned waiting;
+        uint32_t oldest_ms;             /* how long the oldest has waited (since its client's last segment) */
+};
+
+/* Reads the accept queue of the listener of TCP endpoint e. Returns 0 or -errno. */
+int accept_queue(const struct pb_endpoint *e, struct accept_queue *ret);
 
 /* --- help (help.c) ---------------------------------------------------------- */
 

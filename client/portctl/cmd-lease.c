@@ -3,12 +3,14 @@
  * portctl get, release and status: the lease commands. `get` acquires
  * listening sockets and either prints the leases or execs a command with
  * them passed the way systemd socket activation does (fds 3..,
- * LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES); `release` ends a lease; `status`
- * lists leases as a table or JSON.
+ * LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), watching for a while that it
+ * accepts on them; `release` ends a lease; `status` lists leases as a
+ * table or JSON, naming a TCP listener whose queue nobody accepts from.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "cli.h"
 #include "endpoint.h"
 #include "fd-util.h"
+#include "pidfd-util.h"
 #include "portbroker.h"
 
 /* --- get ------------------------------------------------------------------- */
@@ -99,6 +102,72 @@ static int place_fds(int *fds, size_t n) {
 
 /* Passes fds[0..n) to cmd as fds 3.. with the systemd variables and execs it. Consumes the fds;
  * returns only on failure, with the exit status. */
+/* How long get's watcher looks, and how often. */
+#define GET_WATCH_MS (60 * 1000)
+#define GET_WATCH_TICK_MS 250
+
+/*
+ * get's watcher: a server that never takes its socket (one that binds its
+ * own port and ignores fd 3, such as `python3 -m http.server`) leaves its
+ * clients hanging in a backlog nobody drains, and says nothing. While the
+ * server runs, for up to GET_WATCH_MS, each TCP lease's accept queue is
+ * read; a connection waiting ACCEPT_STALL_MS is said once on stderr, with
+ * the `portctl run` alternative. A queue seen to drain has a server.
+ */
+static int watch_accepts(int server_pidfd, const pb_lease *leases, char **texts, size_t n, char **cmd) {
+        enum { IDLE, QUEUED, DRAINED } *state = calloc(n, sizeof(*state));
+        struct pollfd p = { .fd = server_pidfd, .events = POLLIN };
+
+        if (!state)
+                return EXIT_FAILURE;
+        for (int t = 0; t < GET_WATCH_MS / GET_WATCH_TICK_MS; t++) {
+                bool watching = false;
+
+                if (poll(&p, 1, GET_WATCH_TICK_MS) != 0)
+                        return 0;               /* the server exited */
+                for (size_t i = 0; i < n; i++) {
+                        struct pb_endpoint e;
+                        struct accept_queue q;
+
+                        if (leases[i].transport != IPPROTO_TCP || state[i] == DRAINED)
+                                continue;
+                        watching = true;
+                        if (endpoint_parse(leases[i].endpoint, &e) < 0 || accept_queue(&e, &q) < 0)
+                                continue;
+                        if (q.waiting && q.oldest_ms >= ACCEPT_STALL_MS) {
+                                fprintf(stderr, "portctl: %s has accepted no connection on %s for %u s, %u waiting: "
+                                        "does it take its socket from fd %zu (LISTEN_FDS, sd_listen_fds())? For a "
+                                        "server that binds its own port, use `portctl run %s -- %s ...`.\n",
+                                        cmd[0], leases[i].endpoint, (unsigned) (q.oldest_ms / 1000), q.waiting,
+                                        3 + i, texts[i], cmd[0]);
+                                return 0;
+                        }
+                        if (q.waiting)
+                                state[i] = QUEUED;
+                        else if (state[i] == QUEUED)
+                                state[i] = DRAINED;     /* something accepts from it */
+                }
+                if (!watching)
+                        return 0;
+        }
+        return 0;
+}
+
+/* Starts get's watcher for the server this process becomes. Failing to is no reason not to run it. */
+static void start_accept_watcher(const pb_lease *leases, char **texts, size_t n, char **cmd) {
+        int pidfd = pidfd_open_pid(getpid()), r;
+        bool tcp = false;
+
+        for (size_t i = 0; i < n; i++)
+                tcp |= leases[i].transport == IPPROTO_TCP;
+        if (!tcp || pidfd < 0)
+                return;
+        r = cli_start_watcher(&pidfd, 1);
+        if (r == 0)
+                _exit(watch_accepts(pidfd, leases, texts, n, cmd));
+        safe_close(pidfd);
+}
+
 static int exec_with_fds(int *fds, const pb_lease *leases, size_t n, char **cmd) {
         char *names = fd_names(leases, n), pid[32], count[32];
         int r;
@@ -217,8 +286,10 @@ int cmd_get(int argc, char **argv) {
                         fds[i] = -1;
                 r = get_leases(&a, fds, leases);
         }
-        if (r == 0 && a.cmd)
+        if (r == 0 && a.cmd) {
+                start_accept_watcher(leases, a.endpoints, a.n, a.cmd);
                 r = exec_with_fds(fds, leases, a.n, a.cmd);
+        }
         else if (r == 0)
                 print_leases(leases, a.n);
         if (fds)
@@ -270,6 +341,22 @@ static int collect_lease(const pb_lease *lease, void *userdata) {
         return list_append(userdata, lease);
 }
 
+/* A lease's TCP accept queue as status shows it: 1 when a connection has
+ * waited ACCEPT_STALL_MS (no server accepting), 0 when none has, -1 when it
+ * cannot be told (UDP, unbound, sock_diag refused). */
+static int stalled(const pb_lease *x, struct accept_queue *q) {
+        struct pb_endpoint e;
+
+        *q = (struct accept_queue) { 0 };
+        if (x->transport != IPPROTO_TCP || !x->bound || endpoint_parse(x->endpoint, &e) < 0)
+                return -1;
+        if (x->queued == 0)
+                return 0;
+        if (accept_queue(&e, q) < 0)
+                return -1;
+        return q->waiting && q->oldest_ms >= ACCEPT_STALL_MS;
+}
+
 static int status_table(const struct list *l) {
         struct table t = { .ncols = 6 };
         int r = 0;
@@ -283,6 +370,7 @@ static int status_table(const struct list *l) {
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_lease *x = (const pb_lease *) l->items + i;
                 const char *owner = user_name(x->owner_uid);
+                struct accept_queue q;
                 char since[64];
 
                 format_time(x->since, since, sizeof(since));
@@ -300,6 +388,9 @@ static int status_table(const struct list *l) {
                         r |= table_cell(&t, "-");
                 else if (x->queued < 0)
                         r |= table_cell(&t, "?/%u", x->backlog);
+                else if (stalled(x, &q) == 1)
+                        r |= table_cell(&t, "%d/%u, no server accepting for %u s", x->queued, x->backlog,
+                                        (unsigned) (q.oldest_ms / 1000));
                 else
                         r |= table_cell(&t, "%d/%u", x->queued, x->backlog);
         }
@@ -322,6 +413,7 @@ static void status_json(const struct list *l, const pb_info *info, int info_r) {
         putchar('[');
         for (size_t i = 0; i < l->n; i++) {
                 const pb_lease *x = (const pb_lease *) l->items + i;
+                struct accept_queue q;
 
                 printf("%s{\"id\":%" PRIu64 ",\"endpoint\":", i ? "," : "", x->id);
                 json_string(stdout, x->endpoint);
@@ -333,8 +425,18 @@ static void status_json(const struct list *l, const pb_info *info, int info_r) {
                         fputs("null", stdout);
                 else
                         printf("%d", x->queued);
-                printf(",\"backlog\":%u,\"bound\":%s,\"guarded\":%s}", x->backlog, x->bound ? "true" : "false",
+                printf(",\"backlog\":%u,\"bound\":%s,\"guarded\":%s", x->backlog, x->bound ? "true" : "false",
                        info_r < 0 ? "null" : info->guard ? "true" : "false");
+                switch (stalled(x, &q)) {
+                case 1:
+                        printf(",\"accepting\":false,\"oldest_wait_ms\":%" PRIu32 "}", q.oldest_ms);
+                        break;
+                case 0:
+                        printf(",\"accepting\":true,\"oldest_wait_ms\":%" PRIu32 "}", q.oldest_ms);
+                        break;
+                default:
+                        fputs(",\"accepting\":null,\"oldest_wait_ms\":null}", stdout);
+                }
         }
         puts("]");
 }

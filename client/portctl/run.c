@@ -502,27 +502,6 @@ static int watch(const struct run_args *a, int ready_fd, int server_pidfd, int o
         return 0;
 }
 
-/* Closes every fd but stdio and the three given: the watcher must not keep
- * open what the server closes (a pipe a reader waits on, say). */
-static void close_all_but(int a, int b, int c) {
-        int keep[] = { a, b, c }, from = 3;
-
-        /* keep[] sorted ascending, then close the gaps between them. */
-        for (int i = 0; i < 3; i++)
-                for (int j = i + 1; j < 3; j++)
-                        if (keep[j] < keep[i]) {
-                                int t = keep[i];
-                                keep[i] = keep[j];
-                                keep[j] = t;
-                        }
-        for (int i = 0; i < 3; i++) {
-                if (keep[i] > from)
-                        (void) syscall(SYS_close_range, from, keep[i] - 1, 0);
-                from = keep[i] + 1;
-        }
-        (void) syscall(SYS_close_range, from, ~0U, 0);
-}
-
 /* A socket bound to a fresh abstract name (into name) for the shim's readiness report.
  * Returns it (owned by the caller) or -errno. */
 static int ready_socket(char *name, size_t size) {
@@ -550,30 +529,13 @@ static int ready_socket(char *name, size_t size) {
 /* Forks the watcher (detached by a second fork) for the new server, this process once it
  * execs. Returns 0 or the exit status. */
 static int start_watcher(const struct run_args *a, int ready_fd, int self_pid_fd, int old_pid_fd) {
-        int status;
-        pid_t child;
+        const int keep[] = { ready_fd, self_pid_fd, old_pid_fd };
+        int r = cli_start_watcher(keep, 3);
 
-        fflush(NULL);
-        child = fork();
-        if (child < 0)
-                return cli_fail(errno, "upgrade: cannot fork: %m");
-        if (child == 0) {
-                /* Fork again so the watcher is not the server's child (no zombie for it to reap). */
-                int null_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-                if (null_fd >= 0) {
-                        dup2(null_fd, STDIN_FILENO);
-                        dup2(null_fd, STDOUT_FILENO);
-                }
-                pid_t watcher = fork();
-                if (watcher < 0)
-                        fprintf(stderr, "portctl: upgrade: cannot start the watcher: %s; pid %d left running\n",
-                                strerror(errno), (int) a->old_pid);
-                if (watcher != 0)
-                        _exit(0);
-                close_all_but(ready_fd, self_pid_fd, old_pid_fd);
+        if (r == 0)
                 _exit(watch(a, ready_fd, self_pid_fd, old_pid_fd));
-        }
-        (void) waitpid(child, &status, 0);
+        if (r < 0)
+                return cli_fail(-r, "upgrade: cannot start the watcher: %m; pid %d left running", (int) a->old_pid);
         return 0;
 }
 

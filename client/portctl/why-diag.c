@@ -1,24 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * portctl why: the sockets on the endpoint's port, from sock_diag netlink
- * (inet_diag_req_v2 dumps for AF_INET and AF_INET6 of the endpoint's
- * transport), each with its state, owner uid, inode, queues and
- * IPV6_V6ONLY, and whether its address overlaps the endpoint's.
+ * portctl why: the sockets on the endpoint's port (sockdiag.c dumps for
+ * AF_INET and AF_INET6 of the endpoint's transport), each with its state,
+ * owner uid, inode, queues and IPV6_V6ONLY, and whether its address
+ * overlaps the endpoint's.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 #include <arpa/inet.h>
 #include <linux/inet_diag.h>
-#include <linux/netlink.h>
 #include <linux/rtnetlink.h>
-#include <linux/sock_diag.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "cli.h"
-#include "fd-util.h"
 #include "why.h"
 
 static const char *const state_names[] = {
@@ -81,14 +77,12 @@ static int add_sock(struct why *w, const struct why_sock *s) {
         return 0;
 }
 
-static void parse_diag(struct why *w, const struct nlmsghdr *h, int family) {
-        const struct inet_diag_msg *m = NLMSG_DATA(h);
+static void parse_diag(const struct inet_diag_msg *m, int family, const struct rtattr *a, int len, void *userdata) {
+        struct why *w = userdata;
         struct why_sock s = { .family = family, .v6only = -1 };
         static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-        const struct rtattr *a;
-        int len;
 
-        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(*m)) || ntohs(m->id.idiag_sport) != w->ep.port_lo)
+        if (ntohs(m->id.idiag_sport) != w->ep.port_lo)
                 return;
         s.state = m->idiag_state;
         s.inode = m->idiag_inode;
@@ -109,8 +103,7 @@ static void parse_diag(struct why *w, const struct nlmsghdr *h, int family) {
                 memcpy(s.addr, m->id.idiag_src, 16);
                 memcpy(s.raddr, m->id.idiag_dst, 16);
         }
-        len = (int) (h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
-        for (a = (const struct rtattr *) (m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
+        for (; RTA_OK(a, len); a = RTA_NEXT(a, len))
                 if (a->rta_type == INET_DIAG_SKV6ONLY && RTA_PAYLOAD(a) >= 1)
                         s.v6only = *(const uint8_t *) RTA_DATA(a);
         s.relevant = overlaps(w, &s);
@@ -118,68 +111,9 @@ static void parse_diag(struct why *w, const struct nlmsghdr *h, int family) {
                 w->oom = true;
 }
 
-/* Handles one datagram of a dump. Returns 1 at its end (NLMSG_DONE), 0 when more follows, or -errno. */
-static int parse_batch(struct why *w, void *buf, size_t n, int family) {
-        int left = (int) n;
-
-        for (struct nlmsghdr *h = buf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-                if (h->nlmsg_type == NLMSG_DONE)
-                        return 1;
-                if (h->nlmsg_type == NLMSG_ERROR) {
-                        const struct nlmsgerr *e = NLMSG_DATA(h);
-                        return h->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)) && e->error ? e->error : -EPROTO;
-                }
-                if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY)
-                        parse_diag(w, h, family);
-        }
-        return 0;
-}
-
-/* Dumps the sockets of family and the endpoint's transport, keeping those on its port. Returns 0 or -errno. */
-static int diag_dump(struct why *w, int family) {
-        struct {
-                struct nlmsghdr nlh;
-                struct inet_diag_req_v2 req;
-        } q = {
-                .nlh = {
-                        .nlmsg_len = sizeof(q),
-                        .nlmsg_type = SOCK_DIAG_BY_FAMILY,
-                        .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP,
-                        .nlmsg_seq = 1,
-                },
-                .req = {
-                        .sdiag_family = (uint8_t) family,
-                        .sdiag_protocol = w->ep.transport == PB_UDP ? IPPROTO_UDP : IPPROTO_TCP,
-                        .idiag_states = ~0U,
-                },
-        };
-        struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-        long buf[8192 / sizeof(long)];
-        _cleanup_close_ int diag_fd = -1;
-
-        diag_fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-        if (diag_fd < 0)
-                return -errno;
-        if (sendto(diag_fd, &q, sizeof(q), 0, (struct sockaddr *) &kernel, sizeof(kernel)) < 0)
-                return -errno;
-        for (;;) {
-                ssize_t n = recv(diag_fd, buf, sizeof(buf), 0);
-                int r;
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        return 0;
-                r = parse_batch(w, buf, (size_t) n, family);
-                if (r != 0)
-                        return r < 0 ? r : 0;
-        }
-}
-
 int why_list_sockets(struct why *w) {
-        int r = diag_dump(w, AF_INET);
+        int protocol = w->ep.transport == PB_UDP ? IPPROTO_UDP : IPPROTO_TCP;
+        int r = sockdiag_dump(AF_INET, protocol, w->ep.port_lo, ~0U, 0, parse_diag, w);
 
-        return r < 0 ? r : diag_dump(w, AF_INET6);
+        return r < 0 ? r : sockdiag_dump(AF_INET6, protocol, w->ep.port_lo, ~0U, 0, parse_diag, w);
 }

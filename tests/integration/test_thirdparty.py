@@ -41,6 +41,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -392,6 +393,71 @@ def test_python_http_server_survives_kill9(broker, groups, scratch, bind, lease)
     clients = ("127.0.0.1",) if bind == "0.0.0.0" else ("::ffff:127.0.0.1", "::1")
     assert log and all(l.split(" - - ")[0] in clients for l in log), log[:5]
     assert "Traceback" not in g.proc.stderr() and "Error" not in g.proc.stderr(), g.proc.stderr()[-2000:]
+
+
+def test_a_server_that_never_takes_its_socket_is_named(broker, procs):
+    """`portctl get 8080 -- python3 -m http.server` (the issue's case): the
+    server ignores fd 3 and serves on its own port 8000, while clients of
+    8080 wait in a backlog nobody drains. portctl's watcher says so once,
+    with the `portctl run` alternative, and `portctl status` shows the
+    lease as having no server accepting. A connection the server accepted
+    does not count, however old."""
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    srv = broker.serve(procs, PORT, uid=U1, name="http.server",
+                       cmd=[PYTHON, "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/"])
+    wait_for(lambda: http_get(8000, "/nonexistent")[0] == 404 if listeners(8000) else False, 10,
+             "http.server to serve on its own port")
+    client = socket.create_connection(("127.0.0.1", PORT), timeout=5)   # handshake by the kernel; then waits
+    try:
+        said = wait_for(lambda: "has accepted no connection" in srv.stderr() and srv.stderr(), 15,
+                        "portctl to name the server that does not accept")
+        assert f"python3 has accepted no connection on tcp:[::]:{PORT} for 3 s, 1 waiting" in said, said
+        assert f"use `portctl run {PORT} -- {PYTHON} ...`" in said and "fd 3" in said, said
+        assert said.count("has accepted no connection") == 1, said
+        st = broker.portctl("status", PORT, json=True).json[0]
+        assert st["accepting"] is False and st["oldest_wait_ms"] >= 3000 and st["queued"] == 1, st
+        assert "no server accepting for" in broker.portctl("status").stdout
+    finally:
+        client.close()
+    srv.popen.kill()
+
+    # A connection the server accepted and holds is not waiting, however old: with one
+    # accepted 3 s ago and one just queued, the lease still has a server accepting. (A
+    # port of its own: the connection above still waits in 8080's queue, the lease's.)
+    port = PORT + 1
+    broker.portctl("policy", "add", f"tcp:{port}", "--user", U1)
+    one = broker.serve(procs, port, uid=U1, name="accept-one", cmd=[PYTHON, "-c", ACCEPT_ONE])
+    wait_for(lambda: broker.portctl("status", port, check=False).returncode == 0, 10, f"the lease of {port}")
+    first = socket.create_connection(("127.0.0.1", port), timeout=5)
+    wait_for(lambda: "accepted" in one.output(), 10, "the server to accept the first connection")
+    wait_for(lambda: established_lastack_ms(port) >= 3000, 10, "the accepted connection to be 3 s old")
+    second = socket.create_connection(("127.0.0.1", port), timeout=5)
+    st = broker.portctl("status", port, json=True).json[0]
+    assert st["queued"] == 1 and st["accepting"] is True and st["oldest_wait_ms"] < 3000, st
+    said = wait_for(lambda: "has accepted no connection" in one.stderr() and one.stderr(), 15,
+                    "portctl to name the server that stopped accepting")
+    assert "for 3 s, 1 waiting" in said, said
+    first.close()
+    second.close()
+
+
+# Accepts one connection, says so, holds it and accepts no more.
+ACCEPT_ONE = r"""
+import signal, socket
+s = socket.socket(fileno=3)
+c, _ = s.accept()
+print("accepted", flush=True)
+signal.pause()
+"""
+
+
+def established_lastack_ms(port):
+    """The largest lastack (ms since the peer's last segment) of the established connections
+    on local port, as ss -i shows it; 0 when there is none."""
+    out = subprocess.run(["ss", "-Htin", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    return max([int(w.split(":")[1]) for w in out.split() if w.startswith("lastack:")] or [0])
 
 
 # --- socat ------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ static void test_bad_endpoint(void **state) {
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 char want[128];
 
-                snprintf(want, sizeof(want), "invalid endpoint '%s': expected [tcp|udp:][ADDRESS:]PORT", bad[i]);
+                snprintf(want, sizeof(want), "invalid endpoint '%s': " PB_ENDPOINT_SYNTAX, bad[i]);
                 assert_int_equal(pb_get(bad[i], 0, &err), -EINVAL);
                 assert_int_equal(err.code, EINVAL);
                 assert_string_equal(err.message, want);
