@@ -568,7 +568,7 @@ static void seen(uint64_t *v, unsigned *n, uint64_t id) {
 }
 
 static bool is_request_type(uint16_t type) {
-        return type >= PB_MSG_GET && type <= PB_MSG_INFO;
+        return type >= PB_MSG_GET && type <= PB_MSG_CHECK;
 }
 
 /* Whether s may be sent on c now. */
@@ -839,12 +839,17 @@ static void op_connect(struct program *pr) {
 static const uint16_t ports[] = { 80, 443, 53, 8000, 8080, 8099, 9000, 65535 };
 static const uint32_t principal_ids[] = { 0, 1000, 1001, 1002, ADMIN_GID };
 
-/* An endpoint from one byte: transport, address (any, 127.0.0.1, 0.0.0.0, ::1), port. */
+/* An endpoint from one byte: transport, address (any, 127.0.0.1, 0.0.0.0, ::1; any with
+ * bit 6: the IPv6-only wildcard), port. */
 static struct pb_endpoint endpoint_of(uint8_t a) {
         struct pb_endpoint e = { .transport = a & 1 ? PB_UDP : PB_TCP };
 
         e.port_lo = e.port_hi = ports[(a >> 3) & 7];
         switch ((a >> 1) & 3) {
+        case 0:
+                if (a & 0x40)
+                        e.family = PB_FAMILY_INET6;     /* tcp6:[::]:P */
+                break;
         case 1:
                 e.family = PB_FAMILY_INET;
                 memcpy(e.addr, (uint8_t[]) { 127, 0, 0, 1 }, 4);
@@ -866,12 +871,13 @@ static void build_request(struct program *pr, struct pb_msg *m) {
         static const uint16_t widths[] = { 0, 1, 99, 65535 };
 
         memset(m, 0, sizeof(*m));
-        m->hdr.type = (uint16_t) (PB_MSG_GET + t % 8);
+        m->hdr.type = (uint16_t) (PB_MSG_GET + t % 9);
         m->hdr.version = t & 0x80 ? PB_PROTO_VERSION : PB_PROTO_VERSION_MIN;
         m->hdr.id = take8(pr);
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
+        case PB_MSG_CHECK:
                 m->get.endpoint = endpoint_of(a);
                 break;
         case PB_MSG_STATUS:
