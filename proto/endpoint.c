@@ -171,10 +171,13 @@ static char *format(const struct pb_endpoint *e, bool pattern, char buf[static P
                 snprintf(buf, PB_ENDPOINT_STRLEN, "%s:%s:%s", transport, host, ports);
                 break;
         case PB_FAMILY_INET6:
-                inet_ntop(AF_INET6, e->addr, host, sizeof(host));
                 /* The IPv6-only wildcard needs its family said: `[::]` alone is dual-stack. */
-                snprintf(buf, PB_ENDPOINT_STRLEN, "%s%s:[%s]:%s", transport, endpoint_is_v6only_any(e) ? "6" : "",
-                         host, ports);
+                if (endpoint_is_v6only_any(e)) {
+                        snprintf(buf, PB_ENDPOINT_STRLEN, "%s6:[::]:%s", transport, ports);
+                        break;
+                }
+                inet_ntop(AF_INET6, e->addr, host, sizeof(host));
+                snprintf(buf, PB_ENDPOINT_STRLEN, "%s:[%s]:%s", transport, host, ports);
                 break;
         default:
                 if (pattern)
