@@ -26,8 +26,7 @@ bool arg_json = false;
 
 /* --- exit statuses ------------------------------------------------------------ */
 
-/* The code of errno value e in a --json failure: its name, "EACCES". */
-static const char *errno_code(int e) {
+const char *errno_name(int e) {
         const char *name = strerrorname_np(e);
 
         return name ? name : "error";
@@ -75,7 +74,7 @@ int cli_usage(const char *fmt, ...) {
 }
 
 int cli_fail(int e, const char *fmt, ...) {
-        const char *code = errno_code(e);
+        const char *code = errno_name(e);
         va_list ap;
         int r;
 
@@ -93,7 +92,7 @@ int cli_fail_pb(const pb_error *err) {
 }
 
 int cli_exec_failed(const char *cmd, int e) {
-        const char *code = errno_code(e);
+        const char *code = errno_name(e);
 
         errno = e;                      /* for %m */
         return report(e == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_EXEC, code, "cannot run %s: %m", cmd);

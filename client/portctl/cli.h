@@ -66,6 +66,9 @@ int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_m
 
 /* --- text helpers ------------------------------------------------------------ */
 
+/* The name of errno value e, "EACCES" ("error" for a value without one): a --json failure's code. */
+const char *errno_name(int e);
+
 /* The canonical text of endpoint (or pattern) text, or the text itself when it does not parse. Returns buf. */
 char *canonical_endpoint(const char *text, bool pattern, char buf[static PB_ENDPOINT_STRLEN]);
 

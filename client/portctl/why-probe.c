@@ -14,25 +14,11 @@
 
 #include "fd-util.h"
 #include "sockaddr.h"
+#include "cli.h"
 #include "why.h"
 
 const char *why_errno_name(int e) {
-        switch (e) {
-        case 0:
-                return "ok";
-        case EADDRINUSE:
-                return "EADDRINUSE";
-        case EACCES:
-                return "EACCES";
-        case EADDRNOTAVAIL:
-                return "EADDRNOTAVAIL";
-        case EPERM:
-                return "EPERM";
-        case EINVAL:
-                return "EINVAL";
-        default:
-                return "error";
-        }
+        return e == 0 ? "ok" : errno_name(e);
 }
 
 /* Binds (never listens) a throwaway socket like the endpoint's with option opt set, closes it.
