@@ -465,6 +465,18 @@ bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
         return t->port_leases && t->port_leases[port] > 0;
 }
 
+struct lease *lease_table_port_of_another(const struct lease_table *t, const struct pb_endpoint *e, uid_t uid) {
+        if (!lease_table_has_port(t, e->port_lo))
+                return NULL;
+        for (size_t i = 0; i < t->n; i++) {
+                const struct lease *l = t->by_id[i];
+
+                if (l->endpoint.transport == e->transport && l->endpoint.port_lo == e->port_lo && l->owner_uid != uid)
+                        return t->by_id[i];
+        }
+        return NULL;
+}
+
 struct lease *lease_table_overlapping(const struct lease_table *t, const struct pb_endpoint *e) {
         if (!lease_table_has_port(t, e->port_lo))
                 return NULL;

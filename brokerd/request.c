@@ -43,6 +43,7 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         const struct peer *p = &c->peer;
+        const struct lease *other;
 
         if (!policy_is_admin(&b->policy, p) && !policy_find(&b->policy, p, e)) {
                 proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u get %s",
@@ -53,6 +54,16 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
         if (l && l->owner_uid != p->uid) {
                 proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u", text, (unsigned) l->owner_uid);
                 deny(c, req, reply, text, e, "held by another");
+                return false;
+        }
+        /* A port is one uid's, whatever the address or family: a second uid
+         * serving [::1]:P or IPv6 beside another's 0.0.0.0:P would get the
+         * clients of "localhost:P" that try IPv6 first. */
+        other = l ? NULL : lease_table_port_of_another(&b->leases, e, p->uid);
+        if (other) {
+                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u: its lease %s has the port",
+                                text, (unsigned) other->owner_uid, other->text);
+                deny(c, req, reply, text, e, "port held by another");
                 return false;
         }
         if (!l && lease_table_count_owner(&b->leases, p->uid) >= b->opt.max_leases_per_user) {
@@ -308,6 +319,13 @@ static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
         };
 }
 
+/* Whether a reply in req's version can carry e: a client older than
+ * version 4 cannot read an IPv6-only wildcard, so lists leave those out
+ * for it (answering in version 4 would make its whole list unreadable). */
+static bool expressible(const struct pb_msg *req, const struct pb_endpoint *e) {
+        return req->hdr.version >= PB_PROTO_VERSION_V6ONLY || !endpoint_is_v6only_any(e);
+}
+
 static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         struct lease_table *t = &c->broker->leases;
 
@@ -330,7 +348,8 @@ static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_ms
                         reply->leases.more = 1;
                         break;
                 }
-                lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
+                if (expressible(req, &t->by_id[i]->endpoint))
+                        lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
         }
 }
 
@@ -433,7 +452,7 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
         for (size_t i = 0; i < pol->n_rules; i++) {
                 const struct store_rule *r = &pol->rules[i];
 
-                if (r->id <= req->policy_list.after_id)
+                if (r->id <= req->policy_list.after_id || !expressible(req, &r->pattern))
                         continue;
                 if (reply->rules.count == PB_RULES_MAX) {
                         reply->rules.more = 1;

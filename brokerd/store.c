@@ -117,6 +117,7 @@ static const char schema_v2[] =
 
 struct store {
         sqlite3 *db;
+        bool v6only_marked;             /* user_version 3: IPv6-only wildcards may be stored (store.h) */
         sqlite3_stmt *stmt[_ST_MAX];
         struct pending pending[STORE_PENDING_MAX];
         unsigned n_pending;
@@ -311,6 +312,21 @@ unsigned store_pending(const struct store *s) {
         return s->n_pending + s->n_reserved;
 }
 
+/* In a write transaction that stores endpoint e: marks the database version 3
+ * (store.h) with its first IPv6-only wildcard. Returns 0 or -errno. */
+static int mark_v6only(struct store *s, const struct pb_endpoint *e) {
+        if (s->v6only_marked || !endpoint_is_v6only_any(e))
+                return 0;
+        return sqlite3_exec(s->db, "PRAGMA user_version = 3", NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
+}
+
+/* After the transaction that called mark_v6only() committed (r >= 0): it holds. */
+static int marked(struct store *s, const struct pb_endpoint *e, int r) {
+        if (r >= 0 && endpoint_is_v6only_any(e))
+                s->v6only_marked = true;
+        return r;
+}
+
 int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *ev) {
         sqlite3_stmt *st = s->stmt[ST_RULE_ADD];
         char text[PB_ENDPOINT_STRLEN];
@@ -329,12 +345,14 @@ int store_rule_add(struct store *s, struct store_rule *rule, const struct store_
         sqlite3_bind_text(st, 5, endpoint_format_pattern(&rule->pattern, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, rule->created);
         sqlite3_bind_int64(st, 7, ev->uid);
-        r = run(s, ST_RULE_ADD);
+        r = mark_v6only(s, &rule->pattern);
+        if (r >= 0)
+                r = run(s, ST_RULE_ADD);
         if (r >= 0) {
                 rule->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
-        return tx_end(s, r);
+        return marked(s, &rule->pattern, tx_end(s, r));
 }
 
 static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
@@ -376,12 +394,14 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
         sqlite3_bind_int64(st, 5, l->created);
         sqlite3_bind_int64(st, 6, (sqlite3_int64) l->socket_cookie);
         sqlite3_bind_text(st, 7, l->boot_id, -1, SQLITE_STATIC);
-        r = run(s, ST_LEASE_ADD);
+        r = mark_v6only(s, &l->endpoint);
+        if (r >= 0)
+                r = run(s, ST_LEASE_ADD);
         if (r >= 0) {
                 l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
-        return tx_end(s, r);
+        return marked(s, &l->endpoint, tx_end(s, r));
 }
 
 int store_lease_next_id(struct store *s, uint64_t *ret) {
@@ -563,8 +583,8 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
                          (long long) version, STORE_SCHEMA_VERSION);
                 return -EPROTO;
         }
-        if (version == STORE_SCHEMA_VERSION)
-                return 0;
+        if (version >= STORE_SCHEMA_TABLES)
+                return 0;               /* 3 is 2 with IPv6-only wildcards in it (store.h) */
 
         /* One step per version, from the one found (0: a new database). */
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
@@ -604,6 +624,7 @@ int store_check(const char *path, char *errbuf, size_t errlen) {
 
 int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen) {
         struct store *s = calloc(1, sizeof(*s));
+        int64_t version = 0;
         int rc, r;
 
         if (!s)
@@ -642,6 +663,12 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
         r = migrate(s->db, errbuf, errlen);
         if (r < 0)
                 goto fail;
+        r = query_int(s->db, "PRAGMA user_version", &version);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(s->db));
+                goto fail;
+        }
+        s->v6only_marked = version >= 3;
 
         for (int k = 0; k < _ST_MAX; k++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[k], NULL);

@@ -13,7 +13,13 @@
 
 #include "proto.h"
 
-#define STORE_SCHEMA_VERSION 2
+/* Version 3 adds no table: it marks a database that holds an IPv6-only
+ * wildcard endpoint (family 6 with ::, wire version 4), which a brokerd
+ * before it cannot decode. A database is marked with its first such lease
+ * or rule, so that an older brokerd opens it until then and says why it
+ * cannot after ("schema version 3 is newer"), rather than "Bad message". */
+#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_TABLES 2           /* the newest version that added tables */
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */

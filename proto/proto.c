@@ -159,7 +159,7 @@ uint16_t proto_type_version(uint16_t type) {
         case PB_MSG_INFO:
                 return 3;
         case PB_MSG_CHECK:
-                return 4;
+                return PB_PROTO_VERSION_V6ONLY;
         default:
                 return PB_PROTO_VERSION_MIN;
         }
@@ -197,7 +197,7 @@ static uint16_t content_version(const struct pb_msg *m) {
         default:
                 break;
         }
-        return v6only_any ? 4 : 0;
+        return v6only_any ? PB_PROTO_VERSION_V6ONLY : 0;
 }
 
 uint16_t proto_msg_version(const struct pb_msg *m) {

@@ -18,6 +18,7 @@
 
 #define PB_PROTO_VERSION 4               /* the newest version spoken */
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
+#define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */

@@ -335,7 +335,9 @@ static bool repeatable(uint16_t type) {
 /* Runs one request on c under its lock. One that brokerd may see twice is
  * sent again, once, on a new connection when brokerd closed the connection
  * without answering (the worker that had it was replaced, or its idle time
- * ran out as the request came). */
+ * ran out as the request came). One sent in a newer version than it needs
+ * (a list, so that it shows IPv6-only wildcards) goes again in the oldest
+ * when brokerd does not speak that one (it has none of those to show). */
 static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
         int r;
 
@@ -343,6 +345,12 @@ static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
         r = transact(c, x, ret_fd, err);
         if (r == -ECONNRESET && repeatable(x->req.hdr.type))
                 r = transact(c, x, ret_fd, err);
+        if (r == -EPROTONOSUPPORT && x->req.hdr.version > proto_msg_version(&x->req)) {
+                c->sock_fd = safe_close(c->sock_fd);    /* brokerd closes after a version error */
+                x->req.hdr.version = 0;                 /* the oldest the request can be said in */
+                clear_error(err);
+                r = transact(c, x, ret_fd, err);
+        }
         pthread_mutex_unlock(&c->lock);
         return r;
 }
@@ -607,6 +615,7 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
         x = exchange_new(PB_MSG_STATUS, err);
         if (!x)
                 return -ENOMEM;
+        x->req.hdr.version = PB_PROTO_VERSION_V6ONLY;   /* brokerd lists IPv6-only wildcards from 4 on */
         if (endpoint) {
                 r = parse_endpoint(endpoint, &x->req.status.endpoint, err);
                 if (r < 0)
@@ -736,6 +745,7 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         x = exchange_new(PB_MSG_POLICY_LIST, err);
         if (!x)
                 return -ENOMEM;
+        x->req.hdr.version = PB_PROTO_VERSION_V6ONLY;   /* brokerd lists IPv6-only wildcards from 4 on */
 
         for (;;) {
                 unsigned count;

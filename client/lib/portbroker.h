@@ -87,10 +87,11 @@ int pb_conn_get(pb_conn *c, const char *endpoint, unsigned flags, pb_lease *ret_
 /* pb_conn_get on a connection of its own to pb_socket_path(). */
 int pb_get(const char *endpoint, unsigned flags, pb_error *err);
 
-/* Whether the caller may get endpoint now (a rule or admin, the lease not
+/* Whether the caller may get endpoint now (a rule or admin, its port not
  * another uid's, within the lease limits), with nothing bound or created:
- * 0, or the error a get would fail with. A brokerd older than protocol
- * version 4 fails it with -EPROTONOSUPPORT. */
+ * 0, or the error a get would fail with (-EADDRINUSE when a lease of the
+ * caller's own overlaps it). A brokerd older than protocol version 4 fails
+ * it with -EPROTONOSUPPORT. */
 int pb_conn_check(pb_conn *c, const char *endpoint, pb_error *err);
 
 /* Ends a lease (owner or admin): the broker closes its socket. Returns 0. */

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,17 +142,26 @@ static void close_all_but(const int *keep, size_t n) {
 }
 
 int cli_start_watcher(const int *keep, size_t n) {
-        int status, null_fd;
+        struct sigaction dfl = { .sa_handler = SIG_DFL }, old;
+        int status = 0, null_fd, r;
         pid_t child, watcher;
 
+        /* SIGCHLD ignored (inherited so) would reap the child before waitpid() reads its status. */
+        (void) sigaction(SIGCHLD, &dfl, &old);
         fflush(NULL);
         child = fork();
-        if (child < 0)
-                return -errno;
         if (child > 0) {
-                (void) waitpid(child, &status, 0);
-                return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : -ECHILD;
+                r = waitpid(child, &status, 0) < 0 ? -errno
+                    : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 1 : -EAGAIN;  /* the second fork failed */
+                (void) sigaction(SIGCHLD, &old, NULL);
+                return r;
         }
+        if (child < 0) {
+                r = -errno;
+                (void) sigaction(SIGCHLD, &old, NULL);
+                return r;
+        }
+        (void) sigaction(SIGCHLD, &old, NULL);
         watcher = fork();
         if (watcher != 0)
                 _exit(watcher < 0 ? EXIT_FAILURE : 0);

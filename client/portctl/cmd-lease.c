@@ -112,58 +112,45 @@ static int place_fds(int *fds, size_t n) {
  * clients hanging in a backlog nobody drains, and says nothing. While the
  * server runs, for up to GET_WATCH_MS, each TCP lease's accept queue is
  * read; a connection waiting ACCEPT_STALL_MS is said once on stderr, with
- * the `portctl run` alternative. A queue seen to drain has a server.
+ * the `portctl run` alternative.
  */
 static int watch_accepts(int server_pidfd, const pb_lease *leases, char **texts, size_t n, char **cmd) {
-        enum { IDLE, QUEUED, DRAINED } *state = calloc(n, sizeof(*state));
         struct pollfd p = { .fd = server_pidfd, .events = POLLIN };
 
-        if (!state)
-                return EXIT_FAILURE;
         for (int t = 0; t < GET_WATCH_MS / GET_WATCH_TICK_MS; t++) {
-                bool watching = false;
-
                 if (poll(&p, 1, GET_WATCH_TICK_MS) != 0)
                         return 0;               /* the server exited */
                 for (size_t i = 0; i < n; i++) {
                         struct pb_endpoint e;
                         struct accept_queue q;
 
-                        if (leases[i].transport != IPPROTO_TCP || state[i] == DRAINED)
+                        if (leases[i].transport != IPPROTO_TCP || endpoint_parse(leases[i].endpoint, &e) < 0 ||
+                            accept_queue(&e, &q) < 0 || !q.waiting || q.oldest_ms < ACCEPT_STALL_MS)
                                 continue;
-                        watching = true;
-                        if (endpoint_parse(leases[i].endpoint, &e) < 0 || accept_queue(&e, &q) < 0)
-                                continue;
-                        if (q.waiting && q.oldest_ms >= ACCEPT_STALL_MS) {
-                                fprintf(stderr, "portctl: %s has accepted no connection on %s for %u s, %u waiting: "
-                                        "does it take its socket from fd %zu (LISTEN_FDS, sd_listen_fds())? For a "
-                                        "server that binds its own port, use `portctl run %s -- %s ...`.\n",
-                                        cmd[0], leases[i].endpoint, (unsigned) (q.oldest_ms / 1000), q.waiting,
-                                        3 + i, texts[i], cmd[0]);
-                                return 0;
-                        }
-                        if (q.waiting)
-                                state[i] = QUEUED;
-                        else if (state[i] == QUEUED)
-                                state[i] = DRAINED;     /* something accepts from it */
-                }
-                if (!watching)
+                        fprintf(stderr, "portctl: %s accepts no connections on %s: %u waiting, the oldest for %u s: "
+                                "does it take its socket from fd %zu (LISTEN_FDS, sd_listen_fds())? For a server "
+                                "that binds its own port, use `portctl run %s -- %s ...`.\n", cmd[0],
+                                leases[i].endpoint, q.waiting, (unsigned) (q.oldest_ms / 1000), 3 + i, texts[i],
+                                cmd[0]);
                         return 0;
+                }
         }
         return 0;
 }
 
 /* Starts get's watcher for the server this process becomes. Failing to is no reason not to run it. */
 static void start_accept_watcher(const pb_lease *leases, char **texts, size_t n, char **cmd) {
-        int pidfd = pidfd_open_pid(getpid()), r;
         bool tcp = false;
+        int pidfd;
 
         for (size_t i = 0; i < n; i++)
                 tcp |= leases[i].transport == IPPROTO_TCP;
-        if (!tcp || pidfd < 0)
+        if (!tcp)
                 return;
-        r = cli_start_watcher(&pidfd, 1);
-        if (r == 0)
+        pidfd = pidfd_open_pid(getpid());
+        if (pidfd < 0)
+                return;
+        if (cli_start_watcher(&pidfd, 1) == 0)
                 _exit(watch_accepts(pidfd, leases, texts, n, cmd));
         safe_close(pidfd);
 }

@@ -7,6 +7,7 @@
  * connections a lease's listener holds that no server has accepted.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -129,7 +130,10 @@ static void count_waiting(const struct inet_diag_msg *m, int family, const struc
                 return;
         w->q->waiting++;
         for (; RTA_OK(a, len); a = RTA_NEXT(a, len))
-                if (a->rta_type == INET_DIAG_INFO && RTA_PAYLOAD(a) >= sizeof(struct tcp_info)) {
+                /* The kernel's struct tcp_info may be shorter than ours (an older kernel): only
+                 * as much as it has is read. */
+                if (a->rta_type == INET_DIAG_INFO &&
+                    RTA_PAYLOAD(a) >= offsetof(struct tcp_info, tcpi_last_ack_recv) + sizeof(uint32_t)) {
                         const struct tcp_info *ti = RTA_DATA(a);
 
                         /* Since its client's last segment: the handshake's ACK, or its request. */

@@ -357,6 +357,21 @@ static const struct carried_option {
         { IPPROTO_UDP, UDP_GRO, 0, SOCK_DGRAM, false },
 };
 
+/* Whether the server set buffer option name of socket from (of family and
+ * type): setting one locks its size (no TCP autotuning), so brokerd's
+ * socket takes it only from a server that asked for a size, one that
+ * differs from a fresh socket's. */
+static bool buffer_set(int from, int family, int type, int name) {
+        int fresh = socket(family, type | SOCK_CLOEXEC, 0), a, b;
+
+        if (fresh < 0)
+                return false;
+        a = sockopt_get_int(from, SOL_SOCKET, name);
+        b = sockopt_get_int(fresh, SOL_SOCKET, name);
+        safe_close(fresh);
+        return a >= 0 && b >= 0 && a != b;
+}
+
 /* Sets on to (brokerd's socket) the options from (the server's own) has
  * that differ. Errors are ignored: a server gets no worse a socket than
  * brokerd's, and its own setsockopt() after bind() reports for itself. */
@@ -373,7 +388,8 @@ static void carry_options(int from, int to) {
                 } want = { 0 }, have = { 0 };
                 socklen_t want_len = sizeof(want), have_len = sizeof(have);
 
-                if ((o->family && o->family != family) || (o->transport && o->transport != type))
+                if ((o->family && o->family != family) || (o->transport && o->transport != type) ||
+                    (o->buffer && !buffer_set(from, family, type, o->name)))
                         continue;
                 if (getsockopt(from, o->level, o->name, &want, &want_len) < 0 ||
                     getsockopt(to, o->level, o->name, &have, &have_len) < 0 ||

@@ -1241,7 +1241,9 @@ static void reset(struct fds baseline) {
          * process, which a lease counts once and the leases it holds each. */
         expected = (size_t) baseline.other + 2;
         while (more) {
-                req = (struct pb_msg) { .hdr.type = PB_MSG_STATUS, .status.after_id = after };
+                /* Version 4: the lists leave out IPv6-only wildcards for older clients. */
+                req = (struct pb_msg) { .hdr = { .type = PB_MSG_STATUS, .version = PB_PROTO_VERSION },
+                                        .status.after_id = after };
                 admin_ask(c, &req, &reply);
                 for (unsigned i = 0; i < reply.leases.count; i++) {
                         const struct pb_lease_entry *l = &reply.leases.leases[i];
@@ -1266,7 +1268,7 @@ static void reset(struct fds baseline) {
                 admin_ask(c, &req, &reply);
         }
         for (more = true; more;) {
-                req = (struct pb_msg) { .hdr.type = PB_MSG_POLICY_LIST };
+                req = (struct pb_msg) { .hdr = { .type = PB_MSG_POLICY_LIST, .version = PB_PROTO_VERSION } };
                 admin_ask(c, &req, &list);
                 more = list.rules.more;
                 for (unsigned i = 0; i < list.rules.count; i++) {

@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from conftest import PYTHON, TESTSERVER, fetch, try_bind, wait_for
+from rawproto import POLICY_LIST, REPLY, STATUS, STATUS_BODY, answer, msg
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -137,6 +138,30 @@ def test_ipv4_and_ipv6_only_wildcards_are_leases_of_their_own(broker):
     assert try_bind(8080, addr="0.0.0.0") == 0
     assert try_bind(8080, addr="::1", v6only=True) == 98
     assert try_bind(8080, addr="::", v6only=True) == 98
+
+
+def test_an_older_client_lists_what_its_version_can_say(broker):
+    """A client of protocol version 2 or 3 cannot decode an IPv6-only
+    wildcard: brokerd leaves those out of its STATUS and POLICY_LIST
+    replies (in its version) rather than answer in 4, which would make the
+    whole list unreadable to it. A version 4 client sees them all."""
+    broker.portctl("policy", "add", "tcp:8080", "--user", U1)
+    broker.portctl("policy", "add", "tcp6:8081", "--user", U1)
+    broker.portctl("get", "tcp6:8080", uid=U1)
+    broker.portctl("get", "tcp4:8080", uid=U1)
+    with broker.raw() as s:
+        for version, leases, rules in ((2, 1, 1), (3, 1, 1), (4, 2, 2)):
+            s.send(msg(STATUS, STATUS_BODY, version=version, mid=version))
+            kind, hdr, data = answer(s)
+            assert kind == "reply" and hdr[1] == version and hdr[2] == STATUS | REPLY, (version, hdr)
+            assert data[16] == leases, (version, data[16:18])
+            s.send(msg(POLICY_LIST, bytes(8), version=version, mid=version))
+            kind, hdr, data = answer(s)
+            assert kind == "reply" and hdr[1] == version and hdr[2] == POLICY_LIST | REPLY, (version, hdr)
+            assert data[16] == rules, (version, data[16:18])
+    # The library asks in version 4: portctl lists both.
+    assert len(broker.portctl("status", json=True).json) == 2
+    assert len(broker.portctl("policy", "list", json=True).json) == 2
 
 
 def test_policy_changes_need_admin(broker):

@@ -62,6 +62,7 @@ struct server {
         uint16_t port;
         uint32_t ids[8];                /* request ids seen */
         uint64_t after[8];              /* after_id of list requests seen */
+        uint16_t versions[8];           /* protocol version of the requests seen */
         unsigned nreq;
         int sync[2];                    /* pipe: the script signals the test */
 };
@@ -127,6 +128,7 @@ static int recv_request(struct server *s, int conn_fd, struct pb_msg *ret) {
         }
         if (s->nreq < 8) {
                 s->ids[s->nreq] = ret->hdr.id;
+                s->versions[s->nreq] = ret->hdr.version;
                 if (ret->hdr.type == PB_MSG_STATUS)
                         s->after[s->nreq] = ret->status.after_id;
                 else if (ret->hdr.type == PB_MSG_POLICY_LIST)
@@ -609,6 +611,44 @@ static void test_status_loop(void **state) {
 
 /* --- well-formed exchanges ------------------------------------------------- */
 
+/* A brokerd from before version 4: a list request in version 4 gets
+ * EPROTONOSUPPORT and the connection closed; the one in version 2 an empty list. */
+static void script_old_brokerd(struct server *s) {
+        struct pb_msg req, reply;
+
+        for (int k = 0; k < 2; k++) {
+                int fd = accept_one(s);
+
+                if (recv_request(s, fd, &req) == 0) {
+                        if (req.hdr.version > 3)
+                                proto_set_error(&reply, req.hdr.id, EPROTONOSUPPORT, "unsupported protocol version");
+                        else
+                                reply_to(&req, &reply);
+                        send_msg(s, fd, &reply, -1);
+                }
+                close(fd);
+        }
+}
+
+static void test_lists_fall_back_to_an_old_brokerds_version(void **state) {
+        struct server s;
+        unsigned n = 0;
+        pb_error err;
+        pb_conn *c;
+
+        server_start(&s, script_old_brokerd);
+        server_run(&s);
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+        assert_int_equal(pb_conn_status(c, NULL, count_cb, &n, &err), 0);
+        pb_disconnect(c);
+        server_join(&s);
+        assert_int_equal(s.nreq, 2);
+        assert_int_equal(s.versions[0], PB_PROTO_VERSION_V6ONLY);       /* so IPv6-only wildcards are listed */
+        assert_int_equal(s.versions[1], PB_PROTO_VERSION_MIN);
+        assert_int_equal(n, 0);
+        server_stop(&s);
+}
+
 static void script_error(struct server *s) {
         int fd = accept_one(s);
         struct pb_msg req, reply;
@@ -990,6 +1030,7 @@ int main(void) {
                 cmocka_unit_test(test_hang_up),
                 cmocka_unit_test(test_a_repeatable_request_is_sent_again_once),
                 cmocka_unit_test(test_status_loop),
+                cmocka_unit_test(test_lists_fall_back_to_an_old_brokerds_version),
                 cmocka_unit_test(test_error_reply),
                 cmocka_unit_test(test_get_ok),
                 cmocka_unit_test(test_lists),

@@ -75,8 +75,40 @@ static void test_new_database_schema(void **state) {
         struct store *s = open_ok();
 
         store_close(s);
-        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_TABLES);
         assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE name IN ('rules','leases','events')"), 3);
+}
+
+/* The first IPv6-only wildcard (a lease or a rule) marks the database
+ * version 3, in its own commit, so that a brokerd from before it refuses
+ * the database by its version rather than failing to decode the endpoint;
+ * other endpoints leave it at 2. A failed add marks nothing. */
+static void test_v6only_wildcard_marks_version_3(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "create", .uid = 0, .pid = 1 };
+        struct store_lease l = { .owner_uid = 4242 }, dup;
+        struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 4242 } };
+
+        assert_int_equal(endpoint_parse("tcp:[::1]:53", &l.endpoint), 0);
+        assert_int_equal(store_lease_add(s, &l, &ev), 0);
+        dup = l;
+        assert_int_equal(store_lease_add(s, &dup, &ev), -EEXIST);
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), 2);
+
+        s = open_ok();
+        l = (struct store_lease) { .owner_uid = 4242, .id = 0 };
+        assert_int_equal(endpoint_parse("udp6:53", &l.endpoint), 0);
+        assert_int_equal(store_lease_add(s, &l, &ev), 0);
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), 3);
+
+        s = open_ok();                  /* version 3 opens, and stays 3 */
+        ev.event = "policy-add";
+        assert_int_equal(endpoint_parse_pattern("tcp6:80", &r.pattern), 0);
+        assert_int_equal(store_rule_add(s, &r, &ev), 0);
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), 3);
 }
 
 static void test_rules_and_leases_survive_reopen(void **state) {
@@ -295,6 +327,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_v6only_wildcard_marks_version_3, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_v1_migrated_and_reserved_ports_kept, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
         };
