@@ -13,6 +13,8 @@ set -euo pipefail
 # nginx (with its stream module) and socat are the unmodified third-party
 # servers that test_thirdparty.py and test_upgrade.py run under portctl;
 # libcap2-bin gives setcap (a program with file capabilities).
+# dnsmasq-base (dnsmasq without its system service) is another of them
+# (test_thirdparty.py).
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 # make check-deb builds the Debian packages (build-essential, dpkg-dev,
@@ -26,6 +28,7 @@ packages=(
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
+	dnsmasq-base
 	valgrind s6 strace gnuplot-nox
 	build-essential dpkg-dev debhelper lintian git procps
 	bash-completion
