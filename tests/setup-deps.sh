@@ -13,8 +13,10 @@ set -euo pipefail
 # nginx (with its stream module) and socat are the unmodified third-party
 # servers that test_thirdparty.py and test_upgrade.py run under portctl;
 # libcap2-bin gives setcap (a program with file capabilities).
-# dnsmasq-base (dnsmasq without its system service) is another of them
-# (test_thirdparty.py).
+# dnsmasq-base (dnsmasq without its system service) and memcached are more
+# of them (test_thirdparty.py); memcached's service is kept from starting at
+# install (policy-rc.d, below), and the tests run in network namespaces of
+# their own, so a system instance could not take their ports anyway.
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 # make check-deb builds the Debian packages (build-essential, dpkg-dev,
@@ -28,7 +30,7 @@ packages=(
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
-	dnsmasq-base
+	dnsmasq-base memcached
 	valgrind s6 strace gnuplot-nox
 	build-essential dpkg-dev debhelper lintian git procps
 	bash-completion

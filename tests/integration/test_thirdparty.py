@@ -34,15 +34,20 @@ server process holds that very socket.
     privileged port for a non-root uid. DnsLoad (queries built by hand) over
     UDP and TCP, IPv4 and IPv6 in turn; its query log must show each client
     as it was (127.0.0.1, ::1).
+  * memcached -p/-U (TCP and UDP, both wildcards each) via `portctl run
+    tcp:11211 udp:11211 --`, as the uid itself. MemcachedLoad over the four
+    sockets; its log must be free of the `accept4(): Resource temporarily
+    unavailable` it prints when two of its listeners are one socket, and
+    `stats conns` must show each client as it was.
   * socat (1.7.4: it cannot accept on an inherited fd) via `portctl run`,
     on 8080 and on 80 as a non-root uid, IPv6 only as it asks: replies
     through the broker's socket (no load).
   * what LD_PRELOAD cannot reach: `portctl run` refuses a static binary and
     a setuid one with one line, pointing to socket activation.
 
-dnsmasq may lose at most one in flight per kill. A UDP query nobody
-answered was lost in flight only if a killed server's own log shows that it
-read it; otherwise it timed out.
+dnsmasq and memcached may lose at most one in flight per kill. A UDP query
+nobody answered was lost in flight only if a killed server's own log shows
+that it read it; otherwise it timed out.
 
 Numbers go to tests/integration/results/restart-BUILD.json (and stdout with -s).
 """
@@ -725,6 +730,109 @@ def test_dnsmasq_udp_and_tcp_survive_kill9(broker, groups):
     bad = [l for text in logs for l in unexpected_lines(text, DNSMASQ_LOG)]
     assert not bad, bad[:20]
     assert_leases(broker, wildcard_leases(DNS_PORT))
+
+
+# --- memcached: TCP and UDP, IPv4 and IPv6 -------------------------------------------------
+
+MEMCACHED = "/usr/bin/memcached"
+MC_PORT = 11211
+
+MEMCACHED_LOG = [                # what memcached -vv says of the load's requests, and nothing else
+    r"slab class +\d+: chunk size +\d+ perslab +\d+$", r"<\d+ server listening \((auto-negotiate|udp)\)$",
+    r"<\d+ send buffer was \d+, now \d+$", r"<\d+ new auto-negotiating client connection$",
+    r"\d+: Client using the ascii protocol$", r"<\d+ get k\d*$", r">\d+ END$", r"<\d+ connection closed\.$"]
+
+
+def memcached_frame(transport, i, command):
+    """command as sent over transport: UDP puts memcached's frame header
+    before it (request id i, datagram 0 of 1)."""
+    return command if transport == "tcp" else struct.pack(">HHHH", i & 0xffff, 0, 1, 0) + command
+
+
+class MemcachedLoad(ExchangeLoad):
+    """ExchangeLoad for memcached: exchange i asks `get k{i}` (a miss) over
+    its route and expects END."""
+
+    def request(self, i, transport):
+        return memcached_frame(transport, i, f"get k{i}\r\n".encode())
+
+    def reply(self, i, transport, data, eof):
+        if transport == "udp":
+            if data[:6] != struct.pack(">HHH", i & 0xffff, 0, 1):
+                return False, data[:40].hex()
+            data = data[8:]
+        if not eof and not data.endswith(b"\r\n"):
+            return None
+        return data == b"END\r\n", data.decode(errors="replace").strip()
+
+
+def memcached_clients(port):
+    """memcached's own view of a client over each route: the `addr`s that
+    `stats conns` shows with the port of the very connection (or UDP
+    socket) asking, and that client's address as memcached would write it
+    for a socket of the client's own family. {route: (seen, expected)}."""
+    out = {}
+    for (transport, addr), s in route_sockets(port).items():
+        with s:
+            s.send(memcached_frame(transport, 1, b"stats conns\r\n"))
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = s.recv(65536)
+                assert chunk, f"memcached closed {transport} {addr} before END: {data!r}"
+                data += chunk[8:] if transport == "udp" else chunk
+            me = s.getsockname()[1]
+            seen = [l.split()[2] for l in data.decode().split("\r\n") if ":addr " in l and l.endswith(f":{me}")]
+            expected = f"{transport}:{addr}:{me}" if ":" not in addr else f"{transport}6:[{addr}]:{me}"
+            out[(transport, addr)] = (seen, expected)
+    return out
+
+
+def test_memcached_tcp_and_udp_survive_kill9(broker, groups):
+    """memcached -p and -U the same port, run as the non-root uid itself
+    (it refuses to run as root without -u), binds 0.0.0.0 and [::] IPv6-only
+    for each: four brokered sockets, two rules. Its two TCP listeners must be
+    two sockets: were they one, each connection would wake both and one
+    accept4() would fail, which memcached reports on stderr every time
+    (`accept4(): Resource temporarily unavailable`). Its log (-vv) may hold
+    nothing but its requests; `stats conns` shows each client as it is."""
+    need_run()
+    need_tool(MEMCACHED, "memcached")
+    for proto in ("tcp", "udp"):
+        broker.portctl("policy", "add", f"{proto}:{MC_PORT}", "--user", U1)
+    started = []
+
+    def start():
+        g = groups(portctl_argv(broker, "run", f"tcp:{MC_PORT}", f"udp:{MC_PORT}", "--", MEMCACHED, "-vv",
+                                "-p", MC_PORT, "-U", MC_PORT), name="memcached")
+        started.append(g)
+        return g
+
+    def answers(route):
+        try:
+            with route_sockets(MC_PORT, [route])[route] as s:
+                s.settimeout(1)
+                s.send(memcached_frame(route[0], 7, b"get k\r\n"))
+                return s.recv(64).endswith(b"END\r\n")
+        except OSError:
+            return False
+
+    def ready(g):
+        wait_serving_routes(broker, g, MC_PORT, answers)
+
+    res, kills, g = kill_restart_cycle(broker, start, ready,
+                                       lambda: MemcachedLoad(MC_PORT, RATE, DURATION, ROUTES),
+                                       lease=f"tcp4:{MC_PORT}", port=MC_PORT, protos=("tcp", "udp"))
+    logs = [x.proc.stderr() for x in started]
+    udp_lost_in_flight(res, {int(n) for text in logs[:-1] for n in re.findall(r"^<\d+ get k(\d+)$", text, re.M)})
+    s = check_and_save("thirdparty_memcached", res, kills, listening=2, lost_per_kill=1, server="memcached")
+    assert s["bodies"] == {"END": res["ok"]}, s
+    spam = [l for text in logs for l in text.splitlines() if "accept" in l]
+    assert not spam, f"{len(spam)} lines like {spam[:3]}"
+    bad = [l for text in logs for l in unexpected_lines(text, MEMCACHED_LOG)]
+    assert not bad, bad[:20]
+    clients = memcached_clients(MC_PORT)
+    assert all(seen == [expected] for seen, expected in clients.values()), clients
+    assert_leases(broker, wildcard_leases(MC_PORT))
 
 
 # --- what LD_PRELOAD cannot reach -----------------------------------------------
