@@ -39,15 +39,20 @@ server process holds that very socket.
     sockets; its log must be free of the `accept4(): Resource temporarily
     unavailable` it prints when two of its listeners are one socket, and
     `stats conns` must show each client as it was.
+  * apache2 with mpm_prefork (3 children), unprivileged, via `portctl run
+    8080 --`: `Listen 8080` (one dual-stack socket) and `Listen
+    0.0.0.0:8080` (an IPv4 one, which IPv6 clients cannot reach). HttpLoad;
+    its access log must show each client as it was, its error log nothing
+    but its starts.
   * socat (1.7.4: it cannot accept on an inherited fd) via `portctl run`,
     on 8080 and on 80 as a non-root uid, IPv6 only as it asks: replies
     through the broker's socket (no load).
   * what LD_PRELOAD cannot reach: `portctl run` refuses a static binary and
     a setuid one with one line, pointing to socket activation.
 
-dnsmasq and memcached may lose at most one in flight per kill. A UDP query
-nobody answered was lost in flight only if a killed server's own log shows
-that it read it; otherwise it timed out.
+dnsmasq, memcached and apache2 may lose at most one in flight per kill. A
+UDP query nobody answered was lost in flight only if a killed server's own
+log shows that it read it; otherwise it timed out.
 
 Numbers go to tests/integration/results/restart-BUILD.json (and stdout with -s).
 """
@@ -833,6 +838,116 @@ def test_memcached_tcp_and_udp_survive_kill9(broker, groups):
     clients = memcached_clients(MC_PORT)
     assert all(seen == [expected] for seen, expected in clients.values()), clients
     assert_leases(broker, wildcard_leases(MC_PORT))
+
+
+# --- apache2, prefork ------------------------------------------------------------------------
+
+APACHE = "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+APACHE_CHILDREN = 3
+
+APACHE_ERROR_LOG = [rf"\[[^]]+\] \[[\w:]+\] \[pid \d+(:tid \d+)?\] {p}" for p in (
+    r"AH00163: Apache/\S+ \(Debian\) configured -- resuming normal operations$",
+    r"AH00094: Command line: ",
+    r"AH00098: pid file \S+ overwritten -- Unclean shutdown of previous Apache run\?$")]  # after a SIGKILL
+
+
+def apache_dir(scratch, listen, uid=U1):
+    """A ServerRoot for an unprivileged apache2 (prefork, APACHE_CHILDREN
+    children): config, pid file, logs and runtime directory inside it; GET
+    /ok answers "ok apache". Its access log has one line per request: the
+    client's address (%a), the child's pid, the request, the status."""
+    need_tool(APACHE, "apache2")
+    d = scratch / "apache"
+    for sub in ("www", "run", "logs"):
+        (d / sub).mkdir(parents=True)
+    (d / "www" / "ok").write_text("ok apache\n")
+    (d / "httpd.conf").write_text(
+        f"ServerRoot {d}\n"
+        f"ServerName test\n"
+        f"DefaultRuntimeDir {d}/run\n"
+        f"PidFile {d}/run/apache2.pid\n"
+        f"ErrorLog {d}/logs/error.log\n"
+        f"LogLevel warn\n"
+        f"LoadModule mpm_prefork_module {APACHE_MODULES}/mod_mpm_prefork.so\n"
+        f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+        f"StartServers {APACHE_CHILDREN}\n"
+        f"MinSpareServers {APACHE_CHILDREN}\n"
+        f"MaxSpareServers {APACHE_CHILDREN + 2}\n"
+        f"Listen {listen}\n"
+        f"DocumentRoot {d}/www\n"
+        f"<Directory {d}/www>\n"
+        f"    Require all granted\n"
+        f"</Directory>\n"
+        f"LogFormat \"%a %P \\\"%r\\\" %>s\" brokered\n"
+        f"CustomLog {d}/logs/access.log brokered\n")
+    for p in (d, *d.rglob("*")):
+        os.chown(p, uid, uid)
+    return d
+
+
+def apache_argv(d):
+    return [APACHE, "-d", d, "-f", d / "httpd.conf", "-DFOREGROUND"]
+
+
+@pytest.mark.parametrize("listen,lease", [(f"{PORT}", f"tcp:[::]:{PORT}"),
+                                          (f"0.0.0.0:{PORT}", f"tcp:0.0.0.0:{PORT}")])
+def test_apache_prefork_survives_kill9(broker, groups, scratch, listen, lease):
+    """apache2 with mpm_prefork, unprivileged, its parent and children
+    SIGKILLed at once. `Listen 8080` makes one dual-stack [::] socket (Debian
+    builds apache with IPv4-mapped addresses: it would not make a second one
+    for `Listen 0.0.0.0:8080` beside `Listen [::]:8080` either), whose lease is
+    the dual-stack tcp:[::]:8080; `Listen 0.0.0.0:8080` an AF_INET one,
+    tcp:0.0.0.0:8080, that IPv6 clients cannot reach. Its access log shows
+    each client's address; its error log says nothing but that it started
+    (and, after a SIGKILL, that it found its old pid file)."""
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    d = apache_dir(scratch, listen)
+    dual = lease.startswith("tcp:[::]")
+    started = []
+
+    def start():
+        g = groups(portctl_argv(broker, "run", PORT, "--", *apache_argv(d)), name="apache2")
+        started.append(g)
+        return g
+
+    def ready(g):
+        wait_for(lambda: len(children(g.pid)) >= APACHE_CHILDREN or not g.alive(), 10,
+                 f"apache2 {g.pid} to start {APACHE_CHILDREN} children")
+        assert g.alive(), f"apache2 exited: {g.proc.stderr()[-2000:]}"
+
+        def answered():
+            try:
+                return http_get(PORT, "/ok") == (200, "ok apache\n")
+            except OSError:
+                return False
+        wait_for(answered, 10, f"apache2 {g.pid} to answer")
+        assert_brokered_listeners(broker, [g.pid, *children(g.pid)])
+
+    res, kills, g = kill_restart_cycle(broker, start, ready,
+                                       lambda: HttpLoad(PORT, RATE, DURATION, path="/ok"), lease=lease)
+    if dual:
+        assert http_get(PORT, "/ok", addr="::1") == (200, "ok apache\n")
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            http_get(PORT, "/ok", addr="::1")
+    s = check_and_save(f"thirdparty_apache_prefork_{'dual' if dual else 'v4'}", res, kills, lost_per_kill=1,
+                       server=f"apache2 prefork, Listen {listen}")
+    assert s["bodies"] == {"ok apache\n": res["ok"]}, s
+    assert_leases(broker, [lease])
+    # apache's own view: the load's clients (and the IPv6 one) as they are,
+    # each request answered by one of the children, which took turns.
+    log = [l.split() for l in (d / "logs" / "access.log").read_text().splitlines()]
+    want = {"127.0.0.1", "::1"} if dual else {"127.0.0.1"}
+    assert {l[0] for l in log} == want, log[:5]
+    assert all(l[2:] == ['"GET', "/ok", 'HTTP/1.0"', "200"] for l in log), log[:5]
+    assert sum(1 for l in log if l[0] == "127.0.0.1") >= res["ok"], (len(log), res["ok"])
+    last = set(children(g.pid))
+    assert len({l[1] for l in log if int(l[1]) in last}) >= 2, "one child of apache took every request"
+    bad = unexpected_lines((d / "logs" / "error.log").read_text(), APACHE_ERROR_LOG)
+    assert not bad, bad[:20]
+    assert not any(x.proc.stderr().strip() for x in started), [x.proc.stderr()[-500:] for x in started]
 
 
 # --- what LD_PRELOAD cannot reach -----------------------------------------------
