@@ -13,6 +13,11 @@ set -euo pipefail
 # nginx (with its stream module) and socat are the unmodified third-party
 # servers that test_thirdparty.py and test_upgrade.py run under portctl;
 # libcap2-bin gives setcap (a program with file capabilities).
+# dnsmasq-base (dnsmasq without its system service), memcached and apache2
+# are more of them (test_thirdparty.py); memcached's and apache2's services
+# are kept from starting at install (policy-rc.d, below), and the tests run
+# in network namespaces of their own, so a system instance could not take
+# their ports anyway.
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 # make check-deb builds the Debian packages (build-essential, dpkg-dev,
@@ -26,6 +31,7 @@ packages=(
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
+	dnsmasq-base memcached apache2
 	valgrind s6 strace gnuplot-nox
 	build-essential dpkg-dev debhelper lintian git procps
 	bash-completion

@@ -981,32 +981,45 @@ def http_get(port, path="/", addr="127.0.0.1", timeout=5.0):
     return status, body.decode(errors="replace")
 
 
-class HttpLoad:
-    """pb-load's counterpart for HTTP servers (pb-load sends no request, so an
-    HTTP server never answers it): RATE new connections per second for
-    DURATION seconds from a thread of ours, each sending one HTTP/1.0 GET and
-    reading to EOF. Each connection ends in one class, as pb-load counts:
-    ok (status 200, whole body), refused, timed_out (connect or reply), lost
-    (connected, then EOF or reset with no byte: accepted by a process that was
-    killed), bad_reply (anything else received), error. .result() waits and
-    returns the counts, the bodies seen ({body: count}), reply latencies, and
-    with records=True one [start, end, outcome, body] per connection (times:
+class ExchangeLoad:
+    """pb-load's counterpart for servers that must be asked something (pb-load
+    sends nothing and expects "ok ..."): RATE exchanges per second for DURATION
+    seconds from a thread of ours, each over a TCP connection or UDP socket of
+    its own. Exchange i goes over routes[i % len(routes)], a (transport, addr)
+    pair ("tcp" or "udp", "127.0.0.1" or "::1"); subclasses say what it sends
+    (request(i, transport)) and what a good reply is (reply(i, transport,
+    data, eof): None while more is to come, else (ok, body)). Each exchange
+    ends in one class, as pb-load counts: ok, refused (TCP, or an ICMP port
+    unreachable on UDP), timed_out (connect or reply), lost (TCP: connected,
+    then EOF or reset with no byte: accepted by a process that was killed),
+    bad_reply (anything else received), error. A UDP query nobody answered is
+    timed_out: whether the killed server had read it only its log can say, so
+    their indexes are in udp_unanswered. .result() waits and returns the
+    counts, the bodies seen ({body: count}), reply latencies, and with
+    records=True one [start, end, outcome, body] per exchange (times:
     time.monotonic(), the system-wide CLOCK_MONOTONIC). Bounded: rate <= 1000,
-    duration <= 60 s, at most max_inflight open at once (later starts wait)."""
+    duration <= 60 s, loopback only, at most max_inflight open at once (later
+    starts wait)."""
 
-    def __init__(self, port, rate, duration, path="/", addr="127.0.0.1", timeout_ms=5000,
+    def __init__(self, port, rate, duration, routes=(("tcp", "127.0.0.1"),), timeout_ms=5000,
                  records=False, max_inflight=800):
-        assert 0 < rate <= 1000 and 0 < duration <= 60 and addr in ("127.0.0.1", "::1")
-        self.port, self.rate, self.duration, self.path, self.addr = port, rate, duration, path, addr
+        assert 0 < rate <= 1000 and 0 < duration <= 60 and routes
+        assert all(t in ("tcp", "udp") and a in ("127.0.0.1", "::1") for t, a in routes), routes
+        self.port, self.rate, self.duration, self.routes = port, rate, duration, list(routes)
         self.timeout = timeout_ms / 1000
         self.keep_records, self.max_inflight = records, max_inflight
-        self.request = f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode()
         self._res = None
         self._exc = None
         self.t0 = time.monotonic()
         import threading
-        self._thread = threading.Thread(target=self._run, name="http-load", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
         self._thread.start()
+
+    def request(self, i, transport):
+        raise NotImplementedError
+
+    def reply(self, i, transport, data, eof):
+        raise NotImplementedError
 
     def _run(self):
         import asyncio
@@ -1015,48 +1028,58 @@ class HttpLoad:
         except BaseException as e:      # reported by result()
             self._exc = e
 
-    async def _one(self, sem, rec):
+    async def _tcp(self, i, addr, deadline):
+        """One exchange over TCP: returns (outcome or None, data, connected)."""
         import asyncio
+        connected, data, w = False, b"", None
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(addr, self.port), self.timeout)
+            connected = True
+            w.write(self.request(i, "tcp"))
+            while True:
+                chunk = await asyncio.wait_for(r.read(65536), max(0.001, deadline - time.monotonic()))
+                data += chunk
+                if not chunk or self.reply(i, "tcp", data, False) is not None:
+                    return (None if data else "lost"), data, connected
+        except (ConnectionResetError, BrokenPipeError):
+            return (None if data else "lost"), data, connected
+        finally:
+            if w is not None:
+                w.close()
+
+    async def _udp(self, i, addr, deadline):
+        """One exchange over UDP, a connected socket of its own (so an ICMP
+        port unreachable is ECONNREFUSED): returns (None, data, True)."""
+        import asyncio
+        with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            s.connect((addr, self.port))
+            s.send(self.request(i, "udp"))
+            data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(s, 65536),
+                                          max(0.001, deadline - time.monotonic()))
+            return None, data, True
+
+    async def _one(self, sem, i, rec):
+        import asyncio
+        transport, addr = self.routes[i % len(self.routes)]
         async with sem:
             start = time.monotonic()
-            deadline = start + self.timeout
-            connected, data, outcome = False, b"", None
-            w = None
+            connected, data, outcome, body = transport == "udp", b"", None, ""
             try:
-                r, w = await asyncio.wait_for(asyncio.open_connection(self.addr, self.port), self.timeout)
-                connected = True
-                w.write(self.request)
-                while True:
-                    chunk = await asyncio.wait_for(r.read(65536), max(0.001, deadline - time.monotonic()))
-                    if not chunk:
-                        break
-                    data += chunk
+                run = self._udp if transport == "udp" else self._tcp
+                outcome, data, connected = await run(i, addr, start + self.timeout)
             except ConnectionRefusedError:
                 outcome = "refused"
             except asyncio.TimeoutError:
                 outcome = "timed_out"
-            except (ConnectionResetError, BrokenPipeError):
-                outcome = None if data else "lost"
             except OSError as e:
                 outcome = "error"
                 rec["error_kind"] = errno.errorcode.get(e.errno, str(e.errno))
-            finally:
-                if w is not None:
-                    w.close()
-            body = ""
             if outcome is None:
-                head, sep, raw = data.partition(b"\r\n\r\n")
-                body = raw.decode(errors="replace")
-                length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
-                if not data:
-                    outcome = "lost"
-                elif sep and re.match(rb"HTTP/1\.[01] 200 ", head) and \
-                        (length is None or int(length.group(1)) == len(raw)):
-                    outcome = "ok"
-                else:
-                    outcome = "bad_reply"
-            rec.update(start=start, end=time.monotonic(), outcome=outcome, body=body,
-                       connected=connected)
+                ok, body = self.reply(i, transport, data, True)
+                outcome = "ok" if ok else "bad_reply"
+            rec.update(start=start, end=time.monotonic(), outcome=outcome, body=body, connected=connected,
+                       transport=transport)
 
     async def _main(self):
         import asyncio
@@ -1074,7 +1097,7 @@ class HttpLoad:
             delay = self.t0 + i / self.rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(self._one(sem, recs[i])))
+            tasks.append(asyncio.ensure_future(self._one(sem, i, recs[i])))
         await asyncio.gather(*tasks)
         return self._summary(recs, time.monotonic() - self.t0)
 
@@ -1095,27 +1118,53 @@ class HttpLoad:
         out.update(attempted=len(recs), errors=out.pop("error"), error_kinds=kinds, bodies=bodies,
                    reply_us={"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)},
                    rate=self.rate, duration_s=self.duration, elapsed_s=round(elapsed, 3))
+        unanswered = [i for i, r in enumerate(recs) if r["outcome"] == "timed_out" and r["transport"] == "udp"]
+        if unanswered:
+            out["udp_unanswered"] = unanswered
         if self.keep_records:
             out["records"] = [[r["start"], r["end"], r["outcome"], r["body"]] for r in recs]
         return out
 
     def result(self):
         self._thread.join(self.duration + self.timeout + 60)
-        assert not self._thread.is_alive(), "the HTTP load did not finish"
+        assert not self._thread.is_alive(), f"the {type(self).__name__} did not finish"
         if self._exc is not None:
             raise self._exc
         return self._res
 
 
-def listeners(port):
-    """Inodes of the TCP sockets in LISTEN on port (any address) in this netns."""
+class HttpLoad(ExchangeLoad):
+    """ExchangeLoad for HTTP servers: each connection sends one HTTP/1.0 GET
+    of path and reads to EOF; ok is status 200 with the whole body."""
+
+    def __init__(self, port, rate, duration, path="/", addr="127.0.0.1", **kwargs):
+        self.path = path
+        self._request = f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode()
+        super().__init__(port, rate, duration, routes=[("tcp", addr)], **kwargs)
+
+    def request(self, i, transport):
+        return self._request
+
+    def reply(self, i, transport, data, eof):
+        if not eof:
+            return None
+        head, sep, raw = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+        ok = bool(sep and re.match(rb"HTTP/1\.[01] 200 ", head) and
+                  (length is None or int(length.group(1)) == len(raw)))
+        return ok, raw.decode(errors="replace")
+
+
+def listeners(port, proto="tcp"):
+    """Inodes of the TCP sockets in LISTEN on port (any address) in this netns;
+    proto="udp": of the UDP sockets bound to it."""
     out = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
         with open(table) as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                if fields[3] == ("0A" if proto == "tcp" else "07") and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     out.add(int(fields[9]))
     return out
 

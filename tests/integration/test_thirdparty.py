@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Servers we did not write, unmodified, keep their port across SIGKILL.
 
-Each runs as a non-root uid that a rule allows tcp:8080, under a bounded
-loopback load (RATE new connections/s for DURATION s), and is SIGKILLed as
+Each runs as a non-root uid that a rule allows its port (tcp:8080, or
+udp:53 and tcp:53, ...), under a bounded loopback load (RATE new
+connections or UDP queries per second for DURATION s), and is SIGKILLed as
 a whole (its process group: nginx's master and both workers at once) and
 restarted KILLS times. Every connection is classified; no connection may be
 refused, time out, fail or get a bad reply. Connections that a killed
@@ -28,27 +29,48 @@ server process holds that very socket.
     no endpoint named (every bind is tried with the broker). It listens with
     a backlog of 5: the shim keeps the broker's (4096), which the test
     checks. HttpLoad.
+  * dnsmasq in its default wildcard mode via `portctl run udp:53 tcp:53 --
+    dnsmasq ...`: 0.0.0.0 and [::] IPv6-only, UDP and TCP, four leases of a
+    privileged port for a non-root uid. DnsLoad (queries built by hand) over
+    UDP and TCP, IPv4 and IPv6 in turn; its query log must show each client
+    as it was (127.0.0.1, ::1).
+  * memcached -p/-U (TCP and UDP, both wildcards each) via `portctl run
+    tcp:11211 udp:11211 --`, as the uid itself. MemcachedLoad over the four
+    sockets; its log must be free of the `accept4(): Resource temporarily
+    unavailable` it prints when two of its listeners are one socket, and
+    `stats conns` must show each client as it was.
+  * apache2 with mpm_prefork (3 children), unprivileged, via `portctl run
+    8080 --`: `Listen 8080` (one dual-stack socket) and `Listen
+    0.0.0.0:8080` (an IPv4 one, which IPv6 clients cannot reach). HttpLoad;
+    its access log must show each client as it was, its error log nothing
+    but its starts.
   * socat (1.7.4: it cannot accept on an inherited fd) via `portctl run`,
     on 8080 and on 80 as a non-root uid, IPv6 only as it asks: replies
     through the broker's socket (no load).
   * what LD_PRELOAD cannot reach: `portctl run` refuses a static binary and
     a setuid one with one line, pointing to socket activation.
 
+dnsmasq, memcached and apache2 may lose at most one in flight per kill. A
+UDP query nobody answered was lost in flight only if a killed server's own
+log shows that it read it; otherwise it timed out.
+
 Numbers go to tests/integration/results/restart-BUILD.json (and stdout with -s).
 """
 
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import (PORTCTL, PYTHON, HttpLoad, Load, children, fetch, http_get, listeners,
+from conftest import (PORTCTL, PYTHON, ExchangeLoad, HttpLoad, Load, children, fetch, http_get, listeners,
                       save_results, socket_inodes, try_bind, wait_for)
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -219,10 +241,11 @@ def nginx_ready(g, module, workers=2):
     return nginx_workers(g.pid)
 
 
-def assert_brokered_listeners(broker, pids, n=1):
-    """Exactly n sockets listen on PORT, brokerd holds them, and so does every pid."""
-    ls = listeners(PORT)
-    assert len(ls) == n, f"expected {n} listeners on {PORT}, got {ls}"
+def assert_brokered_listeners(broker, pids, n=1, port=PORT, proto="tcp"):
+    """Exactly n sockets listen on port (proto="udp": are bound to it),
+    brokerd holds them, and so does every pid."""
+    ls = listeners(port, proto)
+    assert len(ls) == n, f"expected {n} {proto} listeners on {port}, got {ls}"
     assert ls <= socket_inodes(broker.pid), "a listener is not brokerd's socket"
     for p in pids:
         assert ls <= socket_inodes(p), f"pid {p} does not hold brokerd's sockets {ls}"
@@ -232,10 +255,11 @@ def assert_brokered_listeners(broker, pids, n=1):
 # --- the kill/restart cycle -----------------------------------------------------
 
 
-def kill_restart_cycle(broker, start, ready, make_load, lease=str(PORT)):
+def kill_restart_cycle(broker, start, ready, make_load, lease=str(PORT), port=PORT, protos=("tcp",)):
     """Starts the server, then the load; at even intervals SIGKILLs the whole
     server and restarts it, KILLS times. Returns (load result, per-kill
-    details). lease: the endpoint the load reaches (its queue is recorded)."""
+    details). lease: the endpoint the load reaches (its queue is recorded);
+    while the server is down, each of protos must find port taken."""
     g = start()
     ready(g)
     load = make_load()
@@ -245,8 +269,8 @@ def kill_restart_cycle(broker, start, ready, make_load, lease=str(PORT)):
         time.sleep(max(0.0, at - time.monotonic()))          # a schedule, not a wait for a condition
         t_kill = g.kill9()
         st = broker.portctl("status", lease, json=True).json[0]
-        detail = {"bind_errno": try_bind(PORT, reuseaddr=True), "listeners": len(listeners(PORT)),
-                  "queued": st["queued"]}
+        detail = {"bind_errno": {p: try_bind(port, p, reuseaddr=True) for p in protos},
+                  "listeners": len(listeners(port)), "queued": st["queued"]}
         g = start()
         ready(g)
         detail["gap_ms"] = round((time.monotonic() - t_kill) * 1000, 2)
@@ -255,20 +279,20 @@ def kill_restart_cycle(broker, start, ready, make_load, lease=str(PORT)):
     return res, kills, g
 
 
-def check_and_save(name, res, kills, listening=1, **extra):
-    keys = ("attempted", "ok", "refused", "timed_out", "lost", "bad_reply", "errors", "error_kinds",
+def check_and_save(name, res, kills, listening=1, lost_per_kill=LOST_PER_KILL, **extra):
+    keys = ("attempted", "ok", "refused", "timed_out", "lost", "lost_udp", "bad_reply", "errors", "error_kinds",
             "reply_us", "bodies")
     s = {k: res[k] for k in keys if k in res}
     s.update(rate=RATE, duration_s=DURATION, kills=KILLS, gaps_ms=[k["gap_ms"] for k in kills],
              queued_while_down=[k["queued"] for k in kills], **extra)
     save_results(name, s)
     for k in kills:
-        assert k["bind_errno"] == errno.EADDRINUSE and k["listeners"] == listening, k
+        assert set(k["bind_errno"].values()) == {errno.EADDRINUSE} and k["listeners"] == listening, k
     assert res["attempted"] == RATE * DURATION, s
     assert res["refused"] == 0, s
     assert res["timed_out"] == 0, s
     assert res["errors"] == 0 and res["bad_reply"] == 0 and res.get("aborted", 0) == 0, s
-    assert res["lost"] <= KILLS * LOST_PER_KILL, s
+    assert res["lost"] <= KILLS * lost_per_kill, s
     assert res["ok"] + res["lost"] == res["attempted"], s
     # Not vacuous: clients did wait in the backlog while no server ran (a
     # reply otherwise takes well under a millisecond).
@@ -489,6 +513,441 @@ def test_socat_listen_gets_the_brokered_socket(broker, groups, port, via_exec):
     ls = listeners(port)
     assert len(ls) == 1 and ls <= socket_inodes(g.pid) & socket_inodes(broker.pid), ls
     assert [l["endpoint"] for l in broker.portctl("status", json=True).json] == [f"tcp6:[::]:{port}"]
+
+
+# --- servers' own logs ------------------------------------------------------------------
+
+
+def unexpected_lines(text, allowed):
+    """The lines of a server's log that match none of the allowed regexes
+    (each matched from the line's start): its errors and warnings, and
+    anything else it should not have had to say."""
+    return [l for l in text.splitlines() if l.strip() and not any(re.match(p, l) for p in allowed)]
+
+
+def udp_lost_in_flight(res, read):
+    """Moves the UDP queries of a load (ExchangeLoad) that nobody answered
+    but a killed server had read (read: their indexes, from the killed
+    instances' logs) from timed_out to lost: the datagram's counterpart of
+    a connection accepted and never answered. Returns their indexes; the
+    others stay timed out (the kernel dropped them, or nobody read them)."""
+    lost = [i for i in res.pop("udp_unanswered", []) if i in read]
+    res["timed_out"] -= len(lost)
+    res["lost"] += len(lost)
+    res["lost_udp"] = len(lost)
+    return lost
+
+
+# Every transport and family a wildcard server listens on, in turn: exchange
+# i of a load goes over ROUTES[i % 4], so each socket gets a quarter of it.
+ROUTES = [("udp", "127.0.0.1"), ("tcp", "::1"), ("udp", "::1"), ("tcp", "127.0.0.1")]
+
+
+def route_sockets(port, routes=ROUTES):
+    """One client socket per route, connected to port: {route: socket}."""
+    out = {}
+    for transport, addr in routes:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        if transport == "tcp":
+            s = socket.create_connection((addr, port), timeout=5)
+        else:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.connect((addr, port))
+        out[(transport, addr)] = s
+    return out
+
+
+def wait_serving_routes(broker, g, port, answers):
+    """Waits until server g answers over every route (answers(route) is
+    true), then checks its four sockets, TCP and UDP, IPv4 and IPv6-only:
+    brokerd's, and held by g."""
+    for route in ROUTES:
+        wait_for(lambda: answers(route) or not g.alive(), 10, f"{g.proc.name} {g.pid} to answer over {route}")
+        assert g.alive(), f"{g.proc.name} exited: {g.proc.stderr()[-2000:]}"
+    for proto in ("tcp", "udp"):
+        assert_brokered_listeners(broker, [g.pid], 2, port=port, proto=proto)
+
+
+def assert_leases(broker, endpoints):
+    """brokerd's leases are exactly endpoints, each owned by U1 and handed
+    out at every start of the server."""
+    st = {l["endpoint"]: l for l in broker.portctl("status", json=True).json}
+    assert set(st) == set(endpoints), st
+    assert all(l["owner_uid"] == U1 and l["handouts"] >= KILLS + 1 for l in st.values()), st
+
+
+def wildcard_leases(port):
+    """The leases of a server binding 0.0.0.0:port and [::]:port IPv6-only, TCP and UDP."""
+    return [f"{p}:0.0.0.0:{port}" for p in ("tcp", "udp")] + [f"{p}6:[::]:{port}" for p in ("tcp", "udp")]
+
+
+# --- dnsmasq: DNS over UDP and TCP, IPv4 and IPv6, on port 53 -------------------------------
+
+DNSMASQ = "/usr/sbin/dnsmasq"
+DNS_PORT = 53
+DNS_ZONE = "test.example"
+DNS_ANSWER = "127.0.0.9"        # what dnsmasq answers for every name in DNS_ZONE
+
+
+def dnsmasq_argv():
+    """dnsmasq in its default wildcard mode (0.0.0.0 and [::] IPv6-only, UDP
+    and TCP), answering DNS_ZONE itself and asking nobody else; in the
+    foreground, logging every query (with the client's address) to stderr.
+    Run as a non-root uid it never changes user, and needs no pid file."""
+    return [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            f"--port={DNS_PORT}", f"--address=/{DNS_ZONE}/{DNS_ANSWER}", "--log-queries", "--log-facility=-",
+            "--pid-file="]
+
+
+DNSMASQ_LOG = [rf"dnsmasq\[\d+\]: ({p})$" for p in (
+    r"started, version \S+ cachesize \d+", r"compile time options: .*",
+    r"warning: no upstream servers configured",        # --no-resolv, and no --server: as meant
+    r"cleared cache", r"query\[A\] \S+ from \S+", rf"config \S+ is {re.escape(DNS_ANSWER)}")]
+
+
+def dns_query(name, qid):
+    """A DNS query (recursion desired) for the A record of name, as bytes."""
+    qname = b"".join(bytes([len(l)]) + l for l in name.encode().split(b".")) + b"\0"
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1)
+
+
+def dns_answer(reply, qid):
+    """The addresses of the A records in reply, a response to query qid
+    without error; None when it is not one."""
+    def skip_name(pos):
+        while reply[pos] and reply[pos] < 0xc0:
+            pos += 1 + reply[pos]
+        return pos + (2 if reply[pos] else 1)
+    try:
+        rid, flags, qd, an, _, _ = struct.unpack(">HHHHHH", reply[:12])
+        if rid != qid or not flags & 0x8000 or flags & 0x020f:    # QR; TC, RCODE
+            return None
+        pos = 12
+        for _ in range(qd):
+            pos = skip_name(pos) + 4
+        out = []
+        for _ in range(an):
+            pos = skip_name(pos)
+            rtype, _, _, rdlen = struct.unpack(">HHIH", reply[pos:pos + 10])
+            if rtype == 1 and rdlen == 4:
+                out.append(socket.inet_ntoa(reply[pos + 10:pos + 14]))
+            pos += 10 + rdlen
+        return out
+    except (IndexError, struct.error):
+        return None
+
+
+def dns_frame(transport, query):
+    """query as sent over transport: TCP puts its length before it."""
+    return query if transport == "udp" else struct.pack(">H", len(query)) + query
+
+
+def dns_unframe(transport, data):
+    """The message in data received over transport, or None until it is all there."""
+    if transport == "udp":
+        return data or None
+    return data[2:] if len(data) >= 2 + int.from_bytes(data[:2], "big") else None
+
+
+def dns_ask(route, name, qid=1):
+    """Asks for name's A record over route ((transport, addr)); returns the addresses or None."""
+    try:
+        s = route_sockets(DNS_PORT, [route])[route]
+    except OSError:
+        return None
+    with s:
+        s.settimeout(1)
+        try:
+            s.sendall(dns_frame(route[0], dns_query(name, qid)))
+            data = b""
+            while (msg := dns_unframe(route[0], data)) is None:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
+        except OSError:
+            return None
+    return dns_answer(msg, qid)
+
+
+class DnsLoad(ExchangeLoad):
+    """ExchangeLoad for a DNS server: exchange i asks for the A record of
+    dns_load_name(i) over its route and expects DNS_ANSWER."""
+
+    def request(self, i, transport):
+        return dns_frame(transport, dns_query(dns_load_name(i), i & 0xffff))
+
+    def reply(self, i, transport, data, eof):
+        msg = dns_unframe(transport, data)
+        if msg is None:
+            return (False, data[:40].hex()) if eof else None
+        got = dns_answer(msg, i & 0xffff)
+        return got == [DNS_ANSWER], " ".join(got) if got is not None else msg[:40].hex()
+
+
+def dns_load_name(i):
+    return f"q{i}.{DNS_ZONE}"
+
+
+def test_dnsmasq_udp_and_tcp_survive_kill9(broker, groups):
+    """dnsmasq in its default wildcard mode binds 0.0.0.0:53 and [::]:53
+    (IPv6-only), UDP and TCP: four brokered sockets of port 53, which the
+    non-root uid gets by its two rules, udp:53 and tcp:53. It answers
+    queries over each of them, IPv4 ones through the IPv4 socket (where it
+    finds the IP_PKTINFO it asked for) and logs each client as it is,
+    127.0.0.1 or ::1, across SIGKILLs of dnsmasq and its TCP children."""
+    need_run()
+    need_tool(DNSMASQ, "dnsmasq-base")
+    for proto in ("udp", "tcp"):
+        broker.portctl("policy", "add", f"{proto}:{DNS_PORT}", "--user", U1)
+    started, asked = [], {}         # the groups; {name: the client address dnsmasq must log}
+
+    def start():
+        g = groups(portctl_argv(broker, "run", f"udp:{DNS_PORT}", f"tcp:{DNS_PORT}", "--", *dnsmasq_argv()),
+                   name="dnsmasq")
+        started.append(g)
+        return g
+
+    def answers(route):
+        name = f"p{len(asked)}.{DNS_ZONE}"
+        asked[name] = route[1]
+        return dns_ask(route, name) == [DNS_ANSWER]
+
+    def ready(g):
+        wait_serving_routes(broker, g, DNS_PORT, answers)
+
+    res, kills, g = kill_restart_cycle(broker, start, ready, lambda: DnsLoad(DNS_PORT, RATE, DURATION, ROUTES),
+                                       lease=f"tcp4:{DNS_PORT}", port=DNS_PORT, protos=("tcp", "udp"))
+    logs = [x.proc.stderr() for x in started]
+    queries = [m.groups() for text in logs for m in re.finditer(r"query\[A\] (\S+) from (\S+)$", text, re.M)]
+    udp_lost_in_flight(res, {int(i) for text in logs[:-1]
+                             for i in re.findall(rf"query\[A\] q(\d+)\.{re.escape(DNS_ZONE)} from", text)})
+    s = check_and_save("thirdparty_dnsmasq", res, kills, listening=2, lost_per_kill=1, server="dnsmasq",
+                       queries_logged=len(queries))
+    assert s["bodies"] == {DNS_ANSWER: res["ok"]}, s
+    # dnsmasq's own view: every query, from the load or a probe, came from
+    # the address its client used, as it used it (no ::ffff:127.0.0.1).
+    asked.update({dns_load_name(i): ROUTES[i % len(ROUTES)][1] for i in range(res["attempted"])})
+    wrong = [(n, a) for n, a in queries if asked.get(n) != a]
+    assert not wrong, wrong[:10]
+    assert {a for _, a in queries} == {"127.0.0.1", "::1"}, queries[:10]
+    bad = [l for text in logs for l in unexpected_lines(text, DNSMASQ_LOG)]
+    assert not bad, bad[:20]
+    assert_leases(broker, wildcard_leases(DNS_PORT))
+
+
+# --- memcached: TCP and UDP, IPv4 and IPv6 -------------------------------------------------
+
+MEMCACHED = "/usr/bin/memcached"
+MC_PORT = 11211
+
+MEMCACHED_LOG = [                # what memcached -vv says of the load's requests, and nothing else
+    r"slab class +\d+: chunk size +\d+ perslab +\d+$", r"<\d+ server listening \((auto-negotiate|udp)\)$",
+    r"<\d+ send buffer was \d+, now \d+$", r"<\d+ new auto-negotiating client connection$",
+    r"\d+: Client using the ascii protocol$", r"<\d+ get k\d*$", r">\d+ END$", r"<\d+ connection closed\.$"]
+
+
+def memcached_frame(transport, i, command):
+    """command as sent over transport: UDP puts memcached's frame header
+    before it (request id i, datagram 0 of 1)."""
+    return command if transport == "tcp" else struct.pack(">HHHH", i & 0xffff, 0, 1, 0) + command
+
+
+class MemcachedLoad(ExchangeLoad):
+    """ExchangeLoad for memcached: exchange i asks `get k{i}` (a miss) over
+    its route and expects END."""
+
+    def request(self, i, transport):
+        return memcached_frame(transport, i, f"get k{i}\r\n".encode())
+
+    def reply(self, i, transport, data, eof):
+        if transport == "udp":
+            if data[:6] != struct.pack(">HHH", i & 0xffff, 0, 1):
+                return False, data[:40].hex()
+            data = data[8:]
+        if not eof and not data.endswith(b"\r\n"):
+            return None
+        return data == b"END\r\n", data.decode(errors="replace").strip()
+
+
+def memcached_clients(port):
+    """memcached's own view of a client over each route: the `addr`s that
+    `stats conns` shows with the port of the very connection (or UDP
+    socket) asking, and that client's address as memcached would write it
+    for a socket of the client's own family. {route: (seen, expected)}."""
+    out = {}
+    for (transport, addr), s in route_sockets(port).items():
+        with s:
+            s.send(memcached_frame(transport, 1, b"stats conns\r\n"))
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = s.recv(65536)
+                assert chunk, f"memcached closed {transport} {addr} before END: {data!r}"
+                data += chunk[8:] if transport == "udp" else chunk
+            me = s.getsockname()[1]
+            seen = [l.split()[2] for l in data.decode().split("\r\n") if ":addr " in l and l.endswith(f":{me}")]
+            expected = f"{transport}:{addr}:{me}" if ":" not in addr else f"{transport}6:[{addr}]:{me}"
+            out[(transport, addr)] = (seen, expected)
+    return out
+
+
+def test_memcached_tcp_and_udp_survive_kill9(broker, groups):
+    """memcached -p and -U the same port, run as the non-root uid itself
+    (it refuses to run as root without -u), binds 0.0.0.0 and [::] IPv6-only
+    for each: four brokered sockets, two rules. Its two TCP listeners must be
+    two sockets: were they one, each connection would wake both and one
+    accept4() would fail, which memcached reports on stderr every time
+    (`accept4(): Resource temporarily unavailable`). Its log (-vv) may hold
+    nothing but its requests; `stats conns` shows each client as it is."""
+    need_run()
+    need_tool(MEMCACHED, "memcached")
+    for proto in ("tcp", "udp"):
+        broker.portctl("policy", "add", f"{proto}:{MC_PORT}", "--user", U1)
+    started = []
+
+    def start():
+        g = groups(portctl_argv(broker, "run", f"tcp:{MC_PORT}", f"udp:{MC_PORT}", "--", MEMCACHED, "-vv",
+                                "-p", MC_PORT, "-U", MC_PORT), name="memcached")
+        started.append(g)
+        return g
+
+    def answers(route):
+        try:
+            with route_sockets(MC_PORT, [route])[route] as s:
+                s.settimeout(1)
+                s.send(memcached_frame(route[0], 7, b"get k\r\n"))
+                return s.recv(64).endswith(b"END\r\n")
+        except OSError:
+            return False
+
+    def ready(g):
+        wait_serving_routes(broker, g, MC_PORT, answers)
+
+    res, kills, g = kill_restart_cycle(broker, start, ready,
+                                       lambda: MemcachedLoad(MC_PORT, RATE, DURATION, ROUTES),
+                                       lease=f"tcp4:{MC_PORT}", port=MC_PORT, protos=("tcp", "udp"))
+    logs = [x.proc.stderr() for x in started]
+    udp_lost_in_flight(res, {int(n) for text in logs[:-1] for n in re.findall(r"^<\d+ get k(\d+)$", text, re.M)})
+    s = check_and_save("thirdparty_memcached", res, kills, listening=2, lost_per_kill=1, server="memcached")
+    assert s["bodies"] == {"END": res["ok"]}, s
+    spam = [l for text in logs for l in text.splitlines() if "accept" in l]
+    assert not spam, f"{len(spam)} lines like {spam[:3]}"
+    bad = [l for text in logs for l in unexpected_lines(text, MEMCACHED_LOG)]
+    assert not bad, bad[:20]
+    clients = memcached_clients(MC_PORT)
+    assert all(seen == [expected] for seen, expected in clients.values()), clients
+    assert_leases(broker, wildcard_leases(MC_PORT))
+
+
+# --- apache2, prefork ------------------------------------------------------------------------
+
+APACHE = "/usr/sbin/apache2"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+APACHE_CHILDREN = 3
+
+APACHE_ERROR_LOG = [rf"\[[^]]+\] \[[\w:]+\] \[pid \d+(:tid \d+)?\] {p}" for p in (
+    r"AH00163: Apache/\S+ \(Debian\) configured -- resuming normal operations$",
+    r"AH00094: Command line: ",
+    r"AH00098: pid file \S+ overwritten -- Unclean shutdown of previous Apache run\?$")]  # after a SIGKILL
+
+
+def apache_dir(scratch, listen, uid=U1):
+    """A ServerRoot for an unprivileged apache2 (prefork, APACHE_CHILDREN
+    children): config, pid file, logs and runtime directory inside it; GET
+    /ok answers "ok apache". Its access log has one line per request: the
+    client's address (%a), the child's pid, the request, the status."""
+    need_tool(APACHE, "apache2")
+    d = scratch / "apache"
+    for sub in ("www", "run", "logs"):
+        (d / sub).mkdir(parents=True)
+    (d / "www" / "ok").write_text("ok apache\n")
+    (d / "httpd.conf").write_text(
+        f"ServerRoot {d}\n"
+        f"ServerName test\n"
+        f"DefaultRuntimeDir {d}/run\n"
+        f"PidFile {d}/run/apache2.pid\n"
+        f"ErrorLog {d}/logs/error.log\n"
+        f"LogLevel warn\n"
+        f"LoadModule mpm_prefork_module {APACHE_MODULES}/mod_mpm_prefork.so\n"
+        f"LoadModule authz_core_module {APACHE_MODULES}/mod_authz_core.so\n"
+        f"StartServers {APACHE_CHILDREN}\n"
+        f"MinSpareServers {APACHE_CHILDREN}\n"
+        f"MaxSpareServers {APACHE_CHILDREN + 2}\n"
+        f"Listen {listen}\n"
+        f"DocumentRoot {d}/www\n"
+        f"<Directory {d}/www>\n"
+        f"    Require all granted\n"
+        f"</Directory>\n"
+        f"LogFormat \"%a %P \\\"%r\\\" %>s\" brokered\n"
+        f"CustomLog {d}/logs/access.log brokered\n")
+    for p in (d, *d.rglob("*")):
+        os.chown(p, uid, uid)
+    return d
+
+
+def apache_argv(d):
+    return [APACHE, "-d", d, "-f", d / "httpd.conf", "-DFOREGROUND"]
+
+
+@pytest.mark.parametrize("listen,lease", [(f"{PORT}", f"tcp:[::]:{PORT}"),
+                                          (f"0.0.0.0:{PORT}", f"tcp:0.0.0.0:{PORT}")])
+def test_apache_prefork_survives_kill9(broker, groups, scratch, listen, lease):
+    """apache2 with mpm_prefork, unprivileged, its parent and children
+    SIGKILLed at once. `Listen 8080` makes one dual-stack [::] socket (Debian
+    builds apache with IPv4-mapped addresses: it would not make a second one
+    for `Listen 0.0.0.0:8080` beside `Listen [::]:8080` either), whose lease is
+    the dual-stack tcp:[::]:8080; `Listen 0.0.0.0:8080` an AF_INET one,
+    tcp:0.0.0.0:8080, that IPv6 clients cannot reach. Its access log shows
+    each client's address; its error log says nothing but that it started
+    (and, after a SIGKILL, that it found its old pid file)."""
+    need_run()
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U1)
+    d = apache_dir(scratch, listen)
+    dual = lease.startswith("tcp:[::]")
+    started = []
+
+    def start():
+        g = groups(portctl_argv(broker, "run", PORT, "--", *apache_argv(d)), name="apache2")
+        started.append(g)
+        return g
+
+    def ready(g):
+        wait_for(lambda: len(children(g.pid)) >= APACHE_CHILDREN or not g.alive(), 10,
+                 f"apache2 {g.pid} to start {APACHE_CHILDREN} children")
+        assert g.alive(), f"apache2 exited: {g.proc.stderr()[-2000:]}"
+
+        def answered():
+            try:
+                return http_get(PORT, "/ok") == (200, "ok apache\n")
+            except OSError:
+                return False
+        wait_for(answered, 10, f"apache2 {g.pid} to answer")
+        assert_brokered_listeners(broker, [g.pid, *children(g.pid)])
+
+    res, kills, g = kill_restart_cycle(broker, start, ready,
+                                       lambda: HttpLoad(PORT, RATE, DURATION, path="/ok"), lease=lease)
+    if dual:
+        assert http_get(PORT, "/ok", addr="::1") == (200, "ok apache\n")
+    else:
+        with pytest.raises(ConnectionRefusedError):
+            http_get(PORT, "/ok", addr="::1")
+    s = check_and_save(f"thirdparty_apache_prefork_{'dual' if dual else 'v4'}", res, kills, lost_per_kill=1,
+                       server=f"apache2 prefork, Listen {listen}")
+    assert s["bodies"] == {"ok apache\n": res["ok"]}, s
+    assert_leases(broker, [lease])
+    # apache's own view: the load's clients (and the IPv6 one) as they are,
+    # each request answered by one of the children, which took turns.
+    log = [l.split() for l in (d / "logs" / "access.log").read_text().splitlines()]
+    want = {"127.0.0.1", "::1"} if dual else {"127.0.0.1"}
+    assert {l[0] for l in log} == want, log[:5]
+    assert all(l[2:] == ['"GET', "/ok", 'HTTP/1.0"', "200"] for l in log), log[:5]
+    assert sum(1 for l in log if l[0] == "127.0.0.1") >= res["ok"], (len(log), res["ok"])
+    last = set(children(g.pid))
+    assert len({l[1] for l in log if int(l[1]) in last}) >= 2, "one child of apache took every request"
+    bad = unexpected_lines((d / "logs" / "error.log").read_text(), APACHE_ERROR_LOG)
+    assert not bad, bad[:20]
+    assert not any(x.proc.stderr().strip() for x in started), [x.proc.stderr()[-500:] for x in started]
 
 
 # --- what LD_PRELOAD cannot reach -----------------------------------------------
