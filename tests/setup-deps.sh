@@ -68,3 +68,12 @@ if [[ ! -e $policy ]]; then
 fi
 apt-get update </dev/null || { sleep 5; apt-get update </dev/null; }
 apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+
+# Servers installed here only for the tests are not to start at the next
+# boot either (nginx's, apache2's and memcached's units are enabled by their
+# packages): disabled, when this run installed them.
+for p in nginx apache2 memcached; do
+	if [[ " ${missing[*]} " == *" $p "* ]] && command -v systemctl >/dev/null; then
+		systemctl disable "$p" >/dev/null 2>&1 || true
+	fi
+done
