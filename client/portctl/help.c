@@ -23,8 +23,9 @@ static const struct usage {
         { "get", "ENDPOINT... [--nonblock] [-- CMD [ARGS...]]",
           "Get the sockets (creating the leases if needed). With CMD,\n"
           "run it with the sockets as fds 3, 4, ... and LISTEN_FDS,\n"
-          "LISTEN_PID and LISTEN_FDNAMES set as systemd does; without\n"
-          "CMD, print the leases (the broker keeps them).\n",
+          "LISTEN_PID and LISTEN_FDNAMES set as systemd does (and say\n"
+          "so if CMD leaves a connection waiting 3 s); without CMD,\n"
+          "print the leases (the broker keeps them).\n",
           "  --nonblock            Set O_NONBLOCK on the sockets (shared by every holder);\n"
           "                        with CMD the sockets are otherwise made blocking\n",
           true },
@@ -110,9 +111,10 @@ void help_all(void) {
         printf("  --help                Show this help; after a command, that command's\n"
                "  --version             Show the version\n"
                "\n"
-               "ENDPOINT is [tcp|udp:][ADDRESS:]PORT: 8080, udp:5353, tcp:127.0.0.1:8080,\n"
-               "tcp:[::1]:8443; no address means [::] (IPv4 and IPv6). A PATTERN may give a port\n"
-               "range: tcp:8000-8099.\n"
+               "ENDPOINT is [tcp|udp[4|6]:][ADDRESS:]PORT: 8080, udp:5353, tcp:127.0.0.1:8080,\n"
+               "tcp:[::1]:8443, tcp6:8080, tcp4:8080; no address means [::] (IPv4 and IPv6),\n"
+               "or with tcp6/udp6 [::] IPv6 only, with tcp4/udp4 0.0.0.0. A PATTERN may give a\n"
+               "port range: tcp:8000-8099.\n"
                "\n"
                "Exit status: 0 success, 1 failure, 2 usage error; with CMD, 126 or 127 when it\n"
                "cannot be run. See portctl(1).\n");
