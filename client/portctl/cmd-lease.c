@@ -286,6 +286,34 @@ int cmd_get(int argc, char **argv) {
         return r;
 }
 
+/* --- a port's leases ---------------------------------------------------------- */
+
+struct port_filter {
+        struct list *l;
+        struct pb_endpoint port;        /* its transport and port */
+};
+
+static int collect_port_lease(const pb_lease *lease, void *userdata) {
+        struct port_filter *f = userdata;
+        struct pb_endpoint e;
+
+        if (endpoint_parse(lease->endpoint, &e) < 0 || e.transport != f->port.transport ||
+            e.port_lo != f->port.port_lo)
+                return 0;
+        return list_append(f->l, lease);
+}
+
+/* When text names a port as a whole (`8080`: the dual-stack wildcard) that has no such
+ * lease, its leases of other addresses or families (`portctl run 8080` makes tcp:0.0.0.0:8080
+ * and tcp6:[::]:8080) into l. Returns 0 or -errno. */
+static int port_leases(pb_conn *c, const char *text, struct list *l) {
+        struct port_filter f = { .l = l };
+
+        if (endpoint_parse(text, &f.port) < 0 || f.port.family != PB_FAMILY_ANY)
+                return 0;
+        return pb_conn_status(c, NULL, collect_port_lease, &f, NULL);
+}
+
 /* --- release --------------------------------------------------------------- */
 
 int cmd_release(int argc, char **argv) {
@@ -308,6 +336,22 @@ int cmd_release(int argc, char **argv) {
         if (r != 0)
                 return r;
         r = pb_conn_release(c, endpoint, &err);
+        if (r == -ENOENT) {
+                struct list l = { .size = sizeof(pb_lease) };
+                char names[512] = "";
+
+                /* Which of the port's leases the caller meant is theirs to say: name them. */
+                if (port_leases(c, endpoint, &l) >= 0)
+                        for (size_t i = 0, used = 0; i < l.n && used < sizeof(names); i++)
+                                used += (size_t) snprintf(names + used, sizeof(names) - used, "%s%s",
+                                                          i ? ", " : "", ((const pb_lease *) l.items)[i].endpoint);
+                free(l.items);
+                if (names[0]) {
+                        pb_disconnect(c);
+                        return cli_fail(ENOENT, "%s; the port's leases are %s: release them by name", err.message,
+                                        names);
+                }
+        }
         pb_disconnect(c);
         if (r < 0)
                 return cli_fail_pb(&err);
@@ -450,6 +494,8 @@ int cmd_status(int argc, char **argv) {
         if (r != 0)
                 return r;
         r = pb_conn_status(c, endpoint, collect_lease, &l, &err);
+        if (r == -ENOENT && port_leases(c, endpoint, &l) >= 0 && l.n > 0)
+                r = 0;                  /* `status 8080`: the port's leases */
         if (r >= 0)
                 info_r = pb_conn_info(c, &info, NULL);
         pb_disconnect(c);

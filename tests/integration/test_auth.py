@@ -129,6 +129,13 @@ def test_ipv4_and_ipv6_only_wildcards_are_leases_of_their_own(broker):
     assert familyinfo(broker, "tcp6:[::]:8080", U1)[:2] == (socket.AF_INET6, 1)
     r = broker.portctl("get", "8080", uid=U1, check=1)
     assert "the lease tcp6:[::]:8080 of uid 4242 holds the port" in r.stderr, r.stderr
+    # The port named as a whole: status shows its leases; release asks for them by name.
+    assert {l["endpoint"] for l in broker.portctl("status", "8080", json=True).json} == set(st)
+    r = broker.portctl("release", "8080", uid=U1, check=1)
+    assert "no lease for tcp:[::]:8080; the port's leases are tcp6:[::]:8080, tcp:0.0.0.0:8080: release " \
+           "them by name" in r.stderr, r.stderr
+    r = broker.portctl("status", "8081", check=1)
+    assert "no lease for tcp:[::]:8081" in r.stderr, r.stderr
 
     for addr, v6only in (("::", True), ("::", False), ("::1", True), ("127.0.0.1", False), ("0.0.0.0", False)):
         assert try_bind(8080, addr=addr, v6only=v6only) == 98, addr
