@@ -138,14 +138,16 @@ static int watch_accepts(int server_pidfd, const pb_lease *leases, char **texts,
         return 0;
 }
 
-/* Starts get's watcher for the server this process becomes. Failing to is no reason not to run it. */
+/* Starts get's watcher for the server this process becomes. Failing to is no reason not to
+ * run it. As a container's pid 1 there is none: the watcher would be the server's child
+ * (orphans go to pid 1), a zombie for it to reap. */
 static void start_accept_watcher(const pb_lease *leases, char **texts, size_t n, char **cmd) {
         bool tcp = false;
         int pidfd;
 
         for (size_t i = 0; i < n; i++)
                 tcp |= leases[i].transport == IPPROTO_TCP;
-        if (!tcp)
+        if (!tcp || getpid() == 1)
                 return;
         pidfd = pidfd_open_pid(getpid());
         if (pidfd < 0)
