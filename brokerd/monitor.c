@@ -41,6 +41,7 @@
 #define RESPAWN_MAX_USEC (5 * USEC_PER_SEC)
 #define QUICK_DEATH_USEC (10 * USEC_PER_SEC) /* a worker dying sooner counts as a quick death */
 #define STOP_TIMEOUT_USEC (5 * USEC_PER_SEC) /* for the worker to stop on SIGTERM */
+#define STUCK_GRACE_USEC (USEC_PER_SEC)  /* for a worker whose channel broke to be seen exiting */
 
 extern char **environ;
 
@@ -126,14 +127,30 @@ static int send_conn(struct monitor *m, int fd, const struct peer *p, uint32_t r
         return r;
 }
 
-/* The event channel is full (-EAGAIN: passing resumes once it is writable)
- * or broken (-EPIPE): a worker that exited is replaced once its exit is
- * seen; one still running that no longer reads its connections is killed
- * (waiting for the channel to drain would spin: a broken one stays
- * writable). */
-static void channel_stuck(struct monitor *m, int r) {
+/* Whether the worker has exited (its exit not handled yet). */
+static bool worker_exited(const struct monitor *m) {
         siginfo_t si = { 0 };
 
+        return m->worker_pid <= 0 || waitid(P_PID, (id_t) m->worker_pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 ||
+               si.si_pid != 0;
+}
+
+/* STUCK_GRACE_USEC after the channel broke, the same worker runs on: it no longer reads. */
+static int on_stuck(sd_event_source *s, uint64_t usec, void *userdata) {
+        struct monitor *m = userdata;
+
+        if (m->worker_pid == m->stuck_pid && !worker_exited(m))
+                worker_abort(m, "no longer reads its connections");
+        return 0;
+}
+
+/* The event channel is full (-EAGAIN: passing resumes once it is writable)
+ * or broken (-EPIPE): a worker that exited is replaced once its exit is
+ * seen; one still running a moment later (a SIGKILLed one closes its
+ * channels before it becomes a zombie) no longer reads its connections and
+ * is killed. Waiting for a broken channel to drain would spin: it stays
+ * writable. */
+static void channel_stuck(struct monitor *m, int r) {
         if (r == -EAGAIN) {
                 if (m->ev_source)
                         sd_event_source_set_io_events(m->ev_source, EPOLLIN | EPOLLOUT);
@@ -141,9 +158,11 @@ static void channel_stuck(struct monitor *m, int r) {
         }
         if (m->ev_source)
                 sd_event_source_set_io_events(m->ev_source, EPOLLIN);
-        if (m->worker_pid > 0 && waitid(P_PID, (id_t) m->worker_pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-            si.si_pid == 0)
-                worker_abort(m, "no longer reads its connections");
+        if (worker_exited(m) || sd_event_source_get_enabled(m->stuck_source, NULL) > 0)
+                return;
+        m->stuck_pid = m->worker_pid;
+        sd_event_source_set_time_relative(m->stuck_source, STUCK_GRACE_USEC);
+        sd_event_source_set_enabled(m->stuck_source, SD_EVENT_ONESHOT);
 }
 
 void monitor_pass_conn(struct monitor *m, int fd, struct peer *p, uint32_t reexec_id) {
@@ -699,6 +718,8 @@ static int on_worker_event(sd_event_source *s, int fd, uint32_t revents, void *u
 
 /* Forgets the worker's channels (it is gone, or going). */
 static void worker_close(struct monitor *m) {
+        if (m->stuck_source)
+                sd_event_source_set_enabled(m->stuck_source, SD_EVENT_OFF);
         m->req_source = sd_event_source_disable_unref(m->req_source);
         m->ev_source = sd_event_source_disable_unref(m->ev_source);
         m->req_fd = safe_close(m->req_fd);
@@ -999,9 +1020,11 @@ static int loop_setup(struct monitor *m) {
         signal(SIGPIPE, SIG_IGN);
         if ((r = sd_event_add_signal(m->event, NULL, SIGTERM, on_signal, m)) < 0 ||
             (r = sd_event_add_signal(m->event, NULL, SIGINT, on_signal, m)) < 0 ||
-            (r = sd_event_add_time(m->event, &m->respawn_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_respawn, m)) < 0)
+            (r = sd_event_add_time(m->event, &m->respawn_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_respawn, m)) < 0 ||
+            (r = sd_event_add_time(m->event, &m->stuck_source, CLOCK_MONOTONIC, 0, 10 * 1000, on_stuck, m)) < 0)
                 return r;
         sd_event_source_set_enabled(m->respawn_source, SD_EVENT_OFF);
+        sd_event_source_set_enabled(m->stuck_source, SD_EVENT_OFF);
         (void) sd_event_set_watchdog(m->event, true);
         return 0;
 }
@@ -1094,6 +1117,7 @@ void monitor_free(struct monitor *m) {
         m->worker_source = sd_event_source_disable_unref(m->worker_source);
         worker_close(m);
         m->respawn_source = sd_event_source_disable_unref(m->respawn_source);
+        m->stuck_source = sd_event_source_disable_unref(m->stuck_source);
         for (size_t i = 0; i < m->n_pending; i++) {
                 safe_close(m->pending[i].fd);
                 peer_done(&m->pending[i].peer);

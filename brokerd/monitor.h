@@ -54,6 +54,8 @@ struct monitor {
         sd_event_source *worker_source; /* its exit */
         sd_event_source *req_source, *ev_source;
         sd_event_source *respawn_source; /* starts the next worker */
+        sd_event_source *stuck_source;  /* its event channel broke: kills it if it is still alive then */
+        pid_t stuck_pid;                /* the worker it is for */
         uint64_t worker_started_usec;   /* CLOCK_MONOTONIC */
         unsigned quick_deaths;          /* workers in a row that died soon after start: backs off */
         bool in_request;                /* handling a request: news goes before its reply */
