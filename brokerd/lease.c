@@ -465,13 +465,13 @@ bool lease_table_has_port(const struct lease_table *t, uint16_t port) {
         return t->port_leases && t->port_leases[port] > 0;
 }
 
-struct lease *lease_table_port_of_another(const struct lease_table *t, const struct pb_endpoint *e, uid_t uid) {
+struct lease *lease_table_conflicting(const struct lease_table *t, const struct pb_endpoint *e, uid_t uid) {
         if (!lease_table_has_port(t, e->port_lo))
                 return NULL;
         for (size_t i = 0; i < t->n; i++) {
-                const struct lease *l = t->by_id[i];
+                const struct pb_endpoint *o = &t->by_id[i]->endpoint;
 
-                if (l->endpoint.transport == e->transport && l->endpoint.port_lo == e->port_lo && l->owner_uid != uid)
+                if (t->by_id[i]->owner_uid != uid && (endpoint_overlaps(o, e) || endpoint_splits_clients(o, e)))
                         return t->by_id[i];
         }
         return NULL;

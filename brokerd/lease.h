@@ -161,8 +161,9 @@ void lease_table_remove(struct lease_table *t, struct lease *l);
 /* Whether some lease in t is on port (any transport or address). */
 bool lease_table_has_port(const struct lease_table *t, uint16_t port);
 
-/* A lease of e's transport and port that uid does not own, or NULL. */
-struct lease *lease_table_port_of_another(const struct lease_table *t, const struct pb_endpoint *e, uid_t uid);
+/* A lease uid does not own whose endpoint overlaps e's or would split its clients with it
+ * (endpoint_overlaps(), endpoint_splits_clients()), or NULL. */
+struct lease *lease_table_conflicting(const struct lease_table *t, const struct pb_endpoint *e, uid_t uid);
 
 /* A lease whose endpoint overlaps e's (endpoint_overlaps()), or NULL. */
 struct lease *lease_table_overlapping(const struct lease_table *t, const struct pb_endpoint *e);

@@ -56,13 +56,16 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
                 deny(c, req, reply, text, e, "held by another");
                 return false;
         }
-        /* A port is one uid's, whatever the address or family: a second uid
-         * serving [::1]:P or IPv6 beside another's 0.0.0.0:P would get the
-         * clients of "localhost:P" that try IPv6 first. */
-        other = l ? NULL : lease_table_port_of_another(&b->leases, e, p->uid);
+        /* Another uid's lease that overlaps e (the kernel would refuse the
+         * bind), or serves the other family of e's wildcard or loopback:
+         * IPv6 (or [::1]:P) beside 0.0.0.0:P would get the clients of
+         * "localhost:P" that try IPv6 first. */
+        other = l ? NULL : lease_table_conflicting(&b->leases, e, p->uid);
         if (other) {
-                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u: its lease %s has the port",
-                                text, (unsigned) other->owner_uid, other->text);
+                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u: its lease %s %s", text,
+                                (unsigned) other->owner_uid, other->text,
+                                endpoint_overlaps(&other->endpoint, e) ? "overlaps it"
+                                                                       : "serves the other family of the port");
                 deny(c, req, reply, text, e, "port held by another");
                 return false;
         }
@@ -150,8 +153,8 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
 
                 if (other)      /* tcp:[::]:P beside tcp:0.0.0.0:P, say: which one stands in the way */
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s (the lease %s of uid %u holds "
-                                        "the port; release it first)", text, strerror(-r), other->text,
-                                        (unsigned) other->owner_uid);
+                                        "the port%s)", text, strerror(-r), other->text, (unsigned) other->owner_uid,
+                                        other->owner_uid == c->peer.uid ? "; release it first" : "");
                 else
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
                                         r == -EADDRINUSE ? " (another socket holds the port)" : "");
@@ -344,12 +347,13 @@ static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_ms
                 return;
         }
         for (size_t i = lease_table_after(t, req->status.after_id); i < t->n; i++) {
+                if (!expressible(req, &t->by_id[i]->endpoint))
+                        continue;
                 if (reply->leases.count == PB_LIST_MAX) {
                         reply->leases.more = 1;
                         break;
                 }
-                if (expressible(req, &t->by_id[i]->endpoint))
-                        lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
+                lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
         }
 }
 

@@ -249,6 +249,23 @@ bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b)
                (all_zero(a->addr, n) || all_zero(b->addr, n) || memcmp(a->addr, b->addr, n) == 0);
 }
 
+static bool is_wildcard(const struct pb_endpoint *e) {
+        return all_zero(e->addr, 16);
+}
+
+static bool is_loopback(const struct pb_endpoint *e) {
+        static const uint8_t lo6[16] = { [15] = 1 };
+
+        return e->family == PB_FAMILY_INET ? e->addr[0] == 127 : memcmp(e->addr, lo6, 16) == 0;
+}
+
+bool endpoint_splits_clients(const struct pb_endpoint *a, const struct pb_endpoint *b) {
+        if (a->transport != b->transport || a->port_lo != b->port_lo || a->family == PB_FAMILY_ANY ||
+            b->family == PB_FAMILY_ANY || a->family == b->family)
+                return false;
+        return is_wildcard(a) || is_wildcard(b) || (is_loopback(a) && is_loopback(b));
+}
+
 bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e) {
         if (p->transport != e->transport || e->port_lo < p->port_lo || e->port_lo > p->port_hi)
                 return false;

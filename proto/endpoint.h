@@ -68,6 +68,15 @@ bool endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b);
  * IPv6-only wildcard every IPv6 one). */
 bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b);
 
+/* True when leases of a and b (endpoints, not patterns) held by two uids
+ * would split one host name's clients between them: the same transport and
+ * port, one IPv4 and one IPv6 (the dual-stack wildcard overlaps both, which
+ * the kernel refuses anyway), and either a wildcard among them or both
+ * loopback (127.0.0.1:P beside [::1]:P serve "localhost:P", whose clients
+ * try IPv6 first). Two specific addresses of other kinds (one tenant per
+ * address) do not. */
+bool endpoint_splits_clients(const struct pb_endpoint *a, const struct pb_endpoint *b);
+
 /* True when endpoint e (not a pattern) falls inside pattern p. */
 bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e);
 

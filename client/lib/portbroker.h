@@ -87,8 +87,8 @@ int pb_conn_get(pb_conn *c, const char *endpoint, unsigned flags, pb_lease *ret_
 /* pb_conn_get on a connection of its own to pb_socket_path(). */
 int pb_get(const char *endpoint, unsigned flags, pb_error *err);
 
-/* Whether the caller may get endpoint now (a rule or admin, its port not
- * another uid's, within the lease limits), with nothing bound or created:
+/* Whether the caller may get endpoint now (a rule or admin, no conflicting
+ * lease of another uid, within the lease limits), with nothing bound or created:
  * 0, or the error a get would fail with (-EADDRINUSE when a lease of the
  * caller's own overlaps it). A brokerd older than protocol version 4 fails
  * it with -EPROTONOSUPPORT. */

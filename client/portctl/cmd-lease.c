@@ -305,13 +305,13 @@ static int collect_port_lease(const pb_lease *lease, void *userdata) {
         return list_append(f->l, lease);
 }
 
-/* When text names a port as a whole (`8080`: the dual-stack wildcard) that has no such
- * lease, its leases of other addresses or families (`portctl run 8080` makes tcp:0.0.0.0:8080
- * and tcp6:[::]:8080) into l. Returns 0 or -errno. */
+/* When text names a port as a whole (`8080`, `udp:53`; not `[::]:8080`, the dual-stack
+ * wildcard by name) that has no such lease, its leases of other addresses or families
+ * (`portctl run 8080` makes tcp:0.0.0.0:8080 and tcp6:[::]:8080) into l. Returns 0 or -errno. */
 static int port_leases(pb_conn *c, const char *text, struct list *l) {
         struct port_filter f = { .l = l };
 
-        if (endpoint_parse(text, &f.port) < 0 || f.port.family != PB_FAMILY_ANY)
+        if (strchr(text, '[') || endpoint_parse(text, &f.port) < 0 || f.port.family != PB_FAMILY_ANY)
                 return 0;
         return pb_conn_status(c, NULL, collect_port_lease, &f, NULL);
 }

@@ -136,6 +136,8 @@ def test_ipv4_and_ipv6_only_wildcards_are_leases_of_their_own(broker):
            "them by name" in r.stderr, r.stderr
     r = broker.portctl("status", "8081", check=1)
     assert "no lease for tcp:[::]:8081" in r.stderr, r.stderr
+    r = broker.portctl("status", "tcp:[::]:8080", check=1)         # the dual-stack lease by name: none
+    assert "no lease for tcp:[::]:8080" in r.stderr, r.stderr
 
     for addr, v6only in (("::", True), ("::", False), ("::1", True), ("127.0.0.1", False), ("0.0.0.0", False)):
         assert try_bind(8080, addr=addr, v6only=v6only) == 98, addr

@@ -231,22 +231,31 @@ def test_run_refuses_what_it_cannot_reach(broker, tmp_path):
 def test_run_checks_a_port_without_taking_it(broker):
     """`portctl run PORT` asks brokerd (CHECK) whether the caller may have
     some wildcard of the port, creating no lease: which one the server gets
-    is its socket's business. A port is one uid's: a lease of another uid on
-    it, of any address or family, stops it before the server starts."""
+    is its socket's business. Another uid's lease of one family's wildcard
+    (or loopback) keeps the other family's from the caller too, so that
+    nobody gets the clients of localhost:P that try IPv6 first; specific
+    addresses of other kinds may be different uids' (one tenant per
+    address)."""
     broker.portctl("policy", "add", "tcp:8080-8081", "--user", U1)
     broker.portctl("policy", "add", "tcp:8081", "--user", U2)
     r = broker.portctl("run", "8080", "--", "/bin/sh", "-c", "echo started", uid=U1)
     assert r.stdout == "started\n" and broker.portctl("status", json=True).json == [], r
     assert try_bind(8080) == 0                          # nothing bound for a check
-    broker.portctl("get", "tcp6:8081", uid=U2)           # U2's IPv6-only lease: the port is U2's
+    broker.portctl("get", "tcp6:8081", uid=U2)           # U2's IPv6-only wildcard
     for ep in ("8081", "tcp4:8081", "tcp:127.0.0.1:8081", "tcp:[::1]:8081"):
         r = broker.portctl("run", ep, "--", "/bin/sh", "-c", "echo started", uid=U1, check=1)
-        assert "held by uid 4343" in r.stderr and "started" not in r.stdout, (ep, r)
+        assert "uid 4343" in r.stderr and "started" not in r.stdout, (ep, r)
     r = broker.portctl("get", "tcp4:8081", uid=U1, check=1)
-    assert "held by uid 4343: its lease tcp6:[::]:8081 has the port" in r.stderr, r
+    assert "held by uid 4343: its lease tcp6:[::]:8081 serves the other family of the port" in r.stderr, r
     assert [l["endpoint"] for l in broker.portctl("status", json=True).json] == ["tcp6:[::]:8081"]
-    # Its owner may have the rest of it.
-    broker.portctl("get", "tcp4:8081", uid=U2)
+    broker.portctl("get", "tcp4:8081", uid=U2)           # its owner may have the rest of it
+    # Loopback beside loopback is localhost too; other addresses are one tenant's each.
+    broker.portctl("policy", "add", "tcp:8443", "--user", U1)
+    broker.portctl("policy", "add", "tcp:8443", "--user", U2)
+    broker.portctl("get", "tcp:127.0.0.1:8443", uid=U1)
+    r = broker.portctl("get", "tcp:[::1]:8443", uid=U2, check=1)
+    assert "held by uid 4242" in r.stderr, r
+    broker.portctl("get", "tcp:127.0.0.2:8443", uid=U2)
 
 
 OLD_SERVER = r"""

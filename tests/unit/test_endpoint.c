@@ -194,6 +194,35 @@ static void test_overlaps(void **state) {
         }
 }
 
+/* Which leases of one port, held by two uids, would share one host name's clients. */
+static void test_splits_clients(void **state) {
+        static const struct {
+                const char *a, *b;
+                bool splits;
+        } cases[] = {
+                { "tcp:0.0.0.0:80", "tcp6:80", true },          /* both wildcards */
+                { "tcp:0.0.0.0:80", "tcp:[::1]:80", true },     /* a wildcard and the other's loopback */
+                { "tcp:127.0.0.1:80", "tcp:[::1]:80", true },   /* localhost:80 */
+                { "tcp:127.0.0.1:80", "tcp6:80", true },
+                { "tcp:192.0.2.1:80", "tcp6:80", true },        /* a wildcard takes any name's IPv6 */
+                { "tcp:192.0.2.1:80", "tcp:[2001:db8::1]:80", false },  /* one tenant per address */
+                { "tcp:127.0.0.1:80", "tcp:[2001:db8::1]:80", false },
+                { "tcp:127.0.0.2:80", "tcp:127.0.0.3:80", false },      /* one family: the kernel decides */
+                { "tcp:0.0.0.0:80", "tcp:127.0.0.1:80", false },
+                { "tcp:80", "tcp:0.0.0.0:80", false },          /* dual-stack: the kernel refuses it anyway */
+                { "tcp:0.0.0.0:80", "udp6:80", false },
+                { "tcp:0.0.0.0:80", "tcp6:81", false },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                struct pb_endpoint a = parse_ok(cases[i].a), b = parse_ok(cases[i].b);
+
+                if (endpoint_splits_clients(&a, &b) != cases[i].splits ||
+                    endpoint_splits_clients(&b, &a) != cases[i].splits)
+                        fail_msg("%s and %s: splits should be %d", cases[i].a, cases[i].b, cases[i].splits);
+        }
+}
+
 static void test_parse_port_edges(void **state) {
         struct pb_endpoint e = parse_ok("1");
         assert_int_equal(e.port_lo, 1);
@@ -707,6 +736,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_ipv4_any),
                 cmocka_unit_test(test_parse_family_prefixes),
                 cmocka_unit_test(test_overlaps),
+                cmocka_unit_test(test_splits_clients),
                 cmocka_unit_test(test_parse_port_edges),
                 cmocka_unit_test(test_round_trip),
                 cmocka_unit_test(test_parse_rejects),
