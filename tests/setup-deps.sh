@@ -17,7 +17,8 @@ set -euo pipefail
 # are more of them (test_thirdparty.py); memcached's and apache2's services
 # are kept from starting at install (policy-rc.d, below), and the tests run
 # in network namespaces of their own, so a system instance could not take
-# their ports anyway.
+# their ports anyway. gunicorn (Python's WSGI server; no service of its
+# own) is the Unix-socket backend behind nginx in test_unix.py.
 # valgrind runs brokerd under memcheck in make check. make bench compares
 # against s6-fdholderd, counts syncs with strace and plots with gnuplot.
 # make check-deb builds the Debian packages (build-essential, dpkg-dev,
@@ -31,7 +32,7 @@ packages=(
 	sqlite3 python3 python3-pytest
 	iproute2 util-linux systemd
 	nginx libnginx-mod-stream socat libcap2-bin
-	dnsmasq-base memcached apache2
+	dnsmasq-base memcached apache2 gunicorn
 	valgrind s6 strace gnuplot-nox
 	build-essential dpkg-dev debhelper lintian git procps
 	bash-completion
