@@ -175,7 +175,7 @@ FUZZ_LIBS_endpoint := $(FUZZ_LIBS_privsep)
 # the target, answering inside the worker's poll() (hence the wrap); no
 # bind guard (the worker never binds).
 FUZZ_SRC_conn  := $(addprefix brokerd/,broker.c conn.c request.c watch.c monitor-wrap.c lease.c policy.c \
-                  store.c peer.c privsep.c log.c kernel.c safepath.c) $(PROTO_SRC) $(COMMON_SRC)
+                  store.c peer.c privsep.c log.c kernel.c safepath.c unixdir.c) $(PROTO_SRC) $(COMMON_SRC)
 FUZZ_LIBS_conn := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 2>/dev/null) -Wl,--wrap=poll
 FUZZ_CLANG_conn := -include tests/fuzz/clang-compat.h
 $(BUILD)/libfuzzer_conn: tests/fuzz/clang-compat.h

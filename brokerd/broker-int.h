@@ -163,6 +163,7 @@ void request_reexec_answer(struct broker *b, int fd, uint32_t id);
 struct mm_socket {
         uint64_t cookie;                /* SO_COOKIE */
         uint8_t how;                    /* enum privsep_how */
+        uint64_t dev, ino;              /* a Unix socket's file */
 };
 
 /* Hello: the guard's state into b. Returns 0 or -errno. */
@@ -177,8 +178,10 @@ void mm_last_guard(struct broker *b, const char *dir);
 void mm_arm(struct broker *b);
 
 /* The socket of lease id for e (created, guarded and bound if the monitor
- * has no such lease): *ret_fd, owned by the caller. Returns 0 or -errno. */
-int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret);
+ * has no such lease; a Unix one's file made as ux says, NULL for others):
+ * *ret_fd, owned by the caller. Returns 0 or -errno. */
+int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, const struct lease_unix *ux, int *ret_fd,
+              struct mm_socket *ret);
 
 /* At start: the sockets of n leases, many requests in flight, into each
  * lease's sock_fd; done() is called for each in order, with 0 or -errno. */

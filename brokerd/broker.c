@@ -43,9 +43,9 @@ struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint,
         };
 }
 
-/* Log fields naming a lease and its owner. */
-static struct log_fields lease_fields(const struct lease *l) {
-        return (struct log_fields) { .endpoint = l->text, .port = l->endpoint.port_lo, .uid = (long) l->owner_uid,
+/* Log fields naming a lease (its text formatted into buf) and its owner. */
+static struct log_fields lease_fields(const struct lease *l, char buf[static PB_ENDPOINT_STRLEN]) {
+        return (struct log_fields) { .endpoint = endpoint_format(&l->endpoint, buf), .port = l->endpoint.port_lo, .uid = (long) l->owner_uid,
                                      .pid = -1 };
 }
 
@@ -132,16 +132,28 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
 /* --- leases bound again ----------------------------------------------------- */
 
 int broker_lease_bound(struct broker *b, struct lease *l) {
-        struct log_fields f = lease_fields(l);
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = lease_fields(l, text);
 
         if (watch_listener(b, l) < 0)
                 log_event(LOG_WARNING, "error", &f, "cannot watch the listener; repairs happen at the next get");
         return 0;
 }
 
-/* Logs how l got the socket the monitor gave it. */
+/* Logs how l got the socket the monitor gave it, and records a Unix
+ * socket's new file (the next start may replace that one alone). */
 static void note_socket(struct broker *b, struct lease *l, const struct mm_socket *got) {
-        struct log_fields f = lease_fields(l);
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = lease_fields(l, text);
+
+        if (l->ux && (l->ux->dev != got->dev || l->ux->ino != got->ino)) {
+                l->ux->dev = got->dev;
+                l->ux->ino = got->ino;
+                if (store_lease_set_file(b->store, l->id, l->ux) < 0)
+                        log_event(LOG_ERR, "error", &f, "lease %llu: cannot record its new socket file; a start "
+                                  "without its socket will find the file brokerd made not its own",
+                                  (unsigned long long) l->id);
+        }
 
         if (got->how == PS_HOW_KEPT)
                 log_event(LOG_INFO, "keep", &f, "lease %llu: its socket was kept while brokerd was away",
@@ -152,7 +164,7 @@ static void note_socket(struct broker *b, struct lease *l, const struct mm_socke
 
 int broker_rebind_lease(struct broker *b, struct lease *l) {
         struct mm_socket got;
-        int r = mm_socket(b, l->id, &l->endpoint, &l->sock_fd, &got);
+        int r = mm_socket(b, l->id, &l->endpoint, l->ux, &l->sock_fd, &got);
 
         if (r < 0)
                 return r;
@@ -161,14 +173,16 @@ int broker_rebind_lease(struct broker *b, struct lease *l) {
 }
 
 int broker_replace_socket(struct broker *b, struct lease *l, int error, const struct peer *p) {
-        struct log_fields f = p ? broker_peer_fields(p, l->text, &l->endpoint) : lease_fields(l);
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = p ? broker_peer_fields(p, endpoint_format(&l->endpoint, text), &l->endpoint)
+                                : lease_fields(l, text);
         struct mm_socket got;
         int r;
 
         log_event(LOG_WARNING, "replace", &f, "lease %llu: its socket cannot be used again (%s); binding a fresh "
                   "one%s", (unsigned long long) l->id, strerror(-error),
                   b->guard_on ? " (the bind guard keeps the port meanwhile)" : "");
-        broker_audit(b, "replace", p, l->text, strerror(-error));
+        broker_audit(b, "replace", p, text, strerror(-error));
         lease_unbind(l);
         r = mm_replace(b, l->id, &l->endpoint, &l->sock_fd, &got);
         if (r >= 0) {
@@ -213,11 +227,14 @@ static int load_lease(const struct store_lease *sl, void *userdata) {
         if (!l)
                 return -ENOMEM;
         l->id = sl->id;
-        lease_set_endpoint(l, &sl->endpoint);
+        r = lease_set_endpoint(l, &sl->endpoint);
+        if (l->ux)
+                *l->ux = sl->ux;
         l->owner_uid = sl->owner_uid;
         l->since = sl->created;
         l->backlog = b->backlog;
-        r = lease_table_add(&b->leases, l);
+        if (r >= 0)
+                r = lease_table_add(&b->leases, l);
         if (r < 0)
                 lease_free(l);
         return r;
@@ -234,7 +251,8 @@ static int note_reserved(unsigned port, void *userdata) {
  * port is an error event; the lease stays, unbound, and is retried. */
 /* At start: lease l got its socket (r == 0), or not. */
 static void restored(struct broker *b, struct lease *l, int r, const struct mm_socket *got) {
-        struct log_fields f = lease_fields(l);
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = lease_fields(l, text);
 
         if (r >= 0) {
                 note_socket(b, l, got);
@@ -243,7 +261,7 @@ static void restored(struct broker *b, struct lease *l, int r, const struct mm_s
         }
         log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see portctl status) "
                   "and brokerd retries until the port is free", (unsigned long long) l->id, strerror(-r));
-        broker_audit(b, "rebind-failed", NULL, l->text, strerror(-r));
+        broker_audit(b, "rebind-failed", NULL, text, strerror(-r));
         broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
 }
 

@@ -12,6 +12,7 @@
 
 #include "guard.h"
 #include "policy.h"
+#include "unixdir.h"
 
 #define BROKER_DEFAULT_CONTROL "/run/portbroker/control.sock"
 #define BROKER_DEFAULT_DB "/var/lib/portbroker/portbroker.db"
@@ -30,6 +31,8 @@ struct broker_options {
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
         struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */
+        const char *unix_dirs[UNIX_DIRS_MAX]; /* --unix-dir: where Unix leases' sockets may be made */
+        size_t n_unix_dirs;
         const char *worker_user;        /* --user: the worker's, when the monitor runs as root */
         const char *exe_path;           /* our binary, as started: what a re-exec executes */
         char **argv;                    /* our arguments, for a re-exec */

@@ -505,7 +505,7 @@ static int map_add(struct guard *g, const struct pb_endpoint *e) {
 int guard_add(struct guard *g, const struct pb_endpoint *e) {
         int r;
 
-        if (!g->on)
+        if (!g->on || endpoint_is_unix(e))     /* a Unix socket's file is its own guard */
                 return 0;
         r = map_add(g, e);
         if (r >= 0)
@@ -518,7 +518,7 @@ void guard_remove(struct guard *g, const struct pb_endpoint *e, bool port_still_
         struct port_set *drop;
         size_t n;
 
-        if (!g->on)
+        if (!g->on || endpoint_is_unix(e))
                 return;
         n = keys_of(g, e, keys);
         for (size_t i = 0; i < n; i++)
@@ -584,7 +584,8 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
                 return 0;
         }
         for (size_t i = 0; i < t->n && r >= 0; i++)
-                r = map_add(g, &t->by_id[i]->endpoint);
+                if (!endpoint_is_unix(&t->by_id[i]->endpoint))
+                        r = map_add(g, &t->by_id[i]->endpoint);
         if (r >= 0 && fstat(g->cgroup_fd, &st) < 0)
                 r = -errno;
         if (r < 0) {
@@ -617,6 +618,7 @@ int guard_arm(struct guard *g, const struct lease_table *t, unsigned max_leases)
 void guard_reserve_leases(struct guard *g, const struct lease_table *t) {
         struct port_set *stale;
         uint16_t *ports;
+        size_t n = 0;
 
         if (!g->on)
                 return;
@@ -628,10 +630,12 @@ void guard_reserve_leases(struct guard *g, const struct lease_table *t) {
                 /* Every leased port reserved; ours that no lease needs any more not. */
                 *stale = *g->ours;
                 for (size_t i = 0; i < t->n; i++) {
-                        ports[i] = t->by_id[i]->endpoint.port_lo;
-                        port_set_put(stale, ports[i], false);
+                        if (endpoint_is_unix(&t->by_id[i]->endpoint))
+                                continue;
+                        ports[n] = t->by_id[i]->endpoint.port_lo;
+                        port_set_put(stale, ports[n++], false);
                 }
-                reserve_ports(g, ports, t->n);
+                reserve_ports(g, ports, n);
                 if (memcmp(stale, &(struct port_set) { { 0 } }, sizeof(*stale)) != 0)
                         unreserve_ports(g, stale);
         }

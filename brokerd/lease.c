@@ -93,11 +93,25 @@ static int tcp_ensure_listening(const struct lease *l) {
         return ti.tcpi_state == TCP_LISTEN ? LEASE_FIXED_BACKLOG : LEASE_FIXED_LISTEN;
 }
 
+/* A Unix listener: a holder's listen(fd, N) changed the backlog for all
+ * (nothing reads it back, so it is set again each time). Its shutdown()
+ * cannot be undone, and harms only its owner, the one uid that holds it. */
+static int unix_ensure_listening(const struct lease *l) {
+        return listen(l->sock_fd, (int) l->backlog) < 0 ? -errno : 0;
+}
+
 int lease_ensure_listening(struct lease *l) {
         int fixed = 0, r;
 
         if (l->sock_fd < 0)
                 return 0;
+        if (l->ux) {
+                r = detach_filter(l->sock_fd);
+                fixed = r > 0 ? LEASE_FIXED_FILTER : 0;
+                if (r >= 0)
+                        r = unix_ensure_listening(l);
+                return r < 0 ? r : fixed;
+        }
         /* Undo what a holder may have set on the shared socket that would let
          * others share the port: SO_REUSEPORT ever, SO_REUSEADDR on UDP. */
         r = sockopt_set_int(l->sock_fd, SOL_SOCKET, SO_REUSEPORT, 0);
@@ -130,9 +144,12 @@ void lease_init(struct lease *l) {
         *l = (struct lease) { .sock_fd = -1, .watch_fd = -1 };
 }
 
-void lease_set_endpoint(struct lease *l, const struct pb_endpoint *e) {
+int lease_set_endpoint(struct lease *l, const struct pb_endpoint *e) {
         l->endpoint = *e;
-        endpoint_format(e, l->text);
+        if (!endpoint_is_unix(e) || l->ux)
+                return 0;
+        l->ux = calloc(1, sizeof(*l->ux));
+        return l->ux ? 0 : -ENOMEM;
 }
 
 struct lease *lease_new(void) {
@@ -171,6 +188,7 @@ void lease_free(struct lease *l) {
         lease_unbind(l);
         for (unsigned i = 0; i < LEASE_HOLDERS_MAX; i++)
                 holder_unref(l->holders[i]);
+        free(l->ux);
         free(l);
 }
 
@@ -334,11 +352,11 @@ void holder_set_done(struct holder_set *hs) {
 
 /* FNV-1a over the endpoint's wire form. */
 static size_t endpoint_hash(const struct pb_endpoint *e) {
-        uint8_t wire[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t wire[PB_ENDPOINT_WIRE_MAX];
         uint64_t h = 1469598103934665603ULL;
+        size_t n = endpoint_encode(e, wire);
 
-        endpoint_encode(e, wire);
-        for (size_t i = 0; i < sizeof(wire); i++)
+        for (size_t i = 0; i < n; i++)
                 h = (h ^ wire[i]) * 1099511628211ULL;
         return (size_t) h;
 }

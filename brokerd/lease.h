@@ -41,10 +41,18 @@ struct holder_set {
         int epoll_fd;                   /* -1 before holder_set_init() */
 };
 
+/* A Unix lease's socket file, as brokerd makes it: owned by the lease's
+ * owner, with the group and mode of the rule that allowed it. */
+struct lease_unix {
+        uint32_t uid, gid;
+        uint16_t mode;
+        uint64_t dev, ino;              /* the file brokerd made (0, 0: none yet); only that one
+                                         * is ever removed or replaced */
+};
+
 struct lease {
         uint64_t id;
         struct pb_endpoint endpoint;
-        char text[PB_ENDPOINT_STRLEN];  /* endpoint's canonical text (lease_set_endpoint), for logs and audit */
         uid_t owner_uid;
         int64_t since;                  /* unix seconds */
         int sock_fd;                    /* the broker's copy, -1 when not bound */
@@ -54,6 +62,8 @@ struct lease {
         int watch_fd;                   /* the epoll set watching sock_fd (the worker's), -1: none */
         struct lease_holder *holders[LEASE_HOLDERS_MAX]; /* recent distinct recipients, NULL: empty */
         unsigned holders_next;          /* ring position */
+        struct lease_unix *ux;          /* Unix leases' (lease_set_endpoint()), else NULL: out of line,
+                                         * since most leases are not */
 };
 
 struct lease_table {
@@ -93,8 +103,8 @@ int lease_queued(const struct lease *l);
 /* An empty lease: no socket, no holders. */
 void lease_init(struct lease *l);
 
-/* Sets l's endpoint and its text. */
-void lease_set_endpoint(struct lease *l, const struct pb_endpoint *e);
+/* Sets l's endpoint; a Unix one gets l->ux (zeroed). Returns 0 or -ENOMEM. */
+int lease_set_endpoint(struct lease *l, const struct pb_endpoint *e);
 
 /* A new empty lease, or NULL when out of memory. Free with lease_free(). */
 struct lease *lease_new(void);

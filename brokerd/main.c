@@ -71,6 +71,10 @@ static void usage(FILE *out) {
                 "                                (default: the root of the cgroup v2 hierarchy)\n"
                 "      --no-guard                no bind guard: a leased port is kept from others\n"
                 "                                only while its socket is open somewhere\n"
+                "      --unix-dir DIR            a directory Unix-domain leases (unix:DIR/NAME) may be\n"
+                "                                made in, owned by brokerd's user or root and writable\n"
+                "                                by nobody else, no symlink on its path (repeatable;\n"
+                "                                default: none, no Unix leases)\n"
                 "  -u, --user NAME|UID           the worker's user, which reads clients' messages and\n"
                 "                                keeps the database, when brokerd runs as root\n"
                 "                                (default %s); otherwise brokerd's own\n"
@@ -177,6 +181,22 @@ static int parse_option(int c, const char *arg) {
         case 'N':
                 arg_opt.guard.off = true;
                 return 0;
+        case 'U':
+                if (!unix_dir_valid(arg)) {
+                        fprintf(stderr, "brokerd: --unix-dir '%s': not an absolute normalized directory path "
+                                "(no trailing '/', '.' or '..'; at most %d bytes with a name)\n", arg,
+                                PB_UNIX_PATH_MAX);
+                        return -1;
+                }
+                for (size_t i = 0; i < arg_opt.n_unix_dirs; i++)
+                        if (strcmp(arg_opt.unix_dirs[i], arg) == 0)
+                                return 0;
+                if (arg_opt.n_unix_dirs == UNIX_DIRS_MAX) {
+                        fprintf(stderr, "brokerd: at most %d --unix-dir\n", UNIX_DIRS_MAX);
+                        return -1;
+                }
+                arg_opt.unix_dirs[arg_opt.n_unix_dirs++] = arg;
+                return 0;
         case 'u':
                 arg_opt.worker_user = arg;
                 return 0;
@@ -205,7 +225,7 @@ static int parse_option(int c, const char *arg) {
 
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[12 + N_NUMBER_OPTIONS + 2] = {
+        struct option options[13 + N_NUMBER_OPTIONS + 2] = {
                 { "control", required_argument, NULL, 'c' },
                 { "db", required_argument, NULL, 'd' },
                 { "admin-group", required_argument, NULL, 'g' },
@@ -218,13 +238,14 @@ static int parse_argv(int argc, char **argv) {
                 { "no-guard", no_argument, NULL, 'N' },
                 { "user", required_argument, NULL, 'u' },
                 { "worker", no_argument, NULL, 'W' },
+                { "unix-dir", required_argument, NULL, 'U' },
         };
         int c, r;
 
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[12 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[13 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[12 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[13 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 
         while ((c = getopt_long(argc, argv, "c:d:g:fhu:V", options, NULL)) >= 0) {
                 r = parse_option(c, optarg);

@@ -109,6 +109,9 @@ void mm_declare(struct broker *b, const struct lease *l) {
         struct privsep_msg m = { .type = PS_DECLARE_LEASE,
                                  .lease = { .lease_id = l->id, .endpoint = l->endpoint } };
 
+        if (l->ux)
+                m.lease.ux = *l->ux;
+
         send_request(b, &m, -1);
 }
 
@@ -148,18 +151,22 @@ static int await_socket(struct broker *b, uint64_t id, int *ret_fd, struct mm_so
         if (r.socket.error)
                 return -r.socket.error;
         *ret_fd = fd;
-        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how };
+        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how, .dev = r.socket.dev,
+                                    .ino = r.socket.ino };
         return 0;
 }
 
-static void send_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e) {
+static void send_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, const struct lease_unix *ux) {
         struct privsep_msg m = { .type = PS_SOCKET, .lease = { .lease_id = id, .endpoint = *e } };
 
+        if (ux)
+                m.lease.ux = *ux;
         send_request(b, &m, -1);
 }
 
-int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, int *ret_fd, struct mm_socket *ret) {
-        send_socket(b, id, e);
+int mm_socket(struct broker *b, uint64_t id, const struct pb_endpoint *e, const struct lease_unix *ux, int *ret_fd,
+              struct mm_socket *ret) {
+        send_socket(b, id, e, ux);
         return await_socket(b, id, ret_fd, ret);
 }
 
@@ -186,7 +193,7 @@ void mm_sockets(struct broker *b, struct lease *const *leases, size_t n, mm_sock
                 int r;
 
                 for (; sent < n && sent - i < window; sent++)
-                        send_socket(b, leases[sent]->id, &leases[sent]->endpoint);
+                        send_socket(b, leases[sent]->id, &leases[sent]->endpoint, leases[sent]->ux);
                 r = await_socket(b, leases[i]->id, &leases[i]->sock_fd, &got);
                 done(b, leases[i], r, &got);
         }

@@ -232,14 +232,16 @@ static struct lease *lease_by_id(const struct monitor *m, uint64_t id) {
 /* The socket passed at start for l, when it is one for l's endpoint and listens. */
 static bool take_passed_socket(struct monitor *m, struct lease *l) {
         int fd = fdstore_claim(m, l->id), r;
+        char text[PB_ENDPOINT_STRLEN];
 
         if (fd < 0)
                 return false;
         r = socket_is_for_endpoint(fd, &l->endpoint);
         if (r <= 0) {
-                log_event(LOG_ERR, "error", &(struct log_fields) { .endpoint = l->text, .uid = -1, .pid = -1 },
+                endpoint_format(&l->endpoint, text);
+                log_event(LOG_ERR, "error", &(struct log_fields) { .endpoint = text, .uid = -1, .pid = -1 },
                           "lease %llu: the socket passed at start is not one for %s (%s); closing it and "
-                          "binding again", (unsigned long long) l->id, l->text,
+                          "binding again", (unsigned long long) l->id, text,
                           r < 0 ? strerror(-r) : "another family, type, address or port");
                 safe_close(fd);
                 fdstore_remove(m, l->id);
@@ -254,22 +256,32 @@ static bool take_passed_socket(struct monitor *m, struct lease *l) {
         return true;
 }
 
+/* Binds a fresh socket for l: past the guard, or a Unix one's file made
+ * in its directory (and l->ux naming it). Returns 0 and *ret_fd, or -errno. */
+static int bind_socket(struct monitor *m, struct lease *l, int *ret_fd) {
+        if (l->ux)
+                return unix_bind(&m->unix_dirs, &l->endpoint, m->backlog, l->ux, ret_fd);
+        return lease_bind(&m->guard, &l->endpoint, m->backlog, ret_fd);
+}
+
 /* Gives l a socket: the one passed at start, or a fresh bind. (One a
  * holder kept from before a crash is not taken from it: the port stays its
  * until it exits, the guard keeping everyone else out, then is bound
  * again.) Returns 0 and *ret_how, or -errno. */
 static int lease_socket(struct monitor *m, struct lease *l, uint8_t *ret_how) {
+        char text[PB_ENDPOINT_STRLEN];
         int r;
 
         if (take_passed_socket(m, l)) {
                 *ret_how = PS_HOW_KEPT;
                 return 0;
         }
-        r = lease_bind(&m->guard, &l->endpoint, m->backlog, &l->sock_fd);
+        r = bind_socket(m, l, &l->sock_fd);
         if (r >= 0)
                 *ret_how = PS_HOW_BOUND;
         if (r >= 0 && fdstore_add(m, l) < 0)
-                log_event(LOG_WARNING, "error", &(struct log_fields) { .endpoint = l->text, .uid = -1, .pid = -1 },
+                log_event(LOG_WARNING, "error", &(struct log_fields) { .endpoint = endpoint_format(&l->endpoint, text),
+                          .uid = -1, .pid = -1 },
                           "cannot put lease %llu's socket in systemd's fd store; a restart of brokerd will bind "
                           "it again", (unsigned long long) l->id);
         return r;
@@ -283,6 +295,10 @@ static void reply_socket(struct monitor *m, const struct lease *l, uint64_t id, 
 
         if (!error)
                 msg.socket.cookie = socket_cookie(l->sock_fd);
+        if (!error && l->ux) {
+                msg.socket.dev = l->ux->dev;
+                msg.socket.ino = l->ux->ino;
+        }
         reply(m, &msg, error ? -1 : l->sock_fd);
 }
 
@@ -307,13 +323,16 @@ static void create_lease(struct monitor *m, const struct privsep_msg *msg) {
                 return;
         }
         l->id = msg->lease.lease_id;
-        lease_set_endpoint(l, e);
+        r = lease_set_endpoint(l, e);
+        if (l->ux)
+                *l->ux = msg->lease.ux;
         l->backlog = m->backlog;
-        r = guard_add(&m->guard, e);
+        if (r >= 0)
+                r = guard_add(&m->guard, e);
         if (r >= 0) {
-                r = lease_bind(&m->guard, e, m->backlog, &l->sock_fd);
-                if (r >= 0)
-                        r = lease_table_add(&m->leases, l);
+                r = bind_socket(m, l, &l->sock_fd);
+                if (r >= 0 && (r = lease_table_add(&m->leases, l)) < 0 && l->ux)
+                        unix_unlink(&m->unix_dirs, e, l->ux);
                 if (r < 0)
                         guard_remove(&m->guard, e, lease_table_has_port(&m->leases, e->port_lo));
         }
@@ -328,7 +347,7 @@ static void create_lease(struct monitor *m, const struct privsep_msg *msg) {
 
 static void handle_socket(struct monitor *m, const struct privsep_msg *msg) {
         struct lease *l = lease_by_id(m, msg->lease.lease_id);
-        char text[PB_ENDPOINT_STRLEN];
+        char text[PB_ENDPOINT_STRLEN], had[PB_ENDPOINT_STRLEN];
         uint8_t how = PS_HOW_HELD;
         int r = 0;
 
@@ -338,7 +357,7 @@ static void handle_socket(struct monitor *m, const struct privsep_msg *msg) {
         }
         if (!endpoint_equal(&l->endpoint, &msg->lease.endpoint)) {
                 worker_abort(m, "asked for lease %llu as %s; it is %s", (unsigned long long) l->id,
-                             endpoint_format(&msg->lease.endpoint, text), l->text);
+                             endpoint_format(&msg->lease.endpoint, text), endpoint_format(&l->endpoint, had));
                 return;
         }
         if (l->sock_fd < 0)
@@ -359,7 +378,7 @@ static void handle_replace(struct monitor *m, uint64_t id) {
          * port meanwhile). */
         fdstore_remove(m, l->id);
         lease_unbind(l);
-        r = lease_bind(&m->guard, &l->endpoint, m->backlog, &fd);
+        r = bind_socket(m, l, &fd);
         if (r >= 0) {
                 l->sock_fd = fd;
                 (void) fdstore_add(m, l);
@@ -367,7 +386,10 @@ static void handle_replace(struct monitor *m, uint64_t id) {
         reply_socket(m, l, id, r < 0 ? -r : 0, PS_HOW_BOUND);
 }
 
+/* l is gone: its socket closed and unguarded, a Unix one's file removed. */
 static void lease_drop(struct monitor *m, struct lease *l) {
+        if (l->ux)
+                unix_unlink(&m->unix_dirs, &l->endpoint, l->ux);
         fdstore_remove(m, l->id);
         lease_table_remove(&m->leases, l);
         guard_remove(&m->guard, &l->endpoint, lease_table_has_port(&m->leases, l->endpoint.port_lo));
@@ -434,13 +456,15 @@ static void handle_declare(struct monitor *m, const struct privsep_msg *msg) {
         }
         if (!l) {
                 l = lease_new();
-                if (!l || (l->id = msg->lease.lease_id, lease_set_endpoint(l, &msg->lease.endpoint),
-                           lease_table_add(&m->leases, l)) < 0) {
+                if (!l || (l->id = msg->lease.lease_id, lease_set_endpoint(l, &msg->lease.endpoint)) < 0 ||
+                    lease_table_add(&m->leases, l) < 0) {
                         lease_free(l);
                         worker_abort(m, "declared more leases than memory holds");
                         return;
                 }
                 l->backlog = m->backlog;
+                if (l->ux)
+                        *l->ux = msg->lease.ux;
                 /* A lease the guard does not know yet (the first start arms it with all). */
                 if (m->armed)
                         (void) guard_add(&m->guard, &l->endpoint);
@@ -470,7 +494,10 @@ static void handle_arm(struct monitor *m, const struct privsep_msg *msg) {
                 struct lease *l = m->leases.by_id[i];
 
                 if (!l->declared) {
-                        log_event(LOG_NOTICE, "release", &(struct log_fields) { .endpoint = l->text, .uid = -1,
+                        char text[PB_ENDPOINT_STRLEN];
+
+                        log_event(LOG_NOTICE, "release", &(struct log_fields) { .endpoint =
+                                  endpoint_format(&l->endpoint, text), .uid = -1,
                                   .pid = -1 }, "lease %llu is no longer in the database; closing its socket",
                                   (unsigned long long) l->id);
                         lease_drop(m, l);
@@ -1056,6 +1083,8 @@ int monitor_new(const struct broker_options *opt, struct monitor **ret) {
                 r = loop_setup(m);
         if (r >= 0)
                 r = fdstore_take(m);
+        if (r >= 0)
+                r = unix_dirs_open(&m->unix_dirs, opt->unix_dirs, opt->n_unix_dirs);
         if (r >= 0) {
                 r = guard_open(&m->guard, &m->opt.guard, m->guard_dir_fd);
                 m->guard_dir_fd = -1;
@@ -1129,6 +1158,7 @@ void monitor_free(struct monitor *m) {
         fdstore_done(m);
         m->guard_dir_fd = safe_close(m->guard_dir_fd);
         guard_close(&m->guard);
+        unix_dirs_close(&m->unix_dirs);
         control_done(m);
         sd_event_unref(m->event);
         free(m);

@@ -81,6 +81,7 @@ struct monitor {
         bool armed;                     /* the guard covers every declared lease */
         char last_guard[PATH_MAX];      /* where the database says the guard was */
         struct guard guard;
+        struct unix_dirs unix_dirs;     /* --unix-dir, opened */
         bool fdstore;                   /* under systemd: lease sockets go to its fd store too */
         struct fdstore_entry *inherited; /* lease sockets passed at start (LISTEN_FDS) */
         size_t n_inherited;

@@ -156,6 +156,13 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
         case PS_SOCKET:
                 put_be(w, m->lease.lease_id, 8);
                 put_endpoint(w, &m->lease.endpoint);
+                if (endpoint_is_unix(&m->lease.endpoint)) {
+                        put_be(w, m->lease.ux.uid, 4);
+                        put_be(w, m->lease.ux.gid, 4);
+                        put_be(w, m->lease.ux.mode, 2);
+                        put_be(w, m->lease.ux.dev, 8);
+                        put_be(w, m->lease.ux.ino, 8);
+                }
                 break;
         case PS_NOTE_RESERVED:
         case PS_RESERVED:
@@ -197,6 +204,8 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
                 put_be(w, m->socket.lease_id, 8);
                 put_errno(w, m->socket.error);
                 put_be(w, m->socket.cookie, 8);
+                put_be(w, m->socket.dev, 8);
+                put_be(w, m->socket.ino, 8);
                 put_u8(w, m->socket.how);
                 break;
         case PS_WANT_UNITS:
@@ -224,6 +233,15 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
         case PS_SOCKET:
                 m->lease.lease_id = get_id(r);
                 get_endpoint(r, false, &m->lease.endpoint);
+                if (!r->bad && endpoint_is_unix(&m->lease.endpoint)) {
+                        m->lease.ux.uid = (uint32_t) get_be(r, 4);
+                        m->lease.ux.gid = (uint32_t) get_be(r, 4);
+                        m->lease.ux.mode = (uint16_t) get_be(r, 2);
+                        m->lease.ux.dev = get_be(r, 8);
+                        m->lease.ux.ino = get_be(r, 8);
+                        if (m->lease.ux.mode > 0777 || m->lease.ux.uid == UINT32_MAX)
+                                r->bad = true;
+                }
                 break;
         case PS_NOTE_RESERVED:
         case PS_RESERVED:
@@ -270,6 +288,8 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                 m->socket.lease_id = get_id(r);
                 m->socket.error = get_errno(r);
                 m->socket.cookie = get_be(r, 8);
+                m->socket.dev = get_be(r, 8);
+                m->socket.ino = get_be(r, 8);
                 m->socket.how = get_u8(r);
                 /* A socket says how it came; an error has none. */
                 if (m->socket.error ? m->socket.how != 0 : m->socket.how < PS_HOW_HELD || m->socket.how > PS_HOW_BOUND)

@@ -32,6 +32,7 @@
 #include <sys/types.h>
 
 #include "endpoint.h"
+#include "lease.h"
 
 #define PRIVSEP_MSG_MAX 1024
 #define PRIVSEP_TEXT_MAX 255            /* longest text: guard state, a doubt, a unit name */
@@ -46,8 +47,8 @@ enum privsep_type {
         PS_NOTE_RESERVED = 3,           /* a port the database says brokerd reserved; no reply */
         PS_LAST_GUARD = 4,              /* where the database says brokerd guarded from; no reply */
         PS_ARM = 5,                     /* every lease declared: guard them all; -> PS_STATE */
-        PS_SOCKET = 6,                  /* lease id and endpoint: its socket, bound if need be;
-                                         * -> PS_SOCKET_REPLY with the fd */
+        PS_SOCKET = 6,                  /* lease id and endpoint (and a Unix one's file): its socket,
+                                         * bound if need be; -> PS_SOCKET_REPLY with the fd */
         PS_REPLACE = 7,                 /* lease id: a fresh socket for it; -> PS_SOCKET_REPLY with the fd */
         PS_RELEASE = 8,                 /* lease id: closed and unguarded; -> PS_DONE */
         PS_READY = 9,                   /* leases and rules served; -> PS_DONE */
@@ -58,7 +59,8 @@ enum privsep_type {
         /* replies, monitor to worker */
         PS_DONE = 0x21,                 /* error (0: done) and why */
         PS_STATE = 0x22,                /* the guard's state */
-        PS_SOCKET_REPLY = 0x23,         /* lease id, error, cookie, how; the fd when error is 0 */
+        PS_SOCKET_REPLY = 0x23,         /* lease id, error, cookie, a Unix socket's file, how;
+                                         * the fd when error is 0 */
 
         /* event channel */
         PS_CONN = 0x41,                 /* monitor to worker: an accepted client, identified, its fd */
@@ -92,6 +94,7 @@ struct privsep_msg {
                 struct {
                         uint64_t lease_id;
                         struct pb_endpoint endpoint;
+                        struct lease_unix ux;   /* a Unix endpoint's file (on the wire only for one) */
                 } lease;                        /* PS_DECLARE_LEASE, PS_SOCKET */
                 struct { uint64_t lease_id; } id;       /* PS_REPLACE, PS_RELEASE */
                 struct { uint16_t port; bool ours; } reserved;  /* PS_NOTE_RESERVED (ours), PS_RESERVED */
@@ -112,6 +115,7 @@ struct privsep_msg {
                         int32_t error;          /* 0, or why there is no socket (errno) */
                         uint64_t cookie;        /* SO_COOKIE of the socket */
                         uint8_t how;            /* enum privsep_how */
+                        uint64_t dev, ino;      /* a Unix socket's file, 0: none */
                 } socket;
         };
 };

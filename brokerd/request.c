@@ -36,19 +36,33 @@ static void deny(struct conn *c, const struct pb_msg *req, struct pb_msg *reply,
 
 /* --- get: authorize, create the lease if needed, hand it out ---------------- */
 
-/* Whether the peer may get e, whose lease is l (NULL: none yet); when it
- * may not, reply says why. */
+/* Whether the peer may get e, whose lease is l (NULL: none yet), and by
+ * which rule (*ret_rule; NULL for an admin no rule names); when it may
+ * not, reply says why. */
 static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                          const struct lease *l) {
+                          const struct lease *l, const struct store_rule **ret_rule) {
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         const struct peer *p = &c->peer;
         const struct lease *other;
+        char other_text[PB_ENDPOINT_STRLEN];
 
-        if (!policy_is_admin(&b->policy, p) && !policy_find(&b->policy, p, e)) {
+        *ret_rule = policy_find(&b->policy, p, e);
+        if (!*ret_rule && !policy_is_admin(&b->policy, p)) {
                 proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u get %s",
                                 (unsigned) p->uid, text);
                 deny(c, req, reply, text, e, "no rule");
+                return false;
+        }
+        if (!l && endpoint_is_unix(e) && unix_dirs_find(b->opt.unix_dirs, b->opt.n_unix_dirs, e) < 0) {
+                char dirs[160] = "";
+
+                for (size_t i = 0; i < b->opt.n_unix_dirs; i++)
+                        snprintf(dirs + strlen(dirs), sizeof(dirs) - strlen(dirs), "%s%s", i ? ", " : "",
+                                 b->opt.unix_dirs[i]);
+                proto_set_error(reply, req->hdr.id, EACCES, "%s is not directly in a directory brokerd makes "
+                                "sockets in (--unix-dir: %s)", text, dirs[0] ? dirs : "none");
+                deny(c, req, reply, text, e, "not in a --unix-dir");
                 return false;
         }
         if (l && l->owner_uid != p->uid) {
@@ -63,7 +77,7 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
         other = l ? NULL : lease_table_conflicting(&b->leases, e, p->uid);
         if (other) {
                 proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u: its lease %s %s", text,
-                                (unsigned) other->owner_uid, other->text,
+                                (unsigned) other->owner_uid, endpoint_format(&other->endpoint, other_text),
                                 endpoint_overlaps(&other->endpoint, e) ? "overlaps it"
                                                                        : "serves the other family of the port");
                 deny(c, req, reply, text, e, "port held by another");
@@ -88,11 +102,12 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
 /* Records lease id for the peer, with socket sock_fd (consumed), in the
  * store and the table. Returns the lease, or NULL with reply set. */
 static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                                uint64_t id, int sock_fd, uint64_t cookie) {
+                                uint64_t id, int sock_fd, uint64_t cookie, const struct lease_unix *ux) {
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
         const struct pb_endpoint *e = &req->get.endpoint;
-        struct store_lease sl = { .id = id, .endpoint = *e, .owner_uid = p->uid, .socket_cookie = cookie };
+        struct store_lease sl = { .id = id, .endpoint = *e, .owner_uid = p->uid, .socket_cookie = cookie,
+                                  .ux = *ux };
         struct store_event ev = { .event = "create", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_new();
         int r;
@@ -107,11 +122,14 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
         r = store_lease_add(b->store, &sl, &ev);
         if (r >= 0) {
                 l->id = sl.id;
-                lease_set_endpoint(l, e);
+                r = lease_set_endpoint(l, e);
+                if (l->ux)
+                        *l->ux = *ux;
                 l->owner_uid = p->uid;
                 l->since = sl.created;
                 l->backlog = b->backlog;
-                r = lease_table_add(&b->leases, l);
+                if (r >= 0)
+                        r = lease_table_add(&b->leases, l);
                 if (r < 0) {    /* out of memory: keep store and table alike */
                         struct store_event undo = { .event = "release", .uid = p->uid, .pid = p->pid,
                                                     .endpoint = text, .detail = "creation undone" };
@@ -129,12 +147,19 @@ static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct
         return l;
 }
 
-/* Has the monitor guard and bind e for a new lease, and records it.
- * Returns the lease, or NULL with reply set. */
-static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text) {
+/* Has the monitor guard and bind e for a new lease (a Unix socket's file
+ * made for the peer as rule says), and records it. Returns the lease, or
+ * NULL with reply set. */
+static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
+                                const struct store_rule *rule) {
         struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         struct log_fields f = broker_peer_fields(&c->peer, text, e);
+        struct lease_unix ux = {
+                .uid = c->peer.uid,
+                .gid = rule && endpoint_is_unix(&rule->pattern) ? rule->perm.gid : PB_SOCKET_GROUP_NONE,
+                .mode = rule && endpoint_is_unix(&rule->pattern) ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT,
+        };
         struct mm_socket got;
         struct lease *l;
         uint64_t id;
@@ -147,21 +172,27 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
                 return NULL;
         }
         /* Guarded by the monitor first: from its bind() on, nobody else may bind it. */
-        r = mm_socket(b, id, e, &sock_fd, &got);
+        r = mm_socket(b, id, e, endpoint_is_unix(e) ? &ux : NULL, &sock_fd, &got);
         if (r < 0) {
                 const struct lease *other = r == -EADDRINUSE ? lease_table_overlapping(&b->leases, e) : NULL;
+                char other_text[PB_ENDPOINT_STRLEN];
 
                 if (other)      /* tcp:[::]:P beside tcp:0.0.0.0:P, say: which one stands in the way */
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s (the lease %s of uid %u holds "
-                                        "the port%s)", text, strerror(-r), other->text, (unsigned) other->owner_uid,
+                                        "the port%s)", text, strerror(-r), endpoint_format(&other->endpoint, other_text),
+                                        (unsigned) other->owner_uid,
                                         other->owner_uid == c->peer.uid ? "; release it first" : "");
                 else
                         proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
-                                        r == -EADDRINUSE ? " (another socket holds the port)" : "");
+                                        r == -EADDRINUSE ? " (another socket holds the port)" :
+                                        r == -EEXIST ? " (a file brokerd did not make is at the path; it is "
+                                                       "never replaced)" : "");
                 log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
-        l = get_record(c, req, reply, text, id, sock_fd, got.cookie);
+        ux.dev = got.dev;
+        ux.ino = got.ino;
+        l = get_record(c, req, reply, text, id, sock_fd, got.cookie, &ux);
         if (!l) {
                 mm_release(b, id);
                 return NULL;
@@ -217,14 +248,15 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         const struct pb_endpoint *e = &req->get.endpoint;
         struct lease *l = lease_table_find(&c->broker->leases, e);
         char buf[PB_ENDPOINT_STRLEN];
-        const char *text = l ? l->text : endpoint_format(e, buf);      /* a lease keeps its own */
+        const char *text = endpoint_format(e, buf);
         struct log_fields f = broker_peer_fields(&c->peer, text, e);
+        const struct store_rule *rule;
         bool created = false;
 
-        if (!get_authorize(c, req, reply, text, l))
+        if (!get_authorize(c, req, reply, text, l, &rule))
                 return;
         if (!l) {
-                l = get_create(c, req, reply, text);
+                l = get_create(c, req, reply, text, rule);
                 if (!l)
                         return;
                 created = true;
@@ -255,15 +287,17 @@ static void handle_check(struct conn *c, const struct pb_msg *req, struct pb_msg
         const struct pb_endpoint *e = &req->get.endpoint;
         struct lease *l = lease_table_find(&c->broker->leases, e);
         char buf[PB_ENDPOINT_STRLEN];
-        const char *text = l ? l->text : endpoint_format(e, buf);
+        const char *text = endpoint_format(e, buf);
 
         const struct lease *other = l ? NULL : lease_table_overlapping(&c->broker->leases, e);
+        char other_text[PB_ENDPOINT_STRLEN];
+        const struct store_rule *rule;
 
-        if (!get_authorize(c, req, reply, text, l))
+        if (!get_authorize(c, req, reply, text, l, &rule))
                 return;
         if (other) {            /* a GET would find the port bound: say by which lease */
                 proto_set_error(reply, req->hdr.id, EADDRINUSE, "%s overlaps the lease %s of uid %u", text,
-                                other->text, (unsigned) other->owner_uid);
+                                endpoint_format(&other->endpoint, other_text), (unsigned) other->owner_uid);
                 return;
         }
         reply->hdr.type = PB_MSG_CHECK | PB_MSG_REPLY;
@@ -323,10 +357,19 @@ static void lease_entry(const struct lease *l, struct pb_lease_entry *out) {
 }
 
 /* Whether a reply in req's version can carry e: a client older than
- * version 4 cannot read an IPv6-only wildcard, so lists leave those out
- * for it (answering in version 4 would make its whole list unreadable). */
+ * version 4 cannot read an IPv6-only wildcard, one older than 5 a Unix
+ * endpoint, so lists leave those out for it (answering in a newer version
+ * would make its whole list unreadable). */
 static bool expressible(const struct pb_msg *req, const struct pb_endpoint *e) {
-        return req->hdr.version >= PB_PROTO_VERSION_V6ONLY || !endpoint_is_v6only_any(e);
+        return req->hdr.version >= proto_endpoint_version(e);
+}
+
+/* Whether a list reply still fits one message: Unix paths make entries
+ * longer than the counts PB_LIST_MAX and PB_RULES_MAX were sized for. */
+static bool list_fits(const struct pb_msg *reply) {
+        uint8_t buf[PB_MSG_MAX];
+
+        return proto_encode(reply, buf, sizeof(buf)) >= 0;
 }
 
 static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
@@ -354,6 +397,11 @@ static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_ms
                         break;
                 }
                 lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
+                if (endpoint_is_unix(&t->by_id[i]->endpoint) && !list_fits(reply)) {
+                        reply->leases.count--;
+                        reply->leases.more = 1;
+                        break;
+                }
         }
 }
 
@@ -390,7 +438,8 @@ static const char *principal_text(const struct pb_principal *pr, char *buf, size
 static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
-        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern };
+        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern,
+                                   .perm = req->policy_add.perm };
         char text[PB_ENDPOINT_STRLEN], who[300];
         struct log_fields f = broker_peer_fields(p, endpoint_format_pattern(&rule.pattern, text), NULL);
         struct store_event ev = { .event = "policy-add", .uid = p->uid, .pid = p->pid, .endpoint = text,
@@ -466,8 +515,14 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
                         .id = r->id,
                         .principal = r->principal,
                         .pattern = r->pattern,
+                        .perm = r->perm,
                         .created = (uint64_t) r->created,
                 };
+                if (endpoint_is_unix(&r->pattern) && !list_fits(reply)) {
+                        reply->rules.count--;
+                        reply->rules.more = 1;
+                        break;
+                }
         }
 }
 

@@ -35,6 +35,7 @@ enum stmt {
         ST_LEASE_ADD,
         ST_LEASE_NEXT_ID,
         ST_LEASE_REMOVE,
+        ST_LEASE_SET_FILE,
         ST_LEASES,
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
@@ -54,17 +55,21 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
         [ST_SYNC_OFF] = "PRAGMA synchronous=OFF",
         [ST_RULE_ADD] = "INSERT INTO rules (principal_kind, principal_id, principal_unit, pattern, "
-                        "pattern_text, created, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        "pattern_text, created, created_by, socket_gid, socket_mode) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
-        [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created "
-                     "FROM rules ORDER BY id",
+        [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created, socket_gid, "
+                     "socket_mode FROM rules ORDER BY id",
         [ST_LEASE_ADD] = "INSERT INTO leases (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, "
-                         "boot_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         "boot_id, unix_uid, unix_gid, unix_mode, unix_dev, unix_ino) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         /* AUTOINCREMENT's next id: never one a released lease had. */
         [ST_LEASE_NEXT_ID] = "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'leases'), 0), "
                              "coalesce((SELECT max(id) FROM leases), 0)) + 1",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
-        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id FROM leases ORDER BY id",
+        [ST_LEASE_SET_FILE] = "UPDATE leases SET unix_dev = ?, unix_ino = ? WHERE id = ?",
+        [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id, unix_uid, unix_gid, "
+                      "unix_mode, unix_dev, unix_ino FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
@@ -115,9 +120,51 @@ static const char schema_v2[] =
         "  value TEXT NOT NULL);"
         "PRAGMA user_version = 2;";
 
+/* Version 4, Unix-domain leases (store.h): rules and leases rebuilt,
+ * since SQLite cannot change a column's CHECK in place. Their
+ * AUTOINCREMENT counters are carried over, so that no id ever comes back. */
+static const char schema_v4[] =
+        "CREATE TABLE rules_v4 ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  principal_kind INTEGER NOT NULL CHECK (principal_kind IN (1, 2, 3)),"
+        "  principal_id INTEGER NOT NULL,"
+        "  principal_unit TEXT NOT NULL DEFAULT '',"
+        "  pattern BLOB NOT NULL CHECK (length(pattern) >= 24),"
+        "  pattern_text TEXT NOT NULL,"
+        "  created INTEGER NOT NULL,"
+        "  created_by INTEGER NOT NULL,"
+        "  socket_gid INTEGER NOT NULL DEFAULT 4294967295,"     /* none: brokerd's group */
+        "  socket_mode INTEGER NOT NULL DEFAULT 384);"          /* 0600 */
+        "INSERT INTO rules_v4 (id, principal_kind, principal_id, principal_unit, pattern, pattern_text, created,"
+        "  created_by) SELECT id, principal_kind, principal_id, principal_unit, pattern, pattern_text, created,"
+        "  created_by FROM rules;"
+        "CREATE TABLE leases_v4 ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) >= 24),"
+        "  endpoint_text TEXT NOT NULL,"
+        "  owner_uid INTEGER NOT NULL,"
+        "  created INTEGER NOT NULL,"
+        "  socket_cookie INTEGER NOT NULL DEFAULT 0,"
+        "  boot_id TEXT NOT NULL DEFAULT '',"
+        "  unix_uid INTEGER NOT NULL DEFAULT 0,"
+        "  unix_gid INTEGER NOT NULL DEFAULT 4294967295,"
+        "  unix_mode INTEGER NOT NULL DEFAULT 384,"
+        "  unix_dev INTEGER NOT NULL DEFAULT 0,"
+        "  unix_ino INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO leases_v4 (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id)"
+        "  SELECT id, endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id FROM leases;"
+        "CREATE TEMP TABLE seq_v4 AS SELECT name, seq FROM sqlite_sequence WHERE name IN ('rules', 'leases');"
+        "DROP TABLE rules;"
+        "DROP TABLE leases;"
+        "ALTER TABLE rules_v4 RENAME TO rules;"
+        "ALTER TABLE leases_v4 RENAME TO leases;"
+        "DELETE FROM sqlite_sequence WHERE name IN ('rules', 'leases', 'rules_v4', 'leases_v4');"
+        "INSERT INTO sqlite_sequence (name, seq) SELECT name, seq FROM temp.seq_v4;"
+        "DROP TABLE temp.seq_v4;"
+        "PRAGMA user_version = 4;";
+
 struct store {
         sqlite3 *db;
-        bool v6only_marked;             /* user_version 3: IPv6-only wildcards may be stored (store.h) */
         sqlite3_stmt *stmt[_ST_MAX];
         struct pending pending[STORE_PENDING_MAX];
         unsigned n_pending;
@@ -312,47 +359,33 @@ unsigned store_pending(const struct store *s) {
         return s->n_pending + s->n_reserved;
 }
 
-/* In a write transaction that stores endpoint e: marks the database version 3
- * (store.h) with its first IPv6-only wildcard. Returns 0 or -errno. */
-static int mark_v6only(struct store *s, const struct pb_endpoint *e) {
-        if (s->v6only_marked || !endpoint_is_v6only_any(e))
-                return 0;
-        return sqlite3_exec(s->db, "PRAGMA user_version = 3", NULL, NULL, NULL) == SQLITE_OK ? 0 : -EIO;
-}
-
-/* After the transaction that called mark_v6only() committed (r >= 0): it holds. */
-static int marked(struct store *s, const struct pb_endpoint *e, int r) {
-        if (r >= 0 && endpoint_is_v6only_any(e))
-                s->v6only_marked = true;
-        return r;
-}
-
 int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *ev) {
         sqlite3_stmt *st = s->stmt[ST_RULE_ADD];
         char text[PB_ENDPOINT_STRLEN];
-        uint8_t blob[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t blob[PB_ENDPOINT_WIRE_MAX];
+        size_t n;
         int r;
 
         rule->created = now_us() / 1000000;
-        endpoint_encode(&rule->pattern, blob);
+        n = endpoint_encode(&rule->pattern, blob);
         r = tx_begin(s);
         if (r < 0)
                 return r;
         sqlite3_bind_int(st, 1, rule->principal.kind);
         sqlite3_bind_int64(st, 2, rule->principal.id);
         sqlite3_bind_text(st, 3, rule->principal.unit, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, blob, sizeof(blob), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, blob, (int) n, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, endpoint_format_pattern(&rule->pattern, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, rule->created);
         sqlite3_bind_int64(st, 7, ev->uid);
-        r = mark_v6only(s, &rule->pattern);
-        if (r >= 0)
-                r = run(s, ST_RULE_ADD);
+        sqlite3_bind_int64(st, 8, endpoint_is_unix(&rule->pattern) ? rule->perm.gid : PB_SOCKET_GROUP_NONE);
+        sqlite3_bind_int(st, 9, endpoint_is_unix(&rule->pattern) ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT);
+        r = run(s, ST_RULE_ADD);
         if (r >= 0) {
                 rule->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
-        return marked(s, &rule->pattern, tx_end(s, r));
+        return tx_end(s, r);
 }
 
 static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
@@ -376,11 +409,12 @@ int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev) {
         sqlite3_stmt *st = s->stmt[ST_LEASE_ADD];
         char text[PB_ENDPOINT_STRLEN];
-        uint8_t blob[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t blob[PB_ENDPOINT_WIRE_MAX];
+        size_t n;
         int r;
 
         l->created = now_us() / 1000000;
-        endpoint_encode(&l->endpoint, blob);
+        n = endpoint_encode(&l->endpoint, blob);
         r = tx_begin(s);
         if (r < 0)
                 return r;
@@ -388,20 +422,36 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
                 sqlite3_bind_int64(st, 1, (sqlite3_int64) l->id);
         else
                 sqlite3_bind_null(st, 1);
-        sqlite3_bind_blob(st, 2, blob, sizeof(blob), SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, blob, (int) n, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, endpoint_format(&l->endpoint, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, l->owner_uid);
         sqlite3_bind_int64(st, 5, l->created);
         sqlite3_bind_int64(st, 6, (sqlite3_int64) l->socket_cookie);
         sqlite3_bind_text(st, 7, l->boot_id, -1, SQLITE_STATIC);
-        r = mark_v6only(s, &l->endpoint);
-        if (r >= 0)
-                r = run(s, ST_LEASE_ADD);
+        sqlite3_bind_int64(st, 8, l->ux.uid);
+        sqlite3_bind_int64(st, 9, endpoint_is_unix(&l->endpoint) ? l->ux.gid : PB_SOCKET_GROUP_NONE);
+        sqlite3_bind_int(st, 10, endpoint_is_unix(&l->endpoint) ? l->ux.mode : PB_SOCKET_MODE_DEFAULT);
+        sqlite3_bind_int64(st, 11, (sqlite3_int64) l->ux.dev);
+        sqlite3_bind_int64(st, 12, (sqlite3_int64) l->ux.ino);
+        r = run(s, ST_LEASE_ADD);
         if (r >= 0) {
                 l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
                 r = durable_event(s, ev);
         }
-        return marked(s, &l->endpoint, tx_end(s, r));
+        return tx_end(s, r);
+}
+
+int store_lease_set_file(struct store *s, uint64_t id, const struct lease_unix *ux) {
+        sqlite3_stmt *st = s->stmt[ST_LEASE_SET_FILE];
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) ux->dev);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) ux->ino);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) id);
+        r = run(s, ST_LEASE_SET_FILE);
+        return tx_end(s, r);
 }
 
 int store_lease_next_id(struct store *s, uint64_t *ret) {
@@ -422,9 +472,22 @@ int store_lease_remove(struct store *s, uint64_t id, const struct store_event *e
 
 /* Reads an endpoint blob column; a malformed one is corruption. */
 static int column_endpoint(sqlite3_stmt *st, int col, bool pattern, struct pb_endpoint *ret) {
-        if (sqlite3_column_bytes(st, col) != PB_ENDPOINT_WIRE_SIZE)
+        const void *blob = sqlite3_column_blob(st, col);
+        size_t len = (size_t) sqlite3_column_bytes(st, col), used;
+
+        if (!blob || endpoint_decode(blob, len, pattern, ret, &used) < 0 || used != len)
                 return -EBADMSG;
-        return endpoint_decode(sqlite3_column_blob(st, col), pattern, ret);
+        return 0;
+}
+
+/* Reads a socket group and mode (two columns from col); out of range is corruption. */
+static int column_perm(sqlite3_stmt *st, int col, struct pb_socket_perm *ret) {
+        int64_t gid = sqlite3_column_int64(st, col), mode = sqlite3_column_int64(st, col + 1);
+
+        if (gid < 0 || gid > UINT32_MAX || mode < 0 || mode > 0777)
+                return -EBADMSG;
+        *ret = (struct pb_socket_perm) { .gid = (uint32_t) gid, .mode = (uint16_t) mode };
+        return 0;
 }
 
 /* Queued like audit events: written by the next transaction (a new
@@ -500,6 +563,8 @@ int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void
                 rule.created = sqlite3_column_int64(st, 5);
                 r = column_endpoint(st, 4, true, &rule.pattern);
                 if (r >= 0)
+                        r = column_perm(st, 6, &rule.perm);
+                if (r >= 0)
                         r = proto_principal_validate(&rule.principal) < 0 ? -EBADMSG : 0;
                 if (r >= 0)
                         r = fn(&rule, userdata);
@@ -523,10 +588,21 @@ int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, vo
                 };
                 const unsigned char *boot_id = sqlite3_column_text(st, 5);
 
+                int64_t unix_uid = sqlite3_column_int64(st, 6);
+                struct pb_socket_perm perm;
+
                 snprintf(l.boot_id, sizeof(l.boot_id), "%s", boot_id ? (const char *) boot_id : "");
                 r = column_endpoint(st, 1, false, &l.endpoint);
                 if (r >= 0)
+                        r = column_perm(st, 7, &perm);
+                if (r >= 0 && (unix_uid < 0 || unix_uid >= UINT32_MAX))
+                        r = -EBADMSG;
+                if (r >= 0) {
+                        l.ux = (struct lease_unix) { .uid = (uint32_t) unix_uid, .gid = perm.gid, .mode = perm.mode,
+                                                     .dev = (uint64_t) sqlite3_column_int64(st, 9),
+                                                     .ino = (uint64_t) sqlite3_column_int64(st, 10) };
                         r = fn(&l, userdata);
+                }
         }
         if (r >= 0 && rc != SQLITE_DONE)
                 r = sqlite_errno(rc);
@@ -584,12 +660,13 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
                 return -EPROTO;
         }
         if (version >= STORE_SCHEMA_TABLES)
-                return 0;               /* 3 is 2 with IPv6-only wildcards in it (store.h) */
+                return 0;
 
         /* One step per version, from the one found (0: a new database). */
         if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) != SQLITE_OK ||
             (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK) ||
             (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &msg) != SQLITE_OK) ||
+            (version < 4 && sqlite3_exec(db, schema_v4, NULL, NULL, &msg) != SQLITE_OK) ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
                 snprintf(errbuf, errlen, "cannot create schema: %s", msg ? msg : sqlite3_errmsg(db));
                 sqlite3_free(msg);
@@ -624,7 +701,6 @@ int store_check(const char *path, char *errbuf, size_t errlen) {
 
 int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen) {
         struct store *s = calloc(1, sizeof(*s));
-        int64_t version = 0;
         int rc, r;
 
         if (!s)
@@ -663,12 +739,6 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
         r = migrate(s->db, errbuf, errlen);
         if (r < 0)
                 goto fail;
-        r = query_int(s->db, "PRAGMA user_version", &version);
-        if (r < 0) {
-                snprintf(errbuf, errlen, "%s", sqlite3_errmsg(s->db));
-                goto fail;
-        }
-        s->v6only_marked = version >= 3;
 
         for (int k = 0; k < _ST_MAX; k++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[k], NULL);

@@ -11,15 +11,17 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "lease.h"
 #include "proto.h"
 
-/* Version 3 adds no table: it marks a database that holds an IPv6-only
+/* Version 3 added no table: it marked a database that held an IPv6-only
  * wildcard endpoint (family 6 with ::, wire version 4), which a brokerd
- * before it cannot decode. A database is marked with its first such lease
- * or rule, so that an older brokerd opens it until then and says why it
- * cannot after ("schema version 3 is newer"), rather than "Bad message". */
-#define STORE_SCHEMA_VERSION 3
-#define STORE_SCHEMA_TABLES 2           /* the newest version that added tables */
+ * before it cannot decode. Version 4, Unix-domain leases, rebuilds rules
+ * and leases: an endpoint column holds a Unix endpoint's path after its 24
+ * bytes, a rule the group and mode of the sockets it allows, a lease the
+ * socket file brokerd made. Every database is migrated to it at start. */
+#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_TABLES 4           /* the newest version that changed tables */
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */
@@ -38,6 +40,7 @@ struct store_rule {
         uint64_t id;
         struct pb_principal principal;
         struct pb_endpoint pattern;
+        struct pb_socket_perm perm;     /* Unix patterns: the sockets' group and mode */
         int64_t created;
 };
 
@@ -51,6 +54,7 @@ struct store_lease {
         uint64_t socket_cookie;         /* SO_COOKIE of the socket it was created with (a record
                                          * only: brokerd never takes a socket back by it), 0: none */
         char boot_id[STORE_BOOT_ID_MAX]; /* boot the cookie belongs to */
+        struct lease_unix ux;           /* a Unix lease's socket file */
 };
 
 /* Opens (creating and migrating) the database at path and checks it with
@@ -76,6 +80,10 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
 
 /* The id the next lease gets (one no lease ever had). Returns 0 or -errno. */
 int store_lease_next_id(struct store *s, uint64_t *ret);
+
+/* Durable: records that lease id's Unix socket file is now ux's (brokerd
+ * made it again). Returns 0 or -errno. */
+int store_lease_set_file(struct store *s, uint64_t id, const struct lease_unix *ux);
 
 /* Durable: removes lease id with its event. Returns 0 or -ENOENT. */
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev);

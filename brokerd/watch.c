@@ -25,7 +25,8 @@
 #define FD_RESERVE 64                   /* fds kept for the database, logs, a request's own */
 
 static void on_listener_hup(struct broker *b, struct lease *l, uint32_t revents) {
-        struct log_fields f = { .endpoint = l->text, .port = l->endpoint.port_lo, .uid = -1, .pid = -1 };
+        char text[PB_ENDPOINT_STRLEN];
+        struct log_fields f = { .endpoint = endpoint_format(&l->endpoint, text), .port = l->endpoint.port_lo, .uid = -1, .pid = -1 };
         int r = lease_ensure_listening(l);
 
         if (r > 0)

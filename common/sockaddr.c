@@ -8,7 +8,9 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "fd-util.h"
 #include "sockopt.h"
@@ -17,6 +19,18 @@ int sockaddr_from_endpoint(const struct pb_endpoint *e, struct sockaddr_storage 
         struct sockaddr_storage ss = { 0 };
         socklen_t len;
 
+        if (endpoint_is_unix(e)) {
+                struct sockaddr_un *sun = (struct sockaddr_un *) &ss;
+                size_t n = strnlen(e->path, sizeof(sun->sun_path));
+
+                if (n >= sizeof(sun->sun_path))
+                        return -ENAMETOOLONG;
+                sun->sun_family = AF_UNIX;
+                memcpy(sun->sun_path, e->path, n);
+                *ret = ss;
+                *ret_len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + 1);
+                return AF_UNIX;
+        }
         switch (e->family) {
         case PB_FAMILY_INET: {
                 struct sockaddr_in *sin = (struct sockaddr_in *) &ss;
@@ -95,7 +109,8 @@ int socket_is_for_endpoint(int fd, const struct pb_endpoint *e) {
         if (getsockname(fd, (struct sockaddr *) &got, &got_len) < 0)
                 return -errno;
         if (got.ss_family != family || got_len != want_len || memcmp(&got, &want, want_len) != 0 ||
-            type != (e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM) || protocol != (int) e->transport)
+            type != (e->transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM) ||
+            protocol != (family == AF_UNIX ? 0 : (int) e->transport))
                 return 0;
         if (family == AF_INET6) {
                 int v6only = sockopt_get_int(fd, IPPROTO_IPV6, IPV6_V6ONLY);

@@ -7,7 +7,10 @@
  * dual-stack wildcard, and with tcp6/udp6 the IPv6-only wildcard. Parsing
  * is strict: no spaces, no signs, no leading zeros beyond "0", ports
  * 1..65535, a family that fits the address, and IPv4-mapped IPv6 addresses
- * are refused (use the IPv4 form).
+ * are refused (use the IPv4 form). `unix:/path` is a Unix stream socket;
+ * its path must be absolute and normalized, as the kernel would resolve it
+ * name by name: no empty, `.` or `..` component, no trailing `/` (in a
+ * pattern, a trailing `/` means "any name directly in this directory").
  */
 #include "endpoint.h"
 
@@ -94,6 +97,33 @@ static int apply_family(struct pb_endpoint *e, int only) {
         return 0;
 }
 
+/* Whether path is absolute and normalized (see the top), at most
+ * PB_UNIX_PATH_MAX bytes of printable characters; a trailing `/` only
+ * when dir_ok. */
+static bool unix_path_valid(const char *path, bool dir_ok) {
+        size_t n = strnlen(path, PB_UNIX_PATH_MAX + 1);
+
+        if (n < 2 || n > PB_UNIX_PATH_MAX || path[0] != '/')
+                return false;
+        if (path[n - 1] == '/' && !dir_ok)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) path[i] < 0x20 || path[i] == 0x7f)
+                        return false;
+        for (const char *c = path + 1; *c; ) {           /* each component after a '/' */
+                size_t len = strcspn(c, "/");
+
+                if (len == 0 && c[len] == '/')
+                        return false;                   /* "//" */
+                if ((len == 1 && c[0] == '.') || (len == 2 && c[0] == '.' && c[1] == '.'))
+                        return false;
+                c += len;
+                if (*c == '/')
+                        c++;
+        }
+        return true;
+}
+
 static int parse(const char *s, bool pattern, struct pb_endpoint *ret) {
         struct pb_endpoint e = { .transport = PB_TCP, .family = PB_FAMILY_ANY };
         char host[INET6_ADDRSTRLEN + 1];
@@ -102,6 +132,17 @@ static int parse(const char *s, bool pattern, struct pb_endpoint *ret) {
 
         if (!s || strlen(s) >= PB_ENDPOINT_STRLEN)
                 return -EINVAL;
+        if (strncmp(s, "unix:", 5) == 0) {
+                e = (struct pb_endpoint) { .transport = PB_UNIX };
+                if (strlen(s + 5) > PB_UNIX_PATH_MAX)
+                        return -EINVAL;
+                strcpy(e.path, s + 5);
+                r = endpoint_validate(&e, pattern);
+                if (r < 0)
+                        return r;
+                *ret = e;
+                return 0;
+        }
         s = parse_transport(s, &e, &only);
 
         if (s[0] == '[') {
@@ -160,6 +201,10 @@ static char *format(const struct pb_endpoint *e, bool pattern, char buf[static P
         char host[INET6_ADDRSTRLEN] = "";
         char ports[sizeof("65535-65535")];
 
+        if (e->transport == PB_UNIX) {
+                snprintf(buf, PB_ENDPOINT_STRLEN, "unix:%s", e->path);
+                return buf;
+        }
         if (e->port_lo == e->port_hi)
                 snprintf(ports, sizeof(ports), "%u", e->port_lo);
         else
@@ -204,6 +249,11 @@ static bool all_zero(const uint8_t *p, size_t n) {
 }
 
 int endpoint_validate(const struct pb_endpoint *e, bool pattern) {
+        if (e->transport == PB_UNIX)
+                return e->family == PB_FAMILY_ANY && e->port_lo == 0 && e->port_hi == 0 &&
+                       all_zero(e->addr, 16) && unix_path_valid(e->path, pattern) ? 0 : -EINVAL;
+        if (e->path[0])
+                return -EINVAL;
         if (e->transport != PB_TCP && e->transport != PB_UDP)
                 return -EINVAL;
         if (e->port_lo < 1 || e->port_lo > e->port_hi)
@@ -232,10 +282,14 @@ bool endpoint_is_v6only_any(const struct pb_endpoint *e) {
         return e->family == PB_FAMILY_INET6 && all_zero(e->addr, 16);
 }
 
+bool endpoint_is_unix(const struct pb_endpoint *e) {
+        return e->transport == PB_UNIX;
+}
+
 bool endpoint_equal(const struct pb_endpoint *a, const struct pb_endpoint *b) {
         return a->transport == b->transport && a->family == b->family &&
                a->port_lo == b->port_lo && a->port_hi == b->port_hi &&
-               memcmp(a->addr, b->addr, sizeof(a->addr)) == 0;
+               memcmp(a->addr, b->addr, sizeof(a->addr)) == 0 && strcmp(a->path, b->path) == 0;
 }
 
 bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b) {
@@ -243,6 +297,8 @@ bool endpoint_overlaps(const struct pb_endpoint *a, const struct pb_endpoint *b)
 
         if (a->transport != b->transport || a->port_lo != b->port_lo)
                 return false;
+        if (a->transport == PB_UNIX)
+                return strcmp(a->path, b->path) == 0;
         if (a->family == PB_FAMILY_ANY || b->family == PB_FAMILY_ANY)
                 return true;
         return a->family == b->family &&
@@ -260,13 +316,21 @@ static bool is_loopback(const struct pb_endpoint *e) {
 }
 
 bool endpoint_splits_clients(const struct pb_endpoint *a, const struct pb_endpoint *b) {
-        if (a->transport != b->transport || a->port_lo != b->port_lo || a->family == PB_FAMILY_ANY ||
+        if (a->transport != b->transport || a->transport == PB_UNIX || a->port_lo != b->port_lo ||
+            a->family == PB_FAMILY_ANY ||
             b->family == PB_FAMILY_ANY || a->family == b->family)
                 return false;
         return is_wildcard(a) || is_wildcard(b) || (is_loopback(a) && is_loopback(b));
 }
 
 bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e) {
+        if (p->transport == PB_UNIX && e->transport == PB_UNIX) {
+                size_t n = strlen(p->path);
+
+                if (p->path[n - 1] != '/')
+                        return strcmp(p->path, e->path) == 0;
+                return strncmp(p->path, e->path, n) == 0 && e->path[n] && !strchr(e->path + n, '/');
+        }
         if (p->transport != e->transport || e->port_lo < p->port_lo || e->port_lo > p->port_hi)
                 return false;
         if (p->family == PB_FAMILY_ANY)
@@ -274,7 +338,9 @@ bool endpoint_matches(const struct pb_endpoint *p, const struct pb_endpoint *e) 
         return p->family == e->family && memcmp(p->addr, e->addr, sizeof(p->addr)) == 0;
 }
 
-void endpoint_encode(const struct pb_endpoint *e, uint8_t out[static PB_ENDPOINT_WIRE_SIZE]) {
+size_t endpoint_encode(const struct pb_endpoint *e, uint8_t out[static PB_ENDPOINT_WIRE_MAX]) {
+        size_t n;
+
         out[0] = e->transport;
         out[1] = e->family;
         out[2] = (uint8_t) (e->port_lo >> 8);
@@ -283,21 +349,37 @@ void endpoint_encode(const struct pb_endpoint *e, uint8_t out[static PB_ENDPOINT
         out[5] = (uint8_t) e->port_hi;
         out[6] = out[7] = 0;
         memcpy(out + 8, e->addr, 16);
+        if (e->transport != PB_UNIX)
+                return PB_ENDPOINT_WIRE_SIZE;
+        n = strnlen(e->path, PB_UNIX_PATH_MAX);
+        out[PB_ENDPOINT_WIRE_SIZE] = (uint8_t) n;
+        memcpy(out + PB_ENDPOINT_WIRE_SIZE + 1, e->path, n);
+        return PB_ENDPOINT_WIRE_SIZE + 1 + n;
 }
 
-int endpoint_decode(const uint8_t in[static PB_ENDPOINT_WIRE_SIZE], bool pattern, struct pb_endpoint *ret) {
-        struct pb_endpoint e = {
-                .transport = in[0],
-                .family = in[1],
-                .port_lo = (uint16_t) (in[2] << 8 | in[3]),
-                .port_hi = (uint16_t) (in[4] << 8 | in[5]),
-        };
+int endpoint_decode(const uint8_t *in, size_t len, bool pattern, struct pb_endpoint *ret, size_t *used) {
+        struct pb_endpoint e = { 0 };
+        size_t n = PB_ENDPOINT_WIRE_SIZE;
 
-        if (in[6] || in[7])
+        if (len < PB_ENDPOINT_WIRE_SIZE || in[6] || in[7])
                 return -EBADMSG;
+        e.transport = in[0];
+        e.family = in[1];
+        e.port_lo = (uint16_t) (in[2] << 8 | in[3]);
+        e.port_hi = (uint16_t) (in[4] << 8 | in[5]);
         memcpy(e.addr, in + 8, 16);
+        if (e.transport == PB_UNIX) {
+                size_t k = len > n ? in[n] : 0;
+
+                /* The path: a length byte, then that many bytes, no NUL among them. */
+                if (len <= n || k > PB_UNIX_PATH_MAX || k > len - n - 1 || memchr(in + n + 1, '\0', k))
+                        return -EBADMSG;
+                memcpy(e.path, in + n + 1, k);
+                n += 1 + k;
+        }
         if (endpoint_validate(&e, pattern) < 0)
                 return -EBADMSG;
         *ret = e;
+        *used = n;
         return 0;
 }

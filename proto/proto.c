@@ -36,6 +36,25 @@ static void get_principal(struct rcur *r, struct pb_principal *ret) {
                 r->bad = true;
 }
 
+/* A Unix pattern's socket group and mode follow it. */
+static void put_pattern(struct wcur *w, const struct pb_endpoint *p, const struct pb_socket_perm *perm) {
+        put_endpoint(w, p);
+        if (endpoint_is_unix(p)) {
+                put_be(w, perm->gid, 4);
+                put_be(w, perm->mode, 2);
+        }
+}
+
+static void get_pattern(struct rcur *r, struct pb_endpoint *p, struct pb_socket_perm *perm) {
+        get_endpoint(r, true, p);
+        if (!r->bad && endpoint_is_unix(p)) {
+                perm->gid = (uint32_t) get_be(r, 4);
+                perm->mode = (uint16_t) get_be(r, 2);
+                if (perm->mode > 0777)
+                        r->bad = true;
+        }
+}
+
 static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
         if (list->count > PB_LIST_MAX) {
                 w->overflow = true;
@@ -68,7 +87,7 @@ static void put_rule_list(struct wcur *w, const struct pb_rule_list *list) {
                 const struct pb_rule_entry *e = &list->rules[i];
                 put_be(w, e->id, 8);
                 put_principal(w, &e->principal);
-                put_endpoint(w, &e->pattern);
+                put_pattern(w, &e->pattern, &e->perm);
                 put_be(w, e->created, 8);
         }
 }
@@ -98,7 +117,7 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 break;
         case PB_MSG_POLICY_ADD:
                 put_principal(w, &m->policy_add.principal);
-                put_endpoint(w, &m->policy_add.pattern);
+                put_pattern(w, &m->policy_add.pattern, &m->policy_add.perm);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -165,39 +184,47 @@ uint16_t proto_type_version(uint16_t type) {
         }
 }
 
-/* The oldest version whose rules allow m's fields: an IPv6-only wildcard
- * endpoint (tcp6:[::]:P) is version 4's, a family 6 endpoint before it
- * had to name a specific address. */
+uint16_t proto_endpoint_version(const struct pb_endpoint *e) {
+        if (endpoint_is_unix(e))
+                return PB_PROTO_VERSION_UNIX;
+        return endpoint_is_v6only_any(e) ? PB_PROTO_VERSION_V6ONLY : 0;
+}
+
+static uint16_t newer(uint16_t a, uint16_t b) {
+        return a > b ? a : b;
+}
+
+/* The oldest version whose rules allow m's endpoints (proto_endpoint_version()). */
 static uint16_t content_version(const struct pb_msg *m) {
-        bool v6only_any = false;
+        uint16_t v = 0;
 
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
         case PB_MSG_CHECK:
-                v6only_any = endpoint_is_v6only_any(&m->get.endpoint);
+                v = proto_endpoint_version(&m->get.endpoint);
                 break;
         case PB_MSG_GET | PB_MSG_REPLY:
-                v6only_any = endpoint_is_v6only_any(&m->got.endpoint);
+                v = proto_endpoint_version(&m->got.endpoint);
                 break;
         case PB_MSG_STATUS:
-                v6only_any = m->status.has_endpoint && endpoint_is_v6only_any(&m->status.endpoint);
+                v = m->status.has_endpoint ? proto_endpoint_version(&m->status.endpoint) : 0;
                 break;
         case PB_MSG_STATUS | PB_MSG_REPLY:
                 for (unsigned i = 0; i < m->leases.count && i < PB_LIST_MAX; i++)
-                        v6only_any |= endpoint_is_v6only_any(&m->leases.leases[i].endpoint);
+                        v = newer(v, proto_endpoint_version(&m->leases.leases[i].endpoint));
                 break;
         case PB_MSG_POLICY_ADD:
-                v6only_any = endpoint_is_v6only_any(&m->policy_add.pattern);
+                v = proto_endpoint_version(&m->policy_add.pattern);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
                 for (unsigned i = 0; i < m->rules.count && i < PB_RULES_MAX; i++)
-                        v6only_any |= endpoint_is_v6only_any(&m->rules.rules[i].pattern);
+                        v = newer(v, proto_endpoint_version(&m->rules.rules[i].pattern));
                 break;
         default:
                 break;
         }
-        return v6only_any ? PB_PROTO_VERSION_V6ONLY : 0;
+        return v;
 }
 
 uint16_t proto_msg_version(const struct pb_msg *m) {
@@ -269,7 +296,7 @@ static void get_rule_list(struct rcur *r, struct pb_rule_list *list) {
                 struct pb_rule_entry *e = &list->rules[i];
                 e->id = get_be(r, 8);
                 get_principal(r, &e->principal);
-                get_endpoint(r, true, &e->pattern);
+                get_pattern(r, &e->pattern, &e->perm);
                 e->created = get_be(r, 8);
         }
 }
@@ -294,7 +321,7 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 break;
         case PB_MSG_POLICY_ADD:
                 get_principal(r, &m->policy_add.principal);
-                get_endpoint(r, true, &m->policy_add.pattern);
+                get_pattern(r, &m->policy_add.pattern, &m->policy_add.perm);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:

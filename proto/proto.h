@@ -16,9 +16,11 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 4               /* the newest version spoken */
+#define PB_PROTO_VERSION 5               /* the newest version spoken */
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
+#define PB_PROTO_VERSION_UNIX 5         /* the first with Unix endpoints (unix:/path) */
+#define PB_SOCKET_MODE_DEFAULT 0600     /* a Unix socket's mode when the rule gives none */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
@@ -59,6 +61,15 @@ struct pb_principal {
         char unit[PB_TEXT_MAX + 1];     /* unit name for PB_PRINCIPAL_UNIT, else "" */
 };
 
+/* The group and mode a rule gives the Unix sockets it allows (their owner
+ * is the lease's owner): on the wire only after a Unix pattern. */
+#define PB_SOCKET_GROUP_NONE UINT32_MAX /* no group named: the file keeps brokerd's */
+
+struct pb_socket_perm {
+        uint32_t gid;                   /* PB_SOCKET_GROUP_NONE unless the rule names a group */
+        uint16_t mode;                  /* permission bits, at most 0777 */
+};
+
 /* One message body; which member is valid follows from the header's type. */
 struct pb_msg {
         struct pb_header hdr;
@@ -94,6 +105,7 @@ struct pb_msg {
                 struct {                        /* PB_MSG_POLICY_ADD */
                         struct pb_principal principal;
                         struct pb_endpoint pattern;     /* port_lo..port_hi range allowed */
+                        struct pb_socket_perm perm;     /* Unix patterns only */
                 } policy_add;
                 struct {                        /* PB_MSG_POLICY_ADD | PB_MSG_REPLY, _REMOVE request */
                         uint64_t rule_id;
@@ -108,6 +120,7 @@ struct pb_msg {
                                 uint64_t id;
                                 struct pb_principal principal;
                                 struct pb_endpoint pattern;
+                                struct pb_socket_perm perm;     /* Unix patterns only */
                                 uint64_t created;       /* unix seconds */
                         } rules[PB_RULES_MAX];
                 } rules;
@@ -134,7 +147,7 @@ struct pb_msg {
 uint16_t proto_type_version(uint16_t type);
 
 /* The oldest version msg can be sent with: its type's, or newer when a
- * field needs it (an IPv6-only wildcard endpoint: 4). */
+ * field needs it (an IPv6-only wildcard endpoint: 4; a Unix one: 5). */
 uint16_t proto_msg_version(const struct pb_msg *msg);
 
 /* Encodes msg into buf (at least PB_MSG_MAX bytes) with version
@@ -157,6 +170,10 @@ bool proto_type_carries_fd(uint16_t type);
 /* Sets msg up as an error reply to request id with code and printf-style text. */
 void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
+
+/* The oldest version that can carry endpoint e: 5 for Unix, 4 for the
+ * IPv6-only wildcard, else 0 (any). */
+uint16_t proto_endpoint_version(const struct pb_endpoint *e);
 
 /* Validates a principal (kind known, unit name well-formed). Returns 0 or -EINVAL. */
 int proto_principal_validate(const struct pb_principal *p);

@@ -66,9 +66,12 @@ static inline void put_text_max(struct wcur *w, const char *s, size_t max) {
 }
 
 static inline void put_endpoint(struct wcur *w, const struct pb_endpoint *e) {
-        uint8_t *p = wtake(w, PB_ENDPOINT_WIRE_SIZE);
+        uint8_t buf[PB_ENDPOINT_WIRE_MAX];
+        size_t n = endpoint_encode(e, buf);
+        uint8_t *p = wtake(w, n);
+
         if (p)
-                endpoint_encode(e, p);
+                memcpy(p, buf, n);
 }
 
 static inline const uint8_t *rtake(struct rcur *r, size_t n) {
@@ -122,7 +125,10 @@ static inline void get_text_max(struct rcur *r, char *out, size_t max) {
 }
 
 static inline void get_endpoint(struct rcur *r, bool pattern, struct pb_endpoint *ret) {
-        const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
-        if (p && endpoint_decode(p, pattern, ret) < 0)
+        size_t n;
+
+        if (r->bad || endpoint_decode(r->buf + r->off, r->len - r->off, pattern, ret, &n) < 0)
                 r->bad = true;
+        else
+                r->off += n;
 }

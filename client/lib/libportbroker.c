@@ -336,8 +336,9 @@ static bool repeatable(uint16_t type) {
  * sent again, once, on a new connection when brokerd closed the connection
  * without answering (the worker that had it was replaced, or its idle time
  * ran out as the request came). One sent in a newer version than it needs
- * (a list, so that it shows IPv6-only wildcards) goes again in the oldest
- * when brokerd does not speak that one (it has none of those to show). */
+ * (a list, so that it shows IPv6-only wildcards and Unix endpoints) goes
+ * again one version older while brokerd does not speak the one sent (it
+ * has none of what that version added to show). */
 static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
         int r;
 
@@ -345,9 +346,10 @@ static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
         r = transact(c, x, ret_fd, err);
         if (r == -ECONNRESET && repeatable(x->req.hdr.type))
                 r = transact(c, x, ret_fd, err);
-        if (r == -EPROTONOSUPPORT && x->req.hdr.version > proto_msg_version(&x->req)) {
+        while (r == -EPROTONOSUPPORT && x->req.hdr.version > proto_msg_version(&x->req) &&
+               x->req.hdr.version > PB_PROTO_VERSION_MIN) {
                 c->sock_fd = safe_close(c->sock_fd);    /* brokerd closes after a version error */
-                x->req.hdr.version = 0;                 /* the oldest the request can be said in */
+                x->req.hdr.version--;
                 clear_error(err);
                 r = transact(c, x, ret_fd, err);
         }
@@ -425,7 +427,7 @@ static int conn_get(pb_conn *c, const struct pb_endpoint *e, unsigned flags, pb_
         if (ret_lease) {
                 *ret_lease = (pb_lease) {
                         .id = x->reply.got.lease_id,
-                        .transport = e->transport,
+                        .transport = endpoint_is_unix(e) ? 0 : e->transport,
                         .owner_uid = (uid_t) -1,
                         .queued = -1,
                         .created = x->reply.got.created,
@@ -543,7 +545,7 @@ int pb_release(const char *endpoint, pb_error *err) {
 static void lease_from_entry(const struct pb_lease_entry *l, pb_lease *ret) {
         *ret = (pb_lease) {
                 .id = l->id,
-                .transport = l->endpoint.transport,
+                .transport = endpoint_is_unix(&l->endpoint) ? 0 : l->endpoint.transport,
                 .owner_uid = (uid_t) l->owner_uid,
                 .since = l->since > INT64_MAX ? INT64_MAX : (int64_t) l->since,
                 .handouts = l->handouts,
@@ -575,6 +577,8 @@ static void rule_from_entry(const struct pb_rule_entry *e, pb_rule *ret) {
                 snprintf(ret->unit, sizeof(ret->unit), "%s", e->principal.unit);
         }
         endpoint_format_pattern(&e->pattern, ret->pattern);
+        ret->socket_gid = endpoint_is_unix(&e->pattern) ? e->perm.gid : PB_SOCKET_GROUP_NONE;
+        ret->socket_mode = endpoint_is_unix(&e->pattern) ? e->perm.mode : 0;
 }
 
 /* A list page must move forward: ids above after and rising, or a hostile
@@ -615,7 +619,8 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
         x = exchange_new(PB_MSG_STATUS, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION_V6ONLY;   /* brokerd lists IPv6-only wildcards from 4 on */
+        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say (IPv6-only wildcards
+                                                 * from 4 on, Unix endpoints from 5 on) */
         if (endpoint) {
                 r = parse_endpoint(endpoint, &x->req.status.endpoint, err);
                 if (r < 0)
@@ -657,12 +662,20 @@ out:
 
 int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
                            const char *pattern, pb_error *err) {
+        return pb_conn_policy_add_unix(c, kind, id_value, unit, pattern, PB_SOCKET_GROUP_NONE, PB_SOCKET_MODE_DEFAULT,
+                                       err);
+}
+
+int64_t pb_conn_policy_add_unix(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
+                                const char *pattern, uint32_t socket_gid, unsigned socket_mode, pb_error *err) {
         struct exchange *x;
         int64_t r;
 
         clear_error(err);
         if (!c)
                 return fail(err, EINVAL, "pb_conn_policy_add: no connection");
+        if (socket_mode > 0777)
+                return fail(err, EINVAL, "invalid socket mode %o: permission bits only (at most 0777)", socket_mode);
         x = exchange_new(PB_MSG_POLICY_ADD, err);
         if (!x)
                 return -ENOMEM;
@@ -700,6 +713,7 @@ int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value
         r = parse_pattern(pattern, &x->req.policy_add.pattern, err);
         if (r < 0)
                 goto out;
+        x->req.policy_add.perm = (struct pb_socket_perm) { .gid = socket_gid, .mode = (uint16_t) socket_mode };
 
         r = request(c, x, NULL, err);
         if (r < 0)
@@ -745,7 +759,7 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         x = exchange_new(PB_MSG_POLICY_LIST, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION_V6ONLY;   /* brokerd lists IPv6-only wildcards from 4 on */
+        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say */
 
         for (;;) {
                 unsigned count;

@@ -34,10 +34,13 @@ enum {
         PB_GET_BLOCKING = 1 << 1,       /* clear O_NONBLOCK; neither flag: leave as is */
 };
 
+#define PB_ENDPOINT_TEXT_MAX 128        /* endpoint text, NUL included ("unix:" and a path fit) */
+#define PB_SOCKET_GROUP_NONE UINT32_MAX /* a Unix rule naming no group: the file keeps brokerd's */
+
 typedef struct pb_lease {
         uint64_t id;
-        char endpoint[64];              /* canonical text, e.g. "tcp:[::]:8080" */
-        int transport;                  /* IPPROTO_TCP or IPPROTO_UDP */
+        char endpoint[PB_ENDPOINT_TEXT_MAX]; /* canonical text, e.g. "tcp:[::]:8080", "unix:/run/app/web.sock" */
+        int transport;                  /* IPPROTO_TCP, IPPROTO_UDP, or 0 for a Unix stream socket */
         uid_t owner_uid;
         int64_t since;                  /* unix seconds */
         uint64_t handouts;              /* gets served since the broker started */
@@ -59,8 +62,10 @@ typedef struct pb_rule {
         pb_principal_kind kind;
         uint32_t id_value;              /* uid or gid */
         char unit[256];                 /* unit name for PB_UNIT */
-        char pattern[64];               /* canonical endpoint pattern text */
+        char pattern[PB_ENDPOINT_TEXT_MAX]; /* canonical endpoint pattern text */
         int64_t created;                /* unix seconds */
+        uint32_t socket_gid;            /* Unix patterns: the sockets' group, or PB_SOCKET_GROUP_NONE */
+        unsigned socket_mode;           /* Unix patterns: the sockets' permission bits */
 } pb_rule;
 
 typedef struct pb_info {
@@ -79,7 +84,8 @@ int pb_connect(const char *path, pb_conn **ret, pb_error *err);
 /* Closes the connection; NULL is fine. */
 void pb_disconnect(pb_conn *c);
 
-/* Gets the listening socket for endpoint text (`8080`, `udp:5353`, `tcp:[::1]:8443`),
+/* Gets the listening socket for endpoint text (`8080`, `udp:5353`, `tcp:[::1]:8443`,
+ * `unix:/run/app/web.sock`),
  * creating the lease if needed. Returns a new CLOEXEC fd owned by the caller.
  * ret_lease (may be NULL) is filled with id, endpoint, created. */
 int pb_conn_get(pb_conn *c, const char *endpoint, unsigned flags, pb_lease *ret_lease, pb_error *err);
@@ -108,6 +114,14 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
  * matching pattern text (port may be a range). Admin only. Returns the rule id (>= 1). */
 int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
                            const char *pattern, pb_error *err);
+
+/* pb_conn_policy_add for a Unix pattern (`unix:/run/app/web.sock`, or
+ * `unix:/run/app/` for any name directly in that directory), whose socket
+ * files brokerd makes owned by the lease's owner, group socket_gid
+ * (PB_SOCKET_GROUP_NONE: brokerd's) and mode socket_mode (at most 0777;
+ * pb_conn_policy_add gives 0600). Needs protocol version 5. */
+int64_t pb_conn_policy_add_unix(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
+                                const char *pattern, uint32_t socket_gid, unsigned socket_mode, pb_error *err);
 
 /* Removes rule id. Admin only. Returns 0. */
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);

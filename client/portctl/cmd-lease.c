@@ -39,6 +39,13 @@ static void fd_name(const char *endpoint, char *buf, size_t size) {
                 snprintf(buf, size, "unknown");
                 return;
         }
+        if (endpoint_is_unix(&e)) {     /* `unix-web.sock`: the file's name, no ':' */
+                snprintf(buf, size, "unix-%s", strrchr(e.path, '/') + 1);
+                for (char *p = buf; *p; p++)
+                        if (*p == ':')
+                                *p = '_';
+                return;
+        }
         if (e.family == PB_FAMILY_INET)
                 inet_ntop(AF_INET, e.addr, host, sizeof(host));
         else if (endpoint_is_v6only_any(&e)) {

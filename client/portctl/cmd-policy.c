@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "endpoint.h"
 #include "portbroker.h"
+#include "proto.h"
 
 /* "user nobody (65534)", "group 1234", "unit web.service" */
 static void format_principal(pb_principal_kind kind, uint32_t id, const char *unit, char *buf, size_t size) {
@@ -37,13 +38,15 @@ static void format_principal(pb_principal_kind kind, uint32_t id, const char *un
 struct add_args {
         const char *pattern;
         const char *user, *group, *unit;        /* exactly one is set */
+        const char *socket_group, *socket_mode; /* Unix patterns only */
 };
 
-/* The slot of a principal option (--user, --group, --unit, maybe with =VALUE), its name's
- * length in *ret_len; NULL for any other argument. */
-static const char **principal_slot(struct add_args *a, const char *opt, size_t *ret_len) {
-        static const char *const names[] = { "--user", "--group", "--unit" };
-        const char **slots[] = { &a->user, &a->group, &a->unit };
+/* The slot of an option taking a value (--user, --group, --unit,
+ * --socket-group, --socket-mode, maybe with =VALUE), its name's length in
+ * *ret_len; NULL for any other argument. */
+static const char **option_slot(struct add_args *a, const char *opt, size_t *ret_len) {
+        static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode" };
+        const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode };
 
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
                 size_t len = strlen(names[i]);
@@ -63,7 +66,7 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 const char *opt = argv[i], *value, **slot;
                 size_t len;
 
-                slot = principal_slot(&a, opt, &len);
+                slot = option_slot(&a, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
                         return cli_usage("policy add: unknown option '%s'", opt);
                 if (!slot && a.pattern)
@@ -88,8 +91,56 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 return cli_usage("policy add: no endpoint pattern given");
         if (!!a.user + !!a.group + !!a.unit != 1)
                 return cli_usage("policy add: give exactly one of --user, --group or --unit");
+        if ((a.socket_group || a.socket_mode) && strncmp(a.pattern, "unix:", 5) != 0)
+                return cli_usage("policy add: --socket-group and --socket-mode are for unix: patterns");
         *ret = a;
         return cli_check_endpoint(a.pattern, true);
+}
+
+/* A socket mode: octal permission bits, at most 0777. */
+static int parse_mode(const char *s, unsigned *ret) {
+        unsigned v = 0;
+
+        if (!s[0] || strlen(s) > 4)
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p < '0' || *p > '7')
+                        return -EINVAL;
+                v = v * 8 + (unsigned) (*p - '0');
+        }
+        if (v > 0777)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+/* The socket group and mode a gives (brokerd's group and 0600 when not). Returns 0 or EXIT_FAILURE. */
+static int resolve_socket(const struct add_args *a, uint32_t *ret_gid, unsigned *ret_mode) {
+        gid_t gid;
+
+        *ret_gid = PB_SOCKET_GROUP_NONE;
+        *ret_mode = PB_SOCKET_MODE_DEFAULT;
+        if (a->socket_group) {
+                if (parse_group(a->socket_group, &gid) < 0)
+                        return cli_fail(ENOENT, "no such group '%s'", a->socket_group);
+                *ret_gid = (uint32_t) gid;
+        }
+        if (a->socket_mode && parse_mode(a->socket_mode, ret_mode) < 0)
+                return cli_usage("policy add: invalid --socket-mode '%s': octal permission bits, e.g. 0660",
+                                 a->socket_mode);
+        return 0;
+}
+
+/* " (socket group www-data, mode 0660)" for a Unix rule, "" for others. */
+static const char *socket_text(const char *pattern, uint32_t gid, unsigned mode, char *buf, size_t size) {
+        const char *name = gid == PB_SOCKET_GROUP_NONE ? "brokerd's" : group_name(gid);
+        char num[16];
+
+        if (strncmp(pattern, "unix:", 5) != 0)
+                return "";
+        snprintf(num, sizeof(num), "%u", gid);
+        snprintf(buf, size, " (socket group %s, mode %04o)", name ? name : num, mode);
+        return buf;
 }
 
 /* The principal a names, users and groups looked up by name. Returns 0 or EXIT_FAILURE. */
@@ -115,10 +166,11 @@ static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_ki
 }
 
 static int cmd_policy_add(int argc, char **argv) {
-        char canonical[PB_ENDPOINT_STRLEN], who[512];
+        char canonical[PB_ENDPOINT_STRLEN], who[512], sock[128];
         pb_principal_kind kind = PB_UNIT;
         struct add_args a = { 0 };
-        uint32_t id = 0;
+        uint32_t id = 0, socket_gid;
+        unsigned socket_mode;
         pb_conn *c;
         pb_error err;
         int64_t rule;
@@ -128,10 +180,12 @@ static int cmd_policy_add(int argc, char **argv) {
         if (r == 0)
                 r = resolve_principal(&a, &kind, &id);
         if (r == 0)
+                r = resolve_socket(&a, &socket_gid, &socket_mode);
+        if (r == 0)
                 r = cli_connect(&c);
         if (r != 0)
                 return r;
-        rule = pb_conn_policy_add(c, kind, id, a.unit, a.pattern, &err);
+        rule = pb_conn_policy_add_unix(c, kind, id, a.unit, a.pattern, socket_gid, socket_mode, &err);
         pb_disconnect(c);
         if (rule < 0)
                 return cli_fail_pb(&err);
@@ -141,8 +195,9 @@ static int cmd_policy_add(int argc, char **argv) {
                 return 0;
         }
         format_principal(kind, id, a.unit, who, sizeof(who));
-        printf("rule %" PRId64 " added: %s may get %s\n", rule, who,
-               canonical_endpoint(a.pattern, true, canonical));
+        printf("rule %" PRId64 " added: %s may get %s%s\n", rule, who,
+               canonical_endpoint(a.pattern, true, canonical),
+               socket_text(a.pattern, socket_gid, socket_mode, sock, sizeof(sock)));
         return 0;
 }
 
@@ -212,6 +267,10 @@ static void policy_json(const struct list *l) {
                 }
                 fputs(",\"pattern\":", stdout);
                 json_string(stdout, x->pattern);
+                if (strncmp(x->pattern, "unix:", 5) == 0 && x->socket_gid != PB_SOCKET_GROUP_NONE)
+                        printf(",\"socket_gid\":%u,\"socket_mode\":%u", x->socket_gid, x->socket_mode);
+                else if (strncmp(x->pattern, "unix:", 5) == 0)
+                        printf(",\"socket_gid\":null,\"socket_mode\":%u", x->socket_mode);
                 printf(",\"created\":%" PRId64 "}", x->created);
         }
         puts("]");
@@ -227,13 +286,14 @@ static int policy_table(const struct list *l) {
         r |= table_cell(&t, "CREATED");
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_rule *x = (const pb_rule *) l->items + i;
-                char who[512], created[64];
+                char who[512], created[64], sock[128];
 
                 format_principal(x->kind, x->id_value, x->unit, who, sizeof(who));
                 format_time(x->created, created, sizeof(created));
                 r |= table_cell(&t, "%" PRIu64, x->id);
                 r |= table_cell(&t, "%s", who);
-                r |= table_cell(&t, "%s", x->pattern);
+                r |= table_cell(&t, "%s%s", x->pattern,
+                                socket_text(x->pattern, x->socket_gid, x->socket_mode, sock, sizeof(sock)));
                 r |= table_cell(&t, "%s", created);
         }
         if (r == 0)

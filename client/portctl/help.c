@@ -31,12 +31,17 @@ static const struct usage {
           true },
         { "release", "ENDPOINT", "End a lease (its owner or an admin)\n", "", true },
         { "status", "[ENDPOINT]", "Show leases: owner, since, handouts, holders, queue\n", "", true },
-        { "policy add", "PATTERN (--user NAME|UID | --group NAME|GID | --unit UNIT)",
+        { "policy add", "PATTERN (--user NAME|UID | --group NAME|GID | --unit UNIT) [--socket-group GROUP] "
+                        "[--socket-mode MODE]",
           "Let a user, group or systemd unit get endpoints matching\n"
           "PATTERN (admin only)\n",
           "  --user NAME|UID       The rule is for a user (a name is looked up here)\n"
           "  --group NAME|GID      The rule is for the members of a group\n"
-          "  --unit UNIT           The rule is for the processes of a systemd unit\n",
+          "  --unit UNIT           The rule is for the processes of a systemd unit\n"
+          "  --socket-group GROUP  unix: patterns: the socket files' group (default:\n"
+          "                        brokerd's), e.g. the proxy's that connects to them\n"
+          "  --socket-mode MODE    unix: patterns: the socket files' mode (default 0600;\n"
+          "                        their owner is the lease's)\n",
           true },
         { "policy remove", "ID", "Remove a rule (admin only)\n", "", true },
         { "policy list", "", "List the rules\n", "", true },

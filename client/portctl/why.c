@@ -126,6 +126,8 @@ static int parse_why_args(int argc, char **argv, struct why *w) {
         if (r != 0)
                 return r;
         endpoint_parse(w->text, &w->ep);
+        if (endpoint_is_unix(&w->ep))
+                return cli_usage("why: ports only; for %s, see `portctl status` and `ls -l` of the path", w->text);
         endpoint_format(&w->ep, w->canon);
         return resolve_user(w, as);
 }

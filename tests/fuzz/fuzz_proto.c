@@ -3,7 +3,8 @@
  * Fuzz target for every parser in proto/: proto_decode() and
  * proto_decode_header() on the raw bytes, endpoint_parse() and
  * endpoint_parse_pattern() on the bytes as a NUL-terminated string, and
- * endpoint_decode() on 24-byte windows. Whatever is accepted must be valid,
+ * endpoint_decode() at two offsets (a Unix endpoint's path after its 24
+ * bytes). Whatever is accepted must be valid,
  * must re-encode to exactly the same bytes (the wire form is canonical) and
  * must decode again to the same fields; text must format and parse back to
  * the same endpoint. Any mismatch abort()s.
@@ -251,27 +252,29 @@ static void check_endpoint_text(const uint8_t *data, size_t size) {
                 CHECK(endpoint_parse_pattern(text, &again) == 0);
                 CHECK(endpoint_equal(&p, &again));
                 CHECK(strcmp(endpoint_format_pattern(&again, text2), text) == 0);
-                /* Only a range makes a pattern that is not an endpoint. */
+                /* Only a range or a Unix directory makes a pattern that is not an endpoint. */
                 if (re < 0)
-                        CHECK(strchr(s, '-'));
+                        CHECK(strchr(s, '-') || (endpoint_is_unix(&p) && s[strlen(s) - 1] == '/'));
         }
         free(s);
 }
 
-static void check_endpoint_wire(const uint8_t in[static PB_ENDPOINT_WIRE_SIZE]) {
+static void check_endpoint_wire(const uint8_t *in, size_t len) {
         for (int pattern = 0; pattern <= 1; pattern++) {
-                uint8_t out[PB_ENDPOINT_WIRE_SIZE];
+                uint8_t out[PB_ENDPOINT_WIRE_MAX];
                 char text[PB_ENDPOINT_STRLEN];
                 struct pb_endpoint e, again;
-                int r = endpoint_decode(in, pattern, &e);
+                size_t used = 0;
+                int r = endpoint_decode(in, len, pattern, &e, &used);
 
                 CHECK(r == 0 || r == -EBADMSG);
                 if (r < 0)
                         continue;
                 n_wire++;
+                CHECK(used >= PB_ENDPOINT_WIRE_SIZE && used <= len && used <= PB_ENDPOINT_WIRE_MAX);
                 CHECK(endpoint_validate(&e, pattern) == 0);
-                endpoint_encode(&e, out);
-                CHECK(memcmp(in, out, sizeof(out)) == 0);
+                CHECK(endpoint_encode(&e, out) == used);
+                CHECK(memcmp(in, out, used) == 0);
                 /* Whatever the wire carries can be written as text and read back. */
                 if (pattern) {
                         endpoint_format_pattern(&e, text);
@@ -281,7 +284,8 @@ static void check_endpoint_wire(const uint8_t in[static PB_ENDPOINT_WIRE_SIZE]) 
                         CHECK(endpoint_parse(text, &again) == 0);
                 }
                 CHECK(endpoint_equal(&e, &again));
-                CHECK(endpoint_matches(&e, &e));
+                /* Every pattern but a Unix directory matches itself. */
+                CHECK(endpoint_matches(&e, &e) == !(endpoint_is_unix(&e) && e.path[strlen(e.path) - 1] == '/'));
         }
 }
 
@@ -293,10 +297,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (n_decoded + n_endpoints + n_patterns != before)
                 n_accepted++;
         /* The first 24 bytes, and where a GET or RELEASE carries its endpoint. */
-        if (size >= PB_ENDPOINT_WIRE_SIZE)
-                check_endpoint_wire(data);
-        if (size >= PB_HEADER_SIZE + PB_ENDPOINT_WIRE_SIZE)
-                check_endpoint_wire(data + PB_HEADER_SIZE);
+        check_endpoint_wire(data, size);
+        if (size >= PB_HEADER_SIZE)
+                check_endpoint_wire(data + PB_HEADER_SIZE, size - PB_HEADER_SIZE);
         return 0;
 }
 

@@ -548,9 +548,19 @@ static void test_validate(void **state) {
 
 /* --- wire encoding ------------------------------------------------------- */
 
+/* Decodes all of in (len bytes), as one endpoint must be. */
+static int decode(const uint8_t *in, size_t len, bool pattern, struct pb_endpoint *ret) {
+        size_t used = 0;
+        int r = endpoint_decode(in, len, pattern, ret, &used);
+
+        if (r == 0)
+                assert_int_equal(used, len);
+        return r;
+}
+
 static void test_encode_layout(void **state) {
         struct pb_endpoint e = parse_ok("tcp:[::1]:8443"), p = pattern_ok("udp:10.1.2.3:1000-2000");
-        uint8_t out[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t out[PB_ENDPOINT_WIRE_MAX];
         static const uint8_t want6[PB_ENDPOINT_WIRE_SIZE] = {
                 6, 6, 0x20, 0xfb, 0x20, 0xfb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         };
@@ -559,53 +569,66 @@ static void test_encode_layout(void **state) {
         };
         static const uint8_t want_any[PB_ENDPOINT_WIRE_SIZE] = { 6, 0, 0, 80, 0, 80 };
 
-        memset(out, 0xEE, sizeof(out));
-        endpoint_encode(&e, out);
-        assert_memory_equal(out, want6, sizeof(out));
+        static const uint8_t want_unix[PB_ENDPOINT_WIRE_SIZE + 1 + 11] = {
+                1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                11, '/', 'r', 'u', 'n', '/', 'a', '.', 's', 'o', 'c', 'k',
+        };
 
         memset(out, 0xEE, sizeof(out));
-        endpoint_encode(&p, out);
-        assert_memory_equal(out, want4, sizeof(out));
+        assert_int_equal(endpoint_encode(&e, out), PB_ENDPOINT_WIRE_SIZE);
+        assert_memory_equal(out, want6, sizeof(want6));
+
+        memset(out, 0xEE, sizeof(out));
+        assert_int_equal(endpoint_encode(&p, out), PB_ENDPOINT_WIRE_SIZE);
+        assert_memory_equal(out, want4, sizeof(want4));
 
         e = parse_ok("80");
         memset(out, 0xEE, sizeof(out));
-        endpoint_encode(&e, out);
-        assert_memory_equal(out, want_any, sizeof(out));
+        assert_int_equal(endpoint_encode(&e, out), PB_ENDPOINT_WIRE_SIZE);
+        assert_memory_equal(out, want_any, sizeof(want_any));
+
+        /* Unix: transport 1, the rest of the 24 bytes zero, then the path's length and bytes. */
+        e = parse_ok("unix:/run/a.sock");
+        memset(out, 0xEE, sizeof(out));
+        assert_int_equal(endpoint_encode(&e, out), sizeof(want_unix));
+        assert_memory_equal(out, want_unix, sizeof(want_unix));
 }
 
 static void test_encode_decode_round_trip(void **state) {
         static const char *const endpoints[] = {
                 "80", "udp:5353", "tcp:127.0.0.1:8080", "tcp:[::1]:8443", "tcp:0.0.0.0:80", "udp:[2001:db8::53]:53",
-                "65535", "1",
+                "65535", "1", "unix:/run/app/web.sock", "unix:/a",
         };
         static const char *const patterns[] = {
-                "tcp:8000-8099", "udp:127.0.0.1:53-54", "tcp:[::1]:1-65535", "443",
+                "tcp:8000-8099", "udp:127.0.0.1:53-54", "tcp:[::1]:1-65535", "443", "unix:/run/app/",
         };
-        uint8_t out[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t out[PB_ENDPOINT_WIRE_MAX];
         struct pb_endpoint d;
+        size_t n;
 
         for (size_t i = 0; i < ELEMENTSOF(endpoints); i++) {
                 struct pb_endpoint e = parse_ok(endpoints[i]);
 
-                endpoint_encode(&e, out);
-                assert_int_equal(endpoint_decode(out, false, &d), 0);
+                n = endpoint_encode(&e, out);
+                assert_int_equal(decode(out, n, false, &d), 0);
                 assert_true(endpoint_equal(&e, &d));
-                assert_int_equal(endpoint_decode(out, true, &d), 0);
+                assert_int_equal(decode(out, n, true, &d), 0);
                 assert_true(endpoint_equal(&e, &d));
         }
         for (size_t i = 0; i < ELEMENTSOF(patterns); i++) {
                 struct pb_endpoint p = pattern_ok(patterns[i]);
+                bool many = p.port_lo != p.port_hi || (endpoint_is_unix(&p) && p.path[strlen(p.path) - 1] == '/');
 
-                endpoint_encode(&p, out);
-                assert_int_equal(endpoint_decode(out, true, &d), 0);
+                n = endpoint_encode(&p, out);
+                assert_int_equal(decode(out, n, true, &d), 0);
                 assert_true(endpoint_equal(&p, &d));
-                assert_int_equal(endpoint_decode(out, false, &d), p.port_lo == p.port_hi ? 0 : -EBADMSG);
+                assert_int_equal(decode(out, n, false, &d), many ? -EBADMSG : 0);
         }
 }
 
 static void test_decode_rejects(void **state) {
         struct pb_endpoint e = parse_ok("tcp:127.0.0.1:80"), d, before;
-        uint8_t good[PB_ENDPOINT_WIRE_SIZE], in[PB_ENDPOINT_WIRE_SIZE];
+        uint8_t good[PB_ENDPOINT_WIRE_MAX], in[PB_ENDPOINT_WIRE_SIZE];
 
         endpoint_encode(&e, good);
         memset(&d, 0x77, sizeof(d));
@@ -613,7 +636,7 @@ static void test_decode_rejects(void **state) {
 
 #define EXPECT_BAD(pattern)                                                     \
         do {                                                                    \
-                assert_int_equal(endpoint_decode(in, pattern, &d), -EBADMSG);   \
+                assert_int_equal(decode(in, sizeof(in), pattern, &d), -EBADMSG); \
                 assert_memory_equal(&d, &before, sizeof(d));                    \
         } while (0)
 
@@ -647,7 +670,7 @@ static void test_decode_rejects(void **state) {
         memcpy(in, good, sizeof(in));
         in[5] = 81;                             /* a range */
         EXPECT_BAD(false);
-        assert_int_equal(endpoint_decode(in, true, &d), 0);
+        assert_int_equal(decode(in, sizeof(in), true, &d), 0);
         assert_int_equal(d.port_lo, 80);
         assert_int_equal(d.port_hi, 81);
         d = before;
@@ -665,7 +688,7 @@ static void test_decode_rejects(void **state) {
         memcpy(in, good, sizeof(in));
         in[1] = PB_FAMILY_INET6;
         memset(in + 8, 0, 16);                  /* [::] as INET6: the IPv6-only wildcard */
-        assert_int_equal(endpoint_decode(in, false, &d), 0);
+        assert_int_equal(decode(in, sizeof(in), false, &d), 0);
         assert_true(endpoint_is_v6only_any(&d));
         d = before;
         in[18] = in[19] = 0xff;                 /* ::ffff:0.0.0.0 */
@@ -673,36 +696,142 @@ static void test_decode_rejects(void **state) {
         in[20] = 1;
         in[23] = 4;                             /* ::ffff:1.0.0.4 */
         EXPECT_BAD(true);
+
+        memcpy(in, good, sizeof(in));
+        in[0] = PB_UNIX;                        /* Unix, with no path after the 24 bytes */
+        memset(in + 1, 0, sizeof(in) - 1);
+        EXPECT_BAD(true);
 #undef EXPECT_BAD
+}
+
+/* A Unix endpoint's path on the wire: its length byte must fit the
+ * message, the path be valid, nothing else set. */
+static void test_decode_rejects_unix(void **state) {
+        struct pb_endpoint e = parse_ok("unix:/run/a.sock"), d;
+        uint8_t good[PB_ENDPOINT_WIRE_MAX], in[PB_ENDPOINT_WIRE_MAX + 1];
+        size_t n = endpoint_encode(&e, good), used;
+
+        memcpy(in, good, n);
+        assert_int_equal(endpoint_decode(in, n - 1, false, &d, &used), -EBADMSG);    /* cut short */
+        assert_int_equal(endpoint_decode(in, PB_ENDPOINT_WIRE_SIZE, false, &d, &used), -EBADMSG);
+        in[n] = 'x';                                    /* more after it: the caller's */
+        assert_int_equal(endpoint_decode(in, n + 1, false, &d, &used), 0);
+        assert_int_equal(used, n);
+
+        memcpy(in, good, n);
+        in[PB_ENDPOINT_WIRE_SIZE + 5] = '\0';           /* a NUL in the path */
+        assert_int_equal(decode(in, n, false, &d), -EBADMSG);
+        memcpy(in, good, n);
+        in[PB_ENDPOINT_WIRE_SIZE + 1] = 'r';            /* relative */
+        assert_int_equal(decode(in, n, false, &d), -EBADMSG);
+        memcpy(in, good, n);
+        in[3] = 80;                                     /* a port */
+        assert_int_equal(decode(in, n, false, &d), -EBADMSG);
+        memcpy(in, good, n);
+        in[1] = PB_FAMILY_INET;                         /* a family */
+        assert_int_equal(decode(in, n, false, &d), -EBADMSG);
+        memcpy(in, good, n);
+        in[8] = 1;                                      /* an address */
+        assert_int_equal(decode(in, n, false, &d), -EBADMSG);
+        memcpy(in, good, n);
+        in[PB_ENDPOINT_WIRE_SIZE] = PB_UNIX_PATH_MAX + 1; /* longer than sun_path allows */
+        memset(in + PB_ENDPOINT_WIRE_SIZE + 1, 'a', PB_UNIX_PATH_MAX + 1);
+        in[PB_ENDPOINT_WIRE_SIZE + 1] = '/';
+        assert_int_equal(endpoint_decode(in, sizeof(in), false, &d, &used), -EBADMSG);
+        /* A TCP endpoint never has a path: its 24 bytes are all of it. */
+        e = parse_ok("tcp:80");
+        e.path[0] = '/';
+        assert_int_equal(endpoint_validate(&e, false), -EINVAL);
+}
+
+/* Unix paths: absolute and normalized; `/dir/` only as a pattern, where
+ * it matches names directly in dir. */
+static void test_unix(void **state) {
+        static const char *const bad[] = {
+                "unix:", "unix:/", "unix:rel/a", "unix://a", "unix:/a//b", "unix:/a/./b", "unix:/a/../b",
+                "unix:/a/..", "unix:/a/.", "unix:/a\tb", "unix:/a/b/", "unix:./a",
+        };
+        struct pb_endpoint e = parse_ok("unix:/run/app/web.sock"), p, q;
+        char buf[PB_ENDPOINT_STRLEN], longest[PB_ENDPOINT_STRLEN];
+
+        assert_true(endpoint_is_unix(&e));
+        assert_string_equal(endpoint_format(&e, buf), "unix:/run/app/web.sock");
+        assert_int_equal(e.port_lo, 0);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                assert_int_equal(endpoint_parse(bad[i], &q), -EINVAL);
+        assert_int_equal(endpoint_parse("unix:/run/app/", &q), -EINVAL);        /* a directory: patterns only */
+        assert_int_equal(endpoint_parse_pattern("unix:/a//", &q), -EINVAL);
+        assert_int_equal(endpoint_parse("unix:/a/..b", &q), 0);                 /* just a name */
+
+        /* 107 bytes of path fit sun_path with its NUL; 108 do not. */
+        memset(longest, 'a', sizeof(longest));
+        memcpy(longest, "unix:/", 6);
+        longest[5 + PB_UNIX_PATH_MAX] = '\0';
+        assert_int_equal(endpoint_parse(longest, &q), 0);
+        assert_string_equal(endpoint_format(&q, buf), longest);
+        longest[5 + PB_UNIX_PATH_MAX] = 'a';
+        longest[6 + PB_UNIX_PATH_MAX] = '\0';
+        assert_int_equal(endpoint_parse(longest, &q), -EINVAL);
+
+        p = pattern_ok("unix:/run/app/");
+        assert_true(endpoint_matches(&p, &e));
+        q = parse_ok("unix:/run/app/sub/web.sock");             /* not directly in it */
+        assert_false(endpoint_matches(&p, &q));
+        q = parse_ok("unix:/run/application");                  /* a prefix, not a directory */
+        assert_false(endpoint_matches(&p, &q));
+        q = parse_ok("unix:/run/app");
+        assert_false(endpoint_matches(&p, &q));
+        p = pattern_ok("unix:/run/app/web.sock");               /* exact */
+        assert_true(endpoint_matches(&p, &e));
+        q = parse_ok("unix:/run/app/web.sock2");
+        assert_false(endpoint_matches(&p, &q));
+        p = pattern_ok("tcp:1-65535");                          /* ports never match paths, nor back */
+        assert_false(endpoint_matches(&p, &e));
+        p = pattern_ok("unix:/run/app/");
+        q = parse_ok("tcp:80");
+        assert_false(endpoint_matches(&p, &q));
+
+        q = parse_ok("unix:/run/app/web.sock");
+        assert_true(endpoint_equal(&e, &q));
+        assert_true(endpoint_overlaps(&e, &q));
+        assert_false(endpoint_splits_clients(&e, &q));
+        q = parse_ok("unix:/run/app/api.sock");
+        assert_false(endpoint_equal(&e, &q));
+        assert_false(endpoint_overlaps(&e, &q));
 }
 
 /* Every single-bit change of a valid encoding is either refused or decodes
  * to an endpoint whose encoding is exactly the changed bytes: the wire form
  * is canonical, nothing is silently dropped. */
 static void test_decode_bit_flips(void **state) {
-        static const char *const seeds[] = { "80", "udp:127.0.0.1:53", "tcp:[fe80::1]:443", "tcp:0.0.0.0:1" };
+        static const char *const seeds[] = { "80", "udp:127.0.0.1:53", "tcp:[fe80::1]:443", "tcp:0.0.0.0:1",
+                                             "unix:/run/a/b.sock" };
         unsigned accepted = 0, refused = 0;
 
         for (size_t s = 0; s < ELEMENTSOF(seeds); s++) {
                 struct pb_endpoint e = parse_ok(seeds[s]);
-                uint8_t good[PB_ENDPOINT_WIRE_SIZE];
+                uint8_t good[PB_ENDPOINT_WIRE_MAX];
+                size_t n = endpoint_encode(&e, good);
 
-                endpoint_encode(&e, good);
-                for (unsigned bit = 0; bit < 8 * PB_ENDPOINT_WIRE_SIZE; bit++)
+                for (unsigned bit = 0; bit < 8 * n; bit++)
                         for (int pattern = 0; pattern <= 1; pattern++) {
-                                uint8_t in[PB_ENDPOINT_WIRE_SIZE], again[PB_ENDPOINT_WIRE_SIZE];
+                                uint8_t in[PB_ENDPOINT_WIRE_MAX], again[PB_ENDPOINT_WIRE_MAX];
                                 struct pb_endpoint d;
 
-                                memcpy(in, good, sizeof(in));
+                                size_t used;
+
+                                memcpy(in, good, n);
                                 in[bit / 8] ^= (uint8_t) (1u << (bit % 8));
-                                if (endpoint_decode(in, pattern, &d) < 0) {
+                                if (endpoint_decode(in, n, pattern, &d, &used) < 0) {
                                         refused++;
                                         continue;
                                 }
+                                /* A shorter path leaves the rest to the caller. */
                                 accepted++;
+                                assert_true(used <= n);
                                 assert_int_equal(endpoint_validate(&d, pattern), 0);
-                                endpoint_encode(&d, again);
-                                assert_memory_equal(in, again, sizeof(in));
+                                assert_int_equal(endpoint_encode(&d, again), used);
+                                assert_memory_equal(in, again, used);
                         }
         }
         assert_true(accepted > 0);
@@ -750,6 +879,8 @@ int main(void) {
                 cmocka_unit_test(test_encode_layout),
                 cmocka_unit_test(test_encode_decode_round_trip),
                 cmocka_unit_test(test_decode_rejects),
+                cmocka_unit_test(test_decode_rejects_unix),
+                cmocka_unit_test(test_unix),
                 cmocka_unit_test(test_decode_bit_flips),
                 cmocka_unit_test(test_equal),
         };

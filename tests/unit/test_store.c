@@ -79,36 +79,97 @@ static void test_new_database_schema(void **state) {
         assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE name IN ('rules','leases','events')"), 3);
 }
 
-/* The first IPv6-only wildcard (a lease or a rule) marks the database
- * version 3, in its own commit, so that a brokerd from before it refuses
- * the database by its version rather than failing to decode the endpoint;
- * other endpoints leave it at 2. A failed add marks nothing. */
-static void test_v6only_wildcard_marks_version_3(void **state) {
+static int collect_rule(const struct store_rule *r, void *userdata) {
+        struct store_rule *out = userdata;
+        out[out[0].id == 0 ? 0 : 1] = *r;
+        return 0;
+}
+
+/* Version 4 rebuilds rules and leases: what a version 3 database held
+ * (an IPv6-only wildcard's lease and rule) is kept, and so are the
+ * AUTOINCREMENT counters, so that a released lease's id never comes back.
+ * Then a Unix lease keeps its path and socket file, a Unix rule its
+ * socket group and mode; a file recorded anew survives a reopen. */
+static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         struct store *s = open_ok();
         struct store_event ev = { .event = "create", .uid = 0, .pid = 1 };
-        struct store_lease l = { .owner_uid = 4242 }, dup;
-        struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 4242 } };
+        struct store_lease l = { .owner_uid = 4242 }, loaded[2] = { { 0 } };
+        struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 4242 } }, rules[2] = { { 0 } };
+        struct lease_unix ux = { .uid = 4242, .gid = 33, .mode = 0660, .dev = 2049, .ino = 77 };
+        uint64_t next;
+        sqlite3 *db;
 
-        assert_int_equal(endpoint_parse("tcp:[::1]:53", &l.endpoint), 0);
-        assert_int_equal(store_lease_add(s, &l, &ev), 0);
-        dup = l;
-        assert_int_equal(store_lease_add(s, &dup, &ev), -EEXIST);
+        /* A version 3 database: the old tables, a lease released (id 2). */
         store_close(s);
-        assert_int_equal(sql_int("PRAGMA user_version"), 2);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db,
+                "DROP TABLE rules; DROP TABLE leases;"
+                "CREATE TABLE rules (id INTEGER PRIMARY KEY AUTOINCREMENT, principal_kind INTEGER NOT NULL, "
+                "principal_id INTEGER NOT NULL, principal_unit TEXT NOT NULL DEFAULT '', "
+                "pattern BLOB NOT NULL CHECK (length(pattern) = 24), pattern_text TEXT NOT NULL, "
+                "created INTEGER NOT NULL, created_by INTEGER NOT NULL);"
+                "CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "endpoint BLOB NOT NULL UNIQUE CHECK (length(endpoint) = 24), endpoint_text TEXT NOT NULL, "
+                "owner_uid INTEGER NOT NULL, created INTEGER NOT NULL, socket_cookie INTEGER NOT NULL DEFAULT 0, "
+                "boot_id TEXT NOT NULL DEFAULT '');"
+                "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created) VALUES "
+                "(x'110600350035000000000000000000000000000000000000', 'udp6:[::]:53', 4242, 1);"
+                "INSERT INTO leases (endpoint, endpoint_text, owner_uid, created) VALUES "
+                "(x'060000500050000000000000000000000000000000000000', 'tcp:[::]:80', 4242, 1);"
+                "DELETE FROM leases WHERE id = 2;"
+                "INSERT INTO rules (principal_kind, principal_id, pattern, pattern_text, created, created_by) VALUES "
+                "(1, 4242, x'060600500050000000000000000000000000000000000000', 'tcp6:[::]:80', 1, 0);"
+                "PRAGMA user_version = 3;", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(db);
 
         s = open_ok();
-        l = (struct store_lease) { .owner_uid = 4242, .id = 0 };
-        assert_int_equal(endpoint_parse("udp6:53", &l.endpoint), 0);
-        assert_int_equal(store_lease_add(s, &l, &ev), 0);
-        store_close(s);
-        assert_int_equal(sql_int("PRAGMA user_version"), 3);
+        assert_int_equal(sql_int("PRAGMA user_version"), 4);
+        assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
+        assert_int_equal(loaded[0].id, 1);
+        assert_true(endpoint_is_v6only_any(&loaded[0].endpoint));
+        assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
+        assert_true(endpoint_is_v6only_any(&rules[0].pattern));
+        assert_int_equal(rules[0].perm.gid, PB_SOCKET_GROUP_NONE);
+        assert_int_equal(store_lease_next_id(s, &next), 0);
+        assert_int_equal(next, 3);                      /* not 2: it was a lease's */
 
-        s = open_ok();                  /* version 3 opens, and stays 3 */
+        assert_int_equal(endpoint_parse("unix:/run/app/web.sock", &l.endpoint), 0);
+        l.ux = ux;
+        assert_int_equal(store_lease_add(s, &l, &ev), 0);
+        assert_int_equal(l.id, 3);
         ev.event = "policy-add";
-        assert_int_equal(endpoint_parse_pattern("tcp6:80", &r.pattern), 0);
+        assert_int_equal(endpoint_parse_pattern("unix:/run/app/", &r.pattern), 0);
+        r.perm = (struct pb_socket_perm) { .gid = 33, .mode = 0660 };
         assert_int_equal(store_rule_add(s, &r, &ev), 0);
+        ux.dev = 2050;
+        ux.ino = 78;
+        assert_int_equal(store_lease_set_file(s, l.id, &ux), 0);
         store_close(s);
-        assert_int_equal(sql_int("PRAGMA user_version"), 3);
+
+        s = open_ok();
+        memset(loaded, 0, sizeof(loaded));
+        memset(rules, 0, sizeof(rules));
+        assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
+        assert_string_equal(loaded[1].endpoint.path, "/run/app/web.sock");
+        assert_int_equal(loaded[1].ux.uid, 4242);
+        assert_int_equal(loaded[1].ux.gid, 33);
+        assert_int_equal(loaded[1].ux.mode, 0660);
+        assert_int_equal(loaded[1].ux.dev, 2050);
+        assert_int_equal(loaded[1].ux.ino, 78);
+        assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
+        assert_string_equal(rules[1].pattern.path, "/run/app/");
+        assert_int_equal(rules[1].perm.gid, 33);
+        assert_int_equal(rules[1].perm.mode, 0660);
+        store_close(s);
+
+        /* A mode past 0777 in the database is corruption, not a socket's mode. */
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "UPDATE rules SET socket_mode = 4095 WHERE id = 2", NULL, NULL, NULL),
+                         SQLITE_OK);
+        sqlite3_close(db);
+        s = open_ok();
+        assert_int_equal(store_rules_load(s, collect_rule, rules), -EBADMSG);
+        store_close(s);
 }
 
 static void test_rules_and_leases_survive_reopen(void **state) {
@@ -285,7 +346,7 @@ static void test_v1_migrated_and_reserved_ports_kept(void **state) {
         sqlite3_close(db);
 
         s = open_ok();
-        assert_int_equal(sql_int("PRAGMA user_version"), 2);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
         assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
         assert_int_equal(loaded[0].owner_uid, 4242);
         assert_int_equal(store_reserved_set(s, 50001, true), 0);
@@ -327,7 +388,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_corrupt_database_refused, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_v6only_wildcard_marks_version_3, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_v3_migrated_and_unix_endpoints_stored, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_v1_migrated_and_reserved_ports_kept, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
         };
