@@ -93,9 +93,46 @@ static int check_ancestors(const char *dir, const struct stat *dir_st) {
         return 0;
 }
 
-int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n) {
+/* Opens dir (absolute, normalized) as an O_PATH handle without following a
+ * symlink anywhere on its path: openat2() with RESOLVE_NO_SYMLINKS, or where
+ * that is missing (ENOSYS: valgrind 3.19, kernels before 5.6) one name at a
+ * time with O_NOFOLLOW. Returns the fd or -errno (-ELOOP: a symlink). */
+static int open_dir_nofollow(const char *dir) {
         struct open_how how = { .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
                                 .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
+        char name[PB_UNIX_PATH_MAX + 1];
+        int fd = (int) syscall(SYS_openat2, AT_FDCWD, dir, &how, sizeof(how));
+
+        if (fd >= 0 || errno != ENOSYS)
+                return fd >= 0 ? fd : -errno;
+        _cleanup_close_ int at_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (at_fd < 0)
+                return -errno;
+        for (const char *c = dir + 1; *c;) {
+                size_t len = strcspn(c, "/");
+                struct stat st;
+
+                if (len >= sizeof(name))
+                        return -ENAMETOOLONG;
+                memcpy(name, c, len);
+                name[len] = '\0';
+                fd = openat(at_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+                if (fd < 0)
+                        return -errno;
+                at_fd = safe_close(at_fd);
+                at_fd = fd;
+                if (fstat(at_fd, &st) < 0)
+                        return -errno;
+                if (!S_ISDIR(st.st_mode))
+                        return S_ISLNK(st.st_mode) ? -ELOOP : -ENOTDIR;
+                c += len + (c[len] == '/');
+        }
+        fd = at_fd;
+        at_fd = -1;
+        return fd;
+}
+
+int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n) {
         int r;
 
         *d = (struct unix_dirs) { 0 };
@@ -106,9 +143,9 @@ int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n) {
                 r = safepath_private_dir(paths[i], 0755, geteuid());
                 if (r < 0)
                         return r;
-                fd = (int) syscall(SYS_openat2, AT_FDCWD, paths[i], &how, sizeof(how));
+                fd = open_dir_nofollow(paths[i]);
                 if (fd < 0) {
-                        r = -errno;
+                        r = fd;
                         log_msg(LOG_ERR, "cannot open --unix-dir %s: %s%s", paths[i], strerror(-r),
                                 r == -ELOOP ? " (a symlink in its path)" : "");
                         return r;
