@@ -119,6 +119,9 @@ static int parse_args(const char *verb, int argc, char **argv, struct run_args *
                         int r = cli_check_endpoint(opt, false);
                         if (r != 0)
                                 return r;
+                        /* The shim's list is comma-separated. */
+                        if (strchr(opt, ','))
+                                return cli_usage("%s: '%s': a path with ',' cannot be handed to the shim", verb, opt);
                         /* Endpoints are compacted to the front of argv. */
                         a->endpoints[a->n_endpoints++] = argv[i];
                 }

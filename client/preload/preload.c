@@ -14,6 +14,13 @@
  * left as brokerd set them. accept() and epoll_ctl(ADD) on one tell
  * `portctl upgrade` that the server serves.
  *
+ * A Unix stream socket bound to a path is brokered only when that path is
+ * named (`unix:/run/app/app.sock`); its file is brokerd's, made with the
+ * owner, group and mode the rule gives. A server that removes the file
+ * before bind() or at exit (gunicorn, php-fpm) or sets its owner or mode
+ * would undo that: unlink(), unlinkat(), remove(), chmod(), fchmodat(),
+ * chown(), lchown() and fchownat() of a named path succeed and do nothing.
+ *
  * Only the wrapped calls are exported (preload.sym). Each wrapper calls the
  * next definition (RTLD_NEXT, found once at load: other preloaded libraries
  * and glibc's cancellation points keep working) and otherwise works on stack
@@ -37,15 +44,18 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -63,8 +73,9 @@
 #define BROKER_TIMEOUT_SEC 10
 
 static struct {
-        bool all;                       /* no endpoint list: try every bind */
+        bool all;                       /* no endpoint list: try every bind to a port */
         size_t n_endpoints;
+        size_t n_unix;                  /* of them Unix endpoints: paths to keep */
         struct pb_endpoint endpoints[ENDPOINTS_MAX];
         struct sockaddr_un control;
         struct sockaddr_un ready;       /* abstract; sun_path[1] == 0: none */
@@ -84,6 +95,14 @@ static struct {
         int (*accept4)(int, struct sockaddr *, socklen_t *, int);
         int (*epoll_ctl)(int, int, int, struct epoll_event *);
         int (*shutdown)(int, int);
+        int (*unlink)(const char *);
+        int (*unlinkat)(int, const char *, int);
+        int (*remove)(const char *);
+        int (*chmod)(const char *, mode_t);
+        int (*fchmodat)(int, const char *, mode_t, int);
+        int (*chown)(const char *, uid_t, gid_t);
+        int (*lchown)(const char *, uid_t, gid_t);
+        int (*fchownat)(int, const char *, uid_t, gid_t, int);
 } next;
 
 static int next_bind(int fd, const struct sockaddr *sa, socklen_t len) {
@@ -105,7 +124,7 @@ static void parse_endpoints(const char *list) {
                         memcpy(item, list, len);
                         item[len] = '\0';
                         if (endpoint_parse(item, &cfg.endpoints[cfg.n_endpoints]) == 0)
-                                cfg.n_endpoints++;
+                                cfg.n_unix += endpoint_is_unix(&cfg.endpoints[cfg.n_endpoints++]);
                 }
                 list += len + (list[len] == ',');
         }
@@ -123,6 +142,14 @@ __attribute__((constructor)) static void preload_init(void) {
         next.accept4 = (int (*)(int, struct sockaddr *, socklen_t *, int)) dlsym(RTLD_NEXT, "accept4");
         next.epoll_ctl = (int (*)(int, int, int, struct epoll_event *)) dlsym(RTLD_NEXT, "epoll_ctl");
         next.shutdown = (int (*)(int, int)) dlsym(RTLD_NEXT, "shutdown");
+        next.unlink = (int (*)(const char *)) dlsym(RTLD_NEXT, "unlink");
+        next.unlinkat = (int (*)(int, const char *, int)) dlsym(RTLD_NEXT, "unlinkat");
+        next.remove = (int (*)(const char *)) dlsym(RTLD_NEXT, "remove");
+        next.chmod = (int (*)(const char *, mode_t)) dlsym(RTLD_NEXT, "chmod");
+        next.fchmodat = (int (*)(int, const char *, mode_t, int)) dlsym(RTLD_NEXT, "fchmodat");
+        next.chown = (int (*)(const char *, uid_t, gid_t)) dlsym(RTLD_NEXT, "chown");
+        next.lchown = (int (*)(const char *, uid_t, gid_t)) dlsym(RTLD_NEXT, "lchown");
+        next.fchownat = (int (*)(int, const char *, uid_t, gid_t, int)) dlsym(RTLD_NEXT, "fchownat");
         /* A set-user-ID or file-capability program (secure execution) is
          * not steered by its caller's environment, which secure_getenv()
          * does not read there: the shim (loaded into one only through
@@ -162,6 +189,76 @@ static bool is_brokered(int fd) {
         return endpoint_of(fd, (struct sockaddr *) &ss, len, &e) && wanted(&e);
 }
 
+/* Appends the decimal digits of n to buf at *used (room permitting). */
+static void append_number(char *buf, size_t size, size_t *used, unsigned long n) {
+        char digits[24];
+        size_t k = 0;
+
+        do
+                digits[k++] = (char) ('0' + n % 10);
+        while ((n /= 10) > 0);
+        while (k > 0 && *used + 1 < size)
+                buf[(*used)++] = digits[--k];
+}
+
+/*
+ * The Unix endpoint that path (n bytes, no NUL among them) names: when it
+ * is relative, under dir_fd's directory (AT_FDCWD: the working one); empty
+ * and `.` components dropped, as the kernel resolves names. A path with a
+ * `..` component, or one too long for an endpoint, is none.
+ */
+static bool unix_endpoint_at(int dir_fd, const char *path, size_t n, struct pb_endpoint *ret) {
+        char full[PATH_MAX], text[sizeof("unix:") + PB_UNIX_PATH_MAX + 1];
+        size_t used = 0, t = 5;
+
+        if (n == 0 || n >= sizeof(full) - 1)
+                return false;
+        if (path[0] != '/') {
+                if (dir_fd == AT_FDCWD) {
+                        if (!getcwd(full, sizeof(full) - 1 - n))
+                                return false;
+                        used = strlen(full);
+                } else {
+                        char link[32] = "/proc/self/fd/";
+                        size_t k = strlen(link);
+                        ssize_t got;
+
+                        if (dir_fd < 0)
+                                return false;
+                        append_number(link, sizeof(link), &k, (unsigned long) dir_fd);
+                        link[k] = '\0';
+                        got = readlink(link, full, sizeof(full) - 1 - n);
+                        if (got <= 0 || full[0] != '/' || (size_t) got >= sizeof(full) - 1 - n)
+                                return false;
+                        used = (size_t) got;
+                }
+                full[used++] = '/';
+        }
+        memcpy(full + used, path, n);
+        used += n;
+        memcpy(text, "unix:", t);
+        for (size_t i = 0; i < used;) {
+                size_t len = 0;
+
+                while (i < used && full[i] == '/')
+                        i++;
+                while (i + len < used && full[i + len] != '/')
+                        len++;
+                if (len == 0 || (len == 1 && full[i] == '.')) {
+                        i += len;
+                        continue;
+                }
+                if ((len == 2 && full[i] == '.' && full[i + 1] == '.') || t + 1 + len >= sizeof(text))
+                        return false;
+                text[t++] = '/';
+                memcpy(text + t, full + i, len);
+                t += len;
+                i += len;
+        }
+        text[t] = '\0';
+        return endpoint_parse(text, ret) == 0;
+}
+
 /* The endpoint a bind() of fd to sa means, if it is one brokerd can hold. */
 static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct pb_endpoint *ret) {
         struct pb_endpoint e = { 0 };
@@ -169,6 +266,20 @@ static bool endpoint_of(int fd, const struct sockaddr *sa, socklen_t len, struct
 
         if (!sa)
                 return false;
+        if (sa->sa_family == AF_UNIX) {
+                const struct sockaddr_un *un = (const struct sockaddr_un *) sa;
+                size_t max = len > offsetof(struct sockaddr_un, sun_path)
+                                     ? len - offsetof(struct sockaddr_un, sun_path) : 0;
+
+                /* A stream socket bound to a pathname (not abstract, not unnamed);
+                 * only named ones are brokered, so none at all without a name. */
+                if (!cfg.n_unix || max == 0 || sockopt_get_int(fd, SOL_SOCKET, SO_DOMAIN) != AF_UNIX ||
+                    sockopt_get_int(fd, SOL_SOCKET, SO_TYPE) != SOCK_STREAM)
+                        return false;
+                return unix_endpoint_at(AT_FDCWD, un->sun_path,
+                                        strnlen(un->sun_path, max < sizeof(un->sun_path) ? max : sizeof(un->sun_path)),
+                                        ret);
+        }
         if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
                 const struct sockaddr_in *sin = (const struct sockaddr_in *) sa;
                 e.family = PB_FAMILY_INET;
@@ -212,15 +323,17 @@ static bool is_wildcard(const struct pb_endpoint *e) {
 /* Whether e is named: exactly, or as a wildcard of a port named as a
  * whole (a dual-stack wildcard: `portctl run 8080` serves a server that
  * binds 0.0.0.0:8080, [::]:8080 or both with IPV6_V6ONLY, each with the
- * lease of what it made). */
+ * lease of what it made). With no endpoint named, every port is, and no
+ * Unix path. */
 static bool wanted(const struct pb_endpoint *e) {
         if (cfg.all)
-                return true;
+                return !endpoint_is_unix(e);
         for (size_t i = 0; i < cfg.n_endpoints; i++) {
                 const struct pb_endpoint *n = &cfg.endpoints[i];
 
-                if (endpoint_equal(n, e) || (n->family == PB_FAMILY_ANY && n->transport == e->transport &&
-                                             n->port_lo == e->port_lo && is_wildcard(e)))
+                if (endpoint_equal(n, e) || (n->family == PB_FAMILY_ANY && !endpoint_is_unix(n) &&
+                                             n->transport == e->transport && n->port_lo == e->port_lo &&
+                                             is_wildcard(e)))
                         return true;
         }
         return false;
@@ -321,6 +434,8 @@ static const struct carried_option {
         { SOL_SOCKET, SO_TIMESTAMP, 0, 0, false },
         { SOL_SOCKET, SO_TIMESTAMPNS, 0, 0, false },
         { SOL_SOCKET, SO_RXQ_OVFL, 0, SOCK_DGRAM, false },
+        { SOL_SOCKET, SO_PASSCRED, AF_UNIX, 0, false },
+        { SOL_SOCKET, SO_PASSSEC, AF_UNIX, 0, false },
         { IPPROTO_IP, IP_PKTINFO, AF_INET, 0, false },
         { IPPROTO_IP, IP_RECVTOS, AF_INET, 0, false },
         { IPPROTO_IP, IP_RECVTTL, AF_INET, 0, false },
@@ -492,7 +607,6 @@ static void maybe_ready(int fd) {
         int saved_errno = errno;
         char text[32];
         size_t n = 0;
-        pid_t pid;
         int report_fd;
 
         if (!cfg.ready_len || __atomic_load_n(&ready_sent, __ATOMIC_RELAXED) || !is_brokered(fd))
@@ -501,11 +615,8 @@ static void maybe_ready(int fd) {
         report_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         if (report_fd < 0)
                 goto out;
-        pid = getpid();
-        do
-                text[sizeof(text) - 1 - n++] = (char) ('0' + pid % 10);
-        while ((pid /= 10) > 0 && n < sizeof(text) - 1);
-        (void) sendto(report_fd, text + sizeof(text) - n, n, MSG_DONTWAIT, (struct sockaddr *) &cfg.ready, cfg.ready_len);
+        append_number(text, sizeof(text), &n, (unsigned long) getpid());
+        (void) sendto(report_fd, text, n, MSG_DONTWAIT, (struct sockaddr *) &cfg.ready, cfg.ready_len);
         report_fd = safe_close(report_fd);
 out:
         errno = saved_errno;
@@ -525,4 +636,74 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         if (op == EPOLL_CTL_ADD)
                 maybe_ready(fd);
         return next.epoll_ctl ? next.epoll_ctl(epfd, op, fd, ev) : (int) syscall(SYS_epoll_ctl, epfd, op, fd, ev);
+}
+
+/* Whether path (under dir_fd when relative) is the file of a Unix endpoint
+ * named for the shim: brokerd's, with the rule's owner, group and mode.
+ * Keeps errno. */
+static bool is_named_file(int dir_fd, const char *path) {
+        int saved_errno = errno;
+        struct pb_endpoint e;
+        bool named = cfg.n_unix && path && unix_endpoint_at(dir_fd, path, strnlen(path, PATH_MAX), &e) && wanted(&e);
+
+        errno = saved_errno;
+        return named;
+}
+
+/* A server removes its socket's file before bind() (gunicorn, php-fpm) and
+ * at exit; a named one is brokerd's, where the next server finds it (the
+ * kernel would refuse anyway, in a directory that is root's, and the
+ * server stop): it succeeds and stays. */
+int unlink(const char *path) {
+        if (is_named_file(AT_FDCWD, path))
+                return 0;
+        return next.unlink ? next.unlink(path) : (int) syscall(SYS_unlink, path);
+}
+
+int unlinkat(int dir_fd, const char *path, int flags) {
+        if (!(flags & AT_REMOVEDIR) && is_named_file(dir_fd, path))
+                return 0;
+        return next.unlinkat ? next.unlinkat(dir_fd, path, flags) : (int) syscall(SYS_unlinkat, dir_fd, path, flags);
+}
+
+/* glibc's remove() calls its own unlink(), not ours. */
+int remove(const char *path) {
+        if (is_named_file(AT_FDCWD, path))
+                return 0;
+        return next.remove ? next.remove(path) : (int) syscall(SYS_unlink, path);
+}
+
+/* The owner, group and mode of a named file are the rule's (a server sets
+ * them after bind(): php-fpm's listen.mode, gunicorn's --user): changing
+ * them succeeds and does nothing. */
+int chmod(const char *path, mode_t mode) {
+        if (is_named_file(AT_FDCWD, path))
+                return 0;
+        return next.chmod ? next.chmod(path, mode) : (int) syscall(SYS_chmod, path, mode);
+}
+
+int fchmodat(int dir_fd, const char *path, mode_t mode, int flags) {
+        if (is_named_file(dir_fd, path))
+                return 0;
+        return next.fchmodat ? next.fchmodat(dir_fd, path, mode, flags)
+                             : (int) syscall(SYS_fchmodat, dir_fd, path, mode);
+}
+
+int chown(const char *path, uid_t uid, gid_t gid) {
+        if (is_named_file(AT_FDCWD, path))
+                return 0;
+        return next.chown ? next.chown(path, uid, gid) : (int) syscall(SYS_chown, path, uid, gid);
+}
+
+int lchown(const char *path, uid_t uid, gid_t gid) {
+        if (is_named_file(AT_FDCWD, path))
+                return 0;
+        return next.lchown ? next.lchown(path, uid, gid) : (int) syscall(SYS_lchown, path, uid, gid);
+}
+
+int fchownat(int dir_fd, const char *path, uid_t uid, gid_t gid, int flags) {
+        if (is_named_file(dir_fd, path))
+                return 0;
+        return next.fchownat ? next.fchownat(dir_fd, path, uid, gid, flags)
+                             : (int) syscall(SYS_fchownat, dir_fd, path, uid, gid, flags);
 }
