@@ -163,7 +163,7 @@ void request_reexec_answer(struct broker *b, int fd, uint32_t id);
 struct mm_socket {
         uint64_t cookie;                /* SO_COOKIE */
         uint8_t how;                    /* enum privsep_how */
-        uint64_t dev, ino;              /* a Unix socket's file */
+        struct unix_file file;          /* a Unix socket's file */
 };
 
 /* Hello: the guard's state into b. Returns 0 or -errno. */

@@ -146,9 +146,8 @@ static void note_socket(struct broker *b, struct lease *l, const struct mm_socke
         char text[PB_ENDPOINT_STRLEN];
         struct log_fields f = lease_fields(l, text);
 
-        if (l->ux && (l->ux->dev != got->dev || l->ux->ino != got->ino)) {
-                l->ux->dev = got->dev;
-                l->ux->ino = got->ino;
+        if (l->ux && memcmp(&l->ux->file, &got->file, sizeof(got->file)) != 0) {
+                l->ux->file = got->file;
                 if (store_lease_set_file(b->store, l->id, l->ux) < 0)
                         log_event(LOG_ERR, "error", &f, "lease %llu: cannot record its new socket file; a start "
                                   "without its socket will find the file brokerd made not its own",

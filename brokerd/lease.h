@@ -41,13 +41,19 @@ struct holder_set {
         int epoll_fd;                   /* -1 before holder_set_init() */
 };
 
+/* Which file a Unix lease's socket file is: device, inode and birth time
+ * (or, where the file system keeps none, the time of brokerd's chown), in
+ * nanoseconds: an inode number alone comes back for the next file made. */
+struct unix_file {
+        uint64_t dev, ino, born;        /* all 0: none */
+};
+
 /* A Unix lease's socket file, as brokerd makes it: owned by the lease's
  * owner, with the group and mode of the rule that allowed it. */
 struct lease_unix {
         uint32_t uid, gid;
         uint16_t mode;
-        uint64_t dev, ino;              /* the file brokerd made (0, 0: none yet); only that one
-                                         * is ever removed or replaced */
+        struct unix_file file;          /* the one brokerd made; only that one is ever removed or replaced */
 };
 
 struct lease {

@@ -151,8 +151,7 @@ static int await_socket(struct broker *b, uint64_t id, int *ret_fd, struct mm_so
         if (r.socket.error)
                 return -r.socket.error;
         *ret_fd = fd;
-        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how, .dev = r.socket.dev,
-                                    .ino = r.socket.ino };
+        *ret = (struct mm_socket) { .cookie = r.socket.cookie, .how = r.socket.how, .file = r.socket.file };
         return 0;
 }
 

@@ -296,8 +296,7 @@ static void reply_socket(struct monitor *m, const struct lease *l, uint64_t id, 
         if (!error)
                 msg.socket.cookie = socket_cookie(l->sock_fd);
         if (!error && l->ux) {
-                msg.socket.dev = l->ux->dev;
-                msg.socket.ino = l->ux->ino;
+                msg.socket.file = l->ux->file;
         }
         reply(m, &msg, error ? -1 : l->sock_fd);
 }

@@ -147,6 +147,18 @@ static void put_counts(struct wcur *w, const struct privsep_msg *m) {
         put_be(w, m->counts.unbound, 4);
 }
 
+static void put_unix_file(struct wcur *w, const struct unix_file *f) {
+        put_be(w, f->dev, 8);
+        put_be(w, f->ino, 8);
+        put_be(w, f->born, 8);
+}
+
+static void get_unix_file(struct rcur *r, struct unix_file *f) {
+        f->dev = get_be(r, 8);
+        f->ino = get_be(r, 8);
+        f->born = get_be(r, 8);
+}
+
 static void encode_body(struct wcur *w, const struct privsep_msg *m) {
         switch (m->type) {
         case PS_HELLO:
@@ -160,8 +172,7 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
                         put_be(w, m->lease.ux.uid, 4);
                         put_be(w, m->lease.ux.gid, 4);
                         put_be(w, m->lease.ux.mode, 2);
-                        put_be(w, m->lease.ux.dev, 8);
-                        put_be(w, m->lease.ux.ino, 8);
+                        put_unix_file(w, &m->lease.ux.file);
                 }
                 break;
         case PS_NOTE_RESERVED:
@@ -204,8 +215,7 @@ static void encode_body(struct wcur *w, const struct privsep_msg *m) {
                 put_be(w, m->socket.lease_id, 8);
                 put_errno(w, m->socket.error);
                 put_be(w, m->socket.cookie, 8);
-                put_be(w, m->socket.dev, 8);
-                put_be(w, m->socket.ino, 8);
+                put_unix_file(w, &m->socket.file);
                 put_u8(w, m->socket.how);
                 break;
         case PS_WANT_UNITS:
@@ -237,8 +247,7 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                         m->lease.ux.uid = (uint32_t) get_be(r, 4);
                         m->lease.ux.gid = (uint32_t) get_be(r, 4);
                         m->lease.ux.mode = (uint16_t) get_be(r, 2);
-                        m->lease.ux.dev = get_be(r, 8);
-                        m->lease.ux.ino = get_be(r, 8);
+                        get_unix_file(r, &m->lease.ux.file);
                         if (m->lease.ux.mode > 0777 || m->lease.ux.uid == UINT32_MAX)
                                 r->bad = true;
                 }
@@ -288,8 +297,7 @@ static void decode_body(struct rcur *r, struct privsep_msg *m) {
                 m->socket.lease_id = get_id(r);
                 m->socket.error = get_errno(r);
                 m->socket.cookie = get_be(r, 8);
-                m->socket.dev = get_be(r, 8);
-                m->socket.ino = get_be(r, 8);
+                get_unix_file(r, &m->socket.file);
                 m->socket.how = get_u8(r);
                 /* A socket says how it came; an error has none. */
                 if (m->socket.error ? m->socket.how != 0 : m->socket.how < PS_HOW_HELD || m->socket.how > PS_HOW_BOUND)

@@ -115,7 +115,7 @@ struct privsep_msg {
                         int32_t error;          /* 0, or why there is no socket (errno) */
                         uint64_t cookie;        /* SO_COOKIE of the socket */
                         uint8_t how;            /* enum privsep_how */
-                        uint64_t dev, ino;      /* a Unix socket's file, 0: none */
+                        struct unix_file file;  /* a Unix socket's, 0: none */
                 } socket;
         };
 };

@@ -190,8 +190,7 @@ static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct
                 log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", reply->error.message);
                 return NULL;
         }
-        ux.dev = got.dev;
-        ux.ino = got.ino;
+        ux.file = got.file;
         l = get_record(c, req, reply, text, id, sock_fd, got.cookie, &ux);
         if (!l) {
                 mm_release(b, id);

@@ -61,15 +61,15 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created, socket_gid, "
                      "socket_mode FROM rules ORDER BY id",
         [ST_LEASE_ADD] = "INSERT INTO leases (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, "
-                         "boot_id, unix_uid, unix_gid, unix_mode, unix_dev, unix_ino) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "boot_id, unix_uid, unix_gid, unix_mode, unix_dev, unix_ino, unix_born) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         /* AUTOINCREMENT's next id: never one a released lease had. */
         [ST_LEASE_NEXT_ID] = "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'leases'), 0), "
                              "coalesce((SELECT max(id) FROM leases), 0)) + 1",
         [ST_LEASE_REMOVE] = "DELETE FROM leases WHERE id = ?",
-        [ST_LEASE_SET_FILE] = "UPDATE leases SET unix_dev = ?, unix_ino = ? WHERE id = ?",
+        [ST_LEASE_SET_FILE] = "UPDATE leases SET unix_dev = ?, unix_ino = ?, unix_born = ? WHERE id = ?",
         [ST_LEASES] = "SELECT id, endpoint, owner_uid, created, socket_cookie, boot_id, unix_uid, unix_gid, "
-                      "unix_mode, unix_dev, unix_ino FROM leases ORDER BY id",
+                      "unix_mode, unix_dev, unix_ino, unix_born FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
@@ -150,7 +150,8 @@ static const char schema_v4[] =
         "  unix_gid INTEGER NOT NULL DEFAULT 4294967295,"
         "  unix_mode INTEGER NOT NULL DEFAULT 384,"
         "  unix_dev INTEGER NOT NULL DEFAULT 0,"
-        "  unix_ino INTEGER NOT NULL DEFAULT 0);"
+        "  unix_ino INTEGER NOT NULL DEFAULT 0,"
+        "  unix_born INTEGER NOT NULL DEFAULT 0);"
         "INSERT INTO leases_v4 (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id)"
         "  SELECT id, endpoint, endpoint_text, owner_uid, created, socket_cookie, boot_id FROM leases;"
         "CREATE TEMP TABLE seq_v4 AS SELECT name, seq FROM sqlite_sequence WHERE name IN ('rules', 'leases');"
@@ -431,8 +432,9 @@ int store_lease_add(struct store *s, struct store_lease *l, const struct store_e
         sqlite3_bind_int64(st, 8, l->ux.uid);
         sqlite3_bind_int64(st, 9, endpoint_is_unix(&l->endpoint) ? l->ux.gid : PB_SOCKET_GROUP_NONE);
         sqlite3_bind_int(st, 10, endpoint_is_unix(&l->endpoint) ? l->ux.mode : PB_SOCKET_MODE_DEFAULT);
-        sqlite3_bind_int64(st, 11, (sqlite3_int64) l->ux.dev);
-        sqlite3_bind_int64(st, 12, (sqlite3_int64) l->ux.ino);
+        sqlite3_bind_int64(st, 11, (sqlite3_int64) l->ux.file.dev);
+        sqlite3_bind_int64(st, 12, (sqlite3_int64) l->ux.file.ino);
+        sqlite3_bind_int64(st, 13, (sqlite3_int64) l->ux.file.born);
         r = run(s, ST_LEASE_ADD);
         if (r >= 0) {
                 l->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
@@ -447,9 +449,10 @@ int store_lease_set_file(struct store *s, uint64_t id, const struct lease_unix *
 
         if (r < 0)
                 return r;
-        sqlite3_bind_int64(st, 1, (sqlite3_int64) ux->dev);
-        sqlite3_bind_int64(st, 2, (sqlite3_int64) ux->ino);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64) id);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) ux->file.dev);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) ux->file.ino);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64) ux->file.born);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64) id);
         r = run(s, ST_LEASE_SET_FILE);
         return tx_end(s, r);
 }
@@ -599,8 +602,9 @@ int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, vo
                         r = -EBADMSG;
                 if (r >= 0) {
                         l.ux = (struct lease_unix) { .uid = (uint32_t) unix_uid, .gid = perm.gid, .mode = perm.mode,
-                                                     .dev = (uint64_t) sqlite3_column_int64(st, 9),
-                                                     .ino = (uint64_t) sqlite3_column_int64(st, 10) };
+                                                     .file = { .dev = (uint64_t) sqlite3_column_int64(st, 9),
+                                                               .ino = (uint64_t) sqlite3_column_int64(st, 10),
+                                                               .born = (uint64_t) sqlite3_column_int64(st, 11) } };
                         r = fn(&l, userdata);
                 }
         }

@@ -3,23 +3,21 @@
  * Unix-domain leases' directories and socket files (see unixdir.h). The
  * socket is bound by its absolute path, since the path is its address (a
  * server's getsockname() must show it), and checked after through the
- * directory's handle: a bind that landed anywhere else is undone.
+ * directory's handle: a bind that landed anywhere else is refused.
  */
 #include "unixdir.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "fd-util.h"
 #include "log.h"
-#include "safepath.h"
 #include "sockaddr.h"
 
 bool unix_dir_valid(const char *dir) {
@@ -58,104 +56,65 @@ static bool dir_trusted(const struct stat *st, const struct stat *child, uid_t s
         return (st->st_mode & S_ISVTX) && (child->st_uid == 0 || child->st_uid == self);
 }
 
-/* Checks dir and each directory above it (dir_trusted()), by name, with no
- * symlink among them (the handle was opened so). Returns 0 or -EPERM, logged. */
-static int check_ancestors(const char *dir, const struct stat *dir_st) {
-        char path[PB_UNIX_PATH_MAX + 1];
-        struct stat child = *dir_st, st;
+/* Opens dir name by name from "/", never following a symlink (O_NOFOLLOW
+ * with O_DIRECTORY refuses one), creating its last name (0755) if it is
+ * missing, and checks each directory on the way by its handle (no name can
+ * change under the check): dir itself ours or root's and writable by
+ * nobody else, each above it dir_trusted(). Returns the O_PATH fd or
+ * -errno, logged. */
+static int open_dir(const char *dir) {
+        char path[PB_UNIX_PATH_MAX + 1], *name, *save = NULL;
+        _cleanup_close_ int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        struct stat parent, st;
         uid_t self = geteuid();
+        int r;
 
-        if ((dir_st->st_uid != 0 && dir_st->st_uid != self) || (dir_st->st_mode & 022)) {
+        snprintf(path, sizeof(path), "%s", dir);
+        if (fd < 0 || fstat(fd, &parent) < 0)
+                return -errno;
+        for (name = strtok_r(path, "/", &save); name; name = strtok_r(NULL, "/", &save)) {
+                bool last = save[0] == '\0';
+                int next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+                /* Made, then 0755 whatever our umask: for others to reach their sockets. */
+                if (next < 0 && errno == ENOENT && last && mkdirat(fd, name, 0755) == 0 &&
+                    fchmodat(fd, name, 0755, 0) == 0)
+                        next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (next < 0) {
+                        r = -errno;
+                        log_msg(LOG_ERR, "--unix-dir %s: cannot open %s: %s%s", dir, name, strerror(-r),
+                                r == -ENOTDIR ? " (a symlink, or not a directory)" : "");
+                        return r;
+                }
+                safe_close(fd);
+                fd = next;
+                if (fstat(fd, &st) < 0)
+                        return -errno;
+                if (!dir_trusted(&parent, &st, self)) {
+                        log_msg(LOG_ERR, "--unix-dir %s: the directory holding %s is writable by others, who "
+                                "could swap the path under brokerd; choose one only root can change", dir, name);
+                        return -EPERM;
+                }
+                parent = st;
+        }
+        if ((parent.st_uid != 0 && parent.st_uid != self) || (parent.st_mode & 022)) {
                 log_msg(LOG_ERR, "--unix-dir %s must be owned by uid %u or root and not writable by group or "
                         "others", dir, (unsigned) self);
                 return -EPERM;
         }
-        snprintf(path, sizeof(path), "%s", dir);
-        for (char *slash = strrchr(path, '/'); slash; slash = strrchr(path, '/')) {
-                if (slash == path)
-                        slash[1] = '\0';        /* "/" itself, last */
-                else
-                        *slash = '\0';
-                if (lstat(path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                        log_msg(LOG_ERR, "--unix-dir %s: cannot inspect %s: %s", dir, path,
-                                strerror(errno ? errno : ENOTDIR));
-                        return -EPERM;
-                }
-                if (!dir_trusted(&st, &child, self)) {
-                        log_msg(LOG_ERR, "--unix-dir %s: %s above it is writable by others, who could swap "
-                                "the path under brokerd; choose a directory only root can change", dir, path);
-                        return -EPERM;
-                }
-                if (slash == path)
-                        break;
-                child = st;
-        }
-        return 0;
-}
-
-/* Opens dir (absolute, normalized) as an O_PATH handle without following a
- * symlink anywhere on its path: openat2() with RESOLVE_NO_SYMLINKS, or where
- * that is missing (ENOSYS: valgrind 3.19, kernels before 5.6) one name at a
- * time with O_NOFOLLOW. Returns the fd or -errno (-ELOOP: a symlink). */
-static int open_dir_nofollow(const char *dir) {
-        struct open_how how = { .flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
-                                .resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS };
-        char name[PB_UNIX_PATH_MAX + 1];
-        int fd = (int) syscall(SYS_openat2, AT_FDCWD, dir, &how, sizeof(how));
-
-        if (fd >= 0 || errno != ENOSYS)
-                return fd >= 0 ? fd : -errno;
-        _cleanup_close_ int at_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (at_fd < 0)
-                return -errno;
-        for (const char *c = dir + 1; *c;) {
-                size_t len = strcspn(c, "/");
-                struct stat st;
-
-                if (len >= sizeof(name))
-                        return -ENAMETOOLONG;
-                memcpy(name, c, len);
-                name[len] = '\0';
-                fd = openat(at_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-                if (fd < 0)
-                        return -errno;
-                at_fd = safe_close(at_fd);
-                at_fd = fd;
-                if (fstat(at_fd, &st) < 0)
-                        return -errno;
-                if (!S_ISDIR(st.st_mode))
-                        return S_ISLNK(st.st_mode) ? -ELOOP : -ENOTDIR;
-                c += len + (c[len] == '/');
-        }
-        fd = at_fd;
-        at_fd = -1;
-        return fd;
+        r = fd;
+        fd = -1;                        /* the caller's now */
+        return r;
 }
 
 int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n) {
-        int r;
-
         *d = (struct unix_dirs) { 0 };
         for (size_t i = 0; i < n && i < UNIX_DIRS_MAX; i++) {
-                struct stat st;
-                int fd;
+                int fd = open_dir(paths[i]);
 
-                r = safepath_private_dir(paths[i], 0755, geteuid());
-                if (r < 0)
-                        return r;
-                fd = open_dir_nofollow(paths[i]);
-                if (fd < 0) {
-                        r = fd;
-                        log_msg(LOG_ERR, "cannot open --unix-dir %s: %s%s", paths[i], strerror(-r),
-                                r == -ELOOP ? " (a symlink in its path)" : "");
-                        return r;
-                }
+                if (fd < 0)
+                        return fd;
                 d->dirs[d->n++] = (struct unix_dir) { .path = paths[i], .fd = fd };
-                if (fstat(fd, &st) < 0)
-                        return -errno;
-                r = check_ancestors(paths[i], &st);
-                if (r < 0)
-                        return r;
         }
         return 0;
 }
@@ -180,10 +139,29 @@ static const struct unix_dir *dir_of(const struct unix_dirs *d, const struct pb_
         return &d->dirs[i];
 }
 
-/* Whether st is the socket file ux records. */
-static bool is_ours(const struct stat *st, const struct lease_unix *ux) {
-        return S_ISSOCK(st->st_mode) && ux->ino != 0 && (uint64_t) st->st_dev == ux->dev &&
-               (uint64_t) st->st_ino == ux->ino;
+/* Which file name in dir is (see struct unix_file), and whether it is a
+ * socket. Returns 0, or -errno (-ENOENT: none). */
+static int file_of(int dir_fd, const char *name, struct unix_file *ret, bool *ret_sock) {
+        struct statx stx;
+        struct statx_timestamp t;
+
+        if (statx(dir_fd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME, &stx) < 0)
+                return -errno;
+        t = stx.stx_mask & STATX_BTIME ? stx.stx_btime : stx.stx_ctime;
+        *ret = (struct unix_file) { .dev = (uint64_t) makedev(stx.stx_dev_major, stx.stx_dev_minor),
+                                    .ino = stx.stx_ino,
+                                    .born = (uint64_t) t.tv_sec * 1000000000u + t.tv_nsec };
+        *ret_sock = S_ISSOCK(stx.stx_mode);
+        return 0;
+}
+
+/* Whether name in dir is the socket file ux records. */
+static bool is_ours(int dir_fd, const char *name, const struct lease_unix *ux) {
+        struct unix_file f;
+        bool sock;
+
+        return file_of(dir_fd, name, &f, &sock) == 0 && sock && ux->file.ino != 0 &&
+               memcmp(&f, &ux->file, sizeof(f)) == 0;
 }
 
 int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned backlog, struct lease_unix *ux,
@@ -191,20 +169,22 @@ int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned b
         const char *name;
         const struct unix_dir *dir = dir_of(d, e, &name);
         struct sockaddr_storage ss;
-        struct stat st, by_path;
+        struct unix_file made;
+        struct stat by_path;
         socklen_t len;
         mode_t mask;
+        bool sock;
         int r;
 
         if (!dir)
                 return -EACCES;
-        if (fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-                if (!is_ours(&st, ux))
-                        return -EEXIST;         /* not ours: never replaced */
-                if (unlinkat(dir->fd, name, 0) < 0)
-                        return -errno;
-        } else if (errno != ENOENT)
+        r = file_of(dir->fd, name, &made, &sock);
+        if (r == 0 && !is_ours(dir->fd, name, ux))
+                return -EEXIST;                 /* not ours: never replaced */
+        if (r == 0 && unlinkat(dir->fd, name, 0) < 0)
                 return -errno;
+        if (r < 0 && r != -ENOENT)
+                return r;
 
         _cleanup_close_ int sock_fd = socket_for_endpoint(e);
         if (sock_fd < 0)
@@ -218,21 +198,20 @@ int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned b
         if (r < 0)
                 return r == -EADDRINUSE ? -EEXIST : r;
         /* Made where the handle is? (Only root or we could have moved a name on the way.) */
-        if (fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode) ||
-            lstat(e->path, &by_path) < 0 || by_path.st_dev != st.st_dev || by_path.st_ino != st.st_ino)
+        if (file_of(dir->fd, name, &made, &sock) < 0 || !sock || lstat(e->path, &by_path) < 0 ||
+            (uint64_t) by_path.st_ino != made.ino || (uint64_t) by_path.st_dev != made.dev)
                 return -ESTALE;         /* the stray file stays: it may not be ours to remove */
-        ux->dev = (uint64_t) st.st_dev;
-        ux->ino = (uint64_t) st.st_ino;
         /* The mode first, while the file is still ours; then its owner. */
         if (fchmodat(dir->fd, name, ux->mode, 0) < 0 ||
             fchownat(dir->fd, name, ux->uid, ux->gid == UINT32_MAX ? (gid_t) -1 : ux->gid,
                      AT_SYMLINK_NOFOLLOW) < 0 ||
+            file_of(dir->fd, name, &made, &sock) < 0 ||   /* its ctime, where no birth time is kept */
             listen(sock_fd, (int) backlog) < 0) {
                 r = -errno;
                 (void) unlinkat(dir->fd, name, 0);
-                ux->dev = ux->ino = 0;
                 return r;
         }
+        ux->file = made;
         *ret_fd = sock_fd;
         sock_fd = -1;
         return 0;
@@ -241,8 +220,7 @@ int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned b
 void unix_unlink(const struct unix_dirs *d, const struct pb_endpoint *e, const struct lease_unix *ux) {
         const char *name;
         const struct unix_dir *dir = dir_of(d, e, &name);
-        struct stat st;
 
-        if (dir && fstatat(dir->fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && is_ours(&st, ux))
+        if (dir && is_ours(dir->fd, name, ux))
                 (void) unlinkat(dir->fd, name, 0);
 }

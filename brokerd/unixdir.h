@@ -45,8 +45,8 @@ void unix_dirs_close(struct unix_dirs *d);
 /* Makes a listening socket for Unix endpoint e in its directory: bound
  * with umask 0177, then given ux's mode, owner and group (gid UINT32_MAX:
  * brokerd's), listen(backlog). A file already at the path is removed first
- * only when it is the socket file ux records (dev and ino); any other is
- * -EEXIST. On success ux->dev and ux->ino name the new file. Returns 0 and
+ * only when it is the socket file ux records (ux->file); any other is
+ * -EEXIST. On success ux->file names the new file. Returns 0 and
  * *ret_fd (CLOEXEC), or -errno (-EACCES: not in one of d's directories). */
 int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned backlog, struct lease_unix *ux,
               int *ret_fd);

@@ -96,7 +96,10 @@ def test_units_match_the_contract(installed):
     assert sock[("Socket", "ListenSequentialPacket")] == [CONTROL]
     assert sock[("Socket", "Accept")] == ["no"]
     assert svc[("Service", "Type")] == ["notify"]
-    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd --guard-dir /run/portbroker-guard"]
+    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd --guard-dir /run/portbroker-guard "
+                                             "--unix-dir /run/portbroker-sockets"]
+    # Unix leases' directory: brokerd's (user portbroker), kept with the sockets in the fd store.
+    assert svc[("Service", "RuntimeDirectory")] == ["portbroker-sockets"]
     # Not root: the monitor has the unit's few capabilities, the worker none.
     assert svc[("Service", "User")] == ["portbroker"]
     assert svc[("Service", "ExecReload")] == [f"{PORTCTL} admin reexec"]
@@ -111,6 +114,8 @@ def test_units_match_the_contract(installed):
     assert "CAP_NET_BIND_SERVICE" in caps
     # The bind guard: loading and attaching cgroup programs, pinning them.
     assert {"CAP_BPF", "CAP_NET_ADMIN"} <= set(caps)
+    # Unix leases' files are given to their owners.
+    assert "CAP_CHOWN" in caps
     assert "bpf" in " ".join(svc[("Service", "SystemCallFilter")]).split()
 
 
@@ -424,8 +429,8 @@ def test_socket_activation_under_systemd_pid1(pid1):
     main = pid1.prop("portbrokerd.service", "MainPID")
     status = pid1.run("cat", f"/proc/{main}/status").stdout
     capbnd = int(next(l for l in status.splitlines() if l.startswith("CapBnd:")).split()[1], 16)
-    # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_BPF
-    assert capbnd == (1 << 10) | (1 << 12) | (1 << 19) | (1 << 39), hex(capbnd)
+    # CAP_CHOWN, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_BPF
+    assert capbnd == (1 << 0) | (1 << 10) | (1 << 12) | (1 << 19) | (1 << 39), hex(capbnd)
     assert "NoNewPrivs:\t1" in status
     # /sys and /proc/sys read-only (ProtectKernelTunables= spelled out), but
     # the bind guard's own directory of bpffs, bind-mounted where user
@@ -455,12 +460,24 @@ def test_socket_activation_under_systemd_pid1(pid1):
     assert all(f"{c}:\t0000000000000000" in worker for c in ("CapInh", "CapPrm", "CapEff", "CapAmb")), worker
     assert "NoNewPrivs:\t1" in worker and "Seccomp:\t2" in worker, worker
 
+    # A Unix lease in the unit's own directory: brokerd (user portbroker,
+    # CAP_CHOWN) makes the file for its owner with the rule's mode.
+    sock = "/run/portbroker-sockets/app.sock"
+    pid1.run(portctl, "policy", "add", "unix:/run/portbroker-sockets/", "--user", "4242", "--socket-mode", "0660")
+    pid1.run("setpriv", "--reuid", "4242", "--regid", "4242", "--clear-groups", portctl, "get", f"unix:{sock}",
+             "--", "/bin/true")
+    assert pid1.run("stat", "-c", "%u %a %F", sock).stdout.split() == ["4242", "660", "socket"], pid1.diagnostics()
+    sock_ino = pid1.run("stat", "-c", "%i", sock).stdout
+    unix_lease = lease_of(pid1, portctl, f"unix:{sock}")
+
     # A crash: systemd restarts brokerd on the same control socket, and the
-    # rule and lease are still there.
+    # rule and leases are still there, the Unix one's socket and file kept.
     pid1.run("/bin/sh", "-c", f"kill -KILL {main}")
     wait_for(lambda: pid1.prop("portbrokerd.service", "NRestarts") == "1", 20, "a restart")
     pid1.wait_state("portbrokerd.service", "active")
     assert lease_of(pid1, portctl, "tcp:8080") == lease
+    assert lease_of(pid1, portctl, f"unix:{sock}") == unix_lease
+    assert pid1.run("stat", "-c", "%i", sock).stdout == sock_ino, pid1.diagnostics()
     pid1.run(portctl, "get", "tcp:8080", "--", "/bin/true")
     assert tcp_listener_inode(8080, pid1.pid)
 

@@ -95,7 +95,7 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         struct store_event ev = { .event = "create", .uid = 0, .pid = 1 };
         struct store_lease l = { .owner_uid = 4242 }, loaded[2] = { { 0 } };
         struct store_rule r = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 4242 } }, rules[2] = { { 0 } };
-        struct lease_unix ux = { .uid = 4242, .gid = 33, .mode = 0660, .dev = 2049, .ino = 77 };
+        struct lease_unix ux = { .uid = 4242, .gid = 33, .mode = 0660, .file = { 2049, 77, 1 } };
         uint64_t next;
         sqlite3 *db;
 
@@ -141,8 +141,7 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         assert_int_equal(endpoint_parse_pattern("unix:/run/app/", &r.pattern), 0);
         r.perm = (struct pb_socket_perm) { .gid = 33, .mode = 0660 };
         assert_int_equal(store_rule_add(s, &r, &ev), 0);
-        ux.dev = 2050;
-        ux.ino = 78;
+        ux.file = (struct unix_file) { .dev = 2050, .ino = 78, .born = 1796000000123456789 };
         assert_int_equal(store_lease_set_file(s, l.id, &ux), 0);
         store_close(s);
 
@@ -154,8 +153,9 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         assert_int_equal(loaded[1].ux.uid, 4242);
         assert_int_equal(loaded[1].ux.gid, 33);
         assert_int_equal(loaded[1].ux.mode, 0660);
-        assert_int_equal(loaded[1].ux.dev, 2050);
-        assert_int_equal(loaded[1].ux.ino, 78);
+        assert_int_equal(loaded[1].ux.file.dev, 2050);
+        assert_int_equal(loaded[1].ux.file.ino, 78);
+        assert_int_equal(loaded[1].ux.file.born, 1796000000123456789);
         assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
         assert_string_equal(rules[1].pattern.path, "/run/app/");
         assert_int_equal(rules[1].perm.gid, 33);

@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""Unix-domain leases (`unix:/DIR/NAME`): brokerd makes the socket file, only
+in a directory given with --unix-dir, for the lease's owner with the group
+and mode of the rule, and holds the listener like any lease's; a restarted
+server is served the connections that queued meanwhile. What others may try:
+
+  * get a lease outside every --unix-dir, deeper than directly in one, or
+    another uid's: refused;
+  * connect to a 0600 socket, or a 0660 one without its group: the kernel
+    refuses (the mode is the rule's);
+  * have brokerd replace or remove a file it did not make (a planted file,
+    a symlink to a file elsewhere, an admin's own socket at a leased path
+    across a restart): never; the lease waits, and says why;
+  * run brokerd with a --unix-dir that is a symlink, has one on its path, or
+    is writable by others (or under a directory writable by others): it
+    does not start.
+
+Servers we did not write (nginx in front of gunicorn) are test_unix.py's.
+"""
+
+import os
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from conftest import BROKERD, PYTHON, as_user, child_env, wait_for
+
+pytestmark = pytest.mark.usefixtures("netns")
+
+U1, U2, G_PROXY = 4242, 4343, 4500
+
+CONNECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+    print(s.recv(100).decode().strip())
+except OSError as e:
+    print(__import__("errno").errorcode.get(e.errno, e.errno))
+"""
+
+
+def connect_as(path, uid=None, gid=None, groups=None):
+    """Connects to path as uid (and groups) and reads the server's line; the errno name on failure."""
+    r = subprocess.run([*as_user(uid, gid, groups), PYTHON, "-c", CONNECT, str(path)], capture_output=True,
+                       text=True, timeout=20, env=child_env())
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def sockdir(workdir):
+    d = workdir / "sock"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    return d
+
+
+@pytest.fixture
+def ubroker(make_broker, sockdir):
+    return make_broker("--unix-dir", sockdir)
+
+
+def socket_inode(pid, fd):
+    return os.readlink(f"/proc/{pid}/fd/{fd}")
+
+
+def test_unix_lease_made_for_its_owner_with_the_rules_group_and_mode(ubroker, sockdir, procs):
+    path = sockdir / "app.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1, "--socket-group", G_PROXY,
+                    "--socket-mode", "0660")
+    rules = ubroker.portctl("policy", "list", json=True).json
+    assert rules[0]["pattern"] == f"unix:{sockdir}/" and rules[0]["socket_gid"] == G_PROXY
+    assert rules[0]["socket_mode"] == 0o660
+
+    srv = ubroker.serve(procs, f"unix:{path}", uid=U1)
+    pid = srv.wait_ready()
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode) and (st.st_uid, st.st_gid) == (U1, G_PROXY), st
+    assert stat.S_IMODE(st.st_mode) == 0o660
+
+    # The proxy's group connects; a uid outside it is refused by the kernel.
+    assert connect_as(path, uid=U2, gid=G_PROXY) == f"ok {pid}"
+    assert connect_as(path, uid=U2, gid=U2) == "EACCES"
+    # The server holds brokerd's very socket.
+    lease = ubroker.portctl("status", json=True).json[0]
+    assert lease["endpoint"] == f"unix:{path}" and lease["owner_uid"] == U1 and lease["bound"]
+    held = {socket_inode(ubroker.pid, fd) for fd in os.listdir(f"/proc/{ubroker.pid}/fd")}
+    assert socket_inode(pid, 3) in held
+
+    # Another uid may not have it, even with a rule for the directory.
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U2)
+    r = ubroker.portctl("get", f"unix:{path}", uid=U2, check=1)
+    assert f"held by uid {U1}" in r.stderr, r
+
+
+def test_default_mode_is_0600_and_the_group_brokerds(ubroker, sockdir, procs):
+    path = sockdir / "private.sock"
+    ubroker.portctl("policy", "add", f"unix:{path}", "--user", U1)
+    pid = ubroker.serve(procs, f"unix:{path}", uid=U1).wait_ready()
+    st = os.lstat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (U1, 0, 0o600), st
+    assert connect_as(path, uid=U1) == f"ok {pid}"
+    assert connect_as(path, uid=U2, gid=0) == "EACCES"
+
+
+def test_connections_queued_while_the_server_is_down_are_served(ubroker, sockdir, procs):
+    path = sockdir / "app.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    srv = ubroker.serve(procs, f"unix:{path}", uid=U1)
+    srv.wait_ready()
+    srv.kill9()
+    # Down: connecting still works (the backlog brokerd holds), nobody answers yet.
+    waiting = []
+    for _ in range(3):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(path))
+        waiting.append(s)
+    pid = ubroker.serve(procs, f"unix:{path}", uid=U1).wait_ready()
+    for s in waiting:
+        assert s.recv(100) == f"ok {pid}\n".encode()
+        s.close()
+
+
+def test_only_directly_in_a_unix_dir(ubroker, sockdir, workdir, make_broker):
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    (sockdir / "sub").mkdir(mode=0o755)
+    ubroker.portctl("policy", "add", f"unix:{elsewhere}/", "--user", U1)
+    r = ubroker.portctl("get", f"unix:{elsewhere}/x.sock", uid=U1, check=1)
+    assert "not directly in a directory brokerd makes sockets in" in r.stderr and str(sockdir) in r.stderr, r
+    # Not even an admin: the directories are brokerd's promise, not a rule's.
+    r = ubroker.portctl("get", f"unix:{sockdir}/sub/x.sock", check=1)
+    assert "not directly in a directory" in r.stderr, r
+    # A rule for the directory is no rule for what is below it.
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    r = ubroker.portctl("get", f"unix:{sockdir}/sub/x.sock", uid=U1, check=1)
+    assert "no rule lets uid" in r.stderr, r
+    r = ubroker.portctl("get", f"unix:{sockdir}/../x.sock", uid=U1, check=2)
+    assert not os.path.exists(workdir / "x.sock") and not os.listdir(elsewhere)
+    # A brokerd with no --unix-dir makes none.
+    plain = make_broker()
+    plain.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    r = plain.portctl("get", f"unix:{sockdir}/y.sock", uid=U1, check=1)
+    assert "(--unix-dir: none)" in r.stderr, r
+    assert not os.path.exists(sockdir / "y.sock")
+
+
+@pytest.mark.expect_log(r"cannot bind unix:.*/planted: File exists", r"cannot bind unix:.*/link: File exists")
+def test_a_file_brokerd_did_not_make_is_never_replaced(ubroker, sockdir, workdir):
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    planted, link, target = sockdir / "planted", sockdir / "link", workdir / "target"
+    planted.write_text("admin's")
+    target.write_text("elsewhere")
+    link.symlink_to(target)
+    for p in (planted, link):
+        r = ubroker.portctl("get", f"unix:{p}", uid=U1, check=1)
+        assert "File exists" in r.stderr and "never replaced" in r.stderr, r
+    assert planted.read_text() == "admin's" and os.path.islink(link) and target.read_text() == "elsewhere"
+    assert ubroker.portctl("status", json=True).json == []
+    # Once the admin removes it, the lease is made.
+    planted.unlink()
+    ubroker.portctl("get", f"unix:{planted}", uid=U1)
+    assert stat.S_ISSOCK(os.lstat(planted).st_mode)
+
+
+def test_release_removes_the_file_and_only_brokerds(ubroker, sockdir):
+    path = sockdir / "app.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    ubroker.portctl("get", f"unix:{path}", uid=U1)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    ubroker.portctl("release", f"unix:{path}", uid=U1)
+    assert not os.path.exists(path)
+
+    # The admin put a socket of its own there meanwhile: a release leaves it.
+    ubroker.portctl("get", f"unix:{path}", uid=U1)
+    os.unlink(path)
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.bind(str(path))
+    ubroker.portctl("release", f"unix:{path}", uid=U1)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    theirs.close()
+
+
+@pytest.mark.expect_log(r"cannot bind lease 2 again: File exists")
+def test_a_restart_binds_its_own_file_again_and_no_other(ubroker, sockdir, procs):
+    """No fd store here: a brokerd killed outright loses its sockets, and the
+    files stay. The next one replaces the file it made (its inode recorded),
+    as the lease's owner wants, and leaves one an admin put in its place."""
+    mine, theirs_path = sockdir / "mine.sock", sockdir / "theirs.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1, "--socket-mode", "0640")
+    ubroker.portctl("get", f"unix:{mine}", uid=U1)
+    ubroker.portctl("get", f"unix:{theirs_path}", uid=U1)
+    before = os.lstat(mine).st_ctime_ns        # (its inode number may well come back)
+    ubroker.kill9()
+    os.unlink(theirs_path)
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.bind(str(theirs_path))
+    theirs.listen()
+    ubroker.start()
+
+    st = os.lstat(mine)
+    assert st.st_ctime_ns != before and (st.st_uid, stat.S_IMODE(st.st_mode)) == (U1, 0o640)
+    pid = ubroker.serve(procs, f"unix:{mine}", uid=U1).wait_ready()
+    assert connect_as(mine, uid=U1) == f"ok {pid}"
+    leases = {l["endpoint"]: l for l in ubroker.portctl("status", json=True).json}
+    assert leases[f"unix:{mine}"]["bound"] and not leases[f"unix:{theirs_path}"]["bound"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.connect(str(theirs_path))                 # still the admin's listener
+    # And the next start, with the new file recorded, replaces it again.
+    ubroker.kill9()
+    again = os.lstat(mine).st_ctime_ns
+    ubroker.start()
+    assert os.lstat(mine).st_ctime_ns != again
+    theirs.close()
+
+
+@pytest.mark.parametrize("case", ["symlink", "symlink-above", "group-writable", "under-world-writable",
+                                  "relative", "dot-dot"])
+def test_brokerd_refuses_an_unsafe_unix_dir(workdir, case):
+    real = workdir / "real"
+    real.mkdir(mode=0o755)
+    if case == "symlink":
+        arg = workdir / "link"
+        arg.symlink_to(real)
+    elif case == "symlink-above":
+        (workdir / "up").symlink_to(workdir)
+        arg = workdir / "up" / "real"
+    elif case == "group-writable":
+        real.chmod(0o775)
+        arg = real
+    elif case == "under-world-writable":
+        open_dir = workdir / "open"
+        open_dir.mkdir()
+        open_dir.chmod(0o777)           # not sticky: anyone could rename "real" away
+        arg = open_dir / "real"
+        arg.mkdir(mode=0o755)
+    elif case == "relative":
+        arg = "sock"
+    else:
+        arg = f"{real}/../real"
+    state = workdir / "state"
+    (state / "db").mkdir(parents=True, mode=0o700)
+    state.chmod(0o755)
+    r = subprocess.run([BROKERD, "--foreground", "--control", state / "control.sock", "--db",
+                        state / "db" / "portbroker.db", "--no-guard", "--unix-dir", str(arg)],
+                       capture_output=True, text=True, timeout=20, env=child_env())
+    assert r.returncode != 0 and "--unix-dir" in r.stderr, r
+    assert not os.path.exists(state / "control.sock") and not os.listdir(real)
