@@ -195,11 +195,11 @@ def start_nginx(groups, scratch, sock):
 
 
 # What nginx's error log says of its upstream: a failed connect() (with the
-# errno), a connection the upstream closed or reset before it answered
+# errno; ENOENT is logged as crit), a connection the upstream closed or reset before it answered
 # whole ("unanswered": a 502, or the headers passed on and the body cut
 # short), a timeout. Any other line but nginx's own notices is
 # unexpected.
-NGINX_CONNECT_FAILED = re.compile(r"\[error\] .* connect\(\) to unix:\S+ failed \((\d+): [^)]*\) while connecting")
+NGINX_CONNECT_FAILED = re.compile(r"\[(error|crit)\] .* connect\(\) to unix:\S+ failed \((\d+): [^)]*\) while connecting")
 NGINX_UNANSWERED = re.compile(r"\[error\] .* (upstream prematurely closed connection|recv\(\) failed \(104: "
                               r"Connection reset by peer\)) while reading (response header from )?upstream")
 NGINX_TIMEOUT = re.compile(r"\[error\] .* upstream timed out")
@@ -212,7 +212,7 @@ def nginx_upstream_errors(d):
     out = {"connect_failed": {}, "unanswered": 0, "timed_out": 0, "other": []}
     for line in (d / "error.log").read_text(errors="replace").splitlines():
         if m := NGINX_CONNECT_FAILED.search(line):
-            e = int(m.group(1))
+            e = int(m.group(2))
             out["connect_failed"][e] = out["connect_failed"].get(e, 0) + 1
         elif NGINX_UNANSWERED.search(line):
             out["unanswered"] += 1
