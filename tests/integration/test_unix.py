@@ -409,9 +409,10 @@ def test_gunicorn_behind_nginx_survives_kill9_on_a_brokered_unix_socket(broker, 
 
 # --- the shim's rules for Unix paths ---------------------------------------------------
 
-# Binds each path given (a Unix stream socket, listening), then tries to
-# change its mode and remove it; prints JSON: per path the socket's inode,
-# its getsockname(), and what the file was after each step (or why bind()
+# Binds each path given (a Unix stream socket, listening), shuts the socket
+# down and connects to it, then tries to change the file's mode and remove
+# it; prints JSON: per path the socket's inode, its getsockname(), the
+# connect's outcome, and what the file was after each step (or why bind()
 # failed).
 UNIX_BINDER = r"""
 import json, os, socket, sys
@@ -425,6 +426,13 @@ for path in sys.argv[1:]:
         continue
     s.listen()
     r = {"name": s.getsockname(), "ino": os.fstat(s.fileno()).st_ino}
+    s.shutdown(socket.SHUT_RDWR)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect(s.getsockname())
+        r["connect"] = "ok"
+    except OSError as e:
+        r["connect"] = e.strerror
     for step, call in (("chmod", lambda: os.chmod(path, 0o666)), ("unlink", lambda: os.unlink(path))):
         try:
             call()
@@ -444,7 +452,8 @@ def test_shim_brokers_only_named_unix_paths(broker, procs, scratch, unix_dir):
     another path (the server's own directory) makes the server's own socket,
     which it may chmod and remove. With no endpoint named, no Unix bind is
     brokered, a named path's neither: it reaches the kernel (EADDRINUSE on
-    brokerd's file)."""
+    brokerd's file). A server's shutdown() of brokerd's socket does nothing
+    (the kernel would refuse every later connection to it, for good)."""
     need_run()
     broker.portctl("policy", "add", f"unix:{unix_dir}/", "--user", U1)
     own = scratch / "own"
@@ -458,10 +467,10 @@ def test_shim_brokers_only_named_unix_paths(broker, procs, scratch, unix_dir):
     a, b = out[str(named)], out[str(other)]
     mode = oct(stat.S_IFSOCK | 0o600)                   # the rule's default mode
     assert a == {"name": str(named), "ino": a["ino"], "chmod": "ok", "chmod_after": mode, "unlink": "ok",
-                 "unlink_after": mode}, a
+                 "unlink_after": mode, "connect": "ok"}, a
     assert a["ino"] == unix_listener(named) and a["ino"] in brokerd_sockets(broker), a
     assert b["name"] == str(other) and b["chmod"] == "ok" and b["chmod_after"] == oct(stat.S_IFSOCK | 0o666), b
-    assert b["unlink"] == "ok" and b["unlink_after"] is None, b
+    assert b["unlink"] == "ok" and b["unlink_after"] is None and b["connect"] == "Connection refused", b
     assert socket_file(named)[1:] == (U1, 0, stat.S_IFSOCK | 0o600), socket_file(named)
     # No endpoint named: the bind of the leased path is the server's own, and the kernel refuses it.
     p = procs.spawn(portctl_argv(broker, "run", "--", PYTHON, "-c", UNIX_BINDER, named), uid=U1, name="binder")
