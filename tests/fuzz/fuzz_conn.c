@@ -97,6 +97,8 @@ static struct broker_options options = {
         .max_connection_age_sec = 600,
         .max_leases_per_user = 6,
         .max_leases = 24,
+        .unix_dirs = { "/run/pb-fuzz" },        /* the worker only checks paths against it */
+        .n_unix_dirs = 1,
         .exe_path = "/proc/self/exe",
 };
 
@@ -132,6 +134,7 @@ static struct standin {
         struct carried carried[CARRIED_MAX];
         size_t n_carried;
         bool reexec;                    /* PS_REEXEC came: the worker stops now */
+        uint64_t files_made;            /* Unix sockets' files, as birth times */
 } sm = { .req_fd = -1, .ev_fd = -1, .worker_req_fd = -1, .worker_ev_fd = -1 };
 
 /* The sockets given to the worker lately, for lease ids. */
@@ -186,7 +189,8 @@ static struct standin_lease *sm_lease(uint64_t id) {
 
 static bool sm_has_port(uint16_t port, const struct standin_lease *except) {
         for (size_t i = 0; i < sm.n_leases; i++)
-                if (&sm.leases[i] != except && sm.leases[i].endpoint.port_lo == port)
+                if (&sm.leases[i] != except && !endpoint_is_unix(&sm.leases[i].endpoint) &&
+                    sm.leases[i].endpoint.port_lo == port)
                         return true;
         return false;
 }
@@ -201,6 +205,15 @@ static int sm_bind(const struct pb_endpoint *e, int *ret_fd) {
         sm.fail_errno = 0;
         if (r < 0)
                 return r;
+        if (endpoint_is_unix(e)) {              /* no file: an abstract name the kernel picks */
+                sa_family_t unix_family = AF_UNIX;
+
+                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                CHECK(fd >= 0 && bind(fd, (struct sockaddr *) &unix_family, sizeof(unix_family)) == 0);
+                CHECK(listen(fd, (int) options.backlog) == 0);
+                *ret_fd = fd;
+                return 0;
+        }
         fd = socket(AF_INET, (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
         CHECK(fd >= 0);
         CHECK(!tcp || sockopt_set_int(fd, SOL_SOCKET, SO_REUSEADDR, 1) == 0);
@@ -214,6 +227,8 @@ static void sm_socket_reply(uint64_t id, int error, const struct standin_lease *
         struct privsep_msg m = { .type = PS_SOCKET_REPLY,
                                  .socket = { .lease_id = id, .error = error, .how = error ? 0 : how } };
 
+        if (!error && endpoint_is_unix(&l->endpoint))   /* the file it would have made */
+                m.socket.file = (struct unix_file) { .dev = 1, .ino = id, .born = ++sm.files_made };
         if (!error) {
                 m.socket.cookie = socket_cookie(l->fd);
                 given[n_given++ % GIVEN_MAX] = (struct given) { .lease_id = id, .cookie = m.socket.cookie };
@@ -261,7 +276,7 @@ static void sm_handle_socket(const struct privsep_msg *m) {
                 return;
         }
         sm.n_leases++;
-        if (!sm_has_port(l->endpoint.port_lo, l))
+        if (!endpoint_is_unix(&l->endpoint) && !sm_has_port(l->endpoint.port_lo, l))
                 sm_reserved(l->endpoint.port_lo, true);
         sm_socket_reply(l->id, 0, l, PS_HOW_BOUND);
 }
@@ -282,10 +297,10 @@ static void sm_handle_release(uint64_t id) {
         uint16_t port;
 
         CHECK(l);                       /* only a lease the worker has */
-        port = l->endpoint.port_lo;
+        port = endpoint_is_unix(&l->endpoint) ? 0 : l->endpoint.port_lo;
         safe_close(l->fd);
         *l = sm.leases[--sm.n_leases];
-        if (!sm_has_port(port, NULL))
+        if (port && !sm_has_port(port, NULL))
                 sm_reserved(port, false);
         sm_done(0, "");
 }
@@ -610,9 +625,9 @@ static void check_got_socket(const struct pb_msg *r, int fd) {
                 found = given[(n_given - 1 - i) % GIVEN_MAX].lease_id == r->got.lease_id &&
                         given[(n_given - 1 - i) % GIVEN_MAX].cookie == cookie;
         CHECK(found);
-        CHECK(type == (r->got.endpoint.transport == PB_TCP ? SOCK_STREAM : SOCK_DGRAM));
+        CHECK(type == (r->got.endpoint.transport == PB_UDP ? SOCK_DGRAM : SOCK_STREAM));
         CHECK(sockopt_get_int(fd, SOL_SOCKET, SO_REUSEPORT) == 0);
-        if (r->got.endpoint.transport == PB_TCP)
+        if (r->got.endpoint.transport != PB_UDP)
                 CHECK(sockopt_get_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1);
         else {
                 struct sockaddr_storage ss;
@@ -840,9 +855,17 @@ static const uint16_t ports[] = { 80, 443, 53, 8000, 8080, 8099, 9000, 65535 };
 static const uint32_t principal_ids[] = { 0, 1000, 1001, 1002, ADMIN_GID };
 
 /* An endpoint from one byte: transport, address (any, 127.0.0.1, 0.0.0.0, ::1; any with
- * bit 6: the IPv6-only wildcard), port. */
+ * bit 6: the IPv6-only wildcard), port; with bits 6 and 7 a Unix path instead, in the
+ * --unix-dir but for port 7's (bits 3-5). */
 static struct pb_endpoint endpoint_of(uint8_t a) {
         struct pb_endpoint e = { .transport = a & 1 ? PB_UDP : PB_TCP };
+
+        if ((a & 0xc0) == 0xc0) {
+                e = (struct pb_endpoint) { .transport = PB_UNIX };
+                snprintf(e.path, sizeof(e.path), "%s/s%u", ((a >> 3) & 7) == 7 ? "/run/pb-elsewhere" : "/run/pb-fuzz",
+                         (a >> 3) & 7);
+                return e;
+        }
 
         e.port_lo = e.port_hi = ports[(a >> 3) & 7];
         switch ((a >> 1) & 3) {
@@ -889,7 +912,13 @@ static void build_request(struct program *pr, struct pb_msg *m) {
                 break;
         case PB_MSG_POLICY_ADD:
                 m->policy_add.pattern = endpoint_of(a);
-                m->policy_add.pattern.port_hi = (uint16_t) (m->policy_add.pattern.port_lo +
+                if (endpoint_is_unix(&m->policy_add.pattern)) {        /* a width: the directory */
+                        if ((f >> 6) & 3)
+                                strrchr(m->policy_add.pattern.path, '/')[1] = '\0';
+                        m->policy_add.perm = (struct pb_socket_perm) {
+                                .gid = f & 0x20 ? PB_SOCKET_GROUP_NONE : ADMIN_GID, .mode = f & 0x10 ? 0660 : 0600 };
+                } else
+                        m->policy_add.pattern.port_hi = (uint16_t) (m->policy_add.pattern.port_lo +
                                                             (widths[(f >> 6) & 3] < 65535u - m->policy_add.pattern.port_lo ?
                                                              widths[(f >> 6) & 3] : 65535u - m->policy_add.pattern.port_lo));
                 m->policy_add.principal.kind = (uint8_t) (PB_PRINCIPAL_USER + (f & 3) % 3);

@@ -68,8 +68,34 @@ static bool all_zero(const uint8_t *p, size_t n) {
         return true;
 }
 
+/* A Unix path, walked back to front: printable bytes, 2..107 of them, the
+ * first a '/', and between slashes neither nothing, "." nor ".."; the
+ * last name may be empty (a trailing '/') in a pattern only. */
+static bool ref_unix_path(const char *path, bool pattern) {
+        size_t n = strlen(path), end = n;
+
+        if (n < 2 || n > PB_UNIX_PATH_MAX || path[0] != '/')
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) path[i] < 0x20 || path[i] == 0x7f)
+                        return false;
+        for (size_t i = n; i-- > 0;) {
+                size_t len;
+
+                if (path[i] != '/')
+                        continue;
+                len = end - i - 1;              /* the name after this '/' */
+                if ((len == 0 && !(end == n && pattern)) || (len == 1 && path[i + 1] == '.') ||
+                    (len == 2 && path[i + 1] == '.' && path[i + 2] == '.'))
+                        return false;
+                end = i;
+        }
+        return true;
+}
+
 /* The grammar again, split the other way round: the port after the last
- * colon, then the host before it, bracketed IPv6 or dotted IPv4. */
+ * colon, then the host before it, bracketed IPv6 or dotted IPv4; or a
+ * Unix path. */
 static bool ref_parse(const char *s, bool pattern, struct pb_endpoint *ret) {
         struct pb_endpoint e = { .transport = PB_TCP, .family = PB_FAMILY_ANY };
         const char *colon, *port, *dash;
@@ -80,6 +106,13 @@ static bool ref_parse(const char *s, bool pattern, struct pb_endpoint *ret) {
 
         if (strlen(s) >= PB_ENDPOINT_STRLEN)
                 return false;
+        if (strncmp(s, "unix:", 5) == 0) {
+                if (!ref_unix_path(s + 5, pattern))
+                        return false;
+                *ret = (struct pb_endpoint) { .transport = PB_UNIX };
+                memcpy(ret->path, s + 5, strlen(s + 5) + 1);
+                return true;
+        }
         if (strncmp(s, "udp", 3) == 0)
                 e.transport = PB_UDP;
         if (strncmp(s, "udp", 3) == 0 || strncmp(s, "tcp", 3) == 0) {
@@ -127,6 +160,10 @@ static void ref_format(const struct pb_endpoint *e, bool pattern, char *buf, siz
         char host[INET6_ADDRSTRLEN], ports[16];
         const char *t = e->transport == PB_UDP ? "udp" : "tcp";
 
+        if (e->transport == PB_UNIX) {
+                snprintf(buf, size, "unix:%s", e->path);
+                return;
+        }
         if (e->port_lo == e->port_hi)
                 snprintf(ports, sizeof(ports), "%u", e->port_lo);
         else
@@ -142,6 +179,11 @@ static void ref_format(const struct pb_endpoint *e, bool pattern, char *buf, siz
 
 /* What endpoint_validate() promises, from the field table in endpoint.h. */
 static bool ref_valid(const struct pb_endpoint *e, bool pattern) {
+        if (e->transport == PB_UNIX)
+                return e->family == PB_FAMILY_ANY && e->port_lo == 0 && e->port_hi == 0 && all_zero(e->addr, 16) &&
+                       memchr(e->path, '\0', sizeof(e->path)) && ref_unix_path(e->path, pattern);
+        if (e->path[0])
+                return false;
         if ((e->transport != PB_TCP && e->transport != PB_UDP) || e->port_lo == 0 || e->port_lo > e->port_hi ||
             (!pattern && e->port_lo != e->port_hi))
                 return false;
@@ -157,7 +199,19 @@ static bool ref_valid(const struct pb_endpoint *e, bool pattern) {
         }
 }
 
+/* A Unix pattern: its path, or, ending with '/', that directory plus one name. */
+static bool ref_unix_matches(const char *p, const char *e) {
+        const char *slash = strrchr(e, '/');
+        size_t dir = (size_t) (slash - e) + 1;          /* e's directory, its '/' included */
+
+        if (p[strlen(p) - 1] != '/')
+                return strcmp(p, e) == 0;
+        return strlen(p) == dir && strncmp(p, e, dir) == 0 && e[dir] != '\0';
+}
+
 static bool ref_matches(const struct pb_endpoint *p, const struct pb_endpoint *e) {
+        if (p->transport == PB_UNIX || e->transport == PB_UNIX)
+                return p->transport == e->transport && ref_unix_matches(p->path, e->path);
         return p->transport == e->transport && p->port_lo <= e->port_lo && e->port_lo <= p->port_hi &&
                (p->family == PB_FAMILY_ANY || (p->family == e->family && memcmp(p->addr, e->addr, 16) == 0));
 }
@@ -189,8 +243,8 @@ static void check_endpoint_text(const char *s, bool pattern) {
         CHECK(strlen(expect) < PB_ENDPOINT_STRLEN && strcmp(text, expect) == 0);
         CHECK((pattern ? endpoint_parse_pattern(text, &again) : endpoint_parse(text, &again)) == 0);
         CHECK(endpoint_equal(&e, &again));
-        /* An endpoint is a pattern too, for itself alone. */
-        CHECK(endpoint_matches(&e, &e));
+        /* An endpoint is a pattern too, for itself alone; a Unix directory is no endpoint. */
+        CHECK(endpoint_matches(&e, &e) == !(e.transport == PB_UNIX && e.path[strlen(e.path) - 1] == '/'));
         if (!pattern) {
                 CHECK(endpoint_parse_pattern(s, &again) == 0 && endpoint_equal(&e, &again));
         }
@@ -414,7 +468,7 @@ static void check_counts(const struct policy *pol, const struct model *md) {
 /* ADD: a POLICY_ADD body (principal: kind, id, length-prefixed unit; the
  * 24-byte pattern) as the program gives it, decoded as brokerd decodes it. */
 static void op_add(struct program *pr, struct policy *pol, struct model *md) {
-        uint8_t msg[PB_HEADER_SIZE + 6 + 255 + PB_ENDPOINT_WIRE_SIZE];
+        uint8_t msg[PB_HEADER_SIZE + 6 + 255 + PB_ENDPOINT_WIRE_MAX + 6];
         struct pb_msg m;
         struct store_rule rule = { 0 };
         const struct store_rule *same;
@@ -423,10 +477,13 @@ static void op_add(struct program *pr, struct policy *pol, struct model *md) {
         if (pr->left < 6)
                 return;
         body = 6 + pr->p[5] + PB_ENDPOINT_WIRE_SIZE;
+        /* A Unix pattern: its path, then its sockets' group and mode, follow. */
+        if (pr->left > body && pr->p[6 + pr->p[5]] == PB_UNIX && pr->p[body] <= PB_UNIX_PATH_MAX)
+                body += 1 + pr->p[body] + 6;
         if (!take(pr, msg + PB_HEADER_SIZE, body))
                 return;
         memcpy(msg, (uint8_t[]) { 0, 0, (uint8_t) ((PB_HEADER_SIZE + body) >> 8), (uint8_t) (PB_HEADER_SIZE + body),
-                                  0, PB_PROTO_VERSION_MIN, 0, PB_MSG_POLICY_ADD, 0, 0, 0, 1, 0, 0, 0, 0 },
+                                  0, PB_PROTO_VERSION, 0, PB_MSG_POLICY_ADD, 0, 0, 0, 1, 0, 0, 0, 0 },
                PB_HEADER_SIZE);
         if (proto_decode(msg, PB_HEADER_SIZE + body, &m) < 0)
                 return;
@@ -503,6 +560,13 @@ static bool take_endpoint(struct program *pr, const struct model *md, struct pb_
 
                 take(pr, &off, sizeof(off));
                 *ret = r->pattern;
+                if (ret->transport == PB_UNIX) {        /* the path, or a name in the directory */
+                        size_t n = strlen(ret->path);
+
+                        if (ret->path[n - 1] == '/' && n < PB_UNIX_PATH_MAX)
+                                memcpy(ret->path + n, "x", 2);
+                        return ret->path[n - 1] != '/' || n < PB_UNIX_PATH_MAX;
+                }
                 ret->port_lo = ret->port_hi = (uint16_t) (r->pattern.port_lo +
                                                            off % (r->pattern.port_hi - r->pattern.port_lo + 1u));
                 if (sel & 2)
@@ -697,7 +761,6 @@ static void seed_wire(uint8_t *prog, size_t *n, const char *text) {
         struct pb_endpoint e;
 
         CHECK(endpoint_parse_pattern(text, &e) == 0);
-        CHECK(!endpoint_is_unix(&e));
         *n += endpoint_encode(&e, prog + *n);
 }
 
@@ -723,6 +786,7 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                 "[::ffff:1.2.3.4]:80", "tcp:[::1.2.3.4]:80", "080", "65536", "tcp:", "[::1]8080", "[::1]:80:81",
                 "80,8000-8080\n", "0-65535", "1,3,5-7,9\n", "00080,65535", "80,", "8080-80", "1\nx",
                 "tcp:[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535",
+                "unix:/run/app/web.sock", "unix:/run/app/", "unix:/a//b", "unix:/a/./b", "unix:/..",
         };
         uint8_t prog[512];
         size_t n = 0;
@@ -736,6 +800,8 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
         seed_add(prog, &n, PB_PRINCIPAL_GROUP, 1001, "", "udp:127.0.0.1:53");
         seed_add(prog, &n, PB_PRINCIPAL_UNIT, 0, "web@1.service", "tcp:[::1]:443");
         seed_add(prog, &n, PB_PRINCIPAL_USER, 1000, "", "tcp:8000-8099");
+        seed_add(prog, &n, PB_PRINCIPAL_USER, 1002, "", "unix:/run/app/");
+        seed_bytes(prog, &n, (uint8_t[]) { 0, 0, 0, 33, 0x01, 0xb0 }, 6);     /* group 33, mode 0660 */
         /* Queries: uid 1000 inside rule 0; uid 1001 with group 1001 and unit web@1.service inside rule 1, then any. */
         seed_bytes(prog, &n, (uint8_t[]) { 2, 2, 2, 0, 0, 1, 0, 0x10 }, 8);
         seed_bytes(prog, &n, (uint8_t[]) { 2, 3, 3, 1, 3, 13 }, 6);

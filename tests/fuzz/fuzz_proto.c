@@ -357,6 +357,7 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                 "8080", "udp:5353", "tcp:127.0.0.1:8080", "tcp:[::1]:8443", "tcp:[::]:80", "tcp:0.0.0.0:80",
                 "udp:[2001:db8::1]:65535", "tcp:8000-8099", "udp:127.0.0.1:53-54", "tcp:[fe80::1]:1-65535",
                 "[::ffff:1.2.3.4]:80", "tcp:[::1.2.3.4]:80", "080", "65536", "tcp:", "[::1]8080",
+                "unix:/run/app/web.sock", "unix:/run/app/", "unix:/a/../b", "unix:rel",
         };
         static struct pb_msg m;
         static uint8_t buf[PB_MSG_MAX];
@@ -495,6 +496,35 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         m.hdr.type = PB_MSG_GET | PB_MSG_REPLY;
                         m.got.endpoint = seed_endpoint("tcp6:[::]:443", false);
                         m.got.lease_id = 7;
+                        break;
+                case 25:
+                        m.hdr.type = PB_MSG_GET;
+                        m.get.endpoint = seed_endpoint("unix:/run/portbroker-sockets/app.sock", false);
+                        break;
+                case 26:
+                        m.hdr.id |= 0x01000000;         /* odd first byte: the newest version (fuzz_fixup) */
+                        m.hdr.type = PB_MSG_POLICY_ADD;
+                        m.policy_add.principal.kind = PB_PRINCIPAL_USER;
+                        m.policy_add.principal.id = 4242;
+                        m.policy_add.pattern = seed_endpoint("unix:/run/portbroker-sockets/", true);
+                        m.policy_add.perm = (struct pb_socket_perm) { .gid = 33, .mode = 0660 };
+                        break;
+                case 27:
+                        m.hdr.type = PB_MSG_STATUS | PB_MSG_REPLY;
+                        m.leases.count = 2;
+                        m.leases.leases[0] = (struct pb_lease_entry) {
+                                .id = 1, .endpoint = seed_endpoint("unix:/run/portbroker-sockets/a.sock", false),
+                                .queued = -1, .bound = 1 };
+                        m.leases.leases[1] = (struct pb_lease_entry) { .id = 2, .endpoint = seed_endpoint("80", false) };
+                        break;
+                case 28:
+                        m.hdr.id |= 0x01000000;
+                        m.hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
+                        m.rules.count = 1;
+                        m.rules.rules[0] = (struct pb_rule_entry) {
+                                .id = 3, .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
+                                .pattern = seed_endpoint("unix:/srv/sock/", true),
+                                .perm = { .gid = PB_SOCKET_GROUP_NONE, .mode = 0600 } };
                         break;
                 default:
                         return;

@@ -251,3 +251,21 @@ def test_brokerd_refuses_an_unsafe_unix_dir(workdir, case):
                        capture_output=True, text=True, timeout=20, env=child_env())
     assert r.returncode != 0 and "--unix-dir" in r.stderr, r
     assert not os.path.exists(state / "control.sock") and not os.listdir(real)
+
+
+def test_reexec_keeps_the_socket_and_its_file(ubroker, sockdir, procs):
+    """`portctl admin reexec` (an upgrade) carries a Unix lease's socket
+    like a port's: the server keeps serving on it, the file is not made
+    again, and a restarted server gets that very socket."""
+    path = sockdir / "app.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    srv = ubroker.serve(procs, f"unix:{path}", uid=U1)
+    pid = srv.wait_ready()
+    inode, made = socket_inode(pid, 3), os.lstat(path).st_ctime_ns
+    ubroker.portctl("admin", "reexec")
+    assert ubroker.events("keep"), ubroker.log()
+    assert connect_as(path, uid=U1) == f"ok {pid}"
+    assert os.lstat(path).st_ctime_ns == made
+    srv.kill9()
+    again = ubroker.serve(procs, f"unix:{path}", uid=U1)
+    assert socket_inode(again.wait_ready(), 3) == inode
