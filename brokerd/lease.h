@@ -42,8 +42,8 @@ struct holder_set {
 };
 
 /* Which file a Unix lease's socket file is: device, inode and birth time
- * (or, where the file system keeps none, the time of brokerd's chown), in
- * nanoseconds: an inode number alone comes back for the next file made. */
+ * in nanoseconds (0 where the file system keeps none): an inode number
+ * alone comes back for the next file made. */
 struct unix_file {
         uint64_t dev, ino, born;        /* all 0: none */
 };
@@ -54,6 +54,8 @@ struct lease_unix {
         uint32_t uid, gid;
         uint16_t mode;
         struct unix_file file;          /* the one brokerd made; only that one is ever removed or replaced */
+        bool made;                      /* monitor: this monitor made file, or holds a socket bound there
+                                         * (the worker's word alone is not enough; never on the wire) */
 };
 
 struct lease {

@@ -345,6 +345,8 @@ int main(int argc, char **argv) {
                 r = store_check(arg_opt.db_path, err, sizeof(err));
                 if (r < 0)
                         fprintf(stderr, "brokerd: cannot use database %s: %s\n", arg_opt.db_path, err);
+                else
+                        r = unix_dirs_check(arg_opt.unix_dirs, arg_opt.n_unix_dirs);    /* says why */
                 return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
         }
 

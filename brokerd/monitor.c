@@ -248,6 +248,8 @@ static bool take_passed_socket(struct monitor *m, struct lease *l) {
                 return false;
         }
         l->sock_fd = fd;
+        if (l->ux)              /* the path the kept socket is bound to: the file is the lease's */
+                l->ux->made = true;
         if (lease_ensure_listening(l) < 0) {
                 l->sock_fd = safe_close(l->sock_fd);
                 fdstore_remove(m, l->id);
@@ -323,8 +325,11 @@ static void create_lease(struct monitor *m, const struct privsep_msg *msg) {
         }
         l->id = msg->lease.lease_id;
         r = lease_set_endpoint(l, e);
-        if (l->ux)
+        if (l->ux) {            /* a new lease has no file yet, whatever the worker says */
                 *l->ux = msg->lease.ux;
+                l->ux->file = (struct unix_file) { 0 };
+                l->ux->made = false;
+        }
         l->backlog = m->backlog;
         if (r >= 0)
                 r = guard_add(&m->guard, e);
@@ -462,8 +467,10 @@ static void handle_declare(struct monitor *m, const struct privsep_msg *msg) {
                         return;
                 }
                 l->backlog = m->backlog;
-                if (l->ux)
+                if (l->ux) {
                         *l->ux = msg->lease.ux;
+                        l->ux->made = false;    /* the worker's word, until a socket shows it */
+                }
                 /* A lease the guard does not know yet (the first start arms it with all). */
                 if (m->armed)
                         (void) guard_add(&m->guard, &l->endpoint);

@@ -364,7 +364,8 @@ static bool expressible(const struct pb_msg *req, const struct pb_endpoint *e) {
 }
 
 /* Whether a list reply still fits one message: Unix paths make entries
- * longer than the counts PB_LIST_MAX and PB_RULES_MAX were sized for. */
+ * longer than the counts PB_LIST_MAX and PB_RULES_MAX were sized for, so
+ * once a page holds one, every entry added after is checked too. */
 static bool list_fits(const struct pb_msg *reply) {
         uint8_t buf[PB_MSG_MAX];
 
@@ -388,6 +389,8 @@ static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_ms
                 reply->leases.count = 1;
                 return;
         }
+        bool long_entries = false;
+
         for (size_t i = lease_table_after(t, req->status.after_id); i < t->n; i++) {
                 if (!expressible(req, &t->by_id[i]->endpoint))
                         continue;
@@ -396,7 +399,8 @@ static void handle_status(struct conn *c, const struct pb_msg *req, struct pb_ms
                         break;
                 }
                 lease_entry(t->by_id[i], &reply->leases.leases[reply->leases.count++]);
-                if (endpoint_is_unix(&t->by_id[i]->endpoint) && !list_fits(reply)) {
+                long_entries |= endpoint_is_unix(&t->by_id[i]->endpoint);
+                if (long_entries && !list_fits(reply)) {
                         reply->leases.count--;
                         reply->leases.more = 1;
                         break;
@@ -499,6 +503,7 @@ static void handle_policy_remove(struct conn *c, const struct pb_msg *req, struc
 
 static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct policy *pol = &c->broker->policy;
+        bool long_entries = false;
 
         reply->hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
         for (size_t i = 0; i < pol->n_rules; i++) {
@@ -517,7 +522,8 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
                         .perm = r->perm,
                         .created = (uint64_t) r->created,
                 };
-                if (endpoint_is_unix(&r->pattern) && !list_fits(reply)) {
+                long_entries |= endpoint_is_unix(&r->pattern);
+                if (long_entries && !list_fits(reply)) {
                         reply->rules.count--;
                         reply->rules.more = 1;
                         break;

@@ -62,7 +62,7 @@ static bool dir_trusted(const struct stat *st, const struct stat *child, uid_t s
  * change under the check): dir itself ours or root's and writable by
  * nobody else, each above it dir_trusted(). Returns the O_PATH fd or
  * -errno, logged. */
-static int open_dir(const char *dir) {
+static int open_dir(const char *dir, bool create) {
         char path[PB_UNIX_PATH_MAX + 1], *name, *save = NULL;
         _cleanup_close_ int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
         struct stat parent, st;
@@ -77,6 +77,8 @@ static int open_dir(const char *dir) {
                 int next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
                 /* Made, then 0755 whatever our umask: for others to reach their sockets. */
+                if (next < 0 && errno == ENOENT && last && !create)
+                        return -ENOENT;         /* to be made at start */
                 if (next < 0 && errno == ENOENT && last && mkdirat(fd, name, 0755) == 0 &&
                     fchmodat(fd, name, 0755, 0) == 0)
                         next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -110,11 +112,22 @@ static int open_dir(const char *dir) {
 int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n) {
         *d = (struct unix_dirs) { 0 };
         for (size_t i = 0; i < n && i < UNIX_DIRS_MAX; i++) {
-                int fd = open_dir(paths[i]);
+                int fd = open_dir(paths[i], true);
 
                 if (fd < 0)
                         return fd;
                 d->dirs[d->n++] = (struct unix_dir) { .path = paths[i], .fd = fd };
+        }
+        return 0;
+}
+
+int unix_dirs_check(const char *const *paths, size_t n) {
+        for (size_t i = 0; i < n && i < UNIX_DIRS_MAX; i++) {
+                int fd = open_dir(paths[i], false);
+
+                if (fd < 0 && fd != -ENOENT)
+                        return fd;
+                safe_close(fd);
         }
         return 0;
 }
@@ -147,21 +160,55 @@ static int file_of(int dir_fd, const char *name, struct unix_file *ret, bool *re
 
         if (statx(dir_fd, name, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, STATX_BASIC_STATS | STATX_BTIME, &stx) < 0)
                 return -errno;
-        t = stx.stx_mask & STATX_BTIME ? stx.stx_btime : stx.stx_ctime;
+        t = stx.stx_btime;
         *ret = (struct unix_file) { .dev = (uint64_t) makedev(stx.stx_dev_major, stx.stx_dev_minor),
                                     .ino = stx.stx_ino,
-                                    .born = (uint64_t) t.tv_sec * 1000000000u + t.tv_nsec };
+                                    .born = stx.stx_mask & STATX_BTIME ? (uint64_t) t.tv_sec * 1000000000u + t.tv_nsec
+                                                                       : 0 };
         *ret_sock = S_ISSOCK(stx.stx_mode);
         return 0;
 }
 
-/* Whether name in dir is the socket file ux records. */
+/* Whether name in dir is the socket file ux records (its birth time
+ * compared where the file system keeps one). */
 static bool is_ours(int dir_fd, const char *name, const struct lease_unix *ux) {
         struct unix_file f;
         bool sock;
 
-        return file_of(dir_fd, name, &f, &sock) == 0 && sock && ux->file.ino != 0 &&
-               memcmp(&f, &ux->file, sizeof(f)) == 0;
+        return file_of(dir_fd, name, &f, &sock) == 0 && sock && ux->file.ino != 0 && f.dev == ux->file.dev &&
+               f.ino == ux->file.ino && (!f.born || !ux->file.born || f.born == ux->file.born);
+}
+
+/* Whether nothing listens on the socket file at path (a connect() is refused). */
+static bool nobody_listens(const char *path) {
+        struct sockaddr_storage ss;
+        struct pb_endpoint e = { .transport = PB_UNIX };
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        socklen_t len;
+
+        snprintf(e.path, sizeof(e.path), "%s", path);
+        if (fd < 0 || sockaddr_from_endpoint(&e, &ss, &len) < 0)
+                return false;
+        return connect(fd, (struct sockaddr *) &ss, len) < 0 && errno == ECONNREFUSED;
+}
+
+/* Whether dir's path still leads, name by name and no symlink, to the
+ * directory its handle is (nobody but root or brokerd could have changed
+ * that, but a sticky directory above it lets anyone take a name root gave up). */
+static bool still_there(const struct unix_dir *dir) {
+        char path[PB_UNIX_PATH_MAX + 1], *name, *save = NULL;
+        _cleanup_close_ int fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        struct stat now, then;
+
+        snprintf(path, sizeof(path), "%s", dir->path);
+        for (name = strtok_r(path, "/", &save); fd >= 0 && name; name = strtok_r(NULL, "/", &save)) {
+                int next = openat(fd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+                safe_close(fd);
+                fd = next;
+        }
+        return fd >= 0 && fstat(fd, &now) == 0 && fstat(dir->fd, &then) == 0 && now.st_dev == then.st_dev &&
+               now.st_ino == then.st_ino;
 }
 
 int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned backlog, struct lease_unix *ux,
@@ -178,9 +225,11 @@ int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned b
 
         if (!dir)
                 return -EACCES;
+        if (!still_there(dir))
+                return -ESTALE;
         r = file_of(dir->fd, name, &made, &sock);
-        if (r == 0 && !is_ours(dir->fd, name, ux))
-                return -EEXIST;                 /* not ours: never replaced */
+        if (r == 0 && (!is_ours(dir->fd, name, ux) || !(ux->made || nobody_listens(e->path))))
+                return -EEXIST;                 /* not ours, or maybe not: never replaced */
         if (r == 0 && unlinkat(dir->fd, name, 0) < 0)
                 return -errno;
         if (r < 0 && r != -ENOENT)
@@ -205,13 +254,13 @@ int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned b
         if (fchmodat(dir->fd, name, ux->mode, 0) < 0 ||
             fchownat(dir->fd, name, ux->uid, ux->gid == UINT32_MAX ? (gid_t) -1 : ux->gid,
                      AT_SYMLINK_NOFOLLOW) < 0 ||
-            file_of(dir->fd, name, &made, &sock) < 0 ||   /* its ctime, where no birth time is kept */
             listen(sock_fd, (int) backlog) < 0) {
                 r = -errno;
                 (void) unlinkat(dir->fd, name, 0);
                 return r;
         }
         ux->file = made;
+        ux->made = true;
         *ret_fd = sock_fd;
         sock_fd = -1;
         return 0;
@@ -221,6 +270,6 @@ void unix_unlink(const struct unix_dirs *d, const struct pb_endpoint *e, const s
         const char *name;
         const struct unix_dir *dir = dir_of(d, e, &name);
 
-        if (dir && is_ours(dir->fd, name, ux))
+        if (dir && ux->made && is_ours(dir->fd, name, ux))
                 (void) unlinkat(dir->fd, name, 0);
 }

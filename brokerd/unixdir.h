@@ -42,14 +42,23 @@ int unix_dirs_open(struct unix_dirs *d, const char *const *paths, size_t n);
 
 void unix_dirs_close(struct unix_dirs *d);
 
-/* Makes a listening socket for Unix endpoint e in its directory: bound
- * with umask 0177, then given ux's mode, owner and group (gid UINT32_MAX:
- * brokerd's), listen(backlog). A file already at the path is removed first
- * only when it is the socket file ux records (ux->file); any other is
- * -EEXIST. On success ux->file names the new file. Returns 0 and
- * *ret_fd (CLOEXEC), or -errno (-EACCES: not in one of d's directories). */
+/* What unix_dirs_open() would refuse, without making or keeping anything
+ * (a directory still to be made is fine): brokerd --check. Returns 0 or
+ * -errno, logged. */
+int unix_dirs_check(const char *const *paths, size_t n);
+
+/* Makes a listening socket for Unix endpoint e in its directory, after
+ * checking that the directory's path still leads to the directory opened
+ * at start: bound with umask 0177, then given ux's mode, owner and group
+ * (gid UINT32_MAX: brokerd's), listen(backlog). A file already at the path
+ * is removed first only when it is the socket file ux records (ux->file)
+ * and either this monitor made it (ux->made) or nothing listens on it any
+ * more; any other is -EEXIST. On success ux->file names the new file and
+ * ux->made is set. Returns 0 and *ret_fd (CLOEXEC), or -errno (-EACCES:
+ * not in one of d's directories; -ESTALE: the path leads elsewhere now). */
 int unix_bind(const struct unix_dirs *d, const struct pb_endpoint *e, unsigned backlog, struct lease_unix *ux,
               int *ret_fd);
 
-/* Removes the socket file of e when it is still the one ux records. */
+/* Removes the socket file of e when it is still the one ux records and
+ * this monitor made it (ux->made). */
 void unix_unlink(const struct unix_dirs *d, const struct pb_endpoint *e, const struct lease_unix *ux);

@@ -98,8 +98,9 @@ static int apply_family(struct pb_endpoint *e, int only) {
 }
 
 /* Whether path is absolute and normalized (see the top), at most
- * PB_UNIX_PATH_MAX bytes of printable characters; a trailing `/` only
- * when dir_ok. */
+ * PB_UNIX_PATH_MAX bytes of PB_UNIX_PATH_CHARS and '/'; a trailing `/`
+ * only when dir_ok. (No space, '=', ',' or control byte: a path goes
+ * into log lines and portctl run's comma-separated list as it is.) */
 static bool unix_path_valid(const char *path, bool dir_ok) {
         size_t n = strnlen(path, PB_UNIX_PATH_MAX + 1);
 
@@ -107,9 +108,13 @@ static bool unix_path_valid(const char *path, bool dir_ok) {
                 return false;
         if (path[n - 1] == '/' && !dir_ok)
                 return false;
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) path[i] < 0x20 || path[i] == 0x7f)
+        for (size_t i = 0; i < n; i++) {
+                char c = path[i];
+
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      (c && strchr("/" PB_UNIX_PATH_CHARS, c))))
                         return false;
+        }
         for (const char *c = path + 1; *c; ) {           /* each component after a '/' */
                 size_t len = strcspn(c, "/");
 

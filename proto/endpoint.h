@@ -18,6 +18,7 @@
 
 #define PB_ENDPOINT_WIRE_SIZE 24        /* the fixed part; a Unix endpoint's path follows (1 + n bytes) */
 #define PB_UNIX_PATH_MAX 107            /* sun_path less its NUL */
+#define PB_UNIX_PATH_CHARS "._-@+~"     /* in a Unix path's names besides letters and digits */
 #define PB_ENDPOINT_STRLEN 128          /* buffer for endpoint_format(): "unix:" and a path fit */
 
 /* What an error about endpoint or pattern text says is expected. */
@@ -61,8 +62,8 @@ char *endpoint_format_pattern(const struct pb_endpoint *p, char buf[static PB_EN
 
 /* Checks fields: known transport/family, 1 <= port_lo <= port_hi, zero
  * padding, no v4-mapped IPv6; for Unix, a normalized absolute path (no
- * empty, `.` or `..` component; a trailing `/` only in a pattern) and
- * everything else zero. pattern=false also requires port_lo == port_hi. */
+ * empty, `.` or `..` component; a trailing `/` only in a pattern; names
+ * of letters, digits and PB_UNIX_PATH_CHARS) and everything else zero. pattern=false also requires port_lo == port_hi. */
 int endpoint_validate(const struct pb_endpoint *e, bool pattern);
 
 /* True for the IPv6-only wildcard `tcp6:[::]:P` (wire version 4 and later). */

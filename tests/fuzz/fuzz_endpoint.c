@@ -68,17 +68,15 @@ static bool all_zero(const uint8_t *p, size_t n) {
         return true;
 }
 
-/* A Unix path, walked back to front: printable bytes, 2..107 of them, the
- * first a '/', and between slashes neither nothing, "." nor ".."; the
- * last name may be empty (a trailing '/') in a pattern only. */
+/* A Unix path, walked back to front: 2..107 bytes of letters, digits,
+ * "._-@+~" and '/', the first a '/', and between slashes neither nothing,
+ * "." nor ".."; the last name may be empty (a trailing '/') in a pattern only. */
 static bool ref_unix_path(const char *path, bool pattern) {
+        static const char allowed[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@+~/";
         size_t n = strlen(path), end = n;
 
-        if (n < 2 || n > PB_UNIX_PATH_MAX || path[0] != '/')
+        if (n < 2 || n > PB_UNIX_PATH_MAX || path[0] != '/' || strspn(path, allowed) != n)
                 return false;
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) path[i] < 0x20 || path[i] == 0x7f)
-                        return false;
         for (size_t i = n; i-- > 0;) {
                 size_t len;
 

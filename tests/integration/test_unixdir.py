@@ -19,6 +19,7 @@ Servers we did not write (nginx in front of gunicorn) are test_unix.py's.
 """
 
 import os
+import sqlite3
 import socket
 import stat
 import subprocess
@@ -26,6 +27,7 @@ import subprocess
 import pytest
 
 from conftest import BROKERD, PYTHON, as_user, child_env, wait_for
+from test_reexec import REEXEC_UNDER_VALGRIND
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -186,11 +188,13 @@ def test_release_removes_the_file_and_only_brokerds(ubroker, sockdir):
     theirs.close()
 
 
-@pytest.mark.expect_log(r"cannot bind lease 2 again: File exists")
+@pytest.mark.expect_log(r"cannot bind lease 2 again: File exists", r"cannot bind lease 1 again: File exists")
 def test_a_restart_binds_its_own_file_again_and_no_other(ubroker, sockdir, procs):
     """No fd store here: a brokerd killed outright loses its sockets, and the
-    files stay. The next one replaces the file it made (its inode recorded),
-    as the lease's owner wants, and leaves one an admin put in its place."""
+    files stay. The next one replaces the file it made (its identity
+    recorded) once nothing listens on it, as the lease's owner wants; one
+    an admin put in its place, listening or not, stays, and so does its own
+    while a server that outlived brokerd still serves on it."""
     mine, theirs_path = sockdir / "mine.sock", sockdir / "theirs.sock"
     ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1, "--socket-mode", "0640")
     ubroker.portctl("get", f"unix:{mine}", uid=U1)
@@ -205,17 +209,24 @@ def test_a_restart_binds_its_own_file_again_and_no_other(ubroker, sockdir, procs
 
     st = os.lstat(mine)
     assert st.st_ctime_ns != before and (st.st_uid, stat.S_IMODE(st.st_mode)) == (U1, 0o640)
-    pid = ubroker.serve(procs, f"unix:{mine}", uid=U1).wait_ready()
+    srv = ubroker.serve(procs, f"unix:{mine}", uid=U1)
+    pid = srv.wait_ready()
     assert connect_as(mine, uid=U1) == f"ok {pid}"
     leases = {l["endpoint"]: l for l in ubroker.portctl("status", json=True).json}
     assert leases[f"unix:{mine}"]["bound"] and not leases[f"unix:{theirs_path}"]["bound"]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.connect(str(theirs_path))                 # still the admin's listener
-    # And the next start, with the new file recorded, replaces it again.
+
+    # The server outlives brokerd: its socket, and so the file, stay its own
+    # until it exits; then the next brokerd binds the file again.
     ubroker.kill9()
-    again = os.lstat(mine).st_ctime_ns
+    live = os.lstat(mine).st_ctime_ns
     ubroker.start()
-    assert os.lstat(mine).st_ctime_ns != again
+    assert os.lstat(mine).st_ctime_ns == live and connect_as(mine, uid=U1) == f"ok {pid}"
+    srv.kill9()
+    wait_for(lambda: {l["endpoint"]: l for l in ubroker.portctl("status", json=True).json}[f"unix:{mine}"]["bound"],
+             10, "brokerd to bind its file again once the server exited")
+    assert os.lstat(mine).st_ctime_ns != live
     theirs.close()
 
 
@@ -253,6 +264,7 @@ def test_brokerd_refuses_an_unsafe_unix_dir(workdir, case):
     assert not os.path.exists(state / "control.sock") and not os.listdir(real)
 
 
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
 def test_reexec_keeps_the_socket_and_its_file(ubroker, sockdir, procs):
     """`portctl admin reexec` (an upgrade) carries a Unix lease's socket
     like a port's: the server keeps serving on it, the file is not made
@@ -269,3 +281,81 @@ def test_reexec_keeps_the_socket_and_its_file(ubroker, sockdir, procs):
     srv.kill9()
     again = ubroker.serve(procs, f"unix:{path}", uid=U1)
     assert socket_inode(again.wait_ready(), 3) == inode
+
+
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
+@pytest.mark.expect_log(r"event=error .*re-execution refused")
+def test_reexec_refused_while_a_unix_dir_is_unsafe(ubroker, sockdir):
+    """--check (run before a re-exec's exec()) checks --unix-dir too: a new
+    image that could not start is never executed, the running one serves on."""
+    path = sockdir / "app.sock"
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    ubroker.portctl("get", f"unix:{path}", uid=U1)
+    sockdir.chmod(0o775)
+    r = ubroker.portctl("admin", "reexec", check=1)
+    sockdir.chmod(0o755)
+    assert "--check failed" in r.stderr and "keeps serving" in r.stderr, r.stderr
+    assert ubroker.alive() and ubroker.portctl("status", json=True).json[0]["bound"]
+    ubroker.portctl("get", f"unix:{path}", uid=U1)
+
+
+def test_a_page_of_long_paths_and_ports_still_fits_a_message(make_broker, sockdir):
+    """A uid's Unix leases with long paths, then leases of ports: every
+    status page fits 4096 bytes (brokerd ends one early), and everybody,
+    root included, still sees every lease."""
+    b = make_broker("--unix-dir", sockdir, "--max-leases-per-user", "64")
+    b.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    b.portctl("policy", "add", "tcp:9000-9099", "--user", U1)
+    name = "n" * (100 - len(str(sockdir)))
+    want = [f"unix:{sockdir}/{name}{i:02d}" for i in range(22)] + [f"tcp:[::]:{9000 + i}" for i in range(9)]
+    for e in want:
+        b.portctl("get", e, uid=U1)
+    for uid in (U2, None):
+        assert [l["endpoint"] for l in b.portctl("status", json=True, uid=uid).json] == want
+
+
+@pytest.mark.expect_log(r"cannot bind lease 100 again: File exists")
+def test_a_record_naming_a_live_socket_replaces_nothing(make_broker, sockdir):
+    """What a lying worker could say (here: a database row naming another
+    daemon's listening socket in the directory, with its very identity):
+    brokerd replaces a recorded file only once nothing listens on it."""
+    foreign = sockdir / "foreign.sock"
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    daemon.bind(str(foreign))
+    daemon.listen()
+    st = os.lstat(foreign)
+    b = make_broker("--unix-dir", sockdir)
+    b.stop()
+    db = sqlite3.connect(b.db)
+    blob = bytes([1] + [0] * 23) + bytes([len(str(foreign))]) + str(foreign).encode()
+    db.execute("INSERT INTO leases (id, endpoint, endpoint_text, owner_uid, created, unix_uid, unix_gid, unix_mode, "
+               "unix_dev, unix_ino, unix_born) VALUES (100, ?, ?, 4242, 1, 4242, 4242, 511, ?, ?, 0)",
+               (blob, f"unix:{foreign}", st.st_dev, st.st_ino))
+    db.commit()
+    db.close()
+    b.start()
+    after = os.lstat(foreign)
+    assert (after.st_ino, after.st_uid, stat.S_IMODE(after.st_mode)) == (st.st_ino, 0, stat.S_IMODE(st.st_mode))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.connect(str(foreign))
+        conn, _ = daemon.accept()                       # the daemon's own, still
+        conn.close()
+    assert not b.portctl("status", json=True).json[0]["bound"]
+    daemon.close()
+
+
+@pytest.mark.expect_log(r"cannot bind unix:.*: Stale file handle")
+def test_a_path_that_leads_elsewhere_now_binds_nothing(ubroker, sockdir, workdir):
+    """The directory's path is walked again before each bind: one renamed
+    away and replaced by a symlink (a sticky /tmp lets anyone take a name
+    root gave up) makes no file where the symlink points."""
+    ubroker.portctl("policy", "add", f"unix:{sockdir}/", "--user", U1)
+    target = workdir / "target"
+    target.mkdir(mode=0o755)
+    sockdir.rename(workdir / "moved")
+    sockdir.symlink_to(target)
+    r = ubroker.portctl("get", f"unix:{sockdir}/x.sock", uid=U1, check=1)
+    assert "Stale file handle" in r.stderr, r
+    assert not os.listdir(target) and not os.listdir(workdir / "moved")
+    sockdir.unlink()                                    # back, for the fd census at the end
+    (workdir / "moved").rename(sockdir)

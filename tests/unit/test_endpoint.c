@@ -749,7 +749,8 @@ static void test_decode_rejects_unix(void **state) {
 static void test_unix(void **state) {
         static const char *const bad[] = {
                 "unix:", "unix:/", "unix:rel/a", "unix://a", "unix:/a//b", "unix:/a/./b", "unix:/a/../b",
-                "unix:/a/..", "unix:/a/.", "unix:/a\tb", "unix:/a/b/", "unix:./a",
+                "unix:/a/..", "unix:/a/.", "unix:/a\tb", "unix:/a/b/", "unix:./a", "unix:/a b", "unix:/a=b",
+                "unix:/a,b", "unix:/a:b", "unix:/a\\b", "unix:/\xc3\xa9",
         };
         struct pb_endpoint e = parse_ok("unix:/run/app/web.sock"), p, q;
         char buf[PB_ENDPOINT_STRLEN], longest[PB_ENDPOINT_STRLEN];
@@ -762,6 +763,7 @@ static void test_unix(void **state) {
         assert_int_equal(endpoint_parse("unix:/run/app/", &q), -EINVAL);        /* a directory: patterns only */
         assert_int_equal(endpoint_parse_pattern("unix:/a//", &q), -EINVAL);
         assert_int_equal(endpoint_parse("unix:/a/..b", &q), 0);                 /* just a name */
+        assert_int_equal(endpoint_parse("unix:/run/php/php8.2-fpm_1@x+y~.sock", &q), 0);
 
         /* 107 bytes of path fit sun_path with its NUL; 108 do not. */
         memset(longest, 'a', sizeof(longest));
