@@ -147,9 +147,13 @@ def app_dir(scratch):
 
 def gunicorn_argv(app, *bind):
     """gunicorn with WORKERS sync workers running app:application from app;
-    bind: its --bind options (none: the sockets from LISTEN_FDS)."""
+    bind: its --bind options (none: the sockets from LISTEN_FDS). Started in
+    app (env -C, which execs it: same pid): gunicorn 20.1 chdir()s to the
+    directory it was started in before it reads --chdir, and the tests' may
+    be one its uid cannot enter (a clone under /root)."""
     need_tool(GUNICORN, "gunicorn")
-    return [GUNICORN, "--chdir", app, "--workers", WORKERS, "--worker-class", "sync", *bind, "app:application"]
+    return ["env", "-C", app, GUNICORN, "--chdir", app, "--workers", WORKERS, "--worker-class", "sync", *bind,
+            "app:application"]
 
 
 def gunicorn_workers(master):
