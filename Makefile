@@ -13,6 +13,8 @@ MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+# brokerd reads $(SYSCONFDIR)/portbroker/brokerd.conf (the package: /etc).
+SYSCONFDIR ?= $(PREFIX)/etc
 DESTDIR    ?=
 
 VERSION    := 0.1.0
@@ -120,11 +122,12 @@ $(BUILD)/portctl: $(call obj,$(PORTCTL_SRC)) $(BUILD)/libportbroker.a
 	$(CC) $(ALL_CFLAGS) $(LDHARDEN) $^ -lpthread -o $@
 
 # What the build takes from where `make install` puts things: portctl the
-# shim's path, portbroker.pc the directories. $(BUILD)/install-dirs holds
+# shim's path, brokerd its configuration file's, portbroker.pc the directories. $(BUILD)/install-dirs holds
 # them and is rewritten only when one changes, so that `make install
 # PREFIX=/usr` after a plain `make` rebuilds what uses them (make compares
 # times, not variables).
-INSTALL_DIRS = PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) INCLUDEDIR=$(INCLUDEDIR) PRELOAD_PATH=$(PRELOAD_PATH)
+INSTALL_DIRS = PREFIX=$(PREFIX) LIBDIR=$(LIBDIR) INCLUDEDIR=$(INCLUDEDIR) PRELOAD_PATH=$(PRELOAD_PATH) \
+	SYSCONFDIR=$(SYSCONFDIR)
 .PHONY: FORCE
 FORCE:
 $(BUILD)/install-dirs: FORCE
@@ -133,6 +136,8 @@ $(BUILD)/install-dirs: FORCE
 
 $(BUILD)/obj/client/portctl/run.o: $(BUILD)/install-dirs
 $(BUILD)/obj/client/portctl/run.o: CPPFLAGS += -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
+$(BUILD)/obj/brokerd/main.o: $(BUILD)/install-dirs
+$(BUILD)/obj/brokerd/main.o: CPPFLAGS += -DPB_CONFIG_PATH='"$(SYSCONFDIR)/portbroker/brokerd.conf"'
 
 $(BUILD)/portbroker.h: client/lib/portbroker.h
 	@mkdir -p $(BUILD)
@@ -266,7 +271,7 @@ run: all
 	@install -d -m 0755 .portbroker
 	@echo "brokerd: state in $(CURDIR)/.portbroker; you are its admin. In another shell:"
 	@echo "  export PORTBROKER_SOCKET=$(CURDIR)/.portbroker/control.sock"
-	exec $(BUILD)/brokerd --foreground --control $(CURDIR)/.portbroker/control.sock \
+	exec $(BUILD)/brokerd --foreground --config /dev/null --control $(CURDIR)/.portbroker/control.sock \
 		--db $(CURDIR)/.portbroker/db/portbroker.db
 
 install: all
@@ -286,8 +291,12 @@ install: all
 	install -m 0644 man/brokerd.8 $(DESTDIR)$(MANDIR)/man8/brokerd.8
 	install -d $(DESTDIR)$(BASHCOMPDIR)
 	install -m 0644 client/portctl/portctl.bash-completion $(DESTDIR)$(BASHCOMPDIR)/portctl
-	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' systemd/portbrokerd.service.in \
-		> $(DESTDIR)$(UNITDIR)/portbrokerd.service
+	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' \
+		systemd/portbrokerd.service.in > $(DESTDIR)$(UNITDIR)/portbrokerd.service
+	@# The settings are the admin's once installed: never overwritten.
+	install -d $(DESTDIR)$(SYSCONFDIR)/portbroker
+	test -e $(DESTDIR)$(SYSCONFDIR)/portbroker/brokerd.conf || \
+		install -m 0644 systemd/brokerd.conf $(DESTDIR)$(SYSCONFDIR)/portbroker/brokerd.conf
 	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket
 	install -d $(DESTDIR)$(SYSUSERSDIR)
 	install -m 0644 systemd/portbroker.sysusers $(DESTDIR)$(SYSUSERSDIR)/portbroker.conf
@@ -297,7 +306,7 @@ install: all
 
 # Every file `make install` writes, with the same variables: `make uninstall`
 # removes them and the shim's directory. User portbroker stays: files
-# elsewhere may still be its.
+# elsewhere may still be its; so does brokerd.conf, the admin's.
 INSTALLED = $(SBINDIR)/brokerd $(BINDIR)/portctl $(INCLUDEDIR)/portbroker.h $(PRELOAD_PATH) \
 	$(addprefix $(LIBDIR)/,libportbroker.so.$(VERSION) libportbroker.so.$(SOVERSION) libportbroker.so \
 		libportbroker.a pkgconfig/portbroker.pc) \

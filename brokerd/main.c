@@ -10,6 +10,7 @@
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "broker.h"
+#include "config.h"
 #include "monitor.h"
 #include "privsep.h"
 #include "sandbox.h"
@@ -42,12 +44,19 @@ static int arg_foreground;
 static int arg_check;                   /* --check: validate the arguments and the database, exit */
 static int arg_worker;                  /* --worker: the monitor started us as its worker (internal) */
 static int arg_log_level = -1;          /* --log-level; -1: $BROKERD_LOG_LEVEL or info */
+static const char *arg_config = CONFIG_DEFAULT_PATH; /* --config */
+static bool arg_config_given;           /* --config was: the file must exist */
+static const char *arg_where = "";      /* "FILE:LINE: " while a setting of the file is applied */
+static bool arg_unix_dirs_replaced;     /* a --unix-dir on the command line replaced the file's */
 
 static void usage(FILE *out) {
         fprintf(out,
                 "Usage: brokerd [OPTION]...\n"
                 "Bind ports on request, hold them, and hand the same socket back to\n"
                 "authorized clients over a Unix control socket.\n\n"
+                "      --config FILE             settings, one KEY = VALUE per line for each long\n"
+                "                                option below (default %s; none when missing);\n"
+                "                                options given here override them\n"
                 "  -c, --control PATH            control socket (default %s);\n"
                 "                                ignored under systemd socket activation\n"
                 "  -d, --db PATH                 SQLite database (default %s)\n"
@@ -86,7 +95,8 @@ static void usage(FILE *out) {
                 "  -V, --version                 show the version\n\n"
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
                 "See brokerd(8) and portctl(1).\n",
-                BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR, SANDBOX_DEFAULT_USER);
+                CONFIG_DEFAULT_PATH, BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR,
+                SANDBOX_DEFAULT_USER);
 }
 
 static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
@@ -99,6 +109,19 @@ static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *r
                 return -EINVAL;
         *ret = (unsigned) v;
         return 0;
+}
+
+/* Says what is wrong with an option or setting (arg_where names the
+ * file's line). Returns -1 (a usage error: exit 2). */
+static int __attribute__((format(printf, 1, 2))) option_error(const char *fmt, ...) {
+        va_list ap;
+
+        fprintf(stderr, "brokerd: %s", arg_where);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, arg_where[0] ? "\n" : "\nTry 'brokerd --help'.\n");
+        return -1;
 }
 
 static int parse_group(const char *s) {
@@ -140,11 +163,8 @@ static const struct number_option {
 static int parse_number_option(size_t i, const char *text) {
         const struct number_option *o = &number_options[i];
 
-        if (parse_unsigned(text, o->min, o->max, o->value) < 0) {
-                fprintf(stderr, "brokerd: invalid number '%s' for --%s (%u to %u)\nTry 'brokerd --help'.\n", text,
-                        o->name, o->min, o->max);
-                return -1;
-        }
+        if (parse_unsigned(text, o->min, o->max, o->value) < 0)
+                return option_error("invalid number '%s' for --%s (%u to %u)", text, o->name, o->min, o->max);
         return 0;
 }
 
@@ -161,10 +181,8 @@ static int parse_option(int c, const char *arg) {
                 arg_opt.db_path = arg;
                 return 0;
         case 'g':
-                if (parse_group(arg) < 0) {
-                        fprintf(stderr, "brokerd: --admin-group: no such group '%s'\n", arg);
-                        return -1;
-                }
+                if (parse_group(arg) < 0)
+                        return option_error("--admin-group: no such group '%s'", arg);
                 return 0;
         case 'f':
                 arg_foreground = 1;
@@ -182,19 +200,19 @@ static int parse_option(int c, const char *arg) {
                 arg_opt.guard.off = true;
                 return 0;
         case 'U':
-                if (!unix_dir_valid(arg)) {
-                        fprintf(stderr, "brokerd: --unix-dir '%s': not an absolute normalized directory path "
-                                "(no trailing '/', '.' or '..'; at most %d bytes with a name)\n", arg,
-                                PB_UNIX_PATH_MAX);
-                        return -1;
+                if (!unix_dir_valid(arg))
+                        return option_error("--unix-dir '%s': not an absolute normalized directory path (no "
+                                            "trailing '/', '.' or '..'; at most %d bytes with a name)", arg,
+                                            PB_UNIX_PATH_MAX);
+                if (!arg_where[0] && !arg_unix_dirs_replaced) {    /* the command line's replace the file's */
+                        arg_opt.n_unix_dirs = 0;
+                        arg_unix_dirs_replaced = true;
                 }
                 for (size_t i = 0; i < arg_opt.n_unix_dirs; i++)
                         if (strcmp(arg_opt.unix_dirs[i], arg) == 0)
                                 return 0;
-                if (arg_opt.n_unix_dirs == UNIX_DIRS_MAX) {
-                        fprintf(stderr, "brokerd: at most %d --unix-dir\n", UNIX_DIRS_MAX);
-                        return -1;
-                }
+                if (arg_opt.n_unix_dirs == UNIX_DIRS_MAX)
+                        return option_error("at most %d --unix-dir", UNIX_DIRS_MAX);
                 arg_opt.unix_dirs[arg_opt.n_unix_dirs++] = arg;
                 return 0;
         case 'u':
@@ -205,11 +223,11 @@ static int parse_option(int c, const char *arg) {
                 return 0;
         case 'l':
                 arg_log_level = log_parse_level(arg);
-                if (arg_log_level < 0) {
-                        fprintf(stderr, "brokerd: invalid --log-level '%s' (err, warning, notice, info, debug or "
-                                "0-7)\nTry 'brokerd --help'.\n", arg);
-                        return -1;
-                }
+                if (arg_log_level < 0)
+                        return option_error("invalid --log-level '%s' (err, warning, notice, info, debug or 0-7)",
+                                            arg);
+                return 0;
+        case 'F':                       /* read before the others: see parse_argv() */
                 return 0;
         case 'h':
                 usage(stdout);
@@ -223,30 +241,96 @@ static int parse_option(int c, const char *arg) {
         }
 }
 
+/* The long options, the numeric ones among them (init_options()). */
+static struct option options[14 + N_NUMBER_OPTIONS + 2] = {
+        { "control", required_argument, NULL, 'c' },
+        { "db", required_argument, NULL, 'd' },
+        { "admin-group", required_argument, NULL, 'g' },
+        { "foreground", no_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { "log-level", required_argument, NULL, 'l' },
+        { "check", no_argument, NULL, 'C' },
+        { "guard-dir", required_argument, NULL, 'G' },
+        { "guard-cgroup", required_argument, NULL, 'P' },
+        { "no-guard", no_argument, NULL, 'N' },
+        { "user", required_argument, NULL, 'u' },
+        { "worker", no_argument, NULL, 'W' },
+        { "unix-dir", required_argument, NULL, 'U' },
+        { "config", required_argument, NULL, 'F' },
+};
+
+static void init_options(void) {
+        for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
+                options[14 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                                                   ARG_NUMBER + (int) i };
+        options[14 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+}
+
+/* Options that are no settings: what to do now, not how to run. */
+static bool command_line_only(int c) {
+        return c == 'h' || c == 'V' || c == 'C' || c == 'W' || c == 'F' || c == 'f';
+}
+
+/* One setting of the configuration file: a long option's name and its
+ * value (yes or no for one that takes none). Each but unix-dir once. */
+static int apply_setting(const char *key, const char *value, unsigned line, void *userdata) {
+        static unsigned seen[sizeof(options) / sizeof(options[0])];
+        static char where[PATH_MAX + 32];
+        int r;
+
+        for (size_t i = 0; options[i].name; i++) {
+                if (strcmp(options[i].name, key) != 0)
+                        continue;
+                snprintf(where, sizeof(where), "%s:%u: ", arg_config, line);
+                arg_where = where;
+                if (command_line_only(options[i].val))
+                        r = option_error("%s is a command-line option, not a setting", key);
+                else if (seen[i] && options[i].val != 'U')
+                        r = option_error("%s given twice (line %u too)", key, seen[i]);
+                else if (options[i].has_arg == no_argument && (!strcmp(value, "no") || !strcmp(value, "false")))
+                        r = 0;
+                else if (options[i].has_arg == no_argument && strcmp(value, "yes") && strcmp(value, "true"))
+                        r = option_error("%s takes yes or no, not '%s'", key, value);
+                else
+                        r = parse_option(options[i].val, value);
+                seen[i] = line;
+                arg_where = "";
+                return r;
+        }
+        fprintf(stderr, "brokerd: %s:%u: unknown setting '%s' (see brokerd --help)\n", arg_config, line, key);
+        return -1;
+}
+
+/* --config FILE (or the default) from the command line, before anything
+ * else is read: the file's settings come first, the options override them.
+ * Returns whether to read it (not for --help or --version). */
+static bool find_config(int argc, char **argv) {
+        bool read = true;
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--") == 0)
+                        break;
+                if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h") || !strcmp(argv[i], "--version") ||
+                    !strcmp(argv[i], "-V"))
+                        read = false;           /* help needs no settings, and a broken file is no reason */
+                if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+                        arg_config = argv[++i];
+                        arg_config_given = true;
+                } else if (strncmp(argv[i], "--config=", 9) == 0) {
+                        arg_config = argv[i] + 9;
+                        arg_config_given = true;
+                }
+        }
+        return read;
+}
+
 /* Returns 0 to go on, 1 to exit successfully, -1 on a usage error (exit 2). */
 static int parse_argv(int argc, char **argv) {
-        struct option options[13 + N_NUMBER_OPTIONS + 2] = {
-                { "control", required_argument, NULL, 'c' },
-                { "db", required_argument, NULL, 'd' },
-                { "admin-group", required_argument, NULL, 'g' },
-                { "foreground", no_argument, NULL, 'f' },
-                { "help", no_argument, NULL, 'h' },
-                { "log-level", required_argument, NULL, 'l' },
-                { "check", no_argument, NULL, 'C' },
-                { "guard-dir", required_argument, NULL, 'G' },
-                { "guard-cgroup", required_argument, NULL, 'P' },
-                { "no-guard", no_argument, NULL, 'N' },
-                { "user", required_argument, NULL, 'u' },
-                { "worker", no_argument, NULL, 'W' },
-                { "unix-dir", required_argument, NULL, 'U' },
-        };
         int c, r;
 
-        for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[13 + i] = (struct option) { number_options[i].name, required_argument, NULL,
-                                                   ARG_NUMBER + (int) i };
-        options[13 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
-
+        init_options();
+        if (find_config(argc, argv) && config_read(arg_config, arg_config_given, apply_setting, NULL) < 0)
+                return -1;
         while ((c = getopt_long(argc, argv, "c:d:g:fhu:V", options, NULL)) >= 0) {
                 r = parse_option(c, optarg);
                 if (r != 0)

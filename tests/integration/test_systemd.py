@@ -96,10 +96,12 @@ def test_units_match_the_contract(installed):
     assert sock[("Socket", "ListenSequentialPacket")] == [CONTROL]
     assert sock[("Socket", "Accept")] == ["no"]
     assert svc[("Service", "Type")] == ["notify"]
-    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd --guard-dir /run/portbroker-guard "
-                                             "--unix-dir /run/portbroker-sockets"]
-    # Unix leases' directory: brokerd's (user portbroker), kept with the sockets in the fd store.
+    assert svc[("Service", "ExecStart")] == [f"{PREFIX}/sbin/brokerd --guard-dir /run/portbroker-guard"]
+    # Unix leases' directory: brokerd's (user portbroker), kept with the sockets in the fd store,
+    # and named in the settings make install writes (once: never over an admin's).
     assert svc[("Service", "RuntimeDirectory")] == ["portbroker-sockets"]
+    conf = (installed / PREFIX.lstrip("/") / "etc/portbroker/brokerd.conf").read_text()
+    assert "\nunix-dir = /run/portbroker-sockets\n" in conf
     # Not root: the monitor has the unit's few capabilities, the worker none.
     assert svc[("Service", "User")] == ["portbroker"]
     assert svc[("Service", "ExecReload")] == [f"{PORTCTL} admin reexec"]

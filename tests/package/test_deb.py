@@ -206,6 +206,11 @@ def test_installed_tree(root, multiarch):
     assert "ExecStart=/usr/sbin/brokerd " in svc and "ExecReload=/usr/bin/portctl admin reexec" in svc
     r = root.run("systemd-analyze", "verify", "portbrokerd.socket", "portbrokerd.service", check=False)
     assert r.returncode == 0 and "portbrokerd" not in r.stdout + r.stderr, r.stdout + r.stderr
+    # brokerd's settings: a conffile at the path the installed brokerd reads.
+    assert b"\0/etc/portbroker/brokerd.conf\0" in root.installed("/usr/sbin/brokerd").read_bytes()
+    conffiles = root.run("cat", "/var/lib/dpkg/info/portbroker.conffiles").stdout.split()
+    assert "/etc/portbroker/brokerd.conf" in conffiles, conffiles
+    assert "unix-dir = /run/portbroker-sockets" in root.run("cat", "/etc/portbroker/brokerd.conf").stdout
 
 
 def test_postinst_made_the_user_and_enabled_the_socket(root):
@@ -261,6 +266,7 @@ def test_reinstall_then_purge(root, multiarch):
     root.run("dpkg", "--purge", *PACKAGES)
     left = ["/usr/sbin/brokerd", "/usr/bin/portctl", f"/usr/lib/{multiarch}/portbroker",
             f"/usr/lib/{multiarch}/libportbroker.so.0", "/lib/systemd/system/portbrokerd.socket",
-            "/etc/systemd/system/sockets.target.wants/portbrokerd.socket", "/var/lib/portbroker"]
+            "/etc/systemd/system/sockets.target.wants/portbrokerd.socket", "/var/lib/portbroker",
+            "/etc/portbroker/brokerd.conf"]
     r = root.run("sh", "-c", 'for f; do [ ! -e "$f" ] && [ ! -L "$f" ] || echo "left: $f"; done', "sh", *left)
     assert not r.stdout, r.stdout
