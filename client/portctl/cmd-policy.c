@@ -165,6 +165,55 @@ static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_ki
         return 0;
 }
 
+/* The rule being added, and the one brokerd has like it (same principal and pattern). */
+struct same_rule {
+        pb_principal_kind kind;
+        uint32_t id;
+        const char *unit;
+        const char *pattern;            /* canonical */
+        pb_rule found;
+        bool seen;
+};
+
+static int find_same(const pb_rule *rule, void *userdata) {
+        struct same_rule *w = userdata;
+
+        if (rule->kind != w->kind || strcmp(rule->pattern, w->pattern) != 0 ||
+            (w->kind == PB_UNIT ? strcmp(rule->unit, w->unit) != 0 : rule->id_value != w->id))
+                return 0;
+        w->found = *rule;
+        w->seen = true;
+        return 1;
+}
+
+/* brokerd has a rule with this principal and pattern (EEXIST): the add is
+ * done already when that rule is the same (a Unix one with the same socket
+ * group and mode), and says so; a different one is an error. Returns the
+ * exit status. */
+static int already_there(pb_conn *c, struct same_rule *w, uint32_t socket_gid, unsigned socket_mode,
+                         const pb_error *add_err) {
+        char who[512], sock[128];
+        pb_error err;
+
+        if (pb_conn_policy_list(c, find_same, w, &err) < 0)
+                return cli_fail_pb(&err);
+        if (!w->seen)                   /* removed meanwhile: brokerd's word stands */
+                return cli_fail_pb(add_err);
+        format_principal(w->kind, w->id, w->unit, who, sizeof(who));
+        if (!strncmp(w->pattern, "unix:", 5) && (w->found.socket_gid != socket_gid ||
+                                                 w->found.socket_mode != socket_mode))
+                return cli_fail(EEXIST, "rule %" PRIu64 " already lets %s get %s%s; remove it first to change "
+                                "the sockets' group or mode", w->found.id, who, w->pattern,
+                                socket_text(w->pattern, w->found.socket_gid, w->found.socket_mode, sock,
+                                            sizeof(sock)));
+        if (arg_json)
+                printf("{\"id\":%" PRIu64 ",\"added\":false}\n", w->found.id);
+        else
+                printf("rule %" PRIu64 " already lets %s get %s%s: nothing to add\n", w->found.id, who, w->pattern,
+                       socket_text(w->pattern, socket_gid, socket_mode, sock, sizeof(sock)));
+        return 0;
+}
+
 static int cmd_policy_add(int argc, char **argv) {
         char canonical[PB_ENDPOINT_STRLEN], who[512], sock[128];
         pb_principal_kind kind = PB_UNIT;
@@ -186,12 +235,20 @@ static int cmd_policy_add(int argc, char **argv) {
         if (r != 0)
                 return r;
         rule = pb_conn_policy_add_unix(c, kind, id, a.unit, a.pattern, socket_gid, socket_mode, &err);
+        if (rule == -EEXIST) {          /* as a script running it twice expects */
+                struct same_rule w = { .kind = kind, .id = id, .unit = a.unit ? a.unit : "",
+                                       .pattern = canonical_endpoint(a.pattern, true, canonical) };
+
+                r = already_there(c, &w, socket_gid, socket_mode, &err);
+                pb_disconnect(c);
+                return r;
+        }
         pb_disconnect(c);
         if (rule < 0)
                 return cli_fail_pb(&err);
 
         if (arg_json) {
-                printf("{\"id\":%" PRId64 "}\n", rule);
+                printf("{\"id\":%" PRId64 ",\"added\":true}\n", rule);
                 return 0;
         }
         format_principal(kind, id, a.unit, who, sizeof(who));

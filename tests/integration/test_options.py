@@ -190,7 +190,9 @@ def test_json_failures(broker):
     p("policy", "add", "tcp:8080", "--user", U1)
     p("get", "8080")
     json_failure(p("get", "8080", "--json", uid=U1, check=1), 1, "EBUSY")
-    json_failure(p("policy", "add", "tcp:8080", "--user", U1, json=True, check=1), 1, "EEXIST")
+    p("policy", "add", "unix:/run/pb-sockets/", "--user", U1)
+    json_failure(p("policy", "add", "unix:/run/pb-sockets/", "--user", U1, "--socket-mode", "0660", json=True,
+                   check=1), 1, "EEXIST")
     json_failure(p("policy", "remove", "1", "--json", uid=U1, check=1), 1, "EPERM")
     json_failure(p("release", "9999", json=True, check=1), 1, "ENOENT")
     json_failure(p("status", "9999", json=True, check=1), 1, "ENOENT")
@@ -202,3 +204,21 @@ def test_json_failures(broker):
     json_failure(run_portctl("--socket", "/nonexistent/control.sock", "status", "--json"), 1, "connect")
     r = p("get", "8080", uid=U1 + 1, check=1)                # no --json: stdout stays empty
     assert r.stdout == "", r
+
+
+def test_policy_add_of_a_rule_that_exists_succeeds_and_says_so(broker):
+    """A script may run `portctl policy add` twice: the second adds nothing,
+    says which rule it is, and exits 0; a rule of the same principal and
+    pattern that differs (a Unix rule's socket group or mode) is an error."""
+    p = broker.portctl
+    assert p("policy", "add", "tcp:8080", "--user", U1, json=True).json == {"id": 1, "added": True}
+    r = p("policy", "add", "8080", "--user", str(U1))
+    assert r.stdout == f"rule 1 already lets user {U1} get tcp:8080: nothing to add\n", r.stdout
+    assert p("policy", "add", "tcp:8080", "--user", U1, json=True).json == {"id": 1, "added": False}
+    p("policy", "add", "unix:/run/pb-sockets/", "--user", U1, "--socket-mode", "0660")
+    r = p("policy", "add", "unix:/run/pb-sockets/", "--user", U1, "--socket-mode", "0660")
+    assert "rule 2 already lets" in r.stdout and "mode 0660" in r.stdout, r.stdout
+    r = p("policy", "add", "unix:/run/pb-sockets/", "--user", U1, check=1)
+    assert "rule 2 already lets" in r.stderr and "remove it first" in r.stderr, r.stderr
+    assert [x["id"] for x in p("policy", "list", json=True).json] == [1, 2]
+    assert len(broker.events("policy-add")) == 2
