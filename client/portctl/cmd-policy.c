@@ -386,15 +386,92 @@ static int cmd_policy_list(int argc, char **argv) {
         return r;
 }
 
+/* --- export ----------------------------------------------------------------- */
+
+/* One rule as a line of a policy file: `PATTERN user|group NAME|ID` or
+ * `PATTERN unit UNIT`, then a Unix rule's `socket-group=GROUP` and
+ * `socket-mode=MODE` (names where this host knows them). Returns a new
+ * string or NULL. */
+static char *rule_line(const pb_rule *x) {
+        char who[300], sock[160] = "", gid[16];
+        const char *name;
+        char *line;
+
+        if (x->kind == PB_UNIT)
+                snprintf(who, sizeof(who), "unit %s", x->unit);
+        else {
+                name = x->kind == PB_USER ? user_name(x->id_value) : group_name(x->id_value);
+                if (name)
+                        snprintf(who, sizeof(who), "%s %s", x->kind == PB_USER ? "user" : "group", name);
+                else
+                        snprintf(who, sizeof(who), "%s %u", x->kind == PB_USER ? "user" : "group", x->id_value);
+        }
+        if (!strncmp(x->pattern, "unix:", 5)) {
+                name = x->socket_gid == PB_SOCKET_GROUP_NONE ? NULL : group_name(x->socket_gid);
+                snprintf(gid, sizeof(gid), "%u", x->socket_gid);
+                snprintf(sock, sizeof(sock), "%s%s socket-mode=%04o",
+                         x->socket_gid == PB_SOCKET_GROUP_NONE ? "" : " socket-group=",
+                         x->socket_gid == PB_SOCKET_GROUP_NONE ? "" : name ? name : gid, x->socket_mode);
+        }
+        return asprintf(&line, "%s %s%s", x->pattern, who, sock) < 0 ? NULL : line;
+}
+
+static int compare_lines(const void *a, const void *b) {
+        return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* The rules as a policy file: a line each, in an order that depends on
+ * nothing but the rules (not their ids or when they were added), so that
+ * two hosts' exports diff line by line. */
+static int cmd_policy_export(int argc, char **argv) {
+        struct list l = { .size = sizeof(pb_rule) };
+        char **lines = NULL;
+        const char *none;
+        pb_conn *c;
+        pb_error err;
+        int r;
+
+        r = cli_parse_operand(argc, argv, "policy export", NULL, &none);
+        if (r == 0)
+                r = cli_connect(&c);
+        if (r != 0)
+                return r;
+        r = pb_conn_policy_list(c, collect_rule, &l, &err);
+        pb_disconnect(c);
+        if (r < 0) {
+                free(l.items);
+                return cli_fail_pb(&err);
+        }
+        lines = calloc(l.n ? l.n : 1, sizeof(*lines));
+        for (size_t i = 0; lines && i < l.n; i++)
+                if (!(lines[i] = rule_line((const pb_rule *) l.items + i)))
+                        r = -ENOMEM;
+        if (!lines || r < 0)
+                r = cli_fail(ENOMEM, "out of memory");
+        else {
+                qsort(lines, l.n, sizeof(*lines), compare_lines);
+                puts("# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE]");
+                for (size_t i = 0; i < l.n; i++)
+                        puts(lines[i]);
+        }
+        for (size_t i = 0; lines && i < l.n; i++)
+                free(lines[i]);
+        free(lines);
+        free(l.items);
+        return r;
+}
+
 int cmd_policy(int argc, char **argv) {
         if (argc < 2)
-                return cli_usage("policy: no subcommand given (add, remove or list)");
+                return cli_usage("policy: no subcommand given (add, remove, list or export)");
         if (strcmp(argv[1], "add") == 0)
                 return cmd_policy_add(argc - 1, argv + 1);
         if (strcmp(argv[1], "remove") == 0)
                 return cmd_policy_remove(argc - 1, argv + 1);
         if (strcmp(argv[1], "list") == 0)
                 return cmd_policy_list(argc - 1, argv + 1);
+        if (strcmp(argv[1], "export") == 0)
+                return cmd_policy_export(argc - 1, argv + 1);
         return cli_usage("policy: unknown subcommand '%s'", argv[1]);
 }
 

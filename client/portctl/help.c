@@ -45,6 +45,10 @@ static const struct usage {
           true },
         { "policy remove", "ID", "Remove a rule (admin only)\n", "", true },
         { "policy list", "", "List the rules\n", "", true },
+        { "policy export", "",
+          "Print the rules as a policy file: a line each, in an order\n"
+          "that depends on the rules alone (diff two hosts' exports)\n",
+          "", false },
         { "admin reexec", "",
           "Make brokerd execute its binary again (an upgrade installed\n"
           "since), keeping every socket (admin only)\n",

@@ -72,11 +72,11 @@ def test_commands_subcommands_and_options():
     assert complete("portctl --json ") == commands
     assert complete("portctl --socket /x ") == commands
     assert complete("portctl st") == ["status"]
-    assert complete("portctl policy ") == ["add", "remove", "list"]
+    assert complete("portctl policy ") == ["add", "remove", "list", "export"]
     assert complete("portctl policy --json r") == ["remove"]
     assert complete("portctl admin ") == ["reexec"]
     assert complete("portctl help ") == commands
-    assert complete("portctl help policy ") == ["add", "remove", "list"]
+    assert complete("portctl help policy ") == ["add", "remove", "list", "export"]
     assert complete("portctl policy add ") == []                    # a pattern: nothing to offer
     assert set(complete("portctl --")) == {"--socket", "--json", "--help", "--version"}
     # Each command's options are those its --help names, and no other command's.

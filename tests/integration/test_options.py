@@ -108,10 +108,11 @@ def test_run_and_upgrade_refuse_json(broker):
 # upgrade --json. (test_completion.py completes the same.)
 OWN_OPTIONS = {
     "get": {"--nonblock"}, "release": set(), "status": set(),
-    "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode"}, "policy remove": set(), "policy list": set(),
+    "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode"}, "policy remove": set(),
+    "policy list": set(), "policy export": set(),
     "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
 }
-NO_JSON = {"run", "upgrade"}
+NO_JSON = {"run", "upgrade", "policy export"}
 
 
 def help_options(text):
@@ -222,3 +223,26 @@ def test_policy_add_of_a_rule_that_exists_succeeds_and_says_so(broker):
     assert "rule 2 already lets" in r.stderr and "remove it first" in r.stderr, r.stderr
     assert [x["id"] for x in p("policy", "list", json=True).json] == [1, 2]
     assert len(broker.events("policy-add")) == 2
+
+
+def test_policy_export_is_a_file_in_an_order_of_the_rules_alone(broker):
+    """One line per rule, names where this host knows them, sorted by the
+    line: the same rules added in another order export the same."""
+    p = broker.portctl
+    rules = [("tcp:8000-8099", "--group", "4300"), ("udp:53", "--user", "root"), ("tcp:80", "--unit", "web.service"),
+             ("unix:/run/pb-sockets/", "--user", str(U1), "--socket-group", "root", "--socket-mode", "0660")]
+    for r in rules:
+        p("policy", "add", r[0], *r[1:])
+    first = p("policy", "export").stdout
+    assert first.splitlines() == [
+        "# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE]",
+        "tcp:80 unit web.service",
+        "tcp:8000-8099 group 4300",
+        "udp:53 user root",
+        f"unix:/run/pb-sockets/ user {U1} socket-group=root socket-mode=0660",
+    ], first
+    for i in (1, 2, 3, 4):
+        p("policy", "remove", str(i))
+    for r in reversed(rules):
+        p("policy", "add", r[0], *r[1:])
+    assert p("policy", "export").stdout == first
