@@ -13,6 +13,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Every value read: options point into them for the life of the process. */
+static struct {
+        char **v;
+        size_t n, cap;
+} kept;
+
+/* A copy of s kept for good, or NULL when out of memory. */
+static char *keep(const char *s) {
+        char *copy;
+
+        if (kept.n == kept.cap) {
+                size_t cap = kept.cap ? kept.cap * 2 : 16;
+                char **v = realloc(kept.v, cap * sizeof(*v));
+
+                if (!v)
+                        return NULL;
+                kept.v = v;
+                kept.cap = cap;
+        }
+        copy = strdup(s);
+        if (copy)
+                kept.v[kept.n++] = copy;
+        return copy;
+}
+
 static char *trim(char *s) {
         char *end;
 
@@ -83,7 +108,7 @@ int config_read(const char *path, bool required, int (*fn)(const char *key, cons
                 }
                 *eq = '\0';
                 key = trim(s);
-                value = strdup(trim(eq + 1));   /* kept: options point into it */
+                value = keep(trim(eq + 1));
                 if (!value) {
                         fprintf(stderr, "brokerd: out of memory\n");
                         r = -1;
