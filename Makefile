@@ -13,8 +13,9 @@ MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
-# brokerd reads $(SYSCONFDIR)/portbroker/brokerd.conf (the package: /etc).
-SYSCONFDIR ?= $(PREFIX)/etc
+# brokerd reads $(SYSCONFDIR)/portbroker/brokerd.conf: /etc for PREFIX=/usr
+# (and the package), else PREFIX/etc.
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 DESTDIR    ?=
 
 VERSION    := 0.1.0

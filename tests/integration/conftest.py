@@ -354,7 +354,7 @@ class Broker:
             self.guard_dir = guard.new_dir()
             args = ["--guard-dir", self.guard_dir, "--guard-cgroup", guard.cgroup, *args]
         if not any(str(a).startswith("--config") for a in args):
-            args = ["--config", "/dev/null", *args]     # not this machine's brokerd.conf
+            args = [*args, "--config", "/dev/null"]     # not this machine's brokerd.conf (last: tests index args)
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs
         self.control = str(self.dir / "control.sock")
         self.db = str(self.dir / "db" / "portbroker.db")   # the worker's directory, not the control socket's

@@ -227,7 +227,8 @@ def test_make_install_multiarch_then_uninstall(tmp_path):
     """LIBDIR in the multiarch directory, as Debian's packages have it: the
     libraries, portbroker.pc and the shim (where portctl looks) go there; make
     uninstall, with the same variables, leaves no file behind, nor the
-    shim's directory."""
+    shim's directory, but /etc/portbroker/brokerd.conf (PREFIX=/usr: /etc),
+    the admin's once installed."""
     r = subprocess.run(["cc", "-print-multiarch"], capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.strip():
         pytest.skip("cc -print-multiarch: no multiarch directory here")
@@ -239,9 +240,10 @@ def test_make_install_multiarch_then_uninstall(tmp_path):
         assert (dest / libdir.lstrip("/") / f).exists(), f
     assert f"libdir={libdir}\n" in (dest / libdir.lstrip("/") / "pkgconfig/portbroker.pc").read_text()
     assert_portctl_finds_shim(dest, f"{libdir}/portbroker/libportbroker-preload.so")
+    assert "unix-dir = " in (dest / "etc/portbroker/brokerd.conf").read_text()
     make("uninstall", dest, *dirs)
     left = [str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir() or p.name == "portbroker"]
-    assert not left, left
+    assert sorted(left) == ["etc/portbroker", "etc/portbroker/brokerd.conf"], left
 
 
 # --- planted state: another uid prepares what brokerd would use --------------
