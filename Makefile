@@ -138,7 +138,8 @@ $(BUILD)/install-dirs: FORCE
 $(BUILD)/obj/client/portctl/run.o: $(BUILD)/install-dirs
 $(BUILD)/obj/client/portctl/run.o: CPPFLAGS += -DPB_PRELOAD_PATH='"$(PRELOAD_PATH)"'
 $(BUILD)/obj/brokerd/main.o: $(BUILD)/install-dirs
-$(BUILD)/obj/brokerd/main.o: CPPFLAGS += -DPB_CONFIG_PATH='"$(SYSCONFDIR)/portbroker/brokerd.conf"'
+$(BUILD)/obj/brokerd/main.o: CPPFLAGS += -DPB_CONFIG_PATH='"$(SYSCONFDIR)/portbroker/brokerd.conf"' \
+	-DPB_POLICY_DIR='"$(SYSCONFDIR)/portbroker/policy.d"'
 
 $(BUILD)/portbroker.h: client/lib/portbroker.h
 	@mkdir -p $(BUILD)
@@ -181,7 +182,8 @@ FUZZ_LIBS_endpoint := $(FUZZ_LIBS_privsep)
 # the target, answering inside the worker's poll() (hence the wrap); no
 # bind guard (the worker never binds).
 FUZZ_SRC_conn  := $(addprefix brokerd/,broker.c conn.c request.c watch.c monitor-wrap.c lease.c policy.c \
-                  store.c peer.c privsep.c log.c kernel.c safepath.c unixdir.c) $(PROTO_SRC) $(COMMON_SRC)
+                  store.c peer.c privsep.c log.c kernel.c safepath.c unixdir.c reservation.c ruleset.c \
+                  policydir.c) $(PROTO_SRC) $(COMMON_SRC)
 FUZZ_LIBS_conn := $(shell $(PKG_CONFIG) --libs libsystemd sqlite3 2>/dev/null) -Wl,--wrap=poll
 FUZZ_CLANG_conn := -include tests/fuzz/clang-compat.h
 $(BUILD)/libfuzzer_conn: tests/fuzz/clang-compat.h

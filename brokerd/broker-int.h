@@ -31,6 +31,14 @@ struct broker {
         bool units_wanted;              /* the monitor reads peers' units (we have unit rules) */
         bool detach;                    /* brokerd detaches from its terminal once ready */
         bool reexecuting;               /* our connections went to the monitor, which executes brokerd again */
+        bool serving;                   /* start-up is over (its reservations made): a change of
+                                         * rules makes its own at once */
+        struct policy_import {          /* an admin's import (POLICY_BEGIN), at most one at a time */
+                const struct conn *conn; /* whose, NULL: none */
+                bool replace;           /* PB_POLICY_REPLACE */
+                struct store_rule *rules; /* its POLICY_ADDs so far */
+                size_t n, cap;
+        } import;
         bool guard_on;                  /* the monitor's bind guard works */
         char guard_state[PATH_MAX + 128]; /* where it guards, or why it does not */
         char guard_dir[PATH_MAX];       /* where it guards, "" when unguarded */
@@ -72,6 +80,8 @@ struct conn {
 
 /* --- broker.c --- */
 
+#define BROKER_REBIND_RETRY_USEC (250 * 1000) /* retry of leases and reservations whose port was busy */
+
 /* Arms timer s to fire once, delay µs from now, unless it is armed already. */
 void broker_arm_oneshot(struct broker *b, sd_event_source *s, uint64_t delay);
 
@@ -89,6 +99,13 @@ void broker_notify_status(struct broker *b);
  * lease stays usable). Returns 0. */
 int broker_lease_bound(struct broker *b, struct lease *l);
 
+/* Creates the lease of e for owner: the monitor guards and binds it (a
+ * Unix socket's file made as rule, which may be NULL, says), then it is
+ * recorded and audited with who's event, uid, pid and detail. Returns 0
+ * and *ret, or -errno with why (for the peer and the log). */
+int broker_lease_create(struct broker *b, const struct pb_endpoint *e, uid_t owner, const struct store_rule *rule,
+                        const struct store_event *who, struct lease **ret, char *why, size_t size);
+
 /* Takes l's socket from the monitor (which binds it again, or at start
  * may keep it; see privsep.h), then watches it. Returns 0 or
  * -errno (the caller reports the failure). */
@@ -103,6 +120,36 @@ int broker_replace_socket(struct broker *b, struct lease *l, int error, const st
 
 /* Log fields naming peer p and, when given, an endpoint. */
 struct log_fields broker_peer_fields(const struct peer *p, const char *endpoint, const struct pb_endpoint *e);
+
+/* --- reservation.c --- */
+
+/* Whose lease rule's reservation is: the owner it names, else its user. */
+uid_t reservation_owner(const struct store_rule *rule);
+
+/* Leases rule's endpoint for its owner if the rule says reserve and no
+ * lease of the owner's has it; a failure is logged and audited unless
+ * quiet. Returns 0 (made, or nothing to make) or -errno (-EADDRINUSE:
+ * another socket holds the port; tried again with unbound leases). */
+int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet);
+
+/* reservation_make() for every rule. Returns true when one found its port busy. */
+bool reservations_make(struct broker *b, bool quiet);
+
+/* --- ruleset.c --- */
+
+/* Makes the rules of scope say what want (n rules) says, as policy_plan()
+ * plans it, durably and audited as changed by p (NULL: brokerd itself),
+ * detail added to each event; then makes the reservations of the rules
+ * added or changed. Returns 0 and the counts, or -errno with why (-EEXIST:
+ * want[*ret_conflict] is given twice or conflicts; why not set) and
+ * nothing changed. */
+int broker_rules_set(struct broker *b, const struct store_rule *want, size_t n, enum policy_scope scope, bool replace,
+                     const struct peer *p, const char *detail, struct policy_counts *ret_counts, size_t *ret_conflict,
+                     char *why, size_t size);
+
+/* At start: the rules from the policy directory (--policy-dir); a
+ * directory or file with a mistake changes nothing and is logged. */
+void broker_rules_from_dir(struct broker *b);
 
 /* --- conn.c --- */
 
@@ -153,6 +200,9 @@ const char *request_validate(const uint8_t *buf, size_t len, struct pb_msg *ret_
  * 0, or -errno once the connection was closed (c is freed): a bad message
  * gets an error reply and closes it, and so does a reply that cannot be sent. */
 int request_handle(struct conn *c, const uint8_t *buf, size_t len);
+
+/* Forgets c's import (POLICY_BEGIN), if it has one: its connection is closing. */
+void request_import_end(struct conn *c);
 
 /* Sends the new image's REEXEC reply (brokerd's pid and version) for request id on fd. */
 void request_reexec_answer(struct broker *b, int fd, uint32_t id);

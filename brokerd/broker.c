@@ -26,7 +26,6 @@
 
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
 #define FLUSH_RETRY_USEC (1000 * 1000)  /* after a failed flush */
-#define REBIND_RETRY_USEC (250 * 1000)  /* retry of leases whose port was busy */
 #define CHECKPOINT_IDLE_USEC (5 * 1000 * 1000) /* WAL checkpoint after this long without writes */
 
 /* The uid logged and audited for p: -1 (none) for an unidentified peer, never a uid it may not have. */
@@ -190,8 +189,103 @@ int broker_replace_socket(struct broker *b, struct lease *l, int error, const st
         }
         log_event(LOG_ERR, "error", &f, "cannot bind lease %llu afresh: %s; brokerd retries",
                   (unsigned long long) l->id, strerror(-r));
-        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
         return r;
+}
+
+/* --- leases made -------------------------------------------------------------- */
+
+/* Records lease id of e for owner, with socket sock_fd (consumed), in the
+ * store (audited as who says) and the table. Returns 0 and *ret, or -errno. */
+static int record_lease(struct broker *b, const struct pb_endpoint *e, uid_t owner, uint64_t id, int sock_fd,
+                        uint64_t cookie, const struct lease_unix *ux, const struct store_event *who,
+                        struct lease **ret) {
+        char text[PB_ENDPOINT_STRLEN];
+        struct store_lease sl = { .id = id, .endpoint = *e, .owner_uid = owner, .socket_cookie = cookie, .ux = *ux };
+        struct store_event ev = *who;
+        struct lease *l = lease_new();
+        int r;
+
+        if (!l) {
+                safe_close(sock_fd);
+                return -ENOMEM;
+        }
+        l->sock_fd = sock_fd;
+        ev.endpoint = endpoint_format(e, text);
+        snprintf(sl.boot_id, sizeof(sl.boot_id), "%s", b->boot_id);
+        r = store_lease_add(b->store, &sl, &ev);
+        if (r < 0) {
+                lease_free(l);
+                return r;
+        }
+        l->id = sl.id;
+        r = lease_set_endpoint(l, e);
+        if (l->ux)
+                *l->ux = *ux;
+        l->owner_uid = owner;
+        l->since = sl.created;
+        l->backlog = b->backlog;
+        if (r >= 0)
+                r = lease_table_add(&b->leases, l);
+        if (r < 0) {    /* out of memory: keep store and table alike */
+                struct store_event undo = { .event = "release", .uid = who->uid, .pid = who->pid,
+                                            .endpoint = text, .detail = "creation undone" };
+
+                (void) store_lease_remove(b->store, sl.id, &undo);
+                lease_free(l);
+                return r;
+        }
+        *ret = l;
+        return 0;
+}
+
+int broker_lease_create(struct broker *b, const struct pb_endpoint *e, uid_t owner, const struct store_rule *rule,
+                        const struct store_event *who, struct lease **ret, char *why, size_t size) {
+        bool rule_unix = rule && endpoint_is_unix(&rule->pattern);
+        struct lease_unix ux = {
+                .uid = owner,
+                .gid = rule_unix ? rule->perm.gid : PB_SOCKET_GROUP_NONE,
+                .mode = rule_unix ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT,
+        };
+        char text[PB_ENDPOINT_STRLEN], other_text[PB_ENDPOINT_STRLEN];
+        struct mm_socket got;
+        struct lease *l;
+        uint64_t id;
+        int sock_fd, r;
+
+        endpoint_format(e, text);
+        r = store_lease_next_id(b->store, &id);
+        if (r < 0) {
+                snprintf(why, size, "cannot number a new lease: %s", strerror(-r));
+                return r;
+        }
+        /* Guarded by the monitor first: from its bind() on, nobody else may bind it. */
+        r = mm_socket(b, id, e, endpoint_is_unix(e) ? &ux : NULL, &sock_fd, &got);
+        if (r < 0) {
+                const struct lease *other = r == -EADDRINUSE ? lease_table_overlapping(&b->leases, e) : NULL;
+
+                if (other)      /* tcp:[::]:P beside tcp:0.0.0.0:P, say: which one stands in the way */
+                        snprintf(why, size, "cannot bind %s: %s (the lease %s of uid %u holds the port%s)", text,
+                                 strerror(-r), endpoint_format(&other->endpoint, other_text),
+                                 (unsigned) other->owner_uid, other->owner_uid == owner ? "; release it first" : "");
+                else
+                        snprintf(why, size, "cannot bind %s: %s%s", text, strerror(-r),
+                                 r == -EADDRINUSE ? " (another socket holds the port)" :
+                                 r == -EEXIST ? " (a file brokerd did not make is at the path; it is never "
+                                                "replaced)" : "");
+                return r;
+        }
+        ux.file = got.file;
+        r = record_lease(b, e, owner, id, sock_fd, got.cookie, &ux, who, &l);
+        if (r < 0) {
+                mm_release(b, id);
+                snprintf(why, size, "cannot record the lease for %s: %s", text, strerror(-r));
+                return r;
+        }
+        broker_lease_bound(b, l);
+        broker_notify_status(b);
+        *ret = l;
+        return 0;
 }
 
 /* Retries every unbound lease, so a port is taken back soon after whatever
@@ -206,8 +300,9 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
                 if (l->sock_fd < 0 && broker_rebind_lease(b, l) < 0)
                         pending = true;
         }
+        pending |= reservations_make(b, true);
         if (pending)
-                broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+                broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
         return 0;
 }
 
@@ -261,7 +356,7 @@ static void restored(struct broker *b, struct lease *l, int r, const struct mm_s
         log_event(LOG_ERR, "error", &f, "cannot bind lease %llu again: %s; it stays unbound (see portctl status) "
                   "and brokerd retries until the port is free", (unsigned long long) l->id, strerror(-r));
         broker_audit(b, "rebind-failed", NULL, text, strerror(-r));
-        broker_arm_oneshot(b, b->rebind_source, REBIND_RETRY_USEC);
+        broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
 }
 
 static int restore_leases(struct broker *b) {
@@ -405,8 +500,12 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
                 r = mm_hello(b);
         if (r >= 0)
                 r = store_setup(b);
-        if (r >= 0)
+        if (r >= 0) {
+                broker_rules_from_dir(b);
+                (void) reservations_make(b, false);     /* before READY=1: before anyone asks */
+                b->serving = true;
                 watch_limit_holders(b);
+        }
         if (r >= 0)
                 r = mm_watch(b);
         if (r < 0)
@@ -455,6 +554,7 @@ void broker_free(struct broker *b) {
         b->rebind_source = sd_event_source_disable_unref(b->rebind_source);
         b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);
         store_close(b->store);
+        free(b->import.rules);
         policy_done(&b->policy);
         sd_event_unref(b->event);
         free(b);

@@ -33,6 +33,7 @@ struct broker_options {
         struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */
         const char *unix_dirs[UNIX_DIRS_MAX]; /* --unix-dir: where Unix leases' sockets may be made */
         size_t n_unix_dirs;
+        const char *policy_dir;         /* --policy-dir: rules files read at start, or NULL */
         const char *worker_user;        /* --user: the worker's, when the monitor runs as root */
         const char *exe_path;           /* our binary, as started: what a re-exec executes */
         char **argv;                    /* our arguments, for a re-exec */

@@ -211,6 +211,7 @@ static int on_conn_timer(sd_event_source *s, uint64_t usec, void *userdata) {
 void conn_free(struct conn *c) {
         struct broker *b = c->broker;
 
+        request_import_end(c);
         if (c->watched)
                 (void) epoll_ctl(b->conns_fd, EPOLL_CTL_DEL, c->sock_fd, NULL);
         c->idle_source = sd_event_source_disable_unref(c->idle_source);

@@ -23,6 +23,7 @@
 #include "broker.h"
 #include "config.h"
 #include "monitor.h"
+#include "policydir.h"
 #include "privsep.h"
 #include "sandbox.h"
 #include "fd-util.h"
@@ -39,6 +40,7 @@ static struct broker_options arg_opt = {
         .max_connection_age_sec = 600,
         .max_leases_per_user = 64,
         .max_leases = 4096,
+        .policy_dir = POLICYDIR_DEFAULT,
 };
 static int arg_foreground;
 static int arg_check;                   /* --check: validate the arguments and the database, exit */
@@ -80,6 +82,8 @@ static void usage(FILE *out) {
                 "                                (default: the root of the cgroup v2 hierarchy)\n"
                 "      --no-guard                no bind guard: a leased port is kept from others\n"
                 "                                only while its socket is open somewhere\n"
+                "      --policy-dir DIR          rules files (*.conf) read at start and at reload\n"
+                "                                (default %s; /dev/null: none)\n"
                 "      --unix-dir DIR            a directory Unix-domain leases (unix:DIR/NAME) may be\n"
                 "                                made in, owned by brokerd's user or root and writable\n"
                 "                                by nobody else, no symlink on its path (repeatable;\n"
@@ -96,7 +100,7 @@ static void usage(FILE *out) {
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
                 "See brokerd(8) and portctl(1).\n",
                 CONFIG_DEFAULT_PATH, BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR,
-                SANDBOX_DEFAULT_USER);
+                POLICYDIR_DEFAULT, SANDBOX_DEFAULT_USER);
 }
 
 static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
@@ -215,6 +219,11 @@ static int parse_option(int c, const char *arg) {
                         return option_error("at most %d --unix-dir", UNIX_DIRS_MAX);
                 arg_opt.unix_dirs[arg_opt.n_unix_dirs++] = arg;
                 return 0;
+        case 'Y':
+                if (arg[0] != '/')
+                        return option_error("--policy-dir '%s': not an absolute path", arg);
+                arg_opt.policy_dir = strcmp(arg, "/dev/null") == 0 ? NULL : arg;
+                return 0;
         case 'u':
                 arg_opt.worker_user = arg;
                 return 0;
@@ -242,7 +251,7 @@ static int parse_option(int c, const char *arg) {
 }
 
 /* The long options, the numeric ones among them (init_options()). */
-static struct option options[14 + N_NUMBER_OPTIONS + 2] = {
+static struct option options[15 + N_NUMBER_OPTIONS + 2] = {
         { "control", required_argument, NULL, 'c' },
         { "db", required_argument, NULL, 'd' },
         { "admin-group", required_argument, NULL, 'g' },
@@ -257,13 +266,14 @@ static struct option options[14 + N_NUMBER_OPTIONS + 2] = {
         { "worker", no_argument, NULL, 'W' },
         { "unix-dir", required_argument, NULL, 'U' },
         { "config", required_argument, NULL, 'F' },
+        { "policy-dir", required_argument, NULL, 'Y' },
 };
 
 static void init_options(void) {
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[14 + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                options[15 + i] = (struct option) { number_options[i].name, required_argument, NULL,
                                                    ARG_NUMBER + (int) i };
-        options[14 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+        options[15 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 }
 
 /* Options that are no settings: what to do now, not how to run. */
@@ -431,6 +441,8 @@ int main(int argc, char **argv) {
                         fprintf(stderr, "brokerd: cannot use database %s: %s\n", arg_opt.db_path, err);
                 else
                         r = unix_dirs_check(arg_opt.unix_dirs, arg_opt.n_unix_dirs);    /* says why */
+                if (r >= 0)
+                        r = policydir_check(arg_opt.policy_dir, geteuid());               /* says why */
                 return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
         }
 

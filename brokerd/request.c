@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -99,107 +100,26 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
         return true;
 }
 
-/* Records lease id for the peer, with socket sock_fd (consumed), in the
- * store and the table. Returns the lease, or NULL with reply set. */
-static struct lease *get_record(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                                uint64_t id, int sock_fd, uint64_t cookie, const struct lease_unix *ux) {
-        struct broker *b = c->broker;
-        const struct peer *p = &c->peer;
-        const struct pb_endpoint *e = &req->get.endpoint;
-        struct store_lease sl = { .id = id, .endpoint = *e, .owner_uid = p->uid, .socket_cookie = cookie,
-                                  .ux = *ux };
-        struct store_event ev = { .event = "create", .uid = p->uid, .pid = p->pid, .endpoint = text };
-        struct lease *l = lease_new();
-        int r;
-
-        if (!l) {
-                safe_close(sock_fd);
-                proto_set_error(reply, req->hdr.id, ENOMEM, "out of memory");
-                return NULL;
-        }
-        l->sock_fd = sock_fd;
-        snprintf(sl.boot_id, sizeof(sl.boot_id), "%s", b->boot_id);
-        r = store_lease_add(b->store, &sl, &ev);
-        if (r >= 0) {
-                l->id = sl.id;
-                r = lease_set_endpoint(l, e);
-                if (l->ux)
-                        *l->ux = *ux;
-                l->owner_uid = p->uid;
-                l->since = sl.created;
-                l->backlog = b->backlog;
-                if (r >= 0)
-                        r = lease_table_add(&b->leases, l);
-                if (r < 0) {    /* out of memory: keep store and table alike */
-                        struct store_event undo = { .event = "release", .uid = p->uid, .pid = p->pid,
-                                                    .endpoint = text, .detail = "creation undone" };
-                        (void) store_lease_remove(b->store, sl.id, &undo);
-                }
-        }
-        if (r < 0) {
-                struct log_fields f = broker_peer_fields(p, text, e);
-
-                lease_free(l);
-                proto_set_error(reply, req->hdr.id, -r, "cannot record the lease for %s: %s", text, strerror(-r));
-                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
-                return NULL;
-        }
-        return l;
-}
-
-/* Has the monitor guard and bind e for a new lease (a Unix socket's file
- * made for the peer as rule says), and records it. Returns the lease, or
+/* Has the monitor guard and bind e for a new lease of the peer (a Unix
+ * socket's file made as rule says), and records it. Returns the lease, or
  * NULL with reply set. */
 static struct lease *get_create(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
                                 const struct store_rule *rule) {
-        struct broker *b = c->broker;
         const struct pb_endpoint *e = &req->get.endpoint;
         struct log_fields f = broker_peer_fields(&c->peer, text, e);
-        struct lease_unix ux = {
-                .uid = c->peer.uid,
-                .gid = rule && endpoint_is_unix(&rule->pattern) ? rule->perm.gid : PB_SOCKET_GROUP_NONE,
-                .mode = rule && endpoint_is_unix(&rule->pattern) ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT,
-        };
-        struct mm_socket got;
+        struct store_event who = { .event = "create", .uid = c->peer.uid, .pid = c->peer.pid };
+        char why[PB_TEXT_MAX + 1];
         struct lease *l;
-        uint64_t id;
-        int sock_fd, r;
+        int r;
 
-        r = store_lease_next_id(b->store, &id);
+        r = broker_lease_create(c->broker, e, c->peer.uid, rule, &who, &l, why, sizeof(why));
         if (r < 0) {
-                proto_set_error(reply, req->hdr.id, -r, "cannot number a new lease: %s", strerror(-r));
-                log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
+                proto_set_error(reply, req->hdr.id, -r, "%s", why);
+                log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", why);
                 return NULL;
         }
-        /* Guarded by the monitor first: from its bind() on, nobody else may bind it. */
-        r = mm_socket(b, id, e, endpoint_is_unix(e) ? &ux : NULL, &sock_fd, &got);
-        if (r < 0) {
-                const struct lease *other = r == -EADDRINUSE ? lease_table_overlapping(&b->leases, e) : NULL;
-                char other_text[PB_ENDPOINT_STRLEN];
-
-                if (other)      /* tcp:[::]:P beside tcp:0.0.0.0:P, say: which one stands in the way */
-                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s (the lease %s of uid %u holds "
-                                        "the port%s)", text, strerror(-r), endpoint_format(&other->endpoint, other_text),
-                                        (unsigned) other->owner_uid,
-                                        other->owner_uid == c->peer.uid ? "; release it first" : "");
-                else
-                        proto_set_error(reply, req->hdr.id, -r, "cannot bind %s: %s%s", text, strerror(-r),
-                                        r == -EADDRINUSE ? " (another socket holds the port)" :
-                                        r == -EEXIST ? " (a file brokerd did not make is at the path; it is "
-                                                       "never replaced)" : "");
-                log_event(r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, "error", &f, "%s", reply->error.message);
-                return NULL;
-        }
-        ux.file = got.file;
-        l = get_record(c, req, reply, text, id, sock_fd, got.cookie, &ux);
-        if (!l) {
-                mm_release(b, id);
-                return NULL;
-        }
-        broker_lease_bound(b, l);
         log_event(LOG_INFO, "create", &f, "lease %llu created for uid %u", (unsigned long long) l->id,
                   (unsigned) c->peer.uid);
-        broker_notify_status(b);
         return l;
 }
 
@@ -424,35 +344,58 @@ static void policy_denied(struct conn *c, const struct pb_msg *req, struct pb_ms
         deny(c, req, reply, NULL, NULL, "policy change by non-admin");
 }
 
-static const char *principal_text(const struct pb_principal *pr, char *buf, size_t len) {
-        switch (pr->kind) {
-        case PB_PRINCIPAL_USER:
-                snprintf(buf, len, "user %u", (unsigned) pr->id);
-                break;
-        case PB_PRINCIPAL_GROUP:
-                snprintf(buf, len, "group %u", (unsigned) pr->id);
-                break;
-        default:
-                snprintf(buf, len, "unit %s", pr->unit);
+/* The rule a POLICY_ADD describes (an admin's: no source). */
+static struct store_rule rule_of(const struct pb_msg *req) {
+        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern,
+                                   .perm = req->policy_add.perm, .attrs = req->policy_add.attrs };
+
+        if (!endpoint_is_unix(&rule.pattern))
+                rule.perm = (struct pb_socket_perm) { .gid = PB_SOCKET_GROUP_NONE, .mode = PB_SOCKET_MODE_DEFAULT };
+        return rule;
+}
+
+/* A POLICY_ADD inside the peer's import: kept for the commit. */
+static void import_add(struct conn *c, const struct pb_msg *req, struct pb_msg *reply) {
+        struct policy_import *im = &c->broker->import;
+
+        if (im->n == POLICY_RULES_MAX) {
+                proto_set_error(reply, req->hdr.id, ENOSPC, "an import has at most %d rules", POLICY_RULES_MAX);
+                return;
         }
-        return buf;
+        if (im->n == im->cap) {
+                size_t cap = im->cap ? im->cap * 2 : 64;
+                struct store_rule *rules = realloc(im->rules, cap * sizeof(*rules));
+
+                if (!rules) {
+                        proto_set_error(reply, req->hdr.id, ENOMEM, "out of memory");
+                        return;
+                }
+                im->rules = rules;
+                im->cap = cap;
+        }
+        im->rules[im->n++] = rule_of(req);
+        reply->hdr.type = PB_MSG_POLICY_ADD | PB_MSG_REPLY;
+        reply->rule_id.rule_id = 0;                     /* none yet: the commit numbers them */
 }
 
 static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         struct broker *b = c->broker;
         const struct peer *p = &c->peer;
-        struct store_rule rule = { .principal = req->policy_add.principal, .pattern = req->policy_add.pattern,
-                                   .perm = req->policy_add.perm };
-        char text[PB_ENDPOINT_STRLEN], who[300];
+        struct store_rule rule = rule_of(req);
+        char text[PB_ENDPOINT_STRLEN], who[400];
         struct log_fields f = broker_peer_fields(p, endpoint_format_pattern(&rule.pattern, text), NULL);
-        struct store_event ev = { .event = "policy-add", .uid = p->uid, .pid = p->pid, .endpoint = text,
-                                  .detail = principal_text(&rule.principal, who, sizeof(who)) };
-        const struct store_rule *same = policy_find_rule(&b->policy, &rule);
+        struct store_event ev = { .uid = p->uid, .pid = p->pid };
+        const struct store_rule *same;
         int r;
 
+        if (b->import.conn == c) {
+                import_add(c, req, reply);
+                return;
+        }
+        same = policy_find_rule(&b->policy, &rule);
         if (same) {
-                proto_set_error(reply, req->hdr.id, EEXIST, "rule %llu already lets %s get %s",
-                                (unsigned long long) same->id, who, text);
+                proto_set_error(reply, req->hdr.id, EEXIST, "rule %llu already says: %s", (unsigned long long) same->id,
+                                store_rule_describe(same, who, sizeof(who)));
                 return;
         }
         if (b->policy.n_rules >= POLICY_RULES_MAX) {
@@ -467,7 +410,9 @@ static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct p
                 log_event(LOG_ERR, "error", &f, "%s", reply->error.message);
                 return;
         }
-        log_event(LOG_INFO, "policy-add", &f, "rule %llu: %s may get %s", (unsigned long long) rule.id, who, text);
+        store_rule_describe(&rule, who, sizeof(who));
+        log_event(LOG_INFO, "policy-add", &f, "rule %llu added: %s", (unsigned long long) rule.id, who);
+        (void) reservation_make(b, &rule, false);
         reply->hdr.type = PB_MSG_POLICY_ADD | PB_MSG_REPLY;
         reply->rule_id.rule_id = rule.id;
         broker_notify_status(b);
@@ -478,16 +423,21 @@ static void handle_policy_remove(struct conn *c, const struct pb_msg *req, struc
         const struct peer *p = &c->peer;
         uint64_t id = req->rule_id.rule_id;
         struct log_fields f = broker_peer_fields(p, NULL, NULL);
-        char detail[64];
-        struct store_event ev = { .event = "policy-remove", .uid = p->uid, .pid = p->pid, .detail = detail };
+        struct store_event ev = { .uid = p->uid, .pid = p->pid };
+        const struct store_rule *rule = policy_get(&b->policy, id);
         int r;
 
-        snprintf(detail, sizeof(detail), "rule %llu", (unsigned long long) id);
-        if (!policy_get(&b->policy, id)) {
+        if (!rule) {
                 proto_set_error(reply, req->hdr.id, ENOENT, "no rule %llu", (unsigned long long) id);
                 return;
         }
-        r = store_rule_remove(b->store, id, &ev);
+        if (rule->source[0]) {
+                proto_set_error(reply, req->hdr.id, EROFS, "rule %llu comes from %s in %s: remove it there, then "
+                                "systemctl reload portbroker", (unsigned long long) id, rule->source,
+                                b->opt.policy_dir ? b->opt.policy_dir : "the policy directory");
+                return;
+        }
+        r = store_rule_remove(b->store, rule, &ev);
         if (r < 0) {
                 proto_set_error(reply, req->hdr.id, -r, "cannot remove rule %llu: %s", (unsigned long long) id,
                                 strerror(-r));
@@ -503,11 +453,11 @@ static void handle_policy_remove(struct conn *c, const struct pb_msg *req, struc
 
 static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct policy *pol = &c->broker->policy;
-        bool long_entries = false;
 
         reply->hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
         for (size_t i = 0; i < pol->n_rules; i++) {
                 const struct store_rule *r = &pol->rules[i];
+                struct pb_rule_entry *e = &reply->rules.rules[reply->rules.count];
 
                 if (r->id <= req->policy_list.after_id || !expressible(req, &r->pattern))
                         continue;
@@ -515,20 +465,85 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
                         reply->rules.more = 1;
                         break;
                 }
-                reply->rules.rules[reply->rules.count++] = (struct pb_rule_entry) {
+                *e = (struct pb_rule_entry) {
                         .id = r->id,
                         .principal = r->principal,
                         .pattern = r->pattern,
                         .perm = r->perm,
+                        .attrs = r->attrs,
                         .created = (uint64_t) r->created,
                 };
-                long_entries |= endpoint_is_unix(&r->pattern);
-                if (long_entries && !list_fits(reply)) {
+                memcpy(e->source, r->source, sizeof(e->source));
+                reply->rules.count++;
+                /* Unix paths and sources make entries longer than PB_RULES_MAX was sized for. */
+                if (!list_fits(reply)) {
                         reply->rules.count--;
                         reply->rules.more = 1;
                         break;
                 }
         }
+}
+
+/* --- imports ------------------------------------------------------------------ */
+
+/* Forgets the import of c, if it has one. */
+void request_import_end(struct conn *c) {
+        struct policy_import *im = &c->broker->import;
+
+        if (im->conn != c)
+                return;
+        free(im->rules);
+        *im = (struct policy_import) { 0 };
+}
+
+static void handle_policy_begin(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct policy_import *im = &c->broker->import;
+
+        if (im->conn && im->conn != c) {
+                proto_set_error(reply, req->hdr.id, EBUSY, "uid %u (pid %d) is importing rules; try again once "
+                                "it is done", (unsigned) im->conn->peer.uid, (int) im->conn->peer.pid);
+                return;
+        }
+        request_import_end(c);          /* a second BEGIN starts afresh */
+        im->conn = c;
+        im->replace = req->policy_begin.flags & PB_POLICY_REPLACE;
+        reply->hdr.type = PB_MSG_POLICY_BEGIN | PB_MSG_REPLY;
+}
+
+static void handle_policy_commit(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct broker *b = c->broker;
+        struct policy_import *im = &b->import;
+        struct policy_counts counts;
+        char why[PB_TEXT_MAX + 1], what[300];
+        size_t conflict;
+        int r;
+
+        if (im->conn != c) {
+                proto_set_error(reply, req->hdr.id, EINVAL, "no import begun on this connection (POLICY_BEGIN)");
+                return;
+        }
+        r = broker_rules_set(b, im->rules, im->n, POLICY_SCOPE_IMPORT, im->replace, &c->peer,
+                             im->replace ? "import --replace" : "import", &counts, &conflict, why, sizeof(why));
+        if (r == -EEXIST) {
+                const struct store_rule *x = &im->rules[conflict], *there = policy_find_rule(&b->policy, x);
+
+                store_rule_describe(x, what, sizeof(what));
+                if (there && there->source[0])
+                        proto_set_error(reply, req->hdr.id, EEXIST, "rule %zu of the import (%s) differs from rule "
+                                        "%llu, which only %s changes", conflict + 1, what,
+                                        (unsigned long long) there->id, there->source);
+                else
+                        proto_set_error(reply, req->hdr.id, EEXIST, "rule %zu of the import (%s) is given twice",
+                                        conflict + 1, what);
+        } else if (r < 0)
+                proto_set_error(reply, req->hdr.id, -r, "%s; nothing changed", why);
+        else {
+                reply->hdr.type = PB_MSG_POLICY_COMMIT | PB_MSG_REPLY;
+                reply->policy_commit.added = counts.added;
+                reply->policy_commit.changed = counts.changed;
+                reply->policy_commit.removed = counts.removed;
+        }
+        request_import_end(c);
 }
 
 /* --- admin ------------------------------------------------------------------ */
@@ -605,6 +620,8 @@ static const struct request_type request_types[] = {
         { PB_MSG_REEXEC, "reexec", true, handle_reexec },
         { PB_MSG_INFO, "info", false, handle_info },
         { PB_MSG_CHECK, "check", false, handle_check },
+        { PB_MSG_POLICY_BEGIN, "policy-begin", true, handle_policy_begin },
+        { PB_MSG_POLICY_COMMIT, "policy-commit", true, handle_policy_commit },
 };
 
 static const struct request_type *request_type_of(uint16_t type) {

@@ -31,6 +31,7 @@ enum stmt {
         ST_SYNC_OFF,
         ST_RULE_ADD,
         ST_RULE_REMOVE,
+        ST_RULE_UPDATE,
         ST_RULES,
         ST_LEASE_ADD,
         ST_LEASE_NEXT_ID,
@@ -55,11 +56,13 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
         [ST_SYNC_OFF] = "PRAGMA synchronous=OFF",
         [ST_RULE_ADD] = "INSERT INTO rules (principal_kind, principal_id, principal_unit, pattern, "
-                        "pattern_text, created, created_by, socket_gid, socket_mode) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "pattern_text, created, created_by, socket_gid, socket_mode, flags, owner, source) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [ST_RULE_REMOVE] = "DELETE FROM rules WHERE id = ?",
+        [ST_RULE_UPDATE] = "UPDATE rules SET socket_gid = ?, socket_mode = ?, flags = ?, owner = ?, source = ? "
+                           "WHERE id = ?",
         [ST_RULES] = "SELECT id, principal_kind, principal_id, principal_unit, pattern, created, socket_gid, "
-                     "socket_mode FROM rules ORDER BY id",
+                     "socket_mode, flags, owner, source FROM rules ORDER BY id",
         [ST_LEASE_ADD] = "INSERT INTO leases (id, endpoint, endpoint_text, owner_uid, created, socket_cookie, "
                          "boot_id, unix_uid, unix_gid, unix_mode, unix_dev, unix_ino, unix_born) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -163,6 +166,15 @@ static const char schema_v4[] =
         "INSERT INTO sqlite_sequence (name, seq) SELECT name, seq FROM temp.seq_v4;"
         "DROP TABLE temp.seq_v4;"
         "PRAGMA user_version = 4;";
+
+/* Version 5, reservations and policy files: a rule's flags (reserve, owner
+ * given: as on the wire), its reservation's owner, and the policy.d file it
+ * comes from ('': an admin's, made with portctl). */
+static const char schema_v5[] =
+        "ALTER TABLE rules ADD COLUMN flags INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE rules ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE rules ADD COLUMN source TEXT NOT NULL DEFAULT '';"
+        "PRAGMA user_version = 5;";
 
 struct store {
         sqlite3 *db;
@@ -360,18 +372,15 @@ unsigned store_pending(const struct store *s) {
         return s->n_pending + s->n_reserved;
 }
 
-int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *ev) {
+static int rule_insert(struct store *s, struct store_rule *rule, const struct store_event *ev) {
         sqlite3_stmt *st = s->stmt[ST_RULE_ADD];
         char text[PB_ENDPOINT_STRLEN];
         uint8_t blob[PB_ENDPOINT_WIRE_MAX];
-        size_t n;
+        size_t n = endpoint_encode(&rule->pattern, blob);
+        bool is_unix = endpoint_is_unix(&rule->pattern);
         int r;
 
         rule->created = now_us() / 1000000;
-        n = endpoint_encode(&rule->pattern, blob);
-        r = tx_begin(s);
-        if (r < 0)
-                return r;
         sqlite3_bind_int(st, 1, rule->principal.kind);
         sqlite3_bind_int64(st, 2, rule->principal.id);
         sqlite3_bind_text(st, 3, rule->principal.unit, -1, SQLITE_STATIC);
@@ -379,14 +388,109 @@ int store_rule_add(struct store *s, struct store_rule *rule, const struct store_
         sqlite3_bind_text(st, 5, endpoint_format_pattern(&rule->pattern, text), -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, rule->created);
         sqlite3_bind_int64(st, 7, ev->uid);
-        sqlite3_bind_int64(st, 8, endpoint_is_unix(&rule->pattern) ? rule->perm.gid : PB_SOCKET_GROUP_NONE);
-        sqlite3_bind_int(st, 9, endpoint_is_unix(&rule->pattern) ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT);
+        sqlite3_bind_int64(st, 8, is_unix ? rule->perm.gid : PB_SOCKET_GROUP_NONE);
+        sqlite3_bind_int(st, 9, is_unix ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT);
+        sqlite3_bind_int(st, 10, rule->attrs.flags);
+        sqlite3_bind_int64(st, 11, rule->attrs.owner);
+        sqlite3_bind_text(st, 12, rule->source, -1, SQLITE_STATIC);
         r = run(s, ST_RULE_ADD);
-        if (r >= 0) {
+        if (r >= 0)
                 rule->id = (uint64_t) sqlite3_last_insert_rowid(s->db);
-                r = durable_event(s, ev);
+        return r;
+}
+
+static int rule_update(struct store *s, const struct store_rule *rule) {
+        sqlite3_stmt *st = s->stmt[ST_RULE_UPDATE];
+        bool is_unix = endpoint_is_unix(&rule->pattern);
+        int r;
+
+        sqlite3_bind_int64(st, 1, is_unix ? rule->perm.gid : PB_SOCKET_GROUP_NONE);
+        sqlite3_bind_int(st, 2, is_unix ? rule->perm.mode : PB_SOCKET_MODE_DEFAULT);
+        sqlite3_bind_int(st, 3, rule->attrs.flags);
+        sqlite3_bind_int64(st, 4, rule->attrs.owner);
+        sqlite3_bind_text(st, 5, rule->source, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64) rule->id);
+        r = run(s, ST_RULE_UPDATE);
+        return r >= 0 && sqlite3_changes(s->db) == 0 ? -ENOENT : r;
+}
+
+static int rule_delete(struct store *s, uint64_t id) {
+        int r;
+
+        sqlite3_bind_int64(s->stmt[ST_RULE_REMOVE], 1, (sqlite3_int64) id);
+        r = run(s, ST_RULE_REMOVE);
+        return r >= 0 && sqlite3_changes(s->db) == 0 ? -ENOENT : r;
+}
+
+char *store_rule_describe(const struct store_rule *r, char *buf, size_t size) {
+        char text[PB_ENDPOINT_STRLEN];
+        int n;
+
+        if (r->principal.kind == PB_PRINCIPAL_UNIT)
+                n = snprintf(buf, size, "unit %s", r->principal.unit);
+        else
+                n = snprintf(buf, size, "%s %u", r->principal.kind == PB_PRINCIPAL_USER ? "user" : "group",
+                             (unsigned) r->principal.id);
+        if (n >= 0 && (size_t) n < size)
+                n += snprintf(buf + n, size - (size_t) n, " may get %s",
+                              endpoint_format_pattern(&r->pattern, text));
+        if (n >= 0 && (size_t) n < size && (r->attrs.flags & PB_RULE_RESERVE))
+                n += snprintf(buf + n, size - (size_t) n, ", reserved for uid %u",
+                              (unsigned) (r->attrs.flags & PB_RULE_OWNER ? r->attrs.owner : r->principal.id));
+        if (n >= 0 && (size_t) n < size && r->source[0])
+                snprintf(buf + n, size - (size_t) n, " (from %s)", r->source);
+        return buf;
+}
+
+/* The audit event of change c, by who. */
+static void change_event(const struct store_rule_change *c, const struct store_event *who, struct pending *ret) {
+        static const char *const names[] = { [STORE_RULE_ADD] = "policy-add", [STORE_RULE_UPDATE] = "policy-change",
+                                             [STORE_RULE_REMOVE] = "policy-remove" };
+        char text[PB_ENDPOINT_STRLEN], what[300], detail[sizeof(ret->detail)];
+
+        snprintf(detail, sizeof(detail), "rule %llu: %s%s%s", (unsigned long long) c->rule.id,
+                 store_rule_describe(&c->rule, what, sizeof(what)), who->detail ? "; " : "",
+                 who->detail ? who->detail : "");
+        pending_fill(ret, &(struct store_event) { .event = names[c->op], .uid = who->uid, .pid = who->pid,
+                                                  .endpoint = endpoint_format_pattern(&c->rule.pattern, text),
+                                                  .detail = detail });
+}
+
+int store_rules_change(struct store *s, struct store_rule_change *changes, size_t n, const struct store_event *who) {
+        int r = tx_begin(s);
+
+        if (r < 0)
+                return r;
+        r = write_pending(s);
+        for (size_t i = 0; i < n && r >= 0; i++) {
+                struct store_rule_change *c = &changes[i];
+                struct pending p;
+
+                r = c->op == STORE_RULE_ADD ? rule_insert(s, &c->rule, who) :
+                    c->op == STORE_RULE_UPDATE ? rule_update(s, &c->rule) : rule_delete(s, c->rule.id);
+                if (r >= 0) {
+                        change_event(c, who, &p);
+                        r = insert_event(s, &p);
+                }
         }
         return tx_end(s, r);
+}
+
+int store_rule_add(struct store *s, struct store_rule *rule, const struct store_event *who) {
+        struct store_rule_change c = { .op = STORE_RULE_ADD, .rule = *rule };
+        int r = store_rules_change(s, &c, 1, who);
+
+        if (r >= 0) {
+                rule->id = c.rule.id;
+                rule->created = c.rule.created;
+        }
+        return r;
+}
+
+int store_rule_remove(struct store *s, const struct store_rule *rule, const struct store_event *who) {
+        struct store_rule_change c = { .op = STORE_RULE_REMOVE, .rule = *rule };
+
+        return store_rules_change(s, &c, 1, who);
 }
 
 static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct store_event *ev) {
@@ -401,10 +505,6 @@ static int remove_by_id(struct store *s, enum stmt k, uint64_t id, const struct 
         if (r >= 0)
                 r = durable_event(s, ev);
         return tx_end(s, r);
-}
-
-int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev) {
-        return remove_by_id(s, ST_RULE_REMOVE, id, ev);
 }
 
 int store_lease_add(struct store *s, struct store_lease *l, const struct store_event *ev) {
@@ -493,6 +593,21 @@ static int column_perm(sqlite3_stmt *st, int col, struct pb_socket_perm *ret) {
         return 0;
 }
 
+/* Reads a rule's flags, owner and source (three columns from col); what
+ * no rule could say is corruption. */
+static int column_attrs(sqlite3_stmt *st, int col, struct store_rule *rule) {
+        int64_t flags = sqlite3_column_int64(st, col), owner = sqlite3_column_int64(st, col + 1);
+        const unsigned char *source = sqlite3_column_text(st, col + 2);
+        const char *why;
+
+        if (flags < 0 || flags > UINT8_MAX || owner < 0 || owner > UINT32_MAX || !source ||
+            strlen((const char *) source) > PB_RULE_SOURCE_MAX)
+                return -EBADMSG;
+        rule->attrs = (struct pb_rule_attrs) { .flags = (uint8_t) flags, .owner = (uint32_t) owner };
+        snprintf(rule->source, sizeof(rule->source), "%s", source);
+        return proto_rule_attrs_validate(&rule->principal, &rule->pattern, &rule->attrs, &why) < 0 ? -EBADMSG : 0;
+}
+
 /* Queued like audit events: written by the next transaction (a new
  * lease's own commit, or the next batch), so a lease costs no commit more. */
 int store_reserved_set(struct store *s, unsigned port, bool ours) {
@@ -567,6 +682,8 @@ int store_rules_load(struct store *s, int (*fn)(const struct store_rule *r, void
                 r = column_endpoint(st, 4, true, &rule.pattern);
                 if (r >= 0)
                         r = column_perm(st, 6, &rule.perm);
+                if (r >= 0)
+                        r = column_attrs(st, 8, &rule);
                 if (r >= 0)
                         r = proto_principal_validate(&rule.principal) < 0 ? -EBADMSG : 0;
                 if (r >= 0)
@@ -671,6 +788,7 @@ static int migrate(sqlite3 *db, char *errbuf, size_t errlen) {
             (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, &msg) != SQLITE_OK) ||
             (version < 2 && sqlite3_exec(db, schema_v2, NULL, NULL, &msg) != SQLITE_OK) ||
             (version < 4 && sqlite3_exec(db, schema_v4, NULL, NULL, &msg) != SQLITE_OK) ||
+            (version < 5 && sqlite3_exec(db, schema_v5, NULL, NULL, &msg) != SQLITE_OK) ||
             sqlite3_exec(db, "COMMIT", NULL, NULL, &msg) != SQLITE_OK) {
                 snprintf(errbuf, errlen, "cannot create schema: %s", msg ? msg : sqlite3_errmsg(db));
                 sqlite3_free(msg);

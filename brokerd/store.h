@@ -19,9 +19,11 @@
  * before it cannot decode. Version 4, Unix-domain leases, rebuilds rules
  * and leases: an endpoint column holds a Unix endpoint's path after its 24
  * bytes, a rule the group and mode of the sockets it allows, a lease the
- * socket file brokerd made. Every database is migrated to it at start. */
-#define STORE_SCHEMA_VERSION 4
-#define STORE_SCHEMA_TABLES 4           /* the newest version that changed tables */
+ * socket file brokerd made. Version 5 gives rules their flags (reserve),
+ * a reservation's owner and the policy.d file a rule comes from. Every
+ * database is migrated to the newest at start. */
+#define STORE_SCHEMA_VERSION 5
+#define STORE_SCHEMA_TABLES 5           /* the newest version that changed tables */
 #define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */
@@ -41,7 +43,21 @@ struct store_rule {
         struct pb_principal principal;
         struct pb_endpoint pattern;
         struct pb_socket_perm perm;     /* Unix patterns: the sockets' group and mode */
+        struct pb_rule_attrs attrs;     /* reserve, and for whom */
+        char source[PB_RULE_SOURCE_MAX + 1]; /* the policy.d file it comes from, "" for an admin's */
         int64_t created;
+};
+
+/* One change of a batch (store_rules_change()). */
+enum store_rule_op {
+        STORE_RULE_ADD,                 /* rule added: id and created filled in */
+        STORE_RULE_UPDATE,              /* rule.id's perm, attrs and source set to rule's */
+        STORE_RULE_REMOVE,              /* rule.id removed */
+};
+
+struct store_rule_change {
+        enum store_rule_op op;
+        struct store_rule rule;
 };
 
 #define STORE_BOOT_ID_MAX 37
@@ -68,11 +84,22 @@ int store_check(const char *path, char *errbuf, size_t errlen);
 /* Flushes pending events and closes; NULL is fine. */
 void store_close(struct store *s);
 
-/* Durable: adds rule r (id and created filled in) with its event. */
-int store_rule_add(struct store *s, struct store_rule *r, const struct store_event *ev);
+/* "user 1000 may get tcp:8000-8099", "group 33 may get tcp:80, reserved
+ * for uid 33 (from web.conf)": what rule says, for logs and the audit
+ * trail. Returns buf. */
+char *store_rule_describe(const struct store_rule *r, char *buf, size_t size);
 
-/* Durable: removes rule id with its event. Returns 0 or -ENOENT. */
-int store_rule_remove(struct store *s, uint64_t id, const struct store_event *ev);
+/* Durable: n rule changes in one transaction, all or none, each with its
+ * audit event (policy-add, policy-change or policy-remove: the rule's id,
+ * pattern and store_rule_describe(), then who's detail if any), as made by
+ * who (its uid and pid; its event and endpoint are not used). Returns 0,
+ * or -errno (-ENOENT: a rule to change or remove is not there) and
+ * nothing changed. */
+int store_rules_change(struct store *s, struct store_rule_change *changes, size_t n, const struct store_event *who);
+
+/* store_rules_change() of one rule: adds r (id and created filled in), or removes r. */
+int store_rule_add(struct store *s, struct store_rule *r, const struct store_event *who);
+int store_rule_remove(struct store *s, const struct store_rule *r, const struct store_event *who);
 
 /* Durable: records lease l with its event: under l->id (store_lease_next_id()), or the next id when 0
  * (filled in), and created filled in. */

@@ -55,6 +55,25 @@ static void get_pattern(struct rcur *r, struct pb_endpoint *p, struct pb_socket_
         }
 }
 
+/* Version 6: a rule's flags and owner follow its pattern. */
+static void put_rule_attrs(struct wcur *w, const struct pb_rule_attrs *a) {
+        put_u8(w, a->flags);
+        put_be(w, a->owner, 4);
+}
+
+static void get_rule_attrs(struct rcur *r, uint16_t version, const struct pb_principal *p,
+                           const struct pb_endpoint *pattern, struct pb_rule_attrs *ret) {
+        const char *why;
+
+        *ret = (struct pb_rule_attrs) { 0 };
+        if (version < PB_PROTO_VERSION_POLICY)
+                return;
+        ret->flags = get_u8(r);
+        ret->owner = (uint32_t) get_be(r, 4);
+        if (!r->bad && proto_rule_attrs_validate(p, pattern, ret, &why) < 0)
+                r->bad = true;
+}
+
 static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
         if (list->count > PB_LIST_MAX) {
                 w->overflow = true;
@@ -76,7 +95,7 @@ static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
         }
 }
 
-static void put_rule_list(struct wcur *w, const struct pb_rule_list *list) {
+static void put_rule_list(struct wcur *w, const struct pb_rule_list *list, uint16_t version) {
         if (list->count > PB_RULES_MAX) {
                 w->overflow = true;
                 return;
@@ -88,11 +107,15 @@ static void put_rule_list(struct wcur *w, const struct pb_rule_list *list) {
                 put_be(w, e->id, 8);
                 put_principal(w, &e->principal);
                 put_pattern(w, &e->pattern, &e->perm);
+                if (version >= PB_PROTO_VERSION_POLICY) {
+                        put_rule_attrs(w, &e->attrs);
+                        put_text_max(w, e->source, PB_RULE_SOURCE_MAX);
+                }
                 put_be(w, e->created, 8);
         }
 }
 
-static void encode_body(struct wcur *w, const struct pb_msg *m) {
+static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
         case PB_MSG_RELEASE:
@@ -118,6 +141,8 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         case PB_MSG_POLICY_ADD:
                 put_principal(w, &m->policy_add.principal);
                 put_pattern(w, &m->policy_add.pattern, &m->policy_add.perm);
+                if (version >= PB_PROTO_VERSION_POLICY)
+                        put_rule_attrs(w, &m->policy_add.attrs);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -127,7 +152,15 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
                 put_be(w, m->policy_list.after_id, 8);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
-                put_rule_list(w, &m->rules);
+                put_rule_list(w, &m->rules, version);
+                break;
+        case PB_MSG_POLICY_BEGIN:
+                put_u8(w, m->policy_begin.flags);
+                break;
+        case PB_MSG_POLICY_COMMIT | PB_MSG_REPLY:
+                put_be(w, m->policy_commit.added, 4);
+                put_be(w, m->policy_commit.changed, 4);
+                put_be(w, m->policy_commit.removed, 4);
                 break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 put_be(w, m->reexec.pid, 4);
@@ -144,6 +177,8 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
         case PB_MSG_REEXEC:
         case PB_MSG_INFO:
         case PB_MSG_CHECK | PB_MSG_REPLY:
+        case PB_MSG_POLICY_BEGIN | PB_MSG_REPLY:
+        case PB_MSG_POLICY_COMMIT:
                 break;
         case PB_MSG_ERROR:
                 put_be(w, (uint32_t) m->error.code, 4);
@@ -156,17 +191,19 @@ static void encode_body(struct wcur *w, const struct pb_msg *m) {
 
 int proto_encode(const struct pb_msg *msg, uint8_t *buf, size_t size) {
         struct wcur w = { .buf = buf, .size = size < PB_MSG_MAX ? size : PB_MSG_MAX };
+        uint16_t oldest = proto_msg_version(msg);
+        uint16_t version = msg->hdr.version >= oldest && msg->hdr.version <= PB_PROTO_VERSION ? msg->hdr.version
+                                                                                               : oldest;
 
         if (!wtake(&w, PB_HEADER_SIZE))
                 return -EMSGSIZE;
-        encode_body(&w, msg);
+        encode_body(&w, msg, version);
         if (w.overflow)
                 return -EMSGSIZE;
 
         struct wcur h = { .buf = buf, .size = PB_HEADER_SIZE };
         put_be(&h, w.off, 4);
-        uint16_t oldest = proto_msg_version(msg);
-        put_be(&h, msg->hdr.version >= oldest && msg->hdr.version <= PB_PROTO_VERSION ? msg->hdr.version : oldest, 2);
+        put_be(&h, version, 2);
         put_be(&h, msg->hdr.type, 2);
         put_be(&h, msg->hdr.id, 4);
         put_be(&h, 0, 4);
@@ -179,6 +216,9 @@ uint16_t proto_type_version(uint16_t type) {
                 return 3;
         case PB_MSG_CHECK:
                 return PB_PROTO_VERSION_V6ONLY;
+        case PB_MSG_POLICY_BEGIN:
+        case PB_MSG_POLICY_COMMIT:
+                return PB_PROTO_VERSION_POLICY;
         default:
                 return PB_PROTO_VERSION_MIN;
         }
@@ -192,6 +232,11 @@ uint16_t proto_endpoint_version(const struct pb_endpoint *e) {
 
 static uint16_t newer(uint16_t a, uint16_t b) {
         return a > b ? a : b;
+}
+
+/* A rule's attributes other than the default need version 6. */
+static uint16_t attrs_version(const struct pb_rule_attrs *a) {
+        return a->flags || a->owner ? PB_PROTO_VERSION_POLICY : 0;
 }
 
 /* The oldest version whose rules allow m's endpoints (proto_endpoint_version()). */
@@ -215,9 +260,11 @@ static uint16_t content_version(const struct pb_msg *m) {
                         v = newer(v, proto_endpoint_version(&m->leases.leases[i].endpoint));
                 break;
         case PB_MSG_POLICY_ADD:
-                v = proto_endpoint_version(&m->policy_add.pattern);
+                v = newer(proto_endpoint_version(&m->policy_add.pattern), attrs_version(&m->policy_add.attrs));
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
+                /* Attributes an older client cannot read do not stop it from
+                 * reading the rule: its entry leaves them out. */
                 for (unsigned i = 0; i < m->rules.count && i < PB_RULES_MAX; i++)
                         v = newer(v, proto_endpoint_version(&m->rules.rules[i].pattern));
                 break;
@@ -285,7 +332,7 @@ static void get_lease_list(struct rcur *r, struct pb_lease_list *list) {
         }
 }
 
-static void get_rule_list(struct rcur *r, struct pb_rule_list *list) {
+static void get_rule_list(struct rcur *r, struct pb_rule_list *list, uint16_t version) {
         list->count = get_u8(r);
         list->more = get_bool(r);
         if (list->count > PB_RULES_MAX) {
@@ -297,6 +344,9 @@ static void get_rule_list(struct rcur *r, struct pb_rule_list *list) {
                 e->id = get_be(r, 8);
                 get_principal(r, &e->principal);
                 get_pattern(r, &e->pattern, &e->perm);
+                get_rule_attrs(r, version, &e->principal, &e->pattern, &e->attrs);
+                if (version >= PB_PROTO_VERSION_POLICY)
+                        get_text_max(r, e->source, PB_RULE_SOURCE_MAX);
                 e->created = get_be(r, 8);
         }
 }
@@ -322,6 +372,8 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         case PB_MSG_POLICY_ADD:
                 get_principal(r, &m->policy_add.principal);
                 get_pattern(r, &m->policy_add.pattern, &m->policy_add.perm);
+                get_rule_attrs(r, m->hdr.version, &m->policy_add.principal, &m->policy_add.pattern,
+                               &m->policy_add.attrs);
                 break;
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
@@ -331,7 +383,17 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->policy_list.after_id = get_be(r, 8);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
-                get_rule_list(r, &m->rules);
+                get_rule_list(r, &m->rules, m->hdr.version);
+                break;
+        case PB_MSG_POLICY_BEGIN:
+                m->policy_begin.flags = get_u8(r);
+                if (m->policy_begin.flags & ~PB_POLICY_REPLACE)
+                        r->bad = true;
+                break;
+        case PB_MSG_POLICY_COMMIT | PB_MSG_REPLY:
+                m->policy_commit.added = (uint32_t) get_be(r, 4);
+                m->policy_commit.changed = (uint32_t) get_be(r, 4);
+                m->policy_commit.removed = (uint32_t) get_be(r, 4);
                 break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 m->reexec.pid = (uint32_t) get_be(r, 4);
@@ -348,6 +410,8 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
         case PB_MSG_REEXEC:
         case PB_MSG_INFO:
         case PB_MSG_CHECK | PB_MSG_REPLY:
+        case PB_MSG_POLICY_BEGIN | PB_MSG_REPLY:
+        case PB_MSG_POLICY_COMMIT:
                 break;
         case PB_MSG_ERROR:
                 m->error.code = (int32_t) (uint32_t) get_be(r, 4);
@@ -424,4 +488,22 @@ int proto_principal_validate(const struct pb_principal *p) {
         default:
                 return -EINVAL;
         }
+}
+
+int proto_rule_attrs_validate(const struct pb_principal *p, const struct pb_endpoint *pattern,
+                              const struct pb_rule_attrs *a, const char **ret_why) {
+        bool reserve = a->flags & PB_RULE_RESERVE, owner = a->flags & PB_RULE_OWNER;
+
+        if (a->flags & ~(PB_RULE_RESERVE | PB_RULE_OWNER) || (!owner && a->owner != 0) || a->owner == UINT32_MAX)
+                *ret_why = "unknown rule flags, or an owner without its flag";
+        else if (reserve && endpoint_validate(pattern, false) < 0)
+                *ret_why = "a reservation is of one endpoint: one port, or a Unix socket's path (not a directory)";
+        else if (owner && (!reserve || p->kind == PB_PRINCIPAL_USER))
+                *ret_why = reserve ? "a user rule's reservation is its user's: it names no owner"
+                                   : "only a reservation has an owner";
+        else if (reserve && p->kind != PB_PRINCIPAL_USER && !owner)
+                *ret_why = "the reservation of a group or unit rule needs an owner (the user whose lease it is)";
+        else
+                return 0;
+        return -EINVAL;
 }

@@ -16,10 +16,11 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 5               /* the newest version spoken */
+#define PB_PROTO_VERSION 6               /* the newest version spoken */
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
 #define PB_PROTO_VERSION_UNIX 5         /* the first with Unix endpoints (unix:/path) */
+#define PB_PROTO_VERSION_POLICY 6       /* the first with reservations, rule sources and policy imports */
 #define PB_SOCKET_MODE_DEFAULT 0600     /* a Unix socket's mode when the rule gives none */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
@@ -37,6 +38,8 @@ enum pb_msg_type {
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
         PB_MSG_CHECK = 9,               /* may the peer get an endpoint? nothing bound (since version 4) */
+        PB_MSG_POLICY_BEGIN = 12,       /* admin: the POLICY_ADDs that follow are one import (since 6) */
+        PB_MSG_POLICY_COMMIT = 13,      /* admin: apply the import, in one transaction (since 6) */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
         PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
 };
@@ -68,6 +71,19 @@ struct pb_principal {
 struct pb_socket_perm {
         uint32_t gid;                   /* PB_SOCKET_GROUP_NONE unless the rule names a group */
         uint16_t mode;                  /* permission bits, at most 0777 */
+};
+
+/* What a rule says besides who may get what (version 6): whether brokerd
+ * binds its endpoint at start, before anyone asks, and for whom. */
+#define PB_RULE_RESERVE 0x01            /* flags: the pattern, one endpoint, is leased at start */
+#define PB_RULE_OWNER 0x02              /* flags: owner names the reservation's owner (a group or
+                                         * unit rule's; a user rule's is its user) */
+#define PB_RULE_SOURCE_MAX 64           /* longest source: the policy.d file a rule comes from */
+#define PB_POLICY_REPLACE 0x01          /* POLICY_BEGIN flags: the import removes the rules it does not name */
+
+struct pb_rule_attrs {
+        uint8_t flags;                  /* PB_RULE_RESERVE, PB_RULE_OWNER, or 0 */
+        uint32_t owner;                 /* with PB_RULE_OWNER: a uid; else 0 */
 };
 
 /* One message body; which member is valid follows from the header's type. */
@@ -106,6 +122,7 @@ struct pb_msg {
                         struct pb_principal principal;
                         struct pb_endpoint pattern;     /* port_lo..port_hi range allowed */
                         struct pb_socket_perm perm;     /* Unix patterns only */
+                        struct pb_rule_attrs attrs;     /* version 6 */
                 } policy_add;
                 struct {                        /* PB_MSG_POLICY_ADD | PB_MSG_REPLY, _REMOVE request */
                         uint64_t rule_id;
@@ -121,9 +138,18 @@ struct pb_msg {
                                 struct pb_principal principal;
                                 struct pb_endpoint pattern;
                                 struct pb_socket_perm perm;     /* Unix patterns only */
+                                struct pb_rule_attrs attrs;     /* version 6 */
+                                char source[PB_RULE_SOURCE_MAX + 1]; /* version 6: the policy.d file it
+                                                                      * comes from, "" for portctl's */
                                 uint64_t created;       /* unix seconds */
                         } rules[PB_RULES_MAX];
                 } rules;
+                struct {                        /* PB_MSG_POLICY_BEGIN */
+                        uint8_t flags;          /* PB_POLICY_REPLACE, or 0 */
+                } policy_begin;
+                struct {                        /* PB_MSG_POLICY_COMMIT | PB_MSG_REPLY */
+                        uint32_t added, changed, removed;
+                } policy_commit;
                 struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */
                         uint32_t pid;           /* brokerd's pid (the same before and after) */
                         char version[PB_TEXT_MAX + 1]; /* the new image's version */
@@ -177,3 +203,11 @@ uint16_t proto_endpoint_version(const struct pb_endpoint *e);
 
 /* Validates a principal (kind known, unit name well-formed). Returns 0 or -EINVAL. */
 int proto_principal_validate(const struct pb_principal *p);
+
+/* Validates what a rule says beyond its principal and pattern: known
+ * flags; a reservation's pattern one endpoint (a single port, a Unix
+ * socket's path rather than a directory); an owner only for the
+ * reservation of a group or unit rule, which needs one. Returns 0, or
+ * -EINVAL with *ret_why (static text) saying what is wrong. */
+int proto_rule_attrs_validate(const struct pb_principal *p, const struct pb_endpoint *pattern,
+                              const struct pb_rule_attrs *a, const char **ret_why);

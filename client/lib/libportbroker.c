@@ -39,6 +39,8 @@ struct pb_conn {
         uint32_t next_id;               /* id of the next request, never 0 */
         char path[SUN_PATH_MAX];        /* control socket path, for reconnecting */
         bool one_shot;                  /* pb_get()/pb_release(): one request, then we hang up */
+        bool importing;                 /* between pb_conn_policy_begin() and _commit(): brokerd keeps the
+                                         * import with this connection, so it is never reopened */
 };
 
 /* One request and its reply; big (the rule list), so kept off the stack. */
@@ -207,10 +209,17 @@ static int encode_request(pb_conn *c, struct exchange *x, uint8_t buf[static PB_
  * once; on a fresh one that fails, brokerd's parting error reply (if any)
  * is the answer. Returns 0 or -code (the connection then dropped).
  */
+/* brokerd forgets an import with the connection it began on. */
+static int import_lost(pb_error *err) {
+        return fail(err, ECONNRESET, "the connection to brokerd was lost during the import; nothing was changed");
+}
+
 static int send_request(pb_conn *c, const uint8_t *buf, size_t len, struct pb_msg *scratch, pb_error *err) {
         bool fresh = false;
         int r;
 
+        if (c->sock_fd < 0 && c->importing)
+                return import_lost(err);
         if (c->sock_fd < 0) {
                 r = open_socket(c->path, &c->sock_fd, err);
                 if (r < 0)
@@ -235,6 +244,8 @@ static int send_request(pb_conn *c, const uint8_t *buf, size_t len, struct pb_ms
                         }
                 }
                 c->sock_fd = safe_close(c->sock_fd);
+                if (c->importing)
+                        return import_lost(err);
                 if (fresh || (r != -EPIPE && r != -ECONNRESET && r != -ENOTCONN))
                         return fail(err, -r, "cannot send the request to brokerd: %m");
                 /* brokerd closed an idle connection before seeing the request: resend on a new one. */
@@ -579,6 +590,9 @@ static void rule_from_entry(const struct pb_rule_entry *e, pb_rule *ret) {
         endpoint_format_pattern(&e->pattern, ret->pattern);
         ret->socket_gid = endpoint_is_unix(&e->pattern) ? e->perm.gid : PB_SOCKET_GROUP_NONE;
         ret->socket_mode = endpoint_is_unix(&e->pattern) ? e->perm.mode : 0;
+        ret->reserve = e->attrs.flags & PB_RULE_RESERVE;
+        ret->owner_uid = e->attrs.flags & PB_RULE_OWNER ? e->attrs.owner : PB_OWNER_NONE;
+        snprintf(ret->source, sizeof(ret->source), "%s", e->source);
 }
 
 /* A list page must move forward: ids above after and rising, or a hostile
@@ -668,57 +682,89 @@ int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value
 
 int64_t pb_conn_policy_add_unix(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
                                 const char *pattern, uint32_t socket_gid, unsigned socket_mode, pb_error *err) {
+        pb_rule rule = { .kind = kind, .id_value = id_value, .socket_gid = socket_gid, .socket_mode = socket_mode,
+                         .owner_uid = PB_OWNER_NONE };
+
+        if (unit && strlen(unit) >= sizeof(rule.unit)) {
+                clear_error(err);
+                return fail(err, EINVAL, "invalid unit name: expected e.g. 'web.service'");
+        }
+        if (unit)
+                strcpy(rule.unit, unit);
+        if (!pattern || strlen(pattern) >= sizeof(rule.pattern)) {
+                clear_error(err);
+                return fail(err, EINVAL, "invalid pattern: %s", PB_PATTERN_SYNTAX);
+        }
+        strcpy(rule.pattern, pattern);
+        return pb_conn_policy_add_rule(c, &rule, err);
+}
+
+/* The principal of rule into ret. Returns 0 or -EINVAL (err says why). */
+static int principal_of(const pb_rule *rule, struct pb_principal *ret, pb_error *err) {
+        *ret = (struct pb_principal) { 0 };
+        switch (rule->kind) {
+        case PB_USER:
+        case PB_GROUP:
+                if (rule->unit[0])
+                        return fail(err, EINVAL, "a user or group rule takes no unit name");
+                if (rule->id_value == UINT32_MAX)
+                        return fail(err, EINVAL, "invalid %s id %u", rule->kind == PB_USER ? "user" : "group",
+                                    rule->id_value);
+                ret->kind = rule->kind == PB_USER ? PB_PRINCIPAL_USER : PB_PRINCIPAL_GROUP;
+                ret->id = rule->id_value;
+                break;
+        case PB_UNIT:
+                ret->kind = PB_PRINCIPAL_UNIT;
+                snprintf(ret->unit, sizeof(ret->unit), "%s", rule->unit);
+                break;
+        default:
+                return fail(err, EINVAL, "invalid principal kind %d", (int) rule->kind);
+        }
+        if (proto_principal_validate(ret) < 0)
+                return fail(err, EINVAL, "invalid unit name '%.100s': expected e.g. 'web.service'", rule->unit);
+        return 0;
+}
+
+int64_t pb_conn_policy_add_rule(pb_conn *c, const pb_rule *rule, pb_error *err) {
         struct exchange *x;
+        const char *why;
         int64_t r;
 
         clear_error(err);
-        if (!c)
-                return fail(err, EINVAL, "pb_conn_policy_add: no connection");
-        if (socket_mode > 0777)
-                return fail(err, EINVAL, "invalid socket mode %o: permission bits only (at most 0777)", socket_mode);
+        if (!c || !rule)
+                return fail(err, EINVAL, "pb_conn_policy_add_rule: no connection or rule");
+        if (rule->socket_mode > 0777)
+                return fail(err, EINVAL, "invalid socket mode %o: permission bits only (at most 0777)",
+                            rule->socket_mode);
         x = exchange_new(PB_MSG_POLICY_ADD, err);
         if (!x)
                 return -ENOMEM;
-
-        switch (kind) {
-        case PB_USER:
-        case PB_GROUP:
-                if (unit && unit[0]) {
-                        r = fail(err, EINVAL, "a user or group rule takes no unit name");
-                        goto out;
-                }
-                if (id_value == UINT32_MAX) {
-                        r = fail(err, EINVAL, "invalid %s id %u", kind == PB_USER ? "user" : "group", id_value);
-                        goto out;
-                }
-                x->req.policy_add.principal.kind = kind == PB_USER ? PB_PRINCIPAL_USER : PB_PRINCIPAL_GROUP;
-                x->req.policy_add.principal.id = id_value;
-                break;
-        case PB_UNIT:
-                if (!unit || strlen(unit) > PB_TEXT_MAX) {
-                        r = fail(err, EINVAL, "invalid unit name: expected e.g. 'web.service'");
-                        goto out;
-                }
-                x->req.policy_add.principal.kind = PB_PRINCIPAL_UNIT;
-                memcpy(x->req.policy_add.principal.unit, unit, strlen(unit) + 1);
-                break;
-        default:
-                r = fail(err, EINVAL, "invalid principal kind %d", (int) kind);
-                goto out;
-        }
-        if (proto_principal_validate(&x->req.policy_add.principal) < 0) {
-                r = fail(err, EINVAL, "invalid unit name '%.100s': expected e.g. 'web.service'", unit);
-                goto out;
-        }
-        r = parse_pattern(pattern, &x->req.policy_add.pattern, err);
+        r = principal_of(rule, &x->req.policy_add.principal, err);
         if (r < 0)
                 goto out;
-        x->req.policy_add.perm = (struct pb_socket_perm) { .gid = socket_gid, .mode = (uint16_t) socket_mode };
+        r = parse_pattern(rule->pattern, &x->req.policy_add.pattern, err);
+        if (r < 0)
+                goto out;
+        x->req.policy_add.perm = (struct pb_socket_perm) { .gid = rule->socket_gid,
+                                                           .mode = (uint16_t) rule->socket_mode };
+        /* An owner is a group or unit rule's reservation's: a zeroed pb_rule names none. */
+        if (rule->reserve)
+                x->req.policy_add.attrs.flags = PB_RULE_RESERVE;
+        if (rule->reserve && rule->kind != PB_USER && rule->owner_uid != PB_OWNER_NONE) {
+                x->req.policy_add.attrs.flags |= PB_RULE_OWNER;
+                x->req.policy_add.attrs.owner = rule->owner_uid;
+        }
+        if (proto_rule_attrs_validate(&x->req.policy_add.principal, &x->req.policy_add.pattern,
+                                      &x->req.policy_add.attrs, &why) < 0) {
+                r = fail(err, EINVAL, "%s", why);
+                goto out;
+        }
 
         r = request(c, x, NULL, err);
         if (r < 0)
                 goto out;
-        if (x->reply.rule_id.rule_id == 0 || x->reply.rule_id.rule_id > INT64_MAX) {
+        /* In an import brokerd numbers the rules at the commit: 0 until then. */
+        if ((x->reply.rule_id.rule_id == 0) != c->importing || x->reply.rule_id.rule_id > INT64_MAX) {
                 r = fail(err, EPROTO, "invalid reply from brokerd: rule id %llu",
                          (unsigned long long) x->reply.rule_id.rule_id);
                 goto out;
@@ -727,6 +773,51 @@ int64_t pb_conn_policy_add_unix(pb_conn *c, pb_principal_kind kind, uint32_t id_
 out:
         free(x);
         return r;
+}
+
+int pb_conn_policy_begin(pb_conn *c, unsigned flags, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_policy_begin: no connection");
+        if (flags & ~PB_IMPORT_REPLACE)
+                return fail(err, EINVAL, "pb_conn_policy_begin: unknown flags 0x%x", flags);
+        if (c->importing)
+                return fail(err, EBUSY, "pb_conn_policy_begin: an import is under way on this connection");
+        x = exchange_new(PB_MSG_POLICY_BEGIN, err);
+        if (!x)
+                return -ENOMEM;
+        x->req.policy_begin.flags = flags & PB_IMPORT_REPLACE ? PB_POLICY_REPLACE : 0;
+        r = request(c, x, NULL, err);
+        free(x);
+        if (r < 0)
+                return r;
+        c->importing = true;
+        return 0;
+}
+
+int pb_conn_policy_commit(pb_conn *c, pb_import_counts *ret, pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c)
+                return fail(err, EINVAL, "pb_conn_policy_commit: no connection");
+        if (!c->importing)
+                return fail(err, EINVAL, "pb_conn_policy_commit: no import begun (pb_conn_policy_begin)");
+        x = exchange_new(PB_MSG_POLICY_COMMIT, err);
+        if (!x)
+                return -ENOMEM;
+        r = request(c, x, NULL, err);
+        c->importing = false;
+        if (r >= 0 && ret)
+                *ret = (pb_import_counts) { .added = x->reply.policy_commit.added,
+                                            .changed = x->reply.policy_commit.changed,
+                                            .removed = x->reply.policy_commit.removed };
+        free(x);
+        return r < 0 ? r : 0;
 }
 
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err) {

@@ -66,7 +66,22 @@ typedef struct pb_rule {
         int64_t created;                /* unix seconds */
         uint32_t socket_gid;            /* Unix patterns: the sockets' group, or PB_SOCKET_GROUP_NONE */
         unsigned socket_mode;           /* Unix patterns: the sockets' permission bits */
+        bool reserve;                   /* brokerd leases the pattern (one endpoint) at start, for
+                                         * the user, or owner_uid */
+        uint32_t owner_uid;             /* a group or unit rule's reservation's owner, else PB_OWNER_NONE */
+        char source[65];                /* the policy directory's file it comes from, "" for an
+                                         * admin's (portctl policy add or import) */
 } pb_rule;
+
+#define PB_OWNER_NONE UINT32_MAX        /* pb_rule.owner_uid: none named */
+
+enum {
+        PB_IMPORT_REPLACE = 1 << 0,     /* pb_conn_policy_begin(): remove the admin's rules not imported */
+};
+
+typedef struct pb_import_counts {
+        unsigned added, changed, removed;
+} pb_import_counts;
 
 typedef struct pb_info {
         pid_t pid;                      /* brokerd's */
@@ -122,6 +137,29 @@ int64_t pb_conn_policy_add(pb_conn *c, pb_principal_kind kind, uint32_t id_value
  * pb_conn_policy_add gives 0600). Needs protocol version 5. */
 int64_t pb_conn_policy_add_unix(pb_conn *c, pb_principal_kind kind, uint32_t id_value, const char *unit,
                                 const char *pattern, uint32_t socket_gid, unsigned socket_mode, pb_error *err);
+
+/* Adds rule: its kind and id_value or unit, pattern, and for a Unix
+ * pattern socket_gid and socket_mode; reserve (the pattern then one
+ * endpoint) and, for a group or unit rule's reservation, owner_uid (else
+ * PB_OWNER_NONE). id, created and source are not read. Admin only.
+ * Returns the rule id (>= 1), or 0 inside an import (pb_conn_policy_begin():
+ * the commit adds it). A reservation needs protocol version 6. */
+int64_t pb_conn_policy_add_rule(pb_conn *c, const pb_rule *rule, pb_error *err);
+
+/* Begins an import on c: the pb_conn_policy_add_rule() calls that follow
+ * change nothing until pb_conn_policy_commit() applies them all in one
+ * transaction. The commit adds the rules brokerd lacks, changes the socket
+ * group and mode, reservation and owner of those it has otherwise, and
+ * with PB_IMPORT_REPLACE removes the admin's rules the import does not
+ * name (a policy directory's rules are never changed or removed; one
+ * imported otherwise fails the commit). Only one import runs at a time
+ * (-EBUSY); brokerd forgets it if the connection closes, and c then fails
+ * every call with -ECONNRESET until the commit. Admin only; protocol version 6. */
+int pb_conn_policy_begin(pb_conn *c, unsigned flags, pb_error *err);
+
+/* Applies the import: returns 0 and the counts (ret may be NULL), or
+ * -errno with nothing changed. Either way the import is over. */
+int pb_conn_policy_commit(pb_conn *c, pb_import_counts *ret, pb_error *err);
 
 /* Removes rule id. Admin only. Returns 0. */
 int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);

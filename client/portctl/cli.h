@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include "endpoint.h"
+#include "names.h"
 #include "portbroker.h"
 
 #define EXIT_USAGE 2                    /* bad arguments (EXIT_FAILURE = 1: the command failed) */
@@ -85,13 +86,6 @@ const char *group_name(gid_t gid);
 
 /* "name (uid N)", or "uid N" when uid has no name, into buf. */
 void user_text(uid_t uid, char *buf, size_t size);
-
-/* Parses a decimal id (no sign, no spaces) below UINT32_MAX. Returns 0, -EINVAL or -ERANGE. */
-int parse_id(const char *s, uint32_t *ret);
-
-/* A user (name or number) as uid; a group (name or number) as gid. Returns 0 or -ENOENT. */
-int parse_user(const char *s, uid_t *ret);
-int parse_group(const char *s, gid_t *ret);
 
 /* ISO 8601 local time with a numeric offset (2025-01-31T14:05:09+01:00), "-" for t <= 0, into buf. */
 void format_time(int64_t t, char *buf, size_t size);
@@ -173,8 +167,18 @@ int cmd_get(int argc, char **argv);
 int cmd_release(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 
-/* portctl policy add / remove / list (cmd-policy.c). */
+/* portctl policy add / remove / list / export (cmd-policy.c), import (cmd-import.c). */
 int cmd_policy(int argc, char **argv);
+int cmd_policy_import(int argc, char **argv);
+
+/* A rule as a line of a policy file (common/policyfile.h), users and groups
+ * by name where this host knows them, into buf. Returns buf. */
+char *policy_rule_line(const pb_rule *x, char *buf, size_t size);
+
+/* Whether a and b are one rule (the same principal and pattern), and whether
+ * they also say the same (socket group and mode, reservation, owner). */
+bool policy_rule_same(const pb_rule *a, const pb_rule *b);
+bool policy_rule_same_settings(const pb_rule *a, const pb_rule *b);
 
 /* portctl admin reexec (cmd-admin.c). */
 int cmd_admin(int argc, char **argv);

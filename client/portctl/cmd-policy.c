@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * portctl policy add, remove and list: the rules saying which user, group
- * or systemd unit may get endpoints matching a pattern. Changing rules is
- * for admins (brokerd decides); listing prints a table or JSON.
+ * portctl policy add, remove, list and export: the rules saying which
+ * user, group or systemd unit may get endpoints matching a pattern (and
+ * which endpoints brokerd reserves at start). Changing rules is for admins
+ * (brokerd decides); listing prints a table or JSON, export a policy file.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -12,6 +13,7 @@
 
 #include "cli.h"
 #include "endpoint.h"
+#include "policyfile.h"
 #include "portbroker.h"
 #include "proto.h"
 
@@ -39,14 +41,17 @@ struct add_args {
         const char *pattern;
         const char *user, *group, *unit;        /* exactly one is set */
         const char *socket_group, *socket_mode; /* Unix patterns only */
+        bool reserve;
+        const char *owner;                      /* a group or unit rule's reservation's */
 };
 
 /* The slot of an option taking a value (--user, --group, --unit,
- * --socket-group, --socket-mode, maybe with =VALUE), its name's length in
- * *ret_len; NULL for any other argument. */
+ * --socket-group, --socket-mode, --owner, maybe with =VALUE), its name's
+ * length in *ret_len; NULL for any other argument. */
 static const char **option_slot(struct add_args *a, const char *opt, size_t *ret_len) {
-        static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode" };
-        const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode };
+        static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode",
+                                             "--owner" };
+        const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode, &a->owner };
 
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
                 size_t len = strlen(names[i]);
@@ -66,6 +71,10 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 const char *opt = argv[i], *value, **slot;
                 size_t len;
 
+                if (strcmp(opt, "--reserve") == 0) {
+                        a.reserve = true;
+                        continue;
+                }
                 slot = option_slot(&a, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
                         return cli_usage("policy add: unknown option '%s'", opt);
@@ -93,25 +102,14 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
                 return cli_usage("policy add: give exactly one of --user, --group or --unit");
         if ((a.socket_group || a.socket_mode) && strncmp(a.pattern, "unix:", 5) != 0)
                 return cli_usage("policy add: --socket-group and --socket-mode are for unix: patterns");
+        if (a.owner && !a.reserve)
+                return cli_usage("policy add: --owner names whose a reservation is: give --reserve too");
+        if (a.reserve && !a.user && !a.owner)
+                return cli_usage("policy add: the reservation of a group or unit rule needs --owner USER");
+        if (a.owner && a.user)
+                return cli_usage("policy add: a user rule's reservation is its user's: no --owner");
         *ret = a;
         return cli_check_endpoint(a.pattern, true);
-}
-
-/* A socket mode: octal permission bits, at most 0777. */
-static int parse_mode(const char *s, unsigned *ret) {
-        unsigned v = 0;
-
-        if (!s[0] || strlen(s) > 4)
-                return -EINVAL;
-        for (const char *p = s; *p; p++) {
-                if (*p < '0' || *p > '7')
-                        return -EINVAL;
-                v = v * 8 + (unsigned) (*p - '0');
-        }
-        if (v > 0777)
-                return -EINVAL;
-        *ret = v;
-        return 0;
 }
 
 /* The socket group and mode a gives (brokerd's group and 0600 when not). Returns 0 or EXIT_FAILURE. */
@@ -125,7 +123,7 @@ static int resolve_socket(const struct add_args *a, uint32_t *ret_gid, unsigned 
                         return cli_fail(ENOENT, "no such group '%s'", a->socket_group);
                 *ret_gid = (uint32_t) gid;
         }
-        if (a->socket_mode && parse_mode(a->socket_mode, ret_mode) < 0)
+        if (a->socket_mode && policyfile_parse_mode(a->socket_mode, ret_mode) < 0)
                 return cli_usage("policy add: invalid --socket-mode '%s': octal permission bits, e.g. 0660",
                                  a->socket_mode);
         return 0;
@@ -143,34 +141,68 @@ static const char *socket_text(const char *pattern, uint32_t gid, unsigned mode,
         return buf;
 }
 
-/* The principal a names, users and groups looked up by name. Returns 0 or EXIT_FAILURE. */
-static int resolve_principal(const struct add_args *a, pb_principal_kind *ret_kind, uint32_t *ret_id) {
+/* The rule a describes into ret, users and groups looked up by name.
+ * Returns 0 or an exit status. */
+static int resolve_rule(const struct add_args *a, pb_rule *ret) {
+        pb_rule rule = { .kind = PB_UNIT, .owner_uid = PB_OWNER_NONE, .reserve = a->reserve };
+        char canonical[PB_ENDPOINT_STRLEN];
         uid_t uid;
         gid_t gid;
+        int r;
 
         if (a->user) {
                 if (parse_user(a->user, &uid) < 0)
                         return cli_fail(ENOENT, "no such user '%s'", a->user);
-                *ret_kind = PB_USER;
-                *ret_id = (uint32_t) uid;
+                rule.kind = PB_USER;
+                rule.id_value = (uint32_t) uid;
         } else if (a->group) {
                 if (parse_group(a->group, &gid) < 0)
                         return cli_fail(ENOENT, "no such group '%s'", a->group);
-                *ret_kind = PB_GROUP;
-                *ret_id = (uint32_t) gid;
-        } else {
-                *ret_kind = PB_UNIT;
-                *ret_id = 0;
+                rule.kind = PB_GROUP;
+                rule.id_value = (uint32_t) gid;
+        } else if (strlen(a->unit) >= sizeof(rule.unit))
+                return cli_usage("policy add: invalid unit name '%.64s...'", a->unit);
+        else
+                strcpy(rule.unit, a->unit);
+        if (a->owner) {
+                if (parse_user(a->owner, &uid) < 0)
+                        return cli_fail(ENOENT, "no such user '%s'", a->owner);
+                rule.owner_uid = (uint32_t) uid;
         }
+        r = resolve_socket(a, &rule.socket_gid, &rule.socket_mode);
+        if (r != 0)
+                return r;
+        snprintf(rule.pattern, sizeof(rule.pattern), "%s", canonical_endpoint(a->pattern, true, canonical));
+        *ret = rule;
         return 0;
+}
+
+/* ", reserved for www-data (33)" for a rule that reserves, "" for others. */
+static const char *reserve_text(const pb_rule *x, char *buf, size_t size) {
+        uint32_t owner = x->owner_uid != PB_OWNER_NONE ? x->owner_uid : x->id_value;
+        char who[160];
+
+        if (!x->reserve)
+                return "";
+        user_text(owner, who, sizeof(who));
+        snprintf(buf, size, ", reserved for %s", who);
+        return buf;
+}
+
+bool policy_rule_same(const pb_rule *a, const pb_rule *b) {
+        return a->kind == b->kind && a->id_value == b->id_value && strcmp(a->unit, b->unit) == 0 &&
+               strcmp(a->pattern, b->pattern) == 0;
+}
+
+bool policy_rule_same_settings(const pb_rule *a, const pb_rule *b) {
+        if (strncmp(a->pattern, "unix:", 5) == 0 && (a->socket_gid != b->socket_gid || a->socket_mode != b->socket_mode))
+                return false;
+        return a->reserve == b->reserve && a->owner_uid == b->owner_uid;
 }
 
 /* The rule being added, and the one brokerd has like it (same principal and pattern). */
 struct same_rule {
-        pb_principal_kind kind;
-        uint32_t id;
-        const char *unit;
-        const char *pattern;            /* canonical */
+        const pb_rule *rule;
         pb_rule found;
         bool seen;
 };
@@ -178,8 +210,7 @@ struct same_rule {
 static int find_same(const pb_rule *rule, void *userdata) {
         struct same_rule *w = userdata;
 
-        if (rule->kind != w->kind || strcmp(rule->pattern, w->pattern) != 0 ||
-            (w->kind == PB_UNIT ? strcmp(rule->unit, w->unit) != 0 : rule->id_value != w->id))
+        if (!policy_rule_same(rule, w->rule))
                 return 0;
         w->found = *rule;
         w->seen = true;
@@ -187,74 +218,67 @@ static int find_same(const pb_rule *rule, void *userdata) {
 }
 
 /* brokerd has a rule with this principal and pattern (EEXIST): the add is
- * done already when that rule is the same (a Unix one with the same socket
- * group and mode), and says so; a different one is an error. Returns the
- * exit status. */
-static int already_there(pb_conn *c, struct same_rule *w, uint32_t socket_gid, unsigned socket_mode,
-                         const pb_error *add_err) {
-        char who[512], sock[128];
+ * done already when that rule is the same (the same socket group and mode,
+ * reservation and owner), and says so; a different one is an error.
+ * Returns the exit status. */
+static int already_there(pb_conn *c, const pb_rule *rule, const pb_error *add_err) {
+        struct same_rule w = { .rule = rule };
+        char who[512], sock[128], reserve[200];
         pb_error err;
 
-        if (pb_conn_policy_list(c, find_same, w, &err) < 0)
+        if (pb_conn_policy_list(c, find_same, &w, &err) < 0)
                 return cli_fail_pb(&err);
-        if (!w->seen)                   /* removed meanwhile: brokerd's word stands */
+        if (!w.seen)                    /* removed meanwhile: brokerd's word stands */
                 return cli_fail_pb(add_err);
-        format_principal(w->kind, w->id, w->unit, who, sizeof(who));
-        if (!strncmp(w->pattern, "unix:", 5) && (w->found.socket_gid != socket_gid ||
-                                                 w->found.socket_mode != socket_mode))
-                return cli_fail(EEXIST, "rule %" PRIu64 " already lets %s get %s%s; remove it first to change "
-                                "the sockets' group or mode", w->found.id, who, w->pattern,
-                                socket_text(w->pattern, w->found.socket_gid, w->found.socket_mode, sock,
-                                            sizeof(sock)));
+        format_principal(rule->kind, rule->id_value, rule->unit, who, sizeof(who));
+        if (!policy_rule_same_settings(&w.found, rule))
+                return cli_fail(EEXIST, "rule %" PRIu64 " already lets %s get %s%s%s; remove it first (or use policy "
+                                "import) to change it", w.found.id, who, rule->pattern,
+                                socket_text(rule->pattern, w.found.socket_gid, w.found.socket_mode, sock, sizeof(sock)),
+                                reserve_text(&w.found, reserve, sizeof(reserve)));
         if (arg_json)
-                printf("{\"id\":%" PRIu64 ",\"added\":false}\n", w->found.id);
+                printf("{\"id\":%" PRIu64 ",\"added\":false}\n", w.found.id);
         else
-                printf("rule %" PRIu64 " already lets %s get %s%s: nothing to add\n", w->found.id, who, w->pattern,
-                       socket_text(w->pattern, socket_gid, socket_mode, sock, sizeof(sock)));
+                printf("rule %" PRIu64 " already lets %s get %s%s%s: nothing to add\n", w.found.id, who, rule->pattern,
+                       socket_text(rule->pattern, rule->socket_gid, rule->socket_mode, sock, sizeof(sock)),
+                       reserve_text(rule, reserve, sizeof(reserve)));
         return 0;
 }
 
 static int cmd_policy_add(int argc, char **argv) {
-        char canonical[PB_ENDPOINT_STRLEN], who[512], sock[128];
-        pb_principal_kind kind = PB_UNIT;
+        char who[512], sock[128], reserve[200];
         struct add_args a = { 0 };
-        uint32_t id = 0, socket_gid;
-        unsigned socket_mode;
+        pb_rule rule;
         pb_conn *c;
         pb_error err;
-        int64_t rule;
+        int64_t id;
         int r;
 
         r = parse_add_args(argc, argv, &a);
         if (r == 0)
-                r = resolve_principal(&a, &kind, &id);
-        if (r == 0)
-                r = resolve_socket(&a, &socket_gid, &socket_mode);
+                r = resolve_rule(&a, &rule);
         if (r == 0)
                 r = cli_connect(&c);
         if (r != 0)
                 return r;
-        rule = pb_conn_policy_add_unix(c, kind, id, a.unit, a.pattern, socket_gid, socket_mode, &err);
-        if (rule == -EEXIST) {          /* as a script running it twice expects */
-                struct same_rule w = { .kind = kind, .id = id, .unit = a.unit ? a.unit : "",
-                                       .pattern = canonical_endpoint(a.pattern, true, canonical) };
-
-                r = already_there(c, &w, socket_gid, socket_mode, &err);
+        id = pb_conn_policy_add_rule(c, &rule, &err);
+        if (id == -EEXIST) {            /* as a script running it twice expects */
+                r = already_there(c, &rule, &err);
                 pb_disconnect(c);
                 return r;
         }
         pb_disconnect(c);
-        if (rule < 0)
+        if (id < 0)
                 return cli_fail_pb(&err);
 
         if (arg_json) {
-                printf("{\"id\":%" PRId64 ",\"added\":true}\n", rule);
+                printf("{\"id\":%" PRId64 ",\"added\":true}\n", id);
                 return 0;
         }
-        format_principal(kind, id, a.unit, who, sizeof(who));
-        printf("rule %" PRId64 " added: %s may get %s%s\n", rule, who,
-               canonical_endpoint(a.pattern, true, canonical),
-               socket_text(a.pattern, socket_gid, socket_mode, sock, sizeof(sock)));
+        format_principal(rule.kind, rule.id_value, rule.unit, who, sizeof(who));
+        printf("rule %" PRId64 " added: %s may get %s%s%s\n", id, who, rule.pattern,
+               socket_text(rule.pattern, rule.socket_gid, rule.socket_mode, sock, sizeof(sock)),
+               reserve_text(&rule, reserve, sizeof(reserve)));
         return 0;
 }
 
@@ -328,29 +352,37 @@ static void policy_json(const struct list *l) {
                         printf(",\"socket_gid\":%u,\"socket_mode\":%u", x->socket_gid, x->socket_mode);
                 else if (strncmp(x->pattern, "unix:", 5) == 0)
                         printf(",\"socket_gid\":null,\"socket_mode\":%u", x->socket_mode);
+                printf(",\"reserve\":%s", x->reserve ? "true" : "false");
+                if (x->reserve)
+                        printf(",\"owner_uid\":%u", x->owner_uid != PB_OWNER_NONE ? x->owner_uid : x->id_value);
+                fputs(",\"source\":", stdout);
+                json_string_or_null(stdout, x->source[0] ? x->source : NULL);
                 printf(",\"created\":%" PRId64 "}", x->created);
         }
         puts("]");
 }
 
 static int policy_table(const struct list *l) {
-        struct table t = { .ncols = 4 };
+        struct table t = { .ncols = 5 };
         int r = 0;
 
         r |= table_cell(&t, "ID");
         r |= table_cell(&t, "PRINCIPAL");
         r |= table_cell(&t, "PATTERN");
+        r |= table_cell(&t, "SOURCE");
         r |= table_cell(&t, "CREATED");
         for (size_t i = 0; i < l->n && r == 0; i++) {
                 const pb_rule *x = (const pb_rule *) l->items + i;
-                char who[512], created[64], sock[128];
+                char who[512], created[64], sock[128], reserve[200];
 
                 format_principal(x->kind, x->id_value, x->unit, who, sizeof(who));
                 format_time(x->created, created, sizeof(created));
                 r |= table_cell(&t, "%" PRIu64, x->id);
                 r |= table_cell(&t, "%s", who);
-                r |= table_cell(&t, "%s%s", x->pattern,
-                                socket_text(x->pattern, x->socket_gid, x->socket_mode, sock, sizeof(sock)));
+                r |= table_cell(&t, "%s%s%s", x->pattern,
+                                socket_text(x->pattern, x->socket_gid, x->socket_mode, sock, sizeof(sock)),
+                                reserve_text(x, reserve, sizeof(reserve)));
+                r |= table_cell(&t, "%s", x->source[0] ? x->source : "portctl");
                 r |= table_cell(&t, "%s", created);
         }
         if (r == 0)
@@ -388,14 +420,9 @@ static int cmd_policy_list(int argc, char **argv) {
 
 /* --- export ----------------------------------------------------------------- */
 
-/* One rule as a line of a policy file: `PATTERN user|group NAME|ID` or
- * `PATTERN unit UNIT`, then a Unix rule's `socket-group=GROUP` and
- * `socket-mode=MODE` (names where this host knows them). Returns a new
- * string or NULL. */
-static char *rule_line(const pb_rule *x) {
-        char who[300], sock[160] = "", gid[16];
+char *policy_rule_line(const pb_rule *x, char *buf, size_t size) {
+        char who[300], sock[160] = "", gid[16], owner[120] = "";
         const char *name;
-        char *line;
 
         if (x->kind == PB_UNIT)
                 snprintf(who, sizeof(who), "unit %s", x->unit);
@@ -413,7 +440,15 @@ static char *rule_line(const pb_rule *x) {
                          x->socket_gid == PB_SOCKET_GROUP_NONE ? "" : " socket-group=",
                          x->socket_gid == PB_SOCKET_GROUP_NONE ? "" : name ? name : gid, x->socket_mode);
         }
-        return asprintf(&line, "%s %s%s", x->pattern, who, sock) < 0 ? NULL : line;
+        if (x->reserve && x->owner_uid != PB_OWNER_NONE) {
+                name = user_name(x->owner_uid);
+                if (name)
+                        snprintf(owner, sizeof(owner), " owner=%s", name);
+                else
+                        snprintf(owner, sizeof(owner), " owner=%u", x->owner_uid);
+        }
+        snprintf(buf, size, "%s %s%s%s%s", x->pattern, who, sock, x->reserve ? " reserve" : "", owner);
+        return buf;
 }
 
 static int compare_lines(const void *a, const void *b) {
@@ -443,14 +478,18 @@ static int cmd_policy_export(int argc, char **argv) {
                 return cli_fail_pb(&err);
         }
         lines = calloc(l.n ? l.n : 1, sizeof(*lines));
-        for (size_t i = 0; lines && i < l.n; i++)
-                if (!(lines[i] = rule_line((const pb_rule *) l.items + i)))
+        for (size_t i = 0; lines && i < l.n; i++) {
+                char line[POLICYFILE_LINE_MAX];
+
+                if (!(lines[i] = strdup(policy_rule_line((const pb_rule *) l.items + i, line, sizeof(line)))))
                         r = -ENOMEM;
+        }
         if (!lines || r < 0)
                 r = cli_fail(ENOMEM, "out of memory");
         else {
                 qsort(lines, l.n, sizeof(*lines), compare_lines);
-                puts("# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE]");
+                puts("# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE] "
+                     "[reserve] [owner=USER]");
                 for (size_t i = 0; i < l.n; i++)
                         puts(lines[i]);
         }
@@ -463,7 +502,7 @@ static int cmd_policy_export(int argc, char **argv) {
 
 int cmd_policy(int argc, char **argv) {
         if (argc < 2)
-                return cli_usage("policy: no subcommand given (add, remove, list or export)");
+                return cli_usage("policy: no subcommand given (add, remove, list, export or import)");
         if (strcmp(argv[1], "add") == 0)
                 return cmd_policy_add(argc - 1, argv + 1);
         if (strcmp(argv[1], "remove") == 0)
@@ -472,6 +511,8 @@ int cmd_policy(int argc, char **argv) {
                 return cmd_policy_list(argc - 1, argv + 1);
         if (strcmp(argv[1], "export") == 0)
                 return cmd_policy_export(argc - 1, argv + 1);
+        if (strcmp(argv[1], "import") == 0)
+                return cmd_policy_import(argc - 1, argv + 1);
         return cli_usage("policy: unknown subcommand '%s'", argv[1]);
 }
 

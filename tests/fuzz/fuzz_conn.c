@@ -582,8 +582,17 @@ static void seen(uint64_t *v, unsigned *n, uint64_t id) {
                 v[(*n)++] = id;
 }
 
+/* Every request brokerd knows: programs pick from these. */
+static const uint16_t request_types[] = {
+        PB_MSG_GET, PB_MSG_RELEASE, PB_MSG_STATUS, PB_MSG_POLICY_ADD, PB_MSG_POLICY_REMOVE, PB_MSG_POLICY_LIST,
+        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_POLICY_BEGIN, PB_MSG_POLICY_COMMIT,
+};
+
 static bool is_request_type(uint16_t type) {
-        return type >= PB_MSG_GET && type <= PB_MSG_CHECK;
+        for (size_t i = 0; i < ELEMENTSOF(request_types); i++)
+                if (request_types[i] == type)
+                        return true;
+        return false;
 }
 
 /* Whether s may be sent on c now. */
@@ -894,7 +903,7 @@ static void build_request(struct program *pr, struct pb_msg *m) {
         static const uint16_t widths[] = { 0, 1, 99, 65535 };
 
         memset(m, 0, sizeof(*m));
-        m->hdr.type = (uint16_t) (PB_MSG_GET + t % 9);
+        m->hdr.type = request_types[(t & 0x3f) % ELEMENTSOF(request_types)];
         m->hdr.version = t & 0x80 ? PB_PROTO_VERSION : PB_PROTO_VERSION_MIN;
         m->hdr.id = take8(pr);
         switch (m->hdr.type) {
@@ -927,6 +936,17 @@ static void build_request(struct program *pr, struct pb_msg *m) {
                                  units[(f >> 2) & 1]);
                 else
                         m->policy_add.principal.id = principal_ids[((f >> 2) & 7) % ELEMENTSOF(principal_ids)];
+                /* A reservation (one endpoint), for its user or the admin's uid. */
+                if ((t & 0x40) && endpoint_validate(&m->policy_add.pattern, false) == 0) {
+                        m->policy_add.attrs.flags = PB_RULE_RESERVE;
+                        if (m->policy_add.principal.kind != PB_PRINCIPAL_USER) {
+                                m->policy_add.attrs.flags |= PB_RULE_OWNER;
+                                m->policy_add.attrs.owner = principal_ids[0];
+                        }
+                }
+                break;
+        case PB_MSG_POLICY_BEGIN:
+                m->policy_begin.flags = f & PB_POLICY_REPLACE;
                 break;
         case PB_MSG_POLICY_REMOVE:
                 m->rule_id.rule_id = (a & 0x80) || !n_seen_rules ? a & 0x7f : seen_rules[a % n_seen_rules];

@@ -44,6 +44,10 @@ static bool principal_equal(const struct pb_principal *a, const struct pb_princi
         return a->kind == b->kind && a->id == b->id && strcmp(a->unit, b->unit) == 0;
 }
 
+static bool attrs_equal(const struct pb_rule_attrs *a, const struct pb_rule_attrs *b) {
+        return a->flags == b->flags && a->owner == b->owner;
+}
+
 /* Field-wise equality of the members the type selects. */
 static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         if (a->hdr.type != b->hdr.type || a->hdr.id != b->hdr.id)
@@ -75,7 +79,8 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 return true;
         case PB_MSG_POLICY_ADD:
                 return principal_equal(&a->policy_add.principal, &b->policy_add.principal) &&
-                       endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern);
+                       endpoint_equal(&a->policy_add.pattern, &b->policy_add.pattern) &&
+                       attrs_equal(&a->policy_add.attrs, &b->policy_add.attrs);
         case PB_MSG_POLICY_ADD | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE:
                 return a->rule_id.rule_id == b->rule_id.rule_id;
@@ -87,7 +92,8 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 for (unsigned i = 0; i < a->rules.count; i++) {
                         const struct pb_rule_entry *x = &a->rules.rules[i], *y = &b->rules.rules[i];
                         if (x->id != y->id || !principal_equal(&x->principal, &y->principal) ||
-                            !endpoint_equal(&x->pattern, &y->pattern) || x->created != y->created)
+                            !endpoint_equal(&x->pattern, &y->pattern) || x->created != y->created ||
+                            !attrs_equal(&x->attrs, &y->attrs) || strcmp(x->source, y->source) != 0)
                                 return false;
                 }
                 return true;
@@ -96,11 +102,19 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
         case PB_MSG_INFO | PB_MSG_REPLY:
                 return a->info.pid == b->info.pid && strcmp(a->info.version, b->info.version) == 0 &&
                        a->info.guard == b->info.guard && strcmp(a->info.guard_state, b->info.guard_state) == 0;
+        case PB_MSG_POLICY_BEGIN:
+                return a->policy_begin.flags == b->policy_begin.flags;
+        case PB_MSG_POLICY_COMMIT | PB_MSG_REPLY:
+                return a->policy_commit.added == b->policy_commit.added &&
+                       a->policy_commit.changed == b->policy_commit.changed &&
+                       a->policy_commit.removed == b->policy_commit.removed;
         case PB_MSG_INFO:
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
         case PB_MSG_CHECK | PB_MSG_REPLY:
+        case PB_MSG_POLICY_BEGIN | PB_MSG_REPLY:
+        case PB_MSG_POLICY_COMMIT:
                 return true;
         case PB_MSG_ERROR:
                 return a->error.code == b->error.code && strcmp(a->error.message, b->error.message) == 0;
@@ -111,6 +125,8 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
 
 /* What a successful decode promises about the fields. */
 static void check_valid(const struct pb_msg *m, size_t size) {
+        const char *why;
+
         CHECK(m->hdr.length == size);
         CHECK(m->hdr.version >= proto_type_version(m->hdr.type) && m->hdr.version <= PB_PROTO_VERSION);
         CHECK(m->hdr.version >= proto_msg_version(m));  /* an IPv6-only wildcard: version 4 and later */
@@ -142,14 +158,30 @@ static void check_valid(const struct pb_msg *m, size_t size) {
         case PB_MSG_POLICY_ADD:
                 CHECK(proto_principal_validate(&m->policy_add.principal) == 0);
                 CHECK(endpoint_validate(&m->policy_add.pattern, true) == 0);
+                CHECK(proto_rule_attrs_validate(&m->policy_add.principal, &m->policy_add.pattern,
+                                                &m->policy_add.attrs, &why) == 0);
+                /* A reservation is one endpoint; only a group or unit rule's names its owner. */
+                if (m->policy_add.attrs.flags & PB_RULE_RESERVE)
+                        CHECK(endpoint_validate(&m->policy_add.pattern, false) == 0);
+                if (m->policy_add.attrs.flags & PB_RULE_OWNER)
+                        CHECK(m->policy_add.principal.kind != PB_PRINCIPAL_USER);
                 break;
         case PB_MSG_POLICY_LIST | PB_MSG_REPLY:
                 CHECK(m->rules.count <= PB_RULES_MAX);
                 CHECK(m->rules.more <= 1);
                 for (unsigned i = 0; i < m->rules.count; i++) {
-                        CHECK(proto_principal_validate(&m->rules.rules[i].principal) == 0);
-                        CHECK(endpoint_validate(&m->rules.rules[i].pattern, true) == 0);
+                        const struct pb_rule_entry *e = &m->rules.rules[i];
+
+                        CHECK(proto_principal_validate(&e->principal) == 0);
+                        CHECK(endpoint_validate(&e->pattern, true) == 0);
+                        CHECK(proto_rule_attrs_validate(&e->principal, &e->pattern, &e->attrs, &why) == 0);
+                        CHECK(strlen(e->source) <= PB_RULE_SOURCE_MAX && text_ok(e->source));
+                        if (m->hdr.version < PB_PROTO_VERSION_POLICY)
+                                CHECK(e->attrs.flags == 0 && e->source[0] == '\0');
                 }
+                break;
+        case PB_MSG_POLICY_BEGIN:
+                CHECK((m->policy_begin.flags & ~PB_POLICY_REPLACE) == 0);
                 break;
         case PB_MSG_ERROR:
                 CHECK(m->error.code > 0);
@@ -169,6 +201,9 @@ static void check_valid(const struct pb_msg *m, size_t size) {
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_CHECK | PB_MSG_REPLY:
+        case PB_MSG_POLICY_BEGIN | PB_MSG_REPLY:
+        case PB_MSG_POLICY_COMMIT:
+        case PB_MSG_POLICY_COMMIT | PB_MSG_REPLY:
                 break;
         default:
                 CHECK(!"decoded an unknown type");
@@ -525,6 +560,40 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                                 .id = 3, .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
                                 .pattern = seed_endpoint("unix:/srv/sock/", true),
                                 .perm = { .gid = PB_SOCKET_GROUP_NONE, .mode = 0600 } };
+                        break;
+                case 29:
+                        m.hdr.type = PB_MSG_POLICY_ADD;
+                        m.policy_add.principal = (struct pb_principal) { .kind = PB_PRINCIPAL_GROUP, .id = 33 };
+                        m.policy_add.pattern = seed_endpoint("tcp:0.0.0.0:80", true);
+                        m.policy_add.attrs = (struct pb_rule_attrs) { .flags = PB_RULE_RESERVE | PB_RULE_OWNER,
+                                                                      .owner = 33 };
+                        break;
+                case 30:
+                        m.hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
+                        m.hdr.version = PB_PROTO_VERSION_POLICY;
+                        m.rules.count = 2;
+                        m.rules.rules[0] = (struct pb_rule_entry) {
+                                .id = 4, .principal = { .kind = PB_PRINCIPAL_USER, .id = 53 },
+                                .pattern = seed_endpoint("udp:53", true), .attrs = { .flags = PB_RULE_RESERVE },
+                                .source = "dns.conf" };
+                        m.rules.rules[1] = (struct pb_rule_entry) {
+                                .id = 5, .principal = { .kind = PB_PRINCIPAL_USER, .id = 1000 },
+                                .pattern = seed_endpoint("tcp:8000-8099", true) };
+                        break;
+                case 31:
+                        m.hdr.type = PB_MSG_POLICY_BEGIN;
+                        m.policy_begin.flags = PB_POLICY_REPLACE;
+                        break;
+                case 32:
+                        m.hdr.type = PB_MSG_POLICY_COMMIT;
+                        break;
+                case 33:
+                        m.hdr.type = PB_MSG_POLICY_COMMIT | PB_MSG_REPLY;
+                        m.policy_commit.added = 3;
+                        m.policy_commit.removed = 1;
+                        break;
+                case 34:
+                        m.hdr.type = PB_MSG_POLICY_BEGIN | PB_MSG_REPLY;
                         break;
                 default:
                         return;

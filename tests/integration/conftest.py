@@ -353,6 +353,8 @@ class Broker:
         if guard is not None and not any(str(a).startswith(("--guard", "--no-guard")) for a in args):
             self.guard_dir = guard.new_dir()
             args = ["--guard-dir", self.guard_dir, "--guard-cgroup", guard.cgroup, *args]
+        if not any(str(a).startswith("--policy-dir") for a in args):
+            args = [*args, "--policy-dir", "/dev/null"]  # nor its policy directory
         if not any(str(a).startswith("--config") for a in args):
             args = [*args, "--config", "/dev/null"]     # not this machine's brokerd.conf (last: tests index args)
         self.dir = path                 # 0755, root's: brokerd refuses group/other-writable dirs

@@ -235,7 +235,8 @@ def test_policy_export_is_a_file_in_an_order_of_the_rules_alone(broker):
         p("policy", "add", r[0], *r[1:])
     first = p("policy", "export").stdout
     assert first.splitlines() == [
-        "# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE]",
+        "# portbroker policy: PATTERN user|group|unit WHO [socket-group=GROUP] [socket-mode=MODE] [reserve] "
+        "[owner=USER]",
         "tcp:80 unit web.service",
         "tcp:8000-8099 group 4300",
         "udp:53 user root",

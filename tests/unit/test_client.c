@@ -618,7 +618,7 @@ static void script_old_brokerd(struct server *s) {
         struct pb_msg req, reply;
         bool answered = false;
 
-        for (int k = 0; k < 3 && !answered; k++) {
+        for (int k = 0; k < 4 && !answered; k++) {
                 int fd = accept_one(s);
 
                 if (recv_request(s, fd, &req) == 0) {
@@ -647,10 +647,11 @@ static void test_lists_fall_back_to_an_old_brokerds_version(void **state) {
         assert_int_equal(pb_conn_status(c, NULL, count_cb, &n, &err), 0);
         pb_disconnect(c);
         server_join(&s);
-        assert_int_equal(s.nreq, 3);
-        assert_int_equal(s.versions[0], PB_PROTO_VERSION_UNIX);
-        assert_int_equal(s.versions[1], PB_PROTO_VERSION_V6ONLY);
-        assert_int_equal(s.versions[2], 3);
+        assert_int_equal(s.nreq, 4);
+        assert_int_equal(s.versions[0], PB_PROTO_VERSION_POLICY);
+        assert_int_equal(s.versions[1], PB_PROTO_VERSION_UNIX);
+        assert_int_equal(s.versions[2], PB_PROTO_VERSION_V6ONLY);
+        assert_int_equal(s.versions[3], 3);
         assert_int_equal(n, 0);
         server_stop(&s);
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Unit tests of brokerd/policy.c: who is an admin, which principal matches
- * which peer, rule lookup over ranges and addresses, and that a doubtful
- * peer matches nothing.
+ * which peer, rule lookup over ranges and addresses, that a doubtful peer
+ * matches nothing, and the plans of imports and the policy directory.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,9 +11,12 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "policy.h"
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
 
 static struct peer make_peer(uid_t uid, gid_t gid, gid_t *groups, size_t n, const char *unit) {
         struct peer p = { .pid = 100, .uid = uid, .gid = gid, .groups = groups, .n_groups = n, .pid_fd = -1 };
@@ -141,12 +144,175 @@ static void test_rule_limit(void **state) {
         policy_done(&pol);
 }
 
+/* --- plans ------------------------------------------------------------------ */
+
+static struct store_rule sourced(uint64_t id, uint32_t uid, const char *pattern, const char *source) {
+        struct store_rule r = rule(id, PB_PRINCIPAL_USER, uid, NULL, pattern);
+
+        strcpy(r.source, source);
+        return r;
+}
+
+static struct policy policy_of(const struct store_rule *rules, size_t n) {
+        struct policy pol = { 0 };
+
+        for (size_t i = 0; i < n; i++)
+                assert_int_equal(policy_add(&pol, &rules[i]), 0);
+        return pol;
+}
+
+/* The change of the plan for rule id (0: an add of pattern), or NULL. */
+static const struct store_rule_change *change_of(const struct store_rule_change *c, ssize_t n, uint64_t id,
+                                                 const char *pattern) {
+        struct pb_endpoint p;
+
+        assert_int_equal(endpoint_parse_pattern(pattern, &p), 0);
+        for (ssize_t i = 0; i < n; i++)
+                if (c[i].rule.id == id && endpoint_equal(&c[i].rule.pattern, &p))
+                        return &c[i];
+        return NULL;
+}
+
+/* An import adds what is missing, changes an admin's rule in place (its
+ * id kept), leaves a rule it names alone, and with replace removes the
+ * admin's rules it does not name, never a policy directory's. */
+static void test_plan_import(void **state) {
+        const struct store_rule have[] = {
+                sourced(1, 1000, "tcp:8000-8099", ""),
+                sourced(2, 1000, "tcp:9000", ""),
+                sourced(3, 33, "tcp:80", "web.conf"),
+                sourced(4, 1001, "tcp:7000", ""),
+        };
+        struct store_rule want[] = {
+                sourced(0, 1000, "tcp:8000-8099", ""),  /* the same */
+                sourced(0, 1000, "tcp:9000", ""),       /* now reserved */
+                sourced(0, 33, "tcp:80", ""),           /* a file's, the same */
+                sourced(0, 1002, "udp:53", ""),         /* new */
+        };
+        struct policy pol = policy_of(have, ELEMENTSOF(have));
+        struct store_rule_change *c = NULL;
+        struct policy_counts counts;
+        size_t conflict = 99;
+        ssize_t n;
+
+        want[1].attrs.flags = PB_RULE_RESERVE;
+        n = policy_plan(&pol, want, ELEMENTSOF(want), POLICY_SCOPE_IMPORT, false, &c, &counts, &conflict);
+        assert_int_equal(n, 2);
+        assert_int_equal(counts.added, 1);
+        assert_int_equal(counts.changed, 1);
+        assert_int_equal(counts.removed, 0);
+        assert_int_equal(change_of(c, n, 2, "tcp:9000")->op, STORE_RULE_UPDATE);
+        assert_int_equal(change_of(c, n, 2, "tcp:9000")->rule.attrs.flags, PB_RULE_RESERVE);
+        assert_int_equal(change_of(c, n, 0, "udp:53")->op, STORE_RULE_ADD);
+        free(c);
+
+        n = policy_plan(&pol, want, ELEMENTSOF(want), POLICY_SCOPE_IMPORT, true, &c, &counts, &conflict);
+        assert_int_equal(n, 3);
+        assert_int_equal(counts.removed, 1);
+        assert_int_equal(change_of(c, n, 4, "tcp:7000")->op, STORE_RULE_REMOVE);    /* not rule 3: a file's */
+        policy_apply(&pol, c, (size_t) n);
+        assert_int_equal(pol.n_rules, 4);
+        assert_null(policy_get(&pol, 4));
+        assert_int_equal(policy_get(&pol, 2)->attrs.flags, PB_RULE_RESERVE);
+        free(c);
+
+        /* A file's rule said otherwise: a conflict, nothing planned. */
+        c = NULL;
+        want[2].attrs.flags = PB_RULE_RESERVE;
+        assert_int_equal(policy_plan(&pol, want, ELEMENTSOF(want), POLICY_SCOPE_IMPORT, true, &c, NULL, &conflict),
+                         -EEXIST);
+        assert_int_equal(conflict, 2);
+        assert_null(c);
+        /* So is a rule given twice. */
+        want[2] = want[0];
+        assert_int_equal(policy_plan(&pol, want, ELEMENTSOF(want), POLICY_SCOPE_IMPORT, false, &c, NULL, &conflict),
+                         -EEXIST);
+        assert_int_equal(conflict, 2);
+        policy_done(&pol);
+}
+
+/* The policy directory's plan: its rules follow the files (a file takes an
+ * admin's rule it names over), and a rule no file has is removed; the
+ * admin's others stay. */
+static void test_plan_files(void **state) {
+        const struct store_rule have[] = {
+                sourced(1, 1000, "tcp:8000", "a.conf"),
+                sourced(2, 1000, "tcp:8001", "a.conf"),
+                sourced(3, 1000, "tcp:8002", ""),
+                sourced(4, 1000, "tcp:8003", ""),
+        };
+        const struct store_rule want[] = {
+                sourced(0, 1000, "tcp:8000", "a.conf"), /* the same */
+                sourced(0, 1000, "tcp:8001", "b.conf"), /* moved to another file */
+                sourced(0, 1000, "tcp:8002", "a.conf"), /* an admin's, now a file's */
+                sourced(0, 1000, "tcp:8004", "b.conf"), /* new */
+        };
+        struct policy pol = policy_of(have, ELEMENTSOF(have));
+        struct store_rule_change *c;
+        struct policy_counts counts;
+        size_t conflict;
+        ssize_t n;
+
+        n = policy_plan(&pol, want, ELEMENTSOF(want), POLICY_SCOPE_FILES, false, &c, &counts, &conflict);
+        assert_int_equal(n, 3);
+        assert_int_equal(counts.added, 1);
+        assert_int_equal(counts.changed, 2);
+        assert_int_equal(counts.removed, 0);
+        assert_string_equal(change_of(c, n, 2, "tcp:8001")->rule.source, "b.conf");
+        assert_string_equal(change_of(c, n, 3, "tcp:8002")->rule.source, "a.conf");
+        free(c);
+
+        /* No files: every rule of theirs goes, the admin's stay. */
+        n = policy_plan(&pol, NULL, 0, POLICY_SCOPE_FILES, false, &c, &counts, &conflict);
+        assert_int_equal(n, 2);
+        assert_int_equal(counts.removed, 2);
+        policy_apply(&pol, c, (size_t) n);
+        assert_int_equal(pol.n_rules, 2);
+        assert_non_null(policy_get(&pol, 3));
+        assert_non_null(policy_get(&pol, 4));
+        free(c);
+        policy_done(&pol);
+}
+
+/* A plan never leaves more than POLICY_RULES_MAX rules; removals make room. */
+static void test_plan_limit(void **state) {
+        static struct store_rule want[POLICY_RULES_MAX + 1];
+        struct policy pol = { 0 };
+        struct store_rule_change *c = NULL;
+        struct policy_counts counts;
+        size_t conflict;
+        ssize_t n;
+
+        for (unsigned i = 0; i <= POLICY_RULES_MAX; i++)
+                want[i] = rule(0, PB_PRINCIPAL_USER, 1000 + i, NULL, "tcp:80");
+        assert_int_equal(policy_plan(&pol, want, POLICY_RULES_MAX + 1, POLICY_SCOPE_IMPORT, false, &c, NULL,
+                                     &conflict), -ENOSPC);
+        n = policy_plan(&pol, want, POLICY_RULES_MAX, POLICY_SCOPE_IMPORT, false, &c, &counts, &conflict);
+        assert_int_equal(n, POLICY_RULES_MAX);
+        for (ssize_t i = 0; i < n; i++)
+                c[i].rule.id = (uint64_t) i + 1;        /* as the store numbers them */
+        assert_int_equal(policy_reserve(&pol, counts.added), 0);
+        policy_apply(&pol, c, (size_t) n);
+        assert_int_equal(pol.n_rules, POLICY_RULES_MAX);
+        free(c);
+        /* All replaced by others: as many removed as added, within the limit. */
+        for (unsigned i = 0; i < POLICY_RULES_MAX; i++)
+                want[i] = rule(0, PB_PRINCIPAL_USER, 50000 + i, NULL, "tcp:80");
+        n = policy_plan(&pol, want, POLICY_RULES_MAX, POLICY_SCOPE_IMPORT, true, &c, &counts, &conflict);
+        assert_int_equal(n, 2 * POLICY_RULES_MAX);
+        free(c);
+        policy_done(&pol);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_admins),
                 cmocka_unit_test(test_find),
                 cmocka_unit_test(test_find_rule),
                 cmocka_unit_test(test_rule_limit),
+                cmocka_unit_test(test_plan_import),
+                cmocka_unit_test(test_plan_files),
+                cmocka_unit_test(test_plan_limit),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

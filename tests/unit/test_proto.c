@@ -712,6 +712,95 @@ static void test_v6only_any_needs_version_4(void **state) {
         assert_int_equal(buf[4] << 8 | buf[5], 2);
 }
 
+/* Version 6: a rule's reservation and owner, its source in lists, and
+ * imports. An older version's messages have none of it, and a list
+ * answered in one leaves it out. */
+static void test_rule_attrs_and_imports_need_version_6(void **state) {
+        struct pb_msg add = { .hdr = { .type = PB_MSG_POLICY_ADD, .id = 1 },
+                              .policy_add = { .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
+                                              .pattern = pat("tcp:80"),
+                                              .attrs = { .flags = PB_RULE_RESERVE | PB_RULE_OWNER, .owner = 0 } } };
+        struct pb_msg list = { .hdr = { .type = PB_MSG_POLICY_LIST | PB_MSG_REPLY, .id = 2, .version = 6 },
+                               .rules = { .count = 1, .rules = { { .id = 7, .principal = { .kind = PB_PRINCIPAL_USER,
+                                                                                           .id = 1000 },
+                                                                   .pattern = pat("udp:53"),
+                                                                   .attrs = { .flags = PB_RULE_RESERVE },
+                                                                   .source = "dns.conf", .created = 5 } } } };
+        struct pb_msg begin = { .hdr = { .type = PB_MSG_POLICY_BEGIN, .id = 3 },
+                                .policy_begin.flags = PB_POLICY_REPLACE };
+        struct pb_msg done = { .hdr = { .type = PB_MSG_POLICY_COMMIT | PB_MSG_REPLY, .id = 4 },
+                               .policy_commit = { .added = 1, .changed = UINT32_MAX, .removed = 3 } };
+        static const struct {
+                uint8_t principal, flags;
+                uint32_t owner;
+                const char *pattern;
+        } bad[] = {
+                { PB_PRINCIPAL_GROUP, PB_RULE_RESERVE, 0, "tcp:80" },                   /* no owner */
+                { PB_PRINCIPAL_USER, PB_RULE_RESERVE | PB_RULE_OWNER, 5, "tcp:80" },    /* a user's has none */
+                { PB_PRINCIPAL_GROUP, PB_RULE_OWNER, 5, "tcp:80" },                     /* owner, no reservation */
+                { PB_PRINCIPAL_GROUP, PB_RULE_RESERVE, 5, "tcp:80" },                   /* owner without its flag */
+                { PB_PRINCIPAL_USER, PB_RULE_RESERVE | 0x04, 0, "tcp:80" },             /* unknown flag */
+                { PB_PRINCIPAL_USER, PB_RULE_RESERVE, 0, "tcp:80-81" },                 /* a range */
+                { PB_PRINCIPAL_USER, PB_RULE_RESERVE, 0, "unix:/run/a/" },              /* a directory */
+                { PB_PRINCIPAL_GROUP, PB_RULE_RESERVE | PB_RULE_OWNER, UINT32_MAX, "tcp:80" }, /* not a uid */
+        };
+        uint8_t buf[PB_MSG_MAX];
+        struct pb_msg d;
+        size_t len;
+
+        assert_int_equal(proto_msg_version(&add), 6);
+        len = encode_ok(&add, buf);
+        assert_int_equal(len, 16 + 6 + PB_ENDPOINT_WIRE_SIZE + 5);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.policy_add.attrs.flags, PB_RULE_RESERVE | PB_RULE_OWNER);
+        assert_int_equal(d.policy_add.attrs.owner, 0);
+        buf[5] = 5;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                struct pb_msg m = add;
+
+                m.policy_add.principal.kind = bad[i].principal;
+                m.policy_add.pattern = pat(bad[i].pattern);
+                m.policy_add.attrs = (struct pb_rule_attrs) { .flags = bad[i].flags, .owner = bad[i].owner };
+                len = encode_ok(&m, buf);
+                if (decode(buf, len) != -EBADMSG)
+                        fail_msg("bad attributes %zu decoded", i);
+        }
+        /* No attributes: the older layout, as before. */
+        add.policy_add.attrs = (struct pb_rule_attrs) { 0 };
+        add.policy_add.principal.kind = PB_PRINCIPAL_USER;
+        assert_int_equal(proto_msg_version(&add), 2);
+
+        len = encode_ok(&list, buf);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.rules.rules[0].attrs.flags, PB_RULE_RESERVE);
+        assert_string_equal(d.rules.rules[0].source, "dns.conf");
+        assert_int_equal(d.rules.rules[0].created, 5);
+        list.hdr.version = 5;
+        assert_int_equal(encode_ok(&list, buf), len - 5 - 1 - strlen("dns.conf"));
+        assert_int_equal(proto_decode(buf, len - 14, &d), 0);
+        assert_int_equal(d.rules.rules[0].attrs.flags, 0);
+        assert_string_equal(d.rules.rules[0].source, "");
+
+        assert_int_equal(proto_msg_version(&begin), 6);
+        len = encode_ok(&begin, buf);
+        assert_int_equal(len, 17);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.policy_begin.flags, PB_POLICY_REPLACE);
+        buf[16] = 0x02;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 0;
+        buf[5] = 5;
+        assert_int_equal(decode(buf, len), -EPROTO);
+
+        len = encode_ok(&done, buf);
+        assert_int_equal(len, 28);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.policy_commit.added, 1);
+        assert_int_equal(d.policy_commit.changed, UINT32_MAX);
+        assert_int_equal(d.policy_commit.removed, 3);
+}
+
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
                 0, 10, 11, 0x00ff, 0x7fff, 0x8000, 0x800a, 0x80ff, 0xc001, 0xfffe,
@@ -1345,6 +1434,7 @@ int main(void) {
                 cmocka_unit_test(test_reserved_nonzero),
                 cmocka_unit_test(test_wrong_version),
                 cmocka_unit_test(test_v6only_any_needs_version_4),
+                cmocka_unit_test(test_rule_attrs_and_imports_need_version_6),
                 cmocka_unit_test(test_unknown_type),
                 cmocka_unit_test(test_bool_fields),
                 cmocka_unit_test(test_counts_above_max),

@@ -123,13 +123,16 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         sqlite3_close(db);
 
         s = open_ok();
-        assert_int_equal(sql_int("PRAGMA user_version"), 4);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
         assert_int_equal(store_leases_load(s, collect_lease, loaded), 0);
         assert_int_equal(loaded[0].id, 1);
         assert_true(endpoint_is_v6only_any(&loaded[0].endpoint));
         assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
         assert_true(endpoint_is_v6only_any(&rules[0].pattern));
         assert_int_equal(rules[0].perm.gid, PB_SOCKET_GROUP_NONE);
+        assert_int_equal(rules[0].attrs.flags, 0);              /* version 5: no reservation, an admin's */
+        assert_int_equal(rules[0].attrs.owner, 0);
+        assert_string_equal(rules[0].source, "");
         assert_int_equal(store_lease_next_id(s, &next), 0);
         assert_int_equal(next, 3);                      /* not 2: it was a lease's */
 
@@ -207,14 +210,82 @@ static void test_rules_and_leases_survive_reopen(void **state) {
         ev.event = "release";
         assert_int_equal(store_lease_remove(s, l.id, &ev), 0);
         assert_int_equal(store_lease_remove(s, l.id, &ev), -ENOENT);
-        assert_int_equal(store_rule_remove(s, r.id, &ev), 0);
-        assert_int_equal(store_rule_remove(s, 9999, &ev), -ENOENT);
+        assert_int_equal(store_rule_remove(s, &r, &ev), 0);
+        assert_int_equal(store_rule_remove(s, &r, &ev), -ENOENT);
         store_close(s);
         assert_int_equal(sql_int("SELECT count(*) FROM leases"), 0);
         assert_int_equal(sql_int("SELECT count(*) FROM rules"), 1);
         /* Every durable change carries its audit row. */
         assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-add'"), 2);
-        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='release'"), 2);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-remove'"), 1);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='release'"), 1);
+}
+
+/* A batch of rule changes is one transaction: all of it, each change
+ * with its audit event, or (a change that cannot be made) none of it.
+ * Reservations, owners and sources survive a reopen; the rules of a
+ * version 4 database migrate to none of them. */
+static void test_rule_changes_all_or_nothing(void **state) {
+        struct store *s = open_ok();
+        struct store_event who = { .uid = 0, .pid = 1, .detail = "import" };
+        struct store_rule a = { .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
+                                .attrs = { .flags = PB_RULE_RESERVE | PB_RULE_OWNER, .owner = 33 },
+                                .source = "web.conf" };
+        struct store_rule b = { .principal = { .kind = PB_PRINCIPAL_USER, .id = 1000 } };
+        struct store_rule_change c[3];
+        struct store_rule rules[2] = { { 0 } };
+        sqlite3 *db;
+
+        assert_int_equal(endpoint_parse_pattern("tcp:80", &a.pattern), 0);
+        assert_int_equal(endpoint_parse_pattern("tcp:8080", &b.pattern), 0);
+        c[0] = (struct store_rule_change) { .op = STORE_RULE_ADD, .rule = a };
+        c[1] = (struct store_rule_change) { .op = STORE_RULE_ADD, .rule = b };
+        assert_int_equal(store_rules_change(s, c, 2, &who), 0);
+        assert_true(c[0].rule.id >= 1 && c[1].rule.id == c[0].rule.id + 1);
+        a = c[0].rule;
+        b = c[1].rule;
+
+        /* The third change names no rule: the first two are undone too. */
+        c[0] = (struct store_rule_change) { .op = STORE_RULE_REMOVE, .rule = a };
+        c[1] = (struct store_rule_change) { .op = STORE_RULE_UPDATE, .rule = b };
+        c[1].rule.attrs.flags = PB_RULE_RESERVE;
+        c[2] = (struct store_rule_change) { .op = STORE_RULE_UPDATE, .rule = b };
+        c[2].rule.id = 9999;
+        assert_int_equal(store_rules_change(s, c, 3, &who), -ENOENT);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM rules"), 2);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event LIKE 'policy-%'"), 2);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-add' AND peer_uid=0 AND "
+                                 "endpoint='tcp:80' AND detail LIKE '%reserved for uid 33 (from web.conf); import'"), 1);
+
+        s = open_ok();
+        assert_int_equal(store_rules_change(s, c, 2, &who), 0);
+        assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
+        assert_int_equal(rules[0].id, b.id);
+        assert_int_equal(rules[0].attrs.flags, PB_RULE_RESERVE);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-change'"), 1);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='policy-remove'"), 1);
+
+        /* Reloaded as written: flags, owner and source. */
+        s = open_ok();
+        c[0] = (struct store_rule_change) { .op = STORE_RULE_ADD, .rule = a };
+        assert_int_equal(store_rules_change(s, c, 1, &who), 0);
+        memset(rules, 0, sizeof(rules));
+        assert_int_equal(store_rules_load(s, collect_rule, rules), 0);
+        assert_int_equal(rules[1].attrs.flags, PB_RULE_RESERVE | PB_RULE_OWNER);
+        assert_int_equal(rules[1].attrs.owner, 33);
+        assert_string_equal(rules[1].source, "web.conf");
+        store_close(s);
+
+        /* An owner no rule could have (no reservation) is corruption. */
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(db, "UPDATE rules SET flags = 2 WHERE principal_kind = 2", NULL, NULL, NULL),
+                         SQLITE_OK);
+        sqlite3_close(db);
+        s = open_ok();
+        assert_int_equal(store_rules_load(s, collect_rule, rules), -EBADMSG);
+        store_close(s);
 }
 
 static void test_events_batched_until_flush(void **state) {
@@ -383,6 +454,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_rules_and_leases_survive_reopen, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_rule_changes_all_or_nothing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_batched_until_flush, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_failed_flush_keeps_events, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_automatic_checkpoint, setup, teardown),
