@@ -50,8 +50,10 @@ static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_ms
 
         *ret_rule = policy_find(&b->policy, p, e);
         if (!*ret_rule && !policy_is_admin(&b->policy, p)) {
-                proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u get %s",
-                                (unsigned) p->uid, text);
+                /* The unit it was seen in (read only while unit rules exist) tells
+                 * a service denied by its own unit rule what brokerd saw instead. */
+                proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u%s%s get %s",
+                                (unsigned) p->uid, p->unit[0] ? " in unit " : "", p->unit, text);
                 deny(c, req, reply, text, e, "no rule");
                 return false;
         }

@@ -3,7 +3,8 @@
 accepts them, and a real systemd, run as PID 1 of private PID, mount,
 network, UTS, IPC and cgroup namespaces, socket-activates brokerd through
 them, sees it become ready (Type=notify), restarts it after a crash and stops
-it cleanly at poweroff.
+it cleanly at poweroff; ports survive brokerd; and a unit rule lets the
+service of that unit alone, not its uid elsewhere, get its port.
 
 How the PID-1 harness works (the host's PID 1 need not be systemd):
   * `unshare --pid --fork --mount-proc --mount --net --uts --ipc --cgroup`,
@@ -16,11 +17,13 @@ How the PID-1 harness works (the host's PID 1 need not be systemd):
   * Inside, before exec'ing /lib/systemd/systemd: tmpfs on /run, /var/lib,
     /tmp and /var/tmp (the test helpers are copied to /run first), a fresh
     read-only sysfs, cgroup2 on /sys/fs/cgroup, /proc/sys read-only (PID 1
-    writes global sysctls such as kernel.core_pattern otherwise), and a pty
-    of ours bind-mounted over /dev/console, which carries systemd's log.
+    writes global sysctls such as kernel.core_pattern otherwise), a pty
+    of ours bind-mounted over /dev/console, which carries systemd's log, and
+    copies of /etc/passwd and /etc/group naming uid U1 (User= wants a name).
   * `container=` in the environment makes systemd behave as in a container;
-    SYSTEMD_UNIT_PATH holds only our units plus minimal targets, and the
-    generator paths point at an empty directory.
+    SYSTEMD_UNIT_PATH holds only our units plus minimal targets (a test
+    adds its own with Pid1.add_unit), and the generator paths point at an
+    empty directory.
   * The test talks to it with `nsenter -t PID -a systemctl ...` (private bus
     /run/systemd/private) and runs portctl the same way; it powers off with
     SIGRTMIN+4. Everything is bounded by timeouts; cleanup kills the cgroup.
@@ -55,6 +58,7 @@ PORTCTL = f"{PREFIX}/bin/portctl"
 # Test helpers inside the namespace (out of reach of PrivateTmp=, wherever
 # the build tree is), and the namespace's own units.
 NS_TESTDIR = "/run/portbroker-test"
+U1, U2 = 4242, 4343                     # test uids; U1 is user pb-test inside
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +197,12 @@ mount --bind {console} /dev/console
 mkdir -p {testdir}/empty
 cp -r {units} {testdir}/units
 cp {helpers} {testdir}/
+# A name for uid U1 (User= of a service wants one), in here alone.
+cp /etc/passwd /etc/group {testdir}/
+echo "pb-test:x:{u1}:{u1}:portbroker test:/nonexistent:/usr/sbin/nologin" >> {testdir}/passwd
+echo "pb-test:x:{u1}:" >> {testdir}/group
+mount --bind {testdir}/passwd /etc/passwd
+mount --bind {testdir}/group /etc/group
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {prefix}
 cp -a {installed}{prefix}/. {prefix}/
 # After the copies: the build tree may be under /tmp. PrivateTmp= dirs stay in here.
@@ -259,7 +269,7 @@ class Pid1:
             console=shlex.quote(os.ttyname(self.slave_fd)), testdir=NS_TESTDIR,
             units=shlex.quote(str(units)), installed=shlex.quote(str(self.installed)), prefix=PREFIX,
             unitdir=UNIT_DIR, helpers=" ".join(shlex.quote(str(self.build / h)) for h in HELPERS),
-            systemd=SYSTEMD))
+            systemd=SYSTEMD, u1=U1))
         self.cgroup = root / f"portbroker-test-{os.getpid()}-{time.monotonic_ns()}"
         self.cgroup.mkdir()
         launch = (f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare "
@@ -372,6 +382,11 @@ class Pid1:
 
     def systemctl(self, *args, check=False):
         return self.run("systemctl", "--no-pager", *args, check=check)
+
+    def add_unit(self, name, text):
+        """Writes a unit file where this systemd finds units, and reloads it."""
+        Path(f"/proc/{self.pid}/root{NS_TESTDIR}/units/{name}").write_text(text)
+        self.systemctl("daemon-reload", check=True)
 
     def prop(self, unit, name):
         return self.systemctl("show", "--value", "-p", name, unit).stdout.strip()
@@ -505,7 +520,6 @@ def worker_of(pid1, main):
 
 # --- ports survive brokerd itself ------------------------------------------------
 
-U1, U2 = 4242, 4343
 PORT = 8080
 
 
@@ -708,3 +722,90 @@ def test_fd_store_is_reconciled_with_the_database(pid1):
     assert "no such lease" not in log and "is not one for" not in log, log
     assert f"lease {ids[8080]}: its socket was kept" in log, log
     assert tcp_listener_inode(8082, pid1.pid) == inode_8082
+
+
+# --- unit rules: the unit systemd put a process in, not a name its user chose ---
+
+# A service of uid U1 that gets PORT from brokerd and serves it, ready
+# (READY=1) once it does; as an instance of a template, the same.
+WEB_UNIT = f"""[Unit]
+After=portbrokerd.socket
+
+[Service]
+Type=notify
+User={U1}
+Group={U1}
+ExecStart={PORTCTL} get tcp:{PORT} -- {NS_TESTDIR}/pb-testserver --notify
+"""
+DENIED = f"permission denied: no rule lets uid {U1}"
+
+# sh MOVE_AND_RUN CGROUP ARGV...: moves itself into the sub-cgroup CGROUP of
+# its own (delegated) cgroup, made if need be, says where it is now, and
+# execs ARGV.
+MOVE_AND_RUN = r"""
+cg=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/$1; shift
+mkdir -p "$cg" && echo $$ > "$cg/cgroup.procs" && grep ^0:: /proc/self/cgroup && exec "$@"
+"""
+
+
+def run_in_service(pid1, unit, *argv, settings=""):
+    """argv as uid U1, the command of the oneshot service `unit` (its unit
+    file written anew); returns (exit status, stdout, stderr) once it ended."""
+    out = f"{NS_TESTDIR}/{unit}"
+    pid1.add_unit(unit, f"[Service]\nType=oneshot\nUser={U1}\nGroup={U1}\n{settings}"
+                  f"StandardOutput=truncate:{out}.out\nStandardError=truncate:{out}.err\n"
+                  f"ExecStart={' '.join(map(str, argv))}\n")
+    pid1.systemctl("start", unit)                       # a oneshot: returns once it has exited
+    return (int(pid1.prop(unit, "ExecMainStatus")),
+            *(Path(f"/proc/{pid1.pid}/root{out}.{s}").read_text() for s in ("out", "err")))
+
+
+def serves(pid1, port):
+    """What a TCP connection to port inside the namespaces reads: "ok PID\\n" from pb-testserver."""
+    return pid1.run("/bin/bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && cat <&3").stdout
+
+
+def test_a_unit_rule_lets_that_unit_alone_get_the_port(pid1):
+    """A rule for web-test.service lets that unit's service, run from its
+    unit file as uid U1, get PORT and serve it. U1 anywhere else is denied,
+    the lease it owns notwithstanding: from a shell outside any unit
+    (nsenter, setpriv), from another service, and from a service with a delegated cgroup (Delegate=yes) in
+    which it made sub-cgroups named like the unit (web-test.service,
+    system.slice/web-test.service) and moved in: brokerd trusts the cgroup
+    path systemd made (/system.slice/web-test.service), never a name."""
+    pid1.wait_state("portbrokerd.socket", "active")
+    pid1.run(PORTCTL, "policy", "add", f"tcp:{PORT}", "--unit", "web-test.service")
+    pid1.add_unit("web-test.service", WEB_UNIT)
+    pid1.systemctl("start", "web-test.service", check=True)      # returns once READY=1 (or failed)
+    main = pid1.prop("web-test.service", "MainPID")
+    leases = json.loads(pid1.run(PORTCTL, "status", f"tcp:{PORT}", "--json").stdout)
+    assert [(l["owner_uid"], l["holders"]) for l in leases] == [(U1, 1)], leases
+    assert serves(pid1, PORT) == f"ok {main}\n"
+
+    get = (PORTCTL, "get", f"tcp:{PORT}", "--", "/bin/true")
+    r = pid1.run("setpriv", "--reuid", U1, "--regid", U1, "--clear-groups", *get, check=False)
+    assert r.returncode == 1 and DENIED in r.stderr, r
+    status, _, err = run_in_service(pid1, "other-test.service", *get)
+    assert status == 1 and f"{DENIED} in unit other-test.service get" in err, err
+    Path(f"/proc/{pid1.pid}/root{NS_TESTDIR}/move-and-run").write_text(MOVE_AND_RUN)
+    for fake in ("web-test.service", "system.slice/web-test.service"):
+        status, out, err = run_in_service(pid1, "deleg-test.service", "/bin/sh", f"{NS_TESTDIR}/move-and-run",
+                                          fake, *get, settings="Delegate=yes\n")
+        assert out == f"0::/system.slice/deleg-test.service/{fake}\n", (out, err)
+        assert status == 1 and f"{DENIED} in unit deleg-test.service get" in err, err
+    assert serves(pid1, PORT) == f"ok {main}\n"
+
+
+def test_a_unit_rule_for_a_template_instance_is_for_that_instance_alone(pid1):
+    """A rule for web-test@1.service lets that instance of the template
+    web-test@.service get PORT; web-test@2.service, the same command as the
+    same uid, is denied, and brokerd's log names the unit it saw."""
+    pid1.wait_state("portbrokerd.socket", "active")
+    pid1.run(PORTCTL, "policy", "add", f"tcp:{PORT}", "--unit", "web-test@1.service")
+    pid1.add_unit("web-test@.service", WEB_UNIT)
+    pid1.systemctl("start", "web-test@1.service", check=True)
+    assert serves(pid1, PORT) == f"ok {pid1.prop('web-test@1.service', 'MainPID')}\n"
+    assert pid1.systemctl("start", "web-test@2.service").returncode != 0
+    assert pid1.prop("web-test@2.service", "ExecMainStatus") == "1"
+    pid = pid1.prop("web-test@2.service", "ExecMainPID")
+    assert f"pid={pid}: {DENIED} in unit web-test@2.service get tcp:[::]:{PORT}" in pid1.log(), pid1.diagnostics()
