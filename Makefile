@@ -297,7 +297,7 @@ install: all
 	sed -e 's|@SBINDIR@|$(SBINDIR)|' -e 's|@BINDIR@|$(BINDIR)|' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|' \
 		systemd/portbrokerd.service.in > $(DESTDIR)$(UNITDIR)/portbrokerd.service
 	@# The settings are the admin's once installed: never overwritten.
-	install -d $(DESTDIR)$(SYSCONFDIR)/portbroker
+	install -d $(DESTDIR)$(SYSCONFDIR)/portbroker $(DESTDIR)$(SYSCONFDIR)/portbroker/policy.d
 	test -e $(DESTDIR)$(SYSCONFDIR)/portbroker/brokerd.conf || \
 		install -m 0644 systemd/brokerd.conf $(DESTDIR)$(SYSCONFDIR)/portbroker/brokerd.conf
 	install -m 0644 systemd/portbrokerd.socket $(DESTDIR)$(UNITDIR)/portbrokerd.socket
@@ -309,7 +309,7 @@ install: all
 
 # Every file `make install` writes, with the same variables: `make uninstall`
 # removes them and the shim's directory. User portbroker stays: files
-# elsewhere may still be its; so does brokerd.conf, the admin's.
+# elsewhere may still be its; so do brokerd.conf and policy.d, the admin's.
 INSTALLED = $(SBINDIR)/brokerd $(BINDIR)/portctl $(INCLUDEDIR)/portbroker.h $(PRELOAD_PATH) \
 	$(addprefix $(LIBDIR)/,libportbroker.so.$(VERSION) libportbroker.so.$(SOVERSION) libportbroker.so \
 		libportbroker.a pkgconfig/portbroker.pc) \

@@ -78,11 +78,12 @@ void broker_rules_from_dir(struct broker *b) {
                 policydir_done(&d);
         }
         if (r < 0) {
-                log_msg(LOG_ERR, "%s; the rules from the policy directory stay as they were", why);
+                log_event(LOG_ERR, "error", &LOG_FIELDS_NONE, "%s; the rules from the policy directory stay as they "
+                          "were", why);
                 broker_audit(b, "policy-dir-failed", NULL, NULL, why);
                 return;
         }
         if (counts.added || counts.changed || counts.removed)
-                log_msg(LOG_INFO, "the policy directory%s%s: %u rules added, %u changed, %u removed",
-                        dir ? " " : " (none)", dir ? dir : "", counts.added, counts.changed, counts.removed);
+                log_event(LOG_INFO, "policy-dir", &LOG_FIELDS_NONE, "%s: %u rules added, %u changed, %u removed",
+                          dir ? dir : "no --policy-dir", counts.added, counts.changed, counts.removed);
 }
