@@ -959,6 +959,23 @@ def portctl(broker):
 
 
 @pytest.fixture
+def policy_dir(workdir):
+    """An empty policy directory for --policy-dir: root's, 0755, as brokerd wants it."""
+    d = workdir / "policy.d"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    return d
+
+
+def write_file(path, text, mode=0o644, owner=0):
+    """Writes text to path, owned by owner with mode; returns path."""
+    path.write_text(text)
+    os.chown(path, owner, owner)
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
 def scratch(workdir):
     return workdir / "scratch"
 

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import BROKERD, VALGRIND, child_env, wait_for
+from conftest import BROKERD, VALGRIND, child_env, wait_for, write_file
 from rawproto import HDR, REPLY, ERROR, msg
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -30,19 +30,6 @@ def rules(b, uid=None):
                    r["source"]) for r in b.portctl("policy", "list", json=True, uid=uid).json)
 
 
-def write(path, text, mode=0o644, owner=0):
-    path.write_text(text)
-    os.chown(path, owner, owner)
-    path.chmod(mode)
-    return path
-
-
-@pytest.fixture
-def policy_dir(workdir):
-    d = workdir / "policy.d"
-    d.mkdir(mode=0o755)
-    d.chmod(0o755)
-    return d
 
 
 def test_export_then_import_makes_the_same_rules(make_broker, workdir):
@@ -56,7 +43,7 @@ def test_export_then_import_makes_the_same_rules(make_broker, workdir):
         a.portctl("policy", "add", *args)
     exported = a.portctl("policy", "export").stdout
     assert "udp:53 group 4300 reserve owner=4343" in exported, exported
-    path = write(workdir / "fleet.conf", exported)
+    path = write_file(workdir / "fleet.conf", exported)
     for lease in a.portctl("status", json=True).json:  # a's reservations: another host's ports
         a.portctl("release", lease["endpoint"])
 
@@ -83,7 +70,7 @@ def test_import_changes_in_place_and_replace_removes_the_rest(make_broker, workd
     b = make_broker()
     b.portctl("policy", "add", "tcp:8000", "--user", U1)
     b.portctl("policy", "add", "tcp:8001", "--user", U1)
-    path = write(workdir / "p.conf", "tcp:8000 user 4242 reserve   # now reserved\ntcp:8002 user 4343\n")
+    path = write_file(workdir / "p.conf", "tcp:8000 user 4242 reserve   # now reserved\ntcp:8002 user 4343\n")
     r = b.portctl("policy", "import", "--check", "--replace", path)
     assert r.stdout.splitlines() == [
         "~ rule 1: tcp:8000 user 4242 reserve (was: tcp:8000 user 4242)",
@@ -110,7 +97,7 @@ def test_import_changes_in_place_and_replace_removes_the_rest(make_broker, workd
 def test_a_file_with_a_mistake_changes_nothing(broker, workdir, text, says):
     broker.portctl("policy", "add", "tcp:9000", "--user", U2)
     before = rules(broker)
-    path = write(workdir / "bad.conf", text)
+    path = write_file(workdir / "bad.conf", text)
     for flags in ((), ("--replace",), ("--check",)):
         r = broker.portctl("policy", "import", *flags, path, check=1)
         assert f"{path}{says}" in r.stderr, r
@@ -165,7 +152,7 @@ def test_an_import_is_one_transaction(broker):
 def test_only_admins_import_but_anyone_may_check(broker, workdir):
     """A user cannot import (not even the rules that would let it in), and
     the attempt is audited; --check only reads what `policy list` shows anyone."""
-    path = write(workdir / "mine.conf", f"tcp:1-65535 user {U1}\n")
+    path = write_file(workdir / "mine.conf", f"tcp:1-65535 user {U1}\n")
     r = broker.portctl("policy", "import", path, uid=U1, check=1)
     assert "permission denied" in r.stderr, r
     r = broker.portctl("policy", "import", "--check", path, uid=U1)
@@ -179,9 +166,9 @@ def test_the_policy_directory_at_start_and_reload(make_broker, policy_dir, workd
     (and reload, a re-exec): added, changed in place, removed with the file
     or line; the admin's own rules are left alone; a file's rule can be
     removed only from its file, and an import cannot change it."""
-    write(policy_dir / "10-web.conf", "# web\ntcp:8080 user 4242 reserve\ntcp:8443 user 4242\n")
-    write(policy_dir / "20-dev.conf", "tcp:9000-9099 group 4300\n")
-    write(policy_dir / "notes.txt", "not a rules file: skipped\n")
+    write_file(policy_dir / "10-web.conf", "# web\ntcp:8080 user 4242 reserve\ntcp:8443 user 4242\n")
+    write_file(policy_dir / "20-dev.conf", "tcp:9000-9099 group 4300\n")
+    write_file(policy_dir / "notes.txt", "not a rules file: skipped\n")
     b = make_broker("--policy-dir", policy_dir)
     assert rules(b) == [("tcp:8080", "user", U1, True, "10-web.conf"), ("tcp:8443", "user", U1, False, "10-web.conf"),
                         ("tcp:9000-9099", "group", G1, False, "20-dev.conf")]
@@ -190,13 +177,13 @@ def test_the_policy_directory_at_start_and_reload(make_broker, policy_dir, workd
     b.portctl("policy", "add", "tcp:7000", "--user", U2)
     r = b.portctl("policy", "remove", "1", check=1)
     assert "comes from 10-web.conf" in r.stderr and "remove it there" in r.stderr, r
-    conflict = write(workdir / "c.conf", "tcp:8443 user 4242 reserve\n")
+    conflict = write_file(workdir / "c.conf", "tcp:8443 user 4242 reserve\n")
     r = b.portctl("policy", "import", conflict, check=1)
     assert "rule 2 of the policy directory's 10-web.conf" in r.stderr, r
 
-    write(policy_dir / "10-web.conf", "tcp:8443 user 4242 reserve\n")        # 8080 gone, 8443 reserved
+    write_file(policy_dir / "10-web.conf", "tcp:8443 user 4242 reserve\n")        # 8080 gone, 8443 reserved
     (policy_dir / "20-dev.conf").unlink()
-    write(policy_dir / "30-dns.conf", "udp:53 user 4343 reserve\n")
+    write_file(policy_dir / "30-dns.conf", "udp:53 user 4343 reserve\n")
     if not VALGRIND:
         b.portctl("admin", "reexec")
     else:
@@ -213,10 +200,10 @@ def test_the_policy_directory_at_start_and_reload(make_broker, policy_dir, workd
 def test_a_broken_policy_directory_changes_nothing(make_broker, policy_dir):
     """A mistake in any file: brokerd serves with the rules it had (no
     file's half), says which line, and a reload is refused before the exec."""
-    write(policy_dir / "00-good.conf", "tcp:8000 user 4242\n")
+    write_file(policy_dir / "00-good.conf", "tcp:8000 user 4242\n")
     b = make_broker("--policy-dir", policy_dir)
-    write(policy_dir / "05-more.conf", "tcp:8001 user 4242\n")
-    write(policy_dir / "10-bad.conf", "tcp:8002 user 4242\ntcp:8003 user 4242 frobnicate\n")
+    write_file(policy_dir / "05-more.conf", "tcp:8001 user 4242\n")
+    write_file(policy_dir / "10-bad.conf", "tcp:8002 user 4242\ntcp:8003 user 4242 frobnicate\n")
     b.restart()
     assert [x["pattern"] for x in b.portctl("policy", "list", json=True).json] == ["tcp:8000"]
     if not VALGRIND:
@@ -238,19 +225,19 @@ def test_a_planted_or_doubled_policy_file_is_never_read(make_broker, policy_dir,
     file it owns or could have written, or a directory it could write to,
     is refused whole (nothing of the directory is read); a rule in two files
     names both places."""
-    write(policy_dir / "00-admin.conf", "tcp:7000 user 4343\n")
+    write_file(policy_dir / "00-admin.conf", "tcp:7000 user 4343\n")
     if plant == "file-of-another-uid":
-        write(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n", owner=U1)
+        write_file(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n", owner=U1)
         says = "50-mine.conf must be a plain file owned by root"
     elif plant == "group-writable-file":
-        write(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n", mode=0o664)
+        write_file(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n", mode=0o664)
         says = "50-mine.conf must be a plain file owned by root"
     elif plant == "world-writable-dir":
-        write(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n")
+        write_file(policy_dir / "50-mine.conf", f"tcp:1-65535 user {U1}\n")
         policy_dir.chmod(0o777)
         says = "must be a directory owned by root"
     else:
-        write(policy_dir / "50-mine.conf", "tcp:7000 user 4343 reserve\n")
+        write_file(policy_dir / "50-mine.conf", "tcp:7000 user 4343 reserve\n")
         says = "50-mine.conf:1: the rule of 00-admin.conf:1 again"
     expect_log(says)
     b = make_broker("--policy-dir", policy_dir)

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import as_user, fetch, try_bind, wait_for
+from conftest import as_user, fetch, try_bind, wait_for, write_file
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -47,24 +47,13 @@ def leases(b):
     return {l["endpoint"]: (l["owner_uid"], l["handouts"]) for l in b.portctl("status", json=True).json}
 
 
-@pytest.fixture
-def policy_dir(workdir):
-    d = workdir / "policy.d"
-    d.mkdir(mode=0o755)
-    d.chmod(0o755)
-    return d
-
-
-def write(path, text):
-    path.write_text(text)
-    path.chmod(0o644)
 
 
 def test_reserved_at_start_for_its_owner_alone(make_broker, policy_dir, procs):
     """Ready means reserved: the port is taken before any server asks, nobody
     else binds it, a client's connection waits in its queue, and the owner's
     server gets that very socket and serves the waiting client."""
-    write(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\nudp:53 group {G1} reserve owner={U2}\n")
+    write_file(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\nudp:53 group {G1} reserve owner={U2}\n")
     b = make_broker("--policy-dir", policy_dir)
     assert leases(b) == {f"tcp:[::]:{PORT}": (U1, 0), "udp:[::]:53": (U2, 0)}
     log = b.log()
@@ -89,7 +78,7 @@ def test_reserved_at_start_for_its_owner_alone(make_broker, policy_dir, procs):
 @pytest.mark.expect_log(r"event=reserve .*cannot reserve tcp:\[::\]:8080 for uid 4242: cannot bind")
 def test_a_busy_port_is_reserved_once_it_is_free(make_broker, policy_dir):
     """A port another socket holds at start is taken as soon as it lets go."""
-    write(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\n")
+    write_file(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\n")
     squatter = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     squatter.bind(("::", PORT))
     squatter.listen(1)
