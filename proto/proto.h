@@ -135,7 +135,7 @@ struct pb_msg {
                         uint32_t groups[PB_TEST_GROUPS_MAX]; /* its primary and supplementary groups */
                         char unit[PB_TEXT_MAX + 1];     /* its systemd unit, "" for none */
                 } policy_test;
-                struct {                        /* PB_MSG_POLICY_TEST | PB_MSG_REPLY */
+                struct pb_test_verdict {        /* PB_MSG_POLICY_TEST | PB_MSG_REPLY */
                         uint8_t allowed;                /* 1: a GET by that peer would be granted now */
                         uint8_t admin;                  /* 1: an admin, and no rule names it */
                         struct pb_rule_entry rule;      /* the rule that lets it, id 0: none */
