@@ -173,7 +173,7 @@ int cmd_get(int argc, char **argv);
 int cmd_release(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 
-/* portctl policy add / remove / list (cmd-policy.c). */
+/* portctl policy add / remove / list / export / test (cmd-policy.c). */
 int cmd_policy(int argc, char **argv);
 
 /* portctl admin reexec (cmd-admin.c). */

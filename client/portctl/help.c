@@ -49,6 +49,17 @@ static const struct usage {
           "Print the rules as a policy file: a line each, in an order\n"
           "that depends on the rules alone (diff two hosts' exports)\n",
           "", false },
+        { "policy test", "ENDPOINT [--user NAME|UID | --group NAME|GID] [--unit UNIT]",
+          "Which rule would let a user (with its groups), a group or\n"
+          "a systemd unit get ENDPOINT, and whether a get would be\n"
+          "granted now, and why; nothing is bound. Exit status 0\n"
+          "allowed, 1 denied\n",
+          "  --user NAME|UID       A process of that user, with the groups the user\n"
+          "                        database gives it (looked up here)\n"
+          "  --group NAME|GID      A process of that group alone, of no user\n"
+          "  --unit UNIT           A process in that systemd unit: of no user, or of the\n"
+          "                        --user or --group given with it\n",
+          true },
         { "admin reexec", "",
           "Make brokerd execute its binary again (an upgrade installed\n"
           "since), keeping every socket (admin only)\n",

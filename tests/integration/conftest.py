@@ -12,6 +12,7 @@ Fixtures:
   broker       a Broker with the default options.
   portctl      broker.portctl: portctl(*args, uid=None, check=True, json=False).
   scratch      a directory every uid may write (server output files).
+  unix_dir     a directory for brokerd's --unix-dir: root's, 0755.
   guard        the bind guard's place for the test: a cgroup v2 directory the
                pytest process moves into for the test (so every process it
                starts is under the guard), and a bpffs private to the run.
@@ -959,6 +960,15 @@ def portctl(broker):
 @pytest.fixture
 def scratch(workdir):
     return workdir / "scratch"
+
+
+@pytest.fixture
+def unix_dir(workdir):
+    """A directory for brokerd's --unix-dir (where it makes Unix sockets): root's, 0755."""
+    d = workdir / "run"
+    d.mkdir()
+    d.chmod(0o755)
+    return d
 
 
 def errno_name(e):

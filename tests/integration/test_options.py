@@ -109,7 +109,7 @@ def test_run_and_upgrade_refuse_json(broker):
 OWN_OPTIONS = {
     "get": {"--nonblock"}, "release": set(), "status": set(),
     "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode"}, "policy remove": set(),
-    "policy list": set(), "policy export": set(),
+    "policy list": set(), "policy export": set(), "policy test": {"--user", "--group", "--unit"},
     "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
 }
 NO_JSON = {"run", "upgrade", "policy export"}
