@@ -10,6 +10,7 @@
 #include "broker-int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,72 +36,128 @@ static void deny(struct conn *c, const struct pb_msg *req, struct pb_msg *reply,
         c->denied = true;       /* no activity: the idle timer runs on (conn.c) */
 }
 
-/* --- get: authorize, create the lease if needed, hand it out ---------------- */
+/* --- authorization: what a GET would meet, for GET, CHECK and POLICY_TEST --- */
 
-/* Whether the peer may get e, whose lease is l (NULL: none yet), and by
- * which rule (*ret_rule; NULL for an admin no rule names); when it may
- * not, reply says why. */
-static bool get_authorize(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, const char *text,
-                          const struct lease *l, const struct store_rule **ret_rule) {
-        struct broker *b = c->broker;
-        const struct pb_endpoint *e = &req->get.endpoint;
-        const struct peer *p = &c->peer;
-        const struct lease *other;
-        char other_text[PB_ENDPOINT_STRLEN];
+/* A verdict on a GET of one endpoint by one peer, worked out with no side
+ * effect: nothing logged, audited or changed. GET and CHECK deny (log and
+ * audit) what it refuses; POLICY_TEST only tells it. */
+struct authorization {
+        const struct store_rule *rule;  /* the first rule letting the peer, or NULL */
+        bool admin;                     /* no rule does, but the peer is an admin */
+        const struct lease *lease;      /* the endpoint's lease, or the one in the way; NULL: none */
+        int code;                       /* 0: granted; else the errno of the refusal */
+        const char *denial;             /* what the audit trail calls the refusal; NULL: not a denial */
+        char why[PB_TEXT_MAX + 1];      /* the refusal's message */
+};
 
-        *ret_rule = policy_find(&b->policy, p, e);
-        if (!*ret_rule && !policy_is_admin(&b->policy, p)) {
-                /* The unit it was seen in (read only while unit rules exist) tells
-                 * a service denied by its own unit rule what brokerd saw instead. */
-                proto_set_error(reply, req->hdr.id, EACCES, "permission denied: no rule lets uid %u%s%s get %s",
-                                (unsigned) p->uid, p->unit[0] ? " in unit " : "", p->unit, text);
-                deny(c, req, reply, text, e, "no rule");
-                return false;
+/* "uid 4242", "uid 4242 in unit web.service" (the unit it was seen in,
+ * read only while unit rules exist, tells a service denied by its own unit
+ * rule what brokerd saw instead); for a peer of no user (only POLICY_TEST
+ * describes one) its groups and unit: "group 33 in unit web.service".
+ * Returns buf. */
+static const char *peer_who(const struct peer *p, char *buf, size_t size) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        if (p->uid != PEER_UID_UNKNOWN) {
+                snprintf(buf, size, "uid %u%s%s", (unsigned) p->uid, p->unit[0] ? " in unit " : "", p->unit);
+                return buf;
         }
-        if (!l && endpoint_is_unix(e) && unix_dirs_find(b->opt.unix_dirs, b->opt.n_unix_dirs, e) < 0) {
+        for (size_t i = 0; i < p->n_groups && n < size; i++)
+                n += (size_t) snprintf(buf + n, size - n, "%s%u", i ? ", " : p->n_groups > 1 ? "groups " : "group ",
+                                       (unsigned) p->groups[i]);
+        if (p->unit[0] && n < size)
+                snprintf(buf + n, size - n, "%sunit %s", n ? " in " : "", p->unit);
+        if (!buf[0])
+                snprintf(buf, size, "a peer of no user, group or unit");
+        return buf;
+}
+
+/* Sets a's refusal: code, the audit trail's word for it (NULL: not a denial), the message. */
+static void refuse(struct authorization *a, int code, const char *denial, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+static void refuse(struct authorization *a, int code, const char *denial, const char *fmt, ...) {
+        va_list ap;
+
+        a->code = code;
+        a->denial = denial;
+        va_start(ap, fmt);
+        vsnprintf(a->why, sizeof(a->why), fmt, ap);
+        va_end(ap);
+}
+
+/*
+ * Whether peer p may get e (text), whose lease is l (NULL: none yet), as
+ * GET authorizes it before it binds: a rule or an admin, a --unix-dir for a
+ * new Unix socket, no lease of another uid on it or in its way, the per-user
+ * and total lease limits. With bind_too (CHECK, POLICY_TEST), also whether
+ * the bind would find the port taken by a lease of p's own that overlaps e
+ * (EADDRINUSE, no denial: a GET learns it from its bind).
+ */
+static void authorize(const struct broker *b, const struct peer *p, const struct pb_endpoint *e, const char *text,
+                      const struct lease *l, bool bind_too, struct authorization *ret) {
+        struct authorization a = { .lease = l };
+        /* Another uid's lease that overlaps e (the kernel would refuse the
+         * bind), or serves the other family of e's wildcard or loopback:
+         * IPv6 (or [::1]:P) beside 0.0.0.0:P would get the clients of
+         * "localhost:P" that try IPv6 first. */
+        const struct lease *other = l ? NULL : lease_table_conflicting(&b->leases, e, p->uid);
+        /* Any lease that overlaps e: once the others' are refused, one of p's own. */
+        const struct lease *overlap = l || !bind_too ? NULL : lease_table_overlapping(&b->leases, e);
+        char other_text[PB_ENDPOINT_STRLEN], who[300];
+
+        a.rule = policy_find(&b->policy, p, e);
+        a.admin = !a.rule && policy_is_admin(&b->policy, p);
+        if (!a.rule && !a.admin)
+                refuse(&a, EACCES, "no rule", "permission denied: no rule lets %s get %s",
+                       peer_who(p, who, sizeof(who)), text);
+        else if (!l && endpoint_is_unix(e) && unix_dirs_find(b->opt.unix_dirs, b->opt.n_unix_dirs, e) < 0) {
                 char dirs[160] = "";
 
                 for (size_t i = 0; i < b->opt.n_unix_dirs; i++)
                         snprintf(dirs + strlen(dirs), sizeof(dirs) - strlen(dirs), "%s%s", i ? ", " : "",
                                  b->opt.unix_dirs[i]);
-                proto_set_error(reply, req->hdr.id, EACCES, "%s is not directly in a directory brokerd makes "
-                                "sockets in (--unix-dir: %s)", text, dirs[0] ? dirs : "none");
-                deny(c, req, reply, text, e, "not in a --unix-dir");
-                return false;
+                refuse(&a, EACCES, "not in a --unix-dir", "%s is not directly in a directory brokerd makes sockets "
+                       "in (--unix-dir: %s)", text, dirs[0] ? dirs : "none");
+        } else if (l && l->owner_uid != p->uid)
+                refuse(&a, EBUSY, "held by another", "%s is held by uid %u", text, (unsigned) l->owner_uid);
+        else if (other) {
+                a.lease = other;
+                refuse(&a, EBUSY, "port held by another", "%s is held by uid %u: its lease %s %s", text,
+                       (unsigned) other->owner_uid, endpoint_format(&other->endpoint, other_text),
+                       endpoint_overlaps(&other->endpoint, e) ? "overlaps it" : "serves the other family of the port");
+        } else if (!l && lease_table_count_owner(&b->leases, p->uid) >= b->opt.max_leases_per_user)
+                refuse(&a, EDQUOT, "lease limit", "uid %u already holds %u leases, the most allowed "
+                       "(--max-leases-per-user)", (unsigned) p->uid, b->opt.max_leases_per_user);
+        else if (!l && b->leases.n >= b->opt.max_leases)
+                refuse(&a, EDQUOT, "lease limit", "brokerd holds %u leases, the most allowed (--max-leases)",
+                       b->opt.max_leases);
+        else if (overlap) {     /* a GET would find the port bound: say by which lease */
+                a.lease = overlap;
+                refuse(&a, EADDRINUSE, NULL, "%s overlaps the lease %s of uid %u", text,
+                       endpoint_format(&overlap->endpoint, other_text), (unsigned) overlap->owner_uid);
         }
-        if (l && l->owner_uid != p->uid) {
-                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u", text, (unsigned) l->owner_uid);
-                deny(c, req, reply, text, e, "held by another");
-                return false;
-        }
-        /* Another uid's lease that overlaps e (the kernel would refuse the
-         * bind), or serves the other family of e's wildcard or loopback:
-         * IPv6 (or [::1]:P) beside 0.0.0.0:P would get the clients of
-         * "localhost:P" that try IPv6 first. */
-        other = l ? NULL : lease_table_conflicting(&b->leases, e, p->uid);
-        if (other) {
-                proto_set_error(reply, req->hdr.id, EBUSY, "%s is held by uid %u: its lease %s %s", text,
-                                (unsigned) other->owner_uid, endpoint_format(&other->endpoint, other_text),
-                                endpoint_overlaps(&other->endpoint, e) ? "overlaps it"
-                                                                       : "serves the other family of the port");
-                deny(c, req, reply, text, e, "port held by another");
-                return false;
-        }
-        if (!l && lease_table_count_owner(&b->leases, p->uid) >= b->opt.max_leases_per_user) {
-                proto_set_error(reply, req->hdr.id, EDQUOT,
-                                "uid %u already holds %u leases, the most allowed (--max-leases-per-user)",
-                                (unsigned) p->uid, b->opt.max_leases_per_user);
-                deny(c, req, reply, text, e, "lease limit");
-                return false;
-        }
-        if (!l && b->leases.n >= b->opt.max_leases) {
-                proto_set_error(reply, req->hdr.id, EDQUOT, "brokerd holds %u leases, the most allowed (--max-leases)",
-                                b->opt.max_leases);
-                deny(c, req, reply, text, e, "lease limit");
-                return false;
-        }
-        return true;
+        *ret = a;
 }
+
+/* authorize() for c's request of e (text): true, or false with reply set and
+ * a refusal denied. *ret_rule: the rule (NULL for an admin no rule names). */
+static bool authorize_request(struct conn *c, const struct pb_msg *req, struct pb_msg *reply,
+                              const struct pb_endpoint *e, const char *text, const struct lease *l, bool bind_too,
+                              const struct store_rule **ret_rule) {
+        struct authorization a;
+
+        authorize(c->broker, &c->peer, e, text, l, bind_too, &a);
+        *ret_rule = a.rule;
+        if (a.code == 0)
+                return true;
+        proto_set_error(reply, req->hdr.id, a.code, "%s", a.why);
+        if (a.denial)
+                deny(c, req, reply, text, e, a.denial);
+        return false;
+}
+
+/* --- get: authorize, create the lease if needed, hand it out ---------------- */
 
 /* Has the monitor guard and bind e for a new lease of the peer (a Unix
  * socket's file made as rule says), and records it. Returns the lease, or
@@ -174,7 +231,7 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
         const struct store_rule *rule;
         bool created = false;
 
-        if (!get_authorize(c, req, reply, text, l, &rule))
+        if (!authorize_request(c, req, reply, e, text, l, false, &rule))
                 return;
         if (!l) {
                 l = get_create(c, req, reply, text, rule);
@@ -203,25 +260,15 @@ static void handle_get(struct conn *c, const struct pb_msg *req, struct pb_msg *
  * nothing bound or recorded: `portctl run 8080`
  * asks before its server starts, since which lease of the port the server
  * gets depends on the socket it makes. A refusal is a denial like a GET's,
- * logged and audited. */
+ * logged and audited; a lease of its own in the way is not. */
 static void handle_check(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct pb_endpoint *e = &req->get.endpoint;
-        struct lease *l = lease_table_find(&c->broker->leases, e);
         char buf[PB_ENDPOINT_STRLEN];
-        const char *text = endpoint_format(e, buf);
-
-        const struct lease *other = l ? NULL : lease_table_overlapping(&c->broker->leases, e);
-        char other_text[PB_ENDPOINT_STRLEN];
         const struct store_rule *rule;
 
-        if (!get_authorize(c, req, reply, text, l, &rule))
-                return;
-        if (other) {            /* a GET would find the port bound: say by which lease */
-                proto_set_error(reply, req->hdr.id, EADDRINUSE, "%s overlaps the lease %s of uid %u", text,
-                                endpoint_format(&other->endpoint, other_text), (unsigned) other->owner_uid);
-                return;
-        }
-        reply->hdr.type = PB_MSG_CHECK | PB_MSG_REPLY;
+        if (authorize_request(c, req, reply, e, endpoint_format(e, buf), lease_table_find(&c->broker->leases, e),
+                              true, &rule))
+                reply->hdr.type = PB_MSG_CHECK | PB_MSG_REPLY;
 }
 
 /* --- release, status ----------------------------------------------------- */
@@ -453,13 +500,26 @@ static void handle_policy_remove(struct conn *c, const struct pb_msg *req, struc
         broker_notify_status(b);
 }
 
+static struct pb_rule_entry rule_entry(const struct store_rule *r) {
+        struct pb_rule_entry e = {
+                .id = r->id,
+                .principal = r->principal,
+                .pattern = r->pattern,
+                .perm = r->perm,
+                .attrs = r->attrs,
+                .created = (uint64_t) r->created,
+        };
+
+        memcpy(e.source, r->source, sizeof(e.source));
+        return e;
+}
+
 static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
         const struct policy *pol = &c->broker->policy;
 
         reply->hdr.type = PB_MSG_POLICY_LIST | PB_MSG_REPLY;
         for (size_t i = 0; i < pol->n_rules; i++) {
                 const struct store_rule *r = &pol->rules[i];
-                struct pb_rule_entry *e = &reply->rules.rules[reply->rules.count];
 
                 if (r->id <= req->policy_list.after_id || !expressible(req, &r->pattern))
                         continue;
@@ -467,16 +527,7 @@ static void handle_policy_list(struct conn *c, const struct pb_msg *req, struct 
                         reply->rules.more = 1;
                         break;
                 }
-                *e = (struct pb_rule_entry) {
-                        .id = r->id,
-                        .principal = r->principal,
-                        .pattern = r->pattern,
-                        .perm = r->perm,
-                        .attrs = r->attrs,
-                        .created = (uint64_t) r->created,
-                };
-                memcpy(e->source, r->source, sizeof(e->source));
-                reply->rules.count++;
+                reply->rules.rules[reply->rules.count++] = rule_entry(r);
                 /* Unix paths and sources make entries longer than PB_RULES_MAX was sized for. */
                 if (!list_fits(reply)) {
                         reply->rules.count--;
@@ -546,6 +597,68 @@ static void handle_policy_commit(struct conn *c, const struct pb_msg *req, struc
                 reply->policy_commit.removed = counts.removed;
         }
         request_import_end(c);
+}
+
+/* --- tests -------------------------------------------------------------------- */
+
+/* Sets a POLICY_TEST reply's reason (cut to fit). */
+static void tested_reason(struct pb_msg *reply, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tested_reason(struct pb_msg *reply, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(reply->policy_tested.reason, sizeof(reply->policy_tested.reason), fmt, ap);
+        va_end(ap);
+}
+
+/*
+ * Which rule would let a peer described in the request get an endpoint, and
+ * whether a GET of it would be granted now, and why: authorize() for a peer
+ * made up of the request's uid (or none: user rules never match it), groups
+ * and unit, never the sender. That peer lives on this stack and goes nowhere
+ * else: it is not the connection's, so it gets nothing, is never logged,
+ * audited or counted, and its groups are what the request says (none read
+ * from a socket). Nothing is bound or changed; either verdict is a reply,
+ * not a denial. Anyone may ask (the rules and leases are anyone's to list).
+ */
+static void handle_policy_test(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        const struct broker *b = c->broker;
+        const struct pb_endpoint *e = &req->policy_test.endpoint;
+        const struct lease *l = lease_table_find(&b->leases, e);
+        gid_t groups[PB_TEST_GROUPS_MAX];
+        struct peer peer = {
+                .uid = req->policy_test.uid == PB_UID_NONE ? PEER_UID_UNKNOWN : (uid_t) req->policy_test.uid,
+                .gid = (gid_t) -1,      /* none: the groups are all in the list */
+                .groups = groups,
+                .n_groups = req->policy_test.n_groups,
+                .conn_fd = -1,
+                .pid_fd = -1,
+        };
+        char text[PB_ENDPOINT_STRLEN], rule[32];
+        struct authorization a;
+
+        peer.account = peer.uid;
+        for (size_t i = 0; i < peer.n_groups; i++)
+                groups[i] = (gid_t) req->policy_test.groups[i];
+        snprintf(peer.unit, sizeof(peer.unit), "%s", req->policy_test.unit);
+        authorize(b, &peer, e, endpoint_format(e, text), l, true, &a);
+
+        reply->hdr.type = PB_MSG_POLICY_TEST | PB_MSG_REPLY;
+        reply->policy_tested.allowed = a.code == 0;
+        reply->policy_tested.admin = a.admin;
+        if (a.rule)
+                reply->policy_tested.rule = rule_entry(a.rule);
+        if (a.lease) {
+                reply->policy_tested.lease_id = a.lease->id;
+                reply->policy_tested.owner_uid = a.lease->owner_uid;
+        }
+        snprintf(rule, sizeof(rule), "rule %llu", a.rule ? (unsigned long long) a.rule->id : 0ULL);
+        if (a.code)
+                tested_reason(reply, "%s%s%s%s", a.rule ? "allowed by " : a.admin ? "allowed as an admin" : "",
+                              a.rule ? rule : "", a.rule || a.admin ? ", but " : "", a.why);
+        else
+                tested_reason(reply, "%s%s%s", a.rule ? "allowed by " : "an admin: no rule needed", a.rule ? rule : "",
+                              l ? "; its lease exists: a get hands out the same socket" : "");
 }
 
 /* --- admin ------------------------------------------------------------------ */
@@ -622,6 +735,7 @@ static const struct request_type request_types[] = {
         { PB_MSG_REEXEC, "reexec", true, handle_reexec },
         { PB_MSG_INFO, "info", false, handle_info },
         { PB_MSG_CHECK, "check", false, handle_check },
+        { PB_MSG_POLICY_TEST, "policy-test", false, handle_policy_test },
         { PB_MSG_POLICY_BEGIN, "policy-begin", true, handle_policy_begin },
         { PB_MSG_POLICY_COMMIT, "policy-commit", true, handle_policy_commit },
 };

@@ -95,6 +95,18 @@ static void put_lease_list(struct wcur *w, const struct pb_lease_list *list) {
         }
 }
 
+/* A rule entry past its id (which says whether one follows, in POLICY_TEST's
+ * reply); version 6 adds the rule's flags, owner and source. */
+static void put_rule_rest(struct wcur *w, const struct pb_rule_entry *e, uint16_t version) {
+        put_principal(w, &e->principal);
+        put_pattern(w, &e->pattern, &e->perm);
+        if (version >= PB_PROTO_VERSION_POLICY) {
+                put_rule_attrs(w, &e->attrs);
+                put_text_max(w, e->source, PB_RULE_SOURCE_MAX);
+        }
+        put_be(w, e->created, 8);
+}
+
 static void put_rule_list(struct wcur *w, const struct pb_rule_list *list, uint16_t version) {
         if (list->count > PB_RULES_MAX) {
                 w->overflow = true;
@@ -103,16 +115,33 @@ static void put_rule_list(struct wcur *w, const struct pb_rule_list *list, uint1
         put_u8(w, list->count);
         put_u8(w, list->more);
         for (unsigned i = 0; i < list->count; i++) {
-                const struct pb_rule_entry *e = &list->rules[i];
-                put_be(w, e->id, 8);
-                put_principal(w, &e->principal);
-                put_pattern(w, &e->pattern, &e->perm);
-                if (version >= PB_PROTO_VERSION_POLICY) {
-                        put_rule_attrs(w, &e->attrs);
-                        put_text_max(w, e->source, PB_RULE_SOURCE_MAX);
-                }
-                put_be(w, e->created, 8);
+                put_be(w, list->rules[i].id, 8);
+                put_rule_rest(w, &list->rules[i], version);
         }
+}
+
+static void put_policy_test(struct wcur *w, const struct pb_msg *m) {
+        if (m->policy_test.n_groups > PB_TEST_GROUPS_MAX) {
+                w->overflow = true;
+                return;
+        }
+        put_endpoint(w, &m->policy_test.endpoint);
+        put_be(w, m->policy_test.uid, 4);
+        put_u8(w, m->policy_test.n_groups);
+        for (unsigned i = 0; i < m->policy_test.n_groups; i++)
+                put_be(w, m->policy_test.groups[i], 4);
+        put_text(w, m->policy_test.unit);
+}
+
+static void put_policy_tested(struct wcur *w, const struct pb_msg *m, uint16_t version) {
+        put_u8(w, m->policy_tested.allowed);
+        put_u8(w, m->policy_tested.admin);
+        put_be(w, m->policy_tested.rule.id, 8);
+        if (m->policy_tested.rule.id)
+                put_rule_rest(w, &m->policy_tested.rule, version);
+        put_be(w, m->policy_tested.lease_id, 8);
+        put_be(w, m->policy_tested.lease_id ? m->policy_tested.owner_uid : 0, 4);
+        put_text(w, m->policy_tested.reason);
 }
 
 static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version) {
@@ -161,6 +190,12 @@ static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version
                 put_be(w, m->policy_commit.added, 4);
                 put_be(w, m->policy_commit.changed, 4);
                 put_be(w, m->policy_commit.removed, 4);
+                break;
+        case PB_MSG_POLICY_TEST:
+                put_policy_test(w, m);
+                break;
+        case PB_MSG_POLICY_TEST | PB_MSG_REPLY:
+                put_policy_tested(w, m, version);
                 break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 put_be(w, m->reexec.pid, 4);
@@ -216,6 +251,7 @@ uint16_t proto_type_version(uint16_t type) {
                 return 3;
         case PB_MSG_CHECK:
                 return PB_PROTO_VERSION_V6ONLY;
+        case PB_MSG_POLICY_TEST:
         case PB_MSG_POLICY_BEGIN:
         case PB_MSG_POLICY_COMMIT:
                 return PB_PROTO_VERSION_POLICY;
@@ -332,6 +368,15 @@ static void get_lease_list(struct rcur *r, struct pb_lease_list *list) {
         }
 }
 
+static void get_rule_rest(struct rcur *r, struct pb_rule_entry *e, uint16_t version) {
+        get_principal(r, &e->principal);
+        get_pattern(r, &e->pattern, &e->perm);
+        get_rule_attrs(r, version, &e->principal, &e->pattern, &e->attrs);
+        if (version >= PB_PROTO_VERSION_POLICY)
+                get_text_max(r, e->source, PB_RULE_SOURCE_MAX);
+        e->created = get_be(r, 8);
+}
+
 static void get_rule_list(struct rcur *r, struct pb_rule_list *list, uint16_t version) {
         list->count = get_u8(r);
         list->more = get_bool(r);
@@ -340,15 +385,51 @@ static void get_rule_list(struct rcur *r, struct pb_rule_list *list, uint16_t ve
                 return;
         }
         for (unsigned i = 0; i < list->count && !r->bad; i++) {
-                struct pb_rule_entry *e = &list->rules[i];
-                e->id = get_be(r, 8);
-                get_principal(r, &e->principal);
-                get_pattern(r, &e->pattern, &e->perm);
-                get_rule_attrs(r, version, &e->principal, &e->pattern, &e->attrs);
-                if (version >= PB_PROTO_VERSION_POLICY)
-                        get_text_max(r, e->source, PB_RULE_SOURCE_MAX);
-                e->created = get_be(r, 8);
+                list->rules[i].id = get_be(r, 8);
+                get_rule_rest(r, &list->rules[i], version);
         }
+}
+
+/* The peer a POLICY_TEST describes: no uid or gid 0xffffffff but PB_UID_NONE
+ * for "no user", at most PB_TEST_GROUPS_MAX groups, its unit empty or a
+ * unit name as a rule's principal would have it. */
+static void get_policy_test(struct rcur *r, struct pb_msg *m) {
+        struct pb_principal unit = { .kind = PB_PRINCIPAL_UNIT };
+
+        get_endpoint(r, false, &m->policy_test.endpoint);
+        m->policy_test.uid = (uint32_t) get_be(r, 4);
+        m->policy_test.n_groups = get_u8(r);
+        if (m->policy_test.n_groups > PB_TEST_GROUPS_MAX) {
+                r->bad = true;
+                return;
+        }
+        for (unsigned i = 0; i < m->policy_test.n_groups; i++) {
+                m->policy_test.groups[i] = (uint32_t) get_be(r, 4);
+                if (m->policy_test.groups[i] == UINT32_MAX)
+                        r->bad = true;
+        }
+        get_text(r, m->policy_test.unit);
+        memcpy(unit.unit, m->policy_test.unit, sizeof(unit.unit));
+        if (!r->bad && unit.unit[0] && proto_principal_validate(&unit) < 0)
+                r->bad = true;
+}
+
+/* The verdict of a POLICY_TEST: allowed by a rule or as an admin, never
+ * both (an admin is named only when no rule lets it); no lease owner
+ * without a lease. */
+static void get_policy_tested(struct rcur *r, struct pb_msg *m) {
+        m->policy_tested.allowed = get_bool(r);
+        m->policy_tested.admin = get_bool(r);
+        m->policy_tested.rule.id = get_be(r, 8);
+        if (m->policy_tested.rule.id)
+                get_rule_rest(r, &m->policy_tested.rule, m->hdr.version);
+        m->policy_tested.lease_id = get_be(r, 8);
+        m->policy_tested.owner_uid = (uint32_t) get_be(r, 4);
+        get_text(r, m->policy_tested.reason);
+        if ((m->policy_tested.admin && m->policy_tested.rule.id) ||
+            (m->policy_tested.allowed && !m->policy_tested.admin && !m->policy_tested.rule.id) ||
+            (!m->policy_tested.lease_id && m->policy_tested.owner_uid))
+                r->bad = true;
 }
 
 static void decode_body(struct rcur *r, struct pb_msg *m) {
@@ -394,6 +475,12 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->policy_commit.added = (uint32_t) get_be(r, 4);
                 m->policy_commit.changed = (uint32_t) get_be(r, 4);
                 m->policy_commit.removed = (uint32_t) get_be(r, 4);
+                break;
+        case PB_MSG_POLICY_TEST:
+                get_policy_test(r, m);
+                break;
+        case PB_MSG_POLICY_TEST | PB_MSG_REPLY:
+                get_policy_tested(r, m);
                 break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 m->reexec.pid = (uint32_t) get_be(r, 4);

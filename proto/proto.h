@@ -20,13 +20,16 @@
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
 #define PB_PROTO_VERSION_UNIX 5         /* the first with Unix endpoints (unix:/path) */
-#define PB_PROTO_VERSION_POLICY 6       /* the first with reservations, rule sources and policy imports */
+#define PB_PROTO_VERSION_POLICY 6       /* the first with reservations, rule sources, policy imports and
+                                         * POLICY_TEST */
 #define PB_SOCKET_MODE_DEFAULT 0600     /* a Unix socket's mode when the rule gives none */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
 #define PB_LIST_MAX 32                  /* most leases in one status reply */
 #define PB_RULES_MAX 12                 /* most rules in one policy list reply (fits 4 KiB) */
+#define PB_TEST_GROUPS_MAX 64           /* most groups of the peer a POLICY_TEST describes */
+#define PB_UID_NONE UINT32_MAX          /* POLICY_TEST: a peer of no user (user rules never match it) */
 
 enum pb_msg_type {
         PB_MSG_GET = 1,
@@ -38,6 +41,7 @@ enum pb_msg_type {
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
         PB_MSG_CHECK = 9,               /* may the peer get an endpoint? nothing bound (since version 4) */
+        PB_MSG_POLICY_TEST = 11,        /* may a peer described get an endpoint? why? (since version 6) */
         PB_MSG_POLICY_BEGIN = 12,       /* admin: the POLICY_ADDs that follow are one import (since 6) */
         PB_MSG_POLICY_COMMIT = 13,      /* admin: apply the import, in one transaction (since 6) */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
@@ -150,6 +154,21 @@ struct pb_msg {
                 struct {                        /* PB_MSG_POLICY_COMMIT | PB_MSG_REPLY */
                         uint32_t added, changed, removed;
                 } policy_commit;
+                struct {                        /* PB_MSG_POLICY_TEST: a peer that is not the sender */
+                        struct pb_endpoint endpoint;    /* no range; a Unix one allowed */
+                        uint32_t uid;                   /* PB_UID_NONE: no user */
+                        uint8_t n_groups;               /* 0..PB_TEST_GROUPS_MAX */
+                        uint32_t groups[PB_TEST_GROUPS_MAX]; /* its primary and supplementary groups */
+                        char unit[PB_TEXT_MAX + 1];     /* its systemd unit, "" for none */
+                } policy_test;
+                struct pb_test_verdict {        /* PB_MSG_POLICY_TEST | PB_MSG_REPLY */
+                        uint8_t allowed;                /* 1: a GET by that peer would be granted now */
+                        uint8_t admin;                  /* 1: an admin, and no rule names it */
+                        struct pb_rule_entry rule;      /* the rule that lets it, id 0: none */
+                        uint64_t lease_id;              /* the lease a GET would meet, 0: none */
+                        uint32_t owner_uid;             /* that lease's owner; 0 without one */
+                        char reason[PB_TEXT_MAX + 1];   /* why, one line */
+                } policy_tested;
                 struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */
                         uint32_t pid;           /* brokerd's pid (the same before and after) */
                         char version[PB_TEXT_MAX + 1]; /* the new image's version */

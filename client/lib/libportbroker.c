@@ -340,7 +340,7 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
 /* Whether brokerd may see a request of type twice with the same outcome. */
 static bool repeatable(uint16_t type) {
         return type == PB_MSG_GET || type == PB_MSG_STATUS || type == PB_MSG_POLICY_LIST || type == PB_MSG_INFO ||
-               type == PB_MSG_CHECK;
+               type == PB_MSG_CHECK || type == PB_MSG_POLICY_TEST;
 }
 
 /* Runs one request on c under its lock. One that brokerd may see twice is
@@ -880,6 +880,66 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         }
         r = 0;
 out:
+        free(x);
+        return r;
+}
+
+/* The POLICY_TEST request's peer from the caller's. Returns 0 or -EINVAL. */
+static int test_peer(const pb_test_peer *peer, struct pb_msg *req, pb_error *err) {
+        struct pb_principal unit = { .kind = PB_PRINCIPAL_UNIT };
+
+        if (peer->n_groups > PB_TEST_GROUPS_MAX)
+                return fail(err, EINVAL, "a policy test's peer has at most %d groups, not %u", PB_TEST_GROUPS_MAX,
+                            peer->n_groups);
+        if (peer->has_uid && peer->uid == (uid_t) PB_UID_NONE)
+                return fail(err, EINVAL, "invalid uid %u", (unsigned) peer->uid);
+        req->policy_test.uid = peer->has_uid ? (uint32_t) peer->uid : PB_UID_NONE;
+        req->policy_test.n_groups = (uint8_t) peer->n_groups;
+        for (unsigned i = 0; i < peer->n_groups; i++) {
+                if (peer->groups[i] == (gid_t) -1)
+                        return fail(err, EINVAL, "invalid gid %u", (unsigned) peer->groups[i]);
+                req->policy_test.groups[i] = (uint32_t) peer->groups[i];
+        }
+        if (strnlen(peer->unit, sizeof(peer->unit)) == sizeof(peer->unit))
+                return fail(err, EINVAL, "invalid unit name: expected e.g. 'web.service'");
+        memcpy(unit.unit, peer->unit, sizeof(unit.unit));
+        if (unit.unit[0] && proto_principal_validate(&unit) < 0)
+                return fail(err, EINVAL, "invalid unit name '%.100s': expected e.g. 'web.service'", peer->unit);
+        memcpy(req->policy_test.unit, unit.unit, sizeof(unit.unit));
+        return 0;
+}
+
+int pb_conn_policy_test(pb_conn *c, const char *endpoint, const pb_test_peer *peer, pb_test_result *ret,
+                        pb_error *err) {
+        struct exchange *x;
+        int r;
+
+        clear_error(err);
+        if (!c || !peer || !ret)
+                return fail(err, EINVAL, "pb_conn_policy_test: no connection, peer or result");
+        x = exchange_new(PB_MSG_POLICY_TEST, err);
+        if (!x)
+                return -ENOMEM;
+        r = parse_endpoint(endpoint, &x->req.policy_test.endpoint, err);
+        if (r >= 0)
+                r = test_peer(peer, &x->req, err);
+        if (r >= 0)
+                r = request(c, x, NULL, err);
+        if (r >= 0) {
+                const struct pb_test_verdict *t = &x->reply.policy_tested;
+
+                *ret = (pb_test_result) {
+                        .allowed = t->allowed,
+                        .admin = t->admin,
+                        .has_rule = t->rule.id != 0,
+                        .lease_id = t->lease_id,
+                        .lease_owner = (uid_t) t->owner_uid,
+                };
+                if (t->rule.id)
+                        rule_from_entry(&t->rule, &ret->rule);
+                snprintf(ret->reason, sizeof(ret->reason), "%s", t->reason);
+                r = 0;
+        }
         free(x);
         return r;
 }

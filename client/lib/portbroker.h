@@ -83,6 +83,29 @@ typedef struct pb_import_counts {
         unsigned added, changed, removed;
 } pb_import_counts;
 
+#define PB_TEST_GROUPS_MAX 64           /* most groups of a pb_test_peer */
+
+/* The peer a policy test judges: any process it describes, not the caller. */
+typedef struct pb_test_peer {
+        bool has_uid;                   /* false: no user (user rules never match it, it owns no lease) */
+        uid_t uid;
+        unsigned n_groups;              /* 0..PB_TEST_GROUPS_MAX */
+        gid_t groups[PB_TEST_GROUPS_MAX]; /* its primary and supplementary groups */
+        char unit[256];                 /* its systemd unit ("web.service"), "" for none */
+} pb_test_peer;
+
+/* What a get by that peer would meet now. */
+typedef struct pb_test_result {
+        bool allowed;                   /* the get would be granted */
+        bool admin;                     /* no rule lets the peer, but it is an admin (no rule needed) */
+        bool has_rule;                  /* rule is the first rule letting it (also when refused otherwise) */
+        pb_rule rule;
+        uint64_t lease_id;              /* the lease the get would meet (the endpoint's, or another in its
+                                         * way), 0: none */
+        uid_t lease_owner;              /* that lease's owner */
+        char reason[256];               /* why, one line (a refusal: the error the get would fail with) */
+} pb_test_result;
+
 typedef struct pb_info {
         pid_t pid;                      /* brokerd's */
         char version[256];              /* brokerd's version */
@@ -166,6 +189,15 @@ int pb_conn_policy_remove(pb_conn *c, uint64_t id, pb_error *err);
 
 /* Calls fn for each rule; fn returns 0, > 0 or -errno as for pb_conn_status. Returns 0 or -errno. */
 int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdata), void *userdata,
+                        pb_error *err);
+
+/* Which rule would let peer get endpoint text (`8080`, `unix:/run/app/web.sock`;
+ * no range), and whether a get by it would be granted now, and why, as
+ * brokerd authorizes a get (rules, admins, other uids' leases, limits).
+ * Nothing is bound or changed, and anyone may ask. Returns 0 with *ret
+ * filled whatever the verdict; a brokerd older than protocol version 6
+ * fails it with -EPROTONOSUPPORT. */
+int pb_conn_policy_test(pb_conn *c, const char *endpoint, const pb_test_peer *peer, pb_test_result *ret,
                         pb_error *err);
 
 /* Makes brokerd execute its binary again (an upgrade installed at its path

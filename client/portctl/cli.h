@@ -167,7 +167,7 @@ int cmd_get(int argc, char **argv);
 int cmd_release(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 
-/* portctl policy add / remove / list / export (cmd-policy.c), import (cmd-import.c). */
+/* portctl policy add / remove / list / export / test (cmd-policy.c), import (cmd-import.c). */
 int cmd_policy(int argc, char **argv);
 int cmd_policy_import(int argc, char **argv);
 

@@ -1,12 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * portctl policy add, remove, list and export: the rules saying which
+ * portctl policy add, remove, list, export and test: the rules saying which
  * user, group or systemd unit may get endpoints matching a pattern (and
  * which endpoints brokerd reserves at start). Changing rules is for admins
- * (brokerd decides); listing prints a table or JSON, export a policy file.
+ * (brokerd decides); listing prints a table or JSON, export a policy file;
+ * test asks brokerd which rule would let a user, group or unit get an
+ * endpoint, and the verdict. Import is cmd-import.c.
  */
 #include <errno.h>
+#include <grp.h>
 #include <inttypes.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,25 +39,25 @@ static void format_principal(pb_principal_kind kind, uint32_t id, const char *un
         }
 }
 
-/* --- add ------------------------------------------------------------------- */
+/* --- the arguments of add and test ---------------------------------------- */
 
-struct add_args {
-        const char *pattern;
-        const char *user, *group, *unit;        /* exactly one is set */
-        const char *socket_group, *socket_mode; /* Unix patterns only */
-        bool reserve;
-        const char *owner;                      /* a group or unit rule's reservation's */
+struct principal_args {
+        const char *operand;                    /* add: the pattern; test: the endpoint */
+        const char *user, *group, *unit;        /* add: exactly one is set */
+        const char *socket_group, *socket_mode; /* add, Unix patterns only */
+        bool reserve;                           /* add */
+        const char *owner;                      /* add: a group or unit rule's reservation's */
 };
 
-/* The slot of an option taking a value (--user, --group, --unit,
- * --socket-group, --socket-mode, --owner, maybe with =VALUE), its name's
- * length in *ret_len; NULL for any other argument. */
-static const char **option_slot(struct add_args *a, const char *opt, size_t *ret_len) {
+/* The slot of an option taking a value (--user, --group, --unit, and with
+ * add_options --socket-group, --socket-mode, --owner; maybe with =VALUE),
+ * its name's length in *ret_len; NULL for any other argument. */
+static const char **option_slot(struct principal_args *a, bool add_options, const char *opt, size_t *ret_len) {
         static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode",
                                              "--owner" };
         const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode, &a->owner };
 
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        for (size_t i = 0; i < (add_options ? 6 : 3); i++) {
                 size_t len = strlen(names[i]);
 
                 if (strncmp(opt, names[i], len) == 0 && (opt[len] == '=' || opt[len] == '\0')) {
@@ -64,43 +68,58 @@ static const char **option_slot(struct add_args *a, const char *opt, size_t *ret
         return NULL;
 }
 
-static int parse_add_args(int argc, char **argv, struct add_args *ret) {
-        struct add_args a = { 0 };
+/* Parses verb's operand (what names it in messages) and options, each at
+ * most once; which combine is the caller's to check. Returns 0 or EXIT_USAGE. */
+static int parse_principal_args(int argc, char **argv, const char *verb, const char *what, bool add_options,
+                                struct principal_args *ret) {
+        struct principal_args a = { 0 };
 
         for (int i = 1; i < argc; i++) {
                 const char *opt = argv[i], *value, **slot;
                 size_t len;
 
-                if (strcmp(opt, "--reserve") == 0) {
+                if (add_options && strcmp(opt, "--reserve") == 0) {
                         a.reserve = true;
                         continue;
                 }
-                slot = option_slot(&a, opt, &len);
+                slot = option_slot(&a, add_options, opt, &len);
                 if (!slot && opt[0] == '-' && opt[1])
-                        return cli_usage("policy add: unknown option '%s'", opt);
-                if (!slot && a.pattern)
-                        return cli_usage("policy add: one pattern at a time");
+                        return cli_usage("%s: unknown option '%s'", verb, opt);
+                if (!slot && a.operand)
+                        return cli_usage("%s: one %s at a time", verb, what);
                 if (!slot) {
-                        a.pattern = opt;
+                        a.operand = opt;
                         continue;
                 }
                 if (opt[len] == '=')
                         value = opt + len + 1;
                 else if (i + 1 >= argc)
-                        return cli_usage("policy add: %s needs a value", opt);
+                        return cli_usage("%s: %s needs a value", verb, opt);
                 else
                         value = argv[++i];
                 if (*slot)
-                        return cli_usage("policy add: %.*s given twice", (int) len, opt);
+                        return cli_usage("%s: %.*s given twice", verb, (int) len, opt);
                 if (!value[0])
-                        return cli_usage("policy add: %.*s needs a value", (int) len, opt);
+                        return cli_usage("%s: %.*s needs a value", verb, (int) len, opt);
                 *slot = value;
         }
-        if (!a.pattern)
-                return cli_usage("policy add: no endpoint pattern given");
+        if (!a.operand)
+                return cli_usage("%s: no %s given", verb, what);
+        *ret = a;
+        return 0;
+}
+
+/* --- add ------------------------------------------------------------------- */
+
+static int parse_add_args(int argc, char **argv, struct principal_args *ret) {
+        struct principal_args a = { 0 };
+        int r = parse_principal_args(argc, argv, "policy add", "endpoint pattern", true, &a);
+
+        if (r != 0)
+                return r;
         if (!!a.user + !!a.group + !!a.unit != 1)
                 return cli_usage("policy add: give exactly one of --user, --group or --unit");
-        if ((a.socket_group || a.socket_mode) && strncmp(a.pattern, "unix:", 5) != 0)
+        if ((a.socket_group || a.socket_mode) && strncmp(a.operand, "unix:", 5) != 0)
                 return cli_usage("policy add: --socket-group and --socket-mode are for unix: patterns");
         if (a.owner && !a.reserve)
                 return cli_usage("policy add: --owner names whose a reservation is: give --reserve too");
@@ -109,11 +128,11 @@ static int parse_add_args(int argc, char **argv, struct add_args *ret) {
         if (a.owner && a.user)
                 return cli_usage("policy add: a user rule's reservation is its user's: no --owner");
         *ret = a;
-        return cli_check_endpoint(a.pattern, true);
+        return cli_check_endpoint(a.operand, true);
 }
 
 /* The socket group and mode a gives (brokerd's group and 0600 when not). Returns 0 or EXIT_FAILURE. */
-static int resolve_socket(const struct add_args *a, uint32_t *ret_gid, unsigned *ret_mode) {
+static int resolve_socket(const struct principal_args *a, uint32_t *ret_gid, unsigned *ret_mode) {
         gid_t gid;
 
         *ret_gid = PB_SOCKET_GROUP_NONE;
@@ -143,7 +162,7 @@ static const char *socket_text(const char *pattern, uint32_t gid, unsigned mode,
 
 /* The rule a describes into ret, users and groups looked up by name.
  * Returns 0 or an exit status. */
-static int resolve_rule(const struct add_args *a, pb_rule *ret) {
+static int resolve_rule(const struct principal_args *a, pb_rule *ret) {
         pb_rule rule = { .kind = PB_UNIT, .owner_uid = PB_OWNER_NONE, .reserve = a->reserve };
         char canonical[PB_ENDPOINT_STRLEN];
         uid_t uid;
@@ -172,7 +191,7 @@ static int resolve_rule(const struct add_args *a, pb_rule *ret) {
         r = resolve_socket(a, &rule.socket_gid, &rule.socket_mode);
         if (r != 0)
                 return r;
-        snprintf(rule.pattern, sizeof(rule.pattern), "%s", canonical_endpoint(a->pattern, true, canonical));
+        snprintf(rule.pattern, sizeof(rule.pattern), "%s", canonical_endpoint(a->operand, true, canonical));
         *ret = rule;
         return 0;
 }
@@ -247,7 +266,7 @@ static int already_there(pb_conn *c, const pb_rule *rule, const pb_error *add_er
 
 static int cmd_policy_add(int argc, char **argv) {
         char who[512], sock[128], reserve[200];
-        struct add_args a = { 0 };
+        struct principal_args a = { 0 };
         pb_rule rule;
         pb_conn *c;
         pb_error err;
@@ -332,37 +351,44 @@ static int collect_rule(const pb_rule *rule, void *userdata) {
         return list_append(userdata, rule);
 }
 
+/* One rule as a JSON object, as policy list prints it. */
+static void rule_json(const pb_rule *x) {
+        const char *kind = x->kind == PB_USER ? "user" : x->kind == PB_GROUP ? "group" : "unit";
+
+        printf("{\"id\":%" PRIu64 ",\"kind\":\"%s\",\"id_value\":", x->id, kind);
+        if (x->kind == PB_UNIT) {
+                fputs("null,\"name\":", stdout);
+                json_string(stdout, x->unit);
+        } else {
+                printf("%u,\"name\":", x->id_value);
+                json_string_or_null(stdout, x->kind == PB_USER ? user_name(x->id_value) : group_name(x->id_value));
+        }
+        fputs(",\"pattern\":", stdout);
+        json_string(stdout, x->pattern);
+        if (strncmp(x->pattern, "unix:", 5) == 0 && x->socket_gid != PB_SOCKET_GROUP_NONE)
+                printf(",\"socket_gid\":%u,\"socket_mode\":%u", x->socket_gid, x->socket_mode);
+        else if (strncmp(x->pattern, "unix:", 5) == 0)
+                printf(",\"socket_gid\":null,\"socket_mode\":%u", x->socket_mode);
+        printf(",\"reserve\":%s", x->reserve ? "true" : "false");
+        if (x->reserve)
+                printf(",\"owner_uid\":%u", x->owner_uid != PB_OWNER_NONE ? x->owner_uid : x->id_value);
+        fputs(",\"source\":", stdout);
+        json_string_or_null(stdout, x->source[0] ? x->source : NULL);
+        printf(",\"created\":%" PRId64 "}", x->created);
+}
+
 static void policy_json(const struct list *l) {
         putchar('[');
         for (size_t i = 0; i < l->n; i++) {
-                const pb_rule *x = (const pb_rule *) l->items + i;
-                const char *kind = x->kind == PB_USER ? "user" : x->kind == PB_GROUP ? "group" : "unit";
-
-                printf("%s{\"id\":%" PRIu64 ",\"kind\":\"%s\",\"id_value\":", i ? "," : "", x->id, kind);
-                if (x->kind == PB_UNIT) {
-                        fputs("null,\"name\":", stdout);
-                        json_string(stdout, x->unit);
-                } else {
-                        printf("%u,\"name\":", x->id_value);
-                        json_string_or_null(stdout, x->kind == PB_USER ? user_name(x->id_value) : group_name(x->id_value));
-                }
-                fputs(",\"pattern\":", stdout);
-                json_string(stdout, x->pattern);
-                if (strncmp(x->pattern, "unix:", 5) == 0 && x->socket_gid != PB_SOCKET_GROUP_NONE)
-                        printf(",\"socket_gid\":%u,\"socket_mode\":%u", x->socket_gid, x->socket_mode);
-                else if (strncmp(x->pattern, "unix:", 5) == 0)
-                        printf(",\"socket_gid\":null,\"socket_mode\":%u", x->socket_mode);
-                printf(",\"reserve\":%s", x->reserve ? "true" : "false");
-                if (x->reserve)
-                        printf(",\"owner_uid\":%u", x->owner_uid != PB_OWNER_NONE ? x->owner_uid : x->id_value);
-                fputs(",\"source\":", stdout);
-                json_string_or_null(stdout, x->source[0] ? x->source : NULL);
-                printf(",\"created\":%" PRId64 "}", x->created);
+                fputs(i ? "," : "", stdout);
+                rule_json((const pb_rule *) l->items + i);
         }
         puts("]");
 }
 
-static int policy_table(const struct list *l) {
+/* Prints the n rules as policy list does: a table of ID, PRINCIPAL, PATTERN
+ * (and what it reserves), SOURCE, CREATED. Returns 0 or EXIT_FAILURE. */
+static int rules_table(const pb_rule *rules, size_t n) {
         struct table t = { .ncols = 5 };
         int r = 0;
 
@@ -371,8 +397,8 @@ static int policy_table(const struct list *l) {
         r |= table_cell(&t, "PATTERN");
         r |= table_cell(&t, "SOURCE");
         r |= table_cell(&t, "CREATED");
-        for (size_t i = 0; i < l->n && r == 0; i++) {
-                const pb_rule *x = (const pb_rule *) l->items + i;
+        for (size_t i = 0; i < n && r == 0; i++) {
+                const pb_rule *x = &rules[i];
                 char who[512], created[64], sock[128], reserve[200];
 
                 format_principal(x->kind, x->id_value, x->unit, who, sizeof(who));
@@ -413,7 +439,7 @@ static int cmd_policy_list(int argc, char **argv) {
                 policy_json(&l);
                 r = 0;
         } else
-                r = policy_table(&l);
+                r = rules_table(l.items, l.n);
         free(l.items);
         return r;
 }
@@ -500,9 +526,171 @@ static int cmd_policy_export(int argc, char **argv) {
         return r;
 }
 
+/* --- test ------------------------------------------------------------------ */
+
+/* The peer `policy test` asks about, and how portctl found it. */
+struct test_peer {
+        pb_test_peer peer;
+        const char *user, *group, *unit;        /* as given */
+        bool no_passwd;                         /* --user is a uid the user database does not know */
+};
+
+/* The peer of --user (the uid with its groups from the user database),
+ * --group (that group alone, no user) and --unit. Returns 0, EXIT_USAGE
+ * for a name that names nothing, or EXIT_FAILURE. */
+static int resolve_test_peer(const struct principal_args *a, struct test_peer *ret) {
+        struct pb_principal unit = { .kind = PB_PRINCIPAL_UNIT };
+        struct test_peer t = { .user = a->user, .group = a->group, .unit = a->unit };
+        gid_t gid;
+
+        if (a->user) {
+                struct passwd *pw;
+                int n = PB_TEST_GROUPS_MAX;
+
+                if (parse_user(a->user, &t.peer.uid) < 0)
+                        return cli_usage("policy test: no such user '%s'", a->user);
+                t.peer.has_uid = true;
+                pw = getpwnam(a->user);         /* the entry named, of the uids two names share */
+                if (!pw || pw->pw_uid != t.peer.uid)
+                        pw = getpwuid(t.peer.uid);
+                if (!pw)
+                        t.no_passwd = true;
+                else if (getgrouplist(pw->pw_name, pw->pw_gid, t.peer.groups, &n) < 0)
+                        return cli_fail(E2BIG, "policy test: user %s is in %d groups, more than the %d a test "
+                                        "carries; test one of them with --group", pw->pw_name, n, PB_TEST_GROUPS_MAX);
+                else
+                        t.peer.n_groups = (unsigned) n;
+        } else if (a->group) {
+                if (parse_group(a->group, &gid) < 0)
+                        return cli_usage("policy test: no such group '%s'", a->group);
+                t.peer.groups[0] = gid;
+                t.peer.n_groups = 1;
+        }
+        if (a->unit) {
+                if (strlen(a->unit) < sizeof(unit.unit))        /* else "": invalid */
+                        memcpy(unit.unit, a->unit, strlen(a->unit) + 1);
+                if (proto_principal_validate(&unit) < 0)
+                        return cli_usage("policy test: invalid unit name '%s': expected e.g. 'web.service'", a->unit);
+                memcpy(t.peer.unit, unit.unit, sizeof(unit.unit));
+        }
+        *ret = t;
+        return 0;
+}
+
+/* "user alice (4242) in unit web.service", "group www-data (33) (no user)". */
+static void test_peer_text(const struct test_peer *t, char *buf, size_t size) {
+        char who[512];
+
+        if (t->peer.has_uid)
+                format_principal(PB_USER, (uint32_t) t->peer.uid, NULL, who, sizeof(who));
+        else if (t->group)
+                format_principal(PB_GROUP, (uint32_t) t->peer.groups[0], NULL, who, sizeof(who));
+        else
+                who[0] = '\0';
+        snprintf(buf, size, "%s%s%s%s%s", who, who[0] && t->unit ? " in " : "", t->unit ? "unit " : "",
+                 t->unit ? t->unit : "", t->peer.has_uid ? "" : " (no user)");
+}
+
+static void test_print_json(const char *endpoint, const struct test_peer *t, const pb_test_result *res) {
+        printf("{\"endpoint\":");
+        json_string(stdout, endpoint);
+        printf(",\"allowed\":%s,\"admin\":%s,\"uid\":", res->allowed ? "true" : "false", res->admin ? "true" : "false");
+        if (t->peer.has_uid) {
+                printf("%u,\"user\":", (unsigned) t->peer.uid);
+                json_string_or_null(stdout, user_name(t->peer.uid));
+        } else
+                fputs("null,\"user\":null", stdout);
+        fputs(",\"groups\":[", stdout);
+        for (unsigned i = 0; i < t->peer.n_groups; i++) {
+                printf("%s{\"gid\":%u,\"name\":", i ? "," : "", (unsigned) t->peer.groups[i]);
+                json_string_or_null(stdout, group_name(t->peer.groups[i]));
+                putchar('}');
+        }
+        fputs("],\"unit\":", stdout);
+        json_string_or_null(stdout, t->unit);
+        fputs(",\"rule\":", stdout);
+        if (res->has_rule)
+                rule_json(&res->rule);
+        else
+                fputs("null", stdout);
+        if (res->lease_id) {
+                printf(",\"lease\":{\"id\":%" PRIu64 ",\"owner_uid\":%u,\"owner\":", res->lease_id,
+                       (unsigned) res->lease_owner);
+                json_string_or_null(stdout, user_name(res->lease_owner));
+                putchar('}');
+        } else
+                fputs(",\"lease\":null", stdout);
+        fputs(",\"reason\":", stdout);
+        json_string(stdout, res->reason);
+        puts("}");
+}
+
+/* The verdict, whose groups were considered, why, and the rule as policy list shows it. */
+static int test_print_text(const char *endpoint, const struct test_peer *t, const pb_test_result *res) {
+        char who[800];
+
+        test_peer_text(t, who, sizeof(who));
+        printf("%s: %s may%s get %s\ngroups considered: ", res->allowed ? "allowed" : "denied", who,
+               res->allowed ? "" : " not", endpoint);
+        for (unsigned i = 0; i < t->peer.n_groups; i++) {
+                const char *name = group_name(t->peer.groups[i]);
+
+                if (name)
+                        printf("%s%s (%u)", i ? ", " : "", name, (unsigned) t->peer.groups[i]);
+                else
+                        printf("%s%u", i ? ", " : "", (unsigned) t->peer.groups[i]);
+        }
+        if (t->no_passwd)
+                printf("none (uid %u has no entry in the user database)\n", (unsigned) t->peer.uid);
+        else
+                puts(t->peer.n_groups ? "" : "none");
+        printf("why: %s\n", res->reason);
+        return res->has_rule ? rules_table(&res->rule, 1) : 0;
+}
+
+/* Which rule would let a user, group or unit get ENDPOINT, and the verdict
+ * of a get now, from brokerd (POLICY_TEST): nothing is bound. Exit status
+ * 0 allowed, 1 denied (or the test failed: one line on stderr), 2 usage. */
+static int cmd_policy_test(int argc, char **argv) {
+        char canonical[PB_ENDPOINT_STRLEN];
+        struct principal_args a = { 0 };
+        struct test_peer t;
+        pb_test_result res;
+        pb_conn *c;
+        pb_error err;
+        int r;
+
+        r = parse_principal_args(argc, argv, "policy test", "endpoint", false, &a);
+        if (r == 0 && a.user && a.group)
+                r = cli_usage("policy test: give --user or --group, not both (a user brings its own groups)");
+        if (r == 0 && !a.user && !a.group && !a.unit)
+                r = cli_usage("policy test: give --user, --group or --unit (and --unit with either)");
+        if (r == 0)
+                r = cli_check_endpoint(a.operand, false);
+        if (r == 0)
+                r = resolve_test_peer(&a, &t);
+        if (r == 0)
+                r = cli_connect(&c);
+        if (r != 0)
+                return r;
+        r = pb_conn_policy_test(c, a.operand, &t.peer, &res, &err);
+        pb_disconnect(c);
+        if (r < 0)
+                return cli_fail_pb(&err);
+        canonical_endpoint(a.operand, false, canonical);
+        if (arg_json)
+                test_print_json(canonical, &t, &res);
+        else {
+                r = test_print_text(canonical, &t, &res);
+                if (r != 0)
+                        return r;
+        }
+        return res.allowed ? 0 : EXIT_FAILURE;
+}
+
 int cmd_policy(int argc, char **argv) {
         if (argc < 2)
-                return cli_usage("policy: no subcommand given (add, remove, list, export or import)");
+                return cli_usage("policy: no subcommand given (add, remove, list, export, import or test)");
         if (strcmp(argv[1], "add") == 0)
                 return cmd_policy_add(argc - 1, argv + 1);
         if (strcmp(argv[1], "remove") == 0)
@@ -513,6 +701,8 @@ int cmd_policy(int argc, char **argv) {
                 return cmd_policy_export(argc - 1, argv + 1);
         if (strcmp(argv[1], "import") == 0)
                 return cmd_policy_import(argc - 1, argv + 1);
+        if (strcmp(argv[1], "test") == 0)
+                return cmd_policy_test(argc - 1, argv + 1);
         return cli_usage("policy: unknown subcommand '%s'", argv[1]);
 }
 

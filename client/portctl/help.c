@@ -32,16 +32,20 @@ static const struct usage {
         { "release", "ENDPOINT", "End a lease (its owner or an admin)\n", "", true },
         { "status", "[ENDPOINT]", "Show leases: owner, since, handouts, holders, queue\n", "", true },
         { "policy add", "PATTERN (--user NAME|UID | --group NAME|GID | --unit UNIT) [--socket-group GROUP] "
-                        "[--socket-mode MODE]",
+                        "[--socket-mode MODE] [--reserve [--owner NAME|UID]]",
           "Let a user, group or systemd unit get endpoints matching\n"
-          "PATTERN (admin only)\n",
+          "PATTERN (admin only); a rule that exists already is kept\n",
           "  --user NAME|UID       The rule is for a user (a name is looked up here)\n"
           "  --group NAME|GID      The rule is for the members of a group\n"
           "  --unit UNIT           The rule is for the processes of a systemd unit\n"
           "  --socket-group GROUP  unix: patterns: the socket files' group (default:\n"
           "                        brokerd's), e.g. the proxy's that connects to them\n"
           "  --socket-mode MODE    unix: patterns: the socket files' mode (default 0600;\n"
-          "                        their owner is the lease's)\n",
+          "                        their owner is the lease's)\n"
+          "  --reserve             brokerd leases PATTERN (one endpoint) now and at each\n"
+          "                        start, before anyone asks: nothing else takes the port\n"
+          "  --owner NAME|UID      With --reserve, for a group or unit rule: whose lease\n"
+          "                        the reservation is (a user rule's is its user's)\n",
           true },
         { "policy remove", "ID", "Remove a rule (admin only)\n", "", true },
         { "policy list", "", "List the rules\n", "", true },
@@ -49,6 +53,27 @@ static const struct usage {
           "Print the rules as a policy file: a line each, in an order\n"
           "that depends on the rules alone (diff two hosts' exports)\n",
           "", false },
+        { "policy import", "FILE [--replace] [--check]",
+          "Make the rules say what policy file FILE (- for standard\n"
+          "input) says, in one transaction: rules added, and changed in\n"
+          "place; a mistake in FILE changes nothing (admin only, but\n"
+          "anyone may --check)\n",
+          "  --replace             Also remove the rules FILE does not name (never the\n"
+          "                        policy directory's)\n"
+          "  --check               Print what would be added, changed and removed, and\n"
+          "                        change nothing\n",
+          true },
+        { "policy test", "ENDPOINT [--user NAME|UID | --group NAME|GID] [--unit UNIT]",
+          "Which rule would let a user (with its groups), a group or\n"
+          "a systemd unit get ENDPOINT, and whether a get would be\n"
+          "granted now, and why; nothing is bound. Exit status 0\n"
+          "allowed, 1 denied\n",
+          "  --user NAME|UID       A process of that user, with the groups the user\n"
+          "                        database gives it (looked up here)\n"
+          "  --group NAME|GID      A process of that group alone, of no user\n"
+          "  --unit UNIT           A process in that systemd unit: of no user, or of the\n"
+          "                        --user or --group given with it\n",
+          true },
         { "admin reexec", "",
           "Make brokerd execute its binary again (an upgrade installed\n"
           "since), keeping every socket (admin only)\n",

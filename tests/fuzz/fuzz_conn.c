@@ -585,7 +585,7 @@ static void seen(uint64_t *v, unsigned *n, uint64_t id) {
 /* Every request brokerd knows: programs pick from these. */
 static const uint16_t request_types[] = {
         PB_MSG_GET, PB_MSG_RELEASE, PB_MSG_STATUS, PB_MSG_POLICY_ADD, PB_MSG_POLICY_REMOVE, PB_MSG_POLICY_LIST,
-        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_POLICY_BEGIN, PB_MSG_POLICY_COMMIT,
+        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_POLICY_TEST, PB_MSG_POLICY_BEGIN, PB_MSG_POLICY_COMMIT,
 };
 
 static bool is_request_type(uint16_t type) {
@@ -708,6 +708,12 @@ static void check_reply(struct client *c, const uint8_t *buf, size_t len, int fd
                         break;
                 case PB_MSG_POLICY_ADD:
                         seen(seen_rules, &n_seen_rules, r.rule_id.rule_id);
+                        break;
+                case PB_MSG_POLICY_TEST:        /* what it names is there: a rule, a lease */
+                        if (r.policy_tested.rule.id)
+                                seen(seen_rules, &n_seen_rules, r.policy_tested.rule.id);
+                        if (r.policy_tested.lease_id)
+                                seen(seen_leases, &n_seen_leases, r.policy_tested.lease_id);
                         break;
                 case PB_MSG_REEXEC:
                         CHECK(r.reexec.pid == (uint32_t) getpid());
@@ -897,13 +903,15 @@ static struct pb_endpoint endpoint_of(uint8_t a) {
         return e;
 }
 
-/* A request from the program: type, fields from two bytes, the id. */
+/* A request from the program: type (its low 7 bits modulo 10: GET to
+ * CHECK, then POLICY_TEST; bit 7: sent in the newest version), fields from
+ * two bytes, the id. */
 static void build_request(struct program *pr, struct pb_msg *m) {
         uint8_t t = take8(pr), a = take8(pr), f = take8(pr);
         static const uint16_t widths[] = { 0, 1, 99, 65535 };
 
         memset(m, 0, sizeof(*m));
-        m->hdr.type = request_types[(t & 0x3f) % ELEMENTSOF(request_types)];
+        m->hdr.type = request_types[(t & 0x7f) % ELEMENTSOF(request_types)];
         m->hdr.version = t & 0x80 ? PB_PROTO_VERSION : PB_PROTO_VERSION_MIN;
         m->hdr.id = take8(pr);
         switch (m->hdr.type) {
@@ -954,6 +962,15 @@ static void build_request(struct program *pr, struct pb_msg *m) {
         case PB_MSG_POLICY_LIST:
                 if ((f & 1) && n_seen_rules)
                         m->policy_list.after_id = seen_rules[(f >> 1) % n_seen_rules];
+                break;
+        case PB_MSG_POLICY_TEST:        /* a uid or none, up to two groups, a unit or none */
+                m->policy_test.endpoint = endpoint_of(a);
+                m->policy_test.uid = f & 1 ? PB_UID_NONE : principal_ids[((f >> 1) & 7) % ELEMENTSOF(principal_ids)];
+                m->policy_test.n_groups = (f >> 4) & 3 ? (uint8_t) (((f >> 4) & 3) - 1) : 0;
+                for (unsigned i = 0; i < m->policy_test.n_groups; i++)
+                        m->policy_test.groups[i] = principal_ids[(f + i) % ELEMENTSOF(principal_ids)];
+                if (f & 0x40)
+                        snprintf(m->policy_test.unit, sizeof(m->policy_test.unit), "%s", units[(f >> 7) & 1]);
                 break;
         }
 }
@@ -1543,6 +1560,11 @@ static const uint8_t seed_doubt[] = {           /* peers in doubt, unidentified;
         CONNECT(6, 1), REQ(2, 2, 0, 0, 1), OP_RUN, CONNECT(3, 1), REQ(3, 3, 0, 1 | 4 << 2, 1), OP_RUN,
         REQ(3, 4, 0, 0, 2), GET(3, T_UDP53, 3), REQ(3, 1, T_UDP53, 0, 4), OP_RUN,
 };
+static const uint8_t seed_test[] = {            /* a group's rule tested, by uid 1000 in it, by no one; a lease */
+        CONNECT(0, 0), REQ(0, 3, T_TCP8000, 1 | 4 << 2, 1), OP_RUN, CONNECT(1, 1),
+        REQ(1, 9, T_TCP8000, 1 << 1 | 2 << 4, 1), REQ(1, 9, T_TCP8080, 1 | 0x40, 2), OP_RUN,
+        GET(0, T_TCP8000, 2), OP_RUN, REQ(1, 0x89, T_TCP8000, 1 << 1 | 2 << 4, 3), OP_RUN,
+};
 static const uint8_t seed_half_close[] = {      /* requests, then shutdown(): every one answered first */
         CONNECT(0, 1), GET(0, T_TCP8080, 1), REQ(0, 2, 0, 0, 2), OP_HALF_CLOSE, 0, OP_RUN,
         CONNECT(1, 1), REQ(1, 0x87, 0, 0, 1), OP_HALF_CLOSE, 1, OP_CLOSE, 0, OP_RUN,
@@ -1558,7 +1580,7 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                 { seed_limits, sizeof(seed_limits) }, { seed_reexec, sizeof(seed_reexec) },
                 { seed_restart, sizeof(seed_restart) }, { seed_fail, sizeof(seed_fail) },
                 { seed_units, sizeof(seed_units) }, { seed_doubt, sizeof(seed_doubt) },
-                { seed_half_close, sizeof(seed_half_close) },
+                { seed_half_close, sizeof(seed_half_close) }, { seed_test, sizeof(seed_test) },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(seeds); i++)

@@ -97,6 +97,24 @@ static bool msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                                 return false;
                 }
                 return true;
+        case PB_MSG_POLICY_TEST:
+                return endpoint_equal(&a->policy_test.endpoint, &b->policy_test.endpoint) &&
+                       a->policy_test.uid == b->policy_test.uid && a->policy_test.n_groups == b->policy_test.n_groups &&
+                       a->policy_test.n_groups <= PB_TEST_GROUPS_MAX &&
+                       memcmp(a->policy_test.groups, b->policy_test.groups,
+                              a->policy_test.n_groups * sizeof(a->policy_test.groups[0])) == 0 &&
+                       strcmp(a->policy_test.unit, b->policy_test.unit) == 0;
+        case PB_MSG_POLICY_TEST | PB_MSG_REPLY: {
+                const struct pb_rule_entry *x = &a->policy_tested.rule, *y = &b->policy_tested.rule;
+
+                return a->policy_tested.allowed == b->policy_tested.allowed &&
+                       a->policy_tested.admin == b->policy_tested.admin && x->id == y->id &&
+                       (!x->id || (principal_equal(&x->principal, &y->principal) &&
+                                   endpoint_equal(&x->pattern, &y->pattern) && x->created == y->created)) &&
+                       a->policy_tested.lease_id == b->policy_tested.lease_id &&
+                       a->policy_tested.owner_uid == b->policy_tested.owner_uid &&
+                       strcmp(a->policy_tested.reason, b->policy_tested.reason) == 0;
+        }
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 return a->reexec.pid == b->reexec.pid && strcmp(a->reexec.version, b->reexec.version) == 0;
         case PB_MSG_INFO | PB_MSG_REPLY:
@@ -182,6 +200,28 @@ static void check_valid(const struct pb_msg *m, size_t size) {
                 break;
         case PB_MSG_POLICY_BEGIN:
                 CHECK((m->policy_begin.flags & ~PB_POLICY_REPLACE) == 0);
+                break;
+        case PB_MSG_POLICY_TEST: {
+                struct pb_principal unit = { .kind = PB_PRINCIPAL_UNIT };
+
+                CHECK(endpoint_validate(&m->policy_test.endpoint, false) == 0);
+                CHECK(m->policy_test.n_groups <= PB_TEST_GROUPS_MAX);
+                for (unsigned i = 0; i < m->policy_test.n_groups; i++)
+                        CHECK(m->policy_test.groups[i] != UINT32_MAX);
+                memcpy(unit.unit, m->policy_test.unit, sizeof(unit.unit));
+                CHECK(!unit.unit[0] || proto_principal_validate(&unit) == 0);
+                break;
+        }
+        case PB_MSG_POLICY_TEST | PB_MSG_REPLY:
+                CHECK(m->policy_tested.allowed <= 1 && m->policy_tested.admin <= 1);
+                CHECK(!(m->policy_tested.admin && m->policy_tested.rule.id));
+                CHECK(!m->policy_tested.allowed || m->policy_tested.admin || m->policy_tested.rule.id);
+                CHECK(m->policy_tested.lease_id || !m->policy_tested.owner_uid);
+                if (m->policy_tested.rule.id) {
+                        CHECK(proto_principal_validate(&m->policy_tested.rule.principal) == 0);
+                        CHECK(endpoint_validate(&m->policy_tested.rule.pattern, true) == 0);
+                }
+                CHECK(text_ok(m->policy_tested.reason));
                 break;
         case PB_MSG_ERROR:
                 CHECK(m->error.code > 0);
@@ -594,6 +634,50 @@ void fuzz_seeds(void (*add)(const uint8_t *data, size_t size, unsigned flags, vo
                         break;
                 case 34:
                         m.hdr.type = PB_MSG_POLICY_BEGIN | PB_MSG_REPLY;
+                        break;
+                case 35:
+                        m.hdr.type = PB_MSG_POLICY_TEST;
+                        m.policy_test.endpoint = seed_endpoint("tcp:[::]:80", false);
+                        m.policy_test.uid = 4242;
+                        m.policy_test.n_groups = 3;
+                        m.policy_test.groups[0] = 4242;
+                        m.policy_test.groups[1] = 33;
+                        m.policy_test.groups[2] = 0;
+                        strcpy(m.policy_test.unit, "web.service");
+                        break;
+                case 36:
+                        m.hdr.id |= 0x01000000;         /* the newest version, POLICY_TEST's (fuzz_fixup) */
+                        m.hdr.type = PB_MSG_POLICY_TEST;
+                        m.policy_test.endpoint = seed_endpoint("unix:/run/portbroker-sockets/app.sock", false);
+                        m.policy_test.uid = PB_UID_NONE;
+                        m.policy_test.n_groups = PB_TEST_GROUPS_MAX;
+                        for (unsigned i = 0; i < PB_TEST_GROUPS_MAX; i++)
+                                m.policy_test.groups[i] = 1000 + i;
+                        break;
+                case 37:
+                        m.hdr.type = PB_MSG_POLICY_TEST | PB_MSG_REPLY;
+                        m.policy_tested.allowed = 1;
+                        m.policy_tested.rule = (struct pb_rule_entry) {
+                                .id = 3, .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
+                                .pattern = seed_endpoint("tcp:80-443", true), .created = 1700000000 };
+                        strcpy(m.policy_tested.reason, "rule 3 allows it");
+                        break;
+                case 38:
+                        m.hdr.id |= 0x01000000;
+                        m.hdr.type = PB_MSG_POLICY_TEST | PB_MSG_REPLY;
+                        m.policy_tested.rule = (struct pb_rule_entry) {
+                                .id = 4, .principal = { .kind = PB_PRINCIPAL_UNIT, .unit = "web.service" },
+                                .pattern = seed_endpoint("unix:/srv/sock/", true),
+                                .perm = { .gid = 33, .mode = 0660 } };
+                        m.policy_tested.lease_id = 9;
+                        m.policy_tested.owner_uid = 33;
+                        strcpy(m.policy_tested.reason, "allowed by rule 4, but unix:/srv/sock/a is held by uid 33");
+                        break;
+                case 39:
+                        m.hdr.type = PB_MSG_POLICY_TEST | PB_MSG_REPLY;
+                        m.policy_tested.allowed = 1;
+                        m.policy_tested.admin = 1;
+                        strcpy(m.policy_tested.reason, "an admin: no rule needed");
                         break;
                 default:
                         return;

@@ -12,6 +12,7 @@ Fixtures:
   broker       a Broker with the default options.
   portctl      broker.portctl: portctl(*args, uid=None, check=True, json=False).
   scratch      a directory every uid may write (server output files).
+  unix_dir     a directory for brokerd's --unix-dir: root's, 0755.
   guard        the bind guard's place for the test: a cgroup v2 directory the
                pytest process moves into for the test (so every process it
                starts is under the guard), and a bpffs private to the run.
@@ -32,6 +33,7 @@ Nothing sleeps blindly: readiness comes from NOTIFY_SOCKET (brokerd) or the
 Helpers other modules import: wait_for, try_bind, Load, PYTHON, TESTSERVER...
 """
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -958,6 +960,35 @@ def portctl(broker):
     return broker.portctl
 
 
+def _ns_call(fn, *args):
+    if fn(*args) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{fn.__name__}: {os.strerror(e)}")
+
+
+@contextlib.contextmanager
+def users_added(workdir, passwd, group):
+    """Users and groups (passwd and group lines) for this test's processes
+    alone: copies of /etc/passwd and /etc/group with them added,
+    bind-mounted over the originals in a mount namespace the test enters
+    (after the run's own, bpffs', which it returns to)."""
+    orig = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    cwd = os.getcwd()
+    try:
+        _ns_call(_libc.unshare, CLONE_NEWNS)
+        subprocess.run(["mount", "--make-rprivate", "/"], check=True, timeout=10)
+        for name, extra in (("passwd", passwd), ("group", group)):
+            copy = workdir / name
+            copy.write_text(open(f"/etc/{name}").read().rstrip("\n") + "\n" + "\n".join(extra) + "\n")
+            copy.chmod(0o644)
+            subprocess.run(["mount", "--bind", str(copy), f"/etc/{name}"], check=True, timeout=10)
+        yield
+    finally:
+        _ns_call(_libc.setns, orig, CLONE_NEWNS)
+        os.close(orig)
+        os.chdir(cwd)
+
+
 @pytest.fixture
 def policy_dir(workdir):
     """An empty policy directory for --policy-dir: root's, 0755, as brokerd wants it."""
@@ -978,6 +1009,15 @@ def write_file(path, text, mode=0o644, owner=0):
 @pytest.fixture
 def scratch(workdir):
     return workdir / "scratch"
+
+
+@pytest.fixture
+def unix_dir(workdir):
+    """A directory for brokerd's --unix-dir (where it makes Unix sockets): root's, 0755."""
+    d = workdir / "run"
+    d.mkdir()
+    d.chmod(0o755)
+    return d
 
 
 def errno_name(e):

@@ -11,6 +11,8 @@ import struct
 HDR = struct.Struct("!IHHII")           # length, version, type, id, reserved
 VERSION = 2                             # PB_PROTO_VERSION_MIN: what every message but INFO is sent with
 GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
+POLICY_TEST, TEST_VERSION = 11, 6       # POLICY_TEST came with version 6
+UID_NONE = 0xFFFFFFFF
 REPLY, ERROR = 0x8000, 0xFFFF
 
 
@@ -22,7 +24,52 @@ def endpoint(port, transport=6, family=0):
     return struct.pack("!BBHHH", transport, family, port, port, 0) + bytes(16)
 
 
+def unix_endpoint(path):
+    """A Unix endpoint: 24 bytes of transport 1, then the path as text."""
+    return bytes([1]) + bytes(23) + bytes([len(path)]) + path.encode()
+
+
 STATUS_BODY = b"\x00" + bytes(24) + struct.pack("!Q", 0)
+
+
+def policy_test_body(ep, uid=UID_NONE, groups=(), unit=""):
+    """A POLICY_TEST body: endpoint bytes, then the peer it describes."""
+    u = unit.encode()
+    return (ep + struct.pack("!IB", uid, len(groups)) + b"".join(struct.pack("!I", g) for g in groups) +
+            bytes([len(u)]) + u)
+
+
+def _text(data, off):
+    n = data[off]
+    return data[off + 1:off + 1 + n].decode(), off + 1 + n
+
+
+def policy_tested(data):
+    """The fields of a POLICY_TEST reply (after checking its type and length)."""
+    assert HDR.unpack(data[:16])[2] == POLICY_TEST | REPLY and HDR.unpack(data[:16])[0] == len(data), data
+    allowed, admin, rule_id = struct.unpack("!BBQ", data[16:26])
+    off, rule = 26, None
+    if rule_id:
+        kind, pid = struct.unpack("!BI", data[off:off + 5])
+        unit, off = _text(data, off + 5)
+        transport = data[off]
+        pattern = data[off:off + 24]
+        off += 24
+        if transport == 1:                      # a Unix pattern: its path, socket gid and mode
+            path, off = _text(data, off)
+            pattern += path.encode()
+            off += 6
+        flags, owner = struct.unpack("!BI", data[off:off + 5])     # version 6: reserve, owner, source
+        source, off = _text(data, off + 5)
+        created = struct.unpack("!Q", data[off:off + 8])[0]
+        off += 8
+        rule = {"id": rule_id, "kind": kind, "id_value": pid, "unit": unit, "pattern": pattern, "flags": flags,
+                "owner": owner, "source": source, "created": created}
+    lease_id, owner_uid = struct.unpack("!QI", data[off:off + 12])
+    reason, off = _text(data, off + 12)
+    assert off == len(data), data
+    return {"allowed": bool(allowed), "admin": bool(admin), "rule": rule, "lease_id": lease_id,
+            "owner_uid": owner_uid, "reason": reason}
 
 
 def answer(s, timeout=5.0):

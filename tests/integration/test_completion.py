@@ -26,8 +26,9 @@ U1 = 4242
 # Each command's own options (test_options.py checks its --help names these).
 OWN_OPTIONS = {
     "get": {"--nonblock"}, "release": set(), "status": set(),
-    "policy add": {"--user", "--group", "--unit"}, "policy remove": set(), "policy list": set(),
-    "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+    "policy add": {"--user", "--group", "--unit", "--owner", "--reserve"}, "policy remove": set(),
+    "policy list": set(), "policy import": {"--replace", "--check"},
+    "policy test": {"--user", "--group", "--unit"}, "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
 }
 
 
@@ -72,11 +73,11 @@ def test_commands_subcommands_and_options():
     assert complete("portctl --json ") == commands
     assert complete("portctl --socket /x ") == commands
     assert complete("portctl st") == ["status"]
-    assert complete("portctl policy ") == ["add", "remove", "list", "export"]
+    assert complete("portctl policy ") == ["add", "remove", "list", "export", "import", "test"]
     assert complete("portctl policy --json r") == ["remove"]
     assert complete("portctl admin ") == ["reexec"]
     assert complete("portctl help ") == commands
-    assert complete("portctl help policy ") == ["add", "remove", "list", "export"]
+    assert complete("portctl help policy ") == ["add", "remove", "list", "export", "import", "test"]
     assert complete("portctl policy add ") == []                    # a pattern: nothing to offer
     assert set(complete("portctl --")) == {"--socket", "--json", "--help", "--version"}
     # Each command's options are those its --help names, and no other command's.
@@ -133,6 +134,8 @@ def test_endpoints_and_rules_of_a_live_brokerd(broker):
     assert complete(f"portctl --socket {s} status 80") == ["8080"]              # 8080 is tcp:[::]:8080
     assert complete(f"portctl --socket {s} policy remove ") == [str(rule)]
     assert complete(f"portctl --socket {s} policy list ") == []
+    assert complete(f"portctl --socket {s} policy test ") == leases
+    assert complete(f"portctl --socket {s} policy test 8080 --group ro") == ["root"]
     # brokerd not there: nothing, and not a word on stderr (complete() checks).
     assert complete("portctl --socket /nonexistent/control.sock release ") == []
     assert complete("portctl release ", env={"PORTBROKER_SOCKET": "/nonexistent/control.sock"}) == []

@@ -108,8 +108,9 @@ def test_run_and_upgrade_refuse_json(broker):
 # upgrade --json. (test_completion.py completes the same.)
 OWN_OPTIONS = {
     "get": {"--nonblock"}, "release": set(), "status": set(),
-    "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode"}, "policy remove": set(),
-    "policy list": set(), "policy export": set(),
+    "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode", "--reserve", "--owner"},
+    "policy remove": set(), "policy list": set(), "policy export": set(), "policy import": {"--replace", "--check"},
+    "policy test": {"--user", "--group", "--unit"},
     "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
 }
 NO_JSON = {"run", "upgrade", "policy export"}

@@ -9,13 +9,15 @@ are the files' alone: neither `policy remove` nor an import changes them.
 """
 
 import os
+import pwd
+import re
 import socket
 import struct
 import subprocess
 
 import pytest
 
-from conftest import BROKERD, VALGRIND, child_env, wait_for, write_file
+from conftest import BROKERD, ROOT, VALGRIND, child_env, users_added, wait_for, write_file
 from rawproto import HDR, REPLY, ERROR, msg
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -245,3 +247,39 @@ def test_a_planted_or_doubled_policy_file_is_never_read(make_broker, policy_dir,
     r = b.portctl("get", "8080", uid=U1, check=1)
     assert "no rule lets" in r.stderr, r
     assert brokerd_check(b, policy_dir).returncode == 1
+
+
+def documented_policy_file():
+    """The policy file the README shows (and brokerd(8), the same lines)."""
+    readme = (ROOT / "README.md").read_text()
+    text = re.search(r"```conf\n(# /etc/portbroker/policy.d/50-host.conf\n.*?)```", readme, re.S).group(1)
+    man = (ROOT / "man" / "brokerd.8").read_text().replace("\\-", "-")
+    rules = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert len(rules) == 10 and all(r in man for r in rules), "README and brokerd(8) show different files"
+    return text
+
+
+def test_the_documented_policy_file(make_broker, policy_dir, workdir):
+    """The README's and brokerd(8)'s example runs as it says: nginx's and
+    dnsmasq's ports reserved before READY=1, for root and dnsmasq; each
+    developer has their own range and not the other's."""
+    text = documented_policy_file()
+    passwd = [f"{n}:x:{u}:{u}::/nonexistent:/usr/sbin/nologin" for n, u in (("alice", 4701), ("bob", 4702),
+                                                                           ("dnsmasq", 4703))]
+    group = [f"{n}:x:{u}:" for n, u in (("alice", 4701), ("bob", 4702), ("dnsmasq", 4703))]
+    with users_added(workdir, passwd, group):
+        alice, bob, dnsmasq = (pwd.getpwnam(n).pw_uid for n in ("alice", "bob", "dnsmasq"))
+        write_file(policy_dir / "50-host.conf", text)
+        b = make_broker("--policy-dir", policy_dir)
+        log = b.log()
+        assert log.count("event=reserve ") == 8 and log.index("event=reserve") < log.index("event=ready"), log
+        leases = {l["endpoint"]: l["owner_uid"] for l in b.portctl("status", json=True).json}
+        assert leases == {"tcp:0.0.0.0:80": 0, "tcp6:[::]:80": 0, "tcp:0.0.0.0:443": 0, "tcp6:[::]:443": 0,
+                          "udp:0.0.0.0:53": dnsmasq, "udp6:[::]:53": dnsmasq, "tcp:0.0.0.0:53": dnsmasq,
+                          "tcp6:[::]:53": dnsmasq}, leases
+        b.portctl("get", "8000", uid=alice)
+        r = b.portctl("get", "8001", uid=bob, check=1)
+        assert "no rule lets" in r.stderr, r
+        b.portctl("get", "8100", uid=bob)
+        r = b.portctl("policy", "import", "--check", "--replace", policy_dir / "50-host.conf")
+        assert r.stdout.startswith("0 to add, 0 to change, 0 to remove, 10 unchanged"), r

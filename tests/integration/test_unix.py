@@ -78,15 +78,6 @@ def application(environ, start_response):
 
 
 @pytest.fixture
-def unix_dir(workdir):
-    """The directory brokerd makes Unix sockets in: root's, 0755."""
-    d = workdir / "run"
-    d.mkdir()
-    d.chmod(0o755)
-    return d
-
-
-@pytest.fixture
 def broker(make_broker, unix_dir):
     """brokerd with --unix-dir unix_dir (groups, the fixture, starts servers under it)."""
     return make_broker("--unix-dir", unix_dir)

@@ -611,14 +611,14 @@ static void test_status_loop(void **state) {
 
 /* --- well-formed exchanges ------------------------------------------------- */
 
-/* A brokerd from before version 4: a list request in version 4 gets
- * EPROTONOSUPPORT and the connection closed; the one in version 2 an empty list. */
-/* A brokerd that speaks versions up to 3: it refuses 5 and 4, then answers. */
+/* A brokerd that speaks versions up to 3: a list request in a newer one
+ * gets EPROTONOSUPPORT and the connection closed; the one in version 3 an
+ * empty list. */
 static void script_old_brokerd(struct server *s) {
         struct pb_msg req, reply;
         bool answered = false;
 
-        for (int k = 0; k < 4 && !answered; k++) {
+        for (int k = 0; k <= PB_PROTO_VERSION - 3 && !answered; k++) {
                 int fd = accept_one(s);
 
                 if (recv_request(s, fd, &req) == 0) {
@@ -647,11 +647,10 @@ static void test_lists_fall_back_to_an_old_brokerds_version(void **state) {
         assert_int_equal(pb_conn_status(c, NULL, count_cb, &n, &err), 0);
         pb_disconnect(c);
         server_join(&s);
-        assert_int_equal(s.nreq, 4);
-        assert_int_equal(s.versions[0], PB_PROTO_VERSION_POLICY);
-        assert_int_equal(s.versions[1], PB_PROTO_VERSION_UNIX);
-        assert_int_equal(s.versions[2], PB_PROTO_VERSION_V6ONLY);
-        assert_int_equal(s.versions[3], 3);
+        assert_int_equal(s.nreq, PB_PROTO_VERSION - 2);
+        for (unsigned i = 0; i < s.nreq; i++)
+                assert_int_equal(s.versions[i], PB_PROTO_VERSION - i);
+        assert_int_equal(s.versions[s.nreq - 1], 3);
         assert_int_equal(n, 0);
         server_stop(&s);
 }
@@ -864,6 +863,101 @@ static void test_lists(void **state) {
         server_stop(&s);
 }
 
+/* POLICY_TEST: the described peer goes out as given, the verdict comes back whole. */
+static struct pb_msg policy_test_req[2];
+
+static void script_policy_test(struct server *s) {
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        for (int k = 0; k < 2 && recv_request(s, fd, &req) == 0; k++) {
+                policy_test_req[k] = req;
+                reply_to(&req, &reply);
+                if (k == 0) {
+                        reply.policy_tested.rule = (struct pb_rule_entry) {
+                                .id = 7, .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 },
+                                .created = 1700000000 };
+                        if (endpoint_parse_pattern("tcp:8000-8099", &reply.policy_tested.rule.pattern) < 0)
+                                s->failed = 1;
+                        reply.policy_tested.lease_id = 12;
+                        reply.policy_tested.owner_uid = 33;
+                        strcpy(reply.policy_tested.reason, "allowed by rule 7, but tcp:[::]:8050 is held by uid 33");
+                } else {
+                        reply.policy_tested.allowed = reply.policy_tested.admin = 1;
+                        strcpy(reply.policy_tested.reason, "an admin: no rule needed");
+                }
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+static void test_policy_test(void **state) {
+        pb_test_peer alice = { .has_uid = true, .uid = 4242, .n_groups = 2, .groups = { 4242, 33 },
+                               .unit = "web.service" };
+        pb_test_peer group = { .n_groups = 1, .groups = { 5000 } };
+        pb_test_result res;
+        struct server s;
+        pb_error err;
+        pb_conn *c;
+        int before;
+
+        server_start(&s, script_policy_test);
+        before = count_fds();
+        server_run(&s);
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+
+        /* Refused here, nothing sent: a range, too many groups, the kernel's "none" ids, a bad unit. */
+        assert_int_equal(pb_conn_policy_test(c, "tcp:8000-8099", &alice, &res, &err), -EINVAL);
+        alice.n_groups = PB_TEST_GROUPS_MAX + 1;
+        assert_int_equal(pb_conn_policy_test(c, "8050", &alice, &res, &err), -EINVAL);
+        assert_non_null(strstr(err.message, "at most 64 groups"));
+        alice.n_groups = 2;
+        alice.groups[1] = (gid_t) -1;
+        assert_int_equal(pb_conn_policy_test(c, "8050", &alice, &res, &err), -EINVAL);
+        alice.groups[1] = 33;
+        alice.uid = (uid_t) -1;
+        assert_int_equal(pb_conn_policy_test(c, "8050", &alice, &res, &err), -EINVAL);
+        alice.uid = 4242;
+        strcpy(alice.unit, "webservice");
+        assert_int_equal(pb_conn_policy_test(c, "8050", &alice, &res, &err), -EINVAL);
+        assert_non_null(strstr(err.message, "invalid unit name 'webservice'"));
+        strcpy(alice.unit, "web.service");
+        assert_int_equal(pb_conn_policy_test(c, "8050", NULL, &res, &err), -EINVAL);
+
+        assert_int_equal(pb_conn_policy_test(c, "8050", &alice, &res, &err), 0);
+        assert_false(res.allowed);
+        assert_false(res.admin);
+        assert_true(res.has_rule);
+        assert_int_equal(res.rule.id, 7);
+        assert_int_equal(res.rule.kind, PB_GROUP);
+        assert_int_equal(res.rule.id_value, 33);
+        assert_string_equal(res.rule.pattern, "tcp:8000-8099");
+        assert_int_equal(res.lease_id, 12);
+        assert_int_equal(res.lease_owner, 33);
+        assert_string_equal(res.reason, "allowed by rule 7, but tcp:[::]:8050 is held by uid 33");
+
+        assert_int_equal(pb_conn_policy_test(c, "unix:/run/app/web.sock", &group, &res, &err), 0);
+        assert_true(res.allowed && res.admin && !res.has_rule && res.lease_id == 0);
+        assert_string_equal(res.reason, "an admin: no rule needed");
+        pb_disconnect(c);
+        server_join(&s);
+
+        assert_int_equal(s.nreq, 2);
+        assert_int_equal(s.versions[0], PB_PROTO_VERSION_POLICY);
+        assert_int_equal(policy_test_req[0].policy_test.endpoint.port_lo, 8050);
+        assert_int_equal(policy_test_req[0].policy_test.uid, 4242);
+        assert_int_equal(policy_test_req[0].policy_test.n_groups, 2);
+        assert_int_equal(policy_test_req[0].policy_test.groups[1], 33);
+        assert_string_equal(policy_test_req[0].policy_test.unit, "web.service");
+        assert_int_equal(policy_test_req[1].policy_test.uid, PB_UID_NONE);
+        assert_int_equal(policy_test_req[1].policy_test.n_groups, 1);
+        assert_int_equal(policy_test_req[1].policy_test.groups[0], 5000);
+        assert_string_equal(policy_test_req[1].policy_test.unit, "");
+        assert_true(endpoint_is_unix(&policy_test_req[1].policy_test.endpoint));
+        assert_int_equal(count_fds(), before);
+        server_stop(&s);
+}
+
 /* brokerd closes idle connections; the next call must reconnect and resend. */
 static void script_idle_close(struct server *s) {
         int fd = accept_one(s);
@@ -1041,6 +1135,7 @@ int main(void) {
                 cmocka_unit_test(test_error_reply),
                 cmocka_unit_test(test_get_ok),
                 cmocka_unit_test(test_lists),
+                cmocka_unit_test(test_policy_test),
                 cmocka_unit_test(test_reconnect_after_idle_close),
                 cmocka_unit_test(test_refused_at_limit),
                 cmocka_unit_test(test_drop_after_protocol_error),

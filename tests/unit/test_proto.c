@@ -30,6 +30,13 @@
 
 #define LEASE_ENTRY_SIZE 65             /* id 8, endpoint 24, uid 4, since 8, handouts 8, holders 4, queued 4, backlog 4, bound 1 */
 #define RULE_ENTRY_SIZE(unit_len) (8 + 1 + 4 + 1 + (unit_len) + PB_ENDPOINT_WIRE_SIZE + 8)
+#define SAMPLES_MAX 48                  /* room for samples() */
+
+/* The request types, each with a reply of its own type. */
+static const uint16_t request_types[] = {
+        PB_MSG_GET, PB_MSG_RELEASE, PB_MSG_STATUS, PB_MSG_POLICY_ADD, PB_MSG_POLICY_REMOVE, PB_MSG_POLICY_LIST,
+        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_POLICY_TEST,
+};
 
 /* --- helpers ------------------------------------------------------------- */
 
@@ -129,6 +136,27 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                         assert_int_equal(x->created, y->created);
                 }
                 break;
+        case PB_MSG_POLICY_TEST:
+                assert_endpoint_equal(&a->policy_test.endpoint, &b->policy_test.endpoint);
+                assert_int_equal(a->policy_test.uid, b->policy_test.uid);
+                assert_int_equal(a->policy_test.n_groups, b->policy_test.n_groups);
+                for (unsigned i = 0; i < a->policy_test.n_groups; i++)
+                        assert_int_equal(a->policy_test.groups[i], b->policy_test.groups[i]);
+                assert_string_equal(a->policy_test.unit, b->policy_test.unit);
+                break;
+        case PB_MSG_POLICY_TEST | PB_MSG_REPLY:
+                assert_int_equal(a->policy_tested.allowed, b->policy_tested.allowed);
+                assert_int_equal(a->policy_tested.admin, b->policy_tested.admin);
+                assert_int_equal(a->policy_tested.rule.id, b->policy_tested.rule.id);
+                if (a->policy_tested.rule.id) {
+                        assert_principal_equal(&a->policy_tested.rule.principal, &b->policy_tested.rule.principal);
+                        assert_endpoint_equal(&a->policy_tested.rule.pattern, &b->policy_tested.rule.pattern);
+                        assert_int_equal(a->policy_tested.rule.created, b->policy_tested.rule.created);
+                }
+                assert_int_equal(a->policy_tested.lease_id, b->policy_tested.lease_id);
+                assert_int_equal(a->policy_tested.owner_uid, b->policy_tested.owner_uid);
+                assert_string_equal(a->policy_tested.reason, b->policy_tested.reason);
+                break;
         case PB_MSG_REEXEC | PB_MSG_REPLY:
                 assert_int_equal(a->reexec.pid, b->reexec.pid);
                 assert_string_equal(a->reexec.version, b->reexec.version);
@@ -159,6 +187,13 @@ static struct pb_endpoint ep(const char *s) {
         if (endpoint_parse(s, &e) < 0)
                 fail_msg("bad test endpoint %s", s);
         return e;
+}
+
+/* The bytes e takes on the wire (a Unix one's path after its 24). */
+static size_t endpoint_wire_size(const struct pb_endpoint *e) {
+        uint8_t buf[PB_ENDPOINT_WIRE_MAX];
+
+        return endpoint_encode(e, buf);
 }
 
 static struct pb_endpoint pat(const char *s) {
@@ -217,6 +252,37 @@ static void fill_rules(struct pb_msg *m, unsigned count, bool more, size_t unit_
                 r->pattern = pat(i % 2 ? "udp:127.0.0.1:5000-5999" : "tcp:[::1]:1-65535");
                 r->created = 1700000000ull + i;
         }
+}
+
+/* A POLICY_TEST of endpoint by uid with n_groups groups (4000, 4001, ...) in unit. */
+static void policy_test_sample(struct pb_msg *m, const char *endpoint, uint32_t uid, unsigned n_groups,
+                               const char *unit) {
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = PB_MSG_POLICY_TEST;
+        m->hdr.id = 20 + n_groups;
+        m->policy_test.endpoint = ep(endpoint);
+        m->policy_test.uid = uid;
+        m->policy_test.n_groups = (uint8_t) n_groups;
+        for (unsigned i = 0; i < n_groups; i++)
+                m->policy_test.groups[i] = 4000 + i;
+        strcpy(m->policy_test.unit, unit);
+}
+
+/* Its reply: by rule 7 of pattern (NULL: no rule), the lease lease_id of uid 33 in the way. */
+static void policy_tested_sample(struct pb_msg *m, bool allowed, bool admin, const char *pattern, uint64_t lease_id,
+                                 const char *reason) {
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = PB_MSG_POLICY_TEST | PB_MSG_REPLY;
+        m->hdr.id = 30;
+        m->policy_tested.allowed = allowed;
+        m->policy_tested.admin = admin;
+        if (pattern)
+                m->policy_tested.rule = (struct pb_rule_entry) {
+                        .id = 7, .principal = { .kind = PB_PRINCIPAL_GROUP, .id = 33 }, .pattern = pat(pattern),
+                        .perm = { .gid = PB_SOCKET_GROUP_NONE, .mode = 0600 }, .created = 1700000000 };
+        m->policy_tested.lease_id = lease_id;
+        m->policy_tested.owner_uid = lease_id ? 33 : 0;
+        strcpy(m->policy_tested.reason, reason);
 }
 
 static struct pb_msg *next_sample(struct pb_msg *out, size_t *n, size_t max, uint16_t type, uint32_t id) {
@@ -285,6 +351,13 @@ static size_t samples(struct pb_msg *out, size_t max) {
         strcpy(m->info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
         NEXT(PB_MSG_CHECK, 19)->get.endpoint = ep("udp:10.0.0.1:53");
         NEXT(PB_MSG_CHECK | PB_MSG_REPLY, 19);
+        policy_test_sample(NEXT(0, 0), "tcp:127.0.0.1:80", 4242, 3, "");
+        policy_test_sample(NEXT(0, 0), "udp6:53", PB_UID_NONE, 0, "");
+        policy_test_sample(NEXT(0, 0), "unix:/run/app/web.sock", PB_UID_NONE, PB_TEST_GROUPS_MAX, "web@1.service");
+        policy_tested_sample(NEXT(0, 0), true, false, "tcp:8000-8099", 0, "rule 7 allows it");
+        policy_tested_sample(NEXT(0, 0), true, true, NULL, 0, "an admin: no rule needed");
+        policy_tested_sample(NEXT(0, 0), false, false, "unix:/run/app/", 9, "allowed by rule 7, but ...");
+        policy_tested_sample(NEXT(0, 0), false, false, NULL, 0, "permission denied: no rule lets uid 4242 get 80");
         NEXT(PB_MSG_ERROR, 15);
         m->error.code = EBUSY;
         strcpy(m->error.message, "tcp:[::]:80 is held by uid 1000 (alice) \xc3\xa9");
@@ -332,7 +405,7 @@ static void test_header_layout(void **state) {
 }
 
 static void test_encoded_sizes(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         static const struct {
                 uint16_t type;
                 size_t len;
@@ -381,6 +454,21 @@ static void test_encoded_sizes(void **state) {
                 case PB_MSG_INFO | PB_MSG_REPLY:
                         want = 16 + 4 + 1 + strlen(m[i].info.version) + 1 + 1 + strlen(m[i].info.guard_state);
                         break;
+                case PB_MSG_POLICY_TEST:
+                        want = 16 + endpoint_wire_size(&m[i].policy_test.endpoint) + 4 + 1 +
+                               4 * (size_t) m[i].policy_test.n_groups + 1 + strlen(m[i].policy_test.unit);
+                        break;
+                case PB_MSG_POLICY_TEST | PB_MSG_REPLY: {
+                        const struct pb_rule_entry *r = &m[i].policy_tested.rule;
+
+                        want = 16 + 1 + 1 + 8 + 8 + 4 + 1 + strlen(m[i].policy_tested.reason);
+                        if (r->id)      /* the rest of a rule entry, a Unix pattern's socket group and mode,
+                                         * version 6's flags, owner and source */
+                                want += RULE_ENTRY_SIZE(strlen(r->principal.unit)) - 8 - PB_ENDPOINT_WIRE_SIZE +
+                                        endpoint_wire_size(&r->pattern) + (endpoint_is_unix(&r->pattern) ? 6 : 0) +
+                                        5 + 1 + strlen(r->source);
+                        break;
+                }
                 }
                 assert_int_equal(len, want);
         }
@@ -412,10 +500,10 @@ static void test_full_lists_fit(void **state) {
 /* --- round trips --------------------------------------------------------- */
 
 static void test_round_trip_every_type(void **state) {
-        static struct pb_msg m[32], d;
+        static struct pb_msg m[SAMPLES_MAX], d;
         uint8_t buf[PB_MSG_MAX], again[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        unsigned seen[PB_MSG_CHECK + 1][2] = { { 0 } };
+        unsigned seen[PB_MSG_POLICY_TEST + 1][2] = { { 0 } };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -423,10 +511,11 @@ static void test_round_trip_every_type(void **state) {
                 memset(&d, 0xA5, sizeof(d));
                 assert_int_equal(proto_decode(buf, len, &d), 0);
                 assert_int_equal(d.hdr.length, len);
-                /* Sent with the oldest version that has the type (INFO: 3, CHECK: 4). */
-                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO    ? 3
-                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK ? 4
-                                                                                                  : 2);
+                /* Sent with the oldest version that has the type (INFO: 3, CHECK: 4, POLICY_TEST: 6). */
+                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO          ? 3
+                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK       ? 4
+                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_POLICY_TEST ? 6
+                                                                                                        : 2);
                 assert_int_equal(d.hdr.reserved, 0);
                 assert_msg_equal(&m[i], &d);
                 /* The encoding is canonical: re-encoding gives the same bytes. */
@@ -438,16 +527,16 @@ static void test_round_trip_every_type(void **state) {
                 else
                         seen[m[i].hdr.type & ~PB_MSG_REPLY][!!(m[i].hdr.type & PB_MSG_REPLY)]++;
         }
-        for (unsigned t = PB_MSG_GET; t <= PB_MSG_CHECK; t++) {
-                assert_true(seen[t][0] > 0);
-                assert_true(seen[t][1] > 0);
+        for (size_t k = 0; k < ELEMENTSOF(request_types); k++) {
+                assert_true(seen[request_types[k]][0] > 0);
+                assert_true(seen[request_types[k]][1] > 0);
         }
         assert_true(seen[0][0] > 0);
 }
 
 /* The encoder needs room for the whole message and never writes past size. */
 static void test_encode_small_buffer(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX + 16];
         size_t n = samples(m, ELEMENTSOF(m));
 
@@ -520,7 +609,7 @@ static void test_status_without_endpoint(void **state) {
 /* --- rejections of every sample ------------------------------------------ */
 
 static void test_truncated_every_length(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX], cut[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
 
@@ -545,7 +634,7 @@ static void test_truncated_every_length(void **state) {
 }
 
 static void test_trailing_byte(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX + 1];
         size_t n = samples(m, ELEMENTSOF(m));
 
@@ -584,7 +673,7 @@ static void test_oversized(void **state) {
 }
 
 static void test_wrong_length_field(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
         struct pb_header h;
@@ -607,7 +696,7 @@ static void test_wrong_length_field(void **state) {
 }
 
 static void test_reserved_nonzero(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
         struct pb_header h;
@@ -627,7 +716,7 @@ static void test_reserved_nonzero(void **state) {
 }
 
 static void test_wrong_version(void **state) {
-        static struct pb_msg m[32];
+        static struct pb_msg m[SAMPLES_MAX];
         uint8_t buf[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
         static const uint16_t versions[] = { 0, 1, PB_PROTO_VERSION + 1, 0x0100, 0x8002, 0xffff };
@@ -648,18 +737,23 @@ static void test_wrong_version(void **state) {
                 }
         }
 
-        /* Version 4 has every type; version 3 all but CHECK; version 2 all but INFO and CHECK. */
+        /* Version 6 has every type; 5 and 4 all but POLICY_TEST; version 3 neither CHECK; version 2
+         * neither INFO. Each is encoded in the version tried (a rule's layout depends on it), or
+         * in its type's oldest with the header then saying the version tried. */
         for (size_t i = 0; i < n; i++) {
-                size_t len = encode_ok(&m[i], buf);
-                bool info = (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO;
-                bool check = (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK;
+                uint16_t type = m[i].hdr.type & ~PB_MSG_REPLY, oldest = proto_type_version(m[i].hdr.type);
+                bool info = type == PB_MSG_INFO, check = type == PB_MSG_CHECK, test = type == PB_MSG_POLICY_TEST;
 
-                buf[5] = 4;
-                assert_int_equal(decode(buf, len), 0);
-                buf[5] = 3;
-                assert_int_equal(decode(buf, len), check ? -EPROTO : 0);
-                buf[5] = 2;
-                assert_int_equal(decode(buf, len), info || check ? -EPROTO : 0);
+                for (uint16_t v = 6; v >= 2; v--) {
+                        struct pb_msg x = m[i];
+                        size_t len;
+
+                        x.hdr.version = v;
+                        len = encode_ok(&x, buf);
+                        buf[5] = (uint8_t) v;
+                        assert_int_equal(decode(buf, len), v < oldest ? -EPROTO : 0);
+                }
+                assert_int_equal(oldest, test ? 6 : check ? 4 : info ? 3 : 2);
         }
 
         /* A wrong version with a bad header is a bad header. */
@@ -803,7 +897,7 @@ static void test_rule_attrs_and_imports_need_version_6(void **state) {
 
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
-                0, 10, 11, 0x00ff, 0x7fff, 0x8000, 0x800a, 0x80ff, 0xc001, 0xfffe,
+                0, 10, 14, 0x00ff, 0x7fff, 0x8000, 0x800a, 0x800e, 0x80ff, 0xc001, 0xfffe,
         };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };
@@ -1089,6 +1183,95 @@ static void test_endpoints_in_messages(void **state) {
         fill_leases(&m, 3, false);
         m.leases.leases[2].endpoint.family = 5;
         assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+}
+
+/* POLICY_TEST: the peer it describes and the verdict, field by field. */
+static void test_policy_test_fields(void **state) {
+        static struct pb_msg m, d;
+        static uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        /* 16 endpoint, 40 uid, 44 n_groups, 45 groups, then the unit. */
+        policy_test_sample(&m, "80", 4242, 2, "web.service");
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + 24 + 4 + 1 + 2 * 4 + 1 + strlen("web.service"));
+        assert_int_equal(buf[44], 2);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_msg_equal(&m, &d);
+
+        /* At most PB_TEST_GROUPS_MAX groups, sent or received. */
+        policy_test_sample(&m, "80", PB_UID_NONE, PB_TEST_GROUPS_MAX, "");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        m.policy_test.n_groups = PB_TEST_GROUPS_MAX + 1;
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+        len = encode_ok(&(struct pb_msg) { .hdr = m.hdr, .policy_test = { .endpoint = m.policy_test.endpoint,
+                                                                           .n_groups = 0 } }, buf);
+        memset(buf + len - 1, 0, 4 * (PB_TEST_GROUPS_MAX + 1) + 1);   /* 65 gids 0, an empty unit */
+        buf[44] = PB_TEST_GROUPS_MAX + 1;
+        len += 4 * (PB_TEST_GROUPS_MAX + 1);
+        fix_length(buf, len);
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[44] = 255;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* No gid 0xffffffff (the kernel's "none"); any uid, 0xffffffff meaning none. */
+        policy_test_sample(&m, "80", 0, 3, "");
+        m.policy_test.groups[1] = UINT32_MAX;
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+        m.policy_test.groups[1] = UINT32_MAX - 1;
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), 0);
+
+        /* The unit: empty, or a name a unit rule could have. */
+        static const char *const bad_units[] = { "webservice", ".service", "web service.service", "a/b.service" };
+        for (size_t i = 0; i < ELEMENTSOF(bad_units); i++) {
+                policy_test_sample(&m, "80", 4242, 1, bad_units[i]);
+                assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+        }
+        policy_test_sample(&m, "80", 4242, 1, "getty@tty1.service");
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), 0);
+
+        /* An endpoint, no range. */
+        policy_test_sample(&m, "80", 4242, 0, "");
+        m.policy_test.endpoint = pat("tcp:80-81");
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+
+        /* The reply: 16 allowed, 17 admin, 18 rule id, then the rule, lease id, owner, reason. */
+        policy_tested_sample(&m, false, false, NULL, 0, "no");
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + 1 + 1 + 8 + 8 + 4 + 1 + 2);
+        assert_int_equal(decode(buf, len), 0);
+        buf[16] = 2;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[16] = 1;                    /* allowed, by no rule and not as an admin */
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[17] = 1;                    /* allowed as an admin */
+        assert_int_equal(decode(buf, len), 0);
+        buf[17] = 2;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        buf[17] = 0;
+        buf[16] = 0;
+        put_be32(buf + 16 + 2 + 8 + 8, 33);     /* an owner of no lease */
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* An admin is named only where no rule is. */
+        policy_tested_sample(&m, true, false, "tcp:80", 0, "");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        buf[17] = 1;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* The rule is decoded as a list's entry is: a bad principal is refused. */
+        policy_tested_sample(&m, false, false, "tcp:80", 12, "allowed by rule 7, but tcp:[::]:80 is held by uid 33");
+        m.policy_tested.rule.principal.kind = 4;
+        assert_int_equal(decode(buf, encode_ok(&m, buf)), -EBADMSG);
+
+        /* The encoder writes no owner without a lease. */
+        policy_tested_sample(&m, false, false, NULL, 0, "");
+        m.policy_tested.owner_uid = 33;
+        len = encode_ok(&m, buf);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_int_equal(d.policy_tested.owner_uid, 0);
 }
 
 static void test_decode_writes_only_on_success(void **state) {
@@ -1442,6 +1625,7 @@ int main(void) {
                 cmocka_unit_test(test_error_code),
                 cmocka_unit_test(test_invalid_principals),
                 cmocka_unit_test(test_endpoints_in_messages),
+                cmocka_unit_test(test_policy_test_fields),
                 cmocka_unit_test(test_decode_writes_only_on_success),
                 cmocka_unit_test(test_carries_fd),
                 cmocka_unit_test(test_set_error),

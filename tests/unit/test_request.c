@@ -121,6 +121,27 @@ static void test_fields_for_the_type(void **state) {
         assert_string_equal(validate(buf, len, &code, &id), "malformed request: bad fields or length for its type");
 }
 
+/* A type newer than the request's version: unsupported, not malformed (POLICY_TEST came with 6). */
+static void test_type_older_than_its_version(void **state) {
+        struct pb_msg m = { .hdr = { .type = PB_MSG_POLICY_TEST, .id = 9 }, .policy_test = { .uid = PB_UID_NONE } };
+        uint8_t buf[PB_MSG_MAX];
+        struct pb_msg req;
+        uint32_t id = 0;
+        int code = 0, n;
+
+        assert_int_equal(endpoint_parse("tcp:8080", &m.policy_test.endpoint), 0);
+        n = proto_encode(&m, buf, sizeof(buf));
+        assert_true(n > PB_HEADER_SIZE);
+        assert_int_equal(buf[5], PB_PROTO_VERSION_POLICY);
+        assert_null(request_validate(buf, (size_t) n, &req, &code, &id));
+        assert_int_equal(req.hdr.type, PB_MSG_POLICY_TEST);
+        assert_int_equal(req.policy_test.uid, PB_UID_NONE);
+        put16(buf + 4, PB_PROTO_VERSION_POLICY - 1);
+        assert_string_equal(validate(buf, (size_t) n, &code, &id), "unsupported protocol version for this message type");
+        assert_int_equal(code, EPROTONOSUPPORT);
+        assert_int_equal(id, 9);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_valid_get),
@@ -128,6 +149,7 @@ int main(void) {
                 cmocka_unit_test(test_version_before_type),
                 cmocka_unit_test(test_type_before_fields),
                 cmocka_unit_test(test_fields_for_the_type),
+                cmocka_unit_test(test_type_older_than_its_version),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
