@@ -38,16 +38,18 @@
 #include "sandbox.h"
 
 #define CHECK_TIMEOUT_MS 3000           /* for `brokerd --check` to exit: well inside WatchdogSec= */
+#define CHECK_SAYS_MAX 512              /* of what `brokerd --check` says, read to tell why it failed */
 
-/* In the child: `exe ARGS --check` with no privilege and its output
- * discarded; why execv() failed, if it does, goes to err_fd. Never returns. */
-static void __attribute__((noreturn)) check_exec(const struct monitor *m, char **argv, int err_fd) {
+/* In the child: `exe ARGS --check` with no privilege, its standard error
+ * into say_fd (a pipe: why it would not start) and its output discarded;
+ * why execv() failed, if it does, goes to err_fd. Never returns. */
+static void __attribute__((noreturn)) check_exec(const struct monitor *m, char **argv, int err_fd, int say_fd) {
         sigset_t none;
         int devnull = open("/dev/null", O_RDWR | O_CLOEXEC), e;
 
         err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
         if (devnull < 0 || err_fd < 0 || dup2(devnull, STDIN_FILENO) < 0 || dup2(devnull, STDOUT_FILENO) < 0 ||
-            dup2(devnull, STDERR_FILENO) < 0 || setsid() < 0)
+            dup2(say_fd, STDERR_FILENO) < 0 || setsid() < 0)
                 _exit(127);
         close_range(err_fd + 1, ~0U, 0);
         sigemptyset(&none);
@@ -62,13 +64,37 @@ static void __attribute__((noreturn)) check_exec(const struct monitor *m, char *
         _exit(127);
 }
 
+/* The last line of what the check said on say_fd (at most CHECK_SAYS_MAX
+ * bytes read, nothing waited for), without "brokerd: " and with control
+ * characters made '?', into buf; "" when it said nothing. */
+static void check_said(int say_fd, char *buf, size_t size) {
+        char text[CHECK_SAYS_MAX + 1], *line, *end;
+        ssize_t n = read(say_fd, text, CHECK_SAYS_MAX);
+
+        buf[0] = '\0';
+        if (n <= 0)
+                return;
+        text[n] = '\0';
+        for (end = text + strlen(text); end > text && (end[-1] == '\n' || end[-1] == '\r'); end--)
+                *(end - 1) = '\0';
+        line = strrchr(text, '\n');
+        line = line ? line + 1 : text;
+        if (strncmp(line, "brokerd: ", 9) == 0)
+                line += 9;
+        for (char *p = line; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        *p = '?';
+        snprintf(buf, size, "%s", line);
+}
+
 int reexec_check(struct monitor *m, char *why, size_t size) {
         const char *exe = m->opt.exe_path;
         char *const *args = m->opt.argv;
         struct pollfd pfd = { .events = POLLIN };
         size_t n = 0;
         char **argv;
-        int status = 0, r = 0, pipefd[2], e = 0;
+        int status = 0, r = 0, pipefd[2], saypipe[2] = { -1, -1 }, e = 0;
+        char said[CHECK_SAYS_MAX + 1];
         pid_t pid;
 
         while (args[n])
@@ -82,26 +108,31 @@ int reexec_check(struct monitor *m, char *why, size_t size) {
         for (size_t i = 1; i < n; i++)
                 argv[i] = args[i];
         argv[n > 0 ? n : 1] = (char *) "--check";
-        if (pipe2(pipefd, O_CLOEXEC) < 0) {
-                free(argv);
+        if (pipe2(pipefd, O_CLOEXEC) < 0 || pipe2(saypipe, O_CLOEXEC | O_NONBLOCK) < 0) {
                 r = -errno;
+                free(argv);
+                safe_close(pipefd[0]);
+                safe_close(pipefd[1]);
                 snprintf(why, size, "cannot run %s: %s", exe, strerror(-r));
                 return r;
         }
         pid = fork();
         if (pid == 0)
-                check_exec(m, argv, pipefd[1]);
+                check_exec(m, argv, pipefd[1], saypipe[1]);
         free(argv);
         safe_close(pipefd[1]);
+        safe_close(saypipe[1]);
         if (pid < 0) {
                 r = -errno;
                 safe_close(pipefd[0]);
+                safe_close(saypipe[0]);
                 snprintf(why, size, "cannot run %s: %s", exe, strerror(-r));
                 return r;
         }
         /* EOF once it executed; an errno when it could not. */
         if (read(pipefd[0], &e, sizeof(e)) == sizeof(e) && e > 0) {
                 safe_close(pipefd[0]);
+                safe_close(saypipe[0]);
                 while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                         ;
                 snprintf(why, size, "cannot run %s: %s", exe, strerror(e));
@@ -118,12 +149,14 @@ int reexec_check(struct monitor *m, char *why, size_t size) {
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                 ;
         if (r == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
-                snprintf(why, size, "%s --check failed (%s %d): it would not start with these arguments "
-                         "and database", exe,
+                check_said(saypipe[0], said, sizeof(said));
+                snprintf(why, size, "%s --check failed (%s %d): %s", exe,
                          WIFEXITED(status) ? "exit status" : "signal",
-                         WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+                         WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status),
+                         said[0] ? said : "it would not start with these arguments and database");
                 r = -ENOEXEC;
         }
+        safe_close(saypipe[0]);
         return r;
 }
 

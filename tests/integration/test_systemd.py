@@ -809,3 +809,33 @@ def test_a_unit_rule_for_a_template_instance_is_for_that_instance_alone(pid1):
     assert pid1.prop("web-test@2.service", "ExecMainStatus") == "1"
     pid = pid1.prop("web-test@2.service", "ExecMainPID")
     assert f"pid={pid}: {DENIED} in unit web-test@2.service get tcp:[::]:{PORT}" in pid1.log(), pid1.diagnostics()
+
+
+def test_the_policy_directory_under_systemd(pid1):
+    """The unit as installed reads the policy directory make install made
+    (SYSCONFDIR/portbroker/policy.d): a reservation is made before READY=1,
+    whoever asks first; `systemctl reload` applies the files' changes; a
+    file with a mistake makes the reload fail and changes nothing, the
+    running brokerd serving on."""
+    d = Path(f"/proc/{pid1.pid}/root{PREFIX}/etc/portbroker/policy.d")
+    assert d.is_dir() and not any(d.iterdir())        # made empty, the admin's to fill
+    (d / "50-test.conf").write_text(f"tcp:0.0.0.0:{PORT} user {U1} reserve\n")
+    pid1.wait_state("portbrokerd.socket", "active")
+    pid1.systemctl("start", "portbrokerd.service", check=True)      # Type=notify: returns at READY=1
+    leases = json.loads(pid1.run(PORTCTL, "status", "--json").stdout)
+    assert [(l["endpoint"], l["owner_uid"], l["handouts"]) for l in leases] == [(f"tcp:0.0.0.0:{PORT}", U1, 0)]
+    main = pid1.prop("portbrokerd.service", "MainPID")
+
+    (d / "50-test.conf").write_text(f"tcp:0.0.0.0:{PORT + 1} user {U1} reserve\n")
+    pid1.systemctl("reload", "portbrokerd.service", check=True)
+    rules = json.loads(pid1.run(PORTCTL, "policy", "list", "--json").stdout)
+    assert [(r["pattern"], r["source"]) for r in rules] == [(f"tcp:0.0.0.0:{PORT + 1}", "50-test.conf")], rules
+    leases = json.loads(pid1.run(PORTCTL, "status", "--json").stdout)
+    assert sorted(l["endpoint"] for l in leases) == [f"tcp:0.0.0.0:{PORT}", f"tcp:0.0.0.0:{PORT + 1}"]
+
+    (d / "60-typo.conf").write_text(f"tcp:{PORT + 2} usr {U1}\n")
+    assert pid1.systemctl("reload", "portbrokerd.service").returncode != 0
+    assert pid1.prop("portbrokerd.service", "MainPID") == main
+    assert pid1.prop("portbrokerd.service", "ActiveState") == "active"
+    assert json.loads(pid1.run(PORTCTL, "policy", "list", "--json").stdout) == rules
+    assert "60-typo.conf:1: expected user, group or unit" in pid1.log(), pid1.diagnostics()
