@@ -257,7 +257,7 @@ void mm_status(struct broker *b);
  * Returns 0, or -errno with why. */
 int mm_reexec_check(struct broker *b, char *why, size_t size);
 
-/* Hands every open connection to the monitor (request id to be answered
+/* Hands every open connection but an importer's to the monitor (request id to be answered
  * on asker's by the new image), then has it execute brokerd again; the
  * worker then stops. */
 void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id);

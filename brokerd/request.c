@@ -682,6 +682,14 @@ static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_ms
                 proto_set_error(reply, 0, EINVAL, "REEXEC needs a request id other than 0");
                 return;
         }
+        /* An import lives in this worker only, and the new image would
+         * serve its carried connection's next POLICY_ADDs one at a time:
+         * the importer finishes first (another's import is cut, below). */
+        if (b->import.conn == c) {
+                proto_set_error(reply, req->hdr.id, EBUSY, "this connection has an import open: commit it or "
+                                "close the connection first");
+                return;
+        }
         /* The audit trail first (no event is lost across exec()): once the
          * binary passed its check, nothing stops the re-execution. */
         broker_audit(b, "reexec", &c->peer, NULL, b->opt.exe_path);
