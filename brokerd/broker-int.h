@@ -135,6 +135,11 @@ int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet
 /* reservation_make() for every rule. Returns true when one found its port busy. */
 bool reservations_make(struct broker *b, bool quiet);
 
+/* After another uid's lease of gone ended: the reservations it kept out
+ * (reservation_make() refuses a port another uid leases, with no retry)
+ * are made now, before anyone else takes the port. */
+void reservations_after_release(struct broker *b, const struct pb_endpoint *gone, uid_t gone_owner);
+
 /* --- ruleset.c --- */
 
 /* Makes the rules of scope say what want (n rules) says, as policy_plan()

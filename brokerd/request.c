@@ -281,6 +281,8 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         struct log_fields f = broker_peer_fields(p, endpoint_format(e, text), e);
         struct store_event ev = { .event = "release", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_table_find(&b->leases, e);
+        struct pb_endpoint gone;
+        uid_t gone_owner;
         int r;
 
         if (!l) {
@@ -303,7 +305,10 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         lease_table_remove(&b->leases, l);
         mm_release(b, l->id);
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
-        lease_free(l);
+        gone = l->endpoint;
+        gone_owner = l->owner_uid;
+        lease_free(l);          /* closes our copy: the port is free for a reservation it kept out */
+        reservations_after_release(b, &gone, gone_owner);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;
         broker_notify_status(b);
 }

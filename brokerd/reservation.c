@@ -85,3 +85,16 @@ bool reservations_make(struct broker *b, bool quiet) {
                 busy |= reservation_make(b, &b->policy.rules[i], quiet) == -EADDRINUSE;
         return busy;
 }
+
+void reservations_after_release(struct broker *b, const struct pb_endpoint *gone, uid_t gone_owner) {
+        for (size_t i = 0; i < b->policy.n_rules; i++) {
+                const struct store_rule *rule = &b->policy.rules[i];
+
+                /* The owner's own reservation released stays released (until
+                 * the next start or change of rules); only those the lease
+                 * kept out, as lease_table_conflicting() finds, are made. */
+                if ((rule->attrs.flags & PB_RULE_RESERVE) && reservation_owner(rule) != gone_owner &&
+                    (endpoint_overlaps(&rule->pattern, gone) || endpoint_splits_clients(&rule->pattern, gone)))
+                        (void) reservation_make(b, rule, false);
+        }
+}

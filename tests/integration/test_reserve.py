@@ -114,6 +114,23 @@ def test_a_reservation_never_takes_another_uids_lease(broker):
     assert f"held by uid {U2}" in r.stderr, r
 
 
+@pytest.mark.expect_log(r"event=reserve .*cannot reserve tcp:\[::\]:8080 for uid 4242: uid 4343 holds")
+def test_a_reservation_kept_out_by_another_uids_lease_is_made_once_it_goes(broker):
+    """The waiting reservation is made when that lease is released, before
+    its old owner (or anyone) takes the port again; an owner releasing its
+    own reservation is not given it back."""
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U2)
+    broker.portctl("get", str(PORT), uid=U2)
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--group", G1, "--reserve", "--owner", U1)
+    assert leases(broker) == {f"tcp:[::]:{PORT}": (U2, 1)}
+    broker.portctl("release", str(PORT), uid=U2)
+    assert leases(broker) == {f"tcp:[::]:{PORT}": (U1, 0)}
+    r = broker.portctl("get", str(PORT), uid=U2, check=1)
+    assert f"held by uid {U1}" in r.stderr, r
+    broker.portctl("release", str(PORT), uid=U1)
+    assert leases(broker) == {}
+
+
 @pytest.mark.parametrize("args,says", [
     (("tcp:8000-8099", "--user", U1, "--reserve"), "a reservation is of one endpoint"),
     (("tcp:80", "--group", G1, "--reserve"), "needs --owner USER"),
