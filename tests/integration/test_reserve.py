@@ -89,6 +89,22 @@ def test_a_busy_port_is_reserved_once_it_is_free(make_broker, policy_dir):
     assert try_bind(PORT) != 0
 
 
+def test_a_released_reservation_stays_released_while_another_is_retried(make_broker, policy_dir):
+    """Only a reservation whose port was busy is tried again: one its owner
+    released is not made again by that retry (only at the next start)."""
+    write_file(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\ntcp:9090 user {U2} reserve\n")
+    squatter = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    squatter.bind(("::", 9090))
+    squatter.listen(1)
+    b = make_broker("--policy-dir", policy_dir, "--no-guard")
+    assert leases(b) == {f"tcp:[::]:{PORT}": (U1, 0)}
+    b.portctl("release", str(PORT), uid=U1)
+    b.wait_event("release")
+    squatter.close()
+    wait_for(lambda: leases(b) == {"tcp:[::]:9090": (U2, 0)}, 10, "the busy reservation once its port is free")
+    assert leases(b) == {"tcp:[::]:9090": (U2, 0)}
+
+
 def test_a_reservation_added_is_made_at_once_and_again_at_start(broker):
     """`policy add --reserve` takes the port now; a reservation released by
     an admin is made again at the next start."""
