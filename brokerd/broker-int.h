@@ -33,6 +33,9 @@ struct broker {
         bool reexecuting;               /* our connections went to the monitor, which executes brokerd again */
         bool serving;                   /* start-up is over (its reservations made): a change of
                                          * rules makes its own at once */
+        uint64_t *busy_reservations;    /* ids of the rules whose reservation found its port busy:
+                                         * the only ones retried (reservation.c) */
+        size_t n_busy_reservations, cap_busy_reservations;
         struct policy_import {          /* an admin's import (POLICY_BEGIN), at most one at a time */
                 const struct conn *conn; /* whose, NULL: none */
                 bool replace;           /* PB_POLICY_REPLACE */
@@ -134,6 +137,15 @@ int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet
 
 /* reservation_make() for every rule. Returns true when one found its port busy. */
 bool reservations_make(struct broker *b, bool quiet);
+
+/* reservation_make() again, quietly, for the rules whose reservation found
+ * its port busy, and no others. Returns true when one still does. */
+bool reservations_retry(struct broker *b);
+
+/* After another uid's lease of gone ended: the reservations it kept out
+ * (reservation_make() refuses a port another uid leases, with no retry)
+ * are made now, before anyone else takes the port. */
+void reservations_after_release(struct broker *b, const struct pb_endpoint *gone, uid_t gone_owner);
 
 /* --- ruleset.c --- */
 
@@ -257,7 +269,7 @@ void mm_status(struct broker *b);
  * Returns 0, or -errno with why. */
 int mm_reexec_check(struct broker *b, char *why, size_t size);
 
-/* Hands every open connection to the monitor (request id to be answered
+/* Hands every open connection but an importer's to the monitor (request id to be answered
  * on asker's by the new image), then has it execute brokerd again; the
  * worker then stops. */
 void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id);

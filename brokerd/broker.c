@@ -300,7 +300,7 @@ static int on_rebind(sd_event_source *s, uint64_t usec, void *userdata) {
                 if (l->sock_fd < 0 && broker_rebind_lease(b, l) < 0)
                         pending = true;
         }
-        pending |= reservations_make(b, true);
+        pending |= reservations_retry(b);
         if (pending)
                 broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
         return 0;
@@ -555,6 +555,7 @@ void broker_free(struct broker *b) {
         b->checkpoint_source = sd_event_source_disable_unref(b->checkpoint_source);
         store_close(b->store);
         free(b->import.rules);
+        free(b->busy_reservations);
         policy_done(&b->policy);
         sd_event_unref(b->event);
         free(b);

@@ -265,6 +265,11 @@ void mm_reexec(struct broker *b, const struct conn *asker, uint32_t id) {
         int fd;
 
         for (const struct conn *c = b->conns; c; c = c->next) {
+                /* Not an importer's: its import dies with this worker, and
+                 * the new image would apply the rest of it rule by rule.
+                 * Closed (when this worker exits), its import fails whole. */
+                if (c == b->import.conn)
+                        continue;
                 privsep_peer_to_wire(&c->peer, c == asker ? id : 0, &m.peer);
                 send_request(b, &m, c->sock_fd);
         }

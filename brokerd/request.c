@@ -281,6 +281,8 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         struct log_fields f = broker_peer_fields(p, endpoint_format(e, text), e);
         struct store_event ev = { .event = "release", .uid = p->uid, .pid = p->pid, .endpoint = text };
         struct lease *l = lease_table_find(&b->leases, e);
+        struct pb_endpoint gone;
+        uid_t gone_owner;
         int r;
 
         if (!l) {
@@ -303,7 +305,10 @@ static void handle_release(struct conn *c, const struct pb_msg *req, struct pb_m
         lease_table_remove(&b->leases, l);
         mm_release(b, l->id);
         log_event(LOG_INFO, "release", &f, "lease %llu released", (unsigned long long) l->id);
-        lease_free(l);
+        gone = l->endpoint;
+        gone_owner = l->owner_uid;
+        lease_free(l);          /* closes our copy: the port is free for a reservation it kept out */
+        reservations_after_release(b, &gone, gone_owner);
         reply->hdr.type = PB_MSG_RELEASE | PB_MSG_REPLY;
         broker_notify_status(b);
 }
@@ -680,6 +685,14 @@ static void handle_reexec(struct conn *c, const struct pb_msg *req, struct pb_ms
          * on the way there (privsep.h): refused, rather than never answered. */
         if (req->hdr.id == 0) {
                 proto_set_error(reply, 0, EINVAL, "REEXEC needs a request id other than 0");
+                return;
+        }
+        /* An import lives in this worker only, and the new image would
+         * serve its carried connection's next POLICY_ADDs one at a time:
+         * the importer finishes first (another's import is cut, below). */
+        if (b->import.conn == c) {
+                proto_set_error(reply, req->hdr.id, EBUSY, "this connection has an import open: commit it or "
+                                "close the connection first");
                 return;
         }
         /* The audit trail first (no event is lost across exec()): once the

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 uid_t reservation_owner(const struct store_rule *rule) {
@@ -33,6 +34,28 @@ static void failed(struct broker *b, const struct store_rule *rule, const char *
                   text, (unsigned) reservation_owner(rule), why);
         snprintf(detail, sizeof(detail), "rule %llu: %s", (unsigned long long) rule->id, why);
         broker_audit(b, "reserve-failed", NULL, text, detail);
+}
+
+/* Notes that rule id's reservation found its port busy, to be tried again.
+ * Only these are: a reservation its owner (or an admin) released stays
+ * released until the next start or change of rules, whatever else is
+ * retried meanwhile. */
+static void retry_later(struct broker *b, uint64_t id) {
+        for (size_t i = 0; i < b->n_busy_reservations; i++)
+                if (b->busy_reservations[i] == id)
+                        goto arm;
+        if (b->n_busy_reservations == b->cap_busy_reservations) {
+                size_t cap = b->cap_busy_reservations ? b->cap_busy_reservations * 2 : 16;
+                uint64_t *ids = realloc(b->busy_reservations, cap * sizeof(*ids));
+
+                if (!ids)
+                        return;         /* made at the next start or change of rules */
+                b->busy_reservations = ids;
+                b->cap_busy_reservations = cap;
+        }
+        b->busy_reservations[b->n_busy_reservations++] = id;
+arm:
+        broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
 }
 
 int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet) {
@@ -66,7 +89,7 @@ int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet
         r = broker_lease_create(b, e, owner, rule, &who, &made, why, sizeof(why));
         if (r < 0) {
                 if (r == -EADDRINUSE)   /* whatever holds the port may let go: tried again */
-                        broker_arm_oneshot(b, b->rebind_source, BROKER_REBIND_RETRY_USEC);
+                        retry_later(b, rule->id);
                 if (!quiet)
                         failed(b, rule, text, r == -EADDRINUSE ? LOG_WARNING : LOG_ERR, why);
                 return r;
@@ -84,4 +107,34 @@ bool reservations_make(struct broker *b, bool quiet) {
         for (size_t i = 0; i < b->policy.n_rules; i++)
                 busy |= reservation_make(b, &b->policy.rules[i], quiet) == -EADDRINUSE;
         return busy;
+}
+
+bool reservations_retry(struct broker *b) {
+        uint64_t *ids = b->busy_reservations;
+        size_t n = b->n_busy_reservations;
+
+        /* Taken out: those still busy are noted again by reservation_make(). */
+        b->busy_reservations = NULL;
+        b->n_busy_reservations = b->cap_busy_reservations = 0;
+        for (size_t i = 0; i < n; i++) {
+                const struct store_rule *rule = policy_get(&b->policy, ids[i]);
+
+                if (rule)       /* a rule removed since has no reservation to wait for */
+                        (void) reservation_make(b, rule, true);
+        }
+        free(ids);
+        return b->n_busy_reservations > 0;
+}
+
+void reservations_after_release(struct broker *b, const struct pb_endpoint *gone, uid_t gone_owner) {
+        for (size_t i = 0; i < b->policy.n_rules; i++) {
+                const struct store_rule *rule = &b->policy.rules[i];
+
+                /* The owner's own reservation released stays released (until
+                 * the next start or change of rules); only those the lease
+                 * kept out, as lease_table_conflicting() finds, are made. */
+                if ((rule->attrs.flags & PB_RULE_RESERVE) && reservation_owner(rule) != gone_owner &&
+                    (endpoint_overlaps(&rule->pattern, gone) || endpoint_splits_clients(&rule->pattern, gone)))
+                        (void) reservation_make(b, rule, false);
+        }
 }

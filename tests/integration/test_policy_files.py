@@ -283,3 +283,25 @@ def test_the_documented_policy_file(make_broker, policy_dir, workdir):
         b.portctl("get", "8100", uid=bob)
         r = b.portctl("policy", "import", "--check", "--replace", policy_dir / "50-host.conf")
         assert r.stdout.startswith("0 to add, 0 to change, 0 to remove, 10 unchanged"), r
+
+
+@pytest.mark.skipif(bool(VALGRIND), reason="re-execution under valgrind is not supported")
+def test_a_reexec_never_turns_an_open_import_into_single_adds(broker):
+    """The import lives in the worker that a re-exec replaces, while its
+    connection is carried over: the importer's next POLICY_ADD must not be
+    applied on its own (nor its commit find no import), so that connection
+    is closed instead of carried; an importer's own REEXEC is refused."""
+    a = raw_v6(broker)
+    assert ask(a, POLICY_BEGIN, b"\x00")[0] == POLICY_BEGIN | REPLY
+    assert ask(a, POLICY_ADD, add_body(U1, 8000))[0] == POLICY_ADD | REPLY
+    t, data = ask(a, 7, mid=9)                                             # REEXEC on the importer's connection
+    assert t == ERROR and struct.unpack("!i", data[16:20])[0] == 16, data  # EBUSY
+    broker.portctl("admin", "reexec")                                      # another admin's reload
+    try:
+        a.send(msg(POLICY_ADD, add_body(U1, 8001), version=6, mid=2))
+        got = a.recv(4096)
+    except OSError:
+        got = b""
+    assert got == b"", got                                                  # closed: the import is gone
+    a.close()
+    assert broker.portctl("policy", "list", json=True).json == []

@@ -89,6 +89,22 @@ def test_a_busy_port_is_reserved_once_it_is_free(make_broker, policy_dir):
     assert try_bind(PORT) != 0
 
 
+def test_a_released_reservation_stays_released_while_another_is_retried(make_broker, policy_dir):
+    """Only a reservation whose port was busy is tried again: one its owner
+    released is not made again by that retry (only at the next start)."""
+    write_file(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\ntcp:9090 user {U2} reserve\n")
+    squatter = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    squatter.bind(("::", 9090))
+    squatter.listen(1)
+    b = make_broker("--policy-dir", policy_dir, "--no-guard")
+    assert leases(b) == {f"tcp:[::]:{PORT}": (U1, 0)}
+    b.portctl("release", str(PORT), uid=U1)
+    b.wait_event("release")
+    squatter.close()
+    wait_for(lambda: leases(b) == {"tcp:[::]:9090": (U2, 0)}, 10, "the busy reservation once its port is free")
+    assert leases(b) == {"tcp:[::]:9090": (U2, 0)}
+
+
 def test_a_reservation_added_is_made_at_once_and_again_at_start(broker):
     """`policy add --reserve` takes the port now; a reservation released by
     an admin is made again at the next start."""
@@ -112,6 +128,23 @@ def test_a_reservation_never_takes_another_uids_lease(broker):
     assert leases(broker) == {f"tcp:[::]:{PORT}": (U2, 1)}
     r = broker.portctl("get", str(PORT), uid=U1, groups=[G1], check=1)
     assert f"held by uid {U2}" in r.stderr, r
+
+
+@pytest.mark.expect_log(r"event=reserve .*cannot reserve tcp:\[::\]:8080 for uid 4242: uid 4343 holds")
+def test_a_reservation_kept_out_by_another_uids_lease_is_made_once_it_goes(broker):
+    """The waiting reservation is made when that lease is released, before
+    its old owner (or anyone) takes the port again; an owner releasing its
+    own reservation is not given it back."""
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--user", U2)
+    broker.portctl("get", str(PORT), uid=U2)
+    broker.portctl("policy", "add", f"tcp:{PORT}", "--group", G1, "--reserve", "--owner", U1)
+    assert leases(broker) == {f"tcp:[::]:{PORT}": (U2, 1)}
+    broker.portctl("release", str(PORT), uid=U2)
+    assert leases(broker) == {f"tcp:[::]:{PORT}": (U1, 0)}
+    r = broker.portctl("get", str(PORT), uid=U2, check=1)
+    assert f"held by uid {U1}" in r.stderr, r
+    broker.portctl("release", str(PORT), uid=U1)
+    assert leases(broker) == {}
 
 
 @pytest.mark.parametrize("args,says", [
