@@ -85,8 +85,9 @@ static int read_file(int dir_fd, const char *dir, const char *name, uid_t self, 
                 return policyfile_fail(why, size, EINVAL, "%s/%s: a rules file's name is at most %d letters, digits and %s",
                             dir, name, PB_RULE_SOURCE_MAX, PB_UNIX_PATH_CHARS);
         fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0)
-                return policyfile_fail(why, size, errno, "%s/%s: cannot open: %s", dir, name, strerror(errno));
+        if (fd < 0)     /* the worker reads it, as its own unprivileged user */
+                return policyfile_fail(why, size, errno, "%s/%s: cannot open: %s%s", dir, name, strerror(errno),
+                                       errno == EACCES ? " (brokerd's unprivileged worker reads it: mode 0644)" : "");
         if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || !trusted(&st, self)) {
                 safe_close(fd);
                 return policyfile_fail(why, size, EPERM, "%s/%s must be a plain file owned by root (or uid %u) and not "

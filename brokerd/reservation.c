@@ -78,6 +78,17 @@ int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet
                         failed(b, rule, text, LOG_WARNING, why);
                 return -EBUSY;
         }
+        /* One of the owner's own on another address of the port (tcp:[::]:P
+         * beside tcp:0.0.0.0:P): no bind can succeed until its owner picks
+         * one, so this is said once, not retried. */
+        other = lease_table_overlapping(&b->leases, e);
+        if (other) {
+                snprintf(why, sizeof(why), "its own lease %s holds the port: release that one first",
+                         endpoint_format(&other->endpoint, other_text));
+                if (!quiet)
+                        failed(b, rule, text, LOG_WARNING, why);
+                return -EBUSY;
+        }
         if (b->leases.n >= b->opt.max_leases) {
                 snprintf(why, sizeof(why), "brokerd holds %u leases, the most allowed (--max-leases)",
                          b->opt.max_leases);

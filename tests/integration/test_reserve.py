@@ -157,3 +157,14 @@ def test_what_cannot_be_reserved(broker, args, says):
     r = broker.portctl("policy", "add", *args, check=False)
     assert r.returncode in (1, 2) and says in r.stderr, r
     assert broker.portctl("policy", "list", json=True).json == []
+
+
+@pytest.mark.expect_log(r"event=reserve .*its own lease tcp:\[::\]:8080 holds the port")
+def test_two_reservations_of_one_port_for_one_owner(make_broker, policy_dir):
+    """Two reservations that overlap (the dual-stack wildcard and 0.0.0.0)
+    for one owner: the first is made, the second says which lease is in
+    its way and is not retried (no bind could succeed)."""
+    write_file(policy_dir / "web.conf", f"tcp:{PORT} user {U1} reserve\ntcp:0.0.0.0:{PORT} user {U1} reserve\n")
+    b = make_broker("--policy-dir", policy_dir)
+    assert leases(b) == {f"tcp:[::]:{PORT}": (U1, 0)}
+    assert len([l for l in b.events("reserve") if "its own lease" in l]) == 1
