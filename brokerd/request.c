@@ -456,7 +456,10 @@ static void handle_policy_add(struct conn *c, const struct pb_msg *req, struct p
                 proto_set_error(reply, req->hdr.id, ENOSPC, "too many rules (at most %d)", POLICY_RULES_MAX);
                 return;
         }
-        r = store_rule_add(b->store, &rule, &ev);
+        /* Room first: once the store has the rule, memory must take it too. */
+        r = policy_reserve(&b->policy, 1);
+        if (r >= 0)
+                r = store_rule_add(b->store, &rule, &ev);
         if (r >= 0)
                 r = policy_add(&b->policy, &rule);
         if (r < 0) {
