@@ -453,7 +453,9 @@ int store_lease_set_file(struct store *s, uint64_t id, const struct lease_unix *
         sqlite3_bind_int64(st, 2, (sqlite3_int64) ux->file.ino);
         sqlite3_bind_int64(st, 3, (sqlite3_int64) ux->file.born);
         sqlite3_bind_int64(st, 4, (sqlite3_int64) id);
-        r = run(s, ST_LEASE_SET_FILE);
+        r = write_pending(s);           /* the commit empties the queue (tx_end()) */
+        if (r >= 0)
+                r = run(s, ST_LEASE_SET_FILE);
         return tx_end(s, r);
 }
 

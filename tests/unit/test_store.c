@@ -142,7 +142,12 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         r.perm = (struct pb_socket_perm) { .gid = 33, .mode = 0660 };
         assert_int_equal(store_rule_add(s, &r, &ev), 0);
         ux.file = (struct unix_file) { .dev = 2050, .ino = 78, .born = 1796000000123456789 };
+        /* An event queued before (the replacement that made the new file) is written with it. */
+        ev.event = "replace";
+        assert_int_equal(store_event_queue(s, &ev), 0);
         assert_int_equal(store_lease_set_file(s, l.id, &ux), 0);
+        assert_int_equal(store_pending(s), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='replace'"), 1);
         store_close(s);
 
         s = open_ok();
