@@ -16,16 +16,20 @@
 
 #include "endpoint.h"
 
-#define PB_PROTO_VERSION 5               /* the newest version spoken */
+#define PB_PROTO_VERSION 6               /* the newest version spoken */
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
 #define PB_PROTO_VERSION_UNIX 5         /* the first with Unix endpoints (unix:/path) */
+#define PB_PROTO_VERSION_LOG 6          /* the first with LOG, the audit trail */
 #define PB_SOCKET_MODE_DEFAULT 0600     /* a Unix socket's mode when the rule gives none */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
 #define PB_LIST_MAX 32                  /* most leases in one status reply */
 #define PB_RULES_MAX 12                 /* most rules in one policy list reply (fits 4 KiB) */
+#define PB_EVENTS_MAX 32                /* most audit events in one log reply (pages end early to fit 4 KiB) */
+#define PB_EVENT_KIND_MAX 23            /* longest event kind ("policy-remove") */
+#define PB_UID_NONE UINT32_MAX          /* an event with no peer uid (brokerd's own, an unidentified peer) */
 
 enum pb_msg_type {
         PB_MSG_GET = 1,
@@ -37,6 +41,7 @@ enum pb_msg_type {
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
         PB_MSG_CHECK = 9,               /* may the peer get an endpoint? nothing bound (since version 4) */
+        PB_MSG_LOG = 10,                /* audit events, newest first (since version 6) */
         PB_MSG_REPLY = 0x8000,          /* flag: reply to the request type in the low bits */
         PB_MSG_ERROR = 0xFFFF,          /* error reply to any request */
 };
@@ -124,6 +129,30 @@ struct pb_msg {
                                 uint64_t created;       /* unix seconds */
                         } rules[PB_RULES_MAX];
                 } rules;
+                struct {                        /* PB_MSG_LOG */
+                        uint64_t before_id;     /* events with id < before_id; 0: from the newest */
+                        uint64_t since, until;  /* µs since the epoch, inclusive; 0: no bound */
+                        uint8_t limit;          /* most entries in the reply, <= PB_EVENTS_MAX; 0: as many as fit */
+                        uint8_t has_uid;        /* 0: any uid's (an admin's request) */
+                        uint32_t uid;
+                        uint8_t has_endpoint;   /* 0: any endpoint */
+                        struct pb_endpoint endpoint; /* a pattern: its text as an endpoint and as a pattern match */
+                        char event[PB_EVENT_KIND_MAX + 1]; /* a kind (proto_event_kinds), "" any */
+                } log;
+                struct pb_event_list {          /* PB_MSG_LOG | PB_MSG_REPLY */
+                        uint8_t count;
+                        uint8_t more;           /* 1: ask again with before_id = next_id */
+                        uint64_t next_id;       /* more = 1: below the request's before_id; else 0 */
+                        struct pb_event_entry {
+                                uint64_t id;            /* descending within a page */
+                                uint64_t time;          /* µs since the epoch */
+                                uint32_t uid;           /* the peer's, PB_UID_NONE: none */
+                                uint32_t pid;           /* the peer's, 0: none */
+                                char event[PB_EVENT_KIND_MAX + 1];     /* its kind, never "" */
+                                char endpoint[PB_ENDPOINT_STRLEN];      /* endpoint or pattern text, "" none */
+                                char detail[PB_TEXT_MAX + 1];           /* e.g. why a denial, "" none */
+                        } events[PB_EVENTS_MAX];
+                } events;
                 struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */
                         uint32_t pid;           /* brokerd's pid (the same before and after) */
                         char version[PB_TEXT_MAX + 1]; /* the new image's version */
@@ -177,3 +206,15 @@ uint16_t proto_endpoint_version(const struct pb_endpoint *e);
 
 /* Validates a principal (kind known, unit name well-formed). Returns 0 or -EINVAL. */
 int proto_principal_validate(const struct pb_principal *p);
+
+/* The kinds of audit event brokerd records, NULL-terminated: what a LOG
+ * request may ask for. */
+extern const char *const proto_event_kinds[];
+
+/* Whether s is one of proto_event_kinds. */
+bool proto_event_kind_known(const char *s);
+
+/* Copies src into dst (size bytes, at least 1) as a text field may carry
+ * it: cut to fit, each control character (and DEL) replaced with '?'.
+ * Returns dst. */
+char *proto_text_copy(char *dst, size_t size, const char *src);

@@ -32,6 +32,10 @@
 #include "sockopt.h"
 
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *) NULL)->sun_path))
+/* The version lists are asked in: the newest that lists more (brokerd lists
+ * what a version can say: IPv6-only wildcards from 4 on, Unix endpoints
+ * from 5 on). A newer one would only cost an older brokerd's refusal. */
+#define LIST_VERSION PB_PROTO_VERSION_UNIX
 
 struct pb_conn {
         pthread_mutex_t lock;           /* serializes requests on this connection */
@@ -619,8 +623,7 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
         x = exchange_new(PB_MSG_STATUS, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say (IPv6-only wildcards
-                                                 * from 4 on, Unix endpoints from 5 on) */
+        x->req.hdr.version = LIST_VERSION;
         if (endpoint) {
                 r = parse_endpoint(endpoint, &x->req.status.endpoint, err);
                 if (r < 0)
@@ -759,7 +762,7 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         x = exchange_new(PB_MSG_POLICY_LIST, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say */
+        x->req.hdr.version = LIST_VERSION;
 
         for (;;) {
                 unsigned count;

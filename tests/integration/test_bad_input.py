@@ -73,7 +73,7 @@ BAD = {
     "get-body-too-long": msg(GET, endpoint(8080) + b"x"),
     "version-0": msg(STATUS, STATUS_BODY, version=0),
     "version-1": msg(STATUS, STATUS_BODY, version=1),
-    "version-6": msg(STATUS, STATUS_BODY, version=6),
+    "version-7": msg(STATUS, STATUS_BODY, version=7),
     "info-in-version-2": msg(8, version=2),            # INFO came with version 3
     "check-in-version-3": msg(9, bytes(24), version=3),    # CHECK came with version 4
     "v6only-wildcard-in-version-3":                        # so did the IPv6-only wildcard [::]
