@@ -129,6 +129,18 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
+int broker_flush(struct broker *b) {
+        int r;
+
+        /* Nothing queued, nothing written: the idle checkpoint stays due. */
+        if (store_pending(b->store) == 0)
+                return 0;
+        r = store_flush(b->store);
+        if (r >= 0)
+                schedule_checkpoint(b);
+        return r;
+}
+
 /* --- leases bound again ----------------------------------------------------- */
 
 int broker_lease_bound(struct broker *b, struct lease *l) {

@@ -8,6 +8,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,8 @@ enum stmt {
         ST_LEASES,
         ST_EVENT_ADD,
         ST_EVENT_PRUNE,
+        ST_EVENT_BOUNDS,
+        ST_EVENT_PAGE,
         ST_CHECKPOINT,
         ST_RESERVED_ADD,
         ST_RESERVED_REMOVE,
@@ -73,6 +76,14 @@ static const char *const stmt_sql[_ST_MAX] = {
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
         [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+        [ST_EVENT_BOUNDS] = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)",
+        /* One window of ids, walked down the rowid: bounded work whatever
+         * the filters (the + keeps SQLite off the time index, which would
+         * read every event in the time range and sort them). */
+        [ST_EVENT_PAGE] = "SELECT id, time_us, event, peer_uid, peer_pid, endpoint, detail FROM events "
+                          "WHERE id >= ?1 AND id < ?2 AND +time_us BETWEEN ?3 AND ?4 "
+                          "AND (?5 IS NULL OR peer_uid = ?5) AND (?6 IS NULL OR endpoint IN (?6, ?7)) "
+                          "AND (?8 IS NULL OR event = ?8) ORDER BY id DESC LIMIT ?9",
         [ST_CHECKPOINT] = "PRAGMA wal_checkpoint(PASSIVE)",
         [ST_RESERVED_ADD] = "INSERT OR IGNORE INTO reserved_ports (port) VALUES (?)",
         [ST_RESERVED_REMOVE] = "DELETE FROM reserved_ports WHERE port = ?",
@@ -473,6 +484,103 @@ int store_lease_next_id(struct store *s, uint64_t *ret) {
 
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev) {
         return remove_by_id(s, ST_LEASE_REMOVE, id, ev);
+}
+
+/* Text column col, or NULL for SQL NULL. */
+static const char *column_text(sqlite3_stmt *st, int col) {
+        return (const char *) sqlite3_column_text(st, col);
+}
+
+/* An integer column that may be NULL: -1 for none. */
+static long column_id(sqlite3_stmt *st, int col) {
+        int64_t v = sqlite3_column_int64(st, col);
+
+        return sqlite3_column_type(st, col) == SQLITE_NULL || v < 0 || v > LONG_MAX ? -1 : (long) v;
+}
+
+/* The smallest and largest event id; 0 and 0 without events. */
+static int event_bounds(struct store *s, uint64_t *ret_min, uint64_t *ret_max) {
+        sqlite3_stmt *st = s->stmt[ST_EVENT_BOUNDS];
+        int rc = sqlite3_step(st), r = 0;
+
+        if (rc == SQLITE_ROW) {
+                *ret_min = (uint64_t) sqlite3_column_int64(st, 0);
+                *ret_max = (uint64_t) sqlite3_column_int64(st, 1);
+                if (*ret_min == 0 || *ret_max < *ret_min)
+                        *ret_min = *ret_max = 0;
+        } else
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+int store_events_page(struct store *s, const struct store_event_filter *f, unsigned limit,
+                      int (*fn)(const struct store_event_row *e, void *userdata), void *userdata,
+                      uint64_t *ret_next) {
+        sqlite3_stmt *st = s->stmt[ST_EVENT_PAGE];
+        uint64_t min = 0, max = 0, hi, lo, next, last = 0;
+        unsigned taken = 0;
+        int rc, r;
+
+        r = event_bounds(s, &min, &max);
+        if (r < 0)
+                return r;
+        hi = f->before_id && f->before_id <= max ? f->before_id : max + 1;     /* exclusive */
+        if (max == 0 || hi <= min) {
+                *ret_next = 0;
+                return 0;
+        }
+        lo = hi - min > STORE_LOG_SPAN ? hi - STORE_LOG_SPAN : min;
+        next = lo > min ? lo : 0;
+
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) lo);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) hi);
+        sqlite3_bind_int64(st, 3, f->since_us);
+        sqlite3_bind_int64(st, 4, f->until_us ? f->until_us : INT64_MAX);
+        if (f->uid >= 0)
+                sqlite3_bind_int64(st, 5, f->uid);
+        if (f->endpoint[0]) {
+                sqlite3_bind_text(st, 6, f->endpoint[0], -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 7, f->endpoint[1] ? f->endpoint[1] : f->endpoint[0], -1, SQLITE_STATIC);
+        }
+        if (f->event)
+                sqlite3_bind_text(st, 8, f->event, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 9, (sqlite3_int64) limit + 1);   /* one more: are there more? */
+
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *event = column_text(st, 2);
+                struct store_event_row row = {
+                        .id = (uint64_t) sqlite3_column_int64(st, 0),
+                        .time_us = sqlite3_column_int64(st, 1),
+                        .event = event ? event : "",
+                        .uid = column_id(st, 3),
+                        .pid = column_id(st, 4),
+                        .endpoint = column_text(st, 5),
+                        .detail = column_text(st, 6),
+                };
+
+                if (taken == limit) {           /* one more there: the next page starts below the last */
+                        next = last;
+                        break;
+                }
+                r = fn(&row, userdata);
+                if (r > 0 && taken == 0)
+                        r = -EMSGSIZE;          /* no page could ever hold it */
+                if (r > 0)
+                        next = row.id + 1;
+                if (r != 0)
+                        break;
+                last = row.id;
+                taken++;
+        }
+        if (r == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (r < 0)
+                return r;
+        *ret_next = next;
+        return 0;
 }
 
 /* Reads an endpoint blob column; a malformed one is corruption. */
