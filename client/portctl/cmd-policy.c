@@ -41,51 +41,25 @@ struct add_args {
         const char *socket_group, *socket_mode; /* Unix patterns only */
 };
 
-/* The slot of an option taking a value (--user, --group, --unit,
- * --socket-group, --socket-mode, maybe with =VALUE), its name's length in
- * *ret_len; NULL for any other argument. */
-static const char **option_slot(struct add_args *a, const char *opt, size_t *ret_len) {
-        static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode" };
-        const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode };
-
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-                size_t len = strlen(names[i]);
-
-                if (strncmp(opt, names[i], len) == 0 && (opt[len] == '=' || opt[len] == '\0')) {
-                        *ret_len = len;
-                        return slots[i];
-                }
-        }
-        return NULL;
-}
-
 static int parse_add_args(int argc, char **argv, struct add_args *ret) {
         struct add_args a = { 0 };
+        const struct cli_option opts[] = {
+                { "--user", &a.user }, { "--group", &a.group }, { "--unit", &a.unit },
+                { "--socket-group", &a.socket_group }, { "--socket-mode", &a.socket_mode },
+        };
 
         for (int i = 1; i < argc; i++) {
-                const char *opt = argv[i], *value, **slot;
-                size_t len;
+                int r = cli_take_option(argc, argv, &i, "policy add", opts, sizeof(opts) / sizeof(opts[0]));
 
-                slot = option_slot(&a, opt, &len);
-                if (!slot && opt[0] == '-' && opt[1])
-                        return cli_usage("policy add: unknown option '%s'", opt);
-                if (!slot && a.pattern)
-                        return cli_usage("policy add: one pattern at a time");
-                if (!slot) {
-                        a.pattern = opt;
+                if (r > 0)
+                        return r;
+                if (r == 0)
                         continue;
-                }
-                if (opt[len] == '=')
-                        value = opt + len + 1;
-                else if (i + 1 >= argc)
-                        return cli_usage("policy add: %s needs a value", opt);
-                else
-                        value = argv[++i];
-                if (*slot)
-                        return cli_usage("policy add: %.*s given twice", (int) len, opt);
-                if (!value[0])
-                        return cli_usage("policy add: %.*s needs a value", (int) len, opt);
-                *slot = value;
+                if (argv[i][0] == '-' && argv[i][1])
+                        return cli_usage("policy add: unknown option '%s'", argv[i]);
+                if (a.pattern)
+                        return cli_usage("policy add: one pattern at a time");
+                a.pattern = argv[i];
         }
         if (!a.pattern)
                 return cli_usage("policy add: no endpoint pattern given");

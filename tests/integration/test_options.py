@@ -111,6 +111,7 @@ OWN_OPTIONS = {
     "policy add": {"--user", "--group", "--unit", "--socket-group", "--socket-mode"}, "policy remove": set(),
     "policy list": set(), "policy export": set(),
     "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+    "log": {"--since", "--until", "--endpoint", "--uid", "--event", "--limit"},
 }
 NO_JSON = {"run", "upgrade", "policy export"}
 
