@@ -39,7 +39,8 @@ enum stmt {
         ST_LEASE_SET_FILE,
         ST_LEASES,
         ST_EVENT_ADD,
-        ST_EVENT_PRUNE,
+        ST_EVENT_PRUNE_ROWS,
+        ST_EVENT_PRUNE_AGE,
         ST_EVENT_BOUNDS,
         ST_EVENT_PAGE,
         ST_CHECKPOINT,
@@ -75,7 +76,12 @@ static const char *const stmt_sql[_ST_MAX] = {
                       "unix_mode, unix_dev, unix_ino, unix_born FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
-        [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+        /* Ids are the rowid (max + 1): the newest ?1 are above max - ?1. */
+        [ST_EVENT_PRUNE_ROWS] = "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                                "WHERE id <= (SELECT max(id) FROM events) - ?1 ORDER BY id LIMIT ?2)",
+        /* Walks events_time from the oldest: as many rows as it deletes. */
+        [ST_EVENT_PRUNE_AGE] = "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                               "WHERE time_us < ?1 ORDER BY time_us LIMIT ?2)",
         [ST_EVENT_BOUNDS] = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)",
         /* One window of ids, walked down the rowid: bounded work whatever
          * the filters (the + keeps SQLite off the time index, which would
@@ -186,6 +192,8 @@ struct store {
         } reserved[STORE_RESERVED_PENDING_MAX];
         unsigned n_reserved;
         unsigned since_prune;           /* events written since the last prune */
+        unsigned max_rows;              /* audit events kept, 0: no limit */
+        uint64_t max_age_sec;           /* their age, 0: no limit */
         int wal_pages;                  /* from the WAL hook */
 };
 
@@ -258,6 +266,32 @@ static void pending_fill(struct pending *p, const struct store_event *ev) {
         snprintf(p->detail, sizeof(p->detail), "%s", ev->detail ? ev->detail : "");
 }
 
+/* Inside a transaction: deletes at most budget events past the retention
+ * limits, the oldest by id past max_rows first, then those older than
+ * max_age_sec. Returns how many, or -errno. */
+static int prune(struct store *s, unsigned budget) {
+        int64_t deleted = 0;
+        int r;
+
+        if (s->max_rows && budget) {
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_ROWS], 1, s->max_rows);
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_ROWS], 2, budget);
+                r = run(s, ST_EVENT_PRUNE_ROWS);
+                if (r < 0)
+                        return r;
+                deleted = sqlite3_changes(s->db);
+        }
+        if (s->max_age_sec && deleted < budget) {
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_AGE], 1, now_us() - (int64_t) s->max_age_sec * 1000000);
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_AGE], 2, budget - deleted);
+                r = run(s, ST_EVENT_PRUNE_AGE);
+                if (r < 0)
+                        return r;
+                deleted += sqlite3_changes(s->db);
+        }
+        return (int) deleted;
+}
+
 /* Inside a transaction: writes the queued events and reserved_ports
  * changes, then prunes old events now and then. */
 static int write_pending(struct store *s) {
@@ -276,9 +310,8 @@ static int write_pending(struct store *s) {
                 if (r < 0)
                         return r;
         }
-        if (s->since_prune >= 1000) {
-                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE], 1, STORE_EVENTS_KEEP);
-                r = run(s, ST_EVENT_PRUNE);
+        if (s->since_prune >= STORE_PRUNE_EVERY) {
+                r = prune(s, 2 * STORE_PRUNE_EVERY);    /* faster than they come: caught up while busy */
                 if (r < 0)
                         return r;
                 s->since_prune = 0;
@@ -317,23 +350,44 @@ static int durable_event(struct store *s, const struct store_event *ev) {
         return insert_event(s, &p);
 }
 
-/* Audit batches commit without any sync, so serving never waits for the
+/* A transaction of the queued events, and of at most budget events pruned.
+ * Audit batches commit without any sync, so serving never waits for the
  * disk: the next durable commit or checkpoint syncs them. A power loss may
  * drop the last batch of grant/deny rows (WAL frame checksums keep the
- * database intact), never a rule or a lease. */
+ * database intact), never a rule or a lease. Returns how many were pruned
+ * or -errno. */
+static int batch(struct store *s, unsigned budget) {
+        int r = run(s, ST_SYNC_OFF);
+
+        if (r < 0)
+                return r;
+        r = tx_begin(s);
+        if (r >= 0) {
+                r = write_pending(s);
+                if (r >= 0)
+                        r = prune(s, budget);
+                r = tx_end(s, r);
+        }
+        run(s, ST_SYNC_FULL);
+        return r;
+}
+
 int store_flush(struct store *s) {
         int r;
 
         if (s->n_pending == 0 && s->n_reserved == 0)
                 return 0;
-        r = run(s, ST_SYNC_OFF);
-        if (r < 0)
-                return r;
-        r = tx_begin(s);
-        if (r >= 0)
-                r = tx_end(s, write_pending(s));
-        run(s, ST_SYNC_FULL);
-        return r;
+        r = batch(s, 0);
+        return r < 0 ? r : 0;
+}
+
+int store_prune(struct store *s, unsigned budget) {
+        return batch(s, budget);
+}
+
+void store_set_retention(struct store *s, unsigned max_rows, uint64_t max_age_sec) {
+        s->max_rows = max_rows;
+        s->max_age_sec = max_age_sec;
 }
 
 int store_event_queue(struct store *s, const struct store_event *ev) {
@@ -853,6 +907,14 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
         r = migrate(s->db, errbuf, errlen);
         if (r < 0)
                 goto fail;
+        /* Pruning by age walks the events by time. An index, not a schema
+         * change: made here for any database (an older brokerd keeps it up). */
+        r = query_int(s->db, "CREATE INDEX IF NOT EXISTS events_time ON events (time_us)", NULL);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "cannot index the audit trail: %s", sqlite3_errmsg(s->db));
+                goto fail;
+        }
+        s->max_rows = STORE_EVENTS_KEEP;
 
         for (int k = 0; k < _ST_MAX; k++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[k], NULL);

@@ -22,7 +22,9 @@
  * socket file brokerd made. Every database is migrated to it at start. */
 #define STORE_SCHEMA_VERSION 4
 #define STORE_SCHEMA_TABLES 4           /* the newest version that changed tables */
-#define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
+#define STORE_EVENTS_KEEP 100000        /* audit rows kept by default (--audit-max-rows) */
+#define STORE_EVENTS_MAX_AGE (90 * 86400) /* seconds an audit row is kept by default (--audit-max-age) */
+#define STORE_PRUNE_EVERY 1000          /* events written between prunes while busy */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
@@ -84,6 +86,18 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
 /* Whether a brokerd of this schema version could open the database at path
  * (read only; no file yet is fine). Returns 0, or -errno with a reason in errbuf. */
 int store_check(const char *path, char *errbuf, size_t errlen);
+
+/* How long audit events are kept: at most max_rows of them (the newest),
+ * none older than max_age_sec; 0 for no limit. store_open() sets
+ * STORE_EVENTS_KEEP rows and no age. */
+void store_set_retention(struct store *s, unsigned max_rows, uint64_t max_age_sec);
+
+/* Deletes at most budget audit events past the retention limits, the
+ * oldest first, in a transaction of its own that writes the queued events
+ * first (they are the newest: never pruned). While events are written,
+ * every STORE_PRUNE_EVERY of them prune up to twice as many too. Returns
+ * how many were deleted (budget: maybe more left) or -errno. */
+int store_prune(struct store *s, unsigned budget);
 
 /* Flushes pending events and closes; NULL is fine. */
 void store_close(struct store *s);

@@ -367,3 +367,47 @@ def test_malformed_log_requests_are_refused(broker):
         assert hdr[2] == LOG | REPLY and log_page(data)[2][0][4] == "grant", data
     assert [e["event"] for e in log(broker, "--event", "bad-message", "--limit", "0")].count("bad-message") >= 14
     broker.wait_fd_count(base)
+
+
+# --- retention --------------------------------------------------------------------
+
+
+def test_retention_by_count_in_the_idle_checkpoint(make_broker, workdir):
+    """audit-max-rows (here from brokerd.conf): once writes pause, the
+    oldest go and the newest N stay, for portctl log as for the database."""
+    conf = workdir / "brokerd.conf"
+    conf.write_text("audit-max-rows = 50\naudit-max-age = 90d\nmax-leases-per-user = 200\n")
+    conf.chmod(0o644)
+    b = make_broker("--config", conf)
+    b.portctl("get", *[str(8000 + k) for k in range(60)])          # 120 events
+    before = [e["id"] for e in log(b, "--limit", "0")]             # (written: brokerd writes before it reads)
+    assert len(before) == 120 and ids_in_db(b) == before
+    wait_for(lambda: len(ids_in_db(b)) == 50, 30, "the idle checkpoint to keep 50 events")
+    assert ids_in_db(b) == before[:50]                              # the newest
+    assert [e["id"] for e in log(b, "--limit", "0")] == before[:50]
+
+
+def test_retention_by_age_never_a_newer_event(make_broker):
+    """audit-max-age: what is older goes, in bounded steps (2,500 events, 1,000
+    a step), whatever its id; younger events stay, also with older ids."""
+    b = make_broker("--audit-max-age", "1h")
+    b.portctl("get", "8000")
+    now = int(time.time() * 1000000)
+    db = sqlite3.connect(b.db, timeout=10)
+    with db:
+        db.execute("INSERT INTO events (time_us, event, peer_uid, endpoint) VALUES (?, 'grant', 4242, 'tcp:[::]:7')",
+                   (now - 1800 * 1000000,))                         # half an hour ago: kept
+        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500) "
+                   "INSERT INTO events (time_us, event, peer_uid) SELECT ? + i, 'deny', 4343 FROM n",
+                   (now - 7200 * 1000000,))                         # two hours ago, newer ids: gone
+    db.close()
+    b.portctl("get", "8001")                                        # writes again: idle 5 s from now
+    log(b)                                                          # every event written
+    young = ids_in_db(b, f"time_us >= {now - 3600 * 1000000}")
+    assert len(young) == 5, young                                   # two gets (create, grant), the half hour
+    wait_for(lambda: ids_in_db(b) == young, 60, "the idle checkpoint to prune what is older than 1h")
+    assert [e["id"] for e in log(b, "--limit", "0")] == young
+    assert log(b, "--uid", U2) == []
+    b.portctl("get", "8002")                                        # a fresh event, written at once
+    assert log(b, "--limit", "1")[0]["endpoint"] == "tcp:[::]:8002"
+

@@ -580,6 +580,89 @@ static void test_events_page_is_bounded(void **state) {
         store_close(s);
 }
 
+/* --- retention ------------------------------------------------------------------- */
+
+/* n events at id from + 1.. (SQL), recorded age_sec ago. */
+static void old_events(int from, int n, int64_t age_sec) {
+        char sql[400];
+        struct timespec now;
+
+        clock_gettime(CLOCK_REALTIME, &now);
+        snprintf(sql, sizeof(sql), "WITH RECURSIVE n(i) AS (SELECT %d UNION ALL SELECT i + 1 FROM n WHERE i < %d) "
+                 "INSERT INTO events (id, time_us, event, peer_uid) SELECT i, %lld, 'grant', 7 FROM n",
+                 from + 1, from + n, ((long long) now.tv_sec - (long long) age_sec) * 1000000);
+        exec_sql(sql);
+}
+
+/* Past max_rows, the oldest ids go, at most budget a step, the newest kept. */
+static void test_prune_rows_in_steps(void **state) {
+        struct store *s = open_ok();
+
+        old_events(0, 2500, 0);
+        store_set_retention(s, 1000, 0);
+        assert_int_equal(store_prune(s, 1000), 1000);
+        assert_int_equal(store_prune(s, 1000), 500);
+        assert_int_equal(store_prune(s, 1000), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 1000);
+        assert_int_equal(sql_int("SELECT min(id) FROM events"), 1501);
+        store_set_retention(s, 0, 0);                   /* no limit */
+        assert_int_equal(store_prune(s, 1000), 0);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 1000);
+}
+
+/* Older than max_age goes, whatever its id; younger stays, also with an older id. */
+static void test_prune_age(void **state) {
+        struct store *s = open_ok();
+
+        old_events(0, 30, 7200);                        /* ids 1..30: two hours old */
+        old_events(30, 10, 1800);                       /* 31..40: half an hour */
+        old_events(40, 5, 7200);                        /* 41..45: two hours again (the clock went back) */
+        store_set_retention(s, 100000, 3600);
+        assert_int_equal(store_prune(s, 20), 20);
+        assert_int_equal(store_prune(s, 20), 15);
+        assert_int_equal(store_prune(s, 20), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 10);
+        assert_int_equal(sql_int("SELECT min(id) FROM events"), 31);
+        assert_int_equal(sql_int("SELECT max(id) FROM events"), 40);
+        /* The index it walks (not a schema change). */
+        assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_time'"), 1);
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+}
+
+/* Queued events are written before a prune, and being the newest they stay. */
+static void test_prune_keeps_queued_events(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "deny", .uid = 9, .pid = 1, .detail = "no rule" };
+
+        old_events(0, 50, 365 * 86400);
+        store_set_retention(s, 5, 3600);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_int_equal(store_prune(s, 1000), 50);
+        assert_int_equal(store_pending(s), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event = 'deny'"), 3);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 3);
+        store_close(s);
+}
+
+/* While events keep coming (no idle moment), every STORE_PRUNE_EVERY written prune too. */
+static void test_prune_while_busy(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
+
+        store_set_retention(s, 100, 0);
+        for (int round = 0; round < 25; round++) {
+                for (int i = 0; i < 100; i++)
+                        assert_int_equal(store_event_queue(s, &ev), 0);
+                assert_int_equal(store_flush(s), 0);
+                assert_true(sql_int("SELECT count(*) FROM events") < 100 + STORE_PRUNE_EVERY + 100);
+        }
+        assert_int_equal(sql_int("SELECT max(id) FROM events"), 2500);
+        store_close(s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
@@ -594,6 +677,10 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_page_filters_and_pages, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_events_page_is_bounded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_rows_in_steps, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_age, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_keeps_queued_events, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_while_busy, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
