@@ -19,13 +19,14 @@ import shutil
 import sqlite3
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
 
 from conftest import PYTHON, as_user, child_env, wait_for
-from rawproto import (ERROR, LOG, LOG_VERSION, REPLY, answer, check_error_reply, endpoint, log_body, log_page,
-                      msg)
+from rawproto import (ERROR, LOG, LOG_VERSION, REPLY, STATUS, STATUS_BODY, answer, check_error_reply, endpoint,
+                      log_body, log_page, msg)
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -270,6 +271,80 @@ def test_pages_return_every_event_once_newest_first(make_broker):
     assert len(events) == 40201 and [e["id"] for e in events] == ids_in_db(b)
     mine = log(b, "--limit", "0", uid=U1)
     assert [e["id"] for e in mine] == ids_in_db(b, f"peer_uid = {U1}") and len(mine) == 13333
+
+
+@pytest.mark.not_under_valgrind("it measures how long brokerd takes")
+def test_a_request_is_bounded_at_100000_events(make_broker):
+    """With 100,000 events, each LOG request answers within a few ms, the
+    worst (a kind none of them is: a whole window examined for nothing) as
+    the usual (the newest page), and a get of another client meanwhile waits
+    no longer than one such request."""
+    b = make_broker()
+    db = sqlite3.connect(b.db, timeout=10)
+    with db:
+        db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
+                   "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
+                   "SELECT 1700000000000000 + i, CASE WHEN i % 10 THEN 'grant' ELSE 'deny' END, 4242 + i % 3, i, "
+                   "'tcp:[::]:' || (8000 + i % 100), CASE WHEN i % 10 THEN NULL ELSE 'no rule' END FROM n")
+    db.close()
+
+    def timed(body, n=30):
+        """(median, max) ms of n LOG requests, and the last reply's (more, next_id, entries)."""
+        times = []
+        with b.raw() as s:
+            for k in range(n):
+                t = time.perf_counter()
+                s.send(msg(LOG, body, version=LOG_VERSION, mid=k + 1))
+                kind, hdr, data = answer(s)
+                times.append((time.perf_counter() - t) * 1000)
+                assert hdr[2] == LOG | REPLY, data
+        times.sort()
+        return times[len(times) // 2], times[-1], log_page(data)
+
+    newest = timed(log_body())
+    nothing = timed(log_body(event=b"reexec"))
+    mine = timed(log_body(uid=4243, ep=endpoint(8001)))
+    assert len(newest[2][2]) == 32 and newest[2][0] == 1
+    assert nothing[2][2] == [] and nothing[2][:2] == (1, 100001 - 32768), nothing[2]
+    print(f"\n[log at 100000 events] round trip ms, median/max: newest page {newest[0]:.2f}/{newest[1]:.2f}, "
+          f"a window where nothing matches {nothing[0]:.2f}/{nothing[1]:.2f}, "
+          f"one uid's one endpoint {mine[0]:.2f}/{mine[1]:.2f}")
+    assert nothing[0] < 50 and newest[0] < 10, (newest, nothing)
+
+    # A whole walk for a kind that is not there (4 requests).
+    t = time.perf_counter()
+    assert log(b, "--event", "reexec", "--limit", "0") == []
+    walk = (time.perf_counter() - t) * 1000
+
+    # Another client's requests while one walks the trail over and over: each
+    # waits at most about one LOG request (the loop serves between them).
+    stop = threading.Event()
+
+    def walker():
+        with b.raw() as s:
+            before, k = 0, 0
+            while not stop.is_set():
+                k += 1
+                s.send(msg(LOG, log_body(before=before, event=b"reexec"), version=LOG_VERSION, mid=k))
+                more, next_id, _ = log_page(answer(s)[2])
+                before = next_id if more else 0
+    th = threading.Thread(target=walker)
+    th.start()
+    waits = []
+    try:
+        with b.raw() as s:
+            for k in range(200):
+                t = time.perf_counter()
+                s.send(msg(STATUS, STATUS_BODY, mid=k + 1))
+                assert answer(s)[1][2] == STATUS | REPLY
+                waits.append((time.perf_counter() - t) * 1000)
+    finally:
+        stop.set()
+        th.join(10)
+    waits.sort()
+    print(f"[log at 100000 events] portctl log walking all of them for nothing: {walk:.0f} ms; another client's "
+          f"status meanwhile, ms: median {waits[100]:.2f}, p99 {waits[198]:.2f}, max {waits[-1]:.2f}")
+    assert waits[100] < 20, waits
 
 
 # --- mistakes -------------------------------------------------------------------
