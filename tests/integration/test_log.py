@@ -257,12 +257,13 @@ def test_pages_return_every_event_once_newest_first(make_broker):
     assert [e["id"] for e in log(b, "--limit", "0", "--event", "create")] == ids_in_db(b, "event = 'create'")
 
     db = sqlite3.connect(b.db, timeout=10)
+    now = int(time.time() * 1000000)                # recent: nothing for the idle prune (90 days)
     with db:
         db.execute("INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
-                   "VALUES (1000000, 'rebind-failed', NULL, NULL, 'tcp:[::]:9999', 'Address already in use')")
+                   "VALUES (?, 'rebind-failed', NULL, NULL, 'tcp:[::]:9999', 'Address already in use')", (now,))
         db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000) "
                    "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
-                   "SELECT 2000000 + i, 'grant', 4242 + i % 3, i, 'tcp:[::]:' || (9000 + i % 100), NULL FROM n")
+                   "SELECT ? + i, 'grant', 4242 + i % 3, i, 'tcp:[::]:' || (9000 + i % 100), NULL FROM n", (now,))
     db.close()
     rare = log(b, "--event", "rebind-failed")
     assert [(e["uid"], e["pid"], e["endpoint"], e["detail"]) for e in rare] == \
@@ -281,11 +282,12 @@ def test_a_request_is_bounded_at_100000_events(make_broker):
     no longer than one such request."""
     b = make_broker()
     db = sqlite3.connect(b.db, timeout=10)
-    with db:
+    with db:                                        # the last 100 s: nothing for the idle prune (90 days)
         db.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
                    "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
-                   "SELECT 1700000000000000 + i, CASE WHEN i % 10 THEN 'grant' ELSE 'deny' END, 4242 + i % 3, i, "
-                   "'tcp:[::]:' || (8000 + i % 100), CASE WHEN i % 10 THEN NULL ELSE 'no rule' END FROM n")
+                   "SELECT ? + i * 1000, CASE WHEN i % 10 THEN 'grant' ELSE 'deny' END, 4242 + i % 3, i, "
+                   "'tcp:[::]:' || (8000 + i % 100), CASE WHEN i % 10 THEN NULL ELSE 'no rule' END FROM n",
+                   (int(time.time() * 1000000) - 100000 * 1000,))
     db.close()
 
     def timed(body, n=30):
