@@ -27,7 +27,8 @@
 #define PB_TEXT_MAX 255                 /* longest string field (unit, message) */
 #define PB_LIST_MAX 32                  /* most leases in one status reply */
 #define PB_RULES_MAX 12                 /* most rules in one policy list reply (fits 4 KiB) */
-#define PB_EVENTS_MAX 32                /* most audit events in one log reply (pages end early to fit 4 KiB) */
+#define PB_EVENTS_MAX 16                /* most audit events in one log reply (pages end early to fit 4 KiB;
+                                         * more would make struct pb_msg, on many stacks, twice as big) */
 #define PB_EVENT_KIND_MAX 23            /* longest event kind ("policy-remove") */
 #define PB_UID_NONE UINT32_MAX          /* an event with no peer uid (brokerd's own, an unidentified peer) */
 

@@ -99,7 +99,7 @@ BAD = {
     "policy-list-short": msg(POLICY_LIST, b"\x00" * 4),
     "log-in-version-5": msg(LOG, log_body(), version=5),     # LOG came with version 6
     "log-truncated": msg(LOG, log_body()[:-1], version=LOG_VERSION),
-    "log-limit-above-max": msg(LOG, log_body(limit=33), version=LOG_VERSION),
+    "log-limit-above-max": msg(LOG, log_body(limit=17), version=LOG_VERSION),
     "log-uid-reserved": msg(LOG, log_body(uid_bytes=b"\x00\x00\x00\x01"), version=LOG_VERSION),
     "log-uid-none": msg(LOG, log_body(uid=0xFFFFFFFF), version=LOG_VERSION),
     "log-since-above-int64": msg(LOG, log_body(since=1 << 63), version=LOG_VERSION),

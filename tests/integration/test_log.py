@@ -246,7 +246,7 @@ def test_default_limit_is_100(make_broker):
 
 
 def test_pages_return_every_event_once_newest_first(make_broker):
-    """Hundreds of events through 32-event pages; then a long trail (40,000
+    """Hundreds of events through 16-event pages; then a long trail (40,000
     rows, more than one bounded window of brokerd's, with a rare kind at the
     far end): every event once, newest first, as the database has them."""
     b = make_broker("--max-leases-per-user", "200")
@@ -306,7 +306,7 @@ def test_a_request_is_bounded_at_100000_events(make_broker):
     newest = timed(log_body())
     nothing = timed(log_body(event=b"reexec"))
     mine = timed(log_body(uid=4243, ep=endpoint(8001)))
-    assert len(newest[2][2]) == 32 and newest[2][0] == 1
+    assert len(newest[2][2]) == 16 and newest[2][0] == 1
     assert nothing[2][2] == [] and nothing[2][:2] == (1, 100001 - 32768), nothing[2]
     print(f"\n[log at 100000 events] round trip ms, median/max: newest page {newest[0]:.2f}/{newest[1]:.2f}, "
           f"a window where nothing matches {nothing[0]:.2f}/{nothing[1]:.2f}, "

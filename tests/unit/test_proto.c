@@ -1236,7 +1236,7 @@ static void test_log_reply_fields(void **state) {
         fix_length(buf, len + 1);
         assert_int_equal(decode(buf, len + 1), -EBADMSG);
 
-        /* 33 short entries fit a packet: only the count refuses them. */
+        /* PB_EVENTS_MAX + 1 short entries fit a packet: only the count refuses them. */
         fill_events(&m, PB_EVENTS_MAX, false, false);
         len = encode_ok(&m, buf);
         entry = EVENT_ENTRY_SIZE(&m.events.events[0]);
