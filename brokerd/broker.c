@@ -116,6 +116,8 @@ static int on_checkpoint(sd_event_source *s, uint64_t usec, void *userdata) {
                 return 0;
         r = store_prune(b->store, PRUNE_STEP);
         if (r == PRUNE_STEP) {          /* maybe more: the next step soon */
+                if (store_wal_pages(b->store) >= STORE_WAL_PAGES_MAX)
+                        (void) store_checkpoint(b->store);      /* a long prune keeps the WAL bounded too */
                 broker_arm_oneshot(b, b->checkpoint_source, PRUNE_AGAIN_USEC);
                 return 0;
         }
