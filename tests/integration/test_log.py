@@ -25,6 +25,7 @@ import time
 import pytest
 
 from conftest import PYTHON, as_user, child_env, wait_for
+from test_reexec import REEXEC_UNDER_VALGRIND
 from rawproto import (ERROR, LOG, LOG_VERSION, REPLY, STATUS, STATUS_BODY, answer, check_error_reply, endpoint,
                       log_body, log_page, msg)
 
@@ -116,6 +117,20 @@ def test_an_admin_sees_every_kind_newest_first(broker):
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d  ", text[1]), text
     row = next(l for l in text if " deny " in l and "8001" in l)
     assert f"uid {U2}" in row and "tcp:[::]:8001" in row and row.endswith("no rule"), row
+
+
+@pytest.mark.not_under_valgrind(REEXEC_UNDER_VALGRIND)
+def test_a_reexec_is_there_and_so_is_what_came_before(broker):
+    """An admin change brokerd itself goes through: the re-execution is
+    recorded (the binary in the detail), and the trail reads the same
+    across it."""
+    busy_trail(broker)
+    before = log(broker, "--limit", "0")
+    broker.portctl("admin", "reexec")
+    after = log(broker, "--limit", "0")
+    assert after[1:] == before and after[0]["event"] == "reexec", after[:2]
+    assert after[0]["uid"] == 0 and after[0]["detail"] == broker.binary and after[0]["endpoint"] is None, after[0]
+    assert log(broker, "--event", "reexec", uid=U1) == []
 
 
 def test_a_just_written_event_is_there_at_once(broker):
