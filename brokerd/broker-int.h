@@ -95,6 +95,11 @@ void broker_audit(struct broker *b, const char *event, const struct peer *p, con
 /* Writes the queued database changes soon (a batch window from now). */
 void broker_flush_soon(struct broker *b);
 
+/* Writes the queued database changes now, if any (and checkpoints once
+ * writes pause, as after every batch). Returns 0 or -errno (they stay
+ * queued, and the flush timer retries). */
+int broker_flush(struct broker *b);
+
 /* Tells systemd (through the monitor) the counts of leases, rules and connections. */
 void broker_notify_status(struct broker *b);
 

@@ -27,6 +27,9 @@
 #define FLUSH_DELAY_USEC (50 * 1000)    /* audit batch window */
 #define FLUSH_RETRY_USEC (1000 * 1000)  /* after a failed flush */
 #define CHECKPOINT_IDLE_USEC (5 * 1000 * 1000) /* WAL checkpoint after this long without writes */
+#define PRUNE_STEP 1000                 /* audit events pruned at most per step when idle (a few ms) */
+#define PRUNE_AGAIN_USEC (20 * 1000)    /* between steps: the loop serves requests meanwhile */
+#define PRUNE_IDLE_USEC (3600ull * 1000 * 1000) /* events age while nothing happens: pruned hourly */
 
 /* The uid logged and audited for p: -1 (none) for an unidentified peer, never a uid it may not have. */
 static long peer_uid_field(const struct peer *p) {
@@ -100,6 +103,9 @@ static void schedule_checkpoint(struct broker *b) {
         sd_event_source_set_enabled(b->checkpoint_source, SD_EVENT_ONESHOT);
 }
 
+/* When writes pause: the audit events past --audit-max-rows and
+ * --audit-max-age go, a bounded step at a time (the queued ones, the
+ * newest, never: they are written first), then the WAL is checkpointed. */
 static int on_checkpoint(sd_event_source *s, uint64_t usec, void *userdata) {
         struct broker *b = userdata;
         int r;
@@ -107,9 +113,20 @@ static int on_checkpoint(sd_event_source *s, uint64_t usec, void *userdata) {
         /* Requests came in since: not idle after all; the next flush re-arms us. */
         if (store_pending(b->store) > 0)
                 return 0;
+        r = store_prune(b->store, PRUNE_STEP);
+        if (r == PRUNE_STEP) {          /* maybe more: the next step soon */
+                if (store_wal_pages(b->store) >= STORE_WAL_PAGES_MAX)
+                        (void) store_checkpoint(b->store);      /* a long prune keeps the WAL bounded too */
+                broker_arm_oneshot(b, b->checkpoint_source, PRUNE_AGAIN_USEC);
+                return 0;
+        }
+        if (r < 0)
+                log_msg(LOG_WARNING, "cannot prune the audit trail: %s", strerror(-r));
         r = store_checkpoint(b->store);
         if (r < 0)
                 log_msg(LOG_WARNING, "cannot checkpoint the database: %s", strerror(-r));
+        if (b->opt.audit_max_age_sec)
+                broker_arm_oneshot(b, b->checkpoint_source, PRUNE_IDLE_USEC);
         return 0;
 }
 
@@ -126,6 +143,18 @@ static int on_flush(sd_event_source *s, uint64_t usec, void *userdata) {
         }
         schedule_checkpoint(b);
         return 0;
+}
+
+int broker_flush(struct broker *b) {
+        int r;
+
+        /* Nothing queued, nothing written: the idle checkpoint stays due. */
+        if (store_pending(b->store) == 0)
+                return 0;
+        r = store_flush(b->store);
+        if (r >= 0)
+                schedule_checkpoint(b);
+        return r;
 }
 
 /* --- leases bound again ----------------------------------------------------- */
@@ -450,6 +479,7 @@ static int store_setup(struct broker *b) {
                 log_msg(LOG_ERR, "cannot use database %s: %s (refusing to start without its policy)", path, errbuf);
                 return r;
         }
+        store_set_retention(b->store, b->opt.audit_max_rows, b->opt.audit_max_age_sec);
         r = check_db_files(path);       /* and the -wal and -shm that SQLite made */
         if (r < 0)
                 return r;
@@ -532,6 +562,8 @@ int broker_run(struct broker *b) {
                 log_event(LOG_INFO, "ready", &f, "serving %zu leases and %zu rules", b->leases.n, b->policy.n_rules);
         mm_want_units(b);
         mm_ready(b, unbound);
+        /* What the retention limits let go since the last run, once idle. */
+        broker_arm_oneshot(b, b->checkpoint_source, CHECKPOINT_IDLE_USEC);
         r = sd_event_loop(b->event);
         /* Nothing queued is lost: the audit trail is written before we go. */
         if (store_pending(b->store) > 0 && store_flush(b->store) < 0)

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "guard.h"
@@ -30,6 +31,8 @@ struct broker_options {
         unsigned max_connection_age_sec; /* per connection, however active */
         unsigned max_leases_per_user;
         unsigned max_leases;            /* in all: each is a socket we (and systemd's fd store) hold */
+        unsigned audit_max_rows;        /* audit events kept, the newest; 0: no limit */
+        uint64_t audit_max_age_sec;     /* how long an audit event is kept; 0: no limit */
         struct guard_options guard;     /* --no-guard, --guard-dir, --guard-cgroup */
         const char *unix_dirs[UNIX_DIRS_MAX]; /* --unix-dir: where Unix leases' sockets may be made */
         size_t n_unix_dirs;

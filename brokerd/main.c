@@ -29,6 +29,7 @@
 #include "fd-util.h"
 #include "log.h"
 #include "store.h"
+#include "timespan.h"
 
 static struct broker_options arg_opt = {
         .control_path = BROKER_DEFAULT_CONTROL,
@@ -41,6 +42,8 @@ static struct broker_options arg_opt = {
         .max_leases_per_user = 64,
         .max_leases = 4096,
         .policy_dir = POLICYDIR_DEFAULT,
+        .audit_max_rows = STORE_EVENTS_KEEP,
+        .audit_max_age_sec = STORE_EVENTS_MAX_AGE,
 };
 static int arg_foreground;
 static int arg_check;                   /* --check: validate the arguments and the database, exit */
@@ -88,6 +91,10 @@ static void usage(FILE *out) {
                 "                                made in, owned by brokerd's user or root and writable\n"
                 "                                by nobody else, no symlink on its path (repeatable;\n"
                 "                                default: none, no Unix leases)\n"
+                "      --audit-max-age DURATION  keep audit events this long: 90d, 12h, 1h30m, ...\n"
+                "                                (default %ud; 0 or infinity: no limit)\n"
+                "      --audit-max-rows N        keep at most the N newest audit events (default\n"
+                "                                %u; 0: no limit); both pruned when idle\n"
                 "  -u, --user NAME|UID           the worker's user, which reads clients' messages and\n"
                 "                                keeps the database, when brokerd runs as root\n"
                 "                                (default %s); otherwise brokerd's own\n"
@@ -100,7 +107,7 @@ static void usage(FILE *out) {
                 "Admins are root, brokerd's own uid and members of --admin-group.\n"
                 "See brokerd(8) and portctl(1).\n",
                 CONFIG_DEFAULT_PATH, BROKER_DEFAULT_CONTROL, BROKER_DEFAULT_DB, GUARD_DEFAULT_DIR,
-                POLICYDIR_DEFAULT, SANDBOX_DEFAULT_USER);
+                POLICYDIR_DEFAULT, STORE_EVENTS_MAX_AGE / 86400, STORE_EVENTS_KEEP, SANDBOX_DEFAULT_USER);
 }
 
 static int parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
@@ -158,6 +165,7 @@ static const struct number_option {
         { "max-connection-age", 1, 86400, &arg_opt.max_connection_age_sec },
         { "max-leases-per-user", 1, 1000000, &arg_opt.max_leases_per_user },
         { "max-leases", 1, 1000000, &arg_opt.max_leases },
+        { "audit-max-rows", 0, 1000000000, &arg_opt.audit_max_rows },
 };
 
 #define N_NUMBER_OPTIONS (sizeof(number_options) / sizeof(number_options[0]))
@@ -227,6 +235,13 @@ static int parse_option(int c, const char *arg) {
         case 'u':
                 arg_opt.worker_user = arg;
                 return 0;
+        case 'A':
+                if (strcmp(arg, "infinity") == 0)
+                        arg_opt.audit_max_age_sec = 0;
+                else if (timespan_parse(arg, &arg_opt.audit_max_age_sec) < 0)
+                        return option_error("invalid duration '%s' for --audit-max-age (e.g. 90d, 12h, 1h30m; "
+                                            "0 or infinity: no limit)", arg);
+                return 0;
         case 'W':
                 arg_worker = 1;
                 return 0;
@@ -251,7 +266,8 @@ static int parse_option(int c, const char *arg) {
 }
 
 /* The long options, the numeric ones among them (init_options()). */
-static struct option options[15 + N_NUMBER_OPTIONS + 2] = {
+#define N_OTHER_OPTIONS 16              /* the ones listed here */
+static struct option options[N_OTHER_OPTIONS + N_NUMBER_OPTIONS + 2] = {
         { "control", required_argument, NULL, 'c' },
         { "db", required_argument, NULL, 'd' },
         { "admin-group", required_argument, NULL, 'g' },
@@ -267,13 +283,14 @@ static struct option options[15 + N_NUMBER_OPTIONS + 2] = {
         { "unix-dir", required_argument, NULL, 'U' },
         { "config", required_argument, NULL, 'F' },
         { "policy-dir", required_argument, NULL, 'Y' },
+        { "audit-max-age", required_argument, NULL, 'A' },
 };
 
 static void init_options(void) {
         for (size_t i = 0; i < N_NUMBER_OPTIONS; i++)
-                options[15 + i] = (struct option) { number_options[i].name, required_argument, NULL,
-                                                   ARG_NUMBER + (int) i };
-        options[15 + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
+                options[N_OTHER_OPTIONS + i] = (struct option) { number_options[i].name, required_argument, NULL,
+                                                                ARG_NUMBER + (int) i };
+        options[N_OTHER_OPTIONS + N_NUMBER_OPTIONS] = (struct option) { "version", no_argument, NULL, 'V' };
 }
 
 /* Options that are no settings: what to do now, not how to run. */

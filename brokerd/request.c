@@ -669,6 +669,104 @@ static void handle_policy_test(struct conn *c, const struct pb_msg *req, struct 
                               l ? "; its lease exists: a get hands out the same socket" : "");
 }
 
+/* --- the audit trail ---------------------------------------------------------- */
+
+/* Adds event e to the LOG reply, its texts made printable; returns 1 when
+ * it does not fit (the page ends without it). */
+static int log_add(const struct store_event_row *e, void *userdata) {
+        struct pb_msg *reply = userdata;
+        struct pb_event_list *list = &reply->events;
+        struct pb_event_entry *out = &list->events[list->count];
+
+        *out = (struct pb_event_entry) {
+                .id = e->id,
+                .time = e->time_us > 0 ? (uint64_t) e->time_us : 0,
+                .uid = e->uid >= 0 && e->uid < PB_UID_NONE ? (uint32_t) e->uid : PB_UID_NONE,
+                .pid = e->pid > 0 && e->pid <= UINT32_MAX ? (uint32_t) e->pid : 0,
+        };
+        proto_text_copy(out->event, sizeof(out->event), e->event[0] ? e->event : "?");
+        proto_text_copy(out->endpoint, sizeof(out->endpoint), e->endpoint ? e->endpoint : "");
+        proto_text_copy(out->detail, sizeof(out->detail), e->detail ? e->detail : "");
+        list->count++;
+        if (!list_fits(reply)) {
+                list->count--;
+                return 1;
+        }
+        return 0;
+}
+
+/* Refuses a request for events of a kind brokerd does not record, naming those it does. */
+static void log_unknown_kind(const struct pb_msg *req, struct pb_msg *reply) {
+        char kinds[PB_TEXT_MAX + 1] = "";
+
+        for (size_t i = 0; proto_event_kinds[i]; i++)
+                snprintf(kinds + strlen(kinds), sizeof(kinds) - strlen(kinds), "%s%s", i ? ", " : "",
+                         proto_event_kinds[i]);
+        proto_set_error(reply, req->hdr.id, EINVAL, "unknown event kind '%s' (brokerd records %s)", req->log.event,
+                        kinds);
+}
+
+/*
+ * The audit trail, newest first, from the database: the queued events are
+ * written first, so that the page holds all that was recorded until now.
+ * An admin reads every uid's events; anyone else their own uid's (the
+ * kernel's word at accept, whatever the request says), and a request for
+ * another uid's is a denial.
+ */
+static void handle_log(struct conn *c, const struct pb_msg *req, struct pb_msg *reply, int *ret_fd) {
+        struct broker *b = c->broker;
+        const struct peer *p = &c->peer;
+        char endpoint[PB_ENDPOINT_STRLEN], pattern[PB_ENDPOINT_STRLEN];
+        struct store_event_filter f = {
+                .before_id = req->log.before_id,
+                .since_us = (int64_t) req->log.since,
+                .until_us = (int64_t) req->log.until,
+                .uid = req->log.has_uid ? (long) req->log.uid : -1,
+                .event = req->log.event[0] ? req->log.event : NULL,
+        };
+        uint64_t next;
+        int r;
+
+        if (!policy_is_admin(&b->policy, p)) {
+                if (req->log.has_uid && req->log.uid != p->uid) {
+                        proto_set_error(reply, req->hdr.id, EPERM, "permission denied: uid %u may read its own "
+                                        "events only, not uid %u's (admins read everyone's)", (unsigned) p->uid,
+                                        (unsigned) req->log.uid);
+                        deny(c, req, reply, NULL, NULL, "log of another uid");
+                        return;
+                }
+                f.uid = (long) p->uid;
+        }
+        if (f.event && !proto_event_kind_known(f.event)) {
+                log_unknown_kind(req, reply);
+                return;
+        }
+        /* As brokerd writes it: an endpoint's text (grants, leases), or a pattern's (rules). */
+        if (req->log.has_endpoint) {
+                f.endpoint[0] = endpoint_format_pattern(&req->log.endpoint, pattern);
+                if (endpoint_validate(&req->log.endpoint, false) == 0)
+                        f.endpoint[1] = endpoint_format(&req->log.endpoint, endpoint);
+        }
+
+        reply->hdr.type = PB_MSG_LOG | PB_MSG_REPLY;    /* what log_add() fits */
+        r = broker_flush(b);
+        if (r < 0) {
+                proto_set_error(reply, req->hdr.id, -r, "cannot write the queued audit events first: %s",
+                                strerror(-r));
+                return;
+        }
+        r = store_events_page(b->store, &f, req->log.limit ? req->log.limit : PB_EVENTS_MAX, log_add, reply, &next);
+        if (r < 0) {
+                struct log_fields lf = broker_peer_fields(p, NULL, NULL);
+
+                proto_set_error(reply, req->hdr.id, -r, "cannot read the audit trail: %s", strerror(-r));
+                log_event(LOG_ERR, "error", &lf, "%s", reply->error.message);
+                return;
+        }
+        reply->events.more = next > 0;
+        reply->events.next_id = next;
+}
+
 /* --- admin ------------------------------------------------------------------ */
 
 /*
@@ -751,6 +849,7 @@ static const struct request_type request_types[] = {
         { PB_MSG_REEXEC, "reexec", true, handle_reexec },
         { PB_MSG_INFO, "info", false, handle_info },
         { PB_MSG_CHECK, "check", false, handle_check },
+        { PB_MSG_LOG, "log", false, handle_log },
         { PB_MSG_POLICY_TEST, "policy-test", false, handle_policy_test },
         { PB_MSG_POLICY_BEGIN, "policy-begin", true, handle_policy_begin },
         { PB_MSG_POLICY_COMMIT, "policy-commit", true, handle_policy_commit },

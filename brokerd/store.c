@@ -8,6 +8,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,10 @@ enum stmt {
         ST_LEASE_SET_FILE,
         ST_LEASES,
         ST_EVENT_ADD,
-        ST_EVENT_PRUNE,
+        ST_EVENT_PRUNE_ROWS,
+        ST_EVENT_PRUNE_AGE,
+        ST_EVENT_BOUNDS,
+        ST_EVENT_PAGE,
         ST_CHECKPOINT,
         ST_RESERVED_ADD,
         ST_RESERVED_REMOVE,
@@ -75,7 +79,20 @@ static const char *const stmt_sql[_ST_MAX] = {
                       "unix_mode, unix_dev, unix_ino, unix_born FROM leases ORDER BY id",
         [ST_EVENT_ADD] = "INSERT INTO events (time_us, event, peer_uid, peer_pid, endpoint, detail) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
-        [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+        /* Ids are the rowid (max + 1): the newest ?1 are above max - ?1. */
+        [ST_EVENT_PRUNE_ROWS] = "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                                "WHERE id <= (SELECT max(id) FROM events) - ?1 ORDER BY id LIMIT ?2)",
+        /* Walks events_time from the oldest: as many rows as it deletes. */
+        [ST_EVENT_PRUNE_AGE] = "DELETE FROM events WHERE id IN (SELECT id FROM events "
+                               "WHERE time_us < ?1 ORDER BY time_us LIMIT ?2)",
+        [ST_EVENT_BOUNDS] = "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)",
+        /* One window of ids, walked down the rowid: bounded work whatever
+         * the filters (the + keeps SQLite off the time index, which would
+         * read every event in the time range and sort them). */
+        [ST_EVENT_PAGE] = "SELECT id, time_us, event, peer_uid, peer_pid, endpoint, detail FROM events "
+                          "WHERE id >= ?1 AND id < ?2 AND +time_us BETWEEN ?3 AND ?4 "
+                          "AND (?5 IS NULL OR peer_uid = ?5) AND (?6 IS NULL OR endpoint IN (?6, ?7)) "
+                          "AND (?8 IS NULL OR event = ?8) ORDER BY id DESC LIMIT ?9",
         [ST_CHECKPOINT] = "PRAGMA wal_checkpoint(PASSIVE)",
         [ST_RESERVED_ADD] = "INSERT OR IGNORE INTO reserved_ports (port) VALUES (?)",
         [ST_RESERVED_REMOVE] = "DELETE FROM reserved_ports WHERE port = ?",
@@ -187,6 +204,8 @@ struct store {
         } reserved[STORE_RESERVED_PENDING_MAX];
         unsigned n_reserved;
         unsigned since_prune;           /* events written since the last prune */
+        unsigned max_rows;              /* audit events kept, 0: no limit */
+        uint64_t max_age_sec;           /* their age, 0: no limit */
         int wal_pages;                  /* from the WAL hook */
 };
 
@@ -259,6 +278,32 @@ static void pending_fill(struct pending *p, const struct store_event *ev) {
         snprintf(p->detail, sizeof(p->detail), "%s", ev->detail ? ev->detail : "");
 }
 
+/* Inside a transaction: deletes at most budget events past the retention
+ * limits, the oldest by id past max_rows first, then those older than
+ * max_age_sec. Returns how many, or -errno. */
+static int prune(struct store *s, unsigned budget) {
+        int64_t deleted = 0;
+        int r;
+
+        if (s->max_rows && budget) {
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_ROWS], 1, s->max_rows);
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_ROWS], 2, budget);
+                r = run(s, ST_EVENT_PRUNE_ROWS);
+                if (r < 0)
+                        return r;
+                deleted = sqlite3_changes(s->db);
+        }
+        if (s->max_age_sec && deleted < budget) {
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_AGE], 1, now_us() - (int64_t) s->max_age_sec * 1000000);
+                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE_AGE], 2, budget - deleted);
+                r = run(s, ST_EVENT_PRUNE_AGE);
+                if (r < 0)
+                        return r;
+                deleted += sqlite3_changes(s->db);
+        }
+        return (int) deleted;
+}
+
 /* Inside a transaction: writes the queued events and reserved_ports
  * changes, then prunes old events now and then. */
 static int write_pending(struct store *s) {
@@ -277,9 +322,8 @@ static int write_pending(struct store *s) {
                 if (r < 0)
                         return r;
         }
-        if (s->since_prune >= 1000) {
-                sqlite3_bind_int64(s->stmt[ST_EVENT_PRUNE], 1, STORE_EVENTS_KEEP);
-                r = run(s, ST_EVENT_PRUNE);
+        if (s->since_prune >= STORE_PRUNE_EVERY) {
+                r = prune(s, 2 * STORE_PRUNE_EVERY);    /* faster than they come: caught up while busy */
                 if (r < 0)
                         return r;
                 s->since_prune = 0;
@@ -318,23 +362,44 @@ static int durable_event(struct store *s, const struct store_event *ev) {
         return insert_event(s, &p);
 }
 
-/* Audit batches commit without any sync, so serving never waits for the
+/* A transaction of the queued events, and of at most budget events pruned.
+ * Audit batches commit without any sync, so serving never waits for the
  * disk: the next durable commit or checkpoint syncs them. A power loss may
  * drop the last batch of grant/deny rows (WAL frame checksums keep the
- * database intact), never a rule or a lease. */
+ * database intact), never a rule or a lease. Returns how many were pruned
+ * or -errno. */
+static int batch(struct store *s, unsigned budget) {
+        int r = run(s, ST_SYNC_OFF);
+
+        if (r < 0)
+                return r;
+        r = tx_begin(s);
+        if (r >= 0) {
+                r = write_pending(s);
+                if (r >= 0)
+                        r = prune(s, budget);
+                r = tx_end(s, r);
+        }
+        run(s, ST_SYNC_FULL);
+        return r;
+}
+
 int store_flush(struct store *s) {
         int r;
 
         if (s->n_pending == 0 && s->n_reserved == 0)
                 return 0;
-        r = run(s, ST_SYNC_OFF);
-        if (r < 0)
-                return r;
-        r = tx_begin(s);
-        if (r >= 0)
-                r = tx_end(s, write_pending(s));
-        run(s, ST_SYNC_FULL);
-        return r;
+        r = batch(s, 0);
+        return r < 0 ? r : 0;
+}
+
+int store_prune(struct store *s, unsigned budget) {
+        return batch(s, budget);
+}
+
+void store_set_retention(struct store *s, unsigned max_rows, uint64_t max_age_sec) {
+        s->max_rows = max_rows;
+        s->max_age_sec = max_age_sec;
 }
 
 int store_event_queue(struct store *s, const struct store_event *ev) {
@@ -553,7 +618,9 @@ int store_lease_set_file(struct store *s, uint64_t id, const struct lease_unix *
         sqlite3_bind_int64(st, 2, (sqlite3_int64) ux->file.ino);
         sqlite3_bind_int64(st, 3, (sqlite3_int64) ux->file.born);
         sqlite3_bind_int64(st, 4, (sqlite3_int64) id);
-        r = run(s, ST_LEASE_SET_FILE);
+        r = write_pending(s);           /* the commit empties the queue (tx_end()) */
+        if (r >= 0)
+                r = run(s, ST_LEASE_SET_FILE);
         return tx_end(s, r);
 }
 
@@ -571,6 +638,103 @@ int store_lease_next_id(struct store *s, uint64_t *ret) {
 
 int store_lease_remove(struct store *s, uint64_t id, const struct store_event *ev) {
         return remove_by_id(s, ST_LEASE_REMOVE, id, ev);
+}
+
+/* Text column col, or NULL for SQL NULL. */
+static const char *column_text(sqlite3_stmt *st, int col) {
+        return (const char *) sqlite3_column_text(st, col);
+}
+
+/* An integer column that may be NULL: -1 for none. */
+static long column_id(sqlite3_stmt *st, int col) {
+        int64_t v = sqlite3_column_int64(st, col);
+
+        return sqlite3_column_type(st, col) == SQLITE_NULL || v < 0 || v > LONG_MAX ? -1 : (long) v;
+}
+
+/* The smallest and largest event id; 0 and 0 without events. */
+static int event_bounds(struct store *s, uint64_t *ret_min, uint64_t *ret_max) {
+        sqlite3_stmt *st = s->stmt[ST_EVENT_BOUNDS];
+        int rc = sqlite3_step(st), r = 0;
+
+        if (rc == SQLITE_ROW) {
+                *ret_min = (uint64_t) sqlite3_column_int64(st, 0);
+                *ret_max = (uint64_t) sqlite3_column_int64(st, 1);
+                if (*ret_min == 0 || *ret_max < *ret_min)
+                        *ret_min = *ret_max = 0;
+        } else
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        return r;
+}
+
+int store_events_page(struct store *s, const struct store_event_filter *f, unsigned limit,
+                      int (*fn)(const struct store_event_row *e, void *userdata), void *userdata,
+                      uint64_t *ret_next) {
+        sqlite3_stmt *st = s->stmt[ST_EVENT_PAGE];
+        uint64_t min = 0, max = 0, hi, lo, next, last = 0;
+        unsigned taken = 0;
+        int rc, r;
+
+        r = event_bounds(s, &min, &max);
+        if (r < 0)
+                return r;
+        hi = f->before_id && f->before_id <= max ? f->before_id : max + 1;     /* exclusive */
+        if (max == 0 || hi <= min) {
+                *ret_next = 0;
+                return 0;
+        }
+        lo = hi - min > STORE_LOG_SPAN ? hi - STORE_LOG_SPAN : min;
+        next = lo > min ? lo : 0;
+
+        sqlite3_bind_int64(st, 1, (sqlite3_int64) lo);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64) hi);
+        sqlite3_bind_int64(st, 3, f->since_us);
+        sqlite3_bind_int64(st, 4, f->until_us ? f->until_us : INT64_MAX);
+        if (f->uid >= 0)
+                sqlite3_bind_int64(st, 5, f->uid);
+        if (f->endpoint[0]) {
+                sqlite3_bind_text(st, 6, f->endpoint[0], -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 7, f->endpoint[1] ? f->endpoint[1] : f->endpoint[0], -1, SQLITE_STATIC);
+        }
+        if (f->event)
+                sqlite3_bind_text(st, 8, f->event, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 9, (sqlite3_int64) limit + 1);   /* one more: are there more? */
+
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const char *event = column_text(st, 2);
+                struct store_event_row row = {
+                        .id = (uint64_t) sqlite3_column_int64(st, 0),
+                        .time_us = sqlite3_column_int64(st, 1),
+                        .event = event ? event : "",
+                        .uid = column_id(st, 3),
+                        .pid = column_id(st, 4),
+                        .endpoint = column_text(st, 5),
+                        .detail = column_text(st, 6),
+                };
+
+                if (taken == limit) {           /* one more there: the next page starts below the last */
+                        next = last;
+                        break;
+                }
+                r = fn(&row, userdata);
+                if (r > 0 && taken == 0)
+                        r = -EMSGSIZE;          /* no page could ever hold it */
+                if (r > 0)
+                        next = row.id + 1;
+                if (r != 0)
+                        break;
+                last = row.id;
+                taken++;
+        }
+        if (r == 0 && rc != SQLITE_ROW && rc != SQLITE_DONE)
+                r = sqlite_errno(rc);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        if (r < 0)
+                return r;
+        *ret_next = next;
+        return 0;
 }
 
 /* Reads an endpoint blob column; a malformed one is corruption. */
@@ -861,6 +1025,14 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
         r = migrate(s->db, errbuf, errlen);
         if (r < 0)
                 goto fail;
+        /* Pruning by age walks the events by time. An index, not a schema
+         * change: made here for any database (an older brokerd keeps it up). */
+        r = query_int(s->db, "CREATE INDEX IF NOT EXISTS events_time ON events (time_us)", NULL);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "cannot index the audit trail: %s", sqlite3_errmsg(s->db));
+                goto fail;
+        }
+        s->max_rows = STORE_EVENTS_KEEP;
 
         for (int k = 0; k < _ST_MAX; k++) {
                 rc = sqlite3_prepare_v3(s->db, stmt_sql[k], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[k], NULL);

@@ -24,10 +24,13 @@
  * database is migrated to the newest at start. */
 #define STORE_SCHEMA_VERSION 5
 #define STORE_SCHEMA_TABLES 5           /* the newest version that changed tables */
-#define STORE_EVENTS_KEEP 100000        /* audit rows kept; older ones are pruned */
+#define STORE_EVENTS_KEEP 100000        /* audit rows kept by default (--audit-max-rows) */
+#define STORE_EVENTS_MAX_AGE (90 * 86400) /* seconds an audit row is kept by default (--audit-max-age) */
+#define STORE_PRUNE_EVERY 1000          /* events written between prunes while busy */
 #define STORE_PENDING_MAX 1024          /* queued events before a forced flush */
 #define STORE_RESERVED_PENDING_MAX 64   /* queued reserved_ports changes before a forced flush */
 #define STORE_WAL_PAGES_MAX 4096        /* WAL size that forces a checkpoint (16 MiB of 4 KiB pages) */
+#define STORE_LOG_SPAN 32768            /* events store_events_page() examines at most (a few ms) */
 
 struct store;
 
@@ -36,6 +39,25 @@ struct store_event {
         long uid, pid;                  /* peer, -1: none */
         const char *endpoint;           /* text or NULL */
         const char *detail;             /* text or NULL */
+};
+
+/* An audit event read back; its strings live until the next row. */
+struct store_event_row {
+        uint64_t id;
+        int64_t time_us;                /* µs since the epoch */
+        const char *event;              /* never NULL */
+        long uid, pid;                  /* peer, -1: none */
+        const char *endpoint;           /* text or NULL */
+        const char *detail;             /* text or NULL */
+};
+
+/* Which audit events store_events_page() reads: those matching every field. */
+struct store_event_filter {
+        uint64_t before_id;             /* id < before_id; 0: from the newest */
+        int64_t since_us, until_us;     /* recorded in [since_us, until_us]; 0: no bound */
+        long uid;                       /* the peer's; -1: any (events without a uid too) */
+        const char *endpoint[2];        /* either text; endpoint[0] NULL: any */
+        const char *event;              /* its kind; NULL: any */
 };
 
 struct store_rule {
@@ -80,6 +102,18 @@ int store_open(const char *path, struct store **ret, char *errbuf, size_t errlen
 /* Whether a brokerd of this schema version could open the database at path
  * (read only; no file yet is fine). Returns 0, or -errno with a reason in errbuf. */
 int store_check(const char *path, char *errbuf, size_t errlen);
+
+/* How long audit events are kept: at most max_rows of them (the newest),
+ * none older than max_age_sec; 0 for no limit. store_open() sets
+ * STORE_EVENTS_KEEP rows and no age. */
+void store_set_retention(struct store *s, unsigned max_rows, uint64_t max_age_sec);
+
+/* Deletes at most budget audit events past the retention limits, the
+ * oldest first, in a transaction of its own that writes the queued events
+ * first (they are the newest: never pruned). While events are written,
+ * every STORE_PRUNE_EVERY of them prune up to twice as many too. Returns
+ * how many were deleted (budget: maybe more left) or -errno. */
+int store_prune(struct store *s, unsigned budget);
 
 /* Flushes pending events and closes; NULL is fine. */
 void store_close(struct store *s);
@@ -139,6 +173,17 @@ int store_leases_load(struct store *s, int (*fn)(const struct store_lease *l, vo
  * failed too (STORE_PENDING_MAX; ev itself is queued). A failed
  * store_flush() keeps the events for the next one. */
 int store_event_queue(struct store *s, const struct store_event *ev);
+
+/* Calls fn for the events f selects, newest first, at most limit (>= 1) of
+ * them, examining at most STORE_LOG_SPAN events below f->before_id (written
+ * ones only: see store_flush()). fn returns 0 to take the event and go on,
+ * > 0 when the page is full without it (the next page starts with it; the
+ * first event must be taken), or -errno to stop with that. *ret_next is the
+ * before_id to read on from, below f->before_id and at most the last event
+ * taken, or 0 when no older event is left. Returns 0 or -errno. */
+int store_events_page(struct store *s, const struct store_event_filter *f, unsigned limit,
+                      int (*fn)(const struct store_event_row *e, void *userdata), void *userdata,
+                      uint64_t *ret_next);
 
 /* Number of queued events. */
 unsigned store_pending(const struct store *s);

@@ -144,6 +144,45 @@ static void put_policy_tested(struct wcur *w, const struct pb_msg *m, uint16_t v
         put_text(w, m->policy_tested.reason);
 }
 
+/* An optional endpoint (STATUS, LOG): when absent, its 24 bytes are zero. */
+static void put_optional_endpoint(struct wcur *w, bool has, const struct pb_endpoint *e) {
+        static const struct pb_endpoint none;   /* encodes as 24 zero bytes */
+
+        put_u8(w, has);
+        put_endpoint(w, has ? e : &none);
+}
+
+static void put_log_request(struct wcur *w, const struct pb_msg *m) {
+        put_be(w, m->log.before_id, 8);
+        put_be(w, m->log.since, 8);
+        put_be(w, m->log.until, 8);
+        put_u8(w, m->log.limit);
+        put_u8(w, m->log.has_uid);
+        put_be(w, m->log.has_uid ? m->log.uid : 0, 4);
+        put_optional_endpoint(w, m->log.has_endpoint, &m->log.endpoint);
+        put_text_max(w, m->log.event, PB_EVENT_KIND_MAX);
+}
+
+static void put_event_list(struct wcur *w, const struct pb_event_list *list) {
+        if (list->count > PB_EVENTS_MAX) {
+                w->overflow = true;
+                return;
+        }
+        put_u8(w, list->count);
+        put_u8(w, list->more);
+        put_be(w, list->next_id, 8);
+        for (unsigned i = 0; i < list->count; i++) {
+                const struct pb_event_entry *e = &list->events[i];
+                put_be(w, e->id, 8);
+                put_be(w, e->time, 8);
+                put_be(w, e->uid, 4);
+                put_be(w, e->pid, 4);
+                put_text_max(w, e->event, PB_EVENT_KIND_MAX);
+                put_text_max(w, e->endpoint, PB_ENDPOINT_STRLEN - 1);
+                put_text(w, e->detail);
+        }
+}
+
 static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version) {
         switch (m->hdr.type) {
         case PB_MSG_GET:
@@ -156,14 +195,10 @@ static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version
                 put_be(w, m->got.lease_id, 8);
                 put_u8(w, m->got.created);
                 break;
-        case PB_MSG_STATUS: {
-                static const struct pb_endpoint none;   /* encodes as 24 zero bytes */
-
-                put_u8(w, m->status.has_endpoint);
-                put_endpoint(w, m->status.has_endpoint ? &m->status.endpoint : &none);
+        case PB_MSG_STATUS:
+                put_optional_endpoint(w, m->status.has_endpoint, &m->status.endpoint);
                 put_be(w, m->status.after_id, 8);
                 break;
-        }
         case PB_MSG_STATUS | PB_MSG_REPLY:
                 put_lease_list(w, &m->leases);
                 break;
@@ -206,6 +241,12 @@ static void encode_body(struct wcur *w, const struct pb_msg *m, uint16_t version
                 put_text(w, m->info.version);
                 put_be(w, m->info.guard, 1);
                 put_text(w, m->info.guard_state);
+                break;
+        case PB_MSG_LOG:
+                put_log_request(w, m);
+                break;
+        case PB_MSG_LOG | PB_MSG_REPLY:
+                put_event_list(w, &m->events);
                 break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
@@ -251,6 +292,7 @@ uint16_t proto_type_version(uint16_t type) {
                 return 3;
         case PB_MSG_CHECK:
                 return PB_PROTO_VERSION_V6ONLY;
+        case PB_MSG_LOG:
         case PB_MSG_POLICY_TEST:
         case PB_MSG_POLICY_BEGIN:
         case PB_MSG_POLICY_COMMIT:
@@ -333,10 +375,12 @@ int proto_decode_header(const uint8_t *buf, size_t len, struct pb_header *ret_hd
         return 0;
 }
 
-static void get_status_request(struct rcur *r, struct pb_msg *m) {
-        m->status.has_endpoint = get_bool(r);
-        if (m->status.has_endpoint)
-                get_endpoint(r, false, &m->status.endpoint);
+/* An optional endpoint (or pattern); returns whether it is there. */
+static uint8_t get_optional_endpoint(struct rcur *r, bool pattern, struct pb_endpoint *ret) {
+        uint8_t has = get_bool(r);
+
+        if (has)
+                get_endpoint(r, pattern, ret);
         else {
                 /* No endpoint: its 24 bytes are reserved and must be zero. */
                 const uint8_t *p = rtake(r, PB_ENDPOINT_WIRE_SIZE);
@@ -344,7 +388,57 @@ static void get_status_request(struct rcur *r, struct pb_msg *m) {
                         if (p[i])
                                 r->bad = true;
         }
+        return has;
+}
+
+static void get_status_request(struct rcur *r, struct pb_msg *m) {
+        m->status.has_endpoint = get_optional_endpoint(r, false, &m->status.endpoint);
         m->status.after_id = get_be(r, 8);
+}
+
+/* A count of µs, an id or a cursor: SQLite's integers are signed, so at most INT64_MAX. */
+static uint64_t get_be63(struct rcur *r) {
+        uint64_t v = get_be(r, 8);
+
+        if (v > INT64_MAX)
+                r->bad = true;
+        return v;
+}
+
+static void get_log_request(struct rcur *r, struct pb_msg *m) {
+        m->log.before_id = get_be63(r);
+        m->log.since = get_be63(r);
+        m->log.until = get_be63(r);
+        m->log.limit = get_u8(r);
+        m->log.has_uid = get_bool(r);
+        m->log.uid = (uint32_t) get_be(r, 4);
+        m->log.has_endpoint = get_optional_endpoint(r, true, &m->log.endpoint);
+        get_text_max(r, m->log.event, PB_EVENT_KIND_MAX);
+        /* No uid: its 4 bytes are reserved. */
+        if (m->log.limit > PB_EVENTS_MAX || (m->log.has_uid ? m->log.uid == PB_UID_NONE : m->log.uid != 0))
+                r->bad = true;
+}
+
+static void get_event_list(struct rcur *r, struct pb_event_list *list) {
+        list->count = get_u8(r);
+        list->more = get_bool(r);
+        list->next_id = get_be63(r);
+        if (list->count > PB_EVENTS_MAX || (list->more ? list->next_id == 0 : list->next_id != 0)) {
+                r->bad = true;
+                return;
+        }
+        for (unsigned i = 0; i < list->count && !r->bad; i++) {
+                struct pb_event_entry *e = &list->events[i];
+                e->id = get_be63(r);
+                e->time = get_be63(r);
+                e->uid = (uint32_t) get_be(r, 4);
+                e->pid = (uint32_t) get_be(r, 4);
+                get_text_max(r, e->event, PB_EVENT_KIND_MAX);
+                get_text_max(r, e->endpoint, PB_ENDPOINT_STRLEN - 1);
+                get_text(r, e->detail);
+                if (e->id == 0 || e->event[0] == '\0')
+                        r->bad = true;
+        }
 }
 
 static void get_lease_list(struct rcur *r, struct pb_lease_list *list) {
@@ -492,6 +586,12 @@ static void decode_body(struct rcur *r, struct pb_msg *m) {
                 m->info.guard = get_bool(r);
                 get_text(r, m->info.guard_state);
                 break;
+        case PB_MSG_LOG:
+                get_log_request(r, m);
+                break;
+        case PB_MSG_LOG | PB_MSG_REPLY:
+                get_event_list(r, &m->events);
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
@@ -534,6 +634,14 @@ bool proto_type_carries_fd(uint16_t type) {
         return type == (PB_MSG_GET | PB_MSG_REPLY);
 }
 
+/* Replaces each control character (and DEL) in s with '?': printable, one line. */
+static char *printable(char *s) {
+        for (char *p = s; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        *p = '?';
+        return s;
+}
+
 void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt, ...) {
         va_list ap;
 
@@ -544,10 +652,26 @@ void proto_set_error(struct pb_msg *msg, uint32_t id, int code, const char *fmt,
         va_start(ap, fmt);
         vsnprintf(msg->error.message, sizeof(msg->error.message), fmt, ap);
         va_end(ap);
-        /* Keep the message printable, one line. */
-        for (char *p = msg->error.message; *p; p++)
-                if ((unsigned char) *p < 0x20 || *p == 0x7f)
-                        *p = '?';
+        printable(msg->error.message);
+}
+
+char *proto_text_copy(char *dst, size_t size, const char *src) {
+        snprintf(dst, size, "%s", src);
+        return printable(dst);
+}
+
+/* What brokerd audits (broker_audit() and the events of durable changes in
+ * request.c and broker.c): a new kind goes here too. */
+const char *const proto_event_kinds[] = {
+        "grant", "deny", "create", "release", "replace", "rebind-failed", "policy-add", "policy-change",
+        "policy-remove", "policy-dir-failed", "reserve", "reserve-failed", "reexec", "bad-message", NULL,
+};
+
+bool proto_event_kind_known(const char *s) {
+        for (size_t i = 0; proto_event_kinds[i]; i++)
+                if (strcmp(s, proto_event_kinds[i]) == 0)
+                        return true;
+        return false;
 }
 
 /* Unit names as systemd allows them: [A-Za-z0-9:_.\\@-], a '.', at most 255 bytes. */

@@ -20,8 +20,8 @@
 #define PB_PROTO_VERSION_MIN 2          /* the oldest still spoken (see proto_type_version()) */
 #define PB_PROTO_VERSION_V6ONLY 4       /* the first with the IPv6-only wildcard (tcp6:[::]:P) and CHECK */
 #define PB_PROTO_VERSION_UNIX 5         /* the first with Unix endpoints (unix:/path) */
-#define PB_PROTO_VERSION_POLICY 6       /* the first with reservations, rule sources, policy imports and
-                                         * POLICY_TEST */
+#define PB_PROTO_VERSION_POLICY 6       /* the first with reservations, rule sources, policy imports,
+                                         * POLICY_TEST and LOG */
 #define PB_SOCKET_MODE_DEFAULT 0600     /* a Unix socket's mode when the rule gives none */
 #define PB_MSG_MAX 4096
 #define PB_HEADER_SIZE 16
@@ -29,7 +29,11 @@
 #define PB_LIST_MAX 32                  /* most leases in one status reply */
 #define PB_RULES_MAX 12                 /* most rules in one policy list reply (fits 4 KiB) */
 #define PB_TEST_GROUPS_MAX 64           /* most groups of the peer a POLICY_TEST describes */
-#define PB_UID_NONE UINT32_MAX          /* POLICY_TEST: a peer of no user (user rules never match it) */
+#define PB_UID_NONE UINT32_MAX          /* no uid: POLICY_TEST's peer of no user (user rules never match
+                                         * it), an event with no peer uid (brokerd's own, an unidentified peer) */
+#define PB_EVENTS_MAX 16                /* most audit events in one log reply (pages end early to fit 4 KiB;
+                                         * more would make struct pb_msg, on many stacks, twice as big) */
+#define PB_EVENT_KIND_MAX 23            /* longest event kind ("policy-dir-failed") */
 
 enum pb_msg_type {
         PB_MSG_GET = 1,
@@ -41,6 +45,7 @@ enum pb_msg_type {
         PB_MSG_REEXEC = 7,              /* admin: brokerd executes its binary again, sockets kept */
         PB_MSG_INFO = 8,                /* brokerd's pid, version and bind guard (since version 3) */
         PB_MSG_CHECK = 9,               /* may the peer get an endpoint? nothing bound (since version 4) */
+        PB_MSG_LOG = 10,                /* audit events, newest first (since version 6) */
         PB_MSG_POLICY_TEST = 11,        /* may a peer described get an endpoint? why? (since version 6) */
         PB_MSG_POLICY_BEGIN = 12,       /* admin: the POLICY_ADDs that follow are one import (since 6) */
         PB_MSG_POLICY_COMMIT = 13,      /* admin: apply the import, in one transaction (since 6) */
@@ -169,6 +174,30 @@ struct pb_msg {
                         uint32_t owner_uid;             /* that lease's owner; 0 without one */
                         char reason[PB_TEXT_MAX + 1];   /* why, one line */
                 } policy_tested;
+                struct {                        /* PB_MSG_LOG */
+                        uint64_t before_id;     /* events with id < before_id; 0: from the newest */
+                        uint64_t since, until;  /* µs since the epoch, inclusive; 0: no bound */
+                        uint8_t limit;          /* most entries in the reply, <= PB_EVENTS_MAX; 0: as many as fit */
+                        uint8_t has_uid;        /* 0: any uid's (an admin's request) */
+                        uint32_t uid;
+                        uint8_t has_endpoint;   /* 0: any endpoint */
+                        struct pb_endpoint endpoint; /* a pattern: its text as an endpoint and as a pattern match */
+                        char event[PB_EVENT_KIND_MAX + 1]; /* a kind (proto_event_kinds), "" any */
+                } log;
+                struct pb_event_list {          /* PB_MSG_LOG | PB_MSG_REPLY */
+                        uint8_t count;
+                        uint8_t more;           /* 1: ask again with before_id = next_id */
+                        uint64_t next_id;       /* more = 1: below the request's before_id; else 0 */
+                        struct pb_event_entry {
+                                uint64_t id;            /* descending within a page */
+                                uint64_t time;          /* µs since the epoch */
+                                uint32_t uid;           /* the peer's, PB_UID_NONE: none */
+                                uint32_t pid;           /* the peer's, 0: none */
+                                char event[PB_EVENT_KIND_MAX + 1];     /* its kind, never "" */
+                                char endpoint[PB_ENDPOINT_STRLEN];      /* endpoint or pattern text, "" none */
+                                char detail[PB_TEXT_MAX + 1];           /* e.g. why a denial, "" none */
+                        } events[PB_EVENTS_MAX];
+                } events;
                 struct {                        /* PB_MSG_REEXEC | PB_MSG_REPLY, from the new image */
                         uint32_t pid;           /* brokerd's pid (the same before and after) */
                         char version[PB_TEXT_MAX + 1]; /* the new image's version */
@@ -230,3 +259,15 @@ int proto_principal_validate(const struct pb_principal *p);
  * -EINVAL with *ret_why (static text) saying what is wrong. */
 int proto_rule_attrs_validate(const struct pb_principal *p, const struct pb_endpoint *pattern,
                               const struct pb_rule_attrs *a, const char **ret_why);
+
+/* The kinds of audit event brokerd records, NULL-terminated: what a LOG
+ * request may ask for. */
+extern const char *const proto_event_kinds[];
+
+/* Whether s is one of proto_event_kinds. */
+bool proto_event_kind_known(const char *s);
+
+/* Copies src into dst (size bytes, at least 1) as a text field may carry
+ * it: cut to fit, each control character (and DEL) replaced with '?'.
+ * Returns dst. */
+char *proto_text_copy(char *dst, size_t size, const char *src);

@@ -32,6 +32,12 @@
 #include "sockopt.h"
 
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *) NULL)->sun_path))
+/* The versions lists are asked in: the newest that lists more (brokerd lists
+ * what a version can say: IPv6-only wildcards from 4 on, Unix endpoints
+ * from 5 on; rules' reservations and sources from 6 on). A newer one would
+ * only cost an older brokerd's refusal. */
+#define LEASE_LIST_VERSION PB_PROTO_VERSION_UNIX
+#define RULE_LIST_VERSION PB_PROTO_VERSION_POLICY
 
 struct pb_conn {
         pthread_mutex_t lock;           /* serializes requests on this connection */
@@ -340,7 +346,7 @@ static int transact(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) 
 /* Whether brokerd may see a request of type twice with the same outcome. */
 static bool repeatable(uint16_t type) {
         return type == PB_MSG_GET || type == PB_MSG_STATUS || type == PB_MSG_POLICY_LIST || type == PB_MSG_INFO ||
-               type == PB_MSG_CHECK || type == PB_MSG_POLICY_TEST;
+               type == PB_MSG_CHECK || type == PB_MSG_POLICY_TEST || type == PB_MSG_LOG;
 }
 
 /* Runs one request on c under its lock. One that brokerd may see twice is
@@ -633,8 +639,7 @@ int pb_conn_status(pb_conn *c, const char *endpoint,
         x = exchange_new(PB_MSG_STATUS, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say (IPv6-only wildcards
-                                                 * from 4 on, Unix endpoints from 5 on) */
+        x->req.hdr.version = LEASE_LIST_VERSION;
         if (endpoint) {
                 r = parse_endpoint(endpoint, &x->req.status.endpoint, err);
                 if (r < 0)
@@ -850,7 +855,7 @@ int pb_conn_policy_list(pb_conn *c, int (*fn)(const pb_rule *rule, void *userdat
         x = exchange_new(PB_MSG_POLICY_LIST, err);
         if (!x)
                 return -ENOMEM;
-        x->req.hdr.version = PB_PROTO_VERSION;  /* brokerd lists what a version can say */
+        x->req.hdr.version = RULE_LIST_VERSION;
 
         for (;;) {
                 unsigned count;
@@ -981,6 +986,120 @@ int pb_conn_info(pb_conn *c, pb_info *ret, pb_error *err) {
                 snprintf(ret->guard_state, sizeof(ret->guard_state), "%s", x->reply.info.guard_state);
                 r = 0;
         }
+        free(x);
+        return r;
+}
+
+/* The LOG request filter asks for. Returns 0 or -EINVAL. */
+static int log_request(const pb_log_filter *filter, struct pb_msg *req, pb_error *err) {
+        static const pb_log_filter none;
+        const pb_log_filter *f = filter ? filter : &none;
+        const char *kind = f->event ? f->event : "";
+        int r;
+
+        if (f->since_us < 0 || f->until_us < 0)
+                return fail(err, EINVAL, "invalid time: before 1970");
+        if (f->has_uid && f->uid == (uid_t) -1)
+                return fail(err, EINVAL, "invalid uid %u", (unsigned) f->uid);
+        if (strlen(kind) > PB_EVENT_KIND_MAX)
+                return fail(err, EINVAL, "invalid event kind '%.40s'", kind);
+        for (const char *p = kind; *p; p++)
+                if ((unsigned char) *p < 0x20 || *p == 0x7f)
+                        return fail(err, EINVAL, "invalid event kind '%.40s'", kind);
+        req->log.since = (uint64_t) f->since_us;
+        req->log.until = (uint64_t) f->until_us;
+        req->log.has_uid = f->has_uid;
+        req->log.uid = f->has_uid ? (uint32_t) f->uid : 0;
+        if (f->endpoint) {
+                r = parse_pattern(f->endpoint, &req->log.endpoint, err);
+                if (r < 0)
+                        return r;
+                req->log.has_endpoint = 1;
+        }
+        memcpy(req->log.event, kind, strlen(kind) + 1);
+        return 0;
+}
+
+/* A LOG page must move on: ids below before (0: none yet) and falling, the
+ * cursor below before and at most the last id, or a hostile or broken
+ * broker could keep us paging forever. */
+static int check_log_page(const struct pb_event_list *l, uint64_t before, pb_error *err) {
+        uint64_t below = before ? before : UINT64_MAX;
+
+        for (unsigned i = 0; i < l->count; i++) {
+                if (l->events[i].id >= below)
+                        return fail(err, EPROTO, "invalid reply from brokerd: event list out of order");
+                below = l->events[i].id;
+        }
+        if (l->more && (l->next_id > below || (before && l->next_id >= before)))
+                return fail(err, EPROTO, "invalid reply from brokerd: event list does not move on");
+        return 0;
+}
+
+/* A LOG reply's entry as the caller's pb_event. */
+static void event_from_entry(const struct pb_event_entry *e, pb_event *ret) {
+        *ret = (pb_event) {
+                .id = e->id,
+                .time_us = (int64_t) e->time,
+                .uid = e->uid == PB_UID_NONE ? (uid_t) -1 : (uid_t) e->uid,
+                .pid = e->pid <= INT32_MAX ? (pid_t) e->pid : 0,
+        };
+        snprintf(ret->event, sizeof(ret->event), "%s", e->event);
+        snprintf(ret->endpoint, sizeof(ret->endpoint), "%s", e->endpoint);
+        snprintf(ret->detail, sizeof(ret->detail), "%s", e->detail);
+}
+
+int pb_conn_log(pb_conn *c, const pb_log_filter *filter, unsigned limit,
+                int (*fn)(const pb_event *event, void *userdata), void *userdata, pb_error *err) {
+        struct exchange *x;
+        uint64_t before = 0;
+        unsigned left = limit;
+        int r;
+
+        clear_error(err);
+        if (!c || !fn)
+                return fail(err, EINVAL, "pb_conn_log: no connection or no callback");
+        x = exchange_new(PB_MSG_LOG, err);
+        if (!x)
+                return -ENOMEM;
+        r = log_request(filter, &x->req, err);
+        if (r < 0)
+                goto out;
+
+        for (;;) {
+                const struct pb_event_list *l = &x->reply.events;
+
+                x->req.log.before_id = before;
+                x->req.log.limit = (uint8_t) (limit && left < PB_EVENTS_MAX ? left : 0);
+                r = request(c, x, NULL, err);
+                if (r == -EPROTONOSUPPORT) {
+                        r = fail(err, EPROTONOSUPPORT, "brokerd is older than protocol version %d, which "
+                                 "reading its audit trail needs", PB_PROTO_VERSION_POLICY);
+                        goto out;
+                }
+                if (r < 0)
+                        goto out;
+                r = check_log_page(l, before, err);
+                if (r < 0)
+                        goto out;
+                for (unsigned i = 0; i < l->count && !(limit && left == 0); i++) {
+                        pb_event event;
+
+                        event_from_entry(&l->events[i], &event);
+                        r = fn(&event, userdata);
+                        if (r != 0) {
+                                r = callback_result(r, err);
+                                goto out;
+                        }
+                        if (limit)
+                                left--;
+                }
+                if (!l->more || (limit && left == 0))
+                        break;
+                before = l->next_id;
+        }
+        r = 0;
+out:
         free(x);
         return r;
 }

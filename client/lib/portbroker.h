@@ -113,6 +113,32 @@ typedef struct pb_info {
         char guard_state[256];          /* where the guard works, or why it is off */
 } pb_info;
 
+#define PB_EVENT_KIND_TEXT_MAX 24       /* an event's kind, NUL included ("policy-remove") */
+
+/* One event of brokerd's audit trail. */
+typedef struct pb_event {
+        uint64_t id;                    /* the order events were recorded in */
+        int64_t time_us;                /* when, µs since the epoch */
+        char event[PB_EVENT_KIND_TEXT_MAX]; /* its kind: grant, deny, create, release, replace,
+                                         * rebind-failed, policy-add, policy-change, policy-remove,
+                                         * policy-dir-failed, reserve, reserve-failed, reexec,
+                                         * bad-message */
+        uid_t uid;                      /* the peer's, (uid_t) -1: none (brokerd's own event) */
+        pid_t pid;                      /* the peer's, 0: none */
+        char endpoint[PB_ENDPOINT_TEXT_MAX]; /* the endpoint or pattern it is about, canonical; "" none */
+        char detail[256];               /* a denial's reason, a rule's principal, an error; "" none */
+} pb_event;
+
+/* Which events pb_conn_log() reads: those matching every field set. */
+typedef struct pb_log_filter {
+        int64_t since_us;               /* recorded at or after, µs since the epoch; 0: no bound */
+        int64_t until_us;               /* at or before; 0: no bound */
+        bool has_uid;                   /* only uid's events (another uid than the caller's: admins only) */
+        uid_t uid;
+        const char *endpoint;           /* endpoint or pattern text (`8080`, `tcp:8000-8099`), NULL: any */
+        const char *event;              /* a kind, NULL or "": any */
+} pb_log_filter;
+
 /* The control socket path: $PORTBROKER_SOCKET if set and non-empty, else PB_DEFAULT_SOCKET. */
 const char *pb_socket_path(void);
 
@@ -210,6 +236,15 @@ int pb_conn_reexec(pb_conn *c, char *version, size_t size, pb_error *err);
 /* brokerd's pid, version and bind guard (brokerd 0.1.0 with protocol
  * version 3 and later; an older one fails with -EPROTONOSUPPORT). Returns 0. */
 int pb_conn_info(pb_conn *c, pb_info *ret, pb_error *err);
+
+/* Calls fn for each event of brokerd's audit trail that filter (NULL: none)
+ * selects, newest first, at most limit of them (0: all), paging as needed.
+ * Admins read every uid's events; anyone else their own uid's, and asking
+ * for another uid's fails with -EPERM. fn returns 0, > 0 or -errno as for
+ * pb_conn_status. A brokerd before protocol version 6 fails it with
+ * -EPROTONOSUPPORT. Returns 0 or -errno. */
+int pb_conn_log(pb_conn *c, const pb_log_filter *filter, unsigned limit,
+                int (*fn)(const pb_event *event, void *userdata), void *userdata, pb_error *err);
 
 #ifdef __cplusplus
 }

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "timespan.h"
+
 const char *arg_socket = NULL;
 bool arg_json = false;
 
@@ -174,6 +176,30 @@ int cli_start_watcher(const int *keep, size_t n) {
         return 0;
 }
 
+int cli_take_option(int argc, char **argv, int *i, const char *verb, const struct cli_option *opts, size_t n) {
+        const char *arg = argv[*i], *value;
+
+        for (size_t k = 0; k < n; k++) {
+                size_t len = strlen(opts[k].name);
+
+                if (strncmp(arg, opts[k].name, len) != 0 || (arg[len] != '=' && arg[len] != '\0'))
+                        continue;
+                if (arg[len] == '=')
+                        value = arg + len + 1;
+                else if (*i + 1 >= argc)
+                        return cli_usage("%s: %s needs a value", verb, arg);
+                else
+                        value = argv[++*i];
+                if (*opts[k].value)
+                        return cli_usage("%s: %s given twice", verb, opts[k].name);
+                if (!value[0])
+                        return cli_usage("%s: %s needs a value", verb, opts[k].name);
+                *opts[k].value = value;
+                return 0;
+        }
+        return -1;
+}
+
 int cli_parse_operand(int argc, char **argv, const char *verb, const char *too_many, const char **ret_operand) {
         const char *operand = NULL;
 
@@ -313,6 +339,108 @@ void format_time(int64_t t, char *buf, size_t size) {
         /* %z gives +hhmm; ISO 8601's extended format wants +hh:mm. */
         memmove(buf + n - 1, buf + n - 2, 3);
         buf[n - 2] = ':';
+}
+
+/* Takes n decimal digits at *s into *ret, moving *s past them. */
+static bool take_digits(const char **s, int n, int *ret) {
+        int v = 0;
+
+        for (int i = 0; i < n; i++) {
+                if ((*s)[i] < '0' || (*s)[i] > '9')
+                        return false;
+                v = v * 10 + ((*s)[i] - '0');
+        }
+        *s += n;
+        *ret = v;
+        return true;
+}
+
+/* YYYY-MM-DD[( |T)HH:MM[:SS]][Z|(+|-)HH[:]MM]: local time unless an offset is given. */
+static int parse_date(const char *s, int64_t *ret) {
+        int year, mon, day, hour = 0, min = 0, sec = 0, off_h, off_m;
+        bool utc = false;
+        long offset = 0;
+        struct tm tm;
+        time_t t;
+
+        if (!take_digits(&s, 4, &year) || *s++ != '-' || !take_digits(&s, 2, &mon) || *s++ != '-' ||
+            !take_digits(&s, 2, &day))
+                return -EINVAL;
+        if (*s == ' ' || *s == 'T') {
+                s++;
+                if (!take_digits(&s, 2, &hour) || *s++ != ':' || !take_digits(&s, 2, &min))
+                        return -EINVAL;
+                if (*s == ':') {
+                        s++;
+                        if (!take_digits(&s, 2, &sec))
+                                return -EINVAL;
+                }
+        }
+        if (*s == 'Z') {
+                utc = true;
+                s++;
+        } else if (*s == '+' || *s == '-') {
+                long sign = *s++ == '-' ? -1 : 1;
+
+                if (!take_digits(&s, 2, &off_h))
+                        return -EINVAL;
+                if (*s == ':')
+                        s++;
+                if (!take_digits(&s, 2, &off_m) || off_h > 23 || off_m > 59)
+                        return -EINVAL;
+                utc = true;
+                offset = sign * (off_h * 3600L + off_m * 60L);
+        }
+        if (*s || mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 || sec > 59)
+                return -EINVAL;
+        tm = (struct tm) { .tm_year = year - 1900, .tm_mon = mon - 1, .tm_mday = day, .tm_hour = hour, .tm_min = min,
+                           .tm_sec = sec, .tm_isdst = -1 };
+        t = utc ? timegm(&tm) - offset : mktime(&tm);
+        /* mktime() and timegm() roll February 30 over into March: no such day. */
+        if (tm.tm_mday != day || tm.tm_mon != mon - 1 || t < 0)
+                return -EINVAL;
+        *ret = (int64_t) t;
+        return 0;
+}
+
+int parse_time(const char *s, int64_t now, int64_t *ret) {
+        static const char *const days[] = { "yesterday", "today", "tomorrow" };
+        uint64_t span;
+        struct tm tm;
+        time_t t = (time_t) now;
+        int64_t v = 0;
+
+        if (strcmp(s, "now") == 0) {
+                *ret = now;
+                return 0;
+        }
+        for (int i = 0; i < 3; i++)
+                if (strcmp(s, days[i]) == 0) {
+                        if (!localtime_r(&t, &tm))
+                                return -EINVAL;
+                        tm = (struct tm) { .tm_year = tm.tm_year, .tm_mon = tm.tm_mon, .tm_mday = tm.tm_mday + i - 1,
+                                           .tm_isdst = -1 };
+                        t = mktime(&tm);
+                        if (t < 0)
+                                return -EINVAL;
+                        *ret = (int64_t) t;
+                        return 0;
+                }
+        if (s[0] == '@') {
+                if (!s[1] || strlen(s + 1) > 12 || strspn(s + 1, "0123456789") != strlen(s + 1))
+                        return -EINVAL;
+                for (const char *p = s + 1; *p; p++)
+                        v = v * 10 + (*p - '0');
+                *ret = v;
+                return 0;
+        }
+        if (s[0] == '-' || s[0] == '+') {
+                if (timespan_parse(s + 1, &span) < 0 || (s[0] == '-' && span > (uint64_t) now))
+                        return -EINVAL;
+                *ret = s[0] == '-' ? now - (int64_t) span : now + (int64_t) span;
+                return 0;
+        }
+        return parse_date(s, ret);
 }
 
 void *grow(void *items, size_t n, size_t *alloc, size_t size) {

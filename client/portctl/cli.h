@@ -59,6 +59,17 @@ int cli_connect(pb_conn **ret);
  * when done), 1 here once it started, or -errno. */
 int cli_start_watcher(const int *keep, size_t n);
 
+/* An option of a command that takes a value: --name VALUE or --name=VALUE. */
+struct cli_option {
+        const char *name;               /* "--user" */
+        const char **value;             /* where its value goes (NULL until given) */
+};
+
+/* Takes argv[*i] when it is one of the n options opts, storing its value and moving *i past it.
+ * Returns 0 when taken, -1 for any other argument, or EXIT_USAGE (said, naming verb: no value, an
+ * empty one, or the option given twice). */
+int cli_take_option(int argc, char **argv, int *i, const char *verb, const struct cli_option *opts, size_t n);
+
 /* Parses the arguments of a command that takes at most one operand and no option of its own
  * (main took --json and --socket out): *ret_operand gets it, or NULL. A second operand is a
  * usage error saying too_many, or, when too_many is NULL, no operand is allowed ("VERB:
@@ -89,6 +100,14 @@ void user_text(uid_t uid, char *buf, size_t size);
 
 /* ISO 8601 local time with a numeric offset (2025-01-31T14:05:09+01:00), "-" for t <= 0, into buf. */
 void format_time(int64_t t, char *buf, size_t size);
+
+/* A point in time as an admin types it, in unix seconds: YYYY-MM-DD, with [ |T]HH:MM[:SS] (local
+ * time, or UTC with Z, or with an offset +HH:MM as format_time() writes it), @UNIXSECONDS, -SPAN
+ * (that long before now: -1h, -30m, -2d, -1h30m; +SPAN after), now, today, yesterday or tomorrow
+ * (local midnight). now is the time to count from. Returns 0, or -EINVAL (also before 1970). */
+int parse_time(const char *s, int64_t now, int64_t *ret);
+#define TIME_SYNTAX "expected YYYY-MM-DD [HH:MM[:SS]], @UNIXSECONDS, -1h (-30m, -2d: ago), now, today or yesterday"
+
 
 /* Returns items with room for one more of size bytes (n used of *alloc, doubled as needed),
  * or NULL (items unchanged, still owned by the caller). */
@@ -189,3 +208,6 @@ int cmd_upgrade(int argc, char **argv);
 
 /* portctl why (why.c). */
 int cmd_why(int argc, char **argv);
+
+/* portctl log (cmd-log.c). */
+int cmd_log(int argc, char **argv);

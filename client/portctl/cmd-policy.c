@@ -49,59 +49,34 @@ struct principal_args {
         const char *owner;                      /* add: a group or unit rule's reservation's */
 };
 
-/* The slot of an option taking a value (--user, --group, --unit, and with
- * add_options --socket-group, --socket-mode, --owner; maybe with =VALUE),
- * its name's length in *ret_len; NULL for any other argument. */
-static const char **option_slot(struct principal_args *a, bool add_options, const char *opt, size_t *ret_len) {
-        static const char *const names[] = { "--user", "--group", "--unit", "--socket-group", "--socket-mode",
-                                             "--owner" };
-        const char **slots[] = { &a->user, &a->group, &a->unit, &a->socket_group, &a->socket_mode, &a->owner };
-
-        for (size_t i = 0; i < (add_options ? 6 : 3); i++) {
-                size_t len = strlen(names[i]);
-
-                if (strncmp(opt, names[i], len) == 0 && (opt[len] == '=' || opt[len] == '\0')) {
-                        *ret_len = len;
-                        return slots[i];
-                }
-        }
-        return NULL;
-}
-
 /* Parses verb's operand (what names it in messages) and options, each at
- * most once; which combine is the caller's to check. Returns 0 or EXIT_USAGE. */
+ * most once (add_options: add's besides --user, --group and --unit); which
+ * combine is the caller's to check. Returns 0 or EXIT_USAGE. */
 static int parse_principal_args(int argc, char **argv, const char *verb, const char *what, bool add_options,
                                 struct principal_args *ret) {
         struct principal_args a = { 0 };
+        const struct cli_option opts[] = {
+                { "--user", &a.user }, { "--group", &a.group }, { "--unit", &a.unit },
+                { "--socket-group", &a.socket_group }, { "--socket-mode", &a.socket_mode }, { "--owner", &a.owner },
+        };
 
         for (int i = 1; i < argc; i++) {
-                const char *opt = argv[i], *value, **slot;
-                size_t len;
+                int r;
 
-                if (add_options && strcmp(opt, "--reserve") == 0) {
+                if (add_options && strcmp(argv[i], "--reserve") == 0) {
                         a.reserve = true;
                         continue;
                 }
-                slot = option_slot(&a, add_options, opt, &len);
-                if (!slot && opt[0] == '-' && opt[1])
-                        return cli_usage("%s: unknown option '%s'", verb, opt);
-                if (!slot && a.operand)
-                        return cli_usage("%s: one %s at a time", verb, what);
-                if (!slot) {
-                        a.operand = opt;
+                r = cli_take_option(argc, argv, &i, verb, opts, add_options ? 6 : 3);
+                if (r > 0)
+                        return r;
+                if (r == 0)
                         continue;
-                }
-                if (opt[len] == '=')
-                        value = opt + len + 1;
-                else if (i + 1 >= argc)
-                        return cli_usage("%s: %s needs a value", verb, opt);
-                else
-                        value = argv[++i];
-                if (*slot)
-                        return cli_usage("%s: %.*s given twice", verb, (int) len, opt);
-                if (!value[0])
-                        return cli_usage("%s: %.*s needs a value", verb, (int) len, opt);
-                *slot = value;
+                if (argv[i][0] == '-' && argv[i][1])
+                        return cli_usage("%s: unknown option '%s'", verb, argv[i]);
+                if (a.operand)
+                        return cli_usage("%s: one %s at a time", verb, what);
+                a.operand = argv[i];
         }
         if (!a.operand)
                 return cli_usage("%s: no %s given", verb, what);

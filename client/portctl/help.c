@@ -31,6 +31,23 @@ static const struct usage {
           true },
         { "release", "ENDPOINT", "End a lease (its owner or an admin)\n", "", true },
         { "status", "[ENDPOINT]", "Show leases: owner, since, handouts, holders, queue\n", "", true },
+        { "log", "[--since TIME] [--until TIME] [--endpoint E] [--uid USER] [--event KIND] [--limit N]",
+          "Show brokerd's audit trail, newest first: grants, denials\n"
+          "and why, leases created and released, rules added and\n"
+          "removed, re-executions (admins: everyone's; others: their\n"
+          "own)\n",
+          "  --since TIME          Events at or after TIME: YYYY-MM-DD [HH:MM[:SS]] (local\n"
+          "                        time), @UNIXSECONDS, -1h (-30m, -2d: ago), now, today\n"
+          "                        or yesterday\n"
+          "  --until TIME          Events at or before TIME\n"
+          "  --endpoint E          Events about endpoint E, or the rules of pattern E\n"
+          "  --uid USER            One user's events: a name or uid (another's: admins)\n"
+          "  --event KIND          One kind: grant, deny, create, release, replace,\n"
+          "                        rebind-failed, policy-add, policy-change,\n"
+          "                        policy-remove, policy-dir-failed, reserve,\n"
+          "                        reserve-failed, reexec or bad-message\n"
+          "  --limit N             At most the N newest (default 100; 0: all)\n",
+          true },
         { "policy add", "PATTERN (--user NAME|UID | --group NAME|GID | --unit UNIT) [--socket-group GROUP] "
                         "[--socket-mode MODE] [--reserve [--owner NAME|UID]]",
           "Let a user, group or systemd unit get endpoints matching\n"

@@ -5,11 +5,11 @@
  * help (help.c has it: all of it, or one command's with `portctl COMMAND
  * --help`) and the dispatch to the commands: get/release/status
  * (cmd-lease.c), policy (cmd-policy.c), admin (cmd-admin.c), run/upgrade
- * (run.c) and why (why*.c); what they share is in cli.c. Output is a human
- * table or line by default and JSON with --json. This is the only part of
- * portbroker that prints for users: on failure exactly one line
- * `portctl: MESSAGE` on stderr (under --json also a JSON error object on
- * stdout, cli.c) and exit status 1; usage errors exit with 2.
+ * (run.c), why (why*.c) and log (cmd-log.c); what they share is in cli.c.
+ * Output is a human table or line by default and JSON with --json. This
+ * is the only part of portbroker that prints for users: on failure exactly
+ * one line `portctl: MESSAGE` on stderr (under --json also a JSON error
+ * object on stdout, cli.c) and exit status 1; usage errors exit with 2.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +35,7 @@ static const struct command {
         { "run", cmd_run },
         { "upgrade", cmd_upgrade },
         { "why", cmd_why },
+        { "log", cmd_log },
 };
 
 static const struct command *find_command(const char *name) {

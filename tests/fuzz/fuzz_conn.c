@@ -102,7 +102,8 @@ static struct broker_options options = {
         .exe_path = "/proc/self/exe",
 };
 
-static size_t n_inputs, n_requests, n_replies, n_granted, n_bad, n_reexecs, n_restarts, n_replaced, n_accepted;
+static size_t n_inputs, n_requests, n_replies, n_granted, n_bad, n_reexecs, n_restarts, n_replaced, n_accepted,
+        n_log_events;
 
 /* --- the stand-in monitor ----------------------------------------------------- */
 
@@ -558,6 +559,8 @@ struct sent {
         uint16_t type;
         uint32_t id;
         struct pb_endpoint endpoint;    /* GET's */
+        uint64_t before_id;             /* LOG's */
+        uint8_t limit;                  /* LOG's */
 };
 
 struct client {
@@ -567,6 +570,8 @@ struct client {
         bool ended;                     /* it answered what ends the connection: nothing may follow */
         struct sent sent[SENT_MAX];
         unsigned n_sent, n_answered;
+        uint32_t uid;                   /* the peer's */
+        bool admin;                     /* root, our uid or in --admin-group: reads every uid's events */
 };
 
 static struct client clients[CLIENTS_MAX];
@@ -589,10 +594,29 @@ static const uint16_t request_types[] = {
 };
 
 static bool is_request_type(uint16_t type) {
+        if (type == PB_MSG_LOG)
+                return true;
         for (size_t i = 0; i < ELEMENTSOF(request_types); i++)
                 if (request_types[i] == type)
                         return true;
         return false;
+}
+
+/* A LOG reply to s on c: a page newest first, below the cursor, within
+ * the limit, its cursor moving on; a non-admin's own uid's events only. */
+static void check_log_page(const struct client *c, const struct sent *s, const struct pb_event_list *l) {
+        uint64_t below = s->before_id ? s->before_id : UINT64_MAX;
+
+        CHECK(l->count <= (s->limit ? s->limit : PB_EVENTS_MAX));
+        for (unsigned i = 0; i < l->count; i++) {
+                CHECK(l->events[i].id < below);
+                below = l->events[i].id;
+                CHECK(c->admin || l->events[i].uid == c->uid);
+        }
+        n_log_events += l->count;
+        if (l->more) {
+                CHECK(l->next_id <= below && (!s->before_id || l->next_id < s->before_id));
+        }
 }
 
 /* Whether s may be sent on c now. */
@@ -720,6 +744,9 @@ static void check_reply(struct client *c, const uint8_t *buf, size_t len, int fd
                         break;
                 case PB_MSG_INFO:
                         CHECK(r.info.pid == (uint32_t) getpid() && r.info.guard == 1);
+                        break;
+                case PB_MSG_LOG:
+                        check_log_page(c, s, &r.events);
                         break;
                 }
         }
@@ -850,7 +877,8 @@ static struct client *connect_client(const struct privsep_peer *who) {
                 return NULL;
         }
         CHECK(r == 0);
-        *c = (struct client) { .fd = sv[0] };
+        *c = (struct client) { .fd = sv[0], .uid = who->uid,
+                               .admin = who->uid == 0 || who->uid == getuid() || who->gid == ADMIN_GID };
         TRACE("client %d: connected as uid %u (%s) pid %d unit '%s'", (int) (c - clients), who->uid,
               who->doubt[0] ? who->doubt : "certain", who->pid, who->unit);
         return c;
@@ -903,15 +931,24 @@ static struct pb_endpoint endpoint_of(uint8_t a) {
         return e;
 }
 
-/* A request from the program: type (its low 7 bits modulo 10: GET to
- * CHECK, then POLICY_TEST; bit 7: sent in the newest version), fields from
- * two bytes, the id. */
+static size_t n_event_kinds(void) {
+        size_t n = 0;
+
+        while (proto_event_kinds[n])
+                n++;
+        return n;
+}
+
+/* A request from the program: type (its low 7 bits: 0x7f LOG, else one of
+ * request_types; bit 7: sent in the newest version), fields from two
+ * bytes, the id. */
 static void build_request(struct program *pr, struct pb_msg *m) {
         uint8_t t = take8(pr), a = take8(pr), f = take8(pr);
         static const uint16_t widths[] = { 0, 1, 99, 65535 };
 
         memset(m, 0, sizeof(*m));
-        m->hdr.type = request_types[(t & 0x7f) % ELEMENTSOF(request_types)];
+        /* LOG from two values only, so that older inputs keep their meaning. */
+        m->hdr.type = (t & 0x7f) == 0x7f ? PB_MSG_LOG : request_types[(t & 0x7f) % ELEMENTSOF(request_types)];
         m->hdr.version = t & 0x80 ? PB_PROTO_VERSION : PB_PROTO_VERSION_MIN;
         m->hdr.id = take8(pr);
         switch (m->hdr.type) {
@@ -972,6 +1009,19 @@ static void build_request(struct program *pr, struct pb_msg *m) {
                 if (f & 0x40)
                         snprintf(m->policy_test.unit, sizeof(m->policy_test.unit), "%s", units[(f >> 7) & 1]);
                 break;
+        case PB_MSG_LOG:
+                m->log.before_id = f & 1 ? a : 0;
+                m->log.since = f & 2 ? 1 : 0;
+                m->log.until = f & 4 ? INT64_MAX : 0;
+                m->log.limit = (uint8_t) (a % (PB_EVENTS_MAX + 1));
+                m->log.has_uid = (f >> 3) & 1;
+                m->log.uid = m->log.has_uid ? principal_ids[a % ELEMENTSOF(principal_ids)] : 0;
+                m->log.has_endpoint = (f >> 4) & 1;
+                if (m->log.has_endpoint)
+                        m->log.endpoint = endpoint_of(a);
+                snprintf(m->log.event, sizeof(m->log.event), "%s",
+                         f & 0x20 ? proto_event_kinds[a % n_event_kinds()] : f & 0x40 ? "no-such-kind" : "");
+                break;
         }
 }
 
@@ -983,7 +1033,9 @@ static struct sent classify(const uint8_t *buf, size_t len) {
                 return (struct sent) { .kind = SENT_EMPTY };
         if (proto_decode(buf, len, &m) < 0 || !is_request_type(m.hdr.type))
                 return (struct sent) { .kind = SENT_BAD };
-        return (struct sent) { .kind = SENT_REQUEST, .type = m.hdr.type, .id = m.hdr.id, .endpoint = m.get.endpoint };
+        return (struct sent) { .kind = SENT_REQUEST, .type = m.hdr.type, .id = m.hdr.id, .endpoint = m.get.endpoint,
+                               .before_id = m.hdr.type == PB_MSG_LOG ? m.log.before_id : 0,
+                               .limit = m.hdr.type == PB_MSG_LOG ? m.log.limit : 0 };
 }
 
 static void op_request(struct program *pr) {
@@ -1329,10 +1381,7 @@ static void reset(struct fds baseline) {
         check_fds((int) expected, baseline.pidfds + (int) holders_max, baseline.pidfds + (int) holders,
                   "with every client gone");
 
-        for (size_t i = 0; i < n; i++) {
-                req = (struct pb_msg) { .hdr.type = PB_MSG_RELEASE, .get.endpoint = endpoints[i] };
-                admin_ask(c, &req, &reply);
-        }
+        /* Rules first: a release makes the reservations it kept out (of other owners). */
         for (more = true; more;) {
                 req = (struct pb_msg) { .hdr = { .type = PB_MSG_POLICY_LIST, .version = PB_PROTO_VERSION } };
                 admin_ask(c, &req, &list);
@@ -1342,6 +1391,10 @@ static void reset(struct fds baseline) {
                                                 .rule_id.rule_id = list.rules.rules[i].id };
                         admin_ask(c, &req, &reply);
                 }
+        }
+        for (size_t i = 0; i < n; i++) {
+                req = (struct pb_msg) { .hdr.type = PB_MSG_RELEASE, .get.endpoint = endpoints[i] };
+                admin_ask(c, &req, &reply);
         }
         client_close(c);
         run_loop();
@@ -1490,9 +1543,9 @@ size_t fuzz_accepted(void) {
 const char *fuzz_summary(void) {
         static char buf[256];
 
-        snprintf(buf, sizeof(buf), "%zu requests, %zu replies (%zu sockets handed out, %zu malformed refused), "
-                 "%zu sockets replaced, %zu re-executions, %zu worker restarts", n_requests, n_replies, n_granted,
-                 n_bad, n_replaced, n_reexecs, n_restarts);
+        snprintf(buf, sizeof(buf), "%zu requests, %zu replies (%zu sockets handed out, %zu malformed refused, "
+                 "%zu audit events read), %zu sockets replaced, %zu re-executions, %zu worker restarts", n_requests,
+                 n_replies, n_granted, n_bad, n_log_events, n_replaced, n_reexecs, n_restarts);
         return buf;
 }
 

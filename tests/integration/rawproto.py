@@ -13,6 +13,8 @@ VERSION = 2                             # PB_PROTO_VERSION_MIN: what every messa
 GET, RELEASE, STATUS, POLICY_ADD, POLICY_REMOVE, POLICY_LIST = 1, 2, 3, 4, 5, 6
 POLICY_TEST, TEST_VERSION = 11, 6       # POLICY_TEST came with version 6
 UID_NONE = 0xFFFFFFFF
+LOG = 10
+LOG_VERSION = 6                         # LOG came with version 6
 REPLY, ERROR = 0x8000, 0xFFFF
 
 
@@ -70,6 +72,30 @@ def policy_tested(data):
     assert off == len(data), data
     return {"allowed": bool(allowed), "admin": bool(admin), "rule": rule, "lease_id": lease_id,
             "owner_uid": owner_uid, "reason": reason}
+
+
+def log_body(before=0, since=0, until=0, limit=0, uid=None, ep=None, event=b"", uid_bytes=None):
+    """A LOG request's body (PROTOCOL.md 4.19); uid_bytes forces the uid field."""
+    uid_field = uid_bytes if uid_bytes is not None else struct.pack("!I", uid or 0)
+    return (struct.pack("!QQQBB", before, since, until, limit, uid is not None) + uid_field +
+            (b"\x01" + ep if ep is not None else b"\x00" + bytes(24)) + bytes([len(event)]) + event)
+
+
+def log_page(data):
+    """A LOG reply's (more, next_id, [(id, time_us, uid, pid, event, endpoint, detail)])."""
+    count, more, next_id = struct.unpack("!BBQ", data[16:26])
+    off, entries = 26, []
+    for _ in range(count):
+        eid, t, uid, pid = struct.unpack("!QQII", data[off:off + 24])
+        off += 24
+        texts = []
+        for _ in range(3):
+            n = data[off]
+            texts.append(data[off + 1:off + 1 + n].decode())
+            off += 1 + n
+        entries.append((eid, t, uid, pid, *texts))
+    assert off == len(data), (off, len(data))
+    return more, next_id, entries
 
 
 def answer(s, timeout=5.0):

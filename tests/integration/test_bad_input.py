@@ -20,8 +20,8 @@ import time
 import pytest
 
 from conftest import as_user, child_env, wait_for
-from rawproto import (ERROR, GET, HDR, POLICY_ADD, POLICY_LIST, REPLY, STATUS, STATUS_BODY, VERSION, answer,
-                      check_error_reply, endpoint, msg)
+from rawproto import (ERROR, GET, HDR, LOG, LOG_VERSION, POLICY_ADD, POLICY_LIST, REPLY, STATUS, STATUS_BODY, VERSION,
+                      answer, check_error_reply, endpoint, log_body, log_page, msg)
 
 pytestmark = pytest.mark.usefixtures("netns")
 
@@ -58,6 +58,11 @@ def test_raw_status_request_works(broker):
         s.send(msg(GET, endpoint(8080), mid=100))
         kind, hdr, data = answer(s)
         assert kind == "reply" and hdr[2] == GET | REPLY and hdr[3] == 100, hdr
+        s.send(msg(LOG, log_body(uid=0, ep=endpoint(8080), event=b"grant"), version=LOG_VERSION, mid=101))
+        kind, hdr, data = answer(s)
+        assert kind == "reply" and hdr[2] == LOG | REPLY and hdr[3] == 101, hdr
+        more, next_id, events = log_page(data)
+        assert [e[4:6] for e in events] == [("grant", "tcp:[::]:8080")] and (more, next_id) == (0, 0), data
 
 
 BAD = {
@@ -93,6 +98,15 @@ BAD = {
     "policy-add-unit-control-chars": msg(POLICY_ADD, struct.pack("!BI", 3, 0) + b"\x05a\nb.s" + endpoint(80)),
     "policy-add-text-overrun": msg(POLICY_ADD, struct.pack("!BI", 3, 0) + b"\xff" + b"a" * 10),
     "policy-list-short": msg(POLICY_LIST, b"\x00" * 4),
+    "log-in-version-5": msg(LOG, log_body(), version=5),     # LOG came with version 6
+    "log-truncated": msg(LOG, log_body()[:-1], version=LOG_VERSION),
+    "log-limit-above-max": msg(LOG, log_body(limit=17), version=LOG_VERSION),
+    "log-uid-reserved": msg(LOG, log_body(uid_bytes=b"\x00\x00\x00\x01"), version=LOG_VERSION),
+    "log-uid-none": msg(LOG, log_body(uid=0xFFFFFFFF), version=LOG_VERSION),
+    "log-since-above-int64": msg(LOG, log_body(since=1 << 63), version=LOG_VERSION),
+    "log-event-control-char": msg(LOG, log_body(event=b"gr\nant"), version=LOG_VERSION),
+    "log-event-too-long": msg(LOG, log_body(event=b"x" * 24), version=LOG_VERSION),
+    "log-endpoint-bad-transport": msg(LOG, log_body(ep=endpoint(80, transport=99)), version=LOG_VERSION),
 }
 
 

@@ -53,7 +53,9 @@ def test_help_and_usage_errors():
     assert r.returncode == 0
     assert "--admin-group" in r.stdout and "--max-leases-per-user" in r.stdout and "--log-level" in r.stdout
     assert "--guard-dir" in r.stdout and "--guard-cgroup" in r.stdout and "--no-guard" in r.stdout
-    for bad in (["--backlog", "0"], ["--idle-timeout", "x"], ["--no-such-flag"],
+    assert "--audit-max-age" in r.stdout and "--audit-max-rows" in r.stdout
+    for bad in (["--audit-max-age", "1y"], ["--audit-max-age", "-1d"], ["--audit-max-rows", "1000000001"],
+                ["--backlog", "0"], ["--idle-timeout", "x"], ["--no-such-flag"],
                 ["--control", "relative.sock"], ["extra-arg"], ["--admin-group", "no-such-group-xyz"],
                 ["--log-level", "loud"], ["--max-connections", "100001"], ["--guard-dir", "relative"],
                 ["--guard-cgroup", "relative"]):

@@ -29,6 +29,7 @@ OWN_OPTIONS = {
     "policy add": {"--user", "--group", "--unit", "--owner", "--reserve"}, "policy remove": set(),
     "policy list": set(), "policy import": {"--replace", "--check"},
     "policy test": {"--user", "--group", "--unit"}, "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+    "log": {"--since", "--until", "--endpoint", "--uid", "--event", "--limit"},
 }
 
 
@@ -68,7 +69,7 @@ def help_options(*words):
 
 
 def test_commands_subcommands_and_options():
-    commands = ["get", "release", "status", "policy", "admin", "run", "upgrade", "why", "help"]
+    commands = ["get", "release", "status", "log", "policy", "admin", "run", "upgrade", "why", "help"]
     assert complete("portctl ") == commands
     assert complete("portctl --json ") == commands
     assert complete("portctl --socket /x ") == commands
@@ -99,6 +100,17 @@ def test_option_values(tmp_path):
     assert complete("portctl upgrade --pid 2 --signal QU") == ["QUIT"]
     assert complete("portctl upgrade --pid ") == []
     assert complete("portctl policy add 80 --unit ") == []
+    assert "nobody" in complete("portctl log --uid no")
+    assert complete("portctl log --limit ") == []
+    assert complete("portctl log --since y") == ["yesterday"]
+    assert complete("portctl log --until -") == ["-1h", "-1d"]
+    # The kinds are those portctl log --help names (brokerd's, proto_event_kinds).
+    kinds = complete("portctl log --event ")
+    helptext = subprocess.run([PORTCTL, "log", "--help"], capture_output=True, text=True, check=True).stdout
+    named = re.search(r"One kind: (.*?)\n  --limit", helptext, re.S).group(1)
+    assert kinds == [k for k in re.findall(r"[a-z][a-z-]*", named) if k != "or"], (kinds, named)
+    assert complete("portctl log --event policy-") == ["policy-add", "policy-change", "policy-remove",
+                                                      "policy-dir-failed"]
     (tmp_path / "control.sock").write_text("")
     (tmp_path / "other").write_text("")
     assert complete(f"portctl --socket {tmp_path}/con") == [f"{tmp_path}/control.sock"]
@@ -125,6 +137,8 @@ def test_endpoints_and_rules_of_a_live_brokerd(broker):
     leases = ["tcp:[::]:8080", "udp:127.0.0.1:5353"]
     for cmd in ("get", "release", "status", "why", "run", "upgrade --pid 2"):
         assert complete(f"portctl --socket {s} {cmd} ") == leases, cmd
+    assert complete(f"portctl --socket {s} log --endpoint ") == leases
+    assert complete(f"portctl --socket {s} log ") == []              # no operand
     assert complete(f"portctl status --socket={s} ") == leases
     assert complete("portctl release ", env={"PORTBROKER_SOCKET": s}) == leases
     # After a ':' (a word-break character) readline replaces only what follows it.

@@ -84,6 +84,8 @@ no-guard = no
     ("unix-dir = run/sockets\n", ":1: --unix-dir 'run/sockets': not an absolute"),
     ("admin-group = no-such-group-here\n", ":1: --admin-group: no such group"),
     ("x" * 2000 + "\n", ":1: line longer than 1024 bytes"),
+    ("audit-max-age = soon\n", ":1: invalid duration 'soon' for --audit-max-age"),
+    ("audit-max-rows = -5\n", ":1: invalid number '-5' for --audit-max-rows"),
 ])
 def test_a_mistake_names_the_line_and_nothing_is_served(workdir, conf, text, says):
     path = conf(text)

@@ -112,6 +112,7 @@ OWN_OPTIONS = {
     "policy remove": set(), "policy list": set(), "policy export": set(), "policy import": {"--replace", "--check"},
     "policy test": {"--user", "--group", "--unit"},
     "admin reexec": set(), "run": set(), "upgrade": {"--pid", "--signal", "--timeout"}, "why": {"--as"},
+    "log": {"--since", "--until", "--endpoint", "--uid", "--event", "--limit"},
 }
 NO_JSON = {"run", "upgrade", "policy export"}
 

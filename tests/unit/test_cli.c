@@ -4,8 +4,10 @@
  * UTF-8 passes through; invalid bytes, overlongs, surrogates and truncated
  * sequences become \ufffd; quotes, backslashes, control characters and DEL
  * are escaped), null for NULL, the canonical-or-raw endpoint text, decimal
- * ids, the exit statuses of an exec that failed, and the failures' JSON
- * error objects under --json.
+ * ids, the exit statuses of an exec that failed, the failures' JSON error
+ * objects under --json, the times an admin types (local, UTC, offsets,
+ * relative, days; what format_time() writes reads back) and options
+ * taking a value.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +17,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -147,6 +150,16 @@ static int fail_exec(const void *arg) {
         return cli_exec_failed(arg, ENOENT);
 }
 
+/* --aa given a second time. */
+static int take_twice(const void *arg) {
+        const char *a = "first";
+        const struct cli_option opts[] = { { "--aa", &a } };
+        char **argv = (char **) arg;
+        int i = 1;
+
+        return cli_take_option(8, argv, &i, "cmd", opts, 1);
+}
+
 static void check_printed(struct printed p, int status, const char *out) {
         assert_int_equal(p.status, status);
         assert_string_equal(p.out, out);
@@ -173,6 +186,95 @@ static void test_json_errors(void **state) {
         check_printed(capture(false, fail_usage, "x"), EXIT_USAGE, "");
 }
 
+/* --- times ------------------------------------------------------------------- */
+
+static int64_t when(const char *s, int64_t now) {
+        int64_t t = -42;
+
+        if (parse_time(s, now, &t) != 0)
+                fail_msg("'%s' was refused", s);
+        return t;
+}
+
+/* Central European time, summer time from the last Sunday of March: no tzdata needed. */
+static void test_parse_time(void **state) {
+        static const char *const bad[] = {
+                "", "2025-02-30", "2025-13-01", "2025-00-10", "2025-1-01", "25-01-01", "2025/01/31",
+                "2025-01-31 24:00", "2025-01-31 14:5", "2025-01-31 14:05:60", "2025-01-31 14", "2025-01-31x",
+                "2025-01-31 14:05 ", " 2025-01-31", "2025-01-31T14:05+25:00", "2025-01-31T14:05+01", "1969-12-31",
+                "@", "@-1", "@12a", "@1234567890123", "-", "-1x", "--1h", "1h", "+", "yesterday ", "Today", "then",
+        };
+        const int64_t now = 1738328709;         /* 2025-01-31T14:05:09+01:00 */
+        char text[64];
+        int64_t t = 7;
+
+        setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3", 1);
+        tzset();
+        assert_int_equal(when("2025-01-31", now), 1738278000);
+        assert_int_equal(when("2025-01-31 14:05", now), 1738328700);
+        assert_int_equal(when("2025-01-31 14:05:09", now), 1738328709);
+        assert_int_equal(when("2025-01-31T14:05:09", now), 1738328709);
+        assert_int_equal(when("2025-07-01 12:00", now), 1751364000);           /* summer time */
+        assert_int_equal(when("2025-01-31T13:05:09Z", now), 1738328709);
+        assert_int_equal(when("2025-01-31T14:05:09+01:00", now), 1738328709);
+        assert_int_equal(when("2025-01-31T09:35:09-0330", now), 1738328709);
+        assert_int_equal(when("2024-02-29", now), 1709161200);                 /* a leap day */
+        assert_int_equal(when("@1700000000", now), 1700000000);
+        assert_int_equal(when("@0", now), 0);
+        assert_int_equal(when("now", now), now);
+        assert_int_equal(when("today", now), 1738278000);
+        assert_int_equal(when("yesterday", now), 1738191600);
+        assert_int_equal(when("tomorrow", now), 1738364400);
+        assert_int_equal(when("-1h", now), now - 3600);
+        assert_int_equal(when("-30m", now), now - 1800);
+        assert_int_equal(when("-2d", now), now - 2 * 86400);
+        assert_int_equal(when("-1h30m", now), now - 5400);
+        assert_int_equal(when("+15min", now), now + 900);
+        /* What format_time() writes reads back. */
+        format_time(now, text, sizeof(text));
+        assert_string_equal(text, "2025-01-31T14:05:09+01:00");
+        assert_int_equal(when(text, 0), now);
+        format_time(1751364000, text, sizeof(text));
+        assert_int_equal(when(text, 0), 1751364000);
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                if (parse_time(bad[i], now, &t) != -EINVAL)
+                        fail_msg("'%s' was not refused", bad[i]);
+        assert_int_equal(t, 7);                 /* untouched on failure */
+        assert_int_equal(parse_time("-1000d", 86400, &t), -EINVAL);            /* before 1970 */
+        unsetenv("TZ");
+        tzset();
+}
+
+/* --name VALUE and --name=VALUE; no value, an empty one, twice: usage errors; anything else: -1. */
+static void test_take_option(void **state) {
+        const char *a = NULL, *b = NULL;
+        const struct cli_option opts[] = { { "--aa", &a }, { "--b", &b } };
+        char *argv[] = { "cmd", "--aa", "x", "--b=y", "--bb", "op", "--aa=", "--b", NULL };
+        int i = 1;
+
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), 0);
+        assert_string_equal(a, "x");
+        assert_int_equal(i, 2);
+        i = 3;
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), 0);
+        assert_string_equal(b, "y");
+        assert_int_equal(i, 3);
+        i = 4;
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), -1);      /* --bb is not --b */
+        i = 5;
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), -1);
+        i = 1;
+        assert_int_equal(capture(false, take_twice, argv).status, EXIT_USAGE);
+        a = NULL;
+        i = 6;
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), EXIT_USAGE);      /* --aa= */
+        b = NULL;
+        i = 7;
+        assert_int_equal(cli_take_option(8, argv, &i, "cmd", opts, 2), EXIT_USAGE);      /* --b, nothing after */
+        assert_null(b);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_json_ascii),
@@ -182,6 +284,8 @@ int main(void) {
                 cmocka_unit_test(test_parse_id),
                 cmocka_unit_test(test_exec_failed),
                 cmocka_unit_test(test_json_errors),
+                cmocka_unit_test(test_parse_time),
+                cmocka_unit_test(test_take_option),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

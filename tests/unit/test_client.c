@@ -133,6 +133,8 @@ static int recv_request(struct server *s, int conn_fd, struct pb_msg *ret) {
                         s->after[s->nreq] = ret->status.after_id;
                 else if (ret->hdr.type == PB_MSG_POLICY_LIST)
                         s->after[s->nreq] = ret->policy_list.after_id;
+                else if (ret->hdr.type == PB_MSG_LOG)
+                        s->after[s->nreq] = ret->log.before_id;
         }
         s->nreq++;
         return 0;
@@ -647,9 +649,10 @@ static void test_lists_fall_back_to_an_old_brokerds_version(void **state) {
         assert_int_equal(pb_conn_status(c, NULL, count_cb, &n, &err), 0);
         pb_disconnect(c);
         server_join(&s);
-        assert_int_equal(s.nreq, PB_PROTO_VERSION - 2);
+        /* Leases: no version after 5 lists more of them. */
+        assert_int_equal(s.nreq, PB_PROTO_VERSION_UNIX - 2);
         for (unsigned i = 0; i < s.nreq; i++)
-                assert_int_equal(s.versions[i], PB_PROTO_VERSION - i);
+                assert_int_equal(s.versions[i], PB_PROTO_VERSION_UNIX - i);
         assert_int_equal(s.versions[s.nreq - 1], 3);
         assert_int_equal(n, 0);
         server_stop(&s);
@@ -958,6 +961,189 @@ static void test_policy_test(void **state) {
         server_stop(&s);
 }
 
+/* The audit trail in three pages, the second empty, each from the
+ * request's cursor; every request must carry the filter. */
+static void script_log(struct server *s) {
+        static const uint64_t pages[3][3] = { { 100, 99 }, { 0 }, { 10 } };
+        static const uint64_t next[3] = { 99, 50, 0 };
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        for (unsigned k = 0; k < 3 && recv_request(s, fd, &req) == 0; k++) {
+                if (req.hdr.type != PB_MSG_LOG || req.log.since != 5 || req.log.until != 7 || !req.log.has_uid ||
+                    req.log.uid != 4242 || !req.log.has_endpoint || req.log.endpoint.port_lo != 8000 ||
+                    req.log.endpoint.port_hi != 8099 || strcmp(req.log.event, "deny") != 0 || req.log.limit != 0)
+                        s->failed = 1;
+                reply_to(&req, &reply);
+                for (unsigned i = 0; i < 3 && pages[k][i]; i++) {
+                        struct pb_event_entry *e = &reply.events.events[reply.events.count++];
+
+                        *e = (struct pb_event_entry) { .id = pages[k][i], .time = 1700000000000000 + pages[k][i],
+                                                       .uid = i ? PB_UID_NONE : 4242, .pid = 77, .event = "deny" };
+                        snprintf(e->endpoint, sizeof(e->endpoint), "tcp:[::]:%u", 8000 + i);
+                        snprintf(e->detail, sizeof(e->detail), "no rule");
+                }
+                reply.events.more = next[k] > 0;
+                reply.events.next_id = next[k];
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+static int event_cb(const pb_event *event, void *userdata) {
+        struct seen *seen = userdata;
+
+        seen->ids[seen->n] = event->id;
+        snprintf(seen->text[seen->n], sizeof(seen->text[0]), "%lld %s %d %d %.40s %.40s", (long long) event->time_us,
+                 event->event, (int) event->uid, (int) event->pid, event->endpoint, event->detail);
+        seen->n++;
+        return (int) seen->n == seen->stop_at ? seen->stop_with : 0;
+}
+
+static void test_log(void **state) {
+        pb_log_filter f = { .since_us = 5, .until_us = 7, .has_uid = true, .uid = 4242, .endpoint = "8000-8099",
+                            .event = "deny" };
+        struct seen seen = { .stop_at = -1 };
+        struct server s;
+        pb_error err;
+        pb_conn *c;
+        int before;
+
+        server_start(&s, script_log);
+        before = count_fds();
+        server_run(&s);
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+        assert_int_equal(pb_conn_log(c, &f, 0, event_cb, &seen, &err), 0);
+        assert_int_equal(seen.n, 3);
+        assert_int_equal(seen.ids[0], 100);
+        assert_int_equal(seen.ids[1], 99);
+        assert_int_equal(seen.ids[2], 10);
+        assert_string_equal(seen.text[0], "1700000000000100 deny 4242 77 tcp:[::]:8000 no rule");
+        assert_string_equal(seen.text[1], "1700000000000099 deny -1 77 tcp:[::]:8001 no rule");
+        pb_disconnect(c);
+        server_join(&s);
+        assert_int_equal(s.nreq, 3);
+        assert_int_equal(s.versions[0], PB_PROTO_VERSION_POLICY);
+        assert_int_equal(s.after[0], 0);
+        assert_int_equal(s.after[1], 99);               /* each page from the last one's cursor */
+        assert_int_equal(s.after[2], 50);
+        assert_int_equal(count_fds(), before);
+        server_stop(&s);
+}
+
+/* A limit: brokerd is asked for no more than are left, and no page after the last wanted. */
+static void script_log_limit(struct server *s) {
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        if (recv_request(s, fd, &req) == 0) {
+                if (req.log.limit != 2 || req.log.has_uid || req.log.has_endpoint || req.log.event[0])
+                        s->failed = 1;
+                reply_to(&req, &reply);
+                reply.events.count = 2;
+                reply.events.events[0] = (struct pb_event_entry) { .id = 9, .event = "grant" };
+                reply.events.events[1] = (struct pb_event_entry) { .id = 8, .event = "grant" };
+                reply.events.more = 1;
+                reply.events.next_id = 8;
+                send_msg(s, fd, &reply, -1);
+        }
+        if (recv_request(s, fd, &req) == 0)     /* none may come */
+                s->failed = 1;
+        close(fd);
+}
+
+static void test_log_limit(void **state) {
+        struct seen seen = { .stop_at = -1 };
+        struct server s;
+        pb_error err;
+        pb_conn *c;
+
+        server_start(&s, script_log_limit);
+        server_run(&s);
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+        assert_int_equal(pb_conn_log(c, NULL, 2, event_cb, &seen, &err), 0);
+        assert_int_equal(seen.n, 2);
+        pb_disconnect(c);
+        server_join(&s);
+        assert_int_equal(s.nreq, 1);
+        server_stop(&s);
+}
+
+/* Pages that do not move on, or go the wrong way, would page forever. */
+static void script_log_loop(struct server *s) {
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        while (s->nreq < 3 && recv_request(s, fd, &req) == 0) {
+                reply_to(&req, &reply);
+                reply.events.more = 1;
+                reply.events.next_id = req.log.before_id ? req.log.before_id : 5;      /* 5, then 5 again */
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+static void script_log_order(struct server *s) {
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        if (recv_request(s, fd, &req) == 0) {
+                reply_to(&req, &reply);
+                reply.events.count = 2;
+                reply.events.events[0] = (struct pb_event_entry) { .id = 8, .event = "grant" };
+                reply.events.events[1] = (struct pb_event_entry) { .id = 9, .event = "grant" };
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+/* A brokerd before version 6. */
+static void script_log_old_brokerd(struct server *s) {
+        int fd = accept_one(s);
+        struct pb_msg req, reply;
+
+        if (recv_request(s, fd, &req) == 0) {
+                proto_set_error(&reply, req.hdr.id, EPROTONOSUPPORT, "unsupported protocol version");
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+static int call_log(pb_conn *c, struct server *s, pb_error *err) {
+        struct seen seen = { .stop_at = -1 };
+
+        return pb_conn_log(c, NULL, 0, event_cb, &seen, err);
+}
+
+static void test_log_hostile_and_old(void **state) {
+        expect_failure(script_log_loop, call_log, EPROTO, "does not move on");
+        expect_failure(script_log_order, call_log, EPROTO, "out of order");
+        expect_failure(script_log_old_brokerd, call_log, EPROTONOSUPPORT, "older than protocol version 6");
+}
+
+/* A filter the library refuses, before anything is sent. */
+static void test_log_bad_filter(void **state) {
+        static const pb_log_filter bad[] = {
+                { .since_us = -1 }, { .until_us = -5 }, { .has_uid = true, .uid = (uid_t) -1 },
+                { .endpoint = "tcp:" }, { .event = "gr\nant" }, { .event = "a-kind-longer-than-23-bytes" },
+        };
+        struct seen seen = { .stop_at = -1 };
+        struct server s;
+        pb_error err;
+        pb_conn *c;
+
+        server_start(&s, NULL);         /* it never accepts: nothing may be sent */
+        assert_int_equal(pb_connect(s.path, &c, &err), 0);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                assert_int_equal(pb_conn_log(c, &bad[i], 0, event_cb, &seen, &err), -EINVAL);
+                assert_int_equal(err.code, EINVAL);
+        }
+        assert_int_equal(pb_conn_log(c, NULL, 0, NULL, NULL, &err), -EINVAL);
+        assert_int_equal(seen.n, 0);
+        pb_disconnect(c);
+        server_stop(&s);
+}
+
 /* brokerd closes idle connections; the next call must reconnect and resend. */
 static void script_idle_close(struct server *s) {
         int fd = accept_one(s);
@@ -1136,6 +1322,10 @@ int main(void) {
                 cmocka_unit_test(test_get_ok),
                 cmocka_unit_test(test_lists),
                 cmocka_unit_test(test_policy_test),
+                cmocka_unit_test(test_log),
+                cmocka_unit_test(test_log_limit),
+                cmocka_unit_test(test_log_hostile_and_old),
+                cmocka_unit_test(test_log_bad_filter),
                 cmocka_unit_test(test_reconnect_after_idle_close),
                 cmocka_unit_test(test_refused_at_limit),
                 cmocka_unit_test(test_drop_after_protocol_error),

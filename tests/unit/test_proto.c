@@ -30,12 +30,16 @@
 
 #define LEASE_ENTRY_SIZE 65             /* id 8, endpoint 24, uid 4, since 8, handouts 8, holders 4, queued 4, backlog 4, bound 1 */
 #define RULE_ENTRY_SIZE(unit_len) (8 + 1 + 4 + 1 + (unit_len) + PB_ENDPOINT_WIRE_SIZE + 8)
+/* id 8, time 8, uid 4, pid 4, then the event, endpoint and detail texts (a length byte each) */
+#define EVENT_ENTRY_SIZE(e) (8 + 8 + 4 + 4 + 3 + strlen((e)->event) + strlen((e)->endpoint) + strlen((e)->detail))
+#define LOG_REQUEST_SIZE 56             /* body: before 8, since 8, until 8, limit 1, has_uid 1, uid 4,
+                                         * has_endpoint 1, endpoint 24, event length 1 */
 #define SAMPLES_MAX 48                  /* room for samples() */
 
 /* The request types, each with a reply of its own type. */
 static const uint16_t request_types[] = {
         PB_MSG_GET, PB_MSG_RELEASE, PB_MSG_STATUS, PB_MSG_POLICY_ADD, PB_MSG_POLICY_REMOVE, PB_MSG_POLICY_LIST,
-        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_POLICY_TEST,
+        PB_MSG_REEXEC, PB_MSG_INFO, PB_MSG_CHECK, PB_MSG_LOG, PB_MSG_POLICY_TEST,
 };
 
 /* --- helpers ------------------------------------------------------------- */
@@ -167,6 +171,34 @@ static void assert_msg_equal(const struct pb_msg *a, const struct pb_msg *b) {
                 assert_int_equal(a->info.guard, b->info.guard);
                 assert_string_equal(a->info.guard_state, b->info.guard_state);
                 break;
+        case PB_MSG_LOG:
+                assert_int_equal(a->log.before_id, b->log.before_id);
+                assert_int_equal(a->log.since, b->log.since);
+                assert_int_equal(a->log.until, b->log.until);
+                assert_int_equal(a->log.limit, b->log.limit);
+                assert_int_equal(a->log.has_uid, b->log.has_uid);
+                if (a->log.has_uid)
+                        assert_int_equal(a->log.uid, b->log.uid);
+                assert_int_equal(a->log.has_endpoint, b->log.has_endpoint);
+                if (a->log.has_endpoint)
+                        assert_endpoint_equal(&a->log.endpoint, &b->log.endpoint);
+                assert_string_equal(a->log.event, b->log.event);
+                break;
+        case PB_MSG_LOG | PB_MSG_REPLY:
+                assert_int_equal(a->events.count, b->events.count);
+                assert_int_equal(a->events.more, b->events.more);
+                assert_int_equal(a->events.next_id, b->events.next_id);
+                for (unsigned i = 0; i < a->events.count; i++) {
+                        const struct pb_event_entry *x = &a->events.events[i], *y = &b->events.events[i];
+                        assert_int_equal(x->id, y->id);
+                        assert_int_equal(x->time, y->time);
+                        assert_int_equal(x->uid, y->uid);
+                        assert_int_equal(x->pid, y->pid);
+                        assert_string_equal(x->event, y->event);
+                        assert_string_equal(x->endpoint, y->endpoint);
+                        assert_string_equal(x->detail, y->detail);
+                }
+                break;
         case PB_MSG_RELEASE | PB_MSG_REPLY:
         case PB_MSG_POLICY_REMOVE | PB_MSG_REPLY:
         case PB_MSG_REEXEC:
@@ -285,6 +317,35 @@ static void policy_tested_sample(struct pb_msg *m, bool allowed, bool admin, con
         strcpy(m->policy_tested.reason, reason);
 }
 
+/* A LOG reply of count entries, the longest texts when full (a page that then fills 4 KiB). */
+static void fill_events(struct pb_msg *m, unsigned count, bool more, bool full) {
+        static const char *const kinds[] = { "grant", "deny", "policy-remove", "rebind-failed" };
+
+        memset(m, 0, sizeof(*m));
+        m->hdr.type = PB_MSG_LOG | PB_MSG_REPLY;
+        m->hdr.id = 79;
+        m->events.count = (uint8_t) count;
+        m->events.more = more;
+        m->events.next_id = more ? 500 : 0;
+        for (unsigned i = 0; i < count; i++) {
+                struct pb_event_entry *e = &m->events.events[i];
+
+                e->id = 1000 - i;
+                e->time = i == 0 ? INT64_MAX : 1700000000000000ull + i;
+                e->uid = i == 1 ? PB_UID_NONE : 4242 + i;
+                e->pid = i == 2 ? 0 : UINT32_MAX - i;
+                strcpy(e->event, kinds[i % ELEMENTSOF(kinds)]);
+                if (full) {
+                        memset(e->event, 'k', PB_EVENT_KIND_MAX);
+                        memset(e->endpoint, 'e', PB_ENDPOINT_STRLEN - 1);
+                        memset(e->detail, 'd', PB_TEXT_MAX);
+                } else if (i % 3) {
+                        strcpy(e->endpoint, i % 2 ? "tcp:[::]:8080" : "udp:8000-8099");
+                        strcpy(e->detail, "no rule \xc3\xa9");
+                }
+        }
+}
+
 static struct pb_msg *next_sample(struct pb_msg *out, size_t *n, size_t max, uint16_t type, uint32_t id) {
         struct pb_msg *m;
 
@@ -351,6 +412,18 @@ static size_t samples(struct pb_msg *out, size_t max) {
         strcpy(m->info.guard_state, "on: cgroup /sys/fs/cgroup, pinned in /sys/fs/bpf/portbroker");
         NEXT(PB_MSG_CHECK, 19)->get.endpoint = ep("udp:10.0.0.1:53");
         NEXT(PB_MSG_CHECK | PB_MSG_REPLY, 19);
+        NEXT(PB_MSG_LOG, 20);
+        NEXT(PB_MSG_LOG, 21);
+        m->log = (typeof(m->log)) { .before_id = INT64_MAX, .since = 1, .until = INT64_MAX, .limit = PB_EVENTS_MAX,
+                                    .has_uid = 1, .uid = 0, .has_endpoint = 1, .endpoint = pat("tcp:8000-8099"),
+                                    .event = "policy-remove" };
+        NEXT(PB_MSG_LOG, 22);
+        m->log = (typeof(m->log)) { .has_uid = 1, .uid = PB_UID_NONE - 1, .has_endpoint = 1,
+                                    .endpoint = pat("unix:/run/app/") };
+        fill_events(NEXT(0, 0), 0, false, false);
+        fill_events(NEXT(0, 0), 0, true, false);
+        fill_events(NEXT(0, 0), 5, true, false);
+        fill_events(NEXT(0, 0), PB_EVENTS_MAX, false, false);
         policy_test_sample(NEXT(0, 0), "tcp:127.0.0.1:80", 4242, 3, "");
         policy_test_sample(NEXT(0, 0), "udp6:53", PB_UID_NONE, 0, "");
         policy_test_sample(NEXT(0, 0), "unix:/run/app/web.sock", PB_UID_NONE, PB_TEST_GROUPS_MAX, "web@1.service");
@@ -468,6 +541,16 @@ static void test_encoded_sizes(void **state) {
                                         endpoint_wire_size(&r->pattern) + (endpoint_is_unix(&r->pattern) ? 6 : 0) +
                                         5 + 1 + strlen(r->source);
                         break;
+                case PB_MSG_LOG:
+                        want = 16 + LOG_REQUEST_SIZE + strlen(m[i].log.event);
+                        if (m[i].log.has_endpoint && endpoint_is_unix(&m[i].log.endpoint))
+                                want += 1 + strlen(m[i].log.endpoint.path);
+                        break;
+                case PB_MSG_LOG | PB_MSG_REPLY:
+                        want = 16 + 2 + 8;
+                        for (unsigned k = 0; k < m[i].events.count; k++)
+                                want += EVENT_ENTRY_SIZE(&m[i].events.events[k]);
+                        break;
                 }
                 }
                 assert_int_equal(len, want);
@@ -495,6 +578,20 @@ static void test_full_lists_fit(void **state) {
         assert_msg_equal(&m, &d);
         for (unsigned i = 0; i < PB_RULES_MAX; i++)
                 assert_int_equal(strlen(d.rules.rules[i].principal.unit), PB_TEXT_MAX);
+
+        /* A full page of short events fits; one of the longest does not (brokerd ends a page early). */
+        fill_events(&m, PB_EVENTS_MAX, true, false);
+        len = encode_ok(&m, buf);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_msg_equal(&m, &d);
+        fill_events(&m, PB_EVENTS_MAX, true, true);
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+        m.events.count = (PB_MSG_MAX - 16 - 2 - 8) / EVENT_ENTRY_SIZE(&m.events.events[0]);
+        len = encode_ok(&m, buf);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_msg_equal(&m, &d);
+        assert_int_equal(strlen(d.events.events[0].detail), PB_TEXT_MAX);
+        assert_int_equal(strlen(d.events.events[0].endpoint), PB_ENDPOINT_STRLEN - 1);
 }
 
 /* --- round trips --------------------------------------------------------- */
@@ -503,7 +600,7 @@ static void test_round_trip_every_type(void **state) {
         static struct pb_msg m[SAMPLES_MAX], d;
         uint8_t buf[PB_MSG_MAX], again[PB_MSG_MAX];
         size_t n = samples(m, ELEMENTSOF(m));
-        unsigned seen[PB_MSG_POLICY_TEST + 1][2] = { { 0 } };
+        unsigned seen[PB_MSG_POLICY_COMMIT + 1][2] = { { 0 } };
 
         for (size_t i = 0; i < n; i++) {
                 size_t len = encode_ok(&m[i], buf);
@@ -511,11 +608,13 @@ static void test_round_trip_every_type(void **state) {
                 memset(&d, 0xA5, sizeof(d));
                 assert_int_equal(proto_decode(buf, len, &d), 0);
                 assert_int_equal(d.hdr.length, len);
-                /* Sent with the oldest version that has the type (INFO: 3, CHECK: 4, POLICY_TEST: 6). */
-                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO          ? 3
-                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK       ? 4
-                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_POLICY_TEST ? 6
-                                                                                                        : 2);
+                /* Sent with the oldest version that has the type (INFO: 3, CHECK: 4, LOG,
+                 * POLICY_TEST and the import's: 6). */
+                assert_int_equal(d.hdr.version, (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_INFO    ? 3
+                                                : (m[i].hdr.type & ~PB_MSG_REPLY) == PB_MSG_CHECK ? 4
+                                                : (m[i].hdr.type & ~PB_MSG_REPLY) >= PB_MSG_LOG &&
+                                                  m[i].hdr.type != PB_MSG_ERROR                   ? 6
+                                                                                                  : 2);
                 assert_int_equal(d.hdr.reserved, 0);
                 assert_msg_equal(&m[i], &d);
                 /* The encoding is canonical: re-encoding gives the same bytes. */
@@ -566,13 +665,23 @@ static void test_encode_refuses(void **state) {
         m.rules.count = PB_RULES_MAX + 1;
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
 
+        fill_events(&m, PB_EVENTS_MAX, false, false);
+        m.events.count = PB_EVENTS_MAX + 1;
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+        fill_events(&m, 1, false, false);       /* texts past their limits, unterminated */
+        memset(m.events.events[0].event, 'k', sizeof(m.events.events[0].event));
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+        fill_events(&m, 1, false, false);
+        memset(m.events.events[0].endpoint, 'e', sizeof(m.events.events[0].endpoint));
+        assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
+
         memset(&m, 0, sizeof(m));
         m.hdr.type = PB_MSG_ERROR;
         m.error.code = EIO;
         memset(m.error.message, 'x', sizeof(m.error.message));  /* no terminator: 256 bytes */
         assert_int_equal(proto_encode(&m, buf, sizeof(buf)), -EMSGSIZE);
 
-        static const uint16_t unknown[] = { 0, 10, 0x8000, 0x800a, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
+        static const uint16_t unknown[] = { 0, 14, 0x8000, 0x800e, 0x7fff, 0xfffe, PB_MSG_ERROR & ~PB_MSG_REPLY };
         for (size_t i = 0; i < ELEMENTSOF(unknown); i++) {
                 memset(&m, 0, sizeof(m));
                 m.hdr.type = unknown[i];
@@ -742,7 +851,9 @@ static void test_wrong_version(void **state) {
          * in its type's oldest with the header then saying the version tried. */
         for (size_t i = 0; i < n; i++) {
                 uint16_t type = m[i].hdr.type & ~PB_MSG_REPLY, oldest = proto_type_version(m[i].hdr.type);
-                bool info = type == PB_MSG_INFO, check = type == PB_MSG_CHECK, test = type == PB_MSG_POLICY_TEST;
+                bool info = type == PB_MSG_INFO, check = type == PB_MSG_CHECK;
+                bool v6 = type == PB_MSG_LOG || type == PB_MSG_POLICY_TEST || type == PB_MSG_POLICY_BEGIN ||
+                          type == PB_MSG_POLICY_COMMIT;
 
                 for (uint16_t v = 6; v >= 2; v--) {
                         struct pb_msg x = m[i];
@@ -753,7 +864,7 @@ static void test_wrong_version(void **state) {
                         buf[5] = (uint8_t) v;
                         assert_int_equal(decode(buf, len), v < oldest ? -EPROTO : 0);
                 }
-                assert_int_equal(oldest, test ? 6 : check ? 4 : info ? 3 : 2);
+                assert_int_equal(oldest, v6 ? 6 : check ? 4 : info ? 3 : 2);
         }
 
         /* A wrong version with a bad header is a bad header. */
@@ -897,7 +1008,7 @@ static void test_rule_attrs_and_imports_need_version_6(void **state) {
 
 static void test_unknown_type(void **state) {
         static const uint16_t types[] = {
-                0, 10, 14, 0x00ff, 0x7fff, 0x8000, 0x800a, 0x800e, 0x80ff, 0xc001, 0xfffe,
+                0, 14, 15, 0x00ff, 0x7fff, 0x8000, 0x800e, 0x800f, 0x80ff, 0xc001, 0xfffe,
         };
         uint8_t buf[PB_MSG_MAX];
         struct pb_msg m = { .hdr = { .type = PB_MSG_RELEASE | PB_MSG_REPLY, .id = 3 } };
@@ -916,7 +1027,7 @@ static void test_unknown_type(void **state) {
         /* Unknown types with a body that would fit a known type are refused too. */
         m = (struct pb_msg) { .hdr = { .type = PB_MSG_POLICY_LIST, .id = 3 } };
         len = encode_ok(&m, buf);
-        buf[7] = 10;
+        buf[7] = 14;
         assert_int_equal(decode(buf, len), -EBADMSG);
 }
 
@@ -1274,6 +1385,152 @@ static void test_policy_test_fields(void **state) {
         assert_int_equal(d.policy_tested.owner_uid, 0);
 }
 
+/* Sets byte off of a copy of msg (len bytes) to v: whether the copy decodes. */
+static int decode_with(const uint8_t *msg, size_t len, size_t off, uint8_t v) {
+        uint8_t copy[PB_MSG_MAX];
+
+        memcpy(copy, msg, len);
+        copy[off] = v;
+        return decode(copy, len);
+}
+
+/* LOG's fields: bools, the uid and endpoint reserved when absent, the
+ * limit, times and ids within SQLite's integers, the event kind's text. */
+static void test_log_request_fields(void **state) {
+        static struct pb_msg m, d;
+        uint8_t buf[PB_MSG_MAX];
+        size_t len;
+
+        memset(&m, 0, sizeof(m));
+        m.hdr.type = PB_MSG_LOG;
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + LOG_REQUEST_SIZE);
+        assert_int_equal(buf[5], PB_PROTO_VERSION_POLICY);
+        for (size_t off = 16; off < len; off++)
+                assert_int_equal(buf[off], 0);
+        assert_int_equal(decode(buf, len), 0);
+        for (unsigned v = 2; v < 256; v += 7) {
+                assert_int_equal(decode_with(buf, len, 41, (uint8_t) v), -EBADMSG);    /* has_uid */
+                assert_int_equal(decode_with(buf, len, 46, (uint8_t) v), -EBADMSG);    /* has_endpoint */
+        }
+        for (size_t off = 42; off < 46; off++)                  /* uid, reserved without has_uid */
+                assert_int_equal(decode_with(buf, len, off, 1), -EBADMSG);
+        for (size_t off = 47; off < 47 + PB_ENDPOINT_WIRE_SIZE; off++)  /* endpoint, reserved without has_endpoint */
+                assert_int_equal(decode_with(buf, len, off, 1), -EBADMSG);
+        assert_int_equal(decode_with(buf, len, 40, PB_EVENTS_MAX), 0);  /* limit */
+        assert_int_equal(decode_with(buf, len, 40, PB_EVENTS_MAX + 1), -EBADMSG);
+        assert_int_equal(decode_with(buf, len, 40, 255), -EBADMSG);
+        for (size_t off = 16; off < 40; off += 8) {             /* before_id, since, until: <= INT64_MAX */
+                assert_int_equal(decode_with(buf, len, off, 0x7f), 0);
+                assert_int_equal(decode_with(buf, len, off, 0x80), -EBADMSG);
+        }
+
+        /* A uid, but not the one that means none. */
+        m.log.has_uid = 1;
+        m.log.uid = PB_UID_NONE;
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        m.log.uid = 0;
+        len = encode_ok(&m, buf);
+        assert_int_equal(proto_decode(buf, len, &d), 0);
+        assert_true(d.log.has_uid && d.log.uid == 0);
+
+        /* An endpoint or a pattern, valid. */
+        m.log.has_endpoint = 1;
+        m.log.endpoint = pat("udp:127.0.0.1:5000-5999");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        assert_int_equal(decode_with(buf, len, 47 + 6, 1), -EBADMSG);  /* its reserved bytes */
+        assert_int_equal(decode_with(buf, len, 47, 99), -EBADMSG);     /* its transport */
+
+        /* The event: text of at most PB_EVENT_KIND_MAX bytes, no control character. */
+        strcpy(m.log.event, "rebind-failed");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        assert_int_equal(decode_with(buf, len, len - 1, '\n'), -EBADMSG);
+        assert_int_equal(decode_with(buf, len, len - 1, '\0'), -EBADMSG);
+        memset(m.log.event, 'x', PB_EVENT_KIND_MAX);
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        buf[len] = 'x';                 /* one byte longer */
+        fix_length(buf, len + 1);
+        buf[len - PB_EVENT_KIND_MAX - 1]++;
+        assert_int_equal(decode(buf, len + 1), -EBADMSG);
+}
+
+/* LOG reply: the cursor agrees with more, entries have an id and a kind,
+ * times fit, texts within their limits, the count within PB_EVENTS_MAX. */
+static void test_log_reply_fields(void **state) {
+        static struct pb_msg m;
+        static uint8_t buf[PB_MSG_MAX];
+        size_t len, entry;
+
+        fill_events(&m, 0, false, false);
+        len = encode_ok(&m, buf);
+        assert_int_equal(len, 16 + 2 + 8);
+        assert_int_equal(decode(buf, len), 0);
+        assert_int_equal(decode_with(buf, len, 17, 1), -EBADMSG);      /* more, but no cursor */
+        assert_int_equal(decode_with(buf, len, 25, 1), -EBADMSG);      /* a cursor, but no more */
+        assert_int_equal(decode_with(buf, len, 17, 2), -EBADMSG);
+        fill_events(&m, 0, true, false);
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        assert_int_equal(decode_with(buf, len, 18, 0x80), -EBADMSG);   /* cursor > INT64_MAX */
+
+        fill_events(&m, 1, false, false);
+        len = encode_ok(&m, buf);
+        entry = 26;
+        assert_int_equal(decode(buf, len), 0);
+        for (size_t off = entry; off < entry + 8; off++)        /* id 0 */
+                buf[off] = 0;
+        assert_int_equal(decode(buf, len), -EBADMSG);
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode_with(buf, len, entry + 8, 0x80), -EBADMSG);    /* time > INT64_MAX */
+        assert_int_equal(decode_with(buf, len, entry + 24 + 1, '\t'), -EBADMSG);    /* the kind's text */
+
+        /* An empty kind is refused; empty endpoint and detail are "none". */
+        strcpy(m.events.events[0].event, "");
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), -EBADMSG);
+
+        /* Endpoint text longer than any endpoint's: refused even if it fits. */
+        fill_events(&m, 1, false, true);
+        len = encode_ok(&m, buf);
+        assert_int_equal(decode(buf, len), 0);
+        entry = 26 + 24 + 1 + PB_EVENT_KIND_MAX;        /* the endpoint's length byte */
+        assert_int_equal(buf[entry], PB_ENDPOINT_STRLEN - 1);
+        memmove(buf + entry + 2, buf + entry + 1, len - entry - 1);
+        buf[entry]++;
+        buf[entry + 1] = 'e';
+        fix_length(buf, len + 1);
+        assert_int_equal(decode(buf, len + 1), -EBADMSG);
+
+        /* PB_EVENTS_MAX + 1 short entries fit a packet: only the count refuses them. */
+        fill_events(&m, PB_EVENTS_MAX, false, false);
+        len = encode_ok(&m, buf);
+        entry = EVENT_ENTRY_SIZE(&m.events.events[0]);
+        memcpy(buf + len, buf + 26, entry);
+        buf[16] = PB_EVENTS_MAX + 1;
+        fix_length(buf, len + entry);
+        assert_int_equal(decode(buf, len + entry), -EBADMSG);
+}
+
+static void test_event_kinds_and_text_copy(void **state) {
+        char out[8];
+
+        for (size_t i = 0; proto_event_kinds[i]; i++) {
+                assert_true(strlen(proto_event_kinds[i]) <= PB_EVENT_KIND_MAX);
+                assert_true(proto_event_kind_known(proto_event_kinds[i]));
+        }
+        assert_true(proto_event_kind_known("grant") && proto_event_kind_known("policy-remove"));
+        assert_false(proto_event_kind_known("") || proto_event_kind_known("Grant") ||
+                     proto_event_kind_known("gran"));
+
+        assert_string_equal(proto_text_copy(out, sizeof(out), "a\nb\x7f\x01" "c"), "a?b??c");
+        assert_string_equal(proto_text_copy(out, sizeof(out), "long text"), "long te");
+        assert_string_equal(proto_text_copy(out, sizeof(out), "\xc3\xa9"), "\xc3\xa9");
+}
+
 static void test_decode_writes_only_on_success(void **state) {
         static struct pb_msg m, d, before;
         uint8_t buf[PB_MSG_MAX];
@@ -1624,6 +1881,9 @@ int main(void) {
                 cmocka_unit_test(test_text_control_bytes),
                 cmocka_unit_test(test_error_code),
                 cmocka_unit_test(test_invalid_principals),
+                cmocka_unit_test(test_log_request_fields),
+                cmocka_unit_test(test_log_reply_fields),
+                cmocka_unit_test(test_event_kinds_and_text_copy),
                 cmocka_unit_test(test_endpoints_in_messages),
                 cmocka_unit_test(test_policy_test_fields),
                 cmocka_unit_test(test_decode_writes_only_on_success),

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "store.h"
@@ -145,7 +146,12 @@ static void test_v3_migrated_and_unix_endpoints_stored(void **state) {
         r.perm = (struct pb_socket_perm) { .gid = 33, .mode = 0660 };
         assert_int_equal(store_rule_add(s, &r, &ev), 0);
         ux.file = (struct unix_file) { .dev = 2050, .ino = 78, .born = 1796000000123456789 };
+        /* An event queued before (the replacement that made the new file) is written with it. */
+        ev.event = "replace";
+        assert_int_equal(store_event_queue(s, &ev), 0);
         assert_int_equal(store_lease_set_file(s, l.id, &ux), 0);
+        assert_int_equal(store_pending(s), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event='replace'"), 1);
         store_close(s);
 
         s = open_ok();
@@ -450,6 +456,284 @@ static void test_wal_journal(void **state) {
         sqlite3_close(db);
 }
 
+/* --- reading the audit trail back ------------------------------------------------ */
+
+struct page {
+        uint64_t ids[64];
+        long uids[64];
+        unsigned n;
+        int full_at;                    /* >= 0: the page is full after that many */
+};
+
+static int take_event(const struct store_event_row *e, void *userdata) {
+        struct page *p = userdata;
+
+        if (p->full_at >= 0 && p->n == (unsigned) p->full_at)
+                return 1;
+        assert_true(p->n < 64);
+        assert_non_null(e->event);
+        p->uids[p->n] = e->uid;
+        p->ids[p->n++] = e->id;
+        return 0;
+}
+
+/* One page of f from before (0: the newest), at most limit events; returns the next cursor. */
+static uint64_t page_of(struct store *s, struct store_event_filter f, uint64_t before, unsigned limit,
+                        struct page *p) {
+        uint64_t next = 77;
+
+        f.before_id = before;
+        *p = (struct page) { .full_at = -1 };
+        assert_int_equal(store_events_page(s, &f, limit, take_event, p, &next), 0);
+        assert_true(next == 0 || (before == 0 || next < before));
+        if (p->n)
+                assert_true(next <= p->ids[p->n - 1]);
+        for (unsigned i = 1; i < p->n; i++)
+                assert_true(p->ids[i] < p->ids[i - 1]);
+        return next;
+}
+
+/* Every event f selects, walking pages of limit: how many, their ids in *ids (newest first). */
+static unsigned walk(struct store *s, struct store_event_filter f, unsigned limit, uint64_t *ids, unsigned max,
+                     unsigned *ret_pages) {
+        uint64_t before = 0;
+        unsigned n = 0, pages = 0;
+        struct page p;
+
+        do {
+                before = page_of(s, f, before, limit, &p);
+                for (unsigned i = 0; i < p.n; i++) {
+                        assert_true(n < max);
+                        ids[n++] = p.ids[i];
+                }
+                pages++;
+        } while (before);
+        if (ret_pages)
+                *ret_pages = pages;
+        return n;
+}
+
+static void queue(struct store *s, const char *event, long uid, const char *endpoint, const char *detail) {
+        struct store_event ev = { .event = event, .uid = uid, .pid = uid < 0 ? -1 : 100 + uid,
+                                  .endpoint = endpoint, .detail = detail };
+
+        assert_int_equal(store_event_queue(s, &ev), 0);
+}
+
+/* Filters by uid, endpoint (either text), kind and time; pages newest
+ * first, each event once; a full page leaves its event for the next one. */
+static void test_events_page_filters_and_pages(void **state) {
+        struct store *s = open_ok();
+        struct store_event_filter all = { .uid = -1 }, f;
+        uint64_t ids[64], cursor;
+        unsigned pages;
+        struct page p;
+
+        assert_int_equal(page_of(s, all, 0, 10, &p), 0);       /* none yet */
+        assert_int_equal(p.n, 0);
+        for (int i = 0; i < 10; i++) {
+                queue(s, "grant", 4242, "tcp:[::]:8080", NULL);
+                queue(s, "deny", 4243, "tcp:[::]:8080", "no rule");
+        }
+        queue(s, "policy-add", 0, "tcp:8080", "user 4242");
+        queue(s, "rebind-failed", -1, "udp:127.0.0.1:53", "Address already in use");
+        assert_int_equal(store_flush(s), 0);
+
+        assert_int_equal(walk(s, all, 32, ids, 64, &pages), 22);
+        assert_int_equal(pages, 1);
+        assert_int_equal(ids[0], 22);                           /* newest first */
+        assert_int_equal(ids[21], 1);
+
+        f = all;
+        f.uid = 4242;
+        assert_int_equal(walk(s, f, 3, ids, 64, &pages), 10);   /* NULL uids never match one */
+        assert_int_equal(pages, 4);
+        for (unsigned i = 0; i < 10; i++)
+                assert_int_equal(ids[i], 19 - 2 * i);
+        f = all;
+        f.event = "deny";
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 10);
+        f.event = "reexec";
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 0);
+        f = all;
+        f.endpoint[0] = "tcp:8080";
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 1);
+        f.endpoint[1] = "tcp:[::]:8080";
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 21);
+        f = all;
+        f.uid = 0;
+        f.endpoint[0] = "tcp:8080";
+        f.event = "policy-add";
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 1);
+        assert_int_equal(ids[0], 21);
+
+        /* Time: inclusive bounds, 0 none. */
+        exec_sql("UPDATE events SET time_us = id * 1000000");
+        f = all;
+        f.since_us = 5000000;
+        f.until_us = 7000000;
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 3);
+        assert_int_equal(ids[0], 7);
+        assert_int_equal(ids[2], 5);
+        f.until_us = 0;
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 18);
+        f = all;
+        f.until_us = 2000000;
+        assert_int_equal(walk(s, f, 32, ids, 64, NULL), 2);
+
+        /* Exactly limit left: no empty page after it. */
+        f = all;
+        f.until_us = 4000000;
+        assert_int_equal(page_of(s, f, 0, 4, &p), 0);
+        assert_int_equal(p.n, 4);
+        assert_int_equal(page_of(s, all, 5, 4, &p), 0);
+        assert_int_equal(p.n, 4);
+        /* One more than limit: the next page starts below the last. */
+        assert_int_equal(page_of(s, all, 6, 4, &p), 2);
+        assert_int_equal(p.n, 4);
+        /* A cursor past the newest is the newest. */
+        assert_int_equal(page_of(s, all, 1000, 2, &p), 21);
+        assert_int_equal(p.ids[0], 22);
+
+        /* A full page (fn says so): that event starts the next one. */
+        p = (struct page) { .full_at = 3 };
+        assert_int_equal(store_events_page(s, &all, 10, take_event, &p, &cursor), 0);
+        assert_int_equal(p.n, 3);
+        assert_int_equal(cursor, 20);                           /* 22, 21, 20 taken; 19 refused */
+        assert_int_equal(page_of(s, all, cursor, 1, &p), 19);
+        assert_int_equal(p.ids[0], 19);
+        /* An event no page could take is an error, not an endless walk. */
+        p = (struct page) { .full_at = 0 };
+        assert_int_equal(store_events_page(s, &all, 10, take_event, &p, &cursor), -EMSGSIZE);
+        store_close(s);
+}
+
+/* A request examines at most STORE_LOG_SPAN events: a rare match far
+ * down the trail is reached in a few bounded pages, each fast. */
+static void test_events_page_is_bounded(void **state) {
+        struct store *s = open_ok();
+        struct store_event_filter f = { .uid = -1, .event = "rebind-failed" };
+        uint64_t ids[64];
+        unsigned pages;
+        struct timespec t0, t1;
+        struct page p;
+        double ms;
+
+        exec_sql("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
+                 "INSERT INTO events (id, time_us, event, peer_uid, peer_pid, endpoint, detail) "
+                 "SELECT i, 1700000000000000 + i, CASE WHEN i IN (3, 50000) THEN 'rebind-failed' ELSE 'grant' END, "
+                 "4242 + i % 4, i, 'tcp:[::]:' || (8000 + i % 50), NULL FROM n");
+        assert_int_equal(walk(s, f, 32, ids, 64, &pages), 2);
+        assert_int_equal(ids[0], 50000);
+        assert_int_equal(ids[1], 3);
+        assert_int_equal(pages, (100000 + STORE_LOG_SPAN - 1) / STORE_LOG_SPAN);
+
+        /* The first page: nothing in the newest STORE_LOG_SPAN, and the cursor below them. */
+        assert_int_equal(page_of(s, f, 0, 32, &p), 100001 - STORE_LOG_SPAN);
+        assert_int_equal(p.n, 0);
+
+        /* Cost of one page: the worst (nothing matches in the span) and the usual (a full page). */
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 20; i++)
+                page_of(s, f, 0, 32, &p);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ms = ((double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6) / 20;
+        print_message("a page examining %d of 100000 events, none matching: %.2f ms\n", STORE_LOG_SPAN, ms);
+        assert_true(ms < 100);          /* a few ms here; generous for sanitizers and valgrind */
+        f.event = NULL;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < 20; i++)
+                page_of(s, f, 0, 32, &p);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ms = ((double) (t1.tv_sec - t0.tv_sec) * 1e3 + (double) (t1.tv_nsec - t0.tv_nsec) / 1e6) / 20;
+        print_message("a full page of the newest of 100000 events: %.3f ms\n", ms);
+        assert_int_equal(p.n, 32);
+        store_close(s);
+}
+
+/* --- retention ------------------------------------------------------------------- */
+
+/* n events at id from + 1.. (SQL), recorded age_sec ago. */
+static void old_events(int from, int n, int64_t age_sec) {
+        char sql[400];
+        struct timespec now;
+
+        clock_gettime(CLOCK_REALTIME, &now);
+        snprintf(sql, sizeof(sql), "WITH RECURSIVE n(i) AS (SELECT %d UNION ALL SELECT i + 1 FROM n WHERE i < %d) "
+                 "INSERT INTO events (id, time_us, event, peer_uid) SELECT i, %lld, 'grant', 7 FROM n",
+                 from + 1, from + n, ((long long) now.tv_sec - (long long) age_sec) * 1000000);
+        exec_sql(sql);
+}
+
+/* Past max_rows, the oldest ids go, at most budget a step, the newest kept. */
+static void test_prune_rows_in_steps(void **state) {
+        struct store *s = open_ok();
+
+        old_events(0, 2500, 0);
+        store_set_retention(s, 1000, 0);
+        assert_int_equal(store_prune(s, 1000), 1000);
+        assert_int_equal(store_prune(s, 1000), 500);
+        assert_int_equal(store_prune(s, 1000), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 1000);
+        assert_int_equal(sql_int("SELECT min(id) FROM events"), 1501);
+        store_set_retention(s, 0, 0);                   /* no limit */
+        assert_int_equal(store_prune(s, 1000), 0);
+        store_close(s);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 1000);
+}
+
+/* Older than max_age goes, whatever its id; younger stays, also with an older id. */
+static void test_prune_age(void **state) {
+        struct store *s = open_ok();
+
+        old_events(0, 30, 7200);                        /* ids 1..30: two hours old */
+        old_events(30, 10, 1800);                       /* 31..40: half an hour */
+        old_events(40, 5, 7200);                        /* 41..45: two hours again (the clock went back) */
+        store_set_retention(s, 100000, 3600);
+        assert_int_equal(store_prune(s, 20), 20);
+        assert_int_equal(store_prune(s, 20), 15);
+        assert_int_equal(store_prune(s, 20), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 10);
+        assert_int_equal(sql_int("SELECT min(id) FROM events"), 31);
+        assert_int_equal(sql_int("SELECT max(id) FROM events"), 40);
+        /* The index it walks (not a schema change). */
+        assert_int_equal(sql_int("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'events_time'"), 1);
+        store_close(s);
+        assert_int_equal(sql_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+}
+
+/* Queued events are written before a prune, and being the newest they stay. */
+static void test_prune_keeps_queued_events(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "deny", .uid = 9, .pid = 1, .detail = "no rule" };
+
+        old_events(0, 50, 365 * 86400);
+        store_set_retention(s, 5, 3600);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(store_event_queue(s, &ev), 0);
+        assert_int_equal(store_prune(s, 1000), 50);
+        assert_int_equal(store_pending(s), 0);
+        assert_int_equal(sql_int("SELECT count(*) FROM events WHERE event = 'deny'"), 3);
+        assert_int_equal(sql_int("SELECT count(*) FROM events"), 3);
+        store_close(s);
+}
+
+/* While events keep coming (no idle moment), every STORE_PRUNE_EVERY written prune too. */
+static void test_prune_while_busy(void **state) {
+        struct store *s = open_ok();
+        struct store_event ev = { .event = "grant", .uid = 7, .pid = 8, .endpoint = "tcp:[::]:80" };
+
+        store_set_retention(s, 100, 0);
+        for (int round = 0; round < 25; round++) {
+                for (int i = 0; i < 100; i++)
+                        assert_int_equal(store_event_queue(s, &ev), 0);
+                assert_int_equal(store_flush(s), 0);
+                assert_true(sql_int("SELECT count(*) FROM events") < 100 + STORE_PRUNE_EVERY + 100);
+        }
+        assert_int_equal(sql_int("SELECT max(id) FROM events"), 2500);
+        store_close(s);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_new_database_schema, setup, teardown),
@@ -463,6 +747,12 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_v3_migrated_and_unix_endpoints_stored, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_v1_migrated_and_reserved_ports_kept, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_wal_journal, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_events_page_filters_and_pages, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_events_page_is_bounded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_rows_in_steps, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_age, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_keeps_queued_events, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_prune_while_busy, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
