@@ -20,7 +20,7 @@ int broker_rules_set(struct broker *b, const struct store_rule *want, size_t n, 
                      const struct peer *p, const char *detail, struct policy_counts *ret_counts, size_t *ret_conflict,
                      char *why, size_t size) {
         struct store_event who = { .uid = p ? (long) p->uid : -1, .pid = p ? (long) p->pid : -1, .detail = detail };
-        struct log_fields f = p ? broker_peer_fields(p, NULL, NULL) : LOG_FIELDS_NONE;
+        struct log_fields f = p ? broker_peer_fields(p, NULL, NULL) : (struct log_fields) LOG_FIELDS_NONE;
         struct store_rule_change *changes = NULL;
         struct policy_counts counts;
         ssize_t k;
@@ -78,12 +78,13 @@ void broker_rules_from_dir(struct broker *b) {
                 policydir_done(&d);
         }
         if (r < 0) {
-                log_event(LOG_ERR, "error", &LOG_FIELDS_NONE, "%s; the rules from the policy directory stay as they "
-                          "were", why);
+                log_event(LOG_ERR, "error", &(struct log_fields) LOG_FIELDS_NONE,
+                          "%s; the rules from the policy directory stay as they were", why);
                 broker_audit(b, "policy-dir-failed", NULL, NULL, why);
                 return;
         }
         if (counts.added || counts.changed || counts.removed)
-                log_event(LOG_INFO, "policy-dir", &LOG_FIELDS_NONE, "%s: %u rules added, %u changed, %u removed",
-                          dir ? dir : "no --policy-dir", counts.added, counts.changed, counts.removed);
+                log_event(LOG_INFO, "policy-dir", &(struct log_fields) LOG_FIELDS_NONE,
+                          "%s: %u rules added, %u changed, %u removed", dir ? dir : "no --policy-dir", counts.added,
+                          counts.changed, counts.removed);
 }
