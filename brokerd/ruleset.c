@@ -66,15 +66,18 @@ int broker_rules_set(struct broker *b, const struct store_rule *want, size_t n, 
 void broker_rules_from_dir(struct broker *b) {
         const char *dir = b->opt.policy_dir;
         struct policy_counts counts;
-        struct policydir d;
-        char why[512];
+        struct policydir d = { 0 };     /* no --policy-dir: no files, so none of their rules */
+        char why[512] = "";
         size_t conflict;
-        int r;
+        int r = 0;
 
-        r = dir ? policydir_read(dir, b->policy.self_uid, &d, why, sizeof(why)) : (d = (struct policydir) { 0 }, 0);
+        if (dir)
+                r = policydir_read(dir, b->policy.self_uid, &d, why, sizeof(why));
         if (r >= 0) {
                 r = broker_rules_set(b, d.rules, d.n, POLICY_SCOPE_FILES, true, NULL, NULL, &counts, &conflict, why,
                                      sizeof(why));
+                if (r == -EEXIST)       /* policydir_read() refuses a rule given twice first */
+                        snprintf(why, sizeof(why), "%s: a rule given twice", dir);
                 policydir_done(&d);
         }
         if (r < 0) {

@@ -989,13 +989,18 @@ def users_added(workdir, passwd, group):
         os.chdir(cwd)
 
 
+def root_dir(path):
+    """Makes directory path, root's and 0755 whatever the umask: as brokerd wants the directories it
+    trusts (nobody else may write them). Returns path."""
+    path.mkdir()
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture
 def policy_dir(workdir):
-    """An empty policy directory for --policy-dir: root's, 0755, as brokerd wants it."""
-    d = workdir / "policy.d"
-    d.mkdir(mode=0o755)
-    d.chmod(0o755)
-    return d
+    """An empty policy directory for --policy-dir."""
+    return root_dir(workdir / "policy.d")
 
 
 def write_file(path, text, mode=0o644, owner=0):
@@ -1013,11 +1018,8 @@ def scratch(workdir):
 
 @pytest.fixture
 def unix_dir(workdir):
-    """A directory for brokerd's --unix-dir (where it makes Unix sockets): root's, 0755."""
-    d = workdir / "run"
-    d.mkdir()
-    d.chmod(0o755)
-    return d
+    """A directory for brokerd's --unix-dir (where it makes Unix sockets)."""
+    return root_dir(workdir / "run")
 
 
 def errno_name(e):

@@ -26,7 +26,7 @@ import subprocess
 
 import pytest
 
-from conftest import BROKERD, PYTHON, as_user, child_env, wait_for
+from conftest import BROKERD, PYTHON, as_user, child_env, root_dir, wait_for
 from test_reexec import REEXEC_UNDER_VALGRIND
 
 pytestmark = pytest.mark.usefixtures("netns")
@@ -55,10 +55,7 @@ def connect_as(path, uid=None, gid=None, groups=None):
 
 @pytest.fixture
 def sockdir(workdir):
-    d = workdir / "sock"
-    d.mkdir(mode=0o755)
-    d.chmod(0o755)
-    return d
+    return root_dir(workdir / "sock")
 
 
 @pytest.fixture
