@@ -140,8 +140,8 @@ uid_t reservation_owner(const struct store_rule *rule);
  * another socket holds the port; tried again with unbound leases). */
 int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet);
 
-/* reservation_make() for every rule. Returns true when one found its port busy. */
-bool reservations_make(struct broker *b, bool quiet);
+/* reservation_make() for every rule, failures logged (those whose port was busy are tried again). */
+void reservations_make(struct broker *b);
 
 /* reservation_make() again, quietly, for the rules whose reservation found
  * its port busy, and no others. Returns true when one still does. */

@@ -532,7 +532,7 @@ int broker_new(const struct broker_options *opt, int req_fd, int ev_fd, struct b
                 r = store_setup(b);
         if (r >= 0) {
                 broker_rules_from_dir(b);
-                (void) reservations_make(b, false);     /* before READY=1: before anyone asks */
+                reservations_make(b);   /* before READY=1: before anyone asks */
                 b->serving = true;
                 watch_limit_holders(b);
         }

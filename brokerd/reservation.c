@@ -112,12 +112,9 @@ int reservation_make(struct broker *b, const struct store_rule *rule, bool quiet
         return 0;
 }
 
-bool reservations_make(struct broker *b, bool quiet) {
-        bool busy = false;
-
+void reservations_make(struct broker *b) {
         for (size_t i = 0; i < b->policy.n_rules; i++)
-                busy |= reservation_make(b, &b->policy.rules[i], quiet) == -EADDRINUSE;
-        return busy;
+                (void) reservation_make(b, &b->policy.rules[i], false);
 }
 
 bool reservations_retry(struct broker *b) {

@@ -370,6 +370,9 @@ static int request(pb_conn *c, struct exchange *x, int *ret_fd, pb_error *err) {
                 clear_error(err);
                 r = transact(c, x, ret_fd, err);
         }
+        /* However brokerd hung up (before our request or after it), an import is what was lost. */
+        if (c->importing && c->sock_fd < 0 && r < 0)
+                r = import_lost(err);
         pthread_mutex_unlock(&c->lock);
         return r;
 }

@@ -531,6 +531,46 @@ static void test_hang_up(void **state) {
         expect_failure(script_hang_up, call_get, ECONNRESET, "closed the connection");
 }
 
+/* brokerd drops the connection an import began on: it forgets the import.
+ * Whatever connects next must carry no POLICY_ADD (an import's rule sent on
+ * a new connection would be added at once, alone); the test's own empty
+ * connection ends the script. */
+static void script_import_dropped(struct server *s) {
+        struct pb_msg req, reply;
+        int fd = accept_one(s);
+
+        if (recv_request(s, fd, &req) == 0) {
+                reply_to(&req, &reply);
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+        fd = accept_one(s);
+        if (recv_request(s, fd, &req) == 0) {
+                s->failed = 1;
+                reply_to(&req, &reply);
+                send_msg(s, fd, &reply, -1);
+        }
+        close(fd);
+}
+
+static int call_import_after_drop(pb_conn *c, struct server *s, pb_error *err) {
+        pb_rule rule = { .kind = PB_USER, .id_value = 4242, .pattern = "tcp:8080", .owner_uid = PB_OWNER_NONE };
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int r, fd;
+
+        assert_int_equal(pb_conn_policy_begin(c, 0, err), 0);
+        r = (int) pb_conn_policy_add_rule(c, &rule, err);
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, s->path);
+        assert_int_equal(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        close(fd);
+        return r;
+}
+
+static void test_an_import_is_never_carried_to_a_new_connection(void **state) {
+        expect_failure(script_import_dropped, call_import_after_drop, ECONNRESET, "lost during the import");
+}
+
 /* brokerd hangs up once without a reply (its worker was replaced), then answers. */
 static void script_hang_up_once(struct server *s) {
         struct pb_msg req, reply;
@@ -1315,6 +1355,7 @@ int main(void) {
                 cmocka_unit_test(test_get_no_fd),
                 cmocka_unit_test(test_get_wrong_socket),
                 cmocka_unit_test(test_hang_up),
+                cmocka_unit_test(test_an_import_is_never_carried_to_a_new_connection),
                 cmocka_unit_test(test_a_repeatable_request_is_sent_again_once),
                 cmocka_unit_test(test_status_loop),
                 cmocka_unit_test(test_lists_fall_back_to_an_old_brokerds_version),
